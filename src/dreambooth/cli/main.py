@@ -1,0 +1,65 @@
+"""``dreambooth`` entry point: one group, subcommands registered from sibling modules, and one
+policy for errors: a user error is one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from ..errors import UserError
+
+# Modules that add commands to ``cli`` (each defines ``register(group)``).
+COMMAND_MODULES = ("train", "tokens", "generate", "evaluate", "toy")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Personalise Stable Diffusion with DreamBooth: train, generate, evaluate."""
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue  # a command group not built yet
+            raise
+        module.register(cli)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DREAMBOOTH_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        if debug:
+            raise
+        where = f"dreambooth {exc.ctx.command_path.split(' ', 1)[-1]}: " if exc.ctx and " " in exc.ctx.command_path else ""
+        click.echo(f"error: {where}{exc.format_message()}", err=True)
+        sys.exit(2)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny pipelines of the real architectures, built once per session, offline."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+DREAMBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "dreambench"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory) -> Path:
+    from dreambooth.tiny import save_tiny
+    return save_tiny("sd1", tmp_path_factory.mktemp("tiny-sd1"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory) -> Path:
+    from dreambooth.tiny import save_tiny
+    return save_tiny("sd2", tmp_path_factory.mktemp("tiny-sd2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    from dreambooth.tiny import save_tiny
+    return save_tiny("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def dog_photos() -> Path:
+    d = DREAMBENCH / "dog"
+    if not d.is_dir():
+        pytest.skip("../shared/dreambench is not beside this checkout")
+    return d
+
+
+def run_cli(*args: str):
+    """Run the CLI in-process; returns (exit_code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from dreambooth.cli.main import main
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
