@@ -29,6 +29,22 @@ class ModelRef:
     path: Path             # the folder or file on disk (for hub ids: the cached snapshot)
 
 
+def quiet_libraries() -> None:
+    """diffusers/transformers/hub print loading bars and advice on every load; our own bars say
+    what matters."""
+    import diffusers
+    import transformers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
@@ -147,16 +163,20 @@ def load_vae(spec: str, dtype: torch.dtype | None = None):
 
 
 def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None = None,
-                  model_config: str | None = None, flag: str = "--model"):
+                  model_config: str | None = None, flag: str = "--model", components: dict | None = None):
     """Load a StableDiffusion(XL)Pipeline from any spec ``resolve_model`` accepts.
 
     ``model_config`` is the diffusers folder or hub id whose configs describe a single-file
     checkpoint; without it diffusers looks for the default configs of the detected type in the local
-    cache (offline-safe: it never downloads when HF_HUB_OFFLINE=1).
+    cache (offline-safe: it never downloads when HF_HUB_OFFLINE=1). ``components`` are modules to
+    use instead of loading them (e.g. a trained UNet).
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    quiet_libraries()
     ref = resolve_model(spec, flag)
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = dict(components or {})
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
     if ref.kind == "file":
         kind = _single_file_type(ref.path)
         if kind.startswith("xl_base"):

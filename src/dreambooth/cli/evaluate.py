@@ -1,0 +1,92 @@
+"""``dreambooth evaluate`` (DINO, CLIP-I, CLIP-T, PRES, DIV of a folder of generations) and
+``dreambooth bench`` (the DreamBench protocol for one trained subject)."""
+from __future__ import annotations
+
+import click
+
+DINO_HELP = "DINO ViT: a folder or a hub id in the local cache (default facebook/dino-vits16)."
+CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai/clip-vit-base-patch32)."
+
+
+@click.command("evaluate")
+@click.option("--real", required=True, type=click.Path(file_okay=False), help="Folder of real photos of the subject.")
+@click.option("--generated", required=True, type=click.Path(file_okay=False), help="Folder of generated images.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
+              help="Prompts of the generated images: a text file, one line per image in sorted file-name order, "
+                   "or a JSON object file name -> prompt (default: each PNG's infotext).")
+@click.option("--identifier", default="sks", show_default=True, help="Identifier token removed from prompts for CLIP-T.")
+@click.option("--keep-identifier", is_flag=True, help="Keep the identifier in the prompt for CLIP-T.")
+@click.option("--class-generated", type=click.Path(file_okay=False),
+              help="Generations of the class prompt (e.g. 'a dog') by the fine-tuned model: adds PRES (lower is better).")
+@click.option("--div", is_flag=True, help="Also compute DIV (mean pairwise LPIPS per prompt; needs the lpips package).")
+@click.option("--dino-model", default=None, help=DINO_HELP)
+@click.option("--clip-model", default=None, help=CLIP_HELP)
+@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for metrics.json.")
+def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, class_generated, div, dino_model,
+                 clip_model, device, batch_size, output):
+    """Score generated images against real photos of the subject, as the DreamBooth paper does.
+
+    DINO and CLIP-I: mean cosine similarity over all (generated, real) pairs of image embeddings.
+    CLIP-T: mean cosine between each generated image and its prompt (identifier removed), as a raw
+    cosine, not x100. Writes OUTPUT/metrics.json.
+    """
+    from pathlib import Path
+
+    from ..evaluate import evaluate_dirs, format_summary
+    result = evaluate_dirs(real, generated, output, prompts_file=prompts_file, identifier=identifier,
+                           keep_identifier=keep_identifier, class_generated_dir=class_generated, div=div,
+                           dino_model=dino_model, clip_model=clip_model, device=device, batch_size=batch_size)
+    click.echo(format_summary(result))
+    click.echo(f"wrote {Path(output) / 'metrics.json'}")
+
+
+@click.command("bench")
+@click.option("--model", required=True, help="The trained model (diffusers folder, single file or cached hub id), "
+                                            "or the base model when --lora is given.")
+@click.option("--lora", "loras", multiple=True, help="LoRA file or folder to apply, PATH or PATH:WEIGHT (repeatable).")
+@click.option("--vae", default=None, help="Replace the VAE.")
+@click.option("--real", required=True, type=click.Path(file_okay=False), help="Folder of the subject's real photos.")
+@click.option("--subject", default=None, help="A DreamBench subject name (e.g. dog, backpack): sets --class and --kind.")
+@click.option("--class", "class_name", default=None, help="The subject's class noun, e.g. dog.")
+@click.option("--kind", type=click.Choice(["object", "live"]), default=None,
+              help="live (pets and other animals) or object: picks the paper's 25 prompts.")
+@click.option("--identifier", default="sks", show_default=True, help="The identifier the model was trained with.")
+@click.option("--images-per-prompt", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images per prompt (the paper: 4).")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--cfg", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", default=0, show_default=True, type=int, help="First seed; image j of each prompt uses seed+j.")
+@click.option("--size", default=None, type=click.IntRange(min=8), help="Image size (default: the model's).")
+@click.option("--negative-prompt", default="", help="Negative prompt.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per pipeline call.")
+@click.option("--pres", is_flag=True, help="Also generate class-prompt images ('a dog') and report PRES.")
+@click.option("--pres-images", default=16, show_default=True, type=click.IntRange(min=1), help="Class images for PRES.")
+@click.option("--div", is_flag=True, help="Also report DIV (LPIPS; needs the lpips package and its weights).")
+@click.option("--dino-model", default=None, help=DINO_HELP)
+@click.option("--clip-model", default=None, help=CLIP_HELP)
+@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Pipeline precision (auto: fp16 on CUDA, fp32 on CPU).")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
+def bench_cmd(model, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, steps, cfg, seed, size,
+              negative_prompt, batch_size, pres, pres_images, div, dino_model, clip_model, device, dtype, output):
+    """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
+    DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
+    from pathlib import Path
+
+    from ..bench import bench_command
+    from ..evaluate import format_summary
+    report = bench_command(model, real, output, subject=subject, class_name=class_name, kind=kind,
+                           identifier=identifier, loras=loras, vae=vae, images_per_prompt=images_per_prompt,
+                           steps=steps, cfg=cfg, seed=seed, size=size, negative_prompt=negative_prompt,
+                           batch_size=batch_size, pres=pres, pres_images=pres_images, div=div,
+                           dino_model=dino_model, clip_model=clip_model, device=device, dtype=dtype)
+    click.echo(format_summary({**report["metrics"], "unavailable": report.get("unavailable", {})}))
+    click.echo(f"wrote {Path(output) / 'report.md'}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(evaluate_cmd)
+    group.add_command(bench_cmd)

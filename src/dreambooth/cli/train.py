@@ -1,0 +1,43 @@
+"""``dreambooth train``: every TrainConfig field is a flag, generated from the dataclass, so the CLI,
+YAML presets and the Python API can never disagree about names, types or defaults."""
+from __future__ import annotations
+
+import click
+
+from ..config import TrainConfig, build_config, field_type, flag
+
+
+def _option(f):
+    typ, is_list = field_type(f)
+    meta = f.metadata
+    default = f.default if f.default is not None and not callable(f.default) else None
+    shown = f" [default: {default}]" if default not in (None, "") and typ is not bool else ""
+    help_text = meta.get("help", "") + shown
+    name = flag(f.name)
+    if typ is bool:
+        return click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=help_text)
+    ptype = click.Choice(meta["choices"]) if "choices" in meta else {int: int, float: float}.get(typ, str)
+    return click.option(name, f.name, type=ptype, default=None, multiple=is_list, help=help_text)
+
+
+def _with_config_options(fn):
+    for f in reversed(TrainConfig.fields()):
+        fn = _option(f)(fn)
+    return fn
+
+
+@click.command("train", context_settings={"max_content_width": 110})
+@click.option("--config", "preset", default=None,
+              help="YAML preset (a path, or a shipped name: sd15-full, sd15-lora, sd21-lora, sdxl-lora, toy); flags override it.")
+@_with_config_options
+def train_command(preset, **values):
+    """Teach a model a subject from a few photos (DreamBooth, full or LoRA)."""
+    from ..train import summary, train
+    overrides = {k: (list(v) if v else None) if isinstance(v, tuple) else v for k, v in values.items()}
+    config = build_config(preset, overrides)
+    result = train(config)
+    click.echo(summary(result))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(train_command)

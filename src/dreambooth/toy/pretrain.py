@@ -1,0 +1,367 @@
+"""Pretrain the toy base model on the toy world, on a CPU, resumably.
+
+Three phases, each skipped when its output is already in the state folder:
+
+1. **VAE** (``vae/``): an ``AutoencoderKL`` trained as a generic codec for 32x32 pictures of shapes:
+   world scenes plus shapes carrying random two-colour textures (stripes, checker, dots of several
+   sizes), so that it can later represent whatever DreamBooth subject it is shown. Loss: MSE + L1 on
+   pixels plus a KL term of weight 1e-6 (as Stable Diffusion). The latent scaling factor is
+   1/std of the latents of the cached dataset.
+2. **Cache** (``cache.pt``): a fixed dataset of world scenes (never patterned), rendered once and
+   encoded once by the VAE (posterior mean and std), with each caption's index; captions are
+   tokenized once (224 captions + the empty one).
+3. **Text encoder + UNet** (``state.pt``): trained together from the cache with AdamW, linear
+   warm-up then a constant learning rate, min-SNR loss weighting (gamma 5), caption dropout 10%, and
+   an EMA of both. Every ``eval_every`` steps the EMA weights are written as a pipeline
+   (``latest/``) and measured with the oracle (``evals.jsonl``); the best so far is kept in
+   ``best/``. The whole state (weights, EMA, optimizer, step) is saved atomically every few minutes
+   and on SIGTERM/SIGINT; the random numbers of step ``k`` are drawn from a generator seeded with
+   ``(seed, k)``, so a resumed run continues exactly as an uninterrupted one would.
+
+``export(state_dir)`` copies ``best/`` (fp16 safetensors) to ``dreambooth/toy/model``, where
+``--model toy`` finds it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import architecture as arch
+from .world import (COLOURS, IMAGE_SIZE, PATTERNS, SHAPES, Scene, all_prompts, caption, render,
+                    sample_scene)
+
+
+@dataclass
+class PretrainConfig:
+    out: str = ".toy-pretrain"
+    seed: int = 0
+    threads: int = 1
+    # phase 1
+    vae_steps: int = 700
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    vae_textured: float = 0.3          # share of VAE training pictures with a texture
+    # phase 2
+    dataset: int = 30_000
+    # phase 3
+    steps: int = 20_000                # stop after this many steps (resume to go on)
+    batch: int = 64
+    lr: float = 6e-4
+    warmup: int = 300
+    weight_decay: float = 1e-2
+    ema: float = 0.999
+    min_snr: float = 5.0
+    caption_dropout: float = 0.1
+    eval_every: int = 400
+    eval_n: int = 64
+    save_every_s: float = 240.0
+    max_minutes: float | None = None   # stop (after saving) when this much wall time has passed
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----- phase 1: VAE ----------------------------------------------------------------------------
+
+def textured_scene(rng: np.random.Generator) -> Scene:
+    """A shape with a random two-colour texture on a third colour (VAE training only)."""
+    base = sample_scene(rng)
+    second = [c for c in COLOURS if c not in (base.colour, base.background)]
+    return Scene(base.shape, base.colour, base.background, base.cx, base.cy, base.half,
+                 pattern=PATTERNS[int(rng.integers(len(PATTERNS)))],
+                 pattern_colour=second[int(rng.integers(len(second)))],
+                 pattern_period=int(rng.choice([4, 6, 8, 10])), pattern_phase=int(rng.integers(10)))
+
+
+def vae_batch(seed: int, step: int, n: int, textured: float) -> torch.Tensor:
+    rng = np.random.default_rng([seed, 1, step])
+    imgs = [render(textured_scene(rng) if rng.random() < textured else sample_scene(rng)) for _ in range(n)]
+    return to_tensor(np.stack(imgs))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) to float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def train_vae(cfg: PretrainConfig, out: Path):
+    from diffusers import AutoencoderKL
+    if (out / "vae" / "config.json").exists():
+        return AutoencoderKL.from_pretrained(out / "vae")
+    vae = arch.build_vae(cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    step = 0
+    ckpt = out / "vae_state.pt"
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(st["vae"])
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+        log(f"vae: resumed at step {step}")
+    last_save, t0 = time.time(), time.time()
+    vae.train()
+    while step < cfg.vae_steps:
+        warm = min(1.0, (step + 1) / 50)
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr * warm * decay
+        x = vae_batch(cfg.seed, step, cfg.vae_batch, cfg.vae_textured)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(cfg.seed * 7919 + step))).sample
+        mse = F.mse_loss(rec, x)
+        loss = mse + F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(f"vae step {step}/{cfg.vae_steps} mse {mse.item():.4f} ({(time.time() - t0) / step:.2f} s/step)")
+        if time.time() - last_save > cfg.save_every_s:
+            _atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            last_save = time.time()
+    vae.eval()
+    with torch.no_grad():
+        x = vae_batch(cfg.seed + 999, 0, 256, 0.5)
+        mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x).item()
+    log(f"vae done: held-out mse {mse:.4f}")
+    vae.save_pretrained(out / "vae.tmp")
+    if (out / "vae").exists():
+        shutil.rmtree(out / "vae")
+    os.replace(out / "vae.tmp", out / "vae")
+    return vae
+
+
+# ----- phase 2: cache --------------------------------------------------------------------------
+
+CAPTIONS = [caption(c, s, b) for c, s, b in all_prompts()]
+EMPTY = len(CAPTIONS)     # index of "" in the token table
+
+
+def build_cache(cfg: PretrainConfig, out: Path, vae, tokenizer) -> dict:
+    path = out / "cache.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    log(f"cache: rendering and encoding {cfg.dataset} pictures")
+    rng = np.random.default_rng([cfg.seed, 2])
+    index = {c: i for i, c in enumerate(CAPTIONS)}
+    means, stds, caps = [], [], []
+    vae.eval()
+    with torch.no_grad():
+        for start in range(0, cfg.dataset, 500):
+            scenes = [sample_scene(rng) for _ in range(min(500, cfg.dataset - start))]
+            post = vae.encode(to_tensor(np.stack([render(s) for s in scenes]))).latent_dist
+            means.append(post.mean.half())
+            stds.append(post.std.half())
+            caps += [index[s.caption()] for s in scenes]
+    mean, std = torch.cat(means), torch.cat(stds)
+    g = torch.Generator().manual_seed(cfg.seed)
+    sample = mean[:5000].float() + std[:5000].float() * torch.randn(mean[:5000].shape, generator=g)
+    scaling = float(1.0 / sample.std())
+    ids = tokenizer(CAPTIONS + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    cache = {"mean": mean, "std": std, "caption": torch.tensor(caps), "ids": ids, "scaling_factor": scaling,
+             "latent_mean": float(sample.mean())}
+    _atomic_save(cache, path)
+    log(f"cache done: scaling factor {scaling:.4f} (latent mean {float(sample.mean()):.3f})")
+    return cache
+
+
+# ----- phase 3: text encoder + UNet ------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, out: Path, vae, tokenizer, cache: dict):
+        self.cfg, self.out, self.vae, self.tokenizer, self.cache = cfg, out, vae, tokenizer, cache
+        vae.register_to_config(scaling_factor=cache["scaling_factor"])
+        self.unet = arch.build_unet(cfg.seed + 1)
+        self.te = arch.build_text_encoder(tokenizer, cfg.seed + 2)
+        self.sched = arch.build_train_scheduler()
+        self.params = list(self.unet.parameters()) + list(self.te.parameters())
+        decay = [p for p in self.unet.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.unet.parameters() if p.ndim <= 1] + list(self.te.parameters())
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+        self.ema = [p.detach().clone() for p in self.params]
+        self.step = 0
+        self.best = -1.0
+        self.path = out / "state.pt"
+        if self.path.exists():
+            st = torch.load(self.path, weights_only=False)
+            self.unet.load_state_dict(st["unet"])
+            self.te.load_state_dict(st["text_encoder"])
+            self.opt.load_state_dict(st["opt"])
+            for e, v in zip(self.ema, st["ema"]):
+                e.copy_(v)
+            self.step, self.best = st["step"], st.get("best", -1.0)
+            log(f"resumed at step {self.step} (best eval score {self.best:.3f})")
+        ac = self.sched.alphas_cumprod
+        self.snr = ac / (1 - ac)
+
+    def save(self) -> None:
+        _atomic_save({"unet": self.unet.state_dict(), "text_encoder": self.te.state_dict(),
+                      "opt": self.opt.state_dict(), "ema": self.ema, "step": self.step, "best": self.best,
+                      "config": asdict(self.cfg)}, self.path)
+        log(f"saved state at step {self.step}")
+
+    def train_step(self) -> float:
+        cfg, c = self.cfg, self.cache
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        idx = torch.randint(len(c["caption"]), (cfg.batch,), generator=g)
+        mean, std = c["mean"][idx].float(), c["std"][idx].float()
+        latents = (mean + std * torch.randn(mean.shape, generator=g)) * c["scaling_factor"]
+        cap = c["caption"][idx].clone()
+        cap[torch.rand(cfg.batch, generator=g) < cfg.caption_dropout] = EMPTY
+        ids = c["ids"][cap]
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, self.sched.config.num_train_timesteps, (cfg.batch,), generator=g)
+        noisy = self.sched.add_noise(latents, noise, t)
+        pred = self.unet(noisy, t, self.te(ids)[0]).sample
+        snr = self.snr[t]
+        weight = torch.clamp(snr, max=cfg.min_snr) / snr
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+        self.step += 1
+        return loss.item()
+
+    def ema_pipeline(self):
+        unet = arch.build_unet(0)
+        te = arch.build_text_encoder(self.tokenizer, 0)
+        with torch.no_grad():
+            for dst, src in zip(list(unet.parameters()) + list(te.parameters()), self.ema):
+                dst.copy_(src)
+        pipe = arch.build_pipeline(self.vae, te.eval(), self.tokenizer, unet.eval())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def evaluate(self) -> dict:
+        from .measure import grid, measure
+        pipe = self.ema_pipeline()
+        t0 = time.time()
+        res = measure(pipe, n=self.cfg.eval_n, seed=1, return_images=True)
+        images = res.pop("images")
+        res.pop("prompts")
+        score = res["background"] + res["object_colour"]
+        res.update(step=self.step, seconds=round(time.time() - t0, 1), time=time.strftime("%H:%M:%S"))
+        with open(self.out / "evals.jsonl", "a") as f:
+            f.write(json.dumps(res) + "\n")
+        log(f"eval step {self.step}: background {res['background']:.3f} object {res['object_colour']:.3f} "
+            f"shape {res['shape']:.3f} ({res['seconds']} s)")
+        save_pipeline(pipe, self.out / "latest", meta=res)
+        grid(images).save(self.out / "latest" / "samples.png")
+        if score > self.best:
+            self.best = score
+            save_pipeline(pipe, self.out / "best", meta=res)
+            grid(images).save(self.out / "best" / "samples.png")
+        return res
+
+    def run(self) -> None:
+        cfg = self.cfg
+        stop = {"flag": False}
+
+        def on_signal(signum, frame):
+            stop["flag"] = True
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        start = last_save = time.time()
+        t_steps, losses = time.time(), []
+        self.unet.train()
+        self.te.train()
+        while self.step < cfg.steps and not stop["flag"]:
+            losses.append(self.train_step())
+            if self.step % 50 == 0:
+                log(f"step {self.step} loss {np.mean(losses):.4f} "
+                    f"({(time.time() - t_steps) / len(losses):.2f} s/step)")
+                t_steps, losses = time.time(), []
+            if self.step % cfg.eval_every == 0:
+                self.save()
+                last_save = time.time()
+                try:
+                    self.evaluate()
+                except Exception as exc:   # a broken measurement must not lose the run
+                    log(f"eval failed: {type(exc).__name__}: {exc}")
+                self.unet.train()
+                self.te.train()
+            elif time.time() - last_save > cfg.save_every_s:
+                self.save()
+                last_save = time.time()
+            if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
+                break
+        self.save()
+
+
+def save_pipeline(pipe, directory: Path, meta: dict | None = None, fp16: bool = False) -> None:
+    """Write ``pipe`` with ``save_pretrained`` (safetensors) to ``directory``, replacing it atomically."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if fp16:
+        pipe = pipe.to(torch.float16)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if fp16:
+        pipe.to(torch.float32)
+    if meta is not None:
+        (tmp / "toy_figures.json").write_text(json.dumps(meta, indent=2) + "\n")
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    tokenizer = arch.build_tokenizer(out / "tokenizer")
+    vae = train_vae(cfg, out)
+    vae.requires_grad_(False)
+    cache = build_cache(cfg, out, vae, tokenizer)
+    trainer = Trainer(cfg, out, vae, tokenizer, cache)
+    trainer.run()
+    return out
+
+
+def export(state_dir: str | Path, dest: str | Path | None = None, which: str = "best", fp16: bool = True) -> Path:
+    """Copy the ``which`` pipeline (``best`` or ``latest``) of a pretraining run to the package's
+    ``toy/model`` folder (or ``dest``), as fp16 safetensors."""
+    from diffusers import StableDiffusionPipeline
+    from ..models import TOY_MODEL_DIR
+    src = Path(state_dir) / which
+    dest = Path(dest) if dest else TOY_MODEL_DIR
+    pipe = StableDiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)
+    meta_path = src / "toy_figures.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    save_pipeline(pipe, dest, meta=meta, fp16=fp16)
+    return dest
+
+
+__all__ = ["PretrainConfig", "pretrain", "export", "SHAPES", "IMAGE_SIZE"]
