@@ -8,6 +8,10 @@ os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and threads spin badly when the CPU is shared.
+torch.set_num_threads(1)
 
 DREAMBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "dreambench"
 

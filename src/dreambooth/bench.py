@@ -234,7 +234,7 @@ def render_markdown(report: dict) -> str:
              f"{report['seeds'][0]}..{report['seeds'][-1]}).", ""]
     settings = report.get("settings") or {}
     if settings:
-        lines += ["Settings: " + ", ".join(f"{k} `{v}`" for k, v in settings.items() if v not in (None, "")), ""]
+        lines += ["Settings: " + ", ".join(f"{k} `{v}`" for k, v in settings.items() if v not in (None, "", [], ())), ""]
     lines += ["## Scores", "",
               "| | DINO | CLIP-I | CLIP-T | PRES (lower is better) | DIV |", "|---|---|---|---|---|---|",
               f"| **this run** | {_f(m.get('dino'))} | {_f(m.get('clip_i'))} | {_f(m.get('clip_t'))} | "
@@ -276,6 +276,24 @@ def parse_lora(spec: str) -> tuple[str, float]:
         except ValueError:
             pass
     return spec, 1.0
+
+
+def resolve_trained_output(model: str, loras: Sequence[tuple[str, float]] = (), vae: str | None = None):
+    """A LoRA training output folder (``training_args.json`` + ``pytorch_lora_weights.safetensors``,
+    no ``model_index.json``) stands for its base model plus that LoRA: returns (model, loras, vae)."""
+    folder = Path(model).expanduser()
+    args_file = folder / "training_args.json"
+    if not folder.is_dir() or (folder / "model_index.json").exists() or not args_file.exists():
+        return model, list(loras), vae
+    if not (folder / "pytorch_lora_weights.safetensors").exists():
+        return model, list(loras), vae
+    try:
+        args = json.loads(args_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--model {model}: unreadable training_args.json ({exc})") from exc
+    if not args.get("model"):
+        raise UserError(f"--model {model}: training_args.json names no base model; pass --model BASE --lora {model}")
+    return str(args["model"]), [(str(folder), 1.0), *loras], vae or args.get("vae")
 
 
 def load_bench_pipeline(model: str, loras: Sequence[tuple[str, float]] = (), vae: str | None = None,
@@ -330,7 +348,8 @@ def bench_command(model: str, real: str, output: str, subject: str | None = None
     evaluator.load()
     torch_dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     if pipe is None:
-        pipe = load_bench_pipeline(model, [parse_lora(s) for s in loras], vae, device, torch_dtype)
+        base, lora_specs, vae = resolve_trained_output(model, [parse_lora(s) for s in loras], vae)
+        pipe = load_bench_pipeline(base, lora_specs, vae, device, torch_dtype)
     sampler = type(pipe.scheduler).__name__
     width = height = size
 

@@ -32,7 +32,6 @@ import json
 import math
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -200,6 +199,20 @@ def resolve_encoder(spec: str, flag: str) -> Path:
     raise UserError(f"{flag} {spec}: no such folder, and not a hub id (org/name)")
 
 
+class _quiet_loading:
+    """No transformers weight-loading bars while our models load (they are small and many)."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+        self.was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+        if self.was:
+            hf_logging.enable_progress_bar()
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -220,10 +233,11 @@ class DinoEncoder:
             raise UserError(f"{flag} {spec}: a '{self.model_type}' model is not a DINO ViT "
                             f"(expected e.g. {DEFAULT_DINO})")
         try:
-            if self.model_type == "vit":
-                model = ViTModel.from_pretrained(path, add_pooling_layer=False)
-            else:
-                model = AutoModel.from_pretrained(path)
+            with _quiet_loading():
+                if self.model_type == "vit":
+                    model = ViTModel.from_pretrained(path, add_pooling_layer=False)
+                else:
+                    model = AutoModel.from_pretrained(path)
         except Exception as exc:
             raise UserError(f"{flag} {spec}: cannot load ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
         self.model = model.eval().to(self.device)
@@ -255,7 +269,8 @@ class ClipEncoder:
             raise UserError(f"{flag} {spec}: a '{getattr(config, 'model_type', '?')}' model is not a CLIP model "
                             f"(expected e.g. {DEFAULT_CLIP})")
         try:
-            model = CLIPModel.from_pretrained(path)
+            with _quiet_loading():
+                model = CLIPModel.from_pretrained(path)
         except Exception as exc:
             raise UserError(f"{flag} {spec}: cannot load ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
         try:
@@ -354,13 +369,6 @@ def div_score(images: Sequence[Image.Image], prompts: Sequence[str],
     return sum(per_prompt) / len(per_prompt), None
 
 
-@dataclass
-class Scores:
-    dino: float
-    clip_i: float
-    clip_t: float | None
-
-
 class Evaluator:
     """Loads the evaluation models once (lazily) and scores sets of images."""
 
@@ -386,7 +394,11 @@ class Evaluator:
         return self._clip
 
     def load(self) -> "Evaluator":
-        """Load both models now (raises UserError when one is missing)."""
+        """Load both models now (raises UserError when one is missing, before loading either)."""
+        if self._dino is None:
+            resolve_encoder(self.dino_spec, "--dino-model")
+        if self._clip is None:
+            resolve_encoder(self.clip_spec, "--clip-model")
         self.dino, self.clip  # noqa: B018
         return self
 
@@ -480,7 +492,7 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
         if missing:
             raise UserError(f"--generated {generated_dir}: no prompt in the PNG infotext of {len(missing)} image(s) "
                             f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); pass --prompts FILE")
-    evaluator = evaluator or Evaluator(dino_model, clip_model, device, batch_size)
+    evaluator = (evaluator or Evaluator(dino_model, clip_model, device, batch_size)).load()
     result = evaluator.score([load_image(f) for f in real_files], [load_image(f) for f in gen_files], prompts,
                              identifier=identifier, keep_identifier=keep_identifier,
                              class_generated=[load_image(f) for f in class_files] if class_files else None, div=div)

@@ -189,7 +189,7 @@ def plot_curves(rows: Sequence[dict], path: str | Path, best_step: int | None = 
 
 def _plot_pil(series: dict, path: Path, best_step: int | None) -> None:
     width, panel, margin_l, margin_r, margin_t, margin_b = 640, 220, 64, 16, 22, 26
-    img = Image.new("RGB", (width, 2 * panel), "white")
+    img = Image.new("RGB", (width, 2 * panel + 16), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     steps = [s for pts in series.values() for s, _ in pts]
@@ -231,7 +231,7 @@ def _plot_pil(series: dict, path: Path, best_step: int | None) -> None:
             draw.line(xy, fill=color, width=2)
         for x, y in xy:
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
-    draw.text((width - 140, 2 * panel - 14), "step" + (f"  (best {best_step})" if best_step is not None else ""),
+    draw.text((margin_l + (width - margin_l - margin_r) // 2 - 20, 2 * panel + 2), "step" + (f"  (best {best_step})" if best_step is not None else ""),
               fill="black", font=font)
     img.save(path)
 
@@ -273,7 +273,14 @@ class ValidationCallback:
                                            getattr(self.config, "clip_model", None),
                                            getattr(self.config, "validation_eval_device", None) or "cpu")
             self.evaluator.load()
-            real = [load_image(p) for p in list_images(self.config.instance_dir, "--instance-dir")]
+            real = []
+            for path in list_images(self.config.instance_dir, "--instance-dir"):
+                try:
+                    real.append(load_image(path))
+                except UserError:
+                    continue  # unreadable files are skipped here as in training (the trainer names them)
+            if not real:
+                raise UserError(f"--instance-dir {self.config.instance_dir}: no readable photos to score against")
             self.real_dino, self.real_clip = self.evaluator.dino_embed(real), self.evaluator.clip_embed(real)
         except UserError as exc:
             self.unavailable = str(exc)
@@ -293,18 +300,31 @@ class ValidationCallback:
             log.warning("TensorBoard logging off: %s", exc)
 
     def on_train_start(self, run) -> None:
+        if not _is_main(run):
+            return
+        self.config = getattr(run, "config", None) or self.config  # the trainer's resolved config (resolution)
         self.dir.mkdir(parents=True, exist_ok=True)
         start = int(getattr(run, "step", 0) or 0)
         csv_path = self.dir / "metrics.csv"
         if start > 0:  # resumed: keep the curve and the best choice made so far
             self.rows = [r for r in read_metrics_csv(csv_path) if r["step"] <= start]
-            with_t = [r for r in self.rows if r.get("clip_t") is not None]
+            with_t = [r for r in self.rows if r.get("clip_t") is not None and r.get("dino") is not None]
             self.reference_clip_t = with_t[0]["clip_t"] if with_t else None
+            ranked = [r for r in with_t if r["step"] > 0 and r.get("eligible") is not None]
+            top = max(ranked, key=_rank, default=None)  # max keeps the earliest of equals, as the run did
             best_file = self.dir / "best.json"
-            if best_file.exists():
-                best = json.loads(best_file.read_text())
-                if best.get("step", start + 1) <= start:
-                    self.best = best
+            saved = json.loads(best_file.read_text()) if best_file.exists() else None
+            if top is not None:
+                self.best = {**{k: top.get(k) for k in ("step", "dino", "clip_i", "clip_t", "pres", "eligible")},
+                             "reference_clip_t": self.reference_clip_t, "rule": RULE}
+            if saved is not None and (top is None or saved.get("step") != top["step"]):
+                # the kept weights come from past the resume point: they no longer belong to this run
+                best_file.unlink(missing_ok=True)
+                shutil.rmtree(self.dir / "best", ignore_errors=True)
+                if self.keep_best:
+                    log.warning("--keep-best: the best weights saved at step %s are past the resume point (step %d) "
+                                "and were dropped; a later step that beats step %s will be kept",
+                                saved.get("step"), start, top["step"] if top else "-")
             self._write_csv()
         else:  # a fresh run: nothing from an earlier run may be taken for this one's best
             for stale in (csv_path, self.dir / "best.json"):
@@ -318,10 +338,14 @@ class ValidationCallback:
 
     # -- per step --
     def on_step_end(self, run) -> None:
+        if not _is_main(run):
+            return
         if self.every and run.step > 0 and run.step % self.every == 0 and run.step != self.last_step:
             self.validate(run)
 
     def on_train_end(self, run) -> None:
+        if not _is_main(run):
+            return
         if run.step > 0 and run.step != self.last_step:
             self.validate(run)
         curve = plot_curves(self.rows, self.dir / "curve.png", self.best["step"] if self.best else None)
@@ -343,18 +367,28 @@ class ValidationCallback:
         images: list[Image.Image] = []
         cpu_state = torch.random.get_rng_state()
         cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        modes: list[tuple[torch.nn.Module, bool]] = []
         try:
             pipe = run.pipeline()
-            for prompt in self.prompts:
-                images += generate_with_seeds(pipe, prompt, self.seeds, self.steps, self.cfg, resolution, resolution,
-                                              batch_size=len(self.seeds))
+            for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+                module = getattr(pipe, name, None)
+                if isinstance(module, torch.nn.Module):
+                    modes.append((module, module.training))
+                    module.eval()
+            with _autocast(pipe, getattr(self.config, "mixed_precision", "no")):
+                for prompt in self.prompts:
+                    images += generate_with_seeds(pipe, prompt, self.seeds, self.steps, self.cfg, resolution,
+                                                  resolution, batch_size=len(self.seeds))
         finally:
+            for module, training in modes:
+                module.train(training)
+            modes = []
             pipe = None
             torch.random.set_rng_state(cpu_state)
             if cuda_state is not None:
                 torch.cuda.set_rng_state_all(cuda_state)
-            gc.collect()
-            if torch.cuda.is_available():
+            if torch.cuda.is_available():  # give the sampling activations back to training
+                gc.collect()
                 torch.cuda.empty_cache()
         return images
 
@@ -418,20 +452,22 @@ class ValidationCallback:
             return
         ref = self.reference_clip_t
         row["eligible"] = row["clip_t"] >= ref - CLIP_T_TOLERANCE * abs(ref)
-        key = (row["eligible"], row["dino"] if row["eligible"] else row["clip_t"])
         best = self.best
-        if best is not None and key <= (bool(best["eligible"]), best["dino"] if best["eligible"] else best["clip_t"]):
+        if best is not None and _rank(row) <= _rank(best):
             row["best_so_far"] = False
             return
         row["best_so_far"] = True
         self.best = {"step": row["step"], "dino": row["dino"], "clip_i": row["clip_i"], "clip_t": row["clip_t"],
                      "pres": row["pres"], "eligible": row["eligible"], "reference_clip_t": ref, "rule": RULE}
         if self.keep_best:
-            target, tmp = self.dir / "best", self.dir / "best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            run.save_checkpoint(tmp)
+            # written beside, then swapped in: a crash while saving never loses the previous best
+            target, staging = self.dir / "best", self.dir / ".incoming"
+            shutil.rmtree(staging, ignore_errors=True)
+            save = getattr(run, "save_model", None) or run.save_checkpoint  # the weights in the output format
+            save(staging / "best")
             shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+            (staging / "best").rename(target)
+            shutil.rmtree(staging, ignore_errors=True)
         (self.dir / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
 
     # -- csv --
@@ -451,6 +487,28 @@ class ValidationCallback:
         flag = {True: "1", False: "0", None: ""}
         return [row["step"], _num(row.get("dino")), _num(row.get("clip_i")), _num(row.get("clip_t")),
                 _num(row.get("pres")), flag[row.get("eligible")], flag[row.get("best_so_far")], row.get("grid", "")]
+
+
+def _rank(row: dict) -> tuple[bool, float]:
+    """The best-balance order: eligible steps (CLIP-T kept) by DINO above the others by CLIP-T."""
+    eligible = bool(row["eligible"])
+    return eligible, row["dino"] if eligible else row["clip_t"]
+
+
+def _is_main(run) -> bool:
+    accelerator = getattr(run, "accelerator", None)
+    return accelerator is None or bool(getattr(accelerator, "is_main_process", True))
+
+
+def _autocast(pipe, mixed_precision: str | None):
+    """Autocast in the training precision, so fp32 trainable weights and half-precision frozen parts
+    meet in one dtype; a no-op without mixed precision."""
+    import contextlib
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision or "no")
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = getattr(pipe, "device", torch.device("cpu"))
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def validation_callbacks(config) -> list:

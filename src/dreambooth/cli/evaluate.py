@@ -43,8 +43,9 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 
 
 @click.command("bench")
-@click.option("--model", required=True, help="The trained model (diffusers folder, single file or cached hub id), "
-                                            "or the base model when --lora is given.")
+@click.option("--model", required=True, help="The trained output: a full model (diffusers folder, single file or "
+                                            "cached hub id) or a LoRA training output folder (its base model is read "
+                                            "from training_args.json); or a base model with --lora.")
 @click.option("--lora", "loras", multiple=True, help="LoRA file or folder to apply, PATH or PATH:WEIGHT (repeatable).")
 @click.option("--vae", default=None, help="Replace the VAE.")
 @click.option("--real", required=True, type=click.Path(file_okay=False), help="Folder of the subject's real photos.")

@@ -8,7 +8,7 @@ Works on rendered pictures (exact) and on generated ones (blurred edges, off-pal
 3. object pixels are the others; the object's main colour is their commonest label;
 4. the pattern is read inside the object eroded by one pixel (so the blended outline of a solid
    shape does not count): the second colour is the runner-up label there, and the pattern score is
-   ``second / (main + second)`` -- 0 for a solid shape, 0.5 for a balanced two-colour pattern
+   ``min(main, second) / (main + second)`` -- 0 for a solid shape, 0.5 for a balanced two-colour pattern
    (stripes, checker), about 0.3 for dots;
 5. the shape is the template (circle, square, triangle, cross) that best overlaps the object mask when
    placed on the mask's bounding box.
@@ -120,7 +120,7 @@ def read(image) -> Reading:
     order = np.argsort(-inner_counts, kind="stable")
     first, runner = (order[0], order[1]) if order[0] == main else (main, order[0])
     a, b = inner_counts[first], inner_counts[runner]
-    share = float(b / (a + b)) if a + b > 0 else 0.0
+    share = float(min(a, b) / (a + b)) if a + b > 0 else 0.0
     second = COLOURS[runner] if share >= MIN_SECOND_SHARE and b > 0 else None
     shape, iou = classify_shape(obj)
     return Reading(COLOURS[bg], COLOURS[main], second, share, shape, iou, fraction)

@@ -18,7 +18,7 @@ Three phases, each skipped when its output is already in the state folder:
    and on SIGTERM/SIGINT; the random numbers of step ``k`` are drawn from a generator seeded with
    ``(seed, k)``, so a resumed run continues exactly as an uninterrupted one would.
 
-``export(state_dir)`` copies ``best/`` (fp16 safetensors) to ``dreambooth/toy/model``, where
+``export(state_dir)`` copies ``best/`` (UNet and VAE in fp16, text encoder fp32; safetensors) to ``dreambooth/toy/model``, where
 ``--model toy`` finds it.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 1
     # phase 1
-    vae_steps: int = 700
+    vae_steps: int = 500
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_textured: float = 0.3          # share of VAE training pictures with a texture
@@ -55,7 +55,7 @@ class PretrainConfig:
     dataset: int = 30_000
     # phase 3
     steps: int = 20_000                # stop after this many steps (resume to go on)
-    batch: int = 64
+    batch: int = 32
     lr: float = 6e-4
     warmup: int = 300
     weight_decay: float = 1e-2
@@ -321,11 +321,14 @@ def save_pipeline(pipe, directory: Path, meta: dict | None = None, fp16: bool = 
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if fp16:
-        pipe = pipe.to(torch.float16)
+    # fp16 for the UNet and VAE only: diffusers loads them back as fp32, but transformers would keep
+    # an fp16 text encoder in fp16 (slow on CPUs, and a dtype mismatch with an fp32 UNet).
+    half = [pipe.unet, pipe.vae] if fp16 else []
+    for module in half:
+        module.to(torch.float16)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    if fp16:
-        pipe.to(torch.float32)
+    for module in half:
+        module.to(torch.float32)
     if meta is not None:
         (tmp / "toy_figures.json").write_text(json.dumps(meta, indent=2) + "\n")
     old = directory.with_name(directory.name + ".old")

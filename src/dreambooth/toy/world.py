@@ -130,7 +130,7 @@ def shape_mask(shape: str, cx: float, cy: float, half: float, size: int = IMAGE_
 
 def pattern_mask(pattern: str, period: int = 8, phase: int = 0, size: int = IMAGE_SIZE) -> np.ndarray:
     """Where the pattern's second colour goes, over the whole image (then cut to the shape).
-    Stripes and checker cover half the area; dots about 30%."""
+    Stripes and checker cover half the area; dots about 35%."""
     ys, xs = np.mgrid[0:size, 0:size]
     xs, ys = xs + phase, ys + phase
     if pattern == "stripes":       # diagonal, falling to the right
@@ -141,7 +141,7 @@ def pattern_mask(pattern: str, period: int = 8, phase: int = 0, size: int = IMAG
     if pattern == "dots":
         c = (period - 1) / 2
         dx, dy = (xs % period) - c, (ys % period) - c
-        return dx * dx + dy * dy <= (period * 0.31) ** 2
+        return dx * dx + dy * dy <= (period * 0.36) ** 2
     raise ValueError(f"unknown pattern {pattern!r}; choose from {', '.join(PATTERNS)}")
 
 

@@ -1,0 +1,52 @@
+"""Presets, precedence and validation of the typed config."""
+import pytest
+
+from dreambooth.config import PRESET_DIR, TrainConfig, build_config, load_preset
+from dreambooth.errors import UserError
+
+
+def test_precedence_defaults_preset_flags(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: some/model\nmax-steps: 123\nlearning_rate: 3e-5\nvalidation_seeds: [5, 6]\n")
+    cfg = build_config(str(preset), {"max_steps": 7, "rank": None})
+    assert cfg.model == "some/model" and cfg.max_steps == 7 and cfg.learning_rate == 3e-5
+    assert cfg.rank == TrainConfig().rank and cfg.validation_seeds == [5, 6]
+
+
+def test_unknown_key_and_bad_value_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_stepz: 3\n")
+    with pytest.raises(UserError, match="bad.yaml.*max_stepz"):
+        load_preset(str(bad))
+    bad.write_text("max_steps: many\n")
+    with pytest.raises(UserError, match="max_steps"):
+        load_preset(str(bad))
+    with pytest.raises(UserError, match="no such file or shipped preset"):
+        load_preset("nope")
+
+
+@pytest.mark.parametrize("name", ["sd15-full", "sd15-lora", "sd21-lora", "sdxl-lora"])
+def test_shipped_presets_load_with_the_seeds_settings(name):
+    cfg = build_config(name, {"instance_dir": "x", "instance_prompt": "a sks dog", "output": "o"})
+    cfg.validate()
+    assert cfg.max_steps in (400, 500)
+    assert cfg.learning_rate == (5e-6 if cfg.method == "full" else 1e-4)
+    assert cfg.resolution == (768 if name == "sd21-lora" else 1024 if name.startswith("sdxl") else 512)
+    assert (PRESET_DIR / f"{name}.yaml").read_text().startswith("# dreambooth train --config")
+
+
+@pytest.mark.parametrize("change, flag", [({"method": "dora"}, "--method"), ({"max_steps": 0}, "--max-steps"),
+                                         ({"resolution": 100}, "--resolution"), ({"mixed_precision": "fp8"}, "--mixed-precision")])
+def test_validate_names_the_flag(change, flag):
+    cfg = TrainConfig(instance_dir="x", instance_prompt="a sks dog", output="o").replace(**change)
+    with pytest.raises(UserError, match=flag):
+        cfg.validate()
+
+
+def test_family_and_method_defaults():
+    cfg = TrainConfig(method="full").resolve_defaults(768)
+    assert cfg.resolution == 768 and cfg.learning_rate == 5e-6
+    cfg = TrainConfig(method="lora", rank=8).resolve_defaults(512)
+    assert cfg.learning_rate == 1e-4 and cfg.alpha == 8.0
+    assert TrainConfig(class_prompt="a dog").use_prior and not TrainConfig().use_prior
+    assert not TrainConfig(class_prompt="a dog", prior_preservation=False).use_prior

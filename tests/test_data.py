@@ -1,0 +1,108 @@
+"""Image intake: orientation, modes, bad files, captions, crops."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreambooth.data import Example, ExampleStream, crop_and_flip, load_examples, load_image, to_rgb
+from dreambooth.errors import UserError
+
+
+def _save_rotated(path, orientation: int):
+    """A 40x20 (wide) image whose EXIF says 'rotate': the stored pixels are wide, the photo is tall."""
+    im = Image.new("RGB", (40, 20), (200, 10, 10))
+    im.paste((10, 10, 200), (0, 0, 20, 20))   # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif.tobytes())
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    _save_rotated(tmp_path / "a.jpg", 6)   # 6: rotate 90 degrees clockwise to display
+    im = load_image(tmp_path / "a.jpg")
+    assert im.size == (20, 40)
+    top, bottom = np.asarray(im)[2, 10], np.asarray(im)[-3, 10]
+    assert top[2] > 150 and bottom[0] > 150   # clockwise: the left half (blue) is now on top
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F"])
+def test_every_mode_becomes_rgb(mode):
+    if mode == "I;16":
+        im = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    else:
+        im = Image.new(mode, (8, 8))
+    out = to_rgb(im)
+    assert out.mode == "RGB" and out.size == (8, 8)
+    if mode == "I;16":
+        assert np.asarray(out).min() == 255   # full-scale 16-bit is white, not clipped noise
+
+
+def test_transparency_is_composited_on_white():
+    im = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(im)).min() == 255
+
+
+def test_bad_files_are_skipped_with_a_warning_naming_each(tmp_path):
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(tmp_path / "good.jpg")
+    Image.new("CMYK", (64, 64), (0, 50, 100, 0)).save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    warnings = []
+    examples = load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)
+    assert sorted(e.path.name for e in examples) == ["cmyk.jpg", "deep.png", "good.jpg"]
+    text = "\n".join(warnings)
+    for bad in ("corrupt.jpg", "empty.png", "notes.txt"):
+        assert bad in text
+    assert len(warnings) == 3
+
+
+def test_no_usable_image_is_a_one_line_error(tmp_path):
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(UserError, match="no usable image"):
+        load_examples(tmp_path, "p", 32, warn=lambda m: None)
+    with pytest.raises(UserError, match="no such folder"):
+        load_examples(tmp_path / "missing", "p", 32)
+
+
+def test_captions_only_when_asked(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a sks dog on the beach\n")
+    assert load_examples(tmp_path, "default", 32, captions=True)[0].prompt == "a sks dog on the beach"
+    warnings = []
+    assert load_examples(tmp_path, "default", 32, warn=warnings.append)[0].prompt == "default"
+    assert "a.txt" in warnings[0]
+
+
+def test_resize_short_side_and_keep_original_size(tmp_path):
+    Image.new("RGB", (300, 200)).save(tmp_path / "a.png")
+    ex = load_examples(tmp_path, "p", 64)[0]
+    assert ex.image.size == (96, 64) and ex.original_hw == (200, 300)
+
+
+def test_crop_offsets_and_flip():
+    arr = np.zeros((64, 96, 3), dtype=np.uint8)
+    arr[:, :48] = 255                                    # left half white
+    ex = Example(Image.fromarray(arr), "p", (64, 96), None)
+    gen = torch.Generator().manual_seed(0)
+    t, (top, left) = crop_and_flip(ex, 64, center=True, flip=False, gen=gen)
+    assert (top, left) == (0, 16) and t.shape == (3, 64, 64)
+    assert t[0, 0, 0] == 1.0 and t[0, 0, -1] == -1.0
+    flips = [crop_and_flip(ex, 64, True, True, gen)[0][0, 0, 0].item() for _ in range(40)]
+    assert -1.0 in flips and 1.0 in flips                # flipped sometimes, not always
+
+
+def test_stream_resumes_exactly():
+    exs = [Example(Image.new("RGB", (40, 32), (i * 20, 0, 0)), f"p{i}", (32, 40), None) for i in range(5)]
+    a = ExampleStream(exs, exs[:3], 2, 32, False, True, seed=3)
+    for _ in range(3):
+        a.next_batch()
+    state = a.state_dict()
+    expected = [a.next_batch() for _ in range(4)]
+    b = ExampleStream(exs, exs[:3], 2, 32, False, True, seed=99)
+    b.load_state_dict(state)
+    for want in expected:
+        got = b.next_batch()
+        assert got.indices == want.indices and got.crop_top_left == want.crop_top_left
+        assert torch.equal(got.pixels, want.pixels)

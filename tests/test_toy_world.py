@@ -1,0 +1,134 @@
+"""The toy world: exact, reproducible rendering, its captions, the oracle that reads pictures back,
+and the toy tokenizer's rare tokens. Fast: no model is run."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from dreambooth.toy import oracle, world
+from dreambooth.toy.world import COLOURS, PALETTE, PATTERNS, SHAPES, Subject
+
+CAPTION_RE = re.compile(r"^a (\w+) (\w+) on a (\w+) background$")
+
+
+def test_palette_and_shapes_are_the_issues():
+    assert PALETTE == {
+        "red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
+        "purple": (140, 40, 180), "orange": (250, 140, 20), "white": (245, 245, 245), "black": (15, 15, 15),
+    }
+    assert set(SHAPES) == {"circle", "square", "triangle", "cross"}
+
+
+def test_renderer_is_deterministic():
+    a, ca, _ = world.sample_batch(seed=7, n=20)
+    b, cb, _ = world.sample_batch(seed=7, n=20)
+    c, _, _ = world.sample_batch(seed=8, n=20)
+    assert a.shape == (20, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and ca == cb
+    assert not np.array_equal(a, c)
+
+
+def test_pixels_are_exact_palette_colours():
+    images, _, scenes = world.sample_batch(seed=1, n=50)
+    for img, scene in zip(images, scenes):
+        colours = {tuple(int(v) for v in px) for px in img.reshape(-1, 3)}
+        assert colours == {PALETTE[scene.background], PALETTE[scene.colour]}
+        assert scene.background != scene.colour
+
+
+def test_size_and_position_ranges():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        s = world.sample_scene(rng)
+        assert 0.25 * 32 <= s.half <= 0.38 * 32
+        assert s.half <= s.cx <= 32 - s.half and s.half <= s.cy <= 32 - s.half
+        mask = world.shape_mask(s.shape, s.cx, s.cy, s.half)
+        ys, xs = np.nonzero(mask)
+        # the shape spans about twice its half-width and fits inside the picture
+        assert 2 * s.half - 2 <= xs.max() - xs.min() + 1 <= 2 * s.half + 1
+        assert 2 * s.half - 2 <= ys.max() - ys.min() + 1 <= 2 * s.half + 1
+
+
+def test_triangle_points_up_and_cross_is_a_plus():
+    tri = world.shape_mask("triangle", 16, 16, 10)
+    assert tri[8].sum() < tri[24].sum()         # narrow top, wide base
+    cross = world.shape_mask("cross", 16, 16, 10)
+    assert cross[16, 7] and cross[7, 16] and not cross[8, 8]
+
+
+def test_captions_format_and_dropout():
+    rng = np.random.default_rng(0)
+    captions = [world.sample_caption(rng, world.sample_scene(rng)) for _ in range(4000)]
+    empty = sum(c == "" for c in captions) / len(captions)
+    assert 0.08 <= empty <= 0.12
+    for c in captions:
+        if c:
+            m = CAPTION_RE.match(c)
+            assert m, c
+            assert m.group(1) in COLOURS and m.group(2) in SHAPES and m.group(3) in COLOURS
+            assert m.group(1) != m.group(3)
+    scene = world.Scene("square", "red", "blue", 16, 16, 10)
+    assert scene.caption() == "a red square on a blue background"
+    assert len(world.all_prompts()) == 8 * 4 * 7
+
+
+def test_oracle_reads_solid_shapes():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        s = world.sample_scene(rng)
+        r = oracle.read(world.render(s))
+        assert (r.background, r.colour, r.shape) == (s.background, s.colour, s.shape)
+        assert r.pattern < 0.05 and not r.patterned and r.second is None
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_oracle_reads_patterned_subjects(pattern):
+    rng = np.random.default_rng(5)
+    subject = Subject("circle", "yellow", pattern, "black")
+    for bg in ("red", "blue", "green", "white"):
+        s = subject.scene(bg, rng)
+        r = oracle.read(world.render(s))
+        assert r.background == bg
+        assert {r.colour, r.second} == {"yellow", "black"}
+        assert r.patterned
+        if pattern in ("stripes", "checker"):
+            assert 0.4 <= r.pattern <= 0.5
+
+
+def test_oracle_tolerates_generated_looking_pictures():
+    """Blurred edges and pixel noise, as a decoder produces, do not change the reading."""
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        s = world.sample_scene(rng)
+        img = world.render(s).astype(np.float32)
+        blurred = img.copy()
+        blurred[1:-1, 1:-1] = (img[1:-1, 1:-1] * 4 + img[:-2, 1:-1] + img[2:, 1:-1] + img[1:-1, :-2]
+                               + img[1:-1, 2:]) / 8
+        noisy = np.clip(blurred + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        r = oracle.read(noisy)
+        assert (r.background, r.colour) == (s.background, s.colour)
+        assert r.pattern < oracle.PATTERN_THRESHOLD
+
+
+def test_oracle_accepts_pil_and_float_arrays():
+    s = world.Scene("cross", "green", "white", 15.0, 17.0, 11.0)
+    img = world.render(s)
+    assert oracle.read(world.render_pil(s)) == oracle.read(img) == oracle.read(img / 255.0)
+
+
+def test_rare_tokens_are_single_tokens_absent_from_captions(tmp_path):
+    from dreambooth.toy.architecture import CAPTION_WORDS, RARE_TOKENS, build_tokenizer
+    tok = build_tokenizer(tmp_path)
+    assert "sks" in RARE_TOKENS and len(RARE_TOKENS) >= 4
+    caption_ids = set()
+    for c, s, b in world.all_prompts():
+        caption_ids.update(tok(world.caption(c, s, b), add_special_tokens=False).input_ids)
+    for word in CAPTION_WORDS:
+        assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
+    for word in RARE_TOKENS:
+        ids = tok(word, add_special_tokens=False).input_ids
+        assert len(ids) == 1, word
+        assert ids[0] not in caption_ids
+        assert word not in {w for c in world.all_prompts() for w in world.caption(*c).split()}

@@ -1,0 +1,192 @@
+"""Validation during training: grids, the metrics CSV, the curve and the kept best step."""
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from dreambooth.validation import (ValidationCallback, best_checkpoint, default_validation_prompts, infer_identifier,
+                                   subject_phrase, validation_callbacks)
+
+
+@pytest.fixture(scope="module")
+def eval_models(tmp_path_factory):
+    from dreambooth.evaluate import save_tiny_eval_models
+    return save_tiny_eval_models(tmp_path_factory.mktemp("val-eval-models"))
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_with_validate_every(tiny_sd1, dog_photos, eval_models, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        "train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a photo of sks dog",
+        "--class-prompt", "a photo of dog", "--num-class-images", "2", "--class-steps", "1", "--method", "lora",
+        "--resolution", "32", "--max-steps", "5", "--learning-rate", "1e-2", "--validate-every", "2",
+        "--validation-seeds", "0", "--validation-seeds", "1", "--validation-steps", "2", "--keep-best",
+        "--dino-model", eval_models[0], "--clip-model", eval_models[1], "--output", out)
+    assert code == 0, err
+    val = out / "validation"
+    grids = sorted(p.name for p in val.glob("step-*.png"))
+    assert grids == ["step-000000.png", "step-000002.png", "step-000004.png", "step-000005.png"]
+    # 5 prompts (instance, three contexts, class) x 2 seeds at 32 px, each row under a 14 px label
+    assert Image.open(val / "step-000002.png").size == (2 * 32, 5 * (32 + 14))
+    rows = _rows(val / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 5]
+    for r in rows:
+        for key in ("dino", "clip_i", "clip_t", "pres"):
+            assert -1.0 <= float(r[key]) <= 1.0
+    assert Image.open(val / "curve.png").format == "PNG"
+    best = json.loads((val / "best.json").read_text())
+    assert best["step"] in (2, 4, 5) and "CLIP-T" in best["rule"]
+    kept = best_checkpoint(out)
+    assert kept is not None and (kept / "pytorch_lora_weights.safetensors").exists()
+    assert any(k.startswith("unet.") for k in load_file(str(kept / "pytorch_lora_weights.safetensors")))
+
+
+# ----- the callback protocol with a stand-in trainer -------------------------------------------------------
+
+class StubPipe:
+    """Answers like a diffusers pipeline: one small image per prompt in the batch."""
+
+    def __call__(self, prompt, generator, **kwargs):
+        return SimpleNamespace(images=[Image.new("RGB", (16, 16), (int(g.initial_seed()) * 40 % 255, 0, 0))
+                                       for g in generator])
+
+
+class FakeRun:
+    def __init__(self, config, pipe=None):
+        self.config, self.step, self.saved = config, 0, []
+        self._pipe = pipe or StubPipe()
+
+    def pipeline(self):
+        return self._pipe
+
+    def save_checkpoint(self, path):
+        path.mkdir(parents=True)
+        (path / "step.txt").write_text(str(self.step))
+        self.saved.append(self.step)
+
+
+def _config(tmp_path, dog_photos, **extra):
+    values = dict(validate_every=10, validation_prompts=None, validation_seeds=[0, 1], validation_steps=1,
+                  keep_best=True, output=str(tmp_path), instance_dir=str(dog_photos),
+                  instance_prompt="a photo of sks dog", class_prompt="a photo of dog", resolution=32,
+                  dino_model=None, clip_model=None)
+    values.update(extra)
+    return SimpleNamespace(**values)
+
+
+def _scripted(callback, scores):
+    """Replace the evaluation models with scripted (dino, clip_t) per validation."""
+    it = iter(scores)
+    callback._load_evaluator = lambda: setattr(callback, "evaluator", object())
+
+    def score(images):
+        dino, clip_t = next(it)
+        return {"dino": dino, "clip_i": dino, "clip_t": clip_t, "pres": 0.1}
+    callback._score = score
+
+
+def _train(callback, run, steps, last):
+    callback.on_train_start(run)
+    for s in range(1, last + 1):
+        run.step = s
+        callback.on_step_end(run)
+    callback.on_train_end(run)
+
+
+def test_best_balance_rule(tmp_path, dog_photos):
+    config = _config(tmp_path, dog_photos)
+    (cb,) = validation_callbacks(config)
+    # step 0 is the reference (CLIP-T 0.30: trained steps need >= 0.27)
+    _scripted(cb, [(0.5, 0.30), (0.6, 0.29), (0.7, 0.28), (0.9, 0.20), (0.65, 0.30)])
+    run = FakeRun(config)
+    _train(cb, run, None, 35)
+    assert run.saved == [10, 20]  # 30 has the best DINO but lost too much CLIP-T; 35 (the end) has less DINO
+    best = json.loads((tmp_path / "validation" / "best.json").read_text())
+    assert best["step"] == 20 and best["reference_clip_t"] == pytest.approx(0.30)
+    assert (best_checkpoint(tmp_path) / "step.txt").read_text() == "20"
+    rows = _rows(tmp_path / "validation" / "metrics.csv")
+    assert [(r["step"], r["eligible"], r["best_so_far"]) for r in rows] == [
+        ("0", "", ""), ("10", "1", "1"), ("20", "1", "1"), ("30", "0", "0"), ("35", "1", "0")]
+    assert (tmp_path / "validation" / "curve.png").exists()
+
+
+def test_best_falls_back_to_clip_t(tmp_path, dog_photos):
+    config = _config(tmp_path, dog_photos)
+    (cb,) = validation_callbacks(config)
+    _scripted(cb, [(0.5, 0.30), (0.9, 0.20), (0.5, 0.25), (0.4, 0.29)])
+    run = FakeRun(config)
+    _train(cb, run, None, 30)
+    assert run.saved == [10, 20, 30]  # no step qualifies until 30: meanwhile the highest CLIP-T
+
+
+def test_fresh_run_drops_a_stale_best_and_resume_keeps_the_curve(tmp_path, dog_photos):
+    config = _config(tmp_path, dog_photos)
+    (cb,) = validation_callbacks(config)
+    _scripted(cb, [(0.5, 0.30), (0.6, 0.30), (0.7, 0.30)])
+    run = FakeRun(config)
+    _train(cb, run, None, 20)
+    assert best_checkpoint(tmp_path) is not None
+    # resumed at step 10: the curve up to 10 stays, step 10 ranks best again but the kept weights (step 20)
+    # are past the resume point and go; step 20 is redone and kept
+    (resumed,) = validation_callbacks(config)
+    _scripted(resumed, [(0.8, 0.30)])
+    run = FakeRun(config)
+    run.step = 10
+    resumed.on_train_start(run)
+    assert [r["step"] for r in resumed.rows] == [0, 10] and resumed.best["step"] == 10
+    assert best_checkpoint(tmp_path) is None
+    run.step = 20
+    resumed.on_step_end(run)
+    resumed.on_train_end(run)
+    assert [int(r["step"]) for r in _rows(tmp_path / "validation" / "metrics.csv")] == [0, 10, 20]
+    assert (best_checkpoint(tmp_path) / "step.txt").read_text() == "20"
+    # a fresh run in the same output never takes the earlier run's best for its own
+    (fresh,) = validation_callbacks(config)
+    _scripted(fresh, [(0.5, 0.30)])
+    run = FakeRun(config)
+    fresh.on_train_start(run)
+    assert best_checkpoint(tmp_path) is None
+
+
+def test_without_evaluation_models_grids_only(tmp_path, dog_photos, caplog):
+    from dreambooth.tiny import build_sd_pipeline
+    pipe = build_sd_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    config = _config(tmp_path, dog_photos, dino_model="nobody/not-cached", validation_prompts=["a sks dog"],
+                     validation_seeds=[3])
+    (cb,) = validation_callbacks(config)
+    run = FakeRun(config, pipe)
+    torch.manual_seed(5)
+    cb.on_train_start(run)
+    assert torch.equal(torch.rand(3), torch.manual_seed(5) and torch.rand(3))  # training randomness untouched
+    run.step = 10
+    cb.on_step_end(run)
+    cb.on_train_end(run)
+    assert sorted(p.name for p in (tmp_path / "validation").glob("step-*.png")) == ["step-000000.png", "step-000010.png"]
+    rows = _rows(tmp_path / "validation" / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "10"] and all(r["dino"] == "" for r in rows)
+    assert run.saved == [] and best_checkpoint(tmp_path) is None
+    assert "not in the local Hugging Face cache" in cb.unavailable
+
+
+def test_prompts_and_identifier():
+    assert subject_phrase("a photo of sks dog") == "sks dog"
+    assert subject_phrase("photo of an ohwx teapot") == "ohwx teapot"
+    assert default_validation_prompts("a photo of sks dog", "a photo of dog") == [
+        "a photo of sks dog", "a sks dog in the jungle", "a sks dog in the snow",
+        "a sks dog with a city in the background", "a photo of dog"]
+    assert infer_identifier("a photo of zwx cat", "a photo of cat") == "zwx"
+    assert infer_identifier("a photo of sks dog") == "sks"
+    assert infer_identifier("my dog") is None
+    assert validation_callbacks(SimpleNamespace(validate_every=0)) == []
+    assert isinstance(validation_callbacks(_config("/tmp/x", "/tmp/y"))[0], ValidationCallback)
