@@ -56,7 +56,7 @@ def kohya_prefix(component: str, family: str) -> str:
     return "lora_te1" if family == "sdxl" else "lora_te"
 
 
-def to_kohya(components: dict[str, torch.nn.Module], family: str, dtype=torch.float16) -> dict[str, torch.Tensor]:
+def to_kohya(components: dict[str, torch.nn.Module], family: str, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """kohya/A1111 names for every adapted module: down/up weights and the alpha scalar."""
     out: dict[str, torch.Tensor] = {}
     for component, model in components.items():
@@ -64,14 +64,17 @@ def to_kohya(components: dict[str, torch.nn.Module], family: str, dtype=torch.fl
         prefix = kohya_prefix(component, family)
         for key, tensor in adapter_state_dict(model).items():
             module, kind = key.rsplit(".lora_", 1)          # "...to_q", "A.weight"
+            if component != "unet" and not module.startswith("text_model."):
+                module = "text_model." + module              # transformers 5 dropped this level; kohya names keep it
             name = f"{prefix}_{module.replace('.', '_')}"
             out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.to(dtype).contiguous()
             out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
     return out
 
 
-def save_kohya_lora(path: Path, components: dict[str, torch.nn.Module], family: str, metadata: dict | None = None) -> Path:
-    tensors = to_kohya(components, family)
+def save_kohya_lora(path: Path, components: dict[str, torch.nn.Module], family: str, metadata: dict | None = None,
+                    dtype=torch.float32) -> Path:
+    tensors = to_kohya(components, family, dtype)
     meta = {"ss_network_module": "networks.lora", "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[family]}
     first = next(iter(components.values()))
     cfg = adapter_metadata(first)

@@ -31,6 +31,7 @@ from .tokens import identifier_warnings
 
 log = logging.getLogger("dreambooth")
 KEPT_ON_OVERWRITE = ("class_images",)
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TrainingStopped(UserError):
@@ -318,6 +319,8 @@ class Trainer:
                     self.save_checkpoint()
         files = self.save_output()
         self._call("on_train_end")
+        if cfg.keep_best:
+            self._keep_best()
         return TrainResult(self.output, self.step, self.losses, time.time() - started, peak_memory(), files,
                            self.skipped, self.warnings)
 
@@ -356,13 +359,13 @@ class Trainer:
             files = [save_diffusers_lora(type(self.pipe), directory, self.trainables)]
             if cfg.export_kohya:
                 files.append(save_kohya_lora(directory / f"{directory.name or 'lora'}.safetensors", self.trainables,
-                                             self.family.name, {"ss_output_name": directory.name}))
+                                             self.family.name, {"ss_output_name": directory.name}, SAVE_DTYPES[cfg.save_precision]))
             return files
         return self._save_full(directory)
 
     def _save_full(self, directory: Path) -> list[Path]:
         cfg = self.config
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.save_precision, torch.float32)
+        dtype = SAVE_DTYPES[cfg.save_precision]
         # Frozen parts are reloaded from the base so low-precision training copies never leak into the output.
         trained = {name: model for name, model in self.trainables.items()}
         base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
@@ -377,6 +380,20 @@ class Trainer:
             from .single_file import export_single_file
             files.append(export_single_file(directory, directory / f"{directory.name or 'model'}.safetensors", self.family.name))
         return files
+
+    def _keep_best(self) -> None:
+        """Put the weights the validation callback kept (``--keep-best``) in place of the final ones."""
+        from .validation import best_checkpoint
+        best = best_checkpoint(self.output) if self.accelerator.is_main_process else None
+        if best is None:
+            return
+        for entry in best.iterdir():
+            name = f"{self.output.name}.safetensors" if entry.name == f"{best.name}.safetensors" else entry.name
+            target = self.output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target)
+        console().print(f"--keep-best: the output holds the weights kept in {best}")
 
     def save_output(self) -> list[Path]:
         if not self.accelerator.is_main_process:

@@ -1,0 +1,96 @@
+"""Model loading from every place users keep models, family detection, VAE precision, identifiers."""
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli
+from dreambooth.config import build_config
+from dreambooth.errors import UserError
+from dreambooth.models import detect_family, family_of, load_pipeline, resolve_model
+from dreambooth.train import Trainer
+
+
+def _fake_hub_cache(root, repo_id, folder):
+    """Lay out a diffusers folder the way huggingface_hub caches a download."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_resolves_from_the_cache_offline(tiny_sd1, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    _fake_hub_cache(tmp_path, "someone/tiny-sd", tiny_sd1)
+    ref = resolve_model("someone/tiny-sd")
+    assert ref.kind == "hub" and (ref.path / "model_index.json").exists()
+    assert family_of(load_pipeline("someone/tiny-sd")) == "sd1"
+    with pytest.raises(UserError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE=1"):
+        resolve_model("someone/not-downloaded")
+
+
+@pytest.mark.parametrize("spec, needle", [("/no/such/path", "no such folder"), ("notes.txt", "not a model file")])
+def test_bad_model_specs(spec, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=needle):
+        resolve_model(spec)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no model_index.json"):
+        resolve_model(str(empty))
+
+
+def test_families_are_read_from_components(tiny_sd1, tiny_sd2, tiny_sdxl):
+    assert [family_of(load_pipeline(str(p))) for p in (tiny_sd1, tiny_sd2, tiny_sdxl)] == ["sd1", "sd2", "sdxl"]
+    assert load_pipeline(str(tiny_sd2)).scheduler.config.prediction_type == "v_prediction"
+    # full-size configs, as published, without any weights
+    assert detect_family({"cross_attention_dim": 768, "use_linear_projection": False}) == "sd1"
+    assert detect_family({"cross_attention_dim": 1024, "use_linear_projection": True}) == "sd2"
+    assert detect_family({"cross_attention_dim": 2048, "addition_embed_type": "text_time"}) == "sdxl"
+    with pytest.raises(UserError, match="not supported"):
+        detect_family({"in_channels": 9, "cross_attention_dim": 768})
+
+
+def test_vae_replacement(tiny_sd1, tmp_path):
+    from dreambooth.tiny import _vae
+    vae = _vae(seed=123)
+    vae.save_pretrained(tmp_path / "vae")
+    pipe = load_pipeline(str(tiny_sd1), vae=str(tmp_path / "vae"))
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), vae.state_dict().values()))
+    with pytest.raises(UserError, match="--vae"):
+        load_pipeline(str(tiny_sd1), vae=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("force_upcast, expected", [(True, torch.float32), (False, torch.bfloat16)])
+def test_vae_stays_fp32_unless_it_is_fp16_safe(tiny_sdxl, dog_photos, tmp_path, force_upcast, expected):
+    """Low-precision training encodes with the VAE in fp32 unless its config says it is safe
+    (the fp16-fix SDXL VAE sets force_upcast: false); trainable weights are always fp32."""
+    model = tmp_path / "m"
+    shutil.copytree(tiny_sdxl, model)
+    cfg_file = model / "vae" / "config.json"
+    cfg_file.write_text(cfg_file.read_text().replace('"force_upcast": true', f'"force_upcast": {str(force_upcast).lower()}'))
+    cfg = build_config(None, dict(model=str(model), instance_dir=str(dog_photos), instance_prompt="a sks dog",
+                                  resolution=32, max_steps=1, mixed_precision="bf16", output=str(tmp_path / "o")))
+    trainer = Trainer(cfg, []).setup()
+    assert trainer.pipe.vae.dtype == expected
+    assert all(p.dtype == torch.float32 for p in trainer.pipe.unet.parameters() if p.requires_grad)
+    trainer.fit()
+
+
+def test_tokens_command_lists_rare_single_tokens(tiny_sd1):
+    code, out, err = run_cli("tokens", "--model", tiny_sd1, "--count", "3")
+    assert code == 0, err
+    rows = [l.split()[0] for l in out.splitlines()[1:] if l and not l.startswith("note")]
+    assert rows and "sks" not in rows and all(2 <= len(t) <= 3 for t in rows)
+    assert "rifle" in out
+
+
+def test_identifier_warnings(tiny_sd1):
+    from dreambooth.tokens import identifier_warnings
+    tok = load_pipeline(str(tiny_sd1)).tokenizer
+    assert identifier_warnings(tok, "a photo of zwx dog", "a photo of dog") == []
+    assert "splits into" in identifier_warnings(tok, "a photo of qqvvzz dog", "a photo of dog")[0]
+    assert "common word" in identifier_warnings(tok, "a photo of red dog", "a photo of dog")[0]
