@@ -94,3 +94,17 @@ def test_identifier_warnings(tiny_sd1):
     assert identifier_warnings(tok, "a photo of zwx dog", "a photo of dog") == []
     assert "splits into" in identifier_warnings(tok, "a photo of qqvvzz dog", "a photo of dog")[0]
     assert "common word" in identifier_warnings(tok, "a photo of red dog", "a photo of dog")[0]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_class_images_under_mixed_precision(tiny_sdxl, dog_photos, tmp_path, method):
+    """bf16 training: class images come from the bf16 denoiser and the fp32 VAE, and are not blank."""
+    import numpy as np
+    from PIL import Image
+    cfg = build_config(None, dict(model=str(tiny_sdxl), instance_dir=str(dog_photos), instance_prompt="a sks dog",
+                                  class_prompt="a dog", num_class_images=2, class_steps=2, method=method,
+                                  resolution=32, max_steps=1, mixed_precision="bf16", output=str(tmp_path / "o")))
+    Trainer(cfg, []).setup()
+    images = sorted((tmp_path / "o" / "class_images").glob("*.png"))
+    assert len(images) == 2
+    assert all(np.asarray(Image.open(p)).std() > 1 for p in images)

@@ -112,6 +112,10 @@ class Trainer:
         cpu = not torch.cuda.is_available()
         if cfg.mixed_precision == "fp16" and cpu:
             raise UserError("--mixed-precision fp16 needs a GPU; use bf16 (or no) on CPU")
+        # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
+        # web UI, tests) may ask for another precision, so reset all but the distributed part.
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation, cpu=cpu)
         self.device = self.accelerator.device
         prepare_output(self.output, cfg.overwrite, cfg.resume)
@@ -162,17 +166,22 @@ class Trainer:
         instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions, warn=self._warn)
         prior = []
         if cfg.prior_preservation:
-            from .prior import ensure_class_images
             class_dir = Path(cfg.class_dir).expanduser() if cfg.class_dir else self.output / "class_images"
             if self.accelerator.is_main_process:
-                ensure_class_images(self.pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.class_batch_size,
-                                    cfg.resolution, cfg.class_steps, cfg.class_cfg, cfg.seed, cfg.class_negative_prompt)
+                self._class_images(class_dir)
             self.accelerator.wait_for_everyone()
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
         self.class_images = len(prior)
         self.instance_images = len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
                                     cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index)
+
+    def _class_images(self, class_dir: Path) -> None:
+        from .prior import ensure_class_images
+        cfg = self.config
+        ensure_class_images(self.pipe, cfg.class_prompt, class_dir, cfg.num_class_images, cfg.class_batch_size,
+                            cfg.resolution, cfg.class_steps, cfg.class_cfg, cfg.seed, cfg.class_negative_prompt,
+                            autocast=self.accelerator.autocast)
 
     def _prepare_trainables(self, cfg: TrainConfig) -> None:
         from diffusers.optimization import get_scheduler
