@@ -35,9 +35,13 @@ def test_full_with_text_encoder_and_prior(tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / "out"
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a photo of sks dog",
                            "--class-prompt", "a photo of dog", "--num-class-images", "4", "--train-text-encoder",
-                           "--method", "full", "--resolution", "64", "--max-steps", "6", "--output", out, *FAST)
+                           "--method", "full", "--resolution", "64", "--max-steps", "6", "--output", out,
+                           "--export-single-file", *FAST)
     assert code == 0, err
     base, trained = _pipe(tiny_sd1), _pipe(out)
+    from dreambooth.models import load_pipeline
+    single = load_pipeline(str(out / "out.safetensors"), model_config=str(out))   # the A1111/ComfyUI file
+    assert all(torch.equal(a, b) for a, b in zip(single.unet.state_dict().values(), trained.unet.state_dict().values()))
     assert _differs(base.unet, trained.unet) and _differs(base.text_encoder, trained.text_encoder)
     assert not _differs(base.vae, trained.vae)
     assert len(list((out / "class_images").glob("*.png"))) == 4

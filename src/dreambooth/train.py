@@ -387,7 +387,8 @@ class Trainer:
         files = [directory / "model_index.json"]
         if cfg.export_single_file:
             from .single_file import export_single_file
-            files.append(export_single_file(directory, directory / f"{directory.name or 'model'}.safetensors", self.family.name))
+            files.append(export_single_file(directory, directory / f"{directory.name or 'model'}.safetensors",
+                                            self.family.name, dtype=dtype))
         return files
 
     def _keep_best(self) -> None:
