@@ -1,0 +1,129 @@
+"""Training-step speed and peak memory through the real loop, on real architectures with random weights.
+
+    python benchmarks/train_step.py --family sd1 --size tiny            # any machine, seconds
+    python benchmarks/train_step.py --family sd1 --size full --method lora --mixed-precision fp16   # a GPU
+    python benchmarks/train_step.py --family sdxl --size full --gradient-checkpointing --mixed-precision bf16
+
+Speed does not depend on weight values, so full-size SD1.5/SDXL layouts with random weights measure
+what a real checkpoint would cost. The pipeline is built once under --cache (a few GB at full size),
+then ``Trainer`` runs --warmup steps and --steps timed steps on generated photos. Prints one line
+of figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Published configs of the full-size models (layouts only; no weights involved).
+SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=64, cross_attention_dim=768,
+                 attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, sample_size=128, cross_attention_dim=2048,
+                 attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, hidden_act="quick_gelu")
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, hidden_act="gelu",
+              projection_dim=1280)
+
+
+def build_full(family: str, directory: Path) -> Path:
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from dreambooth.tiny import TINY_WORDS
+    from dreambooth.tokenizer_vocab import write_clip_tokenizer
+    tok = write_clip_tokenizer(list(TINY_WORDS), directory / "_tok")
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if family == "sd1":
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL(**VAE, sample_size=512), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
+            tokenizer=tok, unet=UNet2DConditionModel(**SD15_UNET),
+            scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        pipe = StableDiffusionXLPipeline(
+            vae=AutoencoderKL(**VAE, sample_size=1024), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **ids)), tokenizer=tok, tokenizer_2=tok,
+            unet=UNet2DConditionModel(**SDXL_UNET),
+            scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1")
+    ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--method", choices=["full", "lora"], default="lora")
+    ap.add_argument("--train-text-encoder", action="store_true")
+    ap.add_argument("--mixed-precision", default="no")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--use-8bit-adam", action="store_true")
+    ap.add_argument("--resolution", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--prior", action="store_true", help="prior preservation (doubles the batch; 4 class images)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "dreambooth-bench"))
+    args = ap.parse_args()
+    os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
+
+    from dreambooth.config import build_config
+    from dreambooth.tiny import save_tiny
+    from dreambooth.train import Trainer
+    model = Path(args.cache) / f"{args.family}-{args.size}"
+    if not (model / "model_index.json").exists():
+        model.mkdir(parents=True, exist_ok=True)
+        save_tiny(args.family, model) if args.size == "tiny" else build_full(args.family, model)
+    photos = Path(args.cache) / "photos"
+    photos.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    cfg = build_config(None, dict(
+        model=str(model), instance_dir=str(photos), instance_prompt="a photo of sks dog",
+        class_prompt="a photo of dog" if args.prior else None, num_class_images=4, class_steps=2,
+        method=args.method, train_text_encoder=args.train_text_encoder, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, use_8bit_adam=args.use_8bit_adam,
+        resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
+        output=str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
+    trainer = Trainer(cfg, []).setup()
+    cuda = torch.cuda.is_available()
+
+    class Clock:
+        def on_step_end(self, run):
+            if run.step == args.warmup:
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                self.start = time.perf_counter()
+
+    clock = Clock()
+    trainer.callbacks.append(clock)
+    trainer.save_output = lambda: []          # time the steps, not the writing of weights
+    trainer.fit()
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - clock.start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
+    print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "
+          f"batch={args.batch_size}{'+prior' if args.prior else ''} mp={args.mixed_precision} gc={args.gradient_checkpointing} "
+          f"8bit={args.use_8bit_adam} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
+          f"peak GPU memory {peak:.2f} GiB | {device}")
+
+
+if __name__ == "__main__":
+    main()
