@@ -108,3 +108,11 @@ def test_class_images_under_mixed_precision(tiny_sdxl, dog_photos, tmp_path, met
     images = sorted((tmp_path / "o" / "class_images").glob("*.png"))
     assert len(images) == 2
     assert all(np.asarray(Image.open(p)).std() > 1 for p in images)
+
+
+def test_debug_shows_the_traceback_anywhere_on_the_line(tmp_path):
+    from dreambooth.cli.main import main
+    from dreambooth.errors import UserError
+    with pytest.raises(UserError):
+        main(["train", "--model", "/no/such", "--instance-dir", str(tmp_path), "--instance-prompt", "a sks dog",
+              "--output", str(tmp_path / "o"), "--debug"])

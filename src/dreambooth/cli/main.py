@@ -38,6 +38,7 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DREAMBOOTH_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]   # accepted anywhere on the line, not only before the command
     try:
         cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:
