@@ -191,3 +191,17 @@ def test_non_finite_loss_never_writes_nan(tiny_sd1, dog_photos, tmp_path, monkey
     with pytest.raises(TrainingStopped, match="not finite 3 steps in a row"):
         train(cfg.replace(output=str(tmp_path / "p")), callbacks=[])
     assert not (tmp_path / "p" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_sd2_trains_on_the_velocity_target(tiny_sd2, dog_photos, tmp_path):
+    """v-prediction models learn v = alpha_t * noise - sigma_t * x0, read from the scheduler config."""
+    cfg = build_config(None, dict(model=str(tiny_sd2), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                                  resolution=32, max_steps=2, snr_gamma=5.0, output=str(tmp_path / "o")))
+    trainer = Trainer(cfg, []).setup()
+    assert trainer.prediction_type == "v_prediction"
+    calls = []
+    real = trainer.noise_scheduler.get_velocity
+    trainer.noise_scheduler.get_velocity = lambda *a: calls.append(1) or real(*a)
+    trainer.fit()
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "o" / "training_args.json").read_text())["prediction_type"] == "v_prediction"
