@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 from PIL import Image
 
 from conftest import DREAMBENCH, run_cli

@@ -4,7 +4,7 @@ The text has up to three parts, as the AUTOMATIC1111 WebUI writes it::
 
     a photo of sks dog, (oil painting:1.2)
     Negative prompt: blurry
-    Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: 0123456789, Model: sd15
+    Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15
 
 The last line is ``key: value`` pairs separated by commas; a value containing a comma, colon or
 newline is written as a JSON string. PNGs carry it in a ``parameters`` text chunk; JPEG and WebP

@@ -321,7 +321,7 @@ def prompt_schedule(prompt: str, steps: int) -> list[list]:
     """
     try:
         nodes = _ScheduleParser(prompt).parse()
-    except _NoParse:
+    except (_NoParse, RecursionError):       # unparseable, or brackets nested hundreds deep: literal text
         return [[steps, prompt]]
     ends = {steps}
     for node in _walk(nodes):
@@ -459,7 +459,8 @@ class PromptEncoder:
         (``force_zeros_for_empty_prompt``) is all zeros, as in diffusers and the WebUI."""
         cond = self.encode(text)
         if text == "" and self.zero_empty_negative:
-            return Conditioning(torch.zeros_like(cond.embeds), None if cond.pooled is None else torch.zeros_like(cond.pooled))
+            pooled = None if cond.pooled is None else torch.zeros_like(cond.pooled)
+            return Conditioning(torch.zeros_like(cond.embeds), pooled)
         return cond
 
     def empty_chunk(self) -> torch.Tensor:
@@ -477,6 +478,8 @@ def pad_pair(cond: Conditioning, uncond: Conditioning, empty: torch.Tensor) -> t
     def grow(c: Conditioning, to: int) -> Conditioning:
         reps = (to - c.embeds.shape[1]) // empty.shape[1]
         filler = empty.to(c.embeds.dtype).to(c.embeds.device).expand(c.embeds.shape[0], -1, -1)
+        if not c.embeds.any():
+            filler = torch.zeros_like(filler)            # a zeroed (empty SDXL) negative stays zero
         return Conditioning(torch.cat([c.embeds] + [filler] * reps, dim=1), c.pooled)
 
     return (grow(cond, b), uncond) if a < b else (cond, grow(uncond, a))
@@ -505,7 +508,9 @@ class ScheduledConditioning:
         return len(self.positive) > 1 or len(self.negative) > 1
 
 
-def schedule_conditioning(encoder: PromptEncoder, prompt: str, negative_prompt: str, steps: int) -> ScheduledConditioning:
+def schedule_conditioning(encoder: PromptEncoder, prompt: str, negative_prompt: str,
+                          steps: int) -> ScheduledConditioning:
+    """Both prompts' editing/alternation schedules, each distinct text encoded once."""
     pos = [(end, encoder.encode(text)) for end, text in prompt_schedule(prompt, steps)]
     neg = [(end, encoder.encode_negative(text)) for end, text in prompt_schedule(negative_prompt, steps)]
     return ScheduledConditioning(pos, neg, encoder.empty_chunk())

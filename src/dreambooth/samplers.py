@@ -67,14 +67,16 @@ _EULER_A = "EulerAncestralDiscreteScheduler"
 SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2M", _MULTISTEP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "Karras",
             aliases=("k_dpmpp_2m",)),
-    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, "Karras", aliases=("k_dpmpp_sde",),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, "Karras", schedules=("Automatic", "Uniform", *_SIGMAS),
+            aliases=("k_dpmpp_sde",),
             note="without torchsde installed: DPMSolverSinglestepScheduler, sde-dpmsolver++, order 2"),
     Sampler("DPM++ 2M SDE", _MULTISTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential",
             aliases=("k_dpmpp_2m_sde",), note="Gaussian noise where the WebUI uses Brownian-tree noise"),
     Sampler("DPM++ 2M SDE Heun", _MULTISTEP,
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}, "Exponential",
             aliases=("k_dpmpp_2m_sde_heun",), note="Gaussian noise where the WebUI uses Brownian-tree noise"),
-    Sampler("DPM++ 2S a", _SINGLESTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Karras",
+    Sampler("DPM++ 2S a", _SINGLESTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                        "lower_order_final": True}, "Karras",
             schedules=("Automatic", "Uniform", *_SIGMAS), aliases=("k_dpmpp_2s_a",),
             note="nearest equivalent: single-step 2nd-order SDE DPM-Solver++ (diffusers has no 2S ancestral)"),
     Sampler("DPM++ 3M SDE", _MULTISTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential",
@@ -83,7 +85,8 @@ SAMPLERS: tuple[Sampler, ...] = (
             aliases=("k_euler_a", "k_euler_ancestral"),
             note="Karras/Exponential sigmas applied by a thin subclass (diffusers' class has no option)"),
     Sampler("Euler", "EulerDiscreteScheduler", {}, "Uniform", aliases=("k_euler",)),
-    Sampler("LMS", "LMSDiscreteScheduler", {}, "Uniform", aliases=("k_lms",)),
+    Sampler("LMS", "LMSDiscreteScheduler", {}, "Uniform", aliases=("k_lms",),
+            note="without scipy: exact Gauss-Legendre coefficients instead of scipy.integrate.quad"),
     Sampler("Heun", "HeunDiscreteScheduler", {}, "Uniform", aliases=("k_heun",)),
     Sampler("DPM2", "KDPM2DiscreteScheduler", {}, "Karras", aliases=("k_dpm_2",)),
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "Karras", aliases=("k_dpm_2_a",)),
@@ -174,6 +177,30 @@ class EulerAncestralWithSigmas:
         self.timesteps = torch.from_numpy(times.astype(np.float32)).to(device=device)
 
 
+class LMSExactCoefficients:
+    """Mixin for diffusers' LMS when scipy is missing: its coefficients integrate a Lagrange basis
+    polynomial (degree < 4) between two sigmas, which Gauss-Legendre quadrature with 4 nodes does
+    exactly; diffusers calls scipy's adaptive ``quad`` for the same integral."""
+
+    def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
+        sigmas = [float(s) for s in self.sigmas]
+        a, b = sigmas[t], sigmas[t + 1]
+        nodes, weights = np.polynomial.legendre.leggauss(4)
+        taus = (b - a) / 2 * nodes + (a + b) / 2
+        values = np.ones_like(taus)
+        for k in range(order):
+            if k != current_order:
+                values *= (taus - sigmas[t - k]) / (sigmas[t - current_order] - sigmas[t - k])
+        return float((b - a) / 2 * np.sum(weights * values))
+
+
+def _lms_class():
+    from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
+    if _has_scipy():
+        return LMSDiscreteScheduler
+    return type("LMSDiscreteScheduler", (LMSExactCoefficients, LMSDiscreteScheduler), {})
+
+
 def _euler_ancestral_class(ramp: str):
     from diffusers import EulerAncestralDiscreteScheduler
     return type(f"EulerAncestral{ramp.title()}Scheduler", (EulerAncestralWithSigmas, EulerAncestralDiscreteScheduler),
@@ -189,7 +216,7 @@ def make_scheduler(base_config, sampler: str, schedule: str = "Automatic"):
     class_name = row.scheduler
     if class_name == "DPMSolverSDEScheduler" and not _has_torchsde():
         class_name = _SINGLESTEP
-        options = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+        options = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True}
     if effective is None:
         pass                                            # the model's own config
     elif class_name == _EULER_A and effective in ("Karras", "Exponential"):
@@ -201,7 +228,7 @@ def make_scheduler(base_config, sampler: str, schedule: str = "Automatic"):
         options.update(_SCHEDULE_OPTIONS[effective])
     if class_name == _SINGLESTEP:
         options.pop("timestep_spacing", None)          # always evenly spaced in time
-    cls = getattr(diffusers, class_name)
+    cls = _lms_class() if class_name == "LMSDiscreteScheduler" else getattr(diffusers, class_name)
     config = {k: v for k, v in dict(base_config).items()
               if not k.startswith("use_") or k in ("use_dynamic_shifting",)}
     return cls.from_config(config, **options)
@@ -211,7 +238,8 @@ def sampler_table() -> str:
     """The table printed by ``--list-samplers``."""
     rows = [("Sampler", "diffusers scheduler", "Automatic =", "Schedule types", "Notes")]
     for s in SAMPLERS:
-        opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k not in ("clip_sample", "set_alpha_to_one"))
+        opts = ", ".join(f"{k}={v}" for k, v in s.options.items()
+                         if k not in ("clip_sample", "set_alpha_to_one", "lower_order_final"))
         cls = s.scheduler + (f" ({opts})" if opts else "")
         if s.scheduler == "DPMSolverSDEScheduler":
             cls += "" if _has_torchsde() else " [torchsde missing: fallback]"
@@ -220,7 +248,9 @@ def sampler_table() -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for k, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + ("  " + r[4] if r[4] else ""))
+        lines.append(("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths) + "  -----")
-    return "\n".join(lines).rstrip()
+    if not _has_scipy():
+        lines.append("(Beta needs scipy, which is not installed.)")
+    return "\n".join(lines)

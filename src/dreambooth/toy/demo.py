@@ -112,27 +112,29 @@ def save_grid(grid: list[list[np.ndarray]], labels: list[str], path: str | Path,
     return Path(path)
 
 
-def demo_config(output: Path, method: str | None, instance_dir: Path, subject: Subject, **overrides):
+def demo_config(output: Path, method: str | None, instance_dir: Path, subject: Subject, model: str = "toy",
+                **overrides):
     """The training config: the toy model's defaults (``configs/toy.yaml``) plus this subject."""
-    from ..config import build_config
-    values = dict(model="toy", instance_dir=str(instance_dir), instance_prompt=instance_prompt(subject),
+    from ..config import build_config, load_preset
+    values = dict(load_preset("toy")) if model != "toy" else {}   # a copy of the toy model: same defaults
+    values.update(model=model, instance_dir=str(instance_dir), instance_prompt=instance_prompt(subject),
                   class_prompt=class_prompt(subject), output=str(output), method=method, overwrite=True,
                   class_dir=str(output.parent / "class_images"))   # method None: the preset's
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return build_config(None, values)
+    return build_config(None, {k: v for k, v in values.items() if v is not None})
 
 
-def load_trained(model_dir: Path, method: str):
+def load_trained(model_dir: Path, method: str, base: str = "toy"):
     from ..models import load_pipeline
     if method == "lora":
-        pipe = load_pipeline("toy")
+        pipe = load_pipeline(base)
         pipe.load_lora_weights(str(model_dir))
         return pipe
     return load_pipeline(str(model_dir))
 
 
 def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, subject: Subject = DEMO_SUBJECT,
-             seed: int = 0, log=print, **overrides) -> dict:
+             seed: int = 0, log=print, model: str = "toy", **overrides) -> dict:
     """Run the whole demo into ``output``; returns the metrics (also in ``metrics.json``)."""
     from ..models import load_pipeline
     from ..train import train
@@ -145,18 +147,18 @@ def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, 
     log(f"subject: a {subject.colour} {subject.shape} with {subject.pattern_colour} {subject.pattern}; "
         f"{len(INSTANCE_BACKGROUNDS)} pictures in {instance_dir}")
 
-    base = load_pipeline("toy")
+    base = load_pipeline(model)
     before = sample(base, prompts)
     save_grid(before, prompts, output / "before.png")
     del base
 
-    config = demo_config(output / "model", method, instance_dir, subject, seed=seed, **overrides)
+    config = demo_config(output / "model", method, instance_dir, subject, model=model, seed=seed, **overrides)
     log(f"training ({config.method}, {config.max_steps} steps, prior preservation with '{config.class_prompt}')")
     t_train = time.time()
     result = train(config)
     train_seconds = time.time() - t_train
 
-    after_pipe = load_trained(result.output, config.method)
+    after_pipe = load_trained(result.output, config.method, model)
     after = sample(after_pipe, prompts)
     save_grid(after, prompts, output / "after.png")
     metrics = {

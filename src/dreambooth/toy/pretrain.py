@@ -59,7 +59,7 @@ class PretrainConfig:
     lr: float = 6e-4
     warmup: int = 300
     weight_decay: float = 1e-2
-    ema: float = 0.999
+    ema: float = 0.995
     min_snr: float = 5.0
     caption_dropout: float = 0.1
     eval_every: int = 400

@@ -1,0 +1,387 @@
+"""txt2img / img2img / inpainting as in the WebUI: seeds, batches, prompts, LoRAs, files, CLI."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from dreambooth.errors import UserError
+from dreambooth.generate import (GenerationParams, generate_images, load_generation_pipeline, next_number,
+                                 parse_lora_spec, prepare_params)
+from dreambooth.infotext import parse_generation_parameters, read_infotext
+
+SMALL = dict(steps=2, width=16, height=16)
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path_factory, monkeypatch):
+    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
+
+
+@pytest.fixture(scope="module")
+def sd1(tiny_sd1):
+    return load_generation_pipeline(str(tiny_sd1))
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl):
+    return load_generation_pipeline(str(tiny_sdxl))
+
+
+def pixels(result_or_image):
+    image = getattr(result_or_image, "image", result_or_image)
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def gen(pipe, prompt="a dog", **kw):
+    return generate_images(pipe, GenerationParams(prompt, **{**SMALL, "seed": 7, **kw}), progress=False)
+
+
+# ---- seeds and batches ------------------------------------------------------------------------------------------
+
+def test_same_seed_same_pixels(sd1):
+    a, b = gen(sd1)[0], gen(sd1)[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(gen(sd1, seed=8)[0]))
+
+
+def test_batches_seeds_files_and_reproduction_alone(sd1, tmp_path):
+    params = GenerationParams("a photo of sks dog", sampler="Euler a", seed=1000, batch_size=2, batch_count=2,
+                              steps=8)                     # the model's own size: 64 px
+    out = generate_images(sd1, params, tmp_path, progress=False)
+    assert [r.seed for r in out] == [1000, 1001, 1002, 1003]
+    assert [r.path.name for r in out] == ["00001-1000.png", "00002-1001.png", "00003-1002.png", "00004-1003.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [r.path.name for r in out]
+    for r in out:
+        assert parse_generation_parameters(read_infotext(r.path))["Seed"] == str(r.seed)
+    for k in (2, 1):
+        alone = generate_images(sd1, replace(params, seed=1000 + k, batch_size=1, batch_count=1), progress=False)[0]
+        assert np.array_equal(pixels(alone), pixels(Image.open(out[k].path)))
+    assert len({pixels(r).tobytes() for r in out}) == 4
+
+
+def test_batch_unet_runs_image_by_image(sdxl):
+    """Each image of a batch goes through the UNet as a batch of one would: [uncond_i, cond_i]."""
+    shapes = []
+    handle = sdxl.unet.register_forward_pre_hook(lambda m, a, kw: shapes.append(kw["encoder_hidden_states"].shape[0]),
+                                                 with_kwargs=True)
+    try:
+        out = gen(sdxl, batch_size=3, steps=2)
+    finally:
+        handle.remove()
+    assert len(out) == 3 and shapes == [6, 6]        # the pipeline's call holds the whole batch...
+    alone = gen(sdxl, seed=9, steps=2)[0]            # ...but image 3 matches its seed alone exactly
+    assert np.array_equal(pixels(alone), pixels(out[2]))
+
+
+def test_random_seed_is_recorded(sd1):
+    (r,) = gen(sd1, seed=-1)
+    assert 0 <= r.seed < 2**32 and f"Seed: {r.seed}," in r.infotext
+    assert np.array_equal(pixels(r), pixels(gen(sd1, seed=r.seed)[0]))
+
+
+def test_numbering_continues_and_never_overwrites(sd1, tmp_path):
+    (tmp_path / "00007-5.png").write_bytes(b"not ours")
+    (tmp_path / "grid-00042-1.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert next_number(tmp_path) == 8
+    (r,) = generate_images(sd1, GenerationParams("a dog", seed=5, **SMALL), tmp_path, progress=False)
+    assert r.path.name == "00008-5.png"
+    assert (tmp_path / "00007-5.png").read_bytes() == b"not ours"
+
+
+def test_default_size_is_the_models(sd1, sdxl):
+    for pipe in (sd1, sdxl):
+        params, _, _ = prepare_params(GenerationParams("x"), pipe)
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        assert (params.width, params.height) == (size, size)
+
+
+# ---- prompts --------------------------------------------------------------------------------------------------
+
+def _words(n):
+    return " ".join(["dog", "cat", "red", "blue"] * (n // 4))
+
+
+def test_word_after_token_75_changes_the_image(sd1):
+    head = _words(96)
+    a = gen(sd1, head + " dog dog dog dog", negative_prompt="blurry")[0]
+    b = gen(sd1, head + " dog dog cat dog", negative_prompt="blurry")[0]
+    assert not np.array_equal(pixels(a), pixels(b))
+
+
+def test_emphasis_one_is_plain_and_other_weights_differ(sd1):
+    plain = pixels(gen(sd1, "a dog on the beach")[0])
+    assert np.array_equal(pixels(gen(sd1, "a (dog:1.0) on the beach")[0]), plain)
+    assert not np.array_equal(pixels(gen(sd1, "a (dog:1.5) on the beach")[0]), plain)
+
+
+def _record_text_conditioning(pipe):
+    """Record the encoder_hidden_states of every UNet call."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(kwargs["encoder_hidden_states"].detach().clone())
+    return calls, pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("sampler, order", [("Euler a", 1), ("Heun", 2)])
+def test_prompt_editing_switches_conditioning_per_step(sd1, sampler, order):
+    from dreambooth.prompts import PromptEncoder
+    enc = PromptEncoder(sd1)
+    dog, cat = enc.encode("a dog").embeds, enc.encode("a cat").embeds
+    calls, handle = _record_text_conditioning(sd1)
+    try:
+        gen(sd1, "a [dog:cat:1]", steps=4, sampler=sampler, negative_prompt="[red:blue:2]")
+    finally:
+        handle.remove()
+    steps = [k // order for k in range(len(calls))]
+    assert steps[-1] == 3
+    for step, hidden in zip(steps, calls):
+        assert torch.equal(hidden[1:], dog if step <= 1 else cat)          # positive half
+        assert torch.equal(hidden[:1], enc.encode("red" if step <= 2 else "blue").embeds)
+
+
+def test_alternation_cycles_every_step(sd1):
+    from dreambooth.prompts import PromptEncoder
+    enc = PromptEncoder(sd1)
+    calls, handle = _record_text_conditioning(sd1)
+    try:
+        gen(sd1, "a [dog|cat|red]", steps=5, sampler="DPM++ 2M")
+    finally:
+        handle.remove()
+    # WebUI timeline: step s (0-based) uses the entry ending at s, alternation entries end at 1, 2, 3...
+    expected = ["a dog", "a dog", "a cat", "a red", "a dog"]
+    assert [next(t for t in ("a dog", "a cat", "a red") if torch.equal(h[1:], enc.encode(t).embeds))
+            for h in calls] == expected
+
+
+def test_prompt_editing_changes_the_image(sd1):
+    dog = pixels(gen(sd1, "a dog", steps=4)[0])
+    cat = pixels(gen(sd1, "a cat", steps=4)[0])
+    edited = pixels(gen(sd1, "a [cat:dog:1]", steps=4)[0])
+    assert not np.array_equal(edited, dog) and not np.array_equal(edited, cat)
+    assert np.array_equal(pixels(gen(sd1, "a [dog:cat:9]", steps=4)[0]), dog)     # switch after the last step
+
+
+def test_editing_without_cfg(sd1):
+    from dreambooth.prompts import PromptEncoder
+    enc = PromptEncoder(sd1)
+    calls, handle = _record_text_conditioning(sd1)
+    try:
+        gen(sd1, "a [dog:cat:1]", cfg_scale=1.0, steps=3)
+    finally:
+        handle.remove()
+    assert [h.shape[0] for h in calls] == [1, 1, 1]                       # no unconditional half
+    assert torch.equal(calls[0], enc.encode("a dog").embeds) and torch.equal(calls[2], enc.encode("a cat").embeds)
+
+
+def test_sdxl_batch_editing_and_long_prompts(sdxl):
+    out = gen(sdxl, "a [dog:cat:1] " + _words(80), batch_size=2, steps=3, sampler="DPM++ 2M")
+    assert [r.seed for r in out] == [7, 8]
+    alone = gen(sdxl, "a [dog:cat:1] " + _words(80), seed=8, steps=3, sampler="DPM++ 2M")[0]
+    assert np.array_equal(pixels(alone), pixels(out[1]))
+
+
+def test_sd2_v_prediction_runs(tiny_sd2):
+    pipe = load_generation_pipeline(str(tiny_sd2))
+    (r,) = gen(pipe, sampler="DPM++ 2M")
+    assert r.image.size == (16, 16)
+
+
+# ---- img2img and inpainting ------------------------------------------------------------------------------------
+
+def _noise_image(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_img2img(sd1, tmp_path):
+    init = tmp_path / "init.png"
+    _noise_image(24, 16).save(init)
+    params = GenerationParams("a dog", init_image=str(init), strength=0.5, steps=4, seed=3)
+    (r,) = generate_images(sd1, params, progress=False)
+    assert r.image.size == (24, 16)                        # the init image's size by default
+    assert "Denoising strength: 0.5" in r.infotext and "Size: 24x16" in r.infotext
+    (again,) = generate_images(sd1, params, progress=False)
+    assert np.array_equal(pixels(r), pixels(again))
+    (stronger,) = generate_images(sd1, replace(params, strength=1.0), progress=False)
+    (other_init,) = generate_images(sd1, replace(params, init_image=_noise_image(24, 16, seed=5)), progress=False)
+    assert not np.array_equal(pixels(stronger), pixels(r))
+    assert not np.array_equal(pixels(other_init), pixels(r))                 # the init image matters
+
+
+def test_sdxl_img2img(sdxl):
+    init = _noise_image(16, 24, seed=2)
+    (r,) = generate_images(sdxl, GenerationParams("a dog", init_image=init, strength=0.6, steps=3, seed=1,
+                                                  sampler="DPM++ 2M SDE"), progress=False)
+    assert r.image.size == (16, 24)
+
+
+def test_params_from_webui_infotext():
+    info = parse_generation_parameters("a cat\nNegative prompt: dull\nSteps: 12, Sampler: DPM++ 2M Karras, "
+                                       "CFG scale: 6.5, Seed: 42, Size: 512x768, Denoising strength: 0.4")
+    p = GenerationParams.from_infotext(info, seed=1)
+    assert (p.prompt, p.negative_prompt, p.steps, p.cfg_scale, p.seed, p.width, p.height, p.strength) == \
+        ("a cat", "dull", 12, 6.5, 1, 512, 768, 0.4)
+    from dreambooth.samplers import resolve
+    assert resolve(p.sampler, p.schedule)[1] == "Karras"
+
+
+def test_model_hash_of_a_folder(tiny_sd1, tmp_path):
+    from dreambooth.generate import model_hash
+    h = model_hash(tiny_sd1)
+    assert len(h) == 10 and model_hash(tiny_sd1) == h
+    single = tmp_path / "m.safetensors"
+    single.write_bytes(b"abc")
+    assert model_hash(single) == "ba7816bf8f"                     # sha256("abc")[:10], as the WebUI
+
+
+def test_inpaint_keeps_unmasked_pixels(sd1, sdxl):
+    init = _noise_image(16, 16, seed=1)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[:, :8] = 255
+    for pipe in (sd1, sdxl):
+        (r,) = generate_images(pipe, GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask),
+                                                      strength=0.9, steps=3, seed=1), progress=False)
+        out = pixels(r)
+        assert np.array_equal(out[:, 8:], pixels(init)[:, 8:])
+        assert not np.array_equal(out[:, :8], pixels(init)[:, :8])
+
+
+def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
+    cases = [
+        (GenerationParams("x", sampler="Foo"), "--sampler Foo: unknown; valid: "),
+        (GenerationParams("x", init_image=str(tmp_path / "missing.png")), "--init-image"),
+        (GenerationParams("x", mask=str(tmp_path / "m.png")), "--mask"),
+        (GenerationParams("x", width=20), "--width 20: must be a positive multiple of 8"),
+        (GenerationParams("x", steps=0), "--steps 0"),
+        (GenerationParams("x", sampler="DDIM", schedule="Karras"), "allowed: Automatic"),
+    ]
+    for params, message in cases:
+        with pytest.raises(UserError) as err:
+            generate_images(sd1, params, progress=False)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ---- LoRAs -------------------------------------------------------------------------------------------------------
+
+def _make_lora(base_dir, out_dir):
+    """A random (non-zero) LoRA on the tiny SD1 UNet, saved as `dreambooth train` saves LoRAs,
+    plus the same weights in kohya's key format."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    pipe = StableDiffusionPipeline.from_pretrained(base_dir)
+    torch.manual_seed(0)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    out_dir.mkdir()
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=state)
+    (out_dir / "training_args.json").write_text(json.dumps({"model": str(base_dir), "rank": 4}))
+    kohya = {}
+    for key, value in state.items():
+        module, which = key.rsplit(".lora.", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.lora_{'down' if which.startswith('down') else 'up'}.weight"] = value.contiguous()
+        kohya[f"{name}.alpha"] = torch.tensor(4.0)
+    kohya_file = out_dir.parent / "sks_kohya.safetensors"
+    save_file(kohya, str(kohya_file))
+    return out_dir, kohya_file
+
+
+def test_loras(tiny_sd1, sd1, tmp_path):
+    lora_dir, kohya_file = _make_lora(tiny_sd1, tmp_path / "sks_lora")
+    base = pixels(gen(sd1)[0])
+
+    from_output = load_generation_pipeline(str(lora_dir))          # base model from training_args.json
+    (r,) = gen(from_output)
+    assert not np.array_equal(pixels(r), base)
+    info = parse_generation_parameters(r.infotext)
+    assert info["Lora weights"] == "sks_lora: 1" and info["Lora hashes"].startswith("sks_lora: ")
+    assert info["Model"] == tiny_sd1.name
+
+    kohya = load_generation_pipeline(str(tiny_sd1), [(str(kohya_file), 1.0)])
+    assert np.array_equal(pixels(gen(kohya)[0]), pixels(r))        # same weights, other key format
+
+    zero = load_generation_pipeline(str(tiny_sd1), [parse_lora_spec(f"{lora_dir}:0")])
+    assert np.array_equal(pixels(gen(zero)[0]), base)
+
+    with pytest.raises(UserError, match="--lora .*no such file"):
+        load_generation_pipeline(str(tiny_sd1), [(str(tmp_path / "nope.safetensors"), 1.0)])
+
+    # the infotext says where model and LoRA were: --from-image needs neither --model nor --lora
+    (saved,) = generate_images(from_output, GenerationParams("a dog", seed=7, **SMALL), tmp_path / "out",
+                               progress=False)
+    assert json.loads(parse_generation_parameters(saved.infotext)["Lora paths"]) == [[str(lora_dir.resolve()), 1.0]]
+    code, stdout, err = run_cli("generate", "--from-image", saved.path, "--output", tmp_path / "again")
+    assert code == 0, err
+    assert np.array_equal(pixels(Image.open(stdout.split()[0])), pixels(r))
+
+
+def test_parse_lora_spec():
+    assert parse_lora_spec("out/lora") == ("out/lora", 1.0)
+    assert parse_lora_spec("out/lora:0.6") == ("out/lora", 0.6)
+    assert parse_lora_spec("C:\\loras\\x.safetensors") == ("C:\\loras\\x.safetensors", 1.0)
+    assert parse_lora_spec("C:\\loras\\x.safetensors:-.5") == ("C:\\loras\\x.safetensors", -0.5)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+
+def test_cli_generate_and_from_image(tiny_sd1, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a (dog:1.2)", "--negative-prompt",
+                                "blurry", "--sampler", "DPM++ 2M", "--schedule", "Karras", "--steps", "2",
+                                "--cfg", "5", "--seed", "11", "--width", "16", "--height", "16", "--batch-size", "2",
+                                "--output", out)
+    assert code == 0, err
+    files = stdout.split()
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["00001-11.png", "00002-12.png"]
+    info = parse_generation_parameters(read_infotext(files[1]))
+    assert (info["Prompt"], info["Negative prompt"], info["Sampler"], info["Schedule type"], info["Steps"],
+            info["CFG scale"], info["Seed"], info["Size-1"], info["Size-2"]) == \
+        ("a (dog:1.2)", "blurry", "DPM++ 2M", "Karras", "2", "5", "12", "16", "16")
+    assert len(info["Model hash"]) == 10 and info["Model"] == tiny_sd1.name
+
+    assert info["Model path"] == str(tiny_sd1.resolve())
+    again = tmp_path / "again"
+    code, stdout, err = run_cli("generate", "--from-image", files[1], "--output", again)
+    assert code == 0, err
+    (copy,) = stdout.split()
+    assert copy.endswith("00001-12.png")
+    assert np.array_equal(pixels(Image.open(copy)), pixels(Image.open(files[1])))
+    code, stdout, err = run_cli("generate", "--from-image", files[1], "--model", tiny_sd1, "--seed", "3",
+                                "--output", again)
+    assert code == 0 and stdout.split()[0].endswith("00002-3.png")
+
+
+def test_cli_errors_are_one_line(tiny_sd1, tmp_path):
+    base = ["generate", "--model", tiny_sd1, "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+            "--output", tmp_path]
+    for extra, message in [(["--sampler", "Foo"], "--sampler Foo: unknown; valid: DPM++ 2M, "),
+                           (["--init-image", tmp_path / "nope.png"], "--init-image"),
+                           (["--x", "Colour: red"], "--x"),
+                           (["--schedule", "Karras", "--sampler", "PLMS"], "allowed:")]:
+        code, out, err = run_cli(*base, *extra)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, out, err = run_cli("generate", "--prompt", "x")
+    assert code == 2 and "--model" in err
+    code, out, err = run_cli("generate", "--from-image", tmp_path / "none.png")
+    assert code == 2 and "--from-image" in err
+    from dreambooth.infotext import write_png
+    png = write_png(Image.new("RGB", (8, 8)), tmp_path / "other.png", "a\nSteps: 1, Seed: 1, Model: elsewhere")
+    code, out, err = run_cli("generate", "--from-image", png)
+    assert code == 2 and "Model: elsewhere" in err and "pass --model" in err and err.count("\n") == 1
+
+
+def test_progress_bar(sd1, monkeypatch, capsys):
+    monkeypatch.delenv("DREAMBOOTH_NO_PROGRESS", raising=False)
+    generate_images(sd1, GenerationParams("a dog", batch_count=2, **SMALL), progress=True)
+    assert "2.0/2 images" in capsys.readouterr().err

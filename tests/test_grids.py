@@ -1,0 +1,122 @@
+"""Prompt matrix and X/Y/Z plots: prompts, axes, saved images and labelled grids."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from dreambooth.errors import UserError
+from dreambooth.generate import GenerationParams, load_generation_pipeline
+from dreambooth.grids import (annotated_grid, apply_axis, parse_axis, prompt_matrix_prompts, run_prompt_matrix,
+                              run_xyz)
+from dreambooth.infotext import parse_generation_parameters, read_infotext
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path_factory, monkeypatch):
+    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
+
+
+@pytest.fixture(scope="module")
+def sd1(tiny_sd1):
+    return load_generation_pipeline(str(tiny_sd1))
+
+
+def test_prompt_matrix_prompts():
+    prompts, parts = prompt_matrix_prompts("a dog|in the snow|oil painting")
+    assert parts == ["in the snow", "oil painting"]
+    assert prompts == ["a dog", "a dog, in the snow", "a dog, oil painting", "a dog, in the snow, oil painting"]
+    assert len(prompt_matrix_prompts("a|b|c|d|e")[0]) == 16
+
+
+@pytest.mark.parametrize("text, label, values", [
+    ("Sampler: Euler a, DDIM", "Sampler", ["Euler a", "DDIM"]),
+    ("sampler: dpm++ 2m karras", "Sampler", ["DPM++ 2M"]),
+    ("CFG scale: 3, 7, 11", "CFG scale", [3.0, 7.0, 11.0]),
+    ("Steps: 10, 20", "Steps", [10, 20]),
+    ("Steps: 10-30 (+10)", "Steps", [10, 20, 30]),
+    ("Steps: 1-3", "Steps", [1, 2, 3]),
+    ("Steps: 10-20 [3]", "Steps", [10, 15, 20]),
+    ("CFG scale: 1-2 (+0.5)", "CFG scale", [1.0, 1.5, 2.0]),
+    ("CFG scale: 1-2 [3]", "CFG scale", [1.0, 1.5, 2.0]),
+    ("Seed: -1, 5", "Seed", [-1, 5]),
+    ("Prompt S/R: dog, cat, \"red, fox\"", "Prompt S/R", ["dog", "cat", "red, fox"]),
+    ("Schedule type: karras, sgm_uniform", "Schedule type", ["Karras", "SGM Uniform"]),
+    ("Size: 16x16, 24x16", "Size", ["16x16", "24x16"]),
+])
+def test_parse_axis(text, label, values):
+    axis = parse_axis(text)
+    assert axis.type.label == label and axis.values == values
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Colour: red", "expected 'Name: v1, v2, ...'"),
+    ("Steps", "expected 'Name: v1, v2, ...'"),
+    ("Steps: ten", "'ten' is not an integer"),
+    ("Steps: 10-1 (+1)", "never reaches"),
+    ("Sampler: Foo", "--sampler Foo: unknown"),
+    ("Size: 16", "WIDTHxHEIGHT"),
+    ("CFG scale:", "no values"),
+])
+def test_bad_axes(text, message):
+    with pytest.raises(UserError) as err:
+        parse_axis(text, "--y")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prompt_sr_replaces_in_both_prompts():
+    axis = parse_axis("Prompt S/R: dog, cat")
+    p = apply_axis(GenerationParams("a dog", negative_prompt="dog hair"), axis, "cat")
+    assert (p.prompt, p.negative_prompt) == ("a cat", "cat hair")
+    with pytest.raises(UserError, match="Prompt S/R: 'dog' is not in the prompt"):
+        apply_axis(GenerationParams("a bird"), axis, "cat")
+
+
+def test_annotated_grid_layout():
+    cells = [Image.new("RGB", (20, 10), c) for c in ("red", "green", "blue", "white")]
+    plain = annotated_grid(cells, 2)
+    assert plain.size == (40, 20)
+    labelled = annotated_grid(cells, 2, [[("x1", True)], [("x2", False)]], [[("row one", True)], [("row two", True)]])
+    assert labelled.width > 40 and labelled.height > 20
+    px = np.asarray(labelled)
+    assert (px == 255).all(axis=-1).any() and (px < 100).all(axis=-1).any()     # white margins, dark text
+
+
+def test_prompt_matrix_run(sd1, tmp_path):
+    params = GenerationParams("a dog|in the snow|oil painting", steps=1, width=16, height=16, seed=9)
+    result = run_prompt_matrix(sd1, params, tmp_path, progress=False)
+    assert [r.prompt for r in result.images] == prompt_matrix_prompts(params.prompt)[0]
+    assert {r.seed for r in result.images} == {9}                               # one seed for all
+    assert [r.path.name for r in result.images] == [f"0000{k}-9.png" for k in range(1, 5)]
+    assert result.grid_path.name == "grid-00001-9.png"
+    grid = Image.open(result.grid_path)
+    assert grid.width > 2 * 16 and grid.height > 2 * 16                         # 2x2 cells plus labels
+    assert parse_generation_parameters(read_infotext(result.grid_path))["Prompt"] == "a dog"
+    with pytest.raises(UserError, match="no '\\|'"):
+        run_prompt_matrix(sd1, GenerationParams("a dog"), None, progress=False)
+
+
+def test_xyz_run(sd1, tmp_path):
+    params = GenerationParams("a dog", steps=1, width=16, height=16, seed=4)
+    result = run_xyz(sd1, params, x="Sampler: Euler a, DDIM", y="CFG scale: 3, 7", z="Prompt S/R: dog, cat",
+                     output_dir=tmp_path, progress=False)
+    assert len(result.images) == 8
+    infos = [parse_generation_parameters(r.infotext) for r in result.images]
+    assert [(i["Prompt"], i["CFG scale"], i["Sampler"]) for i in infos[:4]] == [
+        ("a dog", "3", "Euler a"), ("a dog", "3", "DDIM"), ("a dog", "7", "Euler a"), ("a dog", "7", "DDIM")]
+    assert {i["Prompt"] for i in infos[4:]} == {"a cat"} and {i["Seed"] for i in infos} == {"4"}
+    grid = Image.open(result.grid_path)
+    assert grid.width > 4 * 16 and grid.height > 2 * 16
+    assert len(list(tmp_path.glob("0000*-4.png"))) == 8
+
+
+def test_xyz_seed_axis_and_cli(tiny_sd1, tmp_path):
+    code, out, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a dog", "--steps", "1", "--width", "16",
+                             "--height", "16", "--seed", "1", "--x", "Seed: 1-3", "--output", tmp_path)
+    assert code == 0, err
+    files = out.split()
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["00001-1.png", "00002-2.png", "00003-3.png", "grid-00001-1.png"]
+    code, out, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a cat|red", "--prompt-matrix",
+                             "--steps", "1", "--width", "16", "--height", "16", "--seed", "2", "--output", tmp_path)
+    assert code == 0, err
+    assert out.split()[-1].endswith("grid-00002-2.png")

@@ -1,0 +1,121 @@
+"""WebUI sampler names and schedule types -> diffusers schedulers."""
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from dreambooth.errors import UserError
+from dreambooth.samplers import SAMPLERS, make_scheduler, resolve, sampler_names, sampler_table
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path_factory, monkeypatch):
+    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
+
+REQUIRED = ["Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE",
+            "DPM++ 2S a", "DDIM", "PLMS", "UniPC", "LCM"]
+
+SD_CONFIG = dict(_class_name="DDIMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+                 num_train_timesteps=1000)
+
+
+def test_all_webui_names_are_in_the_table():
+    assert set(REQUIRED) <= set(sampler_names())
+
+
+def test_unknown_sampler_lists_the_valid_ones():
+    with pytest.raises(UserError) as err:
+        resolve("Foo")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("--sampler Foo: unknown")
+    assert all(name in msg for name in REQUIRED)
+
+
+def test_unsupported_schedule_lists_the_allowed_ones():
+    with pytest.raises(UserError) as err:
+        resolve("DDIM", "Karras")
+    msg = str(err.value)
+    assert "\n" not in msg and "DDIM" in msg and "allowed: Automatic, Uniform, SGM Uniform" in msg
+    with pytest.raises(UserError, match="unknown; valid"):
+        resolve("Euler", "Wobbly")
+
+
+def test_names_are_forgiving():
+    assert resolve("euler A")[0].name == "Euler a"
+    assert resolve("k_dpmpp_2m")[0].name == "DPM++ 2M"
+    assert resolve("DPM++ 2M Karras") == (resolve("DPM++ 2M")[0], "Karras")     # WebUI < 1.9 names
+    assert resolve("DPM++ 2M SDE Exponential", "Automatic")[1] == "Exponential"
+    assert resolve("Euler", "sgm_uniform")[1] == "SGM Uniform"
+
+
+@pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
+def test_every_supported_pair_builds_and_sets_timesteps(sampler):
+    row, _ = resolve(sampler)
+    for schedule in row.schedules:
+        if schedule == "Beta":
+            continue          # needs scipy; checked below
+        sched = make_scheduler(SD_CONFIG, sampler, schedule)
+        sched.set_timesteps(6)
+        assert len(sched.timesteps) >= 6
+
+
+def test_schedules_reach_the_scheduler():
+    assert make_scheduler(SD_CONFIG, "DPM++ 2M").config.use_karras_sigmas            # WebUI's Automatic
+    assert not make_scheduler(SD_CONFIG, "DPM++ 2M", "Uniform").config.use_karras_sigmas
+    assert make_scheduler(SD_CONFIG, "DPM++ 2M SDE").config.use_exponential_sigmas
+    assert make_scheduler(SD_CONFIG, "DPM++ 2M SDE").config.algorithm_type == "sde-dpmsolver++"
+    assert make_scheduler(SD_CONFIG, "Euler").config.timestep_spacing == "linspace"
+    assert make_scheduler(SD_CONFIG, "Euler", "SGM Uniform").config.timestep_spacing == "trailing"
+    assert make_scheduler(SD_CONFIG, "DDIM").config.timestep_spacing == "leading"    # the model's own
+    assert make_scheduler(SD_CONFIG, "PLMS").config.skip_prk_steps
+    # a config that asks for Karras does not leak into a sampler run with Uniform
+    assert not make_scheduler(dict(SD_CONFIG, use_karras_sigmas=True), "Euler").config.use_karras_sigmas
+
+
+def test_euler_a_karras_sigmas():
+    plain = make_scheduler(SD_CONFIG, "Euler a")
+    karras = make_scheduler(SD_CONFIG, "Euler a", "Karras")
+    reference = make_scheduler(SD_CONFIG, "Euler", "Karras")
+    for s in (plain, karras, reference):
+        s.set_timesteps(8)
+    np.testing.assert_allclose(karras.sigmas.numpy(), reference.sigmas.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(karras.timesteps.numpy(), reference.timesteps.numpy(), rtol=1e-3, atol=1e-2)
+    assert karras.sigmas[0] == pytest.approx(float(plain.sigmas[0]), rel=1e-5)
+    assert not np.allclose(karras.sigmas.numpy(), plain.sigmas.numpy())
+
+
+def test_beta_needs_scipy_or_works():
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="scipy"):
+            resolve("Euler", "Beta")
+    else:
+        make_scheduler(SD_CONFIG, "Euler", "Beta").set_timesteps(5)
+
+
+def test_list_samplers_cli():
+    code, out, err = run_cli("generate", "--list-samplers")
+    assert code == 0, err
+    for name in REQUIRED:
+        assert name in out
+    assert "DPMSolverMultistepScheduler" in out and sampler_table().splitlines()[0] in out
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_sd1, tiny_sdxl):
+    from dreambooth.generate import load_generation_pipeline
+    return {"sd1": load_generation_pipeline(str(tiny_sd1)), "sdxl": load_generation_pipeline(str(tiny_sdxl))}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_every_sampler_runs(pipes, family):
+    from dreambooth.generate import GenerationParams, generate_images
+    pipe = pipes[family]
+    for name in sampler_names():
+        out = generate_images(pipe, GenerationParams("a dog", sampler=name, steps=2, seed=3, width=16, height=16),
+                              progress=False)
+        pixels = np.asarray(out[0].image)
+        assert pixels.shape == (16, 16, 3) and np.isfinite(pixels).all(), name
+        assert f"Sampler: {name}," in out[0].infotext
