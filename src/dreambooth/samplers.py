@@ -19,7 +19,6 @@ A pair the scheduler cannot do is a one-line error that lists the schedules it c
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,14 +40,6 @@ _SPACINGS = ("Uniform", "SGM Uniform")
 _ALL = ("Automatic", *_SPACINGS, *_SIGMAS)
 
 
-def _has_torchsde() -> bool:
-    return importlib.util.find_spec("torchsde") is not None
-
-
-def _has_scipy() -> bool:
-    return importlib.util.find_spec("scipy") is not None
-
-
 @dataclass(frozen=True)
 class Sampler:
     name: str                         # the WebUI name
@@ -68,8 +59,7 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2M", _MULTISTEP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "Karras",
             aliases=("k_dpmpp_2m",)),
     Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, "Karras", schedules=("Automatic", "Uniform", *_SIGMAS),
-            aliases=("k_dpmpp_sde",),
-            note="without torchsde installed: DPMSolverSinglestepScheduler, sde-dpmsolver++, order 2"),
+            aliases=("k_dpmpp_sde",)),
     Sampler("DPM++ 2M SDE", _MULTISTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential",
             aliases=("k_dpmpp_2m_sde",), note="Gaussian noise where the WebUI uses Brownian-tree noise"),
     Sampler("DPM++ 2M SDE Heun", _MULTISTEP,
@@ -85,8 +75,7 @@ SAMPLERS: tuple[Sampler, ...] = (
             aliases=("k_euler_a", "k_euler_ancestral"),
             note="Karras/Exponential sigmas applied by a thin subclass (diffusers' class has no option)"),
     Sampler("Euler", "EulerDiscreteScheduler", {}, "Uniform", aliases=("k_euler",)),
-    Sampler("LMS", "LMSDiscreteScheduler", {}, "Uniform", aliases=("k_lms",),
-            note="without scipy: exact Gauss-Legendre coefficients instead of scipy.integrate.quad"),
+    Sampler("LMS", "LMSDiscreteScheduler", {}, "Uniform", aliases=("k_lms",)),
     Sampler("Heun", "HeunDiscreteScheduler", {}, "Uniform", aliases=("k_heun",)),
     Sampler("DPM2", "KDPM2DiscreteScheduler", {}, "Karras", aliases=("k_dpm_2",)),
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "Karras", aliases=("k_dpm_2_a",)),
@@ -144,9 +133,6 @@ def resolve(sampler: str, schedule: str = "Automatic") -> tuple[Sampler, str]:
     if label not in row.schedules:
         raise UserError(f"--schedule {label}: not available with sampler {row.name}; "
                         f"allowed: {', '.join(row.schedules)}")
-    if _effective(row, label) == "Beta" and not _has_scipy():
-        raise UserError(f"--schedule Beta: needs scipy (pip install scipy); or use one of "
-                        f"{', '.join(s for s in row.schedules if s != 'Beta')}")
     return row, label
 
 
@@ -177,30 +163,6 @@ class EulerAncestralWithSigmas:
         self.timesteps = torch.from_numpy(times.astype(np.float32)).to(device=device)
 
 
-class LMSExactCoefficients:
-    """Mixin for diffusers' LMS when scipy is missing: its coefficients integrate a Lagrange basis
-    polynomial (degree < 4) between two sigmas, which Gauss-Legendre quadrature with 4 nodes does
-    exactly; diffusers calls scipy's adaptive ``quad`` for the same integral."""
-
-    def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
-        sigmas = [float(s) for s in self.sigmas]
-        a, b = sigmas[t], sigmas[t + 1]
-        nodes, weights = np.polynomial.legendre.leggauss(4)
-        taus = (b - a) / 2 * nodes + (a + b) / 2
-        values = np.ones_like(taus)
-        for k in range(order):
-            if k != current_order:
-                values *= (taus - sigmas[t - k]) / (sigmas[t - current_order] - sigmas[t - k])
-        return float((b - a) / 2 * np.sum(weights * values))
-
-
-def _lms_class():
-    from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
-    if _has_scipy():
-        return LMSDiscreteScheduler
-    return type("LMSDiscreteScheduler", (LMSExactCoefficients, LMSDiscreteScheduler), {})
-
-
 def _euler_ancestral_class(ramp: str):
     from diffusers import EulerAncestralDiscreteScheduler
     return type(f"EulerAncestral{ramp.title()}Scheduler", (EulerAncestralWithSigmas, EulerAncestralDiscreteScheduler),
@@ -214,9 +176,6 @@ def make_scheduler(base_config, sampler: str, schedule: str = "Automatic"):
     effective = _effective(row, label)
     options = dict(row.options)
     class_name = row.scheduler
-    if class_name == "DPMSolverSDEScheduler" and not _has_torchsde():
-        class_name = _SINGLESTEP
-        options = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True}
     if effective is None:
         pass                                            # the model's own config
     elif class_name == _EULER_A and effective in ("Karras", "Exponential"):
@@ -228,7 +187,7 @@ def make_scheduler(base_config, sampler: str, schedule: str = "Automatic"):
         options.update(_SCHEDULE_OPTIONS[effective])
     if class_name == _SINGLESTEP:
         options.pop("timestep_spacing", None)          # always evenly spaced in time
-    cls = _lms_class() if class_name == "LMSDiscreteScheduler" else getattr(diffusers, class_name)
+    cls = getattr(diffusers, class_name)
     config = {k: v for k, v in dict(base_config).items()
               if not k.startswith("use_") or k in ("use_dynamic_shifting",)}
     return cls.from_config(config, **options)
@@ -241,8 +200,6 @@ def sampler_table() -> str:
         opts = ", ".join(f"{k}={v}" for k, v in s.options.items()
                          if k not in ("clip_sample", "set_alpha_to_one", "lower_order_final"))
         cls = s.scheduler + (f" ({opts})" if opts else "")
-        if s.scheduler == "DPMSolverSDEScheduler":
-            cls += "" if _has_torchsde() else " [torchsde missing: fallback]"
         rows.append((s.name, cls, s.automatic or "model config", ", ".join(x for x in s.schedules if x != "Automatic"),
                      s.note))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -251,6 +208,4 @@ def sampler_table() -> str:
         lines.append(("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths) + "  -----")
-    if not _has_scipy():
-        lines.append("(Beta needs scipy, which is not installed.)")
     return "\n".join(lines)
