@@ -5,10 +5,11 @@
     nohup nice -n 10 python scripts/pretrain_toy.py > .toy-pretrain/log.txt 2>&1 &   # in the background
     python scripts/pretrain_toy.py --export              # copy the best snapshot to src/dreambooth/toy/model
 
-Phases (each skipped when done): VAE (about 10 minutes on one core), a cached dataset of 30,000
-rendered and encoded pictures (a few minutes), then text encoder + UNet with EMA (about 2.5 s a step
-at batch 64 on one core; the shipped model's step count and figures are in
-``src/dreambooth/toy/model/toy_figures.json``). State is saved every few minutes and on Ctrl-C /
+Phases (each skipped when done): VAE (500 steps, about 10 minutes on one core), a cached dataset of
+30,000 rendered and encoded pictures (about 2 minutes), then text encoder + UNet with EMA (about
+1.3 s a step at batch 32 on one core; the shipped model's step count and oracle figures are in
+``src/dreambooth/toy/model/toy_figures.json``). One thread by default (``--threads``): on a shared
+machine it is the polite choice, and small convolutions gain little from more. State is saved every few minutes and on Ctrl-C /
 SIGTERM; running the same command again resumes exactly where it stopped. Every ``--eval-every``
 steps the EMA weights are measured with the oracle (``evals.jsonl``, ``latest/``, ``best/``).
 See ``dreambooth.toy.pretrain`` for the recipe.

@@ -31,6 +31,7 @@ NEW_BACKGROUNDS = ("red", "green", "orange")
 IDENTIFIER = "sks"
 SEEDS = tuple(range(6))
 RESOLUTION = 32
+LORA_LEARNING_RATE = 1e-3   # the preset's rate is for full fine-tuning; small LoRAs need more
 
 
 def instance_prompt(subject: Subject, identifier: str = IDENTIFIER) -> str:
@@ -76,7 +77,7 @@ def score(grid: list[list[np.ndarray]], subject: Subject, backgrounds) -> dict:
     """Oracle figures for a grid whose rows are the context prompts (one per background) and, last,
     the class prompt."""
     want = {subject.colour, subject.pattern_colour}
-    shows_subject, in_context, both = [], [], []
+    shows_subject, in_context, both, pattern_in_context = [], [], [], []
     for row, bg in zip(grid, backgrounds):
         for im in row:
             r = oracle.read(im)
@@ -84,11 +85,16 @@ def score(grid: list[list[np.ndarray]], subject: Subject, backgrounds) -> dict:
             shows_subject.append(subj)
             in_context.append(r.background == bg)
             both.append(subj and r.background == bg)
+            pattern_in_context.append(r.patterned and r.background == bg)
     class_readings = [oracle.read(im) for im in grid[len(backgrounds)]]
     return {
+        # the subject's two colours, patterned (the strictest reading)
         "subject_fidelity": float(np.mean(shows_subject)),
+        # the requested background
         "context_fidelity": float(np.mean(in_context)),
         "subject_in_context": float(np.mean(both)),
+        # a two-colour pattern on the requested background, whatever its colours
+        "pattern_in_context": float(np.mean(pattern_in_context)),
         "class_drift": float(np.mean([r.patterned for r in class_readings])),
         "class_shows_subject": float(np.mean([r.patterned and {r.colour, r.second} == want for r in class_readings])),
     }
@@ -120,6 +126,8 @@ def demo_config(output: Path, method: str | None, instance_dir: Path, subject: S
     values.update(model=model, instance_dir=str(instance_dir), instance_prompt=instance_prompt(subject),
                   class_prompt=class_prompt(subject), output=str(output), method=method, overwrite=True,
                   class_dir=str(output.parent / "class_images"))   # method None: the preset's
+    if method == "lora" and overrides.get("learning_rate") is None:
+        values["learning_rate"] = LORA_LEARNING_RATE
     values.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(None, {k: v for k, v in values.items() if v is not None})
 
