@@ -242,3 +242,12 @@ def test_scheduled_conditioning_switches(sd1_pipe):
     assert torch.equal(sched.at(0)[0].embeds, enc.encode("a dog").embeds)
     assert torch.equal(sched.at(2)[0].embeds, enc.encode("a dog").embeds)
     assert torch.equal(sched.at(3)[0].embeds, enc.encode("a cat").embeds)
+
+
+def test_emphasis_with_a_zero_mean_stays_finite():
+    z = torch.randn(77, 8)
+    z = z - z.mean()                                     # an untrained encoder's output: mean ~ 0
+    w = torch.ones(77)
+    w[3] = 1.5
+    out = apply_emphasis(z, w)
+    assert torch.isfinite(out).all() and torch.allclose(out[3], z[3] * 1.5, atol=1e-5)

@@ -411,7 +411,12 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return z
     original_mean = z.mean()
     z = z * weights.to(z.dtype).unsqueeze(-1)
-    return z * (original_mean / z.mean())
+    new_mean = z.mean()
+    # A mean that is ~0 next to the values (untrained encoders: layer norm with zero bias) cannot be
+    # restored by scaling; the ratio would blow up. Real CLIP outputs have a clear non-zero mean.
+    if min(original_mean.abs(), new_mean.abs()) <= 1e-6 * z.abs().mean():
+        return z
+    return z * (original_mean / new_mean)
 
 
 class PromptEncoder:

@@ -16,31 +16,43 @@ from transformers import CLIPTokenizer
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
 
-def _chain(word: str) -> list[tuple[str, str]]:
-    chars = list(word[:-1]) + [word[-1] + "</w>"]
-    pairs, left = [], chars[0]
-    for right in chars[1:]:
-        pairs.append((left, right))
-        left = left + right
-    return pairs
+def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE on one word: repeatedly merge the adjacent pair of lowest rank."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
 
 
 def build_vocab(words: list[str]) -> tuple[dict[str, int], list[str]]:
     """Vocabulary and merges in which each word of ``words`` is a single token (ids in list order,
-    after the characters), so a word's id also tells how early it was merged."""
+    after the characters), so a word's id also tells how early it was merged.
+
+    Each word is first split by the merges already made (as the tokenizer will split it), then the
+    remaining pieces are joined left to right by new merges. New merges rank after all earlier ones,
+    so they can never cut into an earlier word.
+    """
     alphabet = string.ascii_lowercase + string.digits + ".,!?'-()[]:|\"&/"
     tokens: list[str] = []
     for ch in alphabet:
         tokens += [ch, ch + "</w>"]
     merges: list[str] = []
+    ranks: dict[tuple[str, str], int] = {}
     seen = set(tokens)
     for word in words:
-        for left, right in _chain(word):
-            merged = left + right
-            if merged not in seen:
+        pieces = _apply_merges(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        left = pieces[0]
+        for right in pieces[1:]:
+            if (left, right) not in ranks:
+                ranks[(left, right)] = len(merges)
                 merges.append(f"{left} {right}")
-                tokens.append(merged)
-                seen.add(merged)
+            left = left + right
+            if left not in seen:
+                tokens.append(left)
+                seen.add(left)
     tokens += SPECIAL
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
