@@ -16,6 +16,12 @@ torch.set_num_threads(1)
 DREAMBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "dreambench"
 
 
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path_factory, monkeypatch):
+    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
     from dreambooth.tiny import save_tiny

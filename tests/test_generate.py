@@ -16,12 +16,6 @@ from dreambooth.infotext import parse_generation_parameters, read_infotext
 SMALL = dict(steps=2, width=16, height=16)
 
 
-@pytest.fixture(autouse=True)
-def _hash_cache(tmp_path_factory, monkeypatch):
-    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
-    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
-
-
 @pytest.fixture(scope="module")
 def sd1(tiny_sd1):
     return load_generation_pipeline(str(tiny_sd1))

@@ -11,12 +11,6 @@ from dreambooth.grids import (annotated_grid, apply_axis, parse_axis, prompt_mat
 from dreambooth.infotext import parse_generation_parameters, read_infotext
 
 
-@pytest.fixture(autouse=True)
-def _hash_cache(tmp_path_factory, monkeypatch):
-    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
-    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
-
-
 @pytest.fixture(scope="module")
 def sd1(tiny_sd1):
     return load_generation_pipeline(str(tiny_sd1))

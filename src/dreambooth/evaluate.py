@@ -217,21 +217,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _encoder_config(spec: str, flag: str, model_types: tuple[str, ...], what: str, example: str):
+    """(local path, config) of an evaluation model, or a one-line error naming the flag."""
+    from transformers import AutoConfig
+    path = resolve_encoder(spec, flag)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        raise UserError(f"{flag} {spec}: unreadable config ({type(exc).__name__})") from exc
+    model_type = getattr(config, "model_type", "")
+    if model_type not in model_types:
+        raise UserError(f"{flag} {spec}: a '{model_type or '?'}' model is not {what} (expected e.g. {example})")
+    return path, config
+
+
 class DinoEncoder:
     """CLS token of the last hidden state of a DINO ViT."""
 
     def __init__(self, spec: str = DEFAULT_DINO, device: str | None = None, flag: str = "--dino-model"):
-        from transformers import AutoConfig, AutoModel, ViTModel
+        from transformers import AutoModel, ViTModel
         self.spec, self.device = str(spec), device or default_device()
-        path = resolve_encoder(spec, flag)
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except Exception as exc:
-            raise UserError(f"{flag} {spec}: unreadable config ({type(exc).__name__})") from exc
-        self.model_type = getattr(config, "model_type", "")
-        if self.model_type not in ("vit", "dinov2", "dinov2_with_registers"):
-            raise UserError(f"{flag} {spec}: a '{self.model_type}' model is not a DINO ViT "
-                            f"(expected e.g. {DEFAULT_DINO})")
+        path, config = _encoder_config(spec, flag, ("vit", "dinov2", "dinov2_with_registers"), "a DINO ViT", DEFAULT_DINO)
+        self.model_type = config.model_type
         try:
             with _quiet_loading():
                 if self.model_type == "vit":
@@ -258,16 +265,9 @@ class ClipEncoder:
     """CLIP image and text embeddings (projected pooled outputs)."""
 
     def __init__(self, spec: str = DEFAULT_CLIP, device: str | None = None, flag: str = "--clip-model"):
-        from transformers import AutoConfig, AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel
         self.spec, self.device = str(spec), device or default_device()
-        path = resolve_encoder(spec, flag)
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except Exception as exc:
-            raise UserError(f"{flag} {spec}: unreadable config ({type(exc).__name__})") from exc
-        if getattr(config, "model_type", "") != "clip":
-            raise UserError(f"{flag} {spec}: a '{getattr(config, 'model_type', '?')}' model is not a CLIP model "
-                            f"(expected e.g. {DEFAULT_CLIP})")
+        path, _ = _encoder_config(spec, flag, ("clip",), "a CLIP model", DEFAULT_CLIP)
         try:
             with _quiet_loading():
                 model = CLIPModel.from_pretrained(path)
