@@ -109,17 +109,20 @@ def test_bench_needs_class_and_kind(tiny_sd1, dog_photos, tmp_path):
 
 
 def test_a_lora_output_folder_stands_for_base_plus_lora(tmp_path):
-    from dreambooth.bench import parse_lora, resolve_trained_output
+    from dreambooth.generate import parse_lora_spec, resolve_lora_output
     out = tmp_path / "run"
     out.mkdir()
     (out / "training_args.json").write_text(json.dumps({"model": "org/base", "vae": None, "method": "lora"}))
     (out / "pytorch_lora_weights.safetensors").write_bytes(b"")
-    assert resolve_trained_output(str(out), [("style.safetensors", 0.5)]) == \
+    assert resolve_lora_output(str(out), [("style.safetensors", 0.5)]) == \
         ("org/base", [(str(out), 1.0), ("style.safetensors", 0.5)], None)
+    (out / "training_args.json").write_text(json.dumps({"model": "org/base", "vae": "org/fp16-fix-vae"}))
+    assert resolve_lora_output(str(out))[2] == "org/fp16-fix-vae"            # the VAE it was trained with
+    assert resolve_lora_output(str(out), vae="mine")[2] == "mine"             # unless the user names one
     full = tmp_path / "full"
     full.mkdir()
     (full / "model_index.json").write_text("{}")
     (full / "training_args.json").write_text(json.dumps({"model": "org/base"}))
-    assert resolve_trained_output(str(full)) == (str(full), [], None)
-    assert parse_lora("a/b.safetensors:0.7") == ("a/b.safetensors", 0.7)
-    assert parse_lora("a/b.safetensors") == ("a/b.safetensors", 1.0)
+    assert resolve_lora_output(str(full)) == (str(full), [], None)
+    assert parse_lora_spec("a/b.safetensors:0.7") == ("a/b.safetensors", 0.7)
+    assert parse_lora_spec("a/b.safetensors") == ("a/b.safetensors", 1.0)

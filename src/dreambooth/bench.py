@@ -19,16 +19,16 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from .errors import UserError
+from .generate import load_generation_pipeline, parse_lora_spec
+from .infotext import format_infotext, write_png
 from .evaluate import (CLIP_T_NOTE, DEFAULT_IDENTIFIER, Evaluator, _finite, list_images, load_image,
                        strip_identifier)
 
@@ -98,27 +98,9 @@ def generate_with_seeds(pipe, prompt: str, seeds: Sequence[int], steps: int = 50
     return images
 
 
-def _infotext(prompt: str, negative: str, steps: int, sampler: str, cfg: float, seed: int, size, model: str) -> str:
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    params = [f"Steps: {steps}", f"Sampler: {sampler}", f"CFG scale: {cfg}", f"Seed: {seed}",
-              f"Size: {size[0]}x{size[1]}"]
-    if model:
-        params.append(f"Model: {model}")
-    lines.append(", ".join(params))
-    return "\n".join(lines)
-
-
-def save_png(image: Image.Image, path: Path, infotext: str | None = None) -> None:
+def _save_png(image: Image.Image, path: Path, infotext: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = None
-    if infotext:
-        info = PngInfo()
-        info.add_text("parameters", infotext)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    write_png(image, path, infotext)
 
 
 def image_grid(images: Sequence[Image.Image], cols: int | None = None, cell: int | None = None) -> Image.Image:
@@ -172,10 +154,10 @@ def run_bench(generate: Callable[[str, list[int]], list[Image.Image]], real: Seq
             files = []
             for s, image in zip(seeds, images):
                 path = output / "images" / name / f"{s:03d}.png"
-                save_png(image, path, infotext(prompt, s) if infotext else None)
+                _save_png(image, path, infotext(prompt, s) if infotext else None)
                 files.append(str(path.relative_to(output)))
             grid_path = output / "grids" / f"{name}.png"
-            save_png(image_grid(images, cols=min(len(images), 4)), grid_path)
+            _save_png(image_grid(images, cols=min(len(images), 4)), grid_path)
             rows.append({"index": i, "prompt": prompt, "images": files, "grid": str(grid_path.relative_to(output))})
             generated += images
             gen_prompts += [prompt] * len(images)
@@ -185,7 +167,7 @@ def run_bench(generate: Callable[[str, list[int]], list[Image.Image]], real: Seq
             cp = class_prompt(class_name)
             class_images = generate(cp, [seed + j for j in range(pres_images)])
             for j, image in enumerate(class_images):
-                save_png(image, output / "class_images" / f"{seed + j:03d}.png", infotext(cp, seed + j) if infotext else None)
+                _save_png(image, output / "class_images" / f"{seed + j:03d}.png", infotext(cp, seed + j) if infotext else None)
             bar.advance(len(class_images))
 
     scores = evaluator.score(real_images, generated, gen_prompts, identifier=identifier, class_generated=class_images,
@@ -267,66 +249,6 @@ def render_markdown(report: dict) -> str:
 
 # ----- the command --------------------------------------------------------------------------------
 
-def parse_lora(spec: str) -> tuple[str, float]:
-    """``path`` or ``path:weight``."""
-    path, sep, weight = spec.rpartition(":")
-    if sep and path and not re.match(r"^[A-Za-z]$", path):  # not a Windows drive letter
-        try:
-            return path, float(weight)
-        except ValueError:
-            pass
-    return spec, 1.0
-
-
-def resolve_trained_output(model: str, loras: Sequence[tuple[str, float]] = (), vae: str | None = None):
-    """A LoRA training output folder (``training_args.json`` + ``pytorch_lora_weights.safetensors``,
-    no ``model_index.json``) stands for its base model plus that LoRA: returns (model, loras, vae)."""
-    folder = Path(model).expanduser()
-    args_file = folder / "training_args.json"
-    if not folder.is_dir() or (folder / "model_index.json").exists() or not args_file.exists():
-        return model, list(loras), vae
-    if not (folder / "pytorch_lora_weights.safetensors").exists():
-        return model, list(loras), vae
-    try:
-        args = json.loads(args_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"--model {model}: unreadable training_args.json ({exc})") from exc
-    if not args.get("model"):
-        raise UserError(f"--model {model}: training_args.json names no base model; pass --model BASE --lora {model}")
-    return str(args["model"]), [(str(folder), 1.0), *loras], vae or args.get("vae")
-
-
-def load_bench_pipeline(model: str, loras: Sequence[tuple[str, float]] = (), vae: str | None = None,
-                        device: str | None = None, dtype: torch.dtype | None = None):
-    """The pipeline to benchmark: the generation module's loader when present, else the base loader
-    plus diffusers' LoRA loading."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        from .generate import load_generation_pipeline
-    except ImportError:
-        load_generation_pipeline = None
-    if load_generation_pipeline is not None:
-        pipe = load_generation_pipeline(model, loras=list(loras), vae=vae)
-        pipe.to(device, dtype)
-    else:
-        from .models import load_pipeline
-        pipe = load_pipeline(model, vae=vae, dtype=dtype)
-        names = []
-        for i, (path, weight) in enumerate(loras):
-            try:
-                pipe.load_lora_weights(path, adapter_name=f"lora{i}")
-            except Exception as exc:
-                raise UserError(f"--lora {path}: cannot load ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
-            names.append((f"lora{i}", weight))
-        if names:
-            pipe.set_adapters([n for n, _ in names], adapter_weights=[w for _, w in names])
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def bench_command(model: str, real: str, output: str, subject: str | None = None, class_name: str | None = None,
                   kind: str | None = None, identifier: str = DEFAULT_IDENTIFIER, loras: Sequence[str] = (),
                   vae: str | None = None, images_per_prompt: int = 4, steps: int = 50, cfg: float = 7.5,
@@ -348,8 +270,8 @@ def bench_command(model: str, real: str, output: str, subject: str | None = None
     evaluator.load()
     torch_dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     if pipe is None:
-        base, lora_specs, vae = resolve_trained_output(model, [parse_lora(s) for s in loras], vae)
-        pipe = load_bench_pipeline(base, lora_specs, vae, device, torch_dtype)
+        pipe = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae, device, torch_dtype)
+        pipe.set_progress_bar_config(disable=True)
     sampler = type(pipe.scheduler).__name__
     width = height = size
 
@@ -358,7 +280,8 @@ def bench_command(model: str, real: str, output: str, subject: str | None = None
 
     def infotext(prompt: str, s: int) -> str:
         side = size or int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-        return _infotext(prompt, negative_prompt, steps, sampler, cfg, s, (side, side), Path(model).name)
+        return format_infotext(prompt, negative_prompt, {"Steps": steps, "Sampler": sampler, "CFG scale": cfg,
+                                                         "Seed": s, "Size": f"{side}x{side}", "Model": Path(model).name})
 
     settings = {"subject": subject, "model": model, "loras": list(loras), "vae": vae, "steps": steps, "cfg": cfg,
                 "sampler": sampler, "size": size, "negative_prompt": negative_prompt, "real": str(real)}

@@ -214,7 +214,13 @@ def is_lora_output(path: Path) -> bool:
             and (path / LORA_WEIGHTS_FILE).exists() and (path / TRAINING_ARGS_FILE).exists())
 
 
-def _base_of_lora_output(folder: Path) -> str:
+def resolve_lora_output(model: str, loras=(), vae: str | None = None):
+    """A LoRA training output folder stands for its base model plus that LoRA (at weight 1, first),
+    with the VAE it was trained with unless ``vae`` is given: returns (model, loras, vae)."""
+    folder = Path(model).expanduser()
+    loras = [(str(p), float(w)) for p, w in loras]
+    if not is_lora_output(folder):
+        return str(model), loras, vae
     try:
         args = json.loads((folder / TRAINING_ARGS_FILE).read_text())
     except (OSError, ValueError) as exc:
@@ -226,7 +232,7 @@ def _base_of_lora_output(folder: Path) -> str:
     base = str(base)
     if not Path(base).expanduser().exists() and (folder / base).exists():
         base = str(folder / base)        # a path written relative to the output folder
-    return base
+    return base, [(str(folder), 1.0), *loras], vae or args.get("vae")
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
@@ -284,18 +290,13 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None,
     """Load ``model`` for generation and apply ``loras`` (``[(path, weight), ...]``).
 
     ``model`` is anything ``dreambooth.models.load_pipeline`` accepts, or a LoRA training output
-    folder (``pytorch_lora_weights.safetensors`` + ``training_args.json``): its base model is
-    loaded and the LoRA applied at weight 1, before the other ``loras``. LoRA files may be in
+    folder (``pytorch_lora_weights.safetensors`` + ``training_args.json``): its base model (and
+    the VAE it was trained with) is loaded and the LoRA applied at weight 1, before the other ``loras``. LoRA files may be in
     diffusers or kohya key format. Half precision on CUDA unless ``dtype`` says otherwise.
     """
     from .models import load_pipeline, resolve_model
 
-    model = str(model)
-    loras = [(str(p), float(w)) for p, w in loras]
-    if is_lora_output(Path(model).expanduser()):
-        folder = Path(model).expanduser()
-        loras.insert(0, (str(folder), 1.0))
-        model = _base_of_lora_output(folder)
+    model, loras, vae = resolve_lora_output(model, loras, vae)
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else None
