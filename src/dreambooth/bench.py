@@ -103,23 +103,12 @@ def _save_png(image: Image.Image, path: Path, infotext: str | None = None) -> No
     write_png(image, path, infotext)
 
 
-def image_grid(images: Sequence[Image.Image], cols: int | None = None, cell: int | None = None) -> Image.Image:
-    """Images in a grid, ``cols`` per row (default: all in one row up to 8), each scaled to ``cell``."""
+def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
+    """Images in a grid, ``cols`` per row (default: all in one row up to 8)."""
+    from .grids import annotated_grid
     if not images:
         raise ValueError("no images for a grid")
-    cols = cols or min(len(images), 8)
-    rows = math.ceil(len(images) / cols)
-    cell = cell or max(im.width for im in images)
-    grid = Image.new("RGB", (cols * cell, rows * cell), "white")
-    for i, im in enumerate(images):
-        scaled = im.convert("RGB")
-        if scaled.size != (cell, cell):
-            scale = cell / max(scaled.size)
-            scaled = scaled.resize((max(1, round(scaled.width * scale)), max(1, round(scaled.height * scale))),
-                                   Image.LANCZOS)
-        x, y = (i % cols) * cell, (i // cols) * cell
-        grid.paste(scaled, (x + (cell - scaled.width) // 2, y + (cell - scaled.height) // 2))
-    return grid
+    return annotated_grid(list(images), cols or min(len(images), 8))
 
 
 # ----- the runner --------------------------------------------------------------------------------

@@ -105,25 +105,9 @@ def best_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def labelled_grid(images: Sequence[Image.Image], prompts: Sequence[str], cols: int) -> Image.Image:
-    """Rows of ``cols`` images, each row under a strip with its prompt."""
-    cell = max(im.width for im in images)
-    band = 14
-    rows = math.ceil(len(images) / cols)
-    grid = Image.new("RGB", (cols * cell, rows * (cell + band)), "white")
-    draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
-    for r in range(rows):
-        y = r * (cell + band)
-        if r < len(prompts):
-            draw.text((2, y + 1), prompts[r][: max(8, cols * cell // 6)], fill="black", font=font)
-        for c in range(cols):
-            i = r * cols + c
-            if i < len(images):
-                im = images[i].convert("RGB")
-                if im.width != cell:
-                    im = im.resize((cell, round(im.height * cell / im.width)), Image.LANCZOS)
-                grid.paste(im, (c * cell, y + band))
-    return grid
+    """Rows of ``cols`` images, each row labelled with its prompt."""
+    from .grids import annotated_grid
+    return annotated_grid(list(images), cols, row_labels=[[(p, True)] for p in prompts])
 
 
 def _num(value) -> str:
