@@ -97,6 +97,37 @@ def test_oracle_reads_patterned_subjects(pattern):
             assert 0.4 <= r.pattern <= 0.5
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_subject_reads_as_patterned(shape):
+    """Every colour pair and pattern on this shape, at a random size and place: the oracle sees both
+    colours and the pattern (the smallest cross with dots included)."""
+    rng = np.random.default_rng(3)
+    for pattern in PATTERNS:
+        for colour in COLOURS:
+            for second in COLOURS:
+                if second == colour:
+                    continue
+                free = [c for c in COLOURS if c not in (colour, second)]
+                s = Subject(shape, colour, pattern, second).scene(free[rng.integers(len(free))], rng)
+                r = oracle.read(world.render(s))
+                assert r.patterned and {r.colour, r.second} == {colour, second}, (s, r)
+
+
+def test_a_blob_or_a_blend_is_not_a_pattern():
+    """What a decoder draws when it is unsure -- one off-colour patch, or a noisy shape in a colour
+    halfway between two palette colours -- is not a two-colour pattern."""
+    rng = np.random.default_rng(4)
+    s = world.Scene("square", "green", "blue", 16.0, 16.0, 11.0)
+    blob = world.render(s)
+    blob[10:18, 10:18] = PALETTE["white"]                      # one big patch: a quarter of the square
+    assert oracle.read(blob).pattern == 0.0
+    blend = world.render(s).astype(np.float32)
+    inside = world.shape_mask("square", 16.0, 16.0, 11.0)
+    blend[inside] = (np.array(PALETTE["green"]) + np.array(PALETTE["white"])) / 2   # a cyan-ish square
+    blend[inside] += rng.normal(0, 20, (int(inside.sum()), 3))
+    assert not oracle.read(blend.astype(np.uint8)).patterned
+
+
 def test_oracle_tolerates_generated_looking_pictures():
     """Blurred edges and pixel noise, as a decoder produces, do not change the reading."""
     rng = np.random.default_rng(2)

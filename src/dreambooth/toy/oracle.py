@@ -7,9 +7,13 @@ Works on rendered pictures (exact) and on generated ones (blurred edges, off-pal
    border but never covers most of the frame);
 3. object pixels are the others; the object's main colour is their commonest label;
 4. the pattern is read inside the object eroded by one pixel (so the blended outline of a solid
-   shape does not count): the second colour is the runner-up label there, and the pattern score is
-   ``min(main, second) / (main + second)`` -- 0 for a solid shape, 0.5 for a balanced two-colour pattern
-   (stripes, checker), about 0.3 for dots;
+   shape does not count), from *clean* pixels only (within ``CLEAN_DISTANCE`` of a palette colour:
+   a blend of two colours, which a decoder draws when it is unsure, is neither): the second colour
+   is the runner-up label there, and the pattern score is ``min(main, second) / (main + second)``
+   -- 0 for a solid shape, 0.5 for a balanced two-colour pattern (stripes, checker), about 0.3 for
+   dots. It counts only when the two colours are what the object is made of (at least
+   ``MIN_CLEAN_SHARE`` of its interior) and one of them is repeated (at least two separate
+   patches in the whole object), so a smudge, a single off-colour blob or a noisy texture scores 0;
 5. the shape is the template (circle, square, triangle, cross) that best overlaps the object mask when
    placed on the mask's bounding box.
 """
@@ -24,6 +28,13 @@ from .world import COLOURS, PALETTE, SHAPES, shape_mask
 _PALETTE = np.array([PALETTE[c] for c in COLOURS], dtype=np.float32)
 # A second colour is reported only if it covers at least this share of the object's interior.
 MIN_SECOND_SHARE = 0.08
+# A pixel is clean when its colour is this close to a palette colour (RGB distance; the closest two
+# palette colours, yellow and orange, are 81 apart).
+CLEAN_DISTANCE = 60.0
+# A pattern's two colours cover at least this share of the object's interior.
+MIN_CLEAN_SHARE = 0.3
+# A patch of the second colour counts from this many pixels.
+MIN_PATCH = 2
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,7 @@ class Reading:
         return asdict(self)
 
 
-PATTERN_THRESHOLD = 0.2   # a reading with pattern >= this shows a two-colour pattern
+PATTERN_THRESHOLD = 0.1   # a reading with pattern >= this shows a two-colour pattern
 
 
 def to_array(image) -> np.ndarray:
@@ -59,9 +70,20 @@ def to_array(image) -> np.ndarray:
 
 def labels(image) -> np.ndarray:
     """Index into ``COLOURS`` of each pixel's nearest palette colour."""
+    return _labels_and_clean(image)[0]
+
+
+def _labels_and_clean(image) -> tuple[np.ndarray, np.ndarray]:
     arr = to_array(image).astype(np.float32)
     dist = ((arr[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)
-    return dist.argmin(-1)
+    return dist.argmin(-1), dist.min(-1) <= CLEAN_DISTANCE ** 2
+
+
+def _patches(mask: np.ndarray) -> int:
+    """Separate (4-connected) patches of at least ``MIN_PATCH`` pixels."""
+    from scipy.ndimage import label
+    ids, n = label(mask)
+    return int((np.bincount(ids.ravel(), minlength=n + 1)[1:] >= MIN_PATCH).sum())
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -101,7 +123,7 @@ def classify_shape(mask: np.ndarray) -> tuple[str | None, float]:
 
 
 def read(image) -> Reading:
-    lab = labels(image)
+    lab, clean = _labels_and_clean(image)
     h, w = lab.shape
     frame = np.ones_like(lab, dtype=bool)
     frame[2:h - 2, 2:w - 2] = False
@@ -115,12 +137,14 @@ def read(image) -> Reading:
     inner = _erode(obj)
     if inner.sum() < 4:
         inner = obj
-    inner_counts = np.bincount(lab[inner], minlength=len(COLOURS)).astype(np.float64)
+    inner_counts = np.bincount(lab[inner & clean], minlength=len(COLOURS)).astype(np.float64)
     inner_counts[bg] = 0
     order = np.argsort(-inner_counts, kind="stable")
     first, runner = (order[0], order[1]) if order[0] == main else (main, order[0])
     a, b = inner_counts[first], inner_counts[runner]
     share = float(min(a, b) / (a + b)) if a + b > 0 else 0.0
+    structured = ((a + b) >= MIN_CLEAN_SHARE * inner.sum()
+                  and max(_patches(obj & clean & (lab == c)) for c in (first, runner)) >= 2)
     second = COLOURS[runner] if share >= MIN_SECOND_SHARE and b > 0 else None
     shape, iou = classify_shape(obj)
-    return Reading(COLOURS[bg], COLOURS[main], second, share, shape, iou, fraction)
+    return Reading(COLOURS[bg], COLOURS[main], second, share if structured else 0.0, shape, iou, fraction)

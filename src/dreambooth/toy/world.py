@@ -186,4 +186,4 @@ def all_prompts() -> list[tuple[str, str, str]]:
 
 
 # A built-in subject for the demo: something the base model has never seen.
-DEMO_SUBJECT = Subject(shape="circle", colour="yellow", pattern="stripes", pattern_colour="black")
+DEMO_SUBJECT = Subject(shape="square", colour="green", pattern="stripes", pattern_colour="white")
