@@ -12,10 +12,10 @@ import click
 @click.option("--steps", type=int, default=None, help="Training steps (default: the toy preset's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_command(output: str, method: str | None, steps: int | None, seed: int) -> None:
-    """Teach the toy model a striped yellow circle, then draw it on backgrounds it never saw.
+    """Teach the toy model a striped green square, then draw it on backgrounds it never saw.
 
-    Writes before.png and after.png (rows: the subject on red, green and orange backgrounds, then
-    the class prompt 'a circle'; columns: seeds) and metrics.json, read by the toy world's oracle.
+    Writes before.png and after.png (rows: the subject on orange, black and yellow backgrounds, then
+    the class prompt 'a square'; columns: seeds) and metrics.json, read by the toy world's oracle.
     """
     from ..toy.demo import run_demo
     metrics = run_demo(output, method=method, seed=seed, max_steps=steps, log=click.echo)

@@ -1,12 +1,12 @@
 """``dreambooth demo``: teach the toy model a subject it has never seen, on a CPU, in a few minutes.
 
-The subject is a yellow circle with black diagonal stripes. The toy base model was pretrained only on
+The subject is a green square with white diagonal stripes. The toy base model was pretrained only on
 solid shapes, so no prompt can make it draw stripes: like a particular dog for Stable Diffusion, the
 subject has to be learned from pictures. The demo
 
-1. renders 5 instance pictures of the subject on backgrounds it picks (blue, purple, white);
-2. samples the base model for the subject prompt on backgrounds never shown (red, green, orange)
-   and for the class prompt ("a circle"): ``before.png``;
+1. renders 5 instance pictures of the subject on backgrounds it picks (red, blue, purple);
+2. samples the base model for the subject prompt on backgrounds never shown (orange, black, yellow)
+   and for the class prompt ("a square"): ``before.png``;
 3. trains DreamBooth with prior preservation through ``dreambooth.train.train``, the function
    ``dreambooth train`` calls, with the toy model's defaults;
 4. samples the same prompts and seeds again: ``after.png``;
