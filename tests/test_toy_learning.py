@@ -45,6 +45,7 @@ def runs(tmp_path_factory):
         result = train(config)
         pipe = demo.load_trained(result.output, config.method)
         scores[name] = demo.score(demo.sample(pipe, prompts, SEEDS), subject, NEW_BACKGROUNDS)
+    print(scores)   # the figures, for the record (pytest -s)
     return scores
 
 
@@ -59,4 +60,3 @@ def test_subject_is_learned_in_new_contexts(runs):
 def test_prior_preservation_keeps_the_class_prompt(runs):
     assert runs["prior"]["class_drift"] <= 0.25, runs
     assert runs["prior"]["class_drift"] <= runs["no_prior"]["class_drift"], runs
-    print(runs)   # the figures, for the record (pytest -s)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import oracle
 from .world import DEMO_SUBJECT, Subject, render
@@ -64,14 +63,10 @@ def write_instance_images(subject: Subject, folder: str | Path, backgrounds=INST
     return paths
 
 
-@torch.no_grad()
 def sample(pipe, prompts: list[str], seeds=SEEDS, steps: int = 30, cfg: float = 5.0) -> list[list[np.ndarray]]:
-    """``[prompt][seed]`` uint8 pictures, all in one batch."""
-    flat_prompts = [p for p in prompts for _ in seeds]
-    gens = [torch.Generator().manual_seed(int(s)) for _ in prompts for s in seeds]
-    images = pipe(flat_prompts, num_inference_steps=steps, guidance_scale=cfg, height=RESOLUTION,
-                  width=RESOLUTION, generator=gens, output_type="np").images
-    images = [oracle.to_array(im) for im in images]
+    """``[prompt][seed]`` uint8 pictures."""
+    from .measure import sample as sample_flat
+    images = sample_flat(pipe, [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], steps, cfg)
     n = len(seeds)
     return [images[i * n:(i + 1) * n] for i in range(len(prompts))]
 
@@ -79,12 +74,11 @@ def sample(pipe, prompts: list[str], seeds=SEEDS, steps: int = 30, cfg: float = 
 def score(grid: list[list[np.ndarray]], subject: Subject, backgrounds) -> dict:
     """Oracle figures for a grid whose rows are the context prompts (one per background) and, last,
     the class prompt."""
-    want = {subject.colour, subject.pattern_colour}
     shows_subject, in_context, both, pattern_in_context = [], [], [], []
     for row, bg in zip(grid, backgrounds):
         for im in row:
             r = oracle.read(im)
-            subj = r.patterned and {r.colour, r.second} == want
+            subj = r.shows(subject)
             shows_subject.append(subj)
             in_context.append(r.background == bg)
             both.append(subj and r.background == bg)
@@ -99,7 +93,7 @@ def score(grid: list[list[np.ndarray]], subject: Subject, backgrounds) -> dict:
         # a two-colour pattern on the requested background, whatever its colours
         "pattern_in_context": float(np.mean(pattern_in_context)),
         "class_drift": float(np.mean([r.patterned for r in class_readings])),
-        "class_shows_subject": float(np.mean([r.patterned and {r.colour, r.second} == want for r in class_readings])),
+        "class_shows_subject": float(np.mean([r.shows(subject) for r in class_readings])),
     }
 
 

@@ -51,6 +51,10 @@ class Reading:
     def patterned(self) -> bool:
         return self.pattern >= PATTERN_THRESHOLD
 
+    def shows(self, subject) -> bool:
+        """A two-colour pattern in exactly the subject's two colours (a ``world.Subject``)."""
+        return self.patterned and {self.colour, self.second} == {subject.colour, subject.pattern_colour}
+
     def as_dict(self) -> dict:
         return asdict(self)
 
