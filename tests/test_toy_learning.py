@@ -4,8 +4,9 @@ and prior preservation keeps the subject out of the class prompt.
 The subject is a green square with a white checker, pictured on red and blue; the oracle reads every
 sample of "a sks square on a {purple, orange, black, yellow} background" and of "a square". Before
 training the base never draws the subject; after a short full run (the toy defaults but 500 steps,
-through ``dreambooth.train.train``) it does on most samples of those new backgrounds. Without prior
-preservation the class prompt is pulled toward the subject; with it, less. About 5 CPU minutes.
+through ``dreambooth.train.train``) it does on many samples of those new backgrounds. Without prior
+preservation the class prompt is pulled toward the subject (its pattern in its colours); with it,
+less. About 5 CPU minutes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ SUBJECT = ("square", "green", "checker", "white")
 INSTANCE_BACKGROUNDS = ("red", "blue", "red", "blue", "red")
 NEW_BACKGROUNDS = ("purple", "orange", "black", "yellow")
 SEEDS = (0, 1, 2, 3, 4, 5)
+CLASS_SEEDS = tuple(range(24))   # the class prompt's drift is a small share: more samples
 STEPS = 500
 
 
@@ -36,15 +38,19 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy-learning")
     instance_dir = root / "instance"
     demo.write_instance_images(subject, instance_dir, INSTANCE_BACKGROUNDS)
-    prompts = [demo.context_prompt(subject, bg) for bg in NEW_BACKGROUNDS] + [demo.class_prompt(subject)]
+    prompts = [demo.context_prompt(subject, bg) for bg in NEW_BACKGROUNDS]
+
+    def measure(pipe):
+        grid = demo.sample(pipe, prompts, SEEDS) + demo.sample(pipe, [demo.class_prompt(subject)], CLASS_SEEDS)
+        return demo.score(grid, subject, NEW_BACKGROUNDS)
+
     torch.manual_seed(0)
-    scores = {"before": demo.score(demo.sample(load_pipeline("toy"), prompts, SEEDS), subject, NEW_BACKGROUNDS)}
+    scores = {"before": measure(load_pipeline("toy"))}
     for name, prior in (("prior", True), ("no_prior", False)):
         config = demo.demo_config(root / name, None, instance_dir, subject, max_steps=STEPS,
                                   prior_preservation=prior, class_dir=str(root / "class_images"))
         result = train(config)
-        pipe = demo.load_trained(result.output, config.method)
-        scores[name] = demo.score(demo.sample(pipe, prompts, SEEDS), subject, NEW_BACKGROUNDS)
+        scores[name] = measure(demo.load_trained(result.output, config.method))
     print(scores)   # the figures, for the record (pytest -s)
     return scores
 
@@ -53,10 +59,16 @@ def test_subject_is_learned_in_new_contexts(runs):
     """The subject's pattern appears on backgrounds the instance pictures never had."""
     before, after = runs["before"], runs["prior"]
     assert before["pattern_in_context"] <= 0.2, runs
-    # measured: 0.04 before, 0.42 after (24 samples each; the benchmark's 8 seeds x Euler a: 0.5-0.88)
+    # measured on the step-4400 base: 0.00 before, 0.46 after (24 samples each)
     assert after["pattern_in_context"] >= before["pattern_in_context"] + 0.25, runs
 
 
 def test_prior_preservation_keeps_the_class_prompt(runs):
-    assert runs["prior"]["class_drift"] <= 0.25, runs
-    assert runs["prior"]["class_drift"] <= runs["no_prior"]["class_drift"], runs
+    """Drift is the class prompt showing the subject's pattern in the subject's colours. (Any
+    two-colour pattern is a poor measure here: the base's own "a square" reads as one in about a
+    third of samples, blends of two solid colours that the strict reading still lets through.)"""
+    before, prior, no_prior = runs["before"], runs["prior"], runs["no_prior"]
+    assert before["class_shows_subject"] <= 0.05, runs
+    assert prior["class_shows_subject"] <= 0.1, runs
+    # measured on 24 seeds: 0.00 before, 0.00 with prior preservation, 0.46 without
+    assert prior["class_shows_subject"] < no_prior["class_shows_subject"], runs

@@ -74,6 +74,30 @@ def test_captions_format_and_dropout():
     assert len(world.all_prompts()) == 8 * 4 * 7
 
 
+def test_partial_captions_leave_out_colour_background_or_both():
+    rng = np.random.default_rng(1)
+    scenes = [world.sample_scene(rng) for _ in range(3000)]
+    captions = [world.sample_caption(rng, s, partial=0.3) for s in scenes]
+    full = sum(bool(CAPTION_RE.match(c)) for c in captions) / len(captions)
+    assert 0.58 <= full <= 0.68                      # 90% kept x 70% full
+    for scene, text in zip(scenes, captions):
+        if text and not CAPTION_RE.match(text):
+            assert text in {f"a {scene.colour} {scene.shape}", f"a {scene.shape}",
+                            f"a {scene.shape} on a {scene.background} background"}, text
+    assert world.caption(None, "cross", None) == "a cross"
+
+
+def test_pretraining_partial_table_matches_its_full_caption():
+    from dreambooth.toy.pretrain import CAPTIONS, EMPTY, partial_table
+    texts, index = partial_table()
+    assert index.shape == (len(CAPTIONS), len(world.PARTIAL_FORMS))
+    assert len(set(texts)) == len(texts) == 8 * 4 + 4 * 8 + 4
+    for full, rows in zip(CAPTIONS, index.tolist()):
+        colour, shape, background = CAPTION_RE.match(full).groups()
+        assert [texts[r - EMPTY - 1] for r in rows] == [
+            f"a {colour} {shape}", f"a {shape} on a {background} background", f"a {shape}"]
+
+
 def test_oracle_reads_solid_shapes():
     rng = np.random.default_rng(11)
     for _ in range(200):

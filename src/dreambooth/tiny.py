@@ -50,12 +50,21 @@ def _fix_token_ids(config: CLIPTextConfig, tokenizer) -> CLIPTextConfig:
     return config
 
 
+def _tokenizer(directory: str | Path | None):
+    """The tiny tokenizer, written to ``directory`` or, without one, to a temporary folder that is
+    removed once it is loaded (the slow CLIP tokenizer keeps its vocabulary in memory)."""
+    if directory is not None:
+        return write_clip_tokenizer(list(TINY_WORDS), directory)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_clip_tokenizer(list(TINY_WORDS), tmp)
+
+
 def build_sd_pipeline(version: int = 1, seed: int = 0, tokenizer_dir: str | Path | None = None,
                       prediction_type: str | None = None) -> StableDiffusionPipeline:
     """A tiny SD1 (``version=1``: quick_gelu encoder, epsilon) or SD2 (``version=2``: gelu
     encoder, linear projections in the transformer blocks, v-prediction) pipeline."""
-    import tempfile
-    tok = write_clip_tokenizer(list(TINY_WORDS), tokenizer_dir or tempfile.mkdtemp())
+    tok = _tokenizer(tokenizer_dir)
     sd2 = version == 2
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_fix_token_ids(_text_config(32, "gelu" if sd2 else "quick_gelu"), tok))
@@ -81,8 +90,7 @@ def build_sdxl_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None) 
     """A tiny SDXL: two CLIP encoders (the second with a projection for the pooled embedding), a
     ``text_time`` UNet with SDXL's block layout (three levels, two layers each, attention in levels
     two and three), only narrow."""
-    import tempfile
-    tok = write_clip_tokenizer(list(TINY_WORDS), tokenizer_dir or tempfile.mkdtemp())
+    tok = _tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     te1 = CLIPTextModel(_fix_token_ids(_text_config(32, "quick_gelu"), tok))
     torch.manual_seed(seed + 1)

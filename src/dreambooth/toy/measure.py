@@ -60,6 +60,22 @@ def measure(pipe, n: int = 128, seed: int = 0, steps: int = 30, cfg: float = 5.0
     return result
 
 
+def measure_partial(pipe, n: int = 32, seed: int = 0, steps: int = 30, cfg: float = 5.0) -> dict:
+    """How well the base follows partial captions, ``n`` samples per form: the background of
+    ``a {shape} on a {background} background``, the colour of ``a {colour} {shape}`` and the shape
+    of ``a {shape}`` (each as a share read right by the oracle)."""
+    combos = prompt_set(n, seed)
+    seeds = [seed * 100_003 + i for i in range(n)]
+    forms = {"background": (lambda c, s, b: caption(None, s, b), lambda r, c, s, b: r.background == b),
+             "colour": (lambda c, s, b: caption(c, s, None), lambda r, c, s, b: r.colour == c),
+             "shape": (lambda c, s, b: caption(None, s, None), lambda r, c, s, b: r.shape == s)}
+    result = {}
+    for name, (prompt, right) in forms.items():
+        images = sample(pipe, [prompt(*combo) for combo in combos], seeds, steps, cfg)
+        result[name] = float(np.mean([right(oracle.read(im), *combo) for im, combo in zip(images, combos)]))
+    return result
+
+
 def grid(images: list[np.ndarray], cols: int = 16, scale: int = 2):
     from PIL import Image
     rows = (len(images) + cols - 1) // cols

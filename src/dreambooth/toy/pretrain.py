@@ -12,7 +12,11 @@ Three phases, each skipped when its output is already in the state folder:
    tokenized once (224 captions + the empty one).
 3. **Text encoder + UNet** (``state.pt``): trained together from the cache with AdamW, linear
    warm-up then a constant learning rate, min-SNR loss weighting (gamma 5), caption dropout 10%, and
-   an EMA of both. Every ``eval_every`` steps the EMA weights are written as a pipeline
+   an EMA of both. From step ``partial_from`` on, a share ``partial_captions`` of the captions is
+   replaced by a partial one (``world.PARTIAL_FORMS``: no colour, no background, or neither), so that
+   ``a square`` (a DreamBooth class prompt) and ``a sks square on a red background`` are in
+   distribution. The shipped weights were trained 3,200 steps without, then with them; the best
+   snapshot is chosen among those after ``partial_from``. Every ``eval_every`` steps the EMA weights are written as a pipeline
    (``latest/``) and measured with the oracle (``evals.jsonl``); the best so far is kept in
    ``best/``. The whole state (weights, EMA, optimizer, step) is saved atomically every few minutes
    and on SIGTERM/SIGINT; the random numbers of step ``k`` are drawn from a generator seeded with
@@ -37,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from . import architecture as arch
-from .world import (COLOURS, IMAGE_SIZE, PATTERNS, SHAPES, Scene, all_prompts, caption, render,
-                    sample_scene)
+from .world import (COLOURS, IMAGE_SIZE, PARTIAL_FORMS, PATTERNS, SHAPES, Scene, all_prompts, caption,
+                    render, sample_scene)
 
 
 @dataclass
@@ -62,6 +66,8 @@ class PretrainConfig:
     ema: float = 0.995
     min_snr: float = 5.0
     caption_dropout: float = 0.1
+    partial_captions: float = 0.3      # share of (not dropped) captions given a partial form ...
+    partial_from: int = 3200           # ... from this step on
     eval_every: int = 400
     eval_n: int = 64
     save_every_s: float = 240.0
@@ -155,6 +161,22 @@ CAPTIONS = [caption(c, s, b) for c, s, b in all_prompts()]
 EMPTY = len(CAPTIONS)     # index of "" in the token table
 
 
+def partial_table() -> tuple[list[str], torch.Tensor]:
+    """The partial captions (token-table rows after ``EMPTY``) and, for each full caption and partial
+    form, the row of its partial caption: a (224, len(PARTIAL_FORMS)) index tensor."""
+    texts: list[str] = []
+    rows = []
+    for c, s, b in all_prompts():
+        row = []
+        for keep_colour, keep_background in PARTIAL_FORMS:
+            text = caption(c if keep_colour else None, s, b if keep_background else None)
+            if text not in texts:
+                texts.append(text)
+            row.append(EMPTY + 1 + texts.index(text))
+        rows.append(row)
+    return texts, torch.tensor(rows)
+
+
 def build_cache(cfg: PretrainConfig, out: Path, vae, tokenizer) -> dict:
     path = out / "cache.pt"
     if path.exists():
@@ -200,7 +222,11 @@ class Trainer:
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
         self.ema = [p.detach().clone() for p in self.params]
         self.step = 0
-        self.best = -1.0
+        self.best, self.best_step = -1.0, 0
+        partial, self.partial_index = partial_table()
+        self.ids = torch.cat([cache["ids"], tokenizer(partial, padding="max_length", truncation=True,
+                                                      max_length=tokenizer.model_max_length,
+                                                      return_tensors="pt").input_ids])
         self.path = out / "state.pt"
         if self.path.exists():
             st = torch.load(self.path, weights_only=False)
@@ -209,7 +235,7 @@ class Trainer:
             self.opt.load_state_dict(st["opt"])
             for e, v in zip(self.ema, st["ema"]):
                 e.copy_(v)
-            self.step, self.best = st["step"], st.get("best", -1.0)
+            self.step, self.best, self.best_step = st["step"], st.get("best", -1.0), st.get("best_step", 0)
             log(f"resumed at step {self.step} (best eval score {self.best:.3f})")
         ac = self.sched.alphas_cumprod
         self.snr = ac / (1 - ac)
@@ -217,6 +243,7 @@ class Trainer:
     def save(self) -> None:
         _atomic_save({"unet": self.unet.state_dict(), "text_encoder": self.te.state_dict(),
                       "opt": self.opt.state_dict(), "ema": self.ema, "step": self.step, "best": self.best,
+                      "best_step": self.best_step,
                       "config": asdict(self.cfg)}, self.path)
         log(f"saved state at step {self.step}")
 
@@ -228,9 +255,13 @@ class Trainer:
         latents = (mean + std * torch.randn(mean.shape, generator=g)) * c["scaling_factor"]
         cap = c["caption"][idx].clone()
         cap[torch.rand(cfg.batch, generator=g) < cfg.caption_dropout] = EMPTY
-        ids = c["ids"][cap]
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, self.sched.config.num_train_timesteps, (cfg.batch,), generator=g)
+        if cfg.partial_captions and self.step >= cfg.partial_from:
+            swap = (cap != EMPTY) & (torch.rand(cfg.batch, generator=g) < cfg.partial_captions)
+            form = torch.randint(len(PARTIAL_FORMS), (cfg.batch,), generator=g)
+            cap[swap] = self.partial_index[cap[swap], form[swap]]
+        ids = self.ids[cap]
         noisy = self.sched.add_noise(latents, noise, t)
         pred = self.unet(noisy, t, self.te(ids)[0]).sample
         snr = self.snr[t]
@@ -260,22 +291,27 @@ class Trainer:
         return pipe
 
     def evaluate(self) -> dict:
-        from .measure import grid, measure
+        from .measure import grid, measure, measure_partial
         pipe = self.ema_pipeline()
         t0 = time.time()
         res = measure(pipe, n=self.cfg.eval_n, seed=1, return_images=True)
         images = res.pop("images")
         res.pop("prompts")
         score = res["background"] + res["object_colour"]
+        if self.cfg.partial_captions and self.step > self.cfg.partial_from:
+            res["partial"] = measure_partial(pipe, n=self.cfg.eval_n // 2, seed=1)
+            score += sum(res["partial"].values()) / len(res["partial"])
+        # the first snapshot trained with partial captions replaces any best from before them
+        new_phase = self.best_step <= self.cfg.partial_from < self.step
         res.update(step=self.step, seconds=round(time.time() - t0, 1), time=time.strftime("%H:%M:%S"))
         with open(self.out / "evals.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")
         log(f"eval step {self.step}: background {res['background']:.3f} object {res['object_colour']:.3f} "
-            f"shape {res['shape']:.3f} ({res['seconds']} s)")
+            f"shape {res['shape']:.3f} partial {res.get('partial')} ({res['seconds']} s)")
         save_pipeline(pipe, self.out / "latest", meta=res)
         grid(images).save(self.out / "latest" / "samples.png")
-        if score > self.best:
-            self.best = score
+        if score > self.best or new_phase:
+            self.best, self.best_step = score, self.step
             save_pipeline(pipe, self.out / "best", meta=res)
             grid(images).save(self.out / "best" / "samples.png")
         return res

@@ -8,6 +8,14 @@ Everything here is fixed by the toy-world issue, because checks outside the repo
 - captions ``a {colour} {shape} on a {colour} background``, dropped to ``""`` 10% of the time
   (so the model also learns the unconditional prediction classifier-free guidance needs).
 
+One addition of ours (``partial`` below, used by pretraining from a given step): a share of the
+captions leaves out the colour, the background or both (``a square on a red background``,
+``a green square``, ``a square``). With the full form only, a prompt that names no colour is out of
+distribution for the base ("a square" drew red blobs, "a circle" a blank picture), so a DreamBooth
+class prompt ``a <shape>`` meant nothing and an identifier had no colour slot to take over. Real
+captions vary in detail the same way. The full form stays the majority, so every prompt of the
+issue's form means what it did.
+
 Pixels are either exactly the background colour or exactly a shape colour (no anti-aliasing): a
 pixel belongs to the shape when its centre does. Patterns (stripes, checker, dots) never occur in
 pretraining captions or images; they exist for DreamBooth *subjects*, which the base model cannot
@@ -77,8 +85,16 @@ class Subject:
                        pattern_period=self.period, pattern_phase=0)
 
 
-def caption(colour: str, shape: str, background: str) -> str:
-    return CAPTION_TEMPLATE.format(colour=colour, shape=shape, background=background)
+def caption(colour: str | None, shape: str, background: str | None) -> str:
+    """The world's caption; a colour given as ``None`` is left out (a partial caption)."""
+    if colour and background:
+        return CAPTION_TEMPLATE.format(colour=colour, shape=shape, background=background)
+    text = f"a {colour} {shape}" if colour else f"a {shape}"
+    return text + (f" on a {background} background" if background else "")
+
+
+# The partial forms, as (keep the object colour, keep the background), drawn with equal chances.
+PARTIAL_FORMS: tuple[tuple[bool, bool], ...] = ((True, False), (False, True), (False, False))
 
 
 def rng_for(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -162,10 +178,18 @@ def render_pil(scene: Scene, size: int = IMAGE_SIZE):
     return Image.fromarray(render(scene, size))
 
 
-def sample_caption(rng: np.random.Generator | int | None, scene: Scene, dropout: float = CAPTION_DROPOUT) -> str:
-    """The scene's caption, or ``""`` with probability ``dropout``."""
+def sample_caption(rng: np.random.Generator | int | None, scene: Scene, dropout: float = CAPTION_DROPOUT,
+                   partial: float = 0.0) -> str:
+    """The scene's caption, or ``""`` with probability ``dropout``; otherwise, with probability
+    ``partial``, one of the ``PARTIAL_FORMS`` (the issue's sampler is ``partial=0``)."""
     rng = rng_for(rng)
-    return "" if rng.random() < dropout else scene.caption()
+    if rng.random() < dropout:
+        return ""
+    if partial and rng.random() < partial:
+        keep_colour, keep_background = PARTIAL_FORMS[int(rng.integers(len(PARTIAL_FORMS)))]
+        return caption(scene.colour if keep_colour else None, scene.shape,
+                       scene.background if keep_background else None)
+    return scene.caption()
 
 
 def sample_batch(seed: int, n: int, size: int = IMAGE_SIZE, dropout: float = CAPTION_DROPOUT):
