@@ -74,16 +74,24 @@ def test_captions_format_and_dropout():
     assert len(world.all_prompts()) == 8 * 4 * 7
 
 
-def test_partial_captions_leave_out_colour_background_or_both():
-    rng = np.random.default_rng(1)
-    scenes = [world.sample_scene(rng) for _ in range(3000)]
-    captions = [world.sample_caption(rng, s, partial=0.3) for s in scenes]
-    full = sum(bool(CAPTION_RE.match(c)) for c in captions) / len(captions)
-    assert 0.58 <= full <= 0.68                      # 90% kept x 70% full
-    for scene, text in zip(scenes, captions):
-        if text and not CAPTION_RE.match(text):
-            assert text in {f"a {scene.colour} {scene.shape}", f"a {scene.shape}",
-                            f"a {scene.shape} on a {scene.background} background"}, text
+def test_pretraining_swaps_a_share_of_full_captions_for_partial_ones():
+    import torch
+
+    from dreambooth.toy.pretrain import CAPTIONS, EMPTY, partial_table, swap_partial
+    texts, index = partial_table()
+    g = torch.Generator().manual_seed(0)
+    cap = torch.randint(len(CAPTIONS), (3000,), generator=g)
+    cap[::10] = EMPTY                                # dropped captions stay dropped
+    out = swap_partial(cap, 0.3, index, g)
+    assert (out[::10] == EMPTY).all()
+    swapped = out != cap
+    assert 0.26 <= swapped.float().mean() / 0.9 <= 0.34
+    for row, new in zip(cap[swapped].tolist(), out[swapped].tolist()):
+        colour, shape, background = CAPTION_RE.match(CAPTIONS[row]).groups()
+        assert texts[new - EMPTY - 1] in {f"a {colour} {shape}", f"a {shape}",
+                                          f"a {shape} on a {background} background"}
+    forms = torch.bincount((index[cap[swapped]] == out[swapped, None]).float().argmax(1), minlength=3)
+    assert forms.min() >= 0.8 * forms.float().mean()  # the three forms equally likely
     assert world.caption(None, "cross", None) == "a cross"
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import oracle
-from .world import all_prompts, caption
+from .world import all_prompts, caption, partial_caption
 
 RESOLUTION = 32
 
@@ -66,12 +66,12 @@ def measure_partial(pipe, n: int = 32, seed: int = 0, steps: int = 30, cfg: floa
     of ``a {shape}`` (each as a share read right by the oracle)."""
     combos = prompt_set(n, seed)
     seeds = [seed * 100_003 + i for i in range(n)]
-    forms = {"background": (lambda c, s, b: caption(None, s, b), lambda r, c, s, b: r.background == b),
-             "colour": (lambda c, s, b: caption(c, s, None), lambda r, c, s, b: r.colour == c),
-             "shape": (lambda c, s, b: caption(None, s, None), lambda r, c, s, b: r.shape == s)}
+    # what each of world.PARTIAL_FORMS still names, and so what is checked
+    checks = {"colour": lambda r, c, s, b: r.colour == c, "background": lambda r, c, s, b: r.background == b,
+              "shape": lambda r, c, s, b: r.shape == s}
     result = {}
-    for name, (prompt, right) in forms.items():
-        images = sample(pipe, [prompt(*combo) for combo in combos], seeds, steps, cfg)
+    for form, (name, right) in enumerate(checks.items()):
+        images = sample(pipe, [partial_caption(*combo, form) for combo in combos], seeds, steps, cfg)
         result[name] = float(np.mean([right(oracle.read(im), *combo) for im, combo in zip(images, combos)]))
     return result
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from . import architecture as arch
 from .world import (COLOURS, IMAGE_SIZE, PARTIAL_FORMS, PATTERNS, SHAPES, Scene, all_prompts, caption,
-                    render, sample_scene)
+                    partial_caption, render, sample_scene)
 
 
 @dataclass
@@ -166,15 +166,25 @@ def partial_table() -> tuple[list[str], torch.Tensor]:
     form, the row of its partial caption: a (224, len(PARTIAL_FORMS)) index tensor."""
     texts: list[str] = []
     rows = []
-    for c, s, b in all_prompts():
+    for combo in all_prompts():
         row = []
-        for keep_colour, keep_background in PARTIAL_FORMS:
-            text = caption(c if keep_colour else None, s, b if keep_background else None)
+        for form in range(len(PARTIAL_FORMS)):
+            text = partial_caption(*combo, form)
             if text not in texts:
                 texts.append(text)
             row.append(EMPTY + 1 + texts.index(text))
         rows.append(row)
     return texts, torch.tensor(rows)
+
+
+def swap_partial(cap: torch.Tensor, share: float, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Caption rows with a ``share`` of the full ones (not ``EMPTY``) replaced by a partial form drawn
+    with equal chances; ``index`` is ``partial_table()``'s."""
+    swap = (cap != EMPTY) & (torch.rand(len(cap), generator=generator) < share)
+    form = torch.randint(len(PARTIAL_FORMS), (len(cap),), generator=generator)
+    out = cap.clone()
+    out[swap] = index[cap[swap], form[swap]]
+    return out
 
 
 def build_cache(cfg: PretrainConfig, out: Path, vae, tokenizer) -> dict:
@@ -258,9 +268,7 @@ class Trainer:
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, self.sched.config.num_train_timesteps, (cfg.batch,), generator=g)
         if cfg.partial_captions and self.step >= cfg.partial_from:
-            swap = (cap != EMPTY) & (torch.rand(cfg.batch, generator=g) < cfg.partial_captions)
-            form = torch.randint(len(PARTIAL_FORMS), (cfg.batch,), generator=g)
-            cap[swap] = self.partial_index[cap[swap], form[swap]]
+            cap = swap_partial(cap, cfg.partial_captions, self.partial_index, g)
         ids = self.ids[cap]
         noisy = self.sched.add_noise(latents, noise, t)
         pred = self.unet(noisy, t, self.te(ids)[0]).sample
@@ -298,11 +306,12 @@ class Trainer:
         images = res.pop("images")
         res.pop("prompts")
         score = res["background"] + res["object_colour"]
-        if self.cfg.partial_captions and self.step > self.cfg.partial_from:
+        partial = self.cfg.partial_captions and self.step > self.cfg.partial_from
+        if partial:
             res["partial"] = measure_partial(pipe, n=self.cfg.eval_n // 2, seed=1)
             score += sum(res["partial"].values()) / len(res["partial"])
         # the first snapshot trained with partial captions replaces any best from before them
-        new_phase = self.best_step <= self.cfg.partial_from < self.step
+        new_phase = partial and self.best_step <= self.cfg.partial_from
         res.update(step=self.step, seconds=round(time.time() - t0, 1), time=time.strftime("%H:%M:%S"))
         with open(self.out / "evals.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")

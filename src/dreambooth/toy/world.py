@@ -8,7 +8,7 @@ Everything here is fixed by the toy-world issue, because checks outside the repo
 - captions ``a {colour} {shape} on a {colour} background``, dropped to ``""`` 10% of the time
   (so the model also learns the unconditional prediction classifier-free guidance needs).
 
-One addition of ours (``partial`` below, used by pretraining from a given step): a share of the
+One addition of ours (``PARTIAL_FORMS`` below, used by pretraining from a given step): a share of the
 captions leaves out the colour, the background or both (``a square on a red background``,
 ``a green square``, ``a square``). With the full form only, a prompt that names no colour is out of
 distribution for the base ("a square" drew red blobs, "a circle" a blank picture), so a DreamBooth
@@ -97,6 +97,12 @@ def caption(colour: str | None, shape: str, background: str | None) -> str:
 PARTIAL_FORMS: tuple[tuple[bool, bool], ...] = ((True, False), (False, True), (False, False))
 
 
+def partial_caption(colour: str, shape: str, background: str, form: int) -> str:
+    """The caption of (colour, shape, background) in ``PARTIAL_FORMS[form]``."""
+    keep_colour, keep_background = PARTIAL_FORMS[form]
+    return caption(colour if keep_colour else None, shape, background if keep_background else None)
+
+
 def rng_for(seed: int | np.random.Generator | None) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
@@ -178,18 +184,11 @@ def render_pil(scene: Scene, size: int = IMAGE_SIZE):
     return Image.fromarray(render(scene, size))
 
 
-def sample_caption(rng: np.random.Generator | int | None, scene: Scene, dropout: float = CAPTION_DROPOUT,
-                   partial: float = 0.0) -> str:
-    """The scene's caption, or ``""`` with probability ``dropout``; otherwise, with probability
-    ``partial``, one of the ``PARTIAL_FORMS`` (the issue's sampler is ``partial=0``)."""
+def sample_caption(rng: np.random.Generator | int | None, scene: Scene, dropout: float = CAPTION_DROPOUT) -> str:
+    """The scene's caption, or ``""`` with probability ``dropout`` (the issue's sampler; pretraining's
+    partial captions are drawn on its cached caption indices, ``pretrain.swap_partial``)."""
     rng = rng_for(rng)
-    if rng.random() < dropout:
-        return ""
-    if partial and rng.random() < partial:
-        keep_colour, keep_background = PARTIAL_FORMS[int(rng.integers(len(PARTIAL_FORMS)))]
-        return caption(scene.colour if keep_colour else None, scene.shape,
-                       scene.background if keep_background else None)
-    return scene.caption()
+    return "" if rng.random() < dropout else scene.caption()
 
 
 def sample_batch(seed: int, n: int, size: int = IMAGE_SIZE, dropout: float = CAPTION_DROPOUT):
