@@ -69,6 +69,7 @@ class TrainConfig:
     gradient_accumulation: int = _opt(1, "Micro-batches per optimizer step.")
     learning_rate: float | None = _opt(None, "Learning rate (default: 5e-6 full, 1e-4 LoRA).")
     text_encoder_lr: float | None = _opt(None, "Text-encoder learning rate (default: --learning-rate).")
+    identifier_lr: float = _opt(0.0, "Full method: learning rate of the identifier's own token embedding (pivotal tuning), with or without --train-text-encoder (0: off).")
     lr_scheduler: str = _opt("constant", "Learning-rate schedule (after warm-up).", LR_SCHEDULERS)
     lr_warmup_steps: int = _opt(0, "Linear warm-up steps.")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
@@ -126,7 +127,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
         for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "keep_checkpoints", "offset_noise",
-                     "prior_loss_weight", "max_grad_norm", "lora_dropout"):
+                     "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must not be negative")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

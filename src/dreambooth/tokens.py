@@ -59,10 +59,9 @@ def rare_identifiers(tokenizer, count: int = 20, max_chars: int = 3) -> list[Can
 def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | None = None) -> list[str]:
     """Warnings about the identifier in the instance prompt: a word that is not in the class prompt
     and not a plain common word is taken as the identifier."""
-    class_words = set((class_prompt or "").lower().split())
+    from .identifier import identifier_words
     common = common_words()
-    words = [w.strip(",.;:!?()[]") for w in instance_prompt.lower().split()]
-    candidates = [w for w in words if w and w not in class_words and w not in {"a", "an", "the", "photo", "of", "picture"}]
+    candidates = identifier_words(instance_prompt, class_prompt)
     warnings = []
     if not candidates:
         return ["the instance prompt has no identifier beyond the class words; add a rare token, e.g. 'a photo of sks dog'"]

@@ -24,6 +24,9 @@ from .config import TrainConfig, save_config
 from .data import Batch, ExampleStream, load_examples
 from .errors import UserError
 from .families import Conditioning, adapter_for, time_ids
+from .identifier import attach as attach_identifier
+from .identifier import identifier_token_ids
+from .identifier import merged as merged_identifier
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, save_diffusers_lora, save_kohya_lora
 from .models import load_pipeline
 from .progress import console, progress_bar
@@ -207,10 +210,17 @@ class Trainer:
             unet.enable_gradient_checkpointing()
             for te in encoders.values():
                 te.gradient_checkpointing_enable()
+        offsets = self._identifier_offsets(cfg)
+        encoders.update({name: te for name, te in zip(self.family.text_encoder_names, self.family.text_encoders)
+                         if offsets})
         self.trainables = {"unet": unet, **encoders}
         groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
         for te in encoders.values():
-            groups.append({"params": [p for p in te.parameters() if p.requires_grad], "lr": cfg.text_encoder_lr or cfg.learning_rate})
+            params = [p for p in te.parameters() if p.requires_grad and not any(p is o for o in offsets)]
+            if params:
+                groups.append({"params": params, "lr": cfg.text_encoder_lr or cfg.learning_rate})
+        if offsets:
+            groups.append({"params": offsets, "lr": cfg.identifier_lr, "weight_decay": 0.0})
         self.optimizer = _optimizer(groups, cfg)
         # Stepped once per optimizer step by us (not by accelerate, which steps it once per process).
         name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps else cfg.lr_scheduler
@@ -220,6 +230,30 @@ class Trainer:
         *models, self.optimizer = prepared
         self.models = models   # possibly DDP-wrapped; self.trainables keeps the plain modules
         self.unet = models[0]
+
+    def _identifier_offsets(self, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+        """``--identifier-lr``: the identifier's embedding offset in each text encoder (empty when off)."""
+        if not cfg.identifier_lr:
+            return []
+        if cfg.method == "lora":
+            self._warn("--identifier-lr is for full fine-tuning (a LoRA file has no place for an embedding); ignored")
+            return []
+        offsets = []
+        for tok, te in zip(self.family.tokenizers, self.family.text_encoders):
+            ids = identifier_token_ids(tok, cfg.instance_prompt, cfg.class_prompt)
+            if not ids:
+                self._warn("--identifier-lr: the instance prompt has no identifier beyond the class words; ignored")
+                return []
+            if not cfg.train_text_encoder:
+                move(te, self.device, torch.float32)
+            wrapper = attach_identifier(te, ids)
+            wrapper.base.weight.requires_grad_(False)   # every other word keeps its embedding
+            offsets.append(wrapper.delta)
+        return offsets
+
+    @property
+    def trains_text(self) -> bool:
+        return len(self.trainables) > 1
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -231,7 +265,7 @@ class Trainer:
     # ----- the math --------------------------------------------------------------------------
     def conditioning(self, prompts: list[str]):
         """Text conditioning; cached per prompt while the text encoders are frozen."""
-        if self.config.train_text_encoder:
+        if self.trains_text:
             return self.family.encode(self.family.tokenize(prompts))
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
@@ -381,19 +415,23 @@ class Trainer:
         dtype = SAVE_DTYPES[cfg.save_precision]
         # Frozen parts are reloaded from the base so low-precision training copies never leak into the output.
         trained = {name: model for name, model in self.trainables.items()}
-        base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if getattr(base, name, None) is not None:
-                move(getattr(base, name), "cpu", dtype)
-        base.save_pretrained(directory, safe_serialization=True)
-        for model in trained.values():
-            move(model, self.device, torch.float32)
+        with merged_identifier(self.family.text_encoders):
+            base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
+            self._write_full(base, directory, dtype)
         files = [directory / "model_index.json"]
         if cfg.export_single_file:
             from .single_file import export_single_file
             files.append(export_single_file(directory, directory / f"{directory.name or 'model'}.safetensors",
                                             self.family.name, dtype=dtype))
         return files
+
+    def _write_full(self, base, directory: Path, dtype: torch.dtype) -> None:
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            if getattr(base, name, None) is not None:
+                move(getattr(base, name), "cpu", dtype)
+        base.save_pretrained(directory, safe_serialization=True)
+        for model in self.trainables.values():
+            move(model, self.device, torch.float32)
 
     def _keep_best(self) -> None:
         """Put the weights the validation callback kept (``--keep-best``) in place of the final ones."""

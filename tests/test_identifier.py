@@ -1,0 +1,66 @@
+"""--identifier-lr: the identifier's own embedding learns; no other word's embedding moves."""
+import pytest
+import torch
+
+from dreambooth.config import build_config
+from dreambooth.identifier import identifier_token_ids, identifier_words
+from dreambooth.models import load_pipeline
+from dreambooth.train import train
+
+
+def test_identifier_words_are_the_instance_words_the_class_lacks():
+    assert identifier_words("a photo of sks dog", "a photo of dog") == ["sks"]
+    assert identifier_words("a sks square", "a square") == ["sks"]
+    assert identifier_words("a dog", "a dog") == []
+
+
+def _config(model, photos, out, **changes):
+    values = dict(model=str(model), instance_dir=str(photos), instance_prompt="a photo of sks dog",
+                  class_prompt="a photo of dog", num_class_images=2, class_steps=2, class_batch_size=2,
+                  method="full", resolution=32, max_steps=4, learning_rate=1e-4, identifier_lr=1e-2,
+                  output=str(out))
+    values.update(changes)
+    return build_config(None, values)
+
+
+def _embeddings(pipe):
+    return [te.get_input_embeddings().weight.detach() for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+            if te is not None]
+
+
+@pytest.mark.parametrize("model,text_encoder", [("tiny_sd1", False), ("tiny_sdxl", False), ("tiny_sd1", True)])
+def test_only_the_identifier_row_moves(model, text_encoder, dog_photos, tmp_path, request):
+    base_dir = request.getfixturevalue(model)
+    result = train(_config(base_dir, dog_photos, tmp_path / "out", train_text_encoder=text_encoder), callbacks=[])
+    base, trained = load_pipeline(str(base_dir)), load_pipeline(str(result.output))
+    tokenizers = [t for t in (base.tokenizer, getattr(base, "tokenizer_2", None)) if t is not None]
+    for tok, before, after in zip(tokenizers, _embeddings(base), _embeddings(trained)):
+        ids = identifier_token_ids(tok, "a photo of sks dog", "a photo of dog")
+        moved = (before != after).any(dim=1).nonzero().flatten().tolist()
+        assert moved == sorted(ids)
+    # the rest of the text encoder is the base's unless it was trained too (its other embeddings stay)
+    base_rest = {k: v for k, v in base.text_encoder.state_dict().items() if "token_embedding" not in k}
+    trained_state = trained.text_encoder.state_dict()
+    assert all(torch.equal(v, trained_state[k]) for k, v in base_rest.items()) != text_encoder
+
+
+def test_lora_ignores_it_with_a_warning(tiny_sd1, dog_photos, tmp_path):
+    result = train(_config(tiny_sd1, dog_photos, tmp_path / "lora", method="lora", learning_rate=1e-3), callbacks=[])
+    assert any("--identifier-lr" in w for w in result.warnings)
+
+
+def test_resume_keeps_the_identifier_offset(tiny_sd1, dog_photos, tmp_path):
+    common = dict(max_steps=4, checkpoint_every=2, keep_checkpoints=0)
+    straight = train(_config(tiny_sd1, dog_photos, tmp_path / "a", **common), callbacks=[])
+
+    class Kill:
+        def on_step_end(self, run):
+            if run.step == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_sd1, dog_photos, tmp_path / "b", **common), callbacks=[Kill()])
+    resumed = train(_config(tiny_sd1, dog_photos, tmp_path / "b", resume="latest", **common), callbacks=[])
+    assert resumed.losses == straight.losses
+    a, b = load_pipeline(str(tmp_path / "a")), load_pipeline(str(tmp_path / "b"))
+    assert torch.equal(_embeddings(a)[0], _embeddings(b)[0])
