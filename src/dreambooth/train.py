@@ -211,8 +211,8 @@ class Trainer:
             for te in encoders.values():
                 te.gradient_checkpointing_enable()
         offsets = self._identifier_offsets(cfg)
-        encoders.update({name: te for name, te in zip(self.family.text_encoder_names, self.family.text_encoders)
-                         if offsets})
+        if offsets:   # the encoders now carry trainable offsets: checkpointed and prepared like any trainable
+            encoders = dict(zip(self.family.text_encoder_names, self.family.text_encoders))
         self.trainables = {"unet": unet, **encoders}
         groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
         for te in encoders.values():
@@ -253,6 +253,7 @@ class Trainer:
 
     @property
     def trains_text(self) -> bool:
+        """Some text-encoder weight trains (the encoder, or only the identifier's offset)."""
         return len(self.trainables) > 1
 
     def _warn(self, message: str) -> None:
@@ -415,23 +416,20 @@ class Trainer:
         dtype = SAVE_DTYPES[cfg.save_precision]
         # Frozen parts are reloaded from the base so low-precision training copies never leak into the output.
         trained = {name: model for name, model in self.trainables.items()}
-        with merged_identifier(self.family.text_encoders):
+        with merged_identifier(self.family.text_encoders):   # a plain embedding matrix in the output
             base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
-            self._write_full(base, directory, dtype)
+            for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+                if getattr(base, name, None) is not None:
+                    move(getattr(base, name), "cpu", dtype)
+            base.save_pretrained(directory, safe_serialization=True)
+            for model in trained.values():
+                move(model, self.device, torch.float32)
         files = [directory / "model_index.json"]
         if cfg.export_single_file:
             from .single_file import export_single_file
             files.append(export_single_file(directory, directory / f"{directory.name or 'model'}.safetensors",
                                             self.family.name, dtype=dtype))
         return files
-
-    def _write_full(self, base, directory: Path, dtype: torch.dtype) -> None:
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if getattr(base, name, None) is not None:
-                move(getattr(base, name), "cpu", dtype)
-        base.save_pretrained(directory, safe_serialization=True)
-        for model in self.trainables.values():
-            move(model, self.device, torch.float32)
 
     def _keep_best(self) -> None:
         """Put the weights the validation callback kept (``--keep-best``) in place of the final ones."""
