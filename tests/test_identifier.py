@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from dreambooth.config import build_config
-from dreambooth.identifier import identifier_token_ids, identifier_words
+from dreambooth.identifier import identifier_token_ids
 from dreambooth.models import load_pipeline
+from dreambooth.tokens import identifier_words
 from dreambooth.train import train
 
 

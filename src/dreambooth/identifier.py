@@ -17,14 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-_FILLER = {"a", "an", "the", "photo", "of", "picture"}
-
-
-def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:
-    """The instance prompt's words that are neither class words nor filler: the identifier(s)."""
-    class_words = set((class_prompt or "").lower().split())
-    words = [w.strip(",.;:!?()[]") for w in instance_prompt.lower().split()]
-    return [w for w in words if w and w not in class_words and w not in _FILLER]
+from .tokens import identifier_words
 
 
 def identifier_token_ids(tokenizer, instance_prompt: str, class_prompt: str | None = None) -> list[int]:
@@ -48,7 +41,7 @@ class IdentifierEmbedding(torch.nn.Module):
         match = (input_ids[..., None] == self.ids).to(self.delta.dtype)   # (B, T, K)
         return out + (match @ self.delta).to(out.dtype)
 
-    def merged(self) -> torch.nn.Embedding:
+    def as_embedding(self) -> torch.nn.Embedding:
         """A plain embedding holding base + offset (a copy; training goes on with this wrapper)."""
         emb = torch.nn.Embedding(self.base.num_embeddings, self.base.embedding_dim,
                                  device=self.base.weight.device, dtype=self.base.weight.dtype)
@@ -70,7 +63,7 @@ def merged(text_encoders):
     wrappers = [(te, te.get_input_embeddings()) for te in text_encoders]
     wrappers = [(te, w) for te, w in wrappers if isinstance(w, IdentifierEmbedding)]
     for te, w in wrappers:
-        te.set_input_embeddings(w.merged())
+        te.set_input_embeddings(w.as_embedding())
     try:
         yield
     finally:

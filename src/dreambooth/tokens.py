@@ -56,10 +56,19 @@ def rare_identifiers(tokenizer, count: int = 20, max_chars: int = 3) -> list[Can
     return found[:count]
 
 
+_FILLER = {"a", "an", "the", "photo", "of", "picture"}
+
+
+def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:
+    """The instance prompt's words that are neither class words nor filler: the identifier(s)."""
+    class_words = set((class_prompt or "").lower().split())
+    words = [w.strip(",.;:!?()[]") for w in instance_prompt.lower().split()]
+    return [w for w in words if w and w not in class_words and w not in _FILLER]
+
+
 def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | None = None) -> list[str]:
     """Warnings about the identifier in the instance prompt: a word that is not in the class prompt
     and not a plain common word is taken as the identifier."""
-    from .identifier import identifier_words
     common = common_words()
     candidates = identifier_words(instance_prompt, class_prompt)
     warnings = []

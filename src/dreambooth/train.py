@@ -30,7 +30,7 @@ from .identifier import merged as merged_identifier
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, save_diffusers_lora, save_kohya_lora
 from .models import load_pipeline
 from .progress import console, progress_bar
-from .tokens import identifier_warnings
+from .tokens import identifier_warnings, identifier_words
 
 log = logging.getLogger("dreambooth")
 KEPT_ON_OVERWRITE = ("class_images",)
@@ -238,12 +238,12 @@ class Trainer:
         if cfg.method == "lora":
             self._warn("--identifier-lr is for full fine-tuning (a LoRA file has no place for an embedding); ignored")
             return []
+        if not identifier_words(cfg.instance_prompt, cfg.class_prompt):
+            self._warn("--identifier-lr: the instance prompt has no identifier beyond the class words; ignored")
+            return []
         offsets = []
         for tok, te in zip(self.family.tokenizers, self.family.text_encoders):
             ids = identifier_token_ids(tok, cfg.instance_prompt, cfg.class_prompt)
-            if not ids:
-                self._warn("--identifier-lr: the instance prompt has no identifier beyond the class words; ignored")
-                return []
             if not cfg.train_text_encoder:
                 move(te, self.device, torch.float32)
             wrapper = attach_identifier(te, ids)
