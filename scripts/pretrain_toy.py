@@ -4,6 +4,7 @@
     python scripts/pretrain_toy.py                       # start, or resume, in .toy-pretrain/
     nohup nice -n 10 python scripts/pretrain_toy.py > .toy-pretrain/log.txt 2>&1 &   # in the background
     python scripts/pretrain_toy.py --export              # copy the best snapshot to src/dreambooth/toy/model
+    python scripts/pretrain_toy.py --tune-decoder        # then tune the packaged VAE's decoder (about 10 minutes)
 
 Phases (each skipped when done): VAE (500 steps, about 10 minutes on one core), a cached dataset of
 30,000 rendered and encoded pictures (about 2 minutes), then text encoder + UNet with EMA (about
@@ -12,7 +13,8 @@ Phases (each skipped when done): VAE (500 steps, about 10 minutes on one core), 
 machine it is the polite choice, and small convolutions gain little from more. State is saved every few minutes and on Ctrl-C /
 SIGTERM; running the same command again resumes exactly where it stopped. Every ``--eval-every``
 steps the EMA weights are measured with the oracle (``evals.jsonl``, ``latest/``, ``best/``).
-See ``dreambooth.toy.pretrain`` for the recipe.
+``--tune-decoder`` trains the packaged VAE's decoder alone (encoder frozen, so the UNet's latents are
+unchanged) for ``--decoder-steps``: the shipped VAE had it. See ``dreambooth.toy.pretrain`` for the recipe.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from dreambooth.toy.pretrain import PretrainConfig, export, pretrain
+from dreambooth.toy.pretrain import PretrainConfig, export, pretrain, tune_packaged_decoder
 
 
 def main(argv=None) -> int:
@@ -34,10 +36,15 @@ def main(argv=None) -> int:
                             help=f"(default: {default})")
     parser.add_argument("--export", action="store_true",
                         help="do not train: copy <out>/best (or --which) to the package's toy/model folder")
+    parser.add_argument("--tune-decoder", action="store_true",
+                        help="do not train: tune the decoder of the packaged (or --dest) toy model's VAE in place")
     parser.add_argument("--which", default="best", choices=["best", "latest"])
     parser.add_argument("--dest", default=None, help="export here instead of src/dreambooth/toy/model")
     args = parser.parse_args(argv)
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    if args.tune_decoder:
+        print(tune_packaged_decoder(cfg, args.dest))
+        return 0
     if args.export:
         print(export(cfg.out, args.dest, args.which))
         return 0
