@@ -111,6 +111,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
+def _vae_schedule(step: int, steps: int) -> float:
+    """Learning-rate factor of the VAE phases: 50-step warm-up, then cosine down to 10%."""
+    return min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
 def train_vae(cfg: PretrainConfig, out: Path):
     from diffusers import AutoencoderKL
     if (out / "vae" / "config.json").exists():
@@ -128,10 +133,8 @@ def train_vae(cfg: PretrainConfig, out: Path):
     last_save, t0 = time.time(), time.time()
     vae.train()
     while step < cfg.vae_steps:
-        warm = min(1.0, (step + 1) / 50)
-        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
         for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * warm * decay
+            g["lr"] = cfg.vae_lr * _vae_schedule(step, cfg.vae_steps)
         x = vae_batch(cfg.seed, step, cfg.vae_batch, cfg.vae_textured)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(cfg.seed * 7919 + step))).sample
@@ -170,10 +173,8 @@ def tune_decoder(vae, cfg: PretrainConfig) -> float:
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
     t0 = time.time()
     for step in range(cfg.decoder_steps):
-        warm = min(1.0, (step + 1) / 50)
-        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
         for g in opt.param_groups:
-            g["lr"] = cfg.decoder_lr * warm * decay
+            g["lr"] = cfg.decoder_lr * _vae_schedule(step, cfg.decoder_steps)
         x = vae_batch(cfg.seed + 2, step, cfg.vae_batch, cfg.decoder_textured)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(cfg.seed * 7919 + step))
