@@ -11,14 +11,15 @@ Three phases, each skipped when its output is already in the state folder:
    encoded once by the VAE (posterior mean and std), with each caption's index; captions are
    tokenized once (224 captions + the empty one).
 3. **Text encoder + UNet** (``state.pt``): trained together from the cache with AdamW, linear
-   warm-up then a constant learning rate, min-SNR loss weighting (gamma 5), caption dropout 10%, and
-   an EMA of both. From step ``partial_from`` on, a share ``partial_captions`` of the captions is
-   replaced by a partial one (``world.PARTIAL_FORMS``: no colour, no background, or neither), so that
-   ``a square`` (a DreamBooth class prompt) and ``a sks square on a red background`` are in
-   distribution. The shipped weights were trained 3,200 steps without, then with them; the best
-   snapshot is chosen among those after ``partial_from``. Every ``eval_every`` steps the EMA weights are written as a pipeline
-   (``latest/``) and measured with the oracle (``evals.jsonl``); the best so far is kept in
-   ``best/``. The whole state (weights, EMA, optimizer, step) is saved atomically every few minutes
+   warm-up then a constant learning rate (``decay_from``: from that step a cosine down to 5% at
+   ``steps``; not used for the shipped weights, see the README), min-SNR loss weighting (gamma 5),
+   caption dropout 10%, and an EMA of both. From step ``partial_from`` on, a share
+   ``partial_captions`` of the captions is replaced by a partial one (``world.PARTIAL_FORMS``: no
+   colour, no background, or neither), so that ``a square`` (a DreamBooth class prompt) and ``a sks
+   square on a red background`` are in distribution. The shipped weights were trained 3,200 steps
+   without, then with them; the best snapshot is chosen among those after ``partial_from``. Every
+   ``eval_every`` steps the EMA weights are written as a pipeline (``latest/``) and measured with the
+   oracle (``evals.jsonl``); the best so far is kept in ``best/``. The whole state (weights, EMA, optimizer, step) is saved atomically every few minutes
    and on SIGTERM/SIGINT; the random numbers of step ``k`` are drawn from a generator seeded with
    ``(seed, k)``, so a resumed run continues exactly as an uninterrupted one would.
 
@@ -72,6 +73,7 @@ class PretrainConfig:
     caption_dropout: float = 0.1
     partial_captions: float = 0.3      # share of (not dropped) captions given a partial form ...
     partial_from: int = 3200           # ... from this step on
+    decay_from: int = 0                # 0: constant lr after warm-up; else a cosine from here to 5% at `steps`
     eval_every: int = 400
     eval_n: int = 64
     save_every_s: float = 240.0
@@ -335,6 +337,9 @@ class Trainer:
         weight = torch.clamp(snr, max=cfg.min_snr) / snr
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
+        if cfg.decay_from and self.step >= cfg.decay_from:
+            done = min(1.0, (self.step - cfg.decay_from) / max(1, cfg.steps - cfg.decay_from))
+            lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
