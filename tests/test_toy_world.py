@@ -2,6 +2,7 @@
 and the toy tokenizer's rare tokens. Fast: no model is run."""
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -104,6 +105,23 @@ def test_pretraining_partial_table_matches_its_full_caption():
         colour, shape, background = CAPTION_RE.match(full).groups()
         assert [texts[r - EMPTY - 1] for r in rows] == [
             f"a {colour} {shape}", f"a {shape} on a {background} background", f"a {shape}"]
+
+
+def test_pretraining_learning_rate_warms_up_holds_then_decays_to_its_floor():
+    from dreambooth.toy.pretrain import _lr_factor
+    # UNet phase with --decay-from 4400 --steps 7200: warm-up, constant, cosine to 5%
+    assert _lr_factor(0, 300, 4400, 7200, 0.05) == pytest.approx(1 / 300)
+    assert _lr_factor(299, 300, 4400, 7200, 0.05) == _lr_factor(4400, 300, 4400, 7200, 0.05) == 1.0
+    assert _lr_factor(5800, 300, 4400, 7200, 0.05) == pytest.approx(0.525)   # half-way
+    assert _lr_factor(7199, 300, 4400, 7200, 0.05) == pytest.approx(0.05, abs=1e-5)
+    assert _lr_factor(9000, 300, 4400, 7200, 0.05) == 0.05                  # resumed past the end
+    decay = [_lr_factor(s, 300, 4400, 7200, 0.05) for s in range(4400, 7200)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    # decay_from == steps (the default, off): constant after warm-up
+    assert {_lr_factor(s, 300, 20_000, 20_000, 0.05) for s in range(300, 20_000, 97)} == {1.0}
+    # VAE phases: 50-step warm-up, then a cosine over all steps to 10%
+    assert _lr_factor(49, 50, 0, 500, 0.1) == pytest.approx(1 - 0.9 * (1 - math.cos(math.pi * 49 / 500)) / 2)
+    assert _lr_factor(250, 50, 0, 500, 0.1) == pytest.approx(0.55)
 
 
 def test_oracle_reads_solid_shapes():

@@ -19,9 +19,10 @@ Three phases, each skipped when its output is already in the state folder:
    square on a red background`` are in distribution. The shipped weights were trained 3,200 steps
    without, then with them; the best snapshot is chosen among those after ``partial_from``. Every
    ``eval_every`` steps the EMA weights are written as a pipeline (``latest/``) and measured with the
-   oracle (``evals.jsonl``); the best so far is kept in ``best/``. The whole state (weights, EMA, optimizer, step) is saved atomically every few minutes
-   and on SIGTERM/SIGINT; the random numbers of step ``k`` are drawn from a generator seeded with
-   ``(seed, k)``, so a resumed run continues exactly as an uninterrupted one would.
+   oracle (``evals.jsonl``); the best so far is kept in ``best/``. The whole state (weights, EMA,
+   optimizer, step) is saved atomically every few minutes and on SIGTERM/SIGINT; the random numbers
+   of step ``k`` are drawn from a generator seeded with ``(seed, k)``, so a resumed run continues
+   exactly as an uninterrupted one would.
 
 ``export(state_dir)`` copies ``best/`` (UNet and VAE in fp16, text encoder fp32; safetensors) to ``dreambooth/toy/model``, where
 ``--model toy`` finds it. ``tune_packaged_decoder`` (``--tune-decoder``) then trains that VAE's decoder
@@ -113,9 +114,15 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def _vae_schedule(step: int, steps: int) -> float:
-    """Learning-rate factor of the VAE phases: 50-step warm-up, then cosine down to 10%."""
-    return min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+def _lr_factor(step: int, warmup: int, decay_from: int, steps: int, floor: float) -> float:
+    """Learning-rate factor of every phase: linear warm-up over ``warmup`` steps, constant until
+    ``decay_from``, then a cosine down to ``floor`` at ``steps``."""
+    factor = min(1.0, (step + 1) / warmup)
+    if step < decay_from:
+        return factor
+    span = max(1, steps - decay_from)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(step - decay_from, span) / span))
+    return factor * (floor + (1 - floor) * cosine)
 
 
 def train_vae(cfg: PretrainConfig, out: Path):
@@ -136,7 +143,7 @@ def train_vae(cfg: PretrainConfig, out: Path):
     vae.train()
     while step < cfg.vae_steps:
         for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * _vae_schedule(step, cfg.vae_steps)
+            g["lr"] = cfg.vae_lr * _lr_factor(step, 50, 0, cfg.vae_steps, 0.1)
         x = vae_batch(cfg.seed, step, cfg.vae_batch, cfg.vae_textured)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(cfg.seed * 7919 + step))).sample
@@ -176,7 +183,7 @@ def tune_decoder(vae, cfg: PretrainConfig) -> float:
     t0 = time.time()
     for step in range(cfg.decoder_steps):
         for g in opt.param_groups:
-            g["lr"] = cfg.decoder_lr * _vae_schedule(step, cfg.decoder_steps)
+            g["lr"] = cfg.decoder_lr * _lr_factor(step, 50, 0, cfg.decoder_steps, 0.1)
         x = vae_batch(cfg.seed + 2, step, cfg.vae_batch, cfg.decoder_textured)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(cfg.seed * 7919 + step))
@@ -336,10 +343,7 @@ class Trainer:
         snr = self.snr[t]
         weight = torch.clamp(snr, max=cfg.min_snr) / snr
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-        lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
-        if cfg.decay_from and self.step >= cfg.decay_from:
-            done = min(1.0, (self.step - cfg.decay_from) / max(1, cfg.steps - cfg.decay_from))
-            lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
+        lr = cfg.lr * _lr_factor(self.step, cfg.warmup, cfg.decay_from or cfg.steps, cfg.steps, 0.05)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
