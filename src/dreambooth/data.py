@@ -8,13 +8,14 @@ the original size and the crop offset, which SDXL takes as micro-conditioning.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .backdrop import Backdrop
 from .errors import UserError
 
 log = logging.getLogger("dreambooth")
@@ -126,20 +127,33 @@ class Batch:
     original_hw: list[tuple[int, int]]
     crop_top_left: list[tuple[int, int]]
     is_prior: torch.Tensor           # (B,) bool
-    indices: list[int]               # example index (class examples offset by len(instance))
+    indices: list[int | None]        # example index (class examples offset by len(instance)); None:
+                                     # a picture made for this step only (a recoloured backdrop)
 
 
 class ExampleStream:
     """An endless, seeded, resumable stream of batches: each epoch is a permutation of the
-    instance examples; class examples are drawn from their own permutation, as many per step."""
+    instance examples; class examples are drawn from their own permutation, as many per step.
+    With ``backdrop_augment`` > 0, that share of the instance examples that have a plain backdrop
+    are shown on a backdrop of a random colour (``backdrop.py``)."""
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
-                 center_crop: bool, random_flip: bool, seed: int):
+                 center_crop: bool, random_flip: bool, seed: int, backdrop_augment: float = 0.0):
         self.instance, self.prior = instance, prior
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip
         self.gen = torch.Generator().manual_seed(seed)
         self._order = {"instance": [], "prior": []}
+        self.backdrop_augment = backdrop_augment
+        self.backdrops = [Backdrop.of(e.image) for e in instance] if backdrop_augment else [None] * len(instance)
+
+    def _instance_pick(self, i: int) -> tuple[Example, bool, int | None]:
+        """(example, is_prior, index) of instance example ``i``, its backdrop maybe recoloured."""
+        example, backdrop = self.instance[i], self.backdrops[i]
+        if not self.backdrop_augment or torch.rand(1, generator=self.gen).item() >= self.backdrop_augment \
+                or backdrop is None:
+            return example, False, i
+        return replace(example, image=backdrop.recoloured(example.image, self.gen)), False, None
 
     def _take(self, kind: str, n: int, count: int) -> list[int]:
         out = []
@@ -150,7 +164,7 @@ class ExampleStream:
         return out
 
     def next_batch(self) -> Batch:
-        picks = [(self.instance[i], False, i) for i in self._take("instance", self.batch_size, len(self.instance))]
+        picks = [self._instance_pick(i) for i in self._take("instance", self.batch_size, len(self.instance))]
         if self.prior:
             off = len(self.instance)
             picks += [(self.prior[i], True, off + i) for i in self._take("prior", self.batch_size, len(self.prior))]

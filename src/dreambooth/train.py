@@ -181,7 +181,11 @@ class Trainer:
         self.class_images = len(prior)
         self.instance_images = len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
-                                    cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index)
+                                    cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
+                                    cfg.backdrop_augment)
+        if cfg.backdrop_augment:
+            plain = sum(b is not None for b in self.stream.backdrops)
+            console().print(f"--backdrop-augment: {plain} of {len(instance)} instance pictures have a plain backdrop")
 
     def _class_images(self, class_dir: Path) -> None:
         from .prior import ensure_class_images
@@ -282,14 +286,19 @@ class Trainer:
         """VAE latents of the batch, sampled from the posterior (cached mean/std when crops are fixed)."""
         vae = self.pipe.vae
         if self.config.cache_latents:
-            missing = [j for j, i in enumerate(batch.indices) if i not in self._latent_cache]
+            # a picture made for this step alone (index None) is encoded but not kept
+            encoded = {}
+            missing = [j for j, i in enumerate(batch.indices) if i is None or i not in self._latent_cache]
             if missing:
                 with torch.no_grad():
                     dist = vae.encode(batch.pixels[missing].to(self.device, vae.dtype)).latent_dist
                 for k, j in enumerate(missing):
-                    self._latent_cache[batch.indices[j]] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
-            mean = torch.cat([self._latent_cache[i][0] for i in batch.indices])
-            std = torch.cat([self._latent_cache[i][1] for i in batch.indices])
+                    encoded[j] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
+                    if batch.indices[j] is not None:
+                        self._latent_cache[batch.indices[j]] = encoded[j]
+            pairs = [encoded[j] if j in encoded else self._latent_cache[i] for j, i in enumerate(batch.indices)]
+            mean = torch.cat([m for m, _ in pairs])
+            std = torch.cat([s for _, s in pairs])
             sample = mean + std * torch.randn(mean.shape, generator=self.noise_gen).to(self.device)
         else:
             with torch.no_grad():
