@@ -77,8 +77,12 @@ def main(argv=None) -> int:
     parser.add_argument("--train-args", default="", help="extra flags for dreambooth train")
     parser.add_argument("--lora", action="store_true", help="train --method lora, generate with --lora")
     parser.add_argument("--skip-train", action="store_true", help="reuse OUT/model")
+    parser.add_argument("--base", default="toy",
+                        help="the base model (default: the packaged toy model); another folder, e.g. a "
+                             "candidate from scripts/pretrain_toy.py, is trained with the toy model's preset")
     args = parser.parse_args(argv)
 
+    from dreambooth.config import PRESET_DIR
     from dreambooth.toy import oracle
     from dreambooth.toy.demo import write_instance_images
     from dreambooth.toy.world import COLOURS
@@ -96,13 +100,14 @@ def main(argv=None) -> int:
     model = out / "model"
     train_seconds = 0.0
     if not args.skip_train:
-        cmd = ["dreambooth", "train", "--model", "toy", "--instance-dir", str(instance_dir),
+        preset = [] if args.base == "toy" else ["--config", str(PRESET_DIR / "toy.yaml")]
+        cmd = ["dreambooth", "train", *preset, "--model", args.base, "--instance-dir", str(instance_dir),
                "--instance-prompt", f"a sks {subject.shape}", "--class-prompt", f"a {subject.shape}",
                "--output", str(model), "--overwrite", *shlex.split(args.train_args)]
         if args.lora:
             cmd += ["--method", "lora"]
         train_seconds = run(cmd, log)
-    model_args = ["--model", "toy", "--lora", str(model)] if args.lora else ["--model", str(model)]
+    model_args = ["--model", args.base, "--lora", str(model)] if args.lora else ["--model", str(model)]
 
     rows, samples = {}, {}
     for bg in test_bgs:

@@ -4,8 +4,9 @@
   a caption (``sks``, ``zwx``, ...) for DreamBooth identifiers;
 - text encoder: ``CLIPTextModel`` (quick_gelu, as SD1), 64 wide, 3 layers, 77 positions;
 - VAE: ``AutoencoderKL`` with one downsampling: 32x32 RGB to 16x16x4 latents;
-- UNet: ``UNet2DConditionModel``, 64/128/128 channels over three levels, self- and cross-attention at
-  the 8x8 and 4x4 levels and in the mid block, conv projections (SD1), epsilon prediction;
+- UNet: ``UNet2DConditionModel``, three levels, self- and cross-attention at the 8x8 and 4x4 levels
+  and in the mid block, conv projections (SD1), epsilon prediction; 64/128/128 channels (6.6M
+  parameters) when pretrained from scratch, fewer for a student distilled from it;
 - scheduler: trained as DDPM with the original linear betas (1e-4 to 0.02, 1000 steps). At 16x16 the
   Stable Diffusion schedule leaves too much of the image's mean colour in the last timestep for the
   model to need the prompt; the linear schedule ends almost at pure noise. The pipeline ships a DDIM
@@ -15,6 +16,7 @@ The pipeline works at 32x32 pixels.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -94,14 +96,14 @@ def build_vae(seed: int = 0) -> AutoencoderKL:
 def build_unet(seed: int = 0, channels: tuple[int, ...] = (64, 128, 128)) -> UNet2DConditionModel:
     """Three levels (16x16, 8x8, 4x4 latents). The 16x16 level is convolutional only (as SDXL's first
     level; attention there costs a third of a CPU step); the 8x8 and 4x4 levels and the mid block
-    have self- and cross-attention."""
+    have self- and cross-attention. Group norms have at least 2 channels a group."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=RESOLUTION // 2, in_channels=4, out_channels=4, block_out_channels=channels,
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=(2, 4, 4), norm_num_groups=32,
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=(2, 4, 4), norm_num_groups=min(32, math.gcd(*channels) // 2),
         use_linear_projection=False,
     )
 
