@@ -131,8 +131,9 @@ class TrainConfig:
                      "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr", "backdrop_augment"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must not be negative")
-        if self.backdrop_augment > 1:
-            raise UserError(f"--backdrop-augment {self.backdrop_augment}: a share, from 0 to 1")
+        for name in ("lora_dropout", "backdrop_augment"):       # probabilities
+            if getattr(self, name) > 1:
+                raise UserError(f"{flag(name)} {getattr(self, name)}: a share, from 0 to 1")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise UserError(f"--resolution {self.resolution}: must be a multiple of 8")
         for name in ("learning_rate", "text_encoder_lr"):

@@ -311,11 +311,10 @@ class Trainer:
         self.teacher = teacher.unet.requires_grad_(False).eval() if teacher else None
         self.te = teacher.text_encoder.requires_grad_(False).eval() if teacher else \
             arch.build_text_encoder(tokenizer, cfg.seed + 2)
-        trained_te = [] if teacher else list(self.te.parameters())
         self.sched = arch.build_train_scheduler()
-        self.params = list(self.unet.parameters()) + trained_te
+        self.params = self._trained(self.unet, self.te)
         decay = [p for p in self.unet.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.unet.parameters() if p.ndim <= 1] + trained_te
+        no_decay = [p for p in self.params if all(p is not q for q in decay)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
         self.ema = [p.detach().clone() for p in self.params]
@@ -385,12 +384,20 @@ class Trainer:
         self.step += 1
         return loss.item()
 
+    def _trained(self, unet, te) -> list:
+        """The parameters the optimiser and the EMA hold, in this order: the UNet's, then the text
+        encoder's unless it is the teacher's (frozen)."""
+        return list(unet.parameters()) + (list(te.parameters()) if self.teacher is None else [])
+
+    def _train_mode(self) -> None:
+        self.unet.train()
+        self.te.train(self.teacher is None)
+
     def ema_pipeline(self):
         unet = arch.build_unet(0, self.channels)
         te = arch.build_text_encoder(self.tokenizer, 0) if self.teacher is None else self.te
-        trained = list(unet.parameters()) + (list(te.parameters()) if self.teacher is None else [])
         with torch.no_grad():
-            for dst, src in zip(trained, self.ema, strict=True):
+            for dst, src in zip(self._trained(unet, te), self.ema, strict=True):
                 dst.copy_(src)
         pipe = arch.build_pipeline(self.vae, te.eval(), self.tokenizer, unet.eval())
         pipe.set_progress_bar_config(disable=True)
@@ -433,8 +440,7 @@ class Trainer:
         signal.signal(signal.SIGINT, on_signal)
         start = last_save = time.time()
         t_steps, losses = time.time(), []
-        self.unet.train()
-        self.te.train(self.teacher is None)
+        self._train_mode()
         while self.step < cfg.steps and not stop["flag"]:
             losses.append(self.train_step())
             if self.step % 50 == 0:
@@ -448,8 +454,7 @@ class Trainer:
                     self.evaluate()
                 except Exception as exc:   # a broken measurement must not lose the run
                     log(f"eval failed: {type(exc).__name__}: {exc}")
-                self.unet.train()
-                self.te.train(self.teacher is None)
+                self._train_mode()
             elif time.time() - last_save > cfg.save_every_s:
                 self.save()
                 last_save = time.time()
