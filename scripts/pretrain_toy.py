@@ -27,6 +27,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from dreambooth.errors import UserError
 from dreambooth.toy.pretrain import PretrainConfig, export, pretrain, tune_packaged_decoder
 
 
@@ -58,4 +59,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as exc:     # a bad --teacher, say: one line, as the dreambooth command prints it
+        sys.exit(f"error: {exc}")

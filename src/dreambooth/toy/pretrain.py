@@ -507,11 +507,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
 def load_teacher(folder: str, out: Path):
     """The pipeline at ``folder`` ("toy": the packaged one) in fp32; its VAE becomes this run's (``out/vae``),
     so that the cached latents are the teacher's."""
-    from diffusers import StableDiffusionPipeline
-    from ..models import TOY_MODEL_DIR
-    pipe = StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR if folder == "toy" else folder,
-                                                   torch_dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False)
+    from ..models import load_pipeline
+    pipe = load_pipeline(folder, dtype=torch.float32, flag="--teacher")
     if not (out / "vae" / "config.json").exists():
         pipe.vae.save_pretrained(out / "vae")
     return pipe
