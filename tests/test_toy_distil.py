@@ -1,11 +1,13 @@
-"""Pretraining's distillation mode (``scripts/pretrain_toy.py --teacher DIR``): a smaller UNet learns
-from a teacher pipeline's UNet, on the teacher's latents, under the teacher's frozen text encoder.
-Tiny models: a few seconds."""
+"""Pretraining from a pipeline (``scripts/pretrain_toy.py``): distillation (``--teacher DIR``: a smaller
+UNet learns from a teacher pipeline's UNet, on the teacher's latents, under the teacher's frozen text
+encoder) and continuing (``--init-from DIR``). Tiny models: a few seconds."""
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from dreambooth.errors import UserError
 from dreambooth.toy import architecture as arch
 from dreambooth.toy.pretrain import PretrainConfig, pretrain
 
@@ -60,3 +62,30 @@ def test_distillation_moves_a_small_unet_towards_its_teacher_and_keeps_the_teach
         student.load_state_dict(state["unet"])
         gaps.append(_gap(student, teacher.unet, context))
     assert gaps[0] < 0.5 * gaps[1], gaps
+
+
+def test_init_from_continues_a_pipelines_weights_with_its_vae(tmp_path):
+    """``--init-from DIR``: phase 3 starts from the pipeline's UNet (its channels, whatever
+    ``unet_channels`` says) and text encoder, on its VAE's latents, and both go on training."""
+    folder, base = _teacher(tmp_path)
+
+    def run(name, steps):
+        cfg = PretrainConfig(out=str(tmp_path / name), init_from=str(folder), unet_channels="16,32,32",
+                             dataset=64, steps=steps, batch=8, lr=2e-3, warmup=5, eval_every=10_000, partial_from=0)
+        pretrain(cfg)
+        return torch.load(tmp_path / name / "state.pt", weights_only=False)
+
+    start, moved = run("start", 0), run("moved", 3)
+    for key, value in base.unet.state_dict().items():
+        assert torch.equal(start["unet"][key], value), key
+    for key, value in base.text_encoder.state_dict().items():
+        assert torch.equal(start["text_encoder"][key], value), key
+    assert any(not torch.equal(moved["unet"][k], v) for k, v in base.unet.state_dict().items())
+    assert any(not torch.equal(moved["text_encoder"][k], v) for k, v in base.text_encoder.state_dict().items())
+    vae = load_file(tmp_path / "moved" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae[k], v) for k, v in base.vae.state_dict().items())
+
+
+def test_init_from_and_teacher_together_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="--teacher and --init-from"):
+        pretrain(PretrainConfig(out=str(tmp_path / "x"), teacher="toy", init_from="toy"))

@@ -33,6 +33,11 @@ in fp16), distilled from the 6.6M-parameter step-4400 model with the tuned decod
 batch 32 with partial captions throughout and the learning rate on a cosine to 5% from step 3,000,
 took about 80 minutes on one core and drew the toy world better than its teacher (README).
 
+**Continuing** (``init_from``): phase 3 starts from a pipeline's text encoder and UNet (its channels),
+with its VAE and latent scale as in distillation, and a fresh optimizer and step count: e.g. to anneal
+the shipped weights (``--init-from toy --partial-from 0 --decay-from 1 --steps 1400``) when the state
+folder that trained them is gone.
+
 ``export(state_dir)`` copies ``best/`` (UNet and VAE in fp16, text encoder fp32; safetensors) to ``dreambooth/toy/model``, where
 ``--model toy`` finds it. ``tune_packaged_decoder`` (``--tune-decoder``) then trains that VAE's decoder
 alone (see ``tune_decoder``); the shipped VAE had 1,500 such steps.
@@ -52,6 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from . import architecture as arch
 from .world import (COLOURS, IMAGE_SIZE, PARTIAL_FORMS, PATTERNS, SHAPES, Scene, all_prompts, caption,
                     partial_caption, render, sample_scene)
@@ -87,6 +93,8 @@ class PretrainConfig:
     unet_channels: str = "64,128,128"  # the UNet's block_out_channels
     teacher: str = ""                  # distil: a toy pipeline folder ("toy": the packaged one) whose UNet
     distil_weight: float = 1.0         # teaches this one; its VAE and (frozen) text encoder are kept
+    init_from: str = ""                # continue: a toy pipeline folder ("toy": the packaged one) whose VAE,
+                                       # text encoder and UNet (and its channels) are the starting weights
     eval_every: int = 400
     eval_n: int = 64
     save_every_s: float = 240.0
@@ -303,14 +311,18 @@ class Trainer:
     teacher's UNet into this one: the loss adds ``distil_weight`` times the distance to the teacher's
     prediction, and the teacher's text encoder is kept, frozen (its outputs computed once)."""
 
-    def __init__(self, cfg: PretrainConfig, out: Path, vae, tokenizer, cache: dict, teacher=None):
+    def __init__(self, cfg: PretrainConfig, out: Path, vae, tokenizer, cache: dict, teacher=None, init=None):
         self.cfg, self.out, self.vae, self.tokenizer, self.cache = cfg, out, vae, tokenizer, cache
         vae.register_to_config(scaling_factor=cache["scaling_factor"])
-        self.channels = tuple(int(c) for c in cfg.unet_channels.split(","))
+        self.channels = tuple(init.unet.config.block_out_channels) if init else \
+            tuple(int(c) for c in cfg.unet_channels.split(","))
         self.unet = arch.build_unet(cfg.seed + 1, self.channels)
         self.teacher = teacher.unet.requires_grad_(False).eval() if teacher else None
         self.te = teacher.text_encoder.requires_grad_(False).eval() if teacher else \
             arch.build_text_encoder(tokenizer, cfg.seed + 2)
+        if init is not None:     # overwritten again below if there is a saved state to resume
+            self.unet.load_state_dict(init.unet.state_dict())
+            self.te.load_state_dict(init.text_encoder.state_dict())
         self.sched = arch.build_train_scheduler()
         self.params = self._trained(self.unet, self.te)
         decay = [p for p in self.unet.parameters() if p.ndim > 1]
@@ -493,22 +505,25 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     tokenizer = arch.build_tokenizer(out / "tokenizer")
+    if cfg.teacher and cfg.init_from:
+        raise UserError("--teacher and --init-from: give one (distil into a new UNet, or continue a pipeline)")
     teacher = load_teacher(cfg.teacher, out) if cfg.teacher else None
+    init = load_teacher(cfg.init_from, out, flag="--init-from") if cfg.init_from else None
     vae = train_vae(cfg, out)
     vae.requires_grad_(False)
     cache = build_cache(cfg, out, vae, tokenizer)
-    if teacher is not None:      # the latents the teacher learned, not a re-estimate of their scale
-        cache["scaling_factor"] = teacher.vae.config.scaling_factor
-    trainer = Trainer(cfg, out, vae, tokenizer, cache, teacher)
+    if teacher or init:      # the latents the pipeline learned, not a re-estimate of their scale
+        cache["scaling_factor"] = (teacher or init).vae.config.scaling_factor
+    trainer = Trainer(cfg, out, vae, tokenizer, cache, teacher, init)
     trainer.run()
     return out
 
 
-def load_teacher(folder: str, out: Path):
+def load_teacher(folder: str, out: Path, flag: str = "--teacher"):
     """The pipeline at ``folder`` ("toy": the packaged one) in fp32; its VAE becomes this run's (``out/vae``),
-    so that the cached latents are the teacher's."""
+    so that the cached latents are the ones its UNet learned."""
     from ..models import load_pipeline
-    pipe = load_pipeline(folder, dtype=torch.float32, flag="--teacher")
+    pipe = load_pipeline(folder, dtype=torch.float32, flag=flag)
     if not (out / "vae" / "config.json").exists():
         pipe.vae.save_pretrained(out / "vae")
     return pipe
