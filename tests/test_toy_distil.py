@@ -89,3 +89,4 @@ def test_init_from_continues_a_pipelines_weights_with_its_vae(tmp_path):
 def test_init_from_and_teacher_together_is_one_line(tmp_path):
     with pytest.raises(UserError, match="--teacher and --init-from"):
         pretrain(PretrainConfig(out=str(tmp_path / "x"), teacher="toy", init_from="toy"))
+    assert not (tmp_path / "x").exists()     # refused before anything was written

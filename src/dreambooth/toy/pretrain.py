@@ -500,13 +500,13 @@ def save_pipeline(pipe, directory: Path, meta: dict | None = None, fp16: bool = 
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
+    if cfg.teacher and cfg.init_from:  # before anything is written
+        raise UserError("--teacher and --init-from: give one (distil into a new UNet, or continue a pipeline)")
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     tokenizer = arch.build_tokenizer(out / "tokenizer")
-    if cfg.teacher and cfg.init_from:
-        raise UserError("--teacher and --init-from: give one (distil into a new UNet, or continue a pipeline)")
     teacher = load_teacher(cfg.teacher, out) if cfg.teacher else None
     init = load_teacher(cfg.init_from, out, flag="--init-from") if cfg.init_from else None
     vae = train_vae(cfg, out)
