@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--sampler", default=None, help="generate's sampler (default: generate's default)")
     parser.add_argument("--train-args", default="", help="extra flags for dreambooth train")
+    parser.add_argument("--identifier", default="sks",
+                        help="the identifier word(s) in the instance prompt; several rare tokens (e.g. 'sks zwx') "
+                             "give the subject several embedding vectors")
     parser.add_argument("--lora", action="store_true", help="train --method lora, generate with --lora")
     parser.add_argument("--skip-train", action="store_true", help="reuse OUT/model")
     parser.add_argument("--base", default="toy",
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
     if not args.skip_train:
         preset = [] if args.base == "toy" else ["--config", str(PRESET_DIR / "toy.yaml")]
         cmd = ["dreambooth", "train", *preset, "--model", args.base, "--instance-dir", str(instance_dir),
-               "--instance-prompt", f"a sks {subject.shape}", "--class-prompt", f"a {subject.shape}",
+               "--instance-prompt", f"a {args.identifier} {subject.shape}", "--class-prompt", f"a {subject.shape}",
                "--output", str(model), "--overwrite", *shlex.split(args.train_args)]
         if args.lora:
             cmd += ["--method", "lora"]
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
 
     rows, samples = {}, {}
     for bg in test_bgs:
-        samples[bg] = generate(model_args, f"a sks {subject.shape} on a {bg} background", out / "samples" / bg, log,
+        samples[bg] = generate(model_args, f"a {args.identifier} {subject.shape} on a {bg} background", out / "samples" / bg, log,
                                args.seeds, args.sampler)
         reads = [oracle.read(im) for im in samples[bg]]
         rows[bg] = {"subject": float(np.mean([r.shows(subject) and r.background == bg for r in reads])),

@@ -1,5 +1,8 @@
-"""Backdrop recolouring (``--backdrop-augment P``): a subject photographed on a plain backdrop (a
-product on white, a studio portrait, a toy-world shape) is shown on a backdrop of a random colour.
+"""Plain backdrops: recolouring (``--backdrop-augment P``) and down-weighting in the loss
+(``--backdrop-loss-weight W``).
+
+A subject photographed on a plain backdrop (a product on white, a studio portrait, a toy-world shape)
+can be shown on a backdrop of a random colour, or its backdrop's pixels can count less in the loss.
 
 DreamBooth's identifier learns whatever the instance pictures share, and pictures taken on one or two
 backdrops share the backdrop: "a sks triangle" then means the subject *on red*, and "on a yellow
@@ -10,7 +13,9 @@ A backdrop is found only where it is unmistakable: at least 90% of the border pi
 ``TOLERANCE`` of the border's median colour; it is then every pixel of that colour connected to the
 border. Pictures without one (a dog on grass) are left as they are. New colours are drawn uniformly
 from the RGB cube, away from the subject's own main colours, so the subject never dissolves into its
-backdrop.
+backdrop. Down-weighting (kohya's and OneTrainer's "masked loss", with the mask found rather than
+drawn) goes further: the backdrop's pixels barely train at all, so the model learns the subject and
+leaves the background to the prompt.
 """
 from __future__ import annotations
 
@@ -82,3 +87,15 @@ class Backdrop:
 
     def recoloured(self, image: Image.Image, gen: torch.Generator) -> Image.Image:
         return recolour(image, self.mask, random_colour(self.avoid, gen))
+
+
+def backdrop_weights(pixels: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1, H, W) loss weights of one (3, H, W) picture in [-1, 1]: ``weight`` on its plain backdrop,
+    1 elsewhere; all ones when it has none. Found on the picture as cropped, so crops and flips
+    need no bookkeeping (a crop whose border cuts through the subject has no backdrop)."""
+    rgb = ((pixels.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    mask = find_backdrop(Image.fromarray(rgb))
+    out = torch.ones(1, *pixels.shape[1:])
+    if mask is not None:
+        out[0, torch.from_numpy(mask)] = weight
+    return out

@@ -48,6 +48,7 @@ class TrainConfig:
     center_crop: bool = _opt(False, "Centre-crop instead of a random crop.", group="data")
     random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
     backdrop_augment: float = _opt(0.0, "Share of instance pictures with a plain backdrop shown on a random-coloured one each step, so the identifier does not learn the backdrop (0 off).", group="data")
+    backdrop_loss_weight: float = _opt(1.0, "Weight in the loss of an instance picture's plain backdrop pixels (1: like any pixel; 0.1 learns the subject and hardly its backdrop).", group="data")
     # --- prior preservation ----------------------------------------------------------------
     class_prompt: str | None = _opt(None, "Prompt for the subject's class, e.g. 'a photo of dog'; turns on prior preservation.", group="prior")
     prior_preservation: bool | None = _opt(None, "Class-specific prior-preservation loss (default: on when --class-prompt is given).", group="prior")
@@ -128,10 +129,11 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
         for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "keep_checkpoints", "offset_noise",
-                     "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr", "backdrop_augment"):
+                     "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr", "backdrop_augment",
+                     "backdrop_loss_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must not be negative")
-        for name in ("lora_dropout", "backdrop_augment"):       # probabilities
+        for name in ("lora_dropout", "backdrop_augment", "backdrop_loss_weight"):       # shares
             if getattr(self, name) > 1:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: a share, from 0 to 1")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

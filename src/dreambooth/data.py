@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .backdrop import Backdrop
+from .backdrop import Backdrop, backdrop_weights
 from .errors import UserError
 
 log = logging.getLogger("dreambooth")
@@ -129,22 +129,26 @@ class Batch:
     is_prior: torch.Tensor           # (B,) bool
     indices: list[int | None]        # example index (class examples offset by len(instance)); None:
                                      # a picture made for this step only (a recoloured backdrop)
+    loss_weights: torch.Tensor | None = None   # (B, 1, H, W) per-pixel weights; None: all equal
 
 
 class ExampleStream:
     """An endless, seeded, resumable stream of batches: each epoch is a permutation of the
     instance examples; class examples are drawn from their own permutation, as many per step.
     With ``backdrop_augment`` > 0, that share of the instance examples that have a plain backdrop
-    are shown on a backdrop of a random colour (``backdrop.py``)."""
+    are shown on a backdrop of a random colour, and with ``backdrop_loss_weight`` < 1 an instance
+    picture's plain backdrop weighs that much in the loss (``backdrop.py``)."""
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
-                 center_crop: bool, random_flip: bool, seed: int, backdrop_augment: float = 0.0):
+                 center_crop: bool, random_flip: bool, seed: int, backdrop_augment: float = 0.0,
+                 backdrop_loss_weight: float = 1.0):
         self.instance, self.prior = instance, prior
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip
         self.gen = torch.Generator().manual_seed(seed)
         self._order = {"instance": [], "prior": []}
         self.backdrop_augment = backdrop_augment
+        self.backdrop_loss_weight = backdrop_loss_weight
         self.backdrops = [Backdrop.of(e.image) for e in instance] if backdrop_augment else [None] * len(instance)
 
     def _instance_pick(self, i: int) -> tuple[Example, bool, int | None]:
@@ -173,8 +177,12 @@ class ExampleStream:
             tensor, crop = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen)
             pixels.append(tensor)
             crops.append(crop)
+        weights = None
+        if self.backdrop_loss_weight != 1:
+            weights = torch.stack([torch.ones(1, *t.shape[1:]) if is_prior else backdrop_weights(t, self.backdrop_loss_weight)
+                                   for t, (_, is_prior, _) in zip(pixels, picks)])
         return Batch(torch.stack(pixels), [e.prompt for e, _, _ in picks], [e.original_hw for e, _, _ in picks],
-                     crops, torch.tensor([p for _, p, _ in picks]), [i for _, _, i in picks])
+                     crops, torch.tensor([p for _, p, _ in picks]), [i for _, _, i in picks], weights)
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}

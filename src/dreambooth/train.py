@@ -82,6 +82,16 @@ def peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
 
 
+def per_example_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) mean squared error of each example; with (B, 1, H, W) pixel ``weights`` (pooled to the
+    latents' size), a weighted mean, so an example's loss keeps its scale whatever share is weighted."""
+    per_pixel = F.mse_loss(pred, target, reduction="none")
+    if weights is None:
+        return per_pixel.mean(dim=(1, 2, 3))
+    w = F.adaptive_avg_pool2d(weights.to(per_pixel.device), per_pixel.shape[-2:])
+    return (per_pixel * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
+
+
 def _optimizer(params, config: TrainConfig):
     kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay, eps=config.adam_epsilon)
     if not config.use_8bit_adam:
@@ -182,7 +192,7 @@ class Trainer:
         self.instance_images = len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
                                     cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
-                                    cfg.backdrop_augment)
+                                    cfg.backdrop_augment, cfg.backdrop_loss_weight)
         if cfg.backdrop_augment:
             plain = sum(b is not None for b in self.stream.backdrops)
             console().print(f"--backdrop-augment: {plain} of {len(instance)} instance pictures have a plain backdrop")
@@ -325,7 +335,7 @@ class Trainer:
         with self.accelerator.autocast():
             pred = self.unet(noisy, timesteps, cond.embeds, added_cond_kwargs=added).sample
         target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_example = per_example_mse(pred.float(), target.float(), batch.loss_weights)
         if cfg.snr_gamma:
             from diffusers.training_utils import compute_snr
             snr = compute_snr(self.noise_scheduler, timesteps)

@@ -1,0 +1,93 @@
+"""``--backdrop-loss-weight``: an instance picture's plain backdrop weighs that much in the loss,
+class pictures and pictures without a backdrop weigh fully, and the trainer's loss uses the weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreambooth.backdrop import backdrop_weights
+from dreambooth.data import Example, ExampleStream
+from dreambooth.toy.world import PALETTE, Subject, render
+from dreambooth.train import per_example_mse
+
+
+def _picture(background: str = "red", seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+    pixels = render(Subject("triangle", "orange", "dots", "blue").scene(background, np.random.default_rng(seed)))
+    return Image.fromarray(pixels), (pixels == PALETTE[background]).all(-1)
+
+
+def _tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+
+def _example(image: Image.Image, prompt: str) -> Example:
+    return Example(image, prompt, image.size[::-1], Path("x.png"))
+
+
+def test_weights_are_the_weight_on_the_backdrop_and_one_elsewhere():
+    image, backdrop = _picture()
+    weights = backdrop_weights(_tensor(image), 0.1)
+    assert weights.shape == (1, 32, 32)
+    assert torch.allclose(weights[0][torch.from_numpy(backdrop)], torch.tensor(0.1))
+    assert bool((weights[0][torch.from_numpy(~backdrop)] == 1).all())
+    busy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert bool((backdrop_weights(_tensor(busy), 0.1) == 1).all())
+
+
+def test_the_stream_weights_instance_backdrops_only_and_nothing_when_off():
+    instance = [_example(_picture(bg, i)[0], "a sks triangle") for i, bg in enumerate(["red", "green"])]
+    prior = [_example(_picture("blue", 5)[0], "a triangle")]
+    off = ExampleStream(instance, prior, 2, 32, True, False, 0).next_batch()
+    assert off.loss_weights is None
+    batch = ExampleStream(instance, prior, 2, 32, True, False, 0, backdrop_loss_weight=0.0).next_batch()
+    assert batch.loss_weights.shape == (4, 1, 32, 32)
+    for weights, is_prior in zip(batch.loss_weights, batch.is_prior):
+        share_zero = float((weights == 0).float().mean())
+        assert (share_zero == 0) if is_prior else (0.3 < share_zero < 0.95)
+    assert torch.equal(off.pixels, batch.pixels)     # the same pictures, in the same order
+
+
+def test_weighted_error_ignores_what_weighs_nothing_and_keeps_its_scale():
+    target = torch.zeros(2, 4, 8, 8)
+    pred = target.clone()
+    pred[:, :, :4] = 1.0                                  # wrong on the top half only
+    weights = torch.ones(2, 1, 16, 16)                    # pixel weights, pooled to the 8x8 latents
+    weights[:, :, :8] = 0.0
+    assert torch.equal(per_example_mse(pred, target, weights), torch.zeros(2))
+    assert torch.allclose(per_example_mse(pred, target, torch.full((2, 1, 16, 16), 0.3)), per_example_mse(pred, target))
+    assert torch.allclose(per_example_mse(pred, target), torch.full((2,), 0.5))
+
+
+def test_the_trainers_loss_uses_the_weights(tiny_sd1, tmp_path):
+    from dreambooth.config import TrainConfig
+    from dreambooth.train import Trainer
+    folder = tmp_path / "instance"
+    folder.mkdir()
+    for i, bg in enumerate(["red", "green"]):
+        _picture(bg, i)[0].resize((64, 64), Image.NEAREST).save(folder / f"{i}.png")
+    cfg = TrainConfig(model=str(tiny_sd1), instance_dir=str(folder), instance_prompt="a sks triangle",
+                      output=str(tmp_path / "out"), resolution=64, center_crop=True, max_steps=2, batch_size=2,
+                      backdrop_loss_weight=0.0, method="full", learning_rate=1e-4)
+    trainer = Trainer(cfg, []).setup()
+    batch = trainer.stream.next_batch()
+    assert batch.loss_weights is not None and float(batch.loss_weights.min()) == 0.0
+    state = trainer.noise_gen.get_state()
+
+    def loss_with(weights):
+        trainer.noise_gen.set_state(state)
+        with torch.no_grad():
+            return float(trainer.loss(batch.__class__(**{**batch.__dict__, "loss_weights": weights})))
+    unweighted = loss_with(None)
+    assert loss_with(torch.ones_like(batch.loss_weights)) == pytest.approx(unweighted, rel=1e-5)
+    assert loss_with(batch.loss_weights) != pytest.approx(unweighted, rel=1e-3)
+
+
+def test_backdrop_loss_weight_is_checked():
+    from dreambooth.config import TrainConfig
+    from dreambooth.errors import UserError
+    with pytest.raises(UserError, match="--backdrop-loss-weight"):
+        TrainConfig(instance_dir="x", instance_prompt="a sks dog", output="o", backdrop_loss_weight=1.5).validate()
