@@ -48,6 +48,21 @@ def dog_photos() -> Path:
     return d
 
 
+@pytest.fixture
+def backdrop_instances(tmp_path) -> Path:
+    """A folder of 2 toy-subject pictures (64x64) on plain red and green backdrops."""
+    import numpy as np
+    from PIL import Image
+
+    from dreambooth.toy.world import Subject, render
+    folder = tmp_path / "instance"
+    folder.mkdir()
+    for i, bg in enumerate(["red", "green"]):
+        pixels = render(Subject("triangle", "orange", "dots", "blue").scene(bg, np.random.default_rng(i)))
+        Image.fromarray(pixels).resize((64, 64), Image.NEAREST).save(folder / f"{i}.png")
+    return folder
+
+
 def run_cli(*args: str):
     """Run the CLI in-process; returns (exit_code, stdout, stderr)."""
     import contextlib

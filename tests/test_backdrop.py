@@ -98,14 +98,10 @@ def test_pictures_without_a_backdrop_are_never_changed():
         assert batch.indices == [0, 0]
 
 
-def test_trainer_encodes_recoloured_pictures_without_caching_them(tiny_sd1, tmp_path):
+def test_trainer_encodes_recoloured_pictures_without_caching_them(tiny_sd1, backdrop_instances, tmp_path):
     from dreambooth.config import TrainConfig
     from dreambooth.train import Trainer
-    folder = tmp_path / "instance"
-    folder.mkdir()
-    for i, bg in enumerate(["red", "green"]):
-        _subject_picture(bg, i)[0].resize((64, 64), Image.NEAREST).save(folder / f"{i}.png")
-    cfg = TrainConfig(model=str(tiny_sd1), instance_dir=str(folder), instance_prompt="a sks triangle",
+    cfg = TrainConfig(model=str(tiny_sd1), instance_dir=str(backdrop_instances), instance_prompt="a sks triangle",
                       output=str(tmp_path / "out"), resolution=64, center_crop=True, max_steps=6, batch_size=2,
                       backdrop_augment=0.5, method="full", learning_rate=1e-4)
     trainer = Trainer(cfg, []).setup()

@@ -62,14 +62,10 @@ def test_weighted_error_ignores_what_weighs_nothing_and_keeps_its_scale():
     assert torch.allclose(per_example_mse(pred, target), torch.full((2,), 0.5))
 
 
-def test_the_trainers_loss_uses_the_weights(tiny_sd1, tmp_path):
+def test_the_trainers_loss_uses_the_weights(tiny_sd1, backdrop_instances, tmp_path):
     from dreambooth.config import TrainConfig
     from dreambooth.train import Trainer
-    folder = tmp_path / "instance"
-    folder.mkdir()
-    for i, bg in enumerate(["red", "green"]):
-        _picture(bg, i)[0].resize((64, 64), Image.NEAREST).save(folder / f"{i}.png")
-    cfg = TrainConfig(model=str(tiny_sd1), instance_dir=str(folder), instance_prompt="a sks triangle",
+    cfg = TrainConfig(model=str(tiny_sd1), instance_dir=str(backdrop_instances), instance_prompt="a sks triangle",
                       output=str(tmp_path / "out"), resolution=64, center_crop=True, max_steps=2, batch_size=2,
                       backdrop_loss_weight=0.0, method="full", learning_rate=1e-4)
     trainer = Trainer(cfg, []).setup()
