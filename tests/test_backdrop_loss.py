@@ -51,6 +51,15 @@ def test_the_stream_weights_instance_backdrops_only_and_nothing_when_off():
     assert torch.equal(off.pixels, batch.pixels)     # the same pictures, in the same order
 
 
+def test_recoloured_backdrops_are_weighted_too():
+    instance = [_example(_picture(bg, i)[0], "a sks triangle") for i, bg in enumerate(["red", "green"])]
+    stream = ExampleStream(instance, [], 2, 32, True, False, 0, backdrop_augment=1.0, backdrop_loss_weight=0.0)
+    for _ in range(5):
+        batch = stream.next_batch()
+        assert batch.indices == [None, None]                                   # both recoloured
+        assert all(0.3 < float((w == 0).float().mean()) < 0.95 for w in batch.loss_weights)
+
+
 def test_weighted_error_ignores_what_weighs_nothing_and_keeps_its_scale():
     target = torch.zeros(2, 4, 8, 8)
     pred = target.clone()
