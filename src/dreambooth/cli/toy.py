@@ -8,7 +8,7 @@ import click
 @click.option("--output", default="dreambooth-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the pictures, the trained model and metrics.json.")
 @click.option("--method", type=click.Choice(["lora", "full"]), default=None,
-              help="LoRA adapters or full fine-tuning (default: the toy preset's, lora).")
+              help="LoRA adapters or full fine-tuning (default: the toy preset's, full).")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the toy preset's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_command(output: str, method: str | None, steps: int | None, seed: int) -> None:
