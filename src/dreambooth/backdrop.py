@@ -13,7 +13,7 @@ A backdrop is found only where it is unmistakable: at least 90% of the border pi
 ``TOLERANCE`` of the border's median colour; it is then every pixel of that colour connected to the
 border. Pictures without one (a dog on grass) are left as they are. New colours are drawn uniformly
 from the RGB cube, away from the subject's own main colours, so the subject never dissolves into its
-backdrop. Down-weighting (kohya's and OneTrainer's "masked loss", with the mask found rather than
+backdrop. Down-weighting (kohya's "masked loss", with the mask found rather than
 drawn) goes further: the backdrop's pixels barely train at all, so the model learns the subject and
 leaves the background to the prompt.
 """
