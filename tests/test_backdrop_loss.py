@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from dreambooth.backdrop import backdrop_weights
 from dreambooth.data import Example, ExampleStream
 from dreambooth.toy.world import PALETTE, Subject, render
 from dreambooth.train import per_example_mse
@@ -20,22 +19,39 @@ def _picture(background: str = "red", seed: int = 0) -> tuple[Image.Image, np.nd
     return Image.fromarray(pixels), (pixels == PALETTE[background]).all(-1)
 
 
-def _tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
-
-
 def _example(image: Image.Image, prompt: str) -> Example:
     return Example(image, prompt, image.size[::-1], Path("x.png"))
 
 
 def test_weights_are_the_weight_on_the_backdrop_and_one_elsewhere():
     image, backdrop = _picture()
-    weights = backdrop_weights(_tensor(image), 0.1)
+    weights = ExampleStream([_example(image, "a sks triangle")], [], 1, 32, True, False, 0,
+                            backdrop_loss_weight=0.1).next_batch().loss_weights[0]
     assert weights.shape == (1, 32, 32)
     assert torch.allclose(weights[0][torch.from_numpy(backdrop)], torch.tensor(0.1))
     assert bool((weights[0][torch.from_numpy(~backdrop)] == 1).all())
     busy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    assert bool((backdrop_weights(_tensor(busy), 0.1) == 1).all())
+    busy_weights = ExampleStream([_example(busy, "a sks triangle")], [], 1, 32, True, False, 0,
+                                 backdrop_loss_weight=0.1).next_batch().loss_weights
+    assert bool((busy_weights == 1).all())
+
+
+def test_the_backdrop_is_cropped_and_flipped_with_the_picture():
+    image, backdrop = _picture()
+    big = Image.fromarray(np.pad(np.asarray(image), ((0, 0), (0, 16), (0, 0)), mode="edge"))   # 32x48, more backdrop
+    truth = np.pad(backdrop, ((0, 0), (0, 16)), mode="edge")
+    stream = ExampleStream([_example(big, "a sks triangle")], [], 1, 32, False, True, 0, backdrop_loss_weight=0.0)
+    seen = set()
+    for _ in range(20):
+        batch = stream.next_batch()
+        pixels = batch.pixels[0].permute(1, 2, 0).numpy()
+        top, left = batch.crop_top_left[0]
+        cut = truth[top:top + 32, left:left + 32]
+        flipped = not np.allclose(pixels, np.asarray(big, np.float32)[top:top + 32, left:left + 32] / 127.5 - 1)
+        expected = cut[:, ::-1] if flipped else cut
+        assert np.array_equal(batch.loss_weights[0, 0].numpy() == 0, expected)
+        seen.add((left, flipped))
+    assert {f for _, f in seen} == {False, True} and len({c for c, _ in seen}) > 5   # flips and crops were tried
 
 
 def test_the_stream_weights_instance_backdrops_only_and_nothing_when_off():

@@ -88,14 +88,3 @@ class Backdrop:
     def recoloured(self, image: Image.Image, gen: torch.Generator) -> Image.Image:
         return recolour(image, self.mask, random_colour(self.avoid, gen))
 
-
-def backdrop_weights(pixels: torch.Tensor, weight: float) -> torch.Tensor:
-    """(1, H, W) loss weights of one (3, H, W) picture in [-1, 1]: ``weight`` on its plain backdrop,
-    1 elsewhere; all ones when it has none. Found on the picture as cropped, so crops and flips
-    need no bookkeeping (a crop whose border cuts through the subject has no backdrop)."""
-    rgb = ((pixels.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    mask = find_backdrop(Image.fromarray(rgb))
-    out = torch.ones(1, *pixels.shape[1:])
-    if mask is not None:
-        out[0, torch.from_numpy(mask)] = weight
-    return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .backdrop import Backdrop, backdrop_weights
+from .backdrop import Backdrop
 from .errors import UserError
 
 log = logging.getLogger("dreambooth")
@@ -101,8 +101,10 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     return examples
 
 
-def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator):
-    """Crop ``size``x``size`` and maybe flip; returns (CHW float tensor in [-1, 1], crop (top, left)).
+def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator,
+                  mask: np.ndarray | None = None):
+    """Crop ``size``x``size`` and maybe flip; returns (CHW float tensor in [-1, 1], crop (top, left),
+    ``mask`` (an (H, W) array of the picture) cut the same way, or None).
 
     Both random draws are always made, so the generator advances the same way whatever the flags
     and a resumed run sees the same stream.
@@ -114,10 +116,13 @@ def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: to
     else:
         top, left = int(r_top * (h - size + 1)), int(r_left * (w - size + 1))
     image = example.image.crop((left, top, left + size, top + size))
+    if mask is not None:
+        mask = mask[top:top + size, left:left + size]
     if flip and r_flip < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        mask = None if mask is None else mask[:, ::-1]
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left), mask
 
 
 @dataclass
@@ -149,15 +154,18 @@ class ExampleStream:
         self._order = {"instance": [], "prior": []}
         self.backdrop_augment = backdrop_augment
         self.backdrop_loss_weight = backdrop_loss_weight
-        self.backdrops = [Backdrop.of(e.image) for e in instance] if backdrop_augment else [None] * len(instance)
+        # found once per picture; a recoloured backdrop covers the same pixels, so its mask serves both flags
+        uses_backdrops = backdrop_augment or backdrop_loss_weight != 1
+        self.backdrops = [Backdrop.of(e.image) for e in instance] if uses_backdrops else [None] * len(instance)
 
-    def _instance_pick(self, i: int) -> tuple[Example, bool, int | None]:
-        """(example, is_prior, index) of instance example ``i``, its backdrop maybe recoloured."""
+    def _instance_pick(self, i: int) -> tuple[Example, bool, int | None, np.ndarray | None]:
+        """(example, is_prior, index, backdrop mask) of instance example ``i``, its backdrop maybe recoloured."""
         example, backdrop = self.instance[i], self.backdrops[i]
+        mask = None if backdrop is None else backdrop.mask
         if not self.backdrop_augment or torch.rand(1, generator=self.gen).item() >= self.backdrop_augment \
                 or backdrop is None:
-            return example, False, i
-        return replace(example, image=backdrop.recoloured(example.image, self.gen)), False, None
+            return example, False, i, mask
+        return replace(example, image=backdrop.recoloured(example.image, self.gen)), False, None, mask
 
     def _take(self, kind: str, n: int, count: int) -> list[int]:
         out = []
@@ -171,18 +179,19 @@ class ExampleStream:
         picks = [self._instance_pick(i) for i in self._take("instance", self.batch_size, len(self.instance))]
         if self.prior:
             off = len(self.instance)
-            picks += [(self.prior[i], True, off + i) for i in self._take("prior", self.batch_size, len(self.prior))]
-        pixels, crops = [], []
-        for example, _, _ in picks:
-            tensor, crop = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen)
+            picks += [(self.prior[i], True, off + i, None) for i in self._take("prior", self.batch_size, len(self.prior))]
+        pixels, crops, weights = [], [], []
+        for example, _, _, mask in picks:
+            tensor, crop, mask = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen, mask)
             pixels.append(tensor)
             crops.append(crop)
-        weights = None
-        if self.backdrop_loss_weight != 1:
-            weights = torch.stack([torch.ones(1, *t.shape[1:]) if is_prior else backdrop_weights(t, self.backdrop_loss_weight)
-                                   for t, (_, is_prior, _) in zip(pixels, picks)])
-        return Batch(torch.stack(pixels), [e.prompt for e, _, _ in picks], [e.original_hw for e, _, _ in picks],
-                     crops, torch.tensor([p for _, p, _ in picks]), [i for _, _, i in picks], weights)
+            if self.backdrop_loss_weight != 1:   # the backdrop (cut like the picture) weighs less; the rest 1
+                weights.append(torch.ones(1, *tensor.shape[1:]))
+                if mask is not None:
+                    weights[-1][0, torch.from_numpy(mask.copy())] = self.backdrop_loss_weight
+        return Batch(torch.stack(pixels), [p[0].prompt for p in picks], [p[0].original_hw for p in picks], crops,
+                     torch.tensor([p[1] for p in picks]), [p[2] for p in picks],
+                     torch.stack(weights) if weights else None)
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}

@@ -193,9 +193,10 @@ class Trainer:
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
                                     cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
                                     cfg.backdrop_augment, cfg.backdrop_loss_weight)
-        if cfg.backdrop_augment:
+        if cfg.backdrop_augment or cfg.backdrop_loss_weight != 1:
             plain = sum(b is not None for b in self.stream.backdrops)
-            console().print(f"--backdrop-augment: {plain} of {len(instance)} instance pictures have a plain backdrop")
+            name = "--backdrop-augment" if cfg.backdrop_augment else "--backdrop-loss-weight"
+            console().print(f"{name}: {plain} of {len(instance)} instance pictures have a plain backdrop")
 
     def _class_images(self, class_dir: Path) -> None:
         from .prior import ensure_class_images
