@@ -29,6 +29,12 @@ def test_a_plain_backdrop_is_found_exactly_and_a_busy_picture_has_none():
     assert np.array_equal(find_backdrop(image), truth)
     noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     assert find_backdrop(noisy) is None
+    # a close-up reaching into a corner (a third of the border) still has one
+    corner = np.full((32, 32, 3), PALETTE["red"], np.uint8)
+    corner[12:, 12:] = PALETTE["blue"]
+    truth = np.ones((32, 32), bool)
+    truth[12:, 12:] = False
+    assert np.array_equal(find_backdrop(Image.fromarray(corner)), truth)
     # a subject touching the border on most of it is not a backdrop picture either
     half = np.zeros((32, 32, 3), np.uint8)
     half[:, 16:] = 255
