@@ -31,7 +31,7 @@ IDENTIFIER = "sks"
 SEEDS = tuple(range(6))
 RESOLUTION = 32
 LORA_LEARNING_RATE = 1e-3   # the preset's rate is for full fine-tuning; small LoRAs need more
-# Fewer than the toy preset's 800 steps, so the whole demo stays under 3 minutes on 2 CPU cores; the
+# Fewer than the toy preset's 1,200 steps, so the whole demo stays under 3 minutes on 2 CPU cores; the
 # demo's subject (bold stripes) is learned by then.
 DEMO_STEPS = 400
 
