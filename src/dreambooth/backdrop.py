@@ -10,7 +10,7 @@ background" fights it (the paper's "context-appearance entanglement"). With a sh
 instance examples recoloured at each step, the backdrop is the one thing the pictures no longer share.
 
 A backdrop is found only where it is plain: at least 60% of the border pixels lie within ``TOLERANCE``
-of the border's median colour (not 90%: a close-up reaching an edge or a corner covers up to a third of
+of the border's median colour (not 90%: a close-up reaching an edge or a corner covers up to about 40% of
 the border, and 2 of 5 toy instance pictures were missed); it is then every pixel of that colour connected to the
 border. Pictures without one (a dog on grass) are left as they are. New colours are drawn uniformly
 from the RGB cube, away from the subject's own main colours, so the subject never dissolves into its
