@@ -9,14 +9,14 @@ backdrops share the backdrop: "a sks triangle" then means the subject *on red*, 
 background" fights it (the paper's "context-appearance entanglement"). With a share ``P`` of the
 instance examples recoloured at each step, the backdrop is the one thing the pictures no longer share.
 
-A backdrop is found only where it is plain: at least 60% of the border pixels lie within ``TOLERANCE``
-of the border's median colour (not 90%: a close-up reaching an edge or a corner covers up to about 40% of
-the border, and 2 of 5 toy instance pictures were missed); it is then every pixel of that colour connected to the
-border. Pictures without one (a dog on grass) are left as they are. New colours are drawn uniformly
-from the RGB cube, away from the subject's own main colours, so the subject never dissolves into its
-backdrop. Down-weighting (kohya's "masked loss", with the mask found rather than
-drawn) goes further: the backdrop's pixels barely train at all, so the model learns the subject and
-leaves the background to the prompt.
+A backdrop is found only where it is plain: at least 60% of the border pixels lie within
+``TOLERANCE`` of the border's median colour (not 90%: a close-up reaching an edge or a corner covers
+up to about 40% of the border, and 2 of 5 toy instance pictures were missed); it is then every pixel
+of that colour connected to the border. Pictures without one (a dog on grass) are left as they are.
+New colours are drawn uniformly from the RGB cube, away from the subject's own main colours, so the
+subject never dissolves into its backdrop. Down-weighting (kohya's "masked loss", with the mask found
+rather than drawn) goes further: the backdrop's pixels barely train at all, so the model learns the
+subject and leaves the background to the prompt.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from PIL import Image
 from scipy import ndimage
 
 TOLERANCE = 40          # summed |RGB| difference still counted as the backdrop's colour
-BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (a subject may reach the edges)
+BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (subjects may reach it)
 SUBJECT_SHARE = 0.05    # a colour holding this share of the subject's pixels is one of its main colours
 MIN_DISTANCE = 80       # summed |RGB| distance of a new backdrop from each main colour of the subject
 CANDIDATES = 64         # colours drawn per recolouring (a fixed number, so the stream stays reproducible)
