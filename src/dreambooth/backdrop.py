@@ -17,6 +17,13 @@ New colours are drawn uniformly from the RGB cube, away from the subject's own m
 subject never dissolves into its backdrop. Down-weighting (kohya's "masked loss", with the mask found
 rather than drawn) goes further: the backdrop's pixels barely train at all, so the model learns the
 subject and leaves the background to the prompt.
+
+Captioning (``--backdrop-caption``) names the new backdrop instead: it is one of ``NAMED_COLOURS``
+and the prompt gains "on a <colour> background", so the picture now teaches what such a prompt
+should draw: the subject, at its size, with that backdrop around it. A named backdrop is explained
+by the prompt and so weighs fully in the loss; only backdrops the prompt does not name are
+down-weighted (down-weighted too, toy subjects grew until they filled the picture). Off in the toy
+preset: the toy benchmark with it is in docs/toy-benchmark.md.
 """
 from __future__ import annotations
 
@@ -32,6 +39,10 @@ BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour
 SUBJECT_SHARE = 0.05    # a colour holding this share of the subject's pixels is one of its main colours
 MIN_DISTANCE = 80       # summed |RGB| distance of a new backdrop from each main colour of the subject
 CANDIDATES = 64         # colours drawn per recolouring (a fixed number, so the stream stays reproducible)
+# --backdrop-caption: the new backdrop is one of these basic colours, named in the caption
+NAMED_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
+                 "purple": (140, 40, 180), "orange": (250, 140, 20), "white": (245, 245, 245), "black": (15, 15, 15)}
+CAPTION = "{prompt} on a {colour} background"    # "a orange", as the toy world's captions write it
 
 
 def find_backdrop(image: Image.Image) -> np.ndarray | None:
@@ -69,6 +80,15 @@ def random_colour(avoid: np.ndarray, gen: torch.Generator) -> np.ndarray:
     return candidates[ok[0] if len(ok) else int(nearest.argmax())]
 
 
+def named_colour(avoid: np.ndarray, gen: torch.Generator) -> str | None:
+    """A random name of ``NAMED_COLOURS`` at least ``MIN_DISTANCE`` from each colour of ``avoid``, or None."""
+    names = list(NAMED_COLOURS)
+    for k in torch.randperm(len(names), generator=gen).tolist():    # always one draw: a reproducible stream
+        if len(avoid) == 0 or np.abs(np.array(NAMED_COLOURS[names[k]]) - avoid).sum(-1).min() >= MIN_DISTANCE:
+            return names[k]
+    return None
+
+
 def recolour(image: Image.Image, backdrop: np.ndarray, colour: np.ndarray) -> Image.Image:
     rgb = np.asarray(image.convert("RGB")).copy()
     rgb[backdrop] = colour.astype(np.uint8)
@@ -88,4 +108,12 @@ class Backdrop:
 
     def recoloured(self, image: Image.Image, gen: torch.Generator) -> Image.Image:
         return recolour(image, self.mask, random_colour(self.avoid, gen))
+
+    def recaptioned(self, image: Image.Image, prompt: str, gen: torch.Generator) -> tuple[Image.Image, str]:
+        """The picture on a backdrop of a named colour and the prompt naming it (or, should every named
+        colour be too close to the subject's, on a random colour with the prompt unchanged)."""
+        name = named_colour(self.avoid, gen)
+        if name is None:
+            return self.recoloured(image, gen), prompt
+        return recolour(image, self.mask, np.array(NAMED_COLOURS[name])), CAPTION.format(prompt=prompt, colour=name)
 

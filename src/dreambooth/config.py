@@ -48,6 +48,7 @@ class TrainConfig:
     center_crop: bool = _opt(False, "Centre-crop instead of a random crop.", group="data")
     random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
     backdrop_augment: float = _opt(0.0, "Share of instance pictures with a plain backdrop shown on a random-coloured one each step, so the identifier does not learn the backdrop (0 off).", group="data")
+    backdrop_caption: bool = _opt(False, "With --backdrop-augment: recolour to a basic colour (red, blue, white...), add 'on a <colour> background' to the prompt, and count that backdrop fully in the loss.", group="data")
     backdrop_loss_weight: float = _opt(1.0, "Weight in the loss of an instance picture's plain backdrop pixels (1: like any pixel; 0.1 learns the subject and hardly its backdrop).", group="data")
     # --- prior preservation ----------------------------------------------------------------
     class_prompt: str | None = _opt(None, "Prompt for the subject's class, e.g. 'a photo of dog'; turns on prior preservation.", group="prior")
@@ -148,6 +149,8 @@ class TrainConfig:
             raise UserError("--instance-prompt is required, e.g. --instance-prompt 'a photo of sks dog'")
         if not self.output:
             raise UserError("--output is required: the folder to write the trained model to")
+        if self.backdrop_caption and not self.backdrop_augment:
+            raise UserError("--backdrop-caption names recoloured backdrops: it needs --backdrop-augment, e.g. 0.75")
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
 

@@ -142,11 +142,12 @@ class ExampleStream:
     instance examples; class examples are drawn from their own permutation, as many per step.
     With ``backdrop_augment`` > 0, that share of the instance examples that have a plain backdrop
     are shown on a backdrop of a random colour, and with ``backdrop_loss_weight`` < 1 an instance
-    picture's plain backdrop weighs that much in the loss (``backdrop.py``)."""
+    picture's plain backdrop weighs that much in the loss (``backdrop.py``). With ``backdrop_caption``
+    the new backdrop is a named colour, the prompt names it, and it weighs fully."""
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
                  center_crop: bool, random_flip: bool, seed: int, backdrop_augment: float = 0.0,
-                 backdrop_loss_weight: float = 1.0):
+                 backdrop_loss_weight: float = 1.0, backdrop_caption: bool = False):
         self.instance, self.prior = instance, prior
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip
@@ -154,6 +155,7 @@ class ExampleStream:
         self._order = {"instance": [], "prior": []}
         self.backdrop_augment = backdrop_augment
         self.backdrop_loss_weight = backdrop_loss_weight
+        self.backdrop_caption = backdrop_caption
         # found once per picture; a recoloured backdrop covers the same pixels, so its mask serves both flags
         uses_backdrops = backdrop_augment or backdrop_loss_weight != 1
         self.backdrops = [Backdrop.of(e.image) for e in instance] if uses_backdrops else [None] * len(instance)
@@ -165,6 +167,10 @@ class ExampleStream:
         if not self.backdrop_augment or torch.rand(1, generator=self.gen).item() >= self.backdrop_augment \
                 or backdrop is None:
             return example, False, i, mask
+        if self.backdrop_caption:
+            image, prompt = backdrop.recaptioned(example.image, example.prompt, self.gen)
+            # a backdrop the prompt names is part of what the picture teaches: it weighs fully
+            return replace(example, image=image, prompt=prompt), False, None, None if prompt != example.prompt else mask
         return replace(example, image=backdrop.recoloured(example.image, self.gen)), False, None, mask
 
     def _take(self, kind: str, n: int, count: int) -> list[int]:

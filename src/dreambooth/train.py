@@ -192,7 +192,8 @@ class Trainer:
         self.instance_images = len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
                                     cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
-                                    cfg.backdrop_augment, cfg.backdrop_loss_weight)
+                                    cfg.backdrop_augment, cfg.backdrop_loss_weight,
+                                    cfg.backdrop_caption)
         if cfg.backdrop_augment or cfg.backdrop_loss_weight != 1:
             plain = sum(b is not None for b in self.stream.backdrops)
             name = "--backdrop-augment" if cfg.backdrop_augment else "--backdrop-loss-weight"
