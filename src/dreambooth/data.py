@@ -169,8 +169,8 @@ class ExampleStream:
             return example, False, i, mask
         if self.backdrop_caption:
             image, prompt = backdrop.recaptioned(example.image, example.prompt, self.gen)
-            # a backdrop the prompt names is part of what the picture teaches: it weighs fully
-            return replace(example, image=image, prompt=prompt), False, None, None if prompt != example.prompt else mask
+            named = prompt != example.prompt     # a backdrop the prompt names is taught, so it weighs fully
+            return replace(example, image=image, prompt=prompt), False, None, None if named else mask
         return replace(example, image=backdrop.recoloured(example.image, self.gen)), False, None, mask
 
     def _take(self, kind: str, n: int, count: int) -> list[int]:
