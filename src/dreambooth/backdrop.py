@@ -34,14 +34,16 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from .toy.world import PALETTE
+
 TOLERANCE = 40          # summed |RGB| difference still counted as the backdrop's colour
 BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (subjects may reach it)
 SUBJECT_SHARE = 0.05    # a colour holding this share of the subject's pixels is one of its main colours
 MIN_DISTANCE = 80       # summed |RGB| distance of a new backdrop from each main colour of the subject
 CANDIDATES = 64         # colours drawn per recolouring (a fixed number, so the stream stays reproducible)
-# --backdrop-caption: the new backdrop is one of these basic colours, named in the caption
-NAMED_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
-                 "purple": (140, 40, 180), "orange": (250, 140, 20), "white": (245, 245, 245), "black": (15, 15, 15)}
+# --backdrop-caption: the new backdrop is one of these basic colours, named in the caption. The toy
+# world's palette: 8 basic colour words, the only ones the toy model knows, and plain to any text encoder.
+NAMED_COLOURS = PALETTE
 CAPTION = "{prompt} on a {colour} background"    # "a orange", as the toy world's captions write it
 
 
