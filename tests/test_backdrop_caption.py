@@ -67,8 +67,12 @@ def test_a_named_backdrop_weighs_fully_and_an_unnamed_one_as_asked():
     assert seen == {True, False}
 
 
-def test_backdrop_caption_needs_backdrop_augment():
+def test_backdrop_caption_without_backdrop_augment_changes_nothing():
+    # not an error (the toy preset turns it on, and --backdrop-augment 0 must still work); train warns
     from dreambooth.config import TrainConfig
-    from dreambooth.errors import UserError
-    with pytest.raises(UserError, match="--backdrop-caption.*--backdrop-augment"):
-        TrainConfig(instance_dir="x", instance_prompt="a sks dog", output="o", backdrop_caption=True).validate()
+    TrainConfig(instance_dir="x", instance_prompt="a sks dog", output="o", backdrop_caption=True).validate()
+    example, _ = _picture("red", 0)
+    stream = ExampleStream([example], [], 2, 32, True, False, 5, backdrop_caption=True)
+    for _ in range(5):
+        batch = stream.next_batch()
+        assert batch.prompts == ["a sks triangle"] * 2 and batch.indices[0] is not None

@@ -38,7 +38,8 @@ def test_shipped_presets_load_with_the_seeds_settings(name):
 @pytest.mark.parametrize("change, flag", [({"method": "dora"}, "--method"), ({"max_steps": 0}, "--max-steps"),
                                          ({"resolution": 100}, "--resolution"), ({"mixed_precision": "fp8"}, "--mixed-precision"),
                                          ({"lora_dropout": 1.5}, "--lora-dropout"),
-                                         ({"backdrop_augment": 1.5}, "--backdrop-augment")])
+                                         ({"backdrop_augment": 1.5}, "--backdrop-augment"),
+                                         ({"caption_dropout": 1.5}, "--caption-dropout")])
 def test_validate_names_the_flag(change, flag):
     cfg = TrainConfig(instance_dir="x", instance_prompt="a sks dog", output="o").replace(**change)
     with pytest.raises(UserError, match=flag):

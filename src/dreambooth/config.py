@@ -50,6 +50,7 @@ class TrainConfig:
     backdrop_augment: float = _opt(0.0, "Share of instance pictures with a plain backdrop shown on a random-coloured one each step, so the identifier does not learn the backdrop (0 off).", group="data")
     backdrop_caption: bool = _opt(False, "With --backdrop-augment: recolour to a basic colour (red, blue, white...), add 'on a <colour> background' to the prompt, and count that backdrop fully in the loss.", group="data")
     backdrop_loss_weight: float = _opt(1.0, "Weight in the loss of an instance picture's plain backdrop pixels (1: like any pixel; 0.1 learns the subject and hardly its backdrop).", group="data")
+    caption_dropout: float = _opt(0.0, "Share of training pictures (instance and class) shown with an empty prompt, so the unconditional prediction that CFG steers from is trained too (0 off).", group="data")
     # --- prior preservation ----------------------------------------------------------------
     class_prompt: str | None = _opt(None, "Prompt for the subject's class, e.g. 'a photo of dog'; turns on prior preservation.", group="prior")
     prior_preservation: bool | None = _opt(None, "Class-specific prior-preservation loss (default: on when --class-prompt is given).", group="prior")
@@ -131,10 +132,10 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
         for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "keep_checkpoints", "offset_noise",
                      "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr", "backdrop_augment",
-                     "backdrop_loss_weight"):
+                     "backdrop_loss_weight", "caption_dropout"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: must not be negative")
-        for name in ("lora_dropout", "backdrop_augment", "backdrop_loss_weight"):       # shares
+        for name in ("lora_dropout", "backdrop_augment", "backdrop_loss_weight", "caption_dropout"):       # shares
             if getattr(self, name) > 1:
                 raise UserError(f"{flag(name)} {getattr(self, name)}: a share, from 0 to 1")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
@@ -149,8 +150,6 @@ class TrainConfig:
             raise UserError("--instance-prompt is required, e.g. --instance-prompt 'a photo of sks dog'")
         if not self.output:
             raise UserError("--output is required: the folder to write the trained model to")
-        if self.backdrop_caption and not self.backdrop_augment:
-            raise UserError("--backdrop-caption names recoloured backdrops: it needs --backdrop-augment, e.g. 0.75")
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
 

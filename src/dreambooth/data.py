@@ -147,7 +147,7 @@ class ExampleStream:
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
                  center_crop: bool, random_flip: bool, seed: int, backdrop_augment: float = 0.0,
-                 backdrop_loss_weight: float = 1.0, backdrop_caption: bool = False):
+                 backdrop_loss_weight: float = 1.0, backdrop_caption: bool = False, caption_dropout: float = 0.0):
         self.instance, self.prior = instance, prior
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip
@@ -156,6 +156,7 @@ class ExampleStream:
         self.backdrop_augment = backdrop_augment
         self.backdrop_loss_weight = backdrop_loss_weight
         self.backdrop_caption = backdrop_caption
+        self.caption_dropout = caption_dropout
         # found once per picture; a recoloured backdrop covers the same pixels, so its mask serves both flags
         uses_backdrops = backdrop_augment or backdrop_loss_weight != 1
         self.backdrops = [Backdrop.of(e.image) for e in instance] if uses_backdrops else [None] * len(instance)
@@ -195,7 +196,11 @@ class ExampleStream:
                 weights.append(torch.ones(1, *tensor.shape[1:]))
                 if mask is not None:
                     weights[-1][0, torch.from_numpy(mask.copy())] = self.backdrop_loss_weight
-        return Batch(torch.stack(pixels), [p[0].prompt for p in picks], [p[0].original_hw for p in picks], crops,
+        prompts = [p[0].prompt for p in picks]
+        if self.caption_dropout:         # drawn only when on, so streams without it stay as they were
+            drop = torch.rand(len(prompts), generator=self.gen) < self.caption_dropout
+            prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        return Batch(torch.stack(pixels), prompts, [p[0].original_hw for p in picks], crops,
                      torch.tensor([p[1] for p in picks]), [p[2] for p in picks],
                      torch.stack(weights) if weights else None)
 

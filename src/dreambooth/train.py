@@ -193,7 +193,9 @@ class Trainer:
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
                                     cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
                                     cfg.backdrop_augment, cfg.backdrop_loss_weight,
-                                    cfg.backdrop_caption)
+                                    cfg.backdrop_caption, cfg.caption_dropout)
+        if cfg.backdrop_caption and not cfg.backdrop_augment:      # a warning: the toy preset turns it on
+            self._warn("--backdrop-caption names recoloured backdrops, and --backdrop-augment is 0; ignored")
         if cfg.backdrop_augment or cfg.backdrop_loss_weight != 1:
             plain = sum(b is not None for b in self.stream.backdrops)
             name = "--backdrop-augment" if cfg.backdrop_augment else "--backdrop-loss-weight"

@@ -124,6 +124,9 @@ def demo_config(output: Path, method: str | None, instance_dir: Path, subject: S
                   class_prompt=class_prompt(subject), output=str(output), method=method, overwrite=True,
                   class_dir=str(output.parent / "class_images"))   # method None: the preset's
     values["max_steps"] = DEMO_STEPS
+    # The demo shows the subject on backgrounds it never saw: no backdrops named in the prompt, and the
+    # settings its figures in the README were measured with.
+    values.update(backdrop_caption=False, caption_dropout=0.0)
     if method == "lora" and overrides.get("learning_rate") is None:
         values["learning_rate"] = LORA_LEARNING_RATE
     values.update({k: v for k, v in overrides.items() if v is not None})
