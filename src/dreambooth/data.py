@@ -143,7 +143,8 @@ class ExampleStream:
     With ``backdrop_augment`` > 0, that share of the instance examples that have a plain backdrop
     are shown on a backdrop of a random colour, and with ``backdrop_loss_weight`` < 1 an instance
     picture's plain backdrop weighs that much in the loss (``backdrop.py``). With ``backdrop_caption``
-    the new backdrop is a named colour, the prompt names it, and it weighs fully."""
+    the new backdrop is a named colour, the prompt names it, and it weighs fully. With ``caption_dropout``
+    > 0, that share of all examples (instance and class) gets an empty prompt."""
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
                  center_crop: bool, random_flip: bool, seed: int, backdrop_augment: float = 0.0,
