@@ -7,6 +7,7 @@
     python scripts/pretrain_toy.py --tune-decoder        # then tune the packaged VAE's decoder (about 10 minutes)
     python scripts/pretrain_toy.py --out .toy-distil --teacher toy --unet-channels 32,64,64 \
         --partial-from 0 --steps 6000 --decay-from 3000     # or distil it into a 4x smaller UNet
+                                                            # (how the shipped UNet was made, from bf5cdda's)
     python scripts/pretrain_toy.py --out .toy-anneal --init-from toy --partial-from 0 --decay-from 1 \
         --steps 1400 --warmup 100                           # or go on training the shipped weights
 

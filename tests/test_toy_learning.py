@@ -62,7 +62,7 @@ def test_subject_is_learned_in_new_contexts(runs):
     """The subject's pattern appears on backgrounds the instance pictures never had."""
     before, after = runs["before"], runs["prior"]
     assert before["pattern_in_context"] <= 0.2, runs
-    # measured on the step-4400 base, toy defaults: 0.00 before, 0.71 after (24 samples each)
+    # measured on the shipped (distilled) base, these settings: 0.04 before, 0.79 after (24 samples each)
     assert after["pattern_in_context"] >= before["pattern_in_context"] + 0.25, runs
 
 
@@ -73,5 +73,5 @@ def test_prior_preservation_keeps_the_class_prompt(runs):
     before, prior, no_prior = runs["before"], runs["prior"], runs["no_prior"]
     assert before["class_shows_subject"] <= 0.05, runs
     assert prior["class_shows_subject"] <= 0.1, runs
-    # measured on 24 seeds: 0.00 before, 0.00 with prior preservation, 0.58 without
+    # measured on 24 seeds: 0.00 before, 0.00 with prior preservation, 0.67 without
     assert prior["class_shows_subject"] < no_prior["class_shows_subject"], runs

@@ -31,7 +31,9 @@ teacher's prediction on the same noisy latents and caption. The teacher's VAE be
 is kept frozen, its outputs computed once for every caption. A 32/64/64 student (1.7M parameters, 3.3 MB
 in fp16), distilled from the 6.6M-parameter step-4400 model with the tuned decoder for 6,000 steps at
 batch 32 with partial captions throughout and the learning rate on a cosine to 5% from step 3,000,
-took about 80 minutes on one core and drew the toy world better than its teacher (README).
+took about 80 minutes on one core (55 on two) and drew the toy world better than its teacher: it is the
+shipped UNet (README). ``--teacher toy`` now means that student: to repeat the recipe, take the teacher
+from the package as it was at commit bf5cdda.
 
 **Continuing** (``init_from``): phase 3 starts from a pipeline's text encoder and UNet (its channels),
 with its VAE and latent scale as in distillation, and a fresh optimizer and step count: e.g. to anneal
