@@ -12,11 +12,11 @@ Three phases, each skipped when its output is already in the state folder:
    tokenized once (224 captions + the empty one).
 3. **Text encoder + UNet** (``state.pt``): trained together from the cache with AdamW, linear
    warm-up then a constant learning rate (``decay_from``: from that step a cosine down to 5% at
-   ``steps``; not used for the shipped weights, see the README), min-SNR loss weighting (gamma 5),
+   ``steps``; not used for the shipped UNet's teacher, see the README), min-SNR loss weighting (gamma 5),
    caption dropout 10%, and an EMA of both. From step ``partial_from`` on, a share
    ``partial_captions`` of the captions is replaced by a partial one (``world.PARTIAL_FORMS``: no
    colour, no background, or neither), so that ``a square`` (a DreamBooth class prompt) and ``a sks
-   square on a red background`` are in distribution. The shipped weights were trained 3,200 steps
+   square on a red background`` are in distribution. The shipped UNet's teacher was trained 3,200 steps
    without, then with them; the best snapshot is chosen among those after ``partial_from``. Every
    ``eval_every`` steps the EMA weights are written as a pipeline (``latest/``) and measured with the
    oracle (``evals.jsonl``); the best so far is kept in ``best/``. The whole state (weights, EMA,
@@ -37,8 +37,8 @@ from the package as it was at commit bf5cdda.
 
 **Continuing** (``init_from``): phase 3 starts from a pipeline's text encoder and UNet (its channels),
 with its VAE and latent scale as in distillation, and a fresh optimizer and step count: e.g. to anneal
-the shipped weights (``--init-from toy --partial-from 0 --decay-from 1 --steps 1400``) when the state
-folder that trained them is gone.
+the teacher (``--init-from toy --partial-from 0 --decay-from 1 --steps 1400`` at bf5cdda) when the state
+folder that trained it is gone.
 
 ``export(state_dir)`` copies ``best/`` (UNet and VAE in fp16, text encoder fp32; safetensors) to ``dreambooth/toy/model``, where
 ``--model toy`` finds it. ``tune_packaged_decoder`` (``--tune-decoder``) then trains that VAE's decoder
