@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                              "candidate from scripts/pretrain_toy.py, is trained with the toy model's preset")
     args = parser.parse_args(argv)
 
-    from dreambooth.config import PRESET_DIR
+    from dreambooth.training.config import PRESET_DIR
     from dreambooth.toy import oracle
     from dreambooth.toy.demo import write_instance_images
     from dreambooth.toy.world import COLOURS

@@ -42,8 +42,8 @@ def build_full(family: str, directory: Path) -> Path:
                            StableDiffusionXLPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreambooth.tiny import TINY_WORDS
-    from dreambooth.tokenizer_vocab import write_clip_tokenizer
+    from dreambooth.testing.tiny import TINY_WORDS
+    from dreambooth.testing.vocab import write_clip_tokenizer
     tok = write_clip_tokenizer(list(TINY_WORDS), directory / "_tok")
     ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if family == "sd1":
@@ -80,9 +80,10 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
 
-    from dreambooth.config import build_config
-    from dreambooth.tiny import save_tiny
-    from dreambooth.train import Trainer
+    from dreambooth.training.config import build_config
+    from dreambooth.testing.tiny import save_tiny
+    from dreambooth.training.callbacks import TrainingCallback
+    from dreambooth.training.trainer import Trainer
     model = Path(args.cache) / f"{args.family}-{args.size}"
     if not (model / "model_index.json").exists():
         model.mkdir(parents=True, exist_ok=True)
@@ -102,21 +103,24 @@ def main() -> None:
     trainer = Trainer(cfg, []).setup()
     cuda = torch.cuda.is_available()
 
-    class Clock:
-        def on_step_end(self, run):
-            if run.step == args.warmup:
+    class Clock(TrainingCallback):
+        """Times the steps after the warm-up, not the writing of weights that follows them."""
+
+        def on_step_end(self, run, step):
+            if step.step in (args.warmup, args.warmup + args.steps):
                 if cuda:
                     torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                self.start = time.perf_counter()
+                if step.step == args.warmup:
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    self.start = time.perf_counter()
+                else:
+                    self.end = time.perf_counter()
 
     clock = Clock()
     trainer.callbacks.append(clock)
-    trainer.save_output = lambda: []          # time the steps, not the writing of weights
     trainer.fit()
-    if cuda:
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - clock.start
+    elapsed = clock.end - clock.start
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "

@@ -3,7 +3,7 @@
 
     python scripts/pretrain_toy.py                       # start, or resume, in .toy-pretrain/
     nohup nice -n 10 python scripts/pretrain_toy.py > .toy-pretrain/log.txt 2>&1 &   # in the background
-    python scripts/pretrain_toy.py --export              # copy the best snapshot to src/dreambooth/toy/model
+    python scripts/pretrain_toy.py --export              # copy the best snapshot to src/dreambooth/data/toy_model
     python scripts/pretrain_toy.py --tune-decoder        # then tune the packaged VAE's decoder (about 10 minutes)
     python scripts/pretrain_toy.py --out .toy-distil --teacher toy --unet-channels 32,64,64 \
         --partial-from 0 --steps 6000 --decay-from 3000     # or distil it into a 4x smaller UNet
@@ -14,7 +14,7 @@
 Phases (each skipped when done): VAE (500 steps, about 10 minutes on one core), a cached dataset of
 30,000 rendered and encoded pictures (about 2 minutes), then text encoder + UNet with EMA (about
 1.3 s a step at batch 32 on one core; the shipped model's step count and oracle figures are in
-``src/dreambooth/toy/model/toy_figures.json``). One thread by default (``--threads``): on a shared
+``src/dreambooth/data/toy_model/toy_figures.json``). One thread by default (``--threads``): on a shared
 machine it is the polite choice, and small convolutions gain little from more. State is saved every few minutes and on Ctrl-C /
 SIGTERM; running the same command again resumes exactly where it stopped. Every ``--eval-every``
 steps the EMA weights are measured with the oracle (``evals.jsonl``, ``latest/``, ``best/``).
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tune-decoder", action="store_true",
                         help="do not train: tune the decoder of the packaged (or --dest) toy model's VAE in place")
     parser.add_argument("--which", default="best", choices=["best", "latest"])
-    parser.add_argument("--dest", default=None, help="export here instead of src/dreambooth/toy/model")
+    parser.add_argument("--dest", default=None, help="export here instead of src/dreambooth/data/toy_model")
     args = parser.parse_args(argv)
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
     if args.tune_decoder:

@@ -4,6 +4,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
+# Hashes and the list of training outputs are cached: keep the tests' cache out of the user's home.
+os.environ["DREAMBOOTH_CACHE"] = __import__("tempfile").mkdtemp(prefix="dreambooth-test-cache-")
 
 from pathlib import Path  # noqa: E402
 
@@ -13,39 +15,65 @@ import torch  # noqa: E402
 # Tiny models gain nothing from intra-op threads, and threads spin badly when the CPU is shared.
 torch.set_num_threads(1)
 
-DREAMBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "dreambench"
-
-
-@pytest.fixture(autouse=True)
-def _hash_cache(tmp_path_factory, monkeypatch):
-    """Model/LoRA hashes are cached; keep the tests' cache out of the user's home."""
-    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path_factory.getbasetemp() / "hash-cache"))
+DATA = Path(__file__).resolve().parent / "data"      # small files the tests carry (see data/LICENSE.md)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
-    from dreambooth.tiny import save_tiny
+    from dreambooth.testing.tiny import save_tiny
     return save_tiny("sd1", tmp_path_factory.mktemp("tiny-sd1"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2(tmp_path_factory) -> Path:
-    from dreambooth.tiny import save_tiny
+    from dreambooth.testing.tiny import save_tiny
     return save_tiny("sd2", tmp_path_factory.mktemp("tiny-sd2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
-    from dreambooth.tiny import save_tiny
+    from dreambooth.testing.tiny import save_tiny
     return save_tiny("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+def make_photos(folder: Path, count: int = 5, seed: int = 0) -> Path:
+    """``count`` small JPEG "photos" of one subject (a brown, spotted blob with a red collar) on varied
+    grounds, sizes and aspect ratios, the way a user's phone photos vary: one is stored sideways with
+    an EXIF orientation tag, as phones do."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sizes = [(160, 120), (120, 160), (144, 144), (176, 132), (128, 112)]
+    for i in range(count):
+        w, h = sizes[i % len(sizes)]
+        ground = tuple(int(c) for c in rng.integers(60, 220, 3))
+        image = Image.new("RGB", (w, h), ground)
+        draw = ImageDraw.Draw(image)
+        for _ in range(12):                                   # a cluttered background
+            x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+            draw.rectangle((x, y, x + int(rng.integers(4, 20)), y + int(rng.integers(4, 20))),
+                           fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        cx, cy, r = w // 2 + int(rng.integers(-10, 10)), h // 2 + int(rng.integers(-10, 10)), min(w, h) // 3
+        draw.ellipse((cx - r, cy - r * 3 // 4, cx + r, cy + r * 3 // 4), fill=(120, 72, 40))
+        for _ in range(5):
+            sx, sy = cx + int(rng.integers(-r // 2, r // 2)), cy + int(rng.integers(-r // 3, r // 3))
+            draw.ellipse((sx - 4, sy - 4, sx + 4, sy + 4), fill=(40, 24, 12))
+        draw.rectangle((cx - r // 2, cy - r // 2, cx + r // 2, cy - r // 2 + 4), fill=(200, 30, 30))
+        path = folder / f"{i:02d}.jpg"
+        if i == 1:                      # stored rotated; EXIF orientation 6 turns it upright
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.transpose(Image.ROTATE_90).save(path, quality=92, exif=exif)
+        else:
+            image.save(path, quality=92)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def dog_photos() -> Path:
-    d = DREAMBENCH / "dog"
-    if not d.is_dir():
-        pytest.skip("../shared/dreambench is not beside this checkout")
-    return d
+def dog_photos(tmp_path_factory) -> Path:
+    """Five small photos of one subject, made here (tests never read ../shared)."""
+    return make_photos(tmp_path_factory.mktemp("photos") / "dog")
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import DREAMBENCH, run_cli
+from conftest import DATA, run_cli
 
 OBJECT_CONTEXTS = [
     "in the jungle", "in the snow", "on the beach", "on a cobblestone street", "on top of pink fabric",
@@ -30,7 +30,7 @@ def _expected(contexts, v, c):
 
 
 def test_object_and_live_prompts_are_the_papers():
-    from dreambooth.bench import dreambench_prompts
+    from dreambooth.evaluation.dreambench import dreambench_prompts
     objects = dreambench_prompts("object", "sks", "backpack")
     live = dreambench_prompts("live", "zwx", "dog")
     assert objects == _expected(OBJECT_CONTEXTS, "sks", "backpack")
@@ -41,11 +41,9 @@ def test_object_and_live_prompts_are_the_papers():
     assert dreambench_prompts("object", "sks", "stuffed animal")[20] == "a red sks stuffed animal"
 
 
-def test_prompts_equal_the_shared_dataset_file():
-    source = DREAMBENCH / "prompts_and_classes.txt"
-    if not source.exists():
-        pytest.skip("../shared/dreambench is not beside this checkout")
-    from dreambooth.bench import dreambench_prompts, dreambench_subjects
+def test_prompts_equal_the_dataset_file():
+    source = DATA / "dreambench_prompts_and_classes.txt"       # the dataset's own file, carried by the tests
+    from dreambooth.evaluation.dreambench import dreambench_prompts, dreambench_subjects
     text = source.read_text()
     obj_block = text.split("Object Prompts")[1].split("Live Subject Prompts")[0]
     live_block = text.split("Live Subject Prompts")[1]
@@ -63,13 +61,14 @@ def test_prompts_equal_the_shared_dataset_file():
 
 
 def test_data_keeps_its_attribution():
-    from dreambooth.bench import dreambench_data
+    from dreambooth.evaluation.dreambench import dreambench_data
     data = dreambench_data()
     assert "CC BY 4.0" in data["license"] and "Ruiz" in data["attribution"]
 
 
 def test_bench_end_to_end(tiny_sd1, dog_photos, tmp_path_factory):
-    from dreambooth.evaluate import read_png_prompt, save_tiny_eval_models
+    from dreambooth.evaluation.prompts import read_png_prompt
+    from dreambooth.testing.eval_models import save_tiny_eval_models
     dino, clip = save_tiny_eval_models(tmp_path_factory.mktemp("bench-eval-models"))
     out = tmp_path_factory.mktemp("bench")
     code, stdout, err = run_cli("bench", "--model", tiny_sd1, "--real", dog_photos, "--subject", "dog",
@@ -91,6 +90,8 @@ def test_bench_end_to_end(tiny_sd1, dog_photos, tmp_path_factory):
     assert len(grids) == 25 and Image.open(grids[0]).size == (64, 32)
     first = out / rows[0]["images"][1]
     assert read_png_prompt(first) == "a sks dog in the jungle" and Image.open(first).size == (32, 32)
+    assert first.name == "00002-1.png"                      # seed 1: the prompt's second image
+    assert report["settings"]["sampler"] == "Euler a" and report["settings"]["steps"] == 1
     assert len(list((out / "class_images").iterdir())) == 2
     md = (out / "report.md").read_text()
     assert "| **this run** |" in md and "0.668" in md and "CC BY 4.0" in md and "raw cosine" in md
@@ -109,20 +110,24 @@ def test_bench_needs_class_and_kind(tiny_sd1, dog_photos, tmp_path):
 
 
 def test_a_lora_output_folder_stands_for_base_plus_lora(tmp_path):
-    from dreambooth.generate import parse_lora_spec, resolve_lora_output
+    from dreambooth.generation.loras import lora_from_path, parse_lora_spec
+    from dreambooth.models.specs import is_lora_output, lora_output_base
     out = tmp_path / "run"
     out.mkdir()
     (out / "training_args.json").write_text(json.dumps({"model": "org/base", "vae": None, "method": "lora"}))
     (out / "pytorch_lora_weights.safetensors").write_bytes(b"")
-    assert resolve_lora_output(str(out), [("style.safetensors", 0.5)]) == \
-        ("org/base", [(str(out), 1.0), ("style.safetensors", 0.5)], None)
+    assert is_lora_output(out) and lora_output_base(out) == ("org/base", None)
+    lora = lora_from_path(str(out))
+    assert lora.name == "run" and lora.load == out / "pytorch_lora_weights.safetensors"
+    assert lora.shown == lora.load                                      # no kohya file beside it
+    (out / "run.safetensors").write_bytes(b"")
+    assert lora_from_path(str(out)).shown == out / "run.safetensors"    # the file A1111 loads
     (out / "training_args.json").write_text(json.dumps({"model": "org/base", "vae": "org/fp16-fix-vae"}))
-    assert resolve_lora_output(str(out))[2] == "org/fp16-fix-vae"            # the VAE it was trained with
-    assert resolve_lora_output(str(out), vae="mine")[2] == "mine"             # unless the user names one
+    assert lora_output_base(out)[1] == "org/fp16-fix-vae"            # the VAE it was trained with
     full = tmp_path / "full"
     full.mkdir()
     (full / "model_index.json").write_text("{}")
     (full / "training_args.json").write_text(json.dumps({"model": "org/base"}))
-    assert resolve_lora_output(str(full)) == (str(full), [], None)
+    assert not is_lora_output(full)
     assert parse_lora_spec("a/b.safetensors:0.7") == ("a/b.safetensors", 0.7)
     assert parse_lora_spec("a/b.safetensors") == ("a/b.safetensors", 1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dreambooth.data import Example, ExampleStream
+from dreambooth.training.data import Example, ExampleStream
 
 
 def _examples(prompt: str, colours) -> list[Example]:

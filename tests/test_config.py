@@ -1,7 +1,7 @@
 """Presets, precedence and validation of the typed config."""
 import pytest
 
-from dreambooth.config import PRESET_DIR, TrainConfig, build_config, load_preset
+from dreambooth.training.config import PRESET_DIR, TrainConfig, build_config, load_preset
 from dreambooth.errors import UserError
 
 
@@ -38,10 +38,12 @@ def test_shipped_presets_load_with_the_seeds_settings(name):
 @pytest.mark.parametrize("change, flag", [({"method": "dora"}, "--method"), ({"max_steps": 0}, "--max-steps"),
                                          ({"resolution": 100}, "--resolution"), ({"mixed_precision": "fp8"}, "--mixed-precision"),
                                          ({"lora_dropout": 1.5}, "--lora-dropout"),
-                                         ({"backdrop_augment": 1.5}, "--backdrop-augment"),
+                                         ({"class_sampler": "Foo"}, "--class-sampler Foo: unknown"),
+                                         ({"validation_cfg": float("nan")}, "--validation-cfg nan"),
+                                         ({"model": None}, "--model toy"),
                                          ({"caption_dropout": 1.5}, "--caption-dropout")])
 def test_validate_names_the_flag(change, flag):
-    cfg = TrainConfig(instance_dir="x", instance_prompt="a sks dog", output="o").replace(**change)
+    cfg = TrainConfig(model="m", instance_dir="x", instance_prompt="a sks dog", output="o").replace(**change)
     with pytest.raises(UserError, match=flag):
         cfg.validate()
 
@@ -53,3 +55,20 @@ def test_family_and_method_defaults():
     assert cfg.learning_rate == 1e-4 and cfg.alpha == 8.0
     assert TrainConfig(class_prompt="a dog").use_prior and not TrainConfig().use_prior
     assert not TrainConfig(class_prompt="a dog", prior_preservation=False).use_prior
+
+
+def test_train_without_a_model_is_one_line_naming_the_toy(tmp_path):
+    from conftest import run_cli
+    assert TrainConfig().model is None                     # no silent default model
+    code, out, err = run_cli("train", "--instance-dir", tmp_path, "--instance-prompt", "a sks dog",
+                             "--output", tmp_path / "o")
+    assert code == 2 and "--model" in err and "--model toy" in err and err.count("\n") == 1, err
+
+
+def test_help_shows_real_defaults_for_every_flag():
+    from conftest import run_cli
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "_MISSING_TYPE" not in out and "object at 0x" not in out
+    flat = " ".join(out.split())
+    assert "Seeds for validation images. [default: 0 1 2 3]" in flat
+    assert "[default: DPM++ 2M]" in flat

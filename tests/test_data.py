@@ -4,7 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dreambooth.data import Example, ExampleStream, crop_and_flip, load_examples, load_image, to_rgb
+from dreambooth.images import open_image as load_image
+from dreambooth.images import to_rgb
+from dreambooth.training.data import Example, ExampleStream, crop_and_flip, load_examples
 from dreambooth.errors import UserError
 
 

@@ -19,7 +19,7 @@ SIZES = [(300, 200), (200, 320), (256, 256), (512, 384)]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from dreambooth.evaluate import save_tiny_eval_models
+    from dreambooth.testing.eval_models import save_tiny_eval_models
     return save_tiny_eval_models(tmp_path_factory.mktemp("eval-models"))
 
 
@@ -195,7 +195,7 @@ def test_pres_and_div(models, folders, reference, tmp_path):
 
 
 def test_div_groups_by_prompt():
-    from dreambooth.evaluate import div_score
+    from dreambooth.evaluation.metrics import div_score
     images = [_picture(i, (64, 64)) for i in range(5)]
     prompts = ["a", "a", "a", "b", "b"]
 
@@ -217,7 +217,7 @@ def test_div_groups_by_prompt():
 def test_div_unavailable_without_lpips(monkeypatch):
     import builtins
 
-    from dreambooth.evaluate import load_lpips
+    from dreambooth.evaluation.metrics import load_lpips
     real_import = builtins.__import__
 
     def no_lpips(name, *args, **kwargs):
@@ -260,11 +260,12 @@ def test_prompt_errors(folders, models, tmp_path):
 
 # ----- helpers -----------------------------------------------------------------------------------------
 
-def test_prompt_from_infotext_and_strip_identifier(folders):
-    from dreambooth.evaluate import prompt_from_infotext, read_png_prompt, strip_identifier
-    assert prompt_from_infotext("a sks dog,\nin the snow\nNegative prompt: cat\nSteps: 20, Sampler: Euler, Seed: 1") \
-        == "a sks dog,\nin the snow"
-    assert prompt_from_infotext("a photo\nSteps: 20, Sampler: Euler, CFG scale: 7") == "a photo"
+def test_png_prompts_and_strip_identifier(folders, tmp_path):
+    from dreambooth.evaluation.prompts import read_png_prompt, strip_identifier
+    from dreambooth.images import write_png
+    tagged = write_png(Image.new("RGB", (8, 8)), tmp_path / "t.png",
+                       "a sks dog, <lora:my_dog:0.8>\nin the snow\nNegative prompt: cat\nSteps: 20, Sampler: Euler, Seed: 1")
+    assert read_png_prompt(tagged) == "a sks dog, in the snow"          # LoRA tags are not part of the text
     assert read_png_prompt(sorted(folders["generated"].iterdir())[2]) == PROMPTS[2]
     assert read_png_prompt(sorted(folders["plain"].iterdir())[0]) is None
     assert strip_identifier("a sks dog, sks", "sks") == "a dog,"
@@ -273,7 +274,8 @@ def test_prompt_from_infotext_and_strip_identifier(folders):
 
 
 def test_preprocessing_shape_and_orientation(folders):
-    from dreambooth.evaluate import load_image, resize_center_crop
+    from dreambooth.evaluation.encoders import resize_center_crop
+    from dreambooth.images import open_image as load_image
     upright = load_image(folders["real"] / "03.jpg")
     assert upright.size == (240, 320)  # EXIF orientation applied
     assert resize_center_crop(upright, 256, 224).size == (224, 224)

@@ -9,9 +9,12 @@ from PIL import Image
 
 from conftest import run_cli
 from dreambooth.errors import UserError
-from dreambooth.generate import (GenerationParams, generate_images, load_generation_pipeline, next_number,
-                                 parse_lora_spec, prepare_params)
-from dreambooth.infotext import parse_generation_parameters, read_infotext
+from dreambooth.generation.infotext import parse_generation_parameters, read_infotext
+from dreambooth.generation.loras import parse_lora_spec
+from dreambooth.generation.params import GenerationParams
+from dreambooth.generation.pipeline import load_generation_pipeline
+from dreambooth.generation.sampling import generate, resolve_params
+from dreambooth.outputs import next_number
 
 SMALL = dict(steps=2, width=16, height=16)
 
@@ -32,7 +35,7 @@ def pixels(result_or_image):
 
 
 def gen(pipe, prompt="a dog", **kw):
-    return generate_images(pipe, GenerationParams(prompt, **{**SMALL, "seed": 7, **kw}), progress=False)
+    return generate(pipe, GenerationParams(prompt, **{**SMALL, "seed": 7, **kw}))
 
 
 # ---- seeds and batches ------------------------------------------------------------------------------------------
@@ -46,30 +49,36 @@ def test_same_seed_same_pixels(sd1):
 def test_batches_seeds_files_and_reproduction_alone(sd1, tmp_path):
     params = GenerationParams("a photo of sks dog", sampler="Euler a", seed=1000, batch_size=2, batch_count=2,
                               steps=8)                     # the model's own size: 64 px
-    out = generate_images(sd1, params, tmp_path, progress=False)
+    out = generate(sd1, params, tmp_path)
     assert [r.seed for r in out] == [1000, 1001, 1002, 1003]
     assert [r.path.name for r in out] == ["00001-1000.png", "00002-1001.png", "00003-1002.png", "00004-1003.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [r.path.name for r in out]
     for r in out:
         assert parse_generation_parameters(read_infotext(r.path))["Seed"] == str(r.seed)
     for k in (2, 1):
-        alone = generate_images(sd1, replace(params, seed=1000 + k, batch_size=1, batch_count=1), progress=False)[0]
+        alone = generate(sd1, replace(params, seed=1000 + k, batch_size=1, batch_count=1))[0]
         assert np.array_equal(pixels(alone), pixels(Image.open(out[k].path)))
     assert len({pixels(r).tobytes() for r in out}) == 4
 
 
 def test_batch_unet_runs_image_by_image(sdxl):
-    """Each image of a batch goes through the UNet as a batch of one would: [uncond_i, cond_i]."""
+    """Each image of a batch goes through the UNet as a batch of one would: [uncond_i, cond_i]; with
+    fast batches the whole batch at once."""
     shapes = []
-    handle = sdxl.unet.register_forward_pre_hook(lambda m, a, kw: shapes.append(kw["encoder_hidden_states"].shape[0]),
-                                                 with_kwargs=True)
+    handle = sdxl.pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(kw["encoder_hidden_states"].shape[0]), with_kwargs=True)
     try:
         out = gen(sdxl, batch_size=3, steps=2)
+        exact = list(shapes)
+        shapes.clear()
+        fast = generate(sdxl, GenerationParams("a dog", **{**SMALL, "seed": 7, "batch_size": 3, "steps": 2}),
+                        fast_batches=True)
     finally:
         handle.remove()
-    assert len(out) == 3 and shapes == [6, 6]        # the pipeline's call holds the whole batch...
-    alone = gen(sdxl, seed=9, steps=2)[0]            # ...but image 3 matches its seed alone exactly
+    assert len(out) == 3 and exact == [2] * 6 and shapes == [6, 6]
+    alone = gen(sdxl, seed=9, steps=2)[0]            # image 3 matches its seed alone exactly
     assert np.array_equal(pixels(alone), pixels(out[2]))
+    assert [r.seed for r in fast] == [7, 8, 9]
 
 
 def test_random_seed_is_recorded(sd1):
@@ -83,15 +92,15 @@ def test_numbering_continues_and_never_overwrites(sd1, tmp_path):
     (tmp_path / "grid-00042-1.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
     assert next_number(tmp_path) == 8
-    (r,) = generate_images(sd1, GenerationParams("a dog", seed=5, **SMALL), tmp_path, progress=False)
+    (r,) = generate(sd1, GenerationParams("a dog", seed=5, **SMALL), tmp_path)
     assert r.path.name == "00008-5.png"
     assert (tmp_path / "00007-5.png").read_bytes() == b"not ours"
 
 
 def test_default_size_is_the_models(sd1, sdxl):
     for pipe in (sd1, sdxl):
-        params, _, _ = prepare_params(GenerationParams("x"), pipe)
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        params, _, _ = resolve_params(pipe, GenerationParams("x"))
+        size = pipe.pipe.unet.config.sample_size * pipe.pipe.vae_scale_factor
         assert (params.width, params.height) == (size, size)
 
 
@@ -120,13 +129,13 @@ def _record_text_conditioning(pipe):
 
     def hook(module, args, kwargs):
         calls.append(kwargs["encoder_hidden_states"].detach().clone())
-    return calls, pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls, pipe.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 @pytest.mark.parametrize("sampler, order", [("Euler a", 1), ("Heun", 2)])
 def test_prompt_editing_switches_conditioning_per_step(sd1, sampler, order):
-    from dreambooth.prompts import PromptEncoder
-    enc = PromptEncoder(sd1)
+    from dreambooth.generation.conditioning import PromptEncoder
+    enc = PromptEncoder(sd1.pipe)
     dog, cat = enc.encode("a dog").embeds, enc.encode("a cat").embeds
     calls, handle = _record_text_conditioning(sd1)
     try:
@@ -141,8 +150,8 @@ def test_prompt_editing_switches_conditioning_per_step(sd1, sampler, order):
 
 
 def test_alternation_cycles_every_step(sd1):
-    from dreambooth.prompts import PromptEncoder
-    enc = PromptEncoder(sd1)
+    from dreambooth.generation.conditioning import PromptEncoder
+    enc = PromptEncoder(sd1.pipe)
     calls, handle = _record_text_conditioning(sd1)
     try:
         gen(sd1, "a [dog|cat|red]", steps=5, sampler="DPM++ 2M")
@@ -163,8 +172,8 @@ def test_prompt_editing_changes_the_image(sd1):
 
 
 def test_editing_without_cfg(sd1):
-    from dreambooth.prompts import PromptEncoder
-    enc = PromptEncoder(sd1)
+    from dreambooth.generation.conditioning import PromptEncoder
+    enc = PromptEncoder(sd1.pipe)
     calls, handle = _record_text_conditioning(sd1)
     try:
         gen(sd1, "a [dog:cat:1]", cfg_scale=1.0, steps=3)
@@ -198,21 +207,21 @@ def test_img2img(sd1, tmp_path):
     init = tmp_path / "init.png"
     _noise_image(24, 16).save(init)
     params = GenerationParams("a dog", init_image=str(init), strength=0.5, steps=4, seed=3)
-    (r,) = generate_images(sd1, params, progress=False)
+    (r,) = generate(sd1, params)
     assert r.image.size == (24, 16)                        # the init image's size by default
     assert "Denoising strength: 0.5" in r.infotext and "Size: 24x16" in r.infotext
-    (again,) = generate_images(sd1, params, progress=False)
+    (again,) = generate(sd1, params)
     assert np.array_equal(pixels(r), pixels(again))
-    (stronger,) = generate_images(sd1, replace(params, strength=1.0), progress=False)
-    (other_init,) = generate_images(sd1, replace(params, init_image=_noise_image(24, 16, seed=5)), progress=False)
+    (stronger,) = generate(sd1, replace(params, strength=1.0))
+    (other_init,) = generate(sd1, replace(params, init_image=_noise_image(24, 16, seed=5)))
     assert not np.array_equal(pixels(stronger), pixels(r))
     assert not np.array_equal(pixels(other_init), pixels(r))                 # the init image matters
 
 
 def test_sdxl_img2img(sdxl):
     init = _noise_image(16, 24, seed=2)
-    (r,) = generate_images(sdxl, GenerationParams("a dog", init_image=init, strength=0.6, steps=3, seed=1,
-                                                  sampler="DPM++ 2M SDE"), progress=False)
+    (r,) = generate(sdxl, GenerationParams("a dog", init_image=init, strength=0.6, steps=3, seed=1,
+                                                  sampler="DPM++ 2M SDE"))
     assert r.image.size == (16, 24)
 
 
@@ -222,12 +231,12 @@ def test_params_from_webui_infotext():
     p = GenerationParams.from_infotext(info, seed=1)
     assert (p.prompt, p.negative_prompt, p.steps, p.cfg_scale, p.seed, p.width, p.height, p.strength) == \
         ("a cat", "dull", 12, 6.5, 1, 512, 768, 0.4)
-    from dreambooth.samplers import resolve
+    from dreambooth.generation.samplers import resolve
     assert resolve(p.sampler, p.schedule)[1] == "Karras"
 
 
 def test_model_hash_of_a_folder(tiny_sd1, tmp_path):
-    from dreambooth.generate import model_hash
+    from dreambooth.models.hashes import model_hash
     h = model_hash(tiny_sd1)
     assert len(h) == 10 and model_hash(tiny_sd1) == h
     single = tmp_path / "m.safetensors"
@@ -240,8 +249,8 @@ def test_inpaint_keeps_unmasked_pixels(sd1, sdxl):
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[:, :8] = 255
     for pipe in (sd1, sdxl):
-        (r,) = generate_images(pipe, GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask),
-                                                      strength=0.9, steps=3, seed=1), progress=False)
+        (r,) = generate(pipe, GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask),
+                                                      strength=0.9, steps=3, seed=1))
         out = pixels(r)
         assert np.array_equal(out[:, 8:], pixels(init)[:, 8:])
         assert not np.array_equal(out[:, :8], pixels(init)[:, :8])
@@ -252,13 +261,16 @@ def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
         (GenerationParams("x", sampler="Foo"), "--sampler Foo: unknown; valid: "),
         (GenerationParams("x", init_image=str(tmp_path / "missing.png")), "--init-image"),
         (GenerationParams("x", mask=str(tmp_path / "m.png")), "--mask"),
-        (GenerationParams("x", width=20), "--width 20: must be a positive multiple of 8"),
+        (GenerationParams("x", width=20), "--width 20: must be a multiple of 8"),
+        (GenerationParams("x", cfg_scale=float("nan")), "--cfg nan: must be a finite number"),
+        (GenerationParams("x", seed=-2), "--seed -2"),
+        (GenerationParams("x", seed=2**70), "--seed"),
         (GenerationParams("x", steps=0), "--steps 0"),
         (GenerationParams("x", sampler="DDIM", schedule="Karras"), "allowed: Automatic"),
     ]
     for params, message in cases:
         with pytest.raises(UserError) as err:
-            generate_images(sd1, params, progress=False)
+            generate(sd1, params)
         assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -299,7 +311,7 @@ def test_loras(tiny_sd1, sd1, tmp_path):
     (r,) = gen(from_output)
     assert not np.array_equal(pixels(r), base)
     info = parse_generation_parameters(r.infotext)
-    assert info["Lora weights"] == "sks_lora: 1" and info["Lora hashes"].startswith("sks_lora: ")
+    assert info["Prompt"] == "a dog <lora:sks_lora:1>" and info["Lora hashes"].startswith("sks_lora: ")
     assert info["Model"] == tiny_sd1.name
 
     kohya = load_generation_pipeline(str(tiny_sd1), [(str(kohya_file), 1.0)])
@@ -312,9 +324,8 @@ def test_loras(tiny_sd1, sd1, tmp_path):
         load_generation_pipeline(str(tiny_sd1), [(str(tmp_path / "nope.safetensors"), 1.0)])
 
     # the infotext says where model and LoRA were: --from-image needs neither --model nor --lora
-    (saved,) = generate_images(from_output, GenerationParams("a dog", seed=7, **SMALL), tmp_path / "out",
-                               progress=False)
-    assert json.loads(parse_generation_parameters(saved.infotext)["Lora paths"]) == [[str(lora_dir.resolve()), 1.0]]
+    (saved,) = generate(from_output, GenerationParams("a dog", seed=7, **SMALL), tmp_path / "out")
+    assert json.loads(parse_generation_parameters(saved.infotext)["Lora paths"]) == {"sks_lora": str(lora_dir.resolve())}
     code, stdout, err = run_cli("generate", "--from-image", saved.path, "--output", tmp_path / "again")
     assert code == 0, err
     assert np.array_equal(pixels(Image.open(stdout.split()[0])), pixels(r))
@@ -369,13 +380,21 @@ def test_cli_errors_are_one_line(tiny_sd1, tmp_path):
     assert code == 2 and "--model" in err
     code, out, err = run_cli("generate", "--from-image", tmp_path / "none.png")
     assert code == 2 and "--from-image" in err
-    from dreambooth.infotext import write_png
+    from dreambooth.images import write_png
     png = write_png(Image.new("RGB", (8, 8)), tmp_path / "other.png", "a\nSteps: 1, Seed: 1, Model: elsewhere")
     code, out, err = run_cli("generate", "--from-image", png)
     assert code == 2 and "Model: elsewhere" in err and "pass --model" in err and err.count("\n") == 1
 
 
-def test_progress_bar(sd1, monkeypatch, capsys):
-    monkeypatch.delenv("DREAMBOOTH_NO_PROGRESS", raising=False)
-    generate_images(sd1, GenerationParams("a dog", batch_count=2, **SMALL), progress=True)
-    assert "2.0/2 images" in capsys.readouterr().err
+def test_progress_events_and_the_terminal_bar(sd1, monkeypatch, capsys):
+    from dreambooth import progress
+    from dreambooth.terminal import TerminalBars
+    events = []
+    with progress.subscribed(events.append), progress.subscribed(TerminalBars(bars=True)):
+        generate(sd1, GenerationParams("a dog", batch_count=2, **SMALL))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("advance") == 2 * SMALL["steps"]
+    assert events[-1].task == "generating" and events[-1].total == 2 and events[-1].completed == pytest.approx(2)
+    assert events[-1].rate and events[-1].eta == pytest.approx(0)
+    err = capsys.readouterr().err
+    assert "generating" in err and "2/2" in err

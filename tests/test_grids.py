@@ -5,10 +5,12 @@ from PIL import Image
 
 from conftest import run_cli
 from dreambooth.errors import UserError
-from dreambooth.generate import GenerationParams, load_generation_pipeline
-from dreambooth.grids import (annotated_grid, apply_axis, parse_axis, prompt_matrix_prompts, run_prompt_matrix,
+from dreambooth.generation.params import GenerationParams
+from dreambooth.generation.pipeline import load_generation_pipeline
+from dreambooth.grid import annotated_grid
+from dreambooth.generation.xyz import (apply_axis, parse_axis, prompt_matrix_prompts, run_prompt_matrix,
                               run_xyz)
-from dreambooth.infotext import parse_generation_parameters, read_infotext
+from dreambooth.generation.infotext import parse_generation_parameters, read_infotext
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_annotated_grid_layout():
 
 def test_prompt_matrix_run(sd1, tmp_path):
     params = GenerationParams("a dog|in the snow|oil painting", steps=1, width=16, height=16, seed=9)
-    result = run_prompt_matrix(sd1, params, tmp_path, progress=False)
+    result = run_prompt_matrix(sd1, params, tmp_path)
     assert [r.prompt for r in result.images] == prompt_matrix_prompts(params.prompt)[0]
     assert {r.seed for r in result.images} == {9}                               # one seed for all
     assert [r.path.name for r in result.images] == [f"0000{k}-9.png" for k in range(1, 5)]
@@ -87,13 +89,13 @@ def test_prompt_matrix_run(sd1, tmp_path):
     assert grid.width > 2 * 16 and grid.height > 2 * 16                         # 2x2 cells plus labels
     assert parse_generation_parameters(read_infotext(result.grid_path))["Prompt"] == "a dog"
     with pytest.raises(UserError, match="no '\\|'"):
-        run_prompt_matrix(sd1, GenerationParams("a dog"), None, progress=False)
+        run_prompt_matrix(sd1, GenerationParams("a dog"), None)
 
 
 def test_xyz_run(sd1, tmp_path):
     params = GenerationParams("a dog", steps=1, width=16, height=16, seed=4)
     result = run_xyz(sd1, params, x="Sampler: Euler a, DDIM", y="CFG scale: 3, 7", z="Prompt S/R: dog, cat",
-                     output_dir=tmp_path, progress=False)
+                     output_dir=tmp_path)
     assert len(result.images) == 8
     infos = [parse_generation_parameters(r.infotext) for r in result.images]
     assert [(i["Prompt"], i["CFG scale"], i["Sampler"]) for i in infos[:4]] == [

@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from dreambooth.config import build_config
-from dreambooth.identifier import identifier_token_ids
+from dreambooth.training.callbacks import TrainingCallback
+
+from dreambooth.training.config import build_config
+from dreambooth.models.identifier import identifier_token_ids
 from dreambooth.models import load_pipeline
-from dreambooth.tokens import identifier_words
-from dreambooth.train import train
+from dreambooth.models.tokens import identifier_words
+from dreambooth.training.trainer import train
 
 
 def test_identifier_words_are_the_instance_words_the_class_lacks():
@@ -17,7 +19,7 @@ def test_identifier_words_are_the_instance_words_the_class_lacks():
 
 def _config(model, photos, out, **changes):
     values = dict(model=str(model), instance_dir=str(photos), instance_prompt="a photo of sks dog",
-                  class_prompt="a photo of dog", num_class_images=2, class_steps=2, class_batch_size=2,
+                  class_prompt="a photo of dog", num_class_images=2, class_steps=2,
                   method="full", resolution=32, max_steps=4, learning_rate=1e-4, identifier_lr=1e-2,
                   output=str(out))
     values.update(changes)
@@ -54,9 +56,9 @@ def test_resume_keeps_the_identifier_offset(tiny_sd1, dog_photos, tmp_path):
     common = dict(max_steps=4, checkpoint_every=2, keep_checkpoints=0)
     straight = train(_config(tiny_sd1, dog_photos, tmp_path / "a", **common), callbacks=[])
 
-    class Kill:
-        def on_step_end(self, run):
-            if run.step == 3:
+    class Kill(TrainingCallback):
+        def on_step_end(self, run, step):
+            if step.step == 3:
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -1,8 +1,9 @@
 """Infotext: written into PNGs in the WebUI's format, read back by the WebUI's rules."""
 from PIL import Image
 
-from dreambooth.infotext import (A1111_DEFAULTS, format_infotext, parse_generation_parameters, quote, read_infotext,
-                                 unquote, write_png)
+from dreambooth.generation.infotext import (A1111_DEFAULTS, format_infotext, parse_generation_parameters, quote, read_infotext,
+                                 unquote)
+from dreambooth.images import write_png
 
 # The example in the WebUI's docstring of parse_generation_parameters.
 A1111_EXAMPLE = """girl with an artist's beret, determined, blue eyes, desert scene, computer monitors, heavy makeup, by Alphonse Mucha and Charlie Bowater, ((eyeshadow)), (coquettish), detailed, intricate

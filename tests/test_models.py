@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from dreambooth.config import build_config
+from dreambooth.training.config import build_config
 from dreambooth.errors import UserError
 from dreambooth.models import detect_family, family_of, load_pipeline, resolve_model
-from dreambooth.train import Trainer
+from dreambooth.training.trainer import Trainer
 
 
 def _fake_hub_cache(root, repo_id, folder):
@@ -55,7 +55,7 @@ def test_families_are_read_from_components(tiny_sd1, tiny_sd2, tiny_sdxl):
 
 
 def test_vae_replacement(tiny_sd1, tmp_path):
-    from dreambooth.tiny import _vae
+    from dreambooth.testing.tiny import _vae
     vae = _vae(seed=123)
     vae.save_pretrained(tmp_path / "vae")
     pipe = load_pipeline(str(tiny_sd1), vae=str(tmp_path / "vae"))
@@ -89,7 +89,7 @@ def test_tokens_command_lists_rare_single_tokens(tiny_sd1):
 
 
 def test_identifier_warnings(tiny_sd1):
-    from dreambooth.tokens import identifier_warnings
+    from dreambooth.models.tokens import identifier_warnings
     tok = load_pipeline(str(tiny_sd1)).tokenizer
     assert identifier_warnings(tok, "a photo of zwx dog", "a photo of dog") == []
     assert "splits into" in identifier_warnings(tok, "a photo of qqvvzz dog", "a photo of dog")[0]

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_cli
 from dreambooth.errors import UserError
-from dreambooth.samplers import SAMPLERS, make_scheduler, resolve, sampler_names, sampler_table
+from dreambooth.generation.samplers import SAMPLERS, make_scheduler, resolve, sampler_names, sampler_table
 
 
 @pytest.fixture(autouse=True)
@@ -101,17 +101,17 @@ def test_list_samplers_cli():
 
 @pytest.fixture(scope="module")
 def pipes(tiny_sd1, tiny_sdxl):
-    from dreambooth.generate import load_generation_pipeline
+    from dreambooth.generation.pipeline import load_generation_pipeline
     return {"sd1": load_generation_pipeline(str(tiny_sd1)), "sdxl": load_generation_pipeline(str(tiny_sdxl))}
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_every_sampler_runs(pipes, family):
-    from dreambooth.generate import GenerationParams, generate_images
+    from dreambooth.generation.params import GenerationParams
+    from dreambooth.generation.sampling import generate
     pipe = pipes[family]
     for name in sampler_names():
-        out = generate_images(pipe, GenerationParams("a dog", sampler=name, steps=2, seed=3, width=16, height=16),
-                              progress=False)
+        out = generate(pipe, GenerationParams("a dog", sampler=name, steps=2, seed=3, width=16, height=16))
         pixels = np.asarray(out[0].image)
         assert pixels.shape == (16, 16, 3) and np.isfinite(pixels).all(), name
         assert f"Sampler: {name}," in out[0].infotext

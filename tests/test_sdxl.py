@@ -6,8 +6,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from dreambooth.config import build_config
-from dreambooth.train import Trainer
+from dreambooth.training.config import build_config
+from dreambooth.training.trainer import Trainer
 
 COMMON = ["--instance-prompt", "a photo of sks dog", "--class-prompt", "a photo of dog", "--num-class-images", "2",
           "--class-steps", "2", "--train-text-encoder", "--resolution", "64", "--max-steps", "4"]

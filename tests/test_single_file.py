@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from dreambooth.single_file import (_apply_prefixes, _convert_vae, clip_to_original, export_single_file,
+from dreambooth.models.single_file import (_apply_prefixes, _convert_vae, clip_to_original, export_single_file,
                                     open_clip_to_original, unet_key_map)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -71,7 +71,7 @@ def _model_type(path):
 def wide_sd2(tmp_path_factory):
     """Tiny SD2 with what diffusers' SD2 detection keys on: two layers per level (so
     ``input_blocks.2.1`` is an attention block) and a 1024-wide text encoder/cross-attention."""
-    from dreambooth.tiny import build_sd_pipeline
+    from dreambooth.testing.tiny import build_sd_pipeline
     pipe = build_sd_pipeline(2)
     torch.manual_seed(5)
     pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "layers_per_block": 2, "cross_attention_dim": 1024})
@@ -87,7 +87,7 @@ def wide_sd2(tmp_path_factory):
 def wide_sdxl(tmp_path_factory):
     """Tiny SDXL whose second encoder is wider than the first (48 vs 32, as bigG vs CLIP-L) and
     has ten layers (SDXL detection looks for ``resblocks.9``)."""
-    from dreambooth.tiny import build_sdxl_pipeline
+    from dreambooth.testing.tiny import build_sdxl_pipeline
     pipe = build_sdxl_pipeline()
     config = pipe.text_encoder_2.config.to_dict()
     config.update(hidden_size=48, intermediate_size=96, num_hidden_layers=10, projection_dim=48)

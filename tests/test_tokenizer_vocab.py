@@ -1,6 +1,6 @@
 """The small CLIP tokenizers we write: every listed word must be exactly one token."""
-from dreambooth.tiny import TINY_WORDS
-from dreambooth.tokenizer_vocab import write_clip_tokenizer
+from dreambooth.testing.tiny import TINY_WORDS
+from dreambooth.testing.vocab import write_clip_tokenizer
 
 
 def test_every_word_is_one_token_whatever_the_order(tmp_path):

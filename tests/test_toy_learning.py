@@ -4,7 +4,7 @@ and prior preservation keeps the subject out of the class prompt.
 The subject is a green square with a white checker, pictured on red and blue; the oracle reads every
 sample of "a sks square on a {purple, orange, black, yellow} background" and of "a square". Before
 training the base never draws the subject; after a short full run (the toy defaults but 500 steps and
-no backdrop settings, through ``dreambooth.train.train``) it does on many samples of those new backgrounds. Without prior
+no backdrop transform, through ``dreambooth.training.train``) it does on many samples of those new backgrounds. Without prior
 preservation the class prompt is pulled toward the subject (its pattern in its colours); with it,
 less. About 5 CPU minutes.
 """
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
     from dreambooth.models import load_pipeline
     from dreambooth.toy import demo
     from dreambooth.toy.world import Subject
-    from dreambooth.train import train
+    from dreambooth.training.trainer import train
 
     subject = Subject(*SUBJECT)
     root = tmp_path_factory.mktemp("toy-learning")
@@ -47,13 +47,12 @@ def runs(tmp_path_factory):
     torch.manual_seed(0)
     scores = {"before": measure(load_pipeline("toy"))}
     for name, prior in (("prior", True), ("no_prior", False)):
-        # Without the toy defaults' backdrop settings: with them the subject hardly drifts into the class
+        # Without the toy preset's backdrop transform: with it the subject hardly drifts into the class
         # prompt even without prior preservation (2 of 24 samples), too thin a margin to test the prior on.
         config = demo.demo_config(root / name, None, instance_dir, subject, max_steps=STEPS,
-                                  prior_preservation=prior, class_dir=str(root / "class_images"),
-                                  backdrop_augment=0.0, backdrop_loss_weight=1.0)
-        result = train(config)
-        scores[name] = measure(demo.load_trained(result.output, config.method))
+                                  prior_preservation=prior, class_dir=str(root / "class_images"))
+        result = train(config, transforms=[])
+        scores[name] = measure(demo.load_trained(result.output))
     print(scores)   # the figures, for the record (pytest -s)
     return scores
 

@@ -5,14 +5,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
+from dreambooth.training.callbacks import TrainingCallback
 from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from dreambooth.config import build_config
-from dreambooth.train import Trainer, TrainingStopped, train
+from dreambooth.training.config import build_config
+from dreambooth.training.trainer import Trainer, TrainingStopped, train
 
-FAST = ["--class-steps", "2", "--class-batch-size", "4"]
+FAST = ["--class-steps", "2"]
 
 
 def _pipe(path):
@@ -104,7 +106,7 @@ def test_bad_input_is_one_line_exit_2(tiny_sd1, dog_photos, tmp_path, args, need
 
 def test_unsupported_family_is_one_line(tmp_path, dog_photos):
     from diffusers import UNet2DConditionModel
-    from dreambooth.tiny import build_sd_pipeline
+    from dreambooth.testing.tiny import build_sd_pipeline
     pipe = build_sd_pipeline()
     pipe.unet = UNet2DConditionModel(**{**pipe.unet.config, "in_channels": 9})   # an inpainting UNet
     pipe.save_pretrained(tmp_path / "inpaint")
@@ -154,9 +156,9 @@ def test_resume_continues_exactly(tiny_sd1, dog_photos, tmp_path):
                   resolution=32, max_steps=6, learning_rate=1e-3, checkpoint_every=3, keep_checkpoints=0, random_flip=True)
     straight = train(build_config(None, dict(common, output=str(tmp_path / "a"))), callbacks=[])
     # A second run is killed during step 4, after its step-3 checkpoint ...
-    class Kill:
-        def on_step_end(self, run):
-            if run.step == 4:
+    class Kill(TrainingCallback):
+        def on_step_end(self, run, step):
+            if step.step == 4:
                 raise KeyboardInterrupt
 
     partial = tmp_path / "b"

@@ -1,7 +1,6 @@
 """Validation during training: grids, the metrics CSV, the curve and the kept best step."""
 import csv
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,13 +8,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from dreambooth.validation import (ValidationCallback, best_checkpoint, default_validation_prompts, infer_identifier,
-                                   subject_phrase, validation_callbacks)
+from dreambooth.training.config import TrainConfig
+from dreambooth.training.validation import (ValidationSettings, Validator, best_checkpoint, default_validation_prompts,
+                                            infer_identifier, subject_phrase)
 
 
 @pytest.fixture(scope="module")
 def eval_models(tmp_path_factory):
-    from dreambooth.evaluate import save_tiny_eval_models
+    from dreambooth.testing.eval_models import save_tiny_eval_models
     return save_tiny_eval_models(tmp_path_factory.mktemp("val-eval-models"))
 
 
@@ -52,25 +52,23 @@ def test_training_with_validate_every(tiny_sd1, dog_photos, eval_models, tmp_pat
     assert any(k.startswith("unet.") for k in load_file(str(kept / "pytorch_lora_weights.safetensors")))
 
 
-# ----- the callback protocol with a stand-in trainer -------------------------------------------------------
-
-class StubPipe:
-    """Answers like a diffusers pipeline: one small image per prompt in the batch."""
-
-    def __call__(self, prompt, generator, **kwargs):
-        return SimpleNamespace(images=[Image.new("RGB", (16, 16), (int(g.initial_seed()) * 40 % 255, 0, 0))
-                                       for g in generator])
-
+# ----- the validator with a stand-in trainer ------------------------------------------------------------
 
 class FakeRun:
+    """What the validator uses of a trainer: config, output, step, the pipeline, saving weights."""
+
     def __init__(self, config, pipe=None):
+        from pathlib import Path
         self.config, self.step, self.saved = config, 0, []
-        self._pipe = pipe or StubPipe()
+        self.output = Path(config.output)
+        self.pipe = pipe
+        self.autocast_dtype = None
 
-    def pipeline(self):
-        return self._pipe
+    def generation_pipeline(self):
+        from dreambooth.generation.pipeline import GenerationPipeline
+        return GenerationPipeline(self.pipe)
 
-    def save_checkpoint(self, path):
+    def save_model(self, path):
         path.mkdir(parents=True)
         (path / "step.txt").write_text(str(self.step))
         self.saved.append(self.step)
@@ -82,35 +80,38 @@ def _config(tmp_path, dog_photos, **extra):
                   instance_prompt="a photo of sks dog", class_prompt="a photo of dog", resolution=32,
                   dino_model=None, clip_model=None)
     values.update(extra)
-    return SimpleNamespace(**values)
+    return TrainConfig(**values)
 
 
-def _scripted(callback, scores):
-    """Replace the evaluation models with scripted (dino, clip_t) per validation."""
+def _scripted(validator, scores):
+    """Replace the images and evaluation models with scripted (dino, clip_t) per validation."""
     it = iter(scores)
-    callback._load_evaluator = lambda: setattr(callback, "evaluator", object())
+    validator._load_evaluator = lambda: setattr(validator, "evaluator", object())
+    n = len(validator.settings.prompts) * len(validator.settings.seeds)
+    validator._generate = lambda step: ([Image.new("RGB", (16, 16))] * n, [])
 
     def score(images):
         dino, clip_t = next(it)
         return {"dino": dino, "clip_i": dino, "clip_t": clip_t, "pres": 0.1}
-    callback._score = score
+    validator._score = score
 
 
-def _train(callback, run, steps, last):
-    callback.on_train_start(run)
-    for s in range(1, last + 1):
+def _train(validator, run, last):
+    run.step = 0
+    validator.start()
+    for s in range(1, last):
         run.step = s
-        callback.on_step_end(run)
-    callback.on_train_end(run)
+        validator.after_step(s)
+    run.step = last
+    validator.end(last)
 
 
 def test_best_balance_rule(tmp_path, dog_photos):
-    config = _config(tmp_path, dog_photos)
-    (cb,) = validation_callbacks(config)
+    run = FakeRun(_config(tmp_path, dog_photos))
+    cb = Validator(run)
     # step 0 is the reference (CLIP-T 0.30: trained steps need >= 0.27)
     _scripted(cb, [(0.5, 0.30), (0.6, 0.29), (0.7, 0.28), (0.9, 0.20), (0.65, 0.30)])
-    run = FakeRun(config)
-    _train(cb, run, None, 35)
+    _train(cb, run, 35)
     assert run.saved == [10, 20]  # 30 has the best DINO but lost too much CLIP-T; 35 (the end) has less DINO
     best = json.loads((tmp_path / "validation" / "best.json").read_text())
     assert best["step"] == 20 and best["reference_clip_t"] == pytest.approx(0.30)
@@ -122,57 +123,55 @@ def test_best_balance_rule(tmp_path, dog_photos):
 
 
 def test_best_falls_back_to_clip_t(tmp_path, dog_photos):
-    config = _config(tmp_path, dog_photos)
-    (cb,) = validation_callbacks(config)
+    run = FakeRun(_config(tmp_path, dog_photos))
+    cb = Validator(run)
     _scripted(cb, [(0.5, 0.30), (0.9, 0.20), (0.5, 0.25), (0.4, 0.29)])
-    run = FakeRun(config)
-    _train(cb, run, None, 30)
+    _train(cb, run, 30)
     assert run.saved == [10, 20, 30]  # no step qualifies until 30: meanwhile the highest CLIP-T
 
 
 def test_fresh_run_drops_a_stale_best_and_resume_keeps_the_curve(tmp_path, dog_photos):
     config = _config(tmp_path, dog_photos)
-    (cb,) = validation_callbacks(config)
-    _scripted(cb, [(0.5, 0.30), (0.6, 0.30), (0.7, 0.30)])
     run = FakeRun(config)
-    _train(cb, run, None, 20)
+    cb = Validator(run)
+    _scripted(cb, [(0.5, 0.30), (0.6, 0.30), (0.7, 0.30)])
+    _train(cb, run, 20)
     assert best_checkpoint(tmp_path) is not None
     # resumed at step 10: the curve up to 10 stays, step 10 ranks best again but the kept weights (step 20)
     # are past the resume point and go; step 20 is redone and kept
-    (resumed,) = validation_callbacks(config)
-    _scripted(resumed, [(0.8, 0.30)])
     run = FakeRun(config)
+    resumed = Validator(run)
+    _scripted(resumed, [(0.8, 0.30)])
     run.step = 10
-    resumed.on_train_start(run)
+    resumed.start()
     assert [r["step"] for r in resumed.rows] == [0, 10] and resumed.best["step"] == 10
     assert best_checkpoint(tmp_path) is None
     run.step = 20
-    resumed.on_step_end(run)
-    resumed.on_train_end(run)
+    resumed.after_step(20)
+    resumed.end(20)
     assert [int(r["step"]) for r in _rows(tmp_path / "validation" / "metrics.csv")] == [0, 10, 20]
     assert (best_checkpoint(tmp_path) / "step.txt").read_text() == "20"
     # a fresh run in the same output never takes the earlier run's best for its own
-    (fresh,) = validation_callbacks(config)
-    _scripted(fresh, [(0.5, 0.30)])
     run = FakeRun(config)
-    fresh.on_train_start(run)
+    fresh = Validator(run)
+    _scripted(fresh, [(0.5, 0.30)])
+    fresh.start()
     assert best_checkpoint(tmp_path) is None
 
 
-def test_without_evaluation_models_grids_only(tmp_path, dog_photos, caplog):
-    from dreambooth.tiny import build_sd_pipeline
-    pipe = build_sd_pipeline()
-    pipe.set_progress_bar_config(disable=True)
+def test_without_evaluation_models_grids_only(tmp_path, dog_photos):
+    from dreambooth.testing.tiny import build_sd_pipeline
     config = _config(tmp_path, dog_photos, dino_model="nobody/not-cached", validation_prompts=["a sks dog"],
-                     validation_seeds=[3])
-    (cb,) = validation_callbacks(config)
-    run = FakeRun(config, pipe)
+                     validation_seeds=[3], validation_sampler="DDIM")
+    run = FakeRun(config, build_sd_pipeline())
+    cb = Validator(run)
     torch.manual_seed(5)
-    cb.on_train_start(run)
+    done = cb.start()
     assert torch.equal(torch.rand(3), torch.manual_seed(5) and torch.rand(3))  # training randomness untouched
+    assert done.step == 0 and [f.name for f in done.images] == ["00001-3.png"] and done.metrics == {}
     run.step = 10
-    cb.on_step_end(run)
-    cb.on_train_end(run)
+    cb.after_step(10)
+    cb.end(10)
     assert sorted(p.name for p in (tmp_path / "validation").glob("step-*.png")) == ["step-000000.png", "step-000010.png"]
     rows = _rows(tmp_path / "validation" / "metrics.csv")
     assert [r["step"] for r in rows] == ["0", "10"] and all(r["dino"] == "" for r in rows)
@@ -189,5 +188,6 @@ def test_prompts_and_identifier():
     assert infer_identifier("a photo of zwx cat", "a photo of cat") == "zwx"
     assert infer_identifier("a photo of sks dog") == "sks"
     assert infer_identifier("my dog") is None
-    assert validation_callbacks(SimpleNamespace(validate_every=0)) == []
-    assert isinstance(validation_callbacks(_config("/tmp/x", "/tmp/y"))[0], ValidationCallback)
+    settings = ValidationSettings.from_config(_config("/tmp/x", "/tmp/y", validation_cfg=4.0))
+    assert settings.params.cfg_scale == 4.0 and settings.params.sampler == "DPM++ 2M"
+    assert settings.class_prompt == "a photo of dog" and settings.identifier == "sks"

@@ -1,63 +1,134 @@
-"""Progress bars and console output shared by every long job (rich, on stderr).
+"""Progress of long jobs as events: the one interface every long job reports through.
 
-``DREAMBOOTH_NO_PROGRESS=1`` turns bars off (tests, logs); messages still print.
+A job opens a :func:`task` (training, class images, generation, DreamBench) and advances it; each
+change becomes a :class:`ProgressEvent` handed to every subscriber. Messages (a warning, a note)
+are events too. Nothing here draws: the terminal bar (``dreambooth.terminal``) is one subscriber,
+a server's job log or progress endpoint another.
+
+Subscribers are global (:func:`subscribe`) or limited to the current context
+(:func:`subscribed`, a ``contextvars`` scope: one server thread's job sees only its own events).
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
+import contextvars
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
-
-
-def console() -> Console:
-    # Built on demand so redirected stderr (tests, pipes) is honoured.
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+KINDS = ("start", "advance", "end", "message")
 
 
-def enabled() -> bool:
-    return os.environ.get("DREAMBOOTH_NO_PROGRESS", "0") != "1"
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One change of one task, or a message (``kind == "message"``)."""
+    kind: str                      # start | advance | end | message
+    task: str                      # what runs: "training", "class images", "generating", ...
+    task_id: int                   # unique per task in this process
+    completed: float = 0.0
+    total: float = 0.0
+    elapsed: float = 0.0           # seconds since the task started
+    fields: dict = field(default_factory=dict)   # e.g. {"loss": 0.12, "lr": 1e-4}
+    message: str = ""
+    level: str = "info"            # info | warning (messages)
+
+    @property
+    def rate(self) -> float | None:
+        """Units per second since the task started (None before the first unit)."""
+        return self.completed / self.elapsed if self.completed and self.elapsed > 0 else None
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far (None while unknown)."""
+        rate = self.rate
+        return max(0.0, (self.total - self.completed) / rate) if rate and self.total else None
 
 
-class RateColumn(ProgressColumn):
-    """it/s, or s/it when slower than one per second."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        if not speed:
-            return Text("-- it/s", style="progress.data.speed")
-        return Text(f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.2f} s/it", style="progress.data.speed")
+class Subscriber(Protocol):
+    def __call__(self, event: ProgressEvent) -> None: ...
 
 
-class _Bar:
-    def __init__(self, progress: Progress | None, task):
-        self.progress, self.task = progress, task
+_global: list[Subscriber] = []
+_lock = threading.Lock()
+_scoped: contextvars.ContextVar[tuple[Subscriber, ...]] = contextvars.ContextVar("dreambooth_subscribers", default=())
+_ids = itertools.count(1)
 
-    def advance(self, n: int = 1, **fields) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=n, **fields)
 
-    def update(self, **fields) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, **fields)
+def subscribe(subscriber: Subscriber) -> Callable[[], None]:
+    """Send every event of this process to ``subscriber``; returns the function that stops it."""
+    with _lock:
+        _global.append(subscriber)
+
+    def unsubscribe() -> None:
+        with _lock:
+            if subscriber in _global:
+                _global.remove(subscriber)
+    return unsubscribe
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, extra: str = "", completed: int = 0):
-    """A bar with count, rate, elapsed and ETA; ``extra`` is a format string over task fields
-    (e.g. ``"loss {task.fields[loss]:.4f}"``)."""
-    if not enabled():
-        yield _Bar(None, None)
-        return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    if extra:
-        columns.append(TextColumn(extra))
-    with Progress(*columns, console=console(), transient=False) as progress:
-        fields = {"loss": float("nan")} if "loss" in extra else {}
-        task = progress.add_task(description, total=total, completed=completed, **fields)
-        yield _Bar(progress, task)
+def subscribed(subscriber: Subscriber) -> Iterator[None]:
+    """Within the block (and only in this context: thread, task), events also go to ``subscriber``."""
+    token = _scoped.set(_scoped.get() + (subscriber,))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def emit(event: ProgressEvent) -> None:
+    with _lock:
+        targets = list(_global)
+    for subscriber in (*targets, *_scoped.get()):
+        subscriber(event)
+
+
+def message(text: str, level: str = "info", task: str = "") -> None:
+    """A line for the user (``level`` "warning" for warnings), through the subscribers."""
+    emit(ProgressEvent("message", task, 0, message=text, level=level))
+
+
+def warn(text: str, task: str = "") -> None:
+    message(text, "warning", task)
+
+
+class Task:
+    """A running task: ``advance`` it as units complete; fields ride along (loss, learning rate)."""
+
+    def __init__(self, name: str, total: float, completed: float = 0.0, **fields):
+        self.name, self.total, self.completed = name, float(total), float(completed)
+        self.id = next(_ids)
+        self.fields = dict(fields)
+        self.started = time.monotonic()
+        self._start_completed = self.completed
+
+    def _event(self, kind: str) -> ProgressEvent:
+        # the rate counts only what this run did (a resumed run starts part-way)
+        elapsed = time.monotonic() - self.started
+        return ProgressEvent(kind, self.name, self.id, self.completed, self.total, elapsed, dict(self.fields))
+
+    def advance(self, n: float = 1, **fields) -> None:
+        self.completed += n
+        self.fields.update(fields)
+        emit(self._event("advance"))
+
+    def update(self, **fields) -> None:
+        self.fields.update(fields)
+        emit(self._event("advance"))
+
+    @property
+    def done_this_run(self) -> float:
+        return self.completed - self._start_completed
+
+
+@contextlib.contextmanager
+def task(name: str, total: float, completed: float = 0.0, **fields) -> Iterator[Task]:
+    """Open a task: a start event now, an end event when the block ends (also on error)."""
+    current = Task(name, total, completed, **fields)
+    emit(current._event("start"))
+    try:
+        yield current
+    finally:
+        emit(current._event("end"))

@@ -2,7 +2,16 @@
 ``dreambooth bench`` (the DreamBench protocol for one trained subject)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from ..evaluation.dreambench import PROTOCOL, run_bench, subject_settings
+from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary
+from ..generation.loras import parse_lora_spec
+from ..generation.params import GenerationParams
+from ..generation.pipeline import load_generation_pipeline
+from ..images import list_images
 
 DINO_HELP = "DINO ViT: a folder or a hub id in the local cache (default facebook/dino-vits16)."
 CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai/clip-vit-base-patch32)."
@@ -32,9 +41,6 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
     CLIP-T: mean cosine between each generated image and its prompt (identifier removed), as a raw
     cosine, not x100. Writes OUTPUT/metrics.json.
     """
-    from pathlib import Path
-
-    from ..evaluate import evaluate_dirs, format_summary
     result = evaluate_dirs(real, generated, output, prompts_file=prompts_file, identifier=identifier,
                            keep_identifier=keep_identifier, class_generated_dir=class_generated, div=div,
                            dino_model=dino_model, clip_model=clip_model, device=device, batch_size=batch_size)
@@ -46,6 +52,7 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--model", required=True, help="The trained output: a full model (diffusers folder, single file or "
                                             "cached hub id) or a LoRA training output folder (its base model is read "
                                             "from training_args.json); or a base model with --lora.")
+@click.option("--model-config", help="For a single-file --model: the diffusers folder or cached hub id of its configs.")
 @click.option("--lora", "loras", multiple=True, help="LoRA file or folder to apply, PATH or PATH:WEIGHT (repeatable).")
 @click.option("--vae", default=None, help="Replace the VAE.")
 @click.option("--real", required=True, type=click.Path(file_okay=False), help="Folder of the subject's real photos.")
@@ -54,14 +61,18 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--kind", type=click.Choice(["object", "live"]), default=None,
               help="live (pets and other animals) or object: picks the paper's 25 prompts.")
 @click.option("--identifier", default="sks", show_default=True, help="The identifier the model was trained with.")
-@click.option("--images-per-prompt", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Images per prompt (the paper: 4).")
-@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
-@click.option("--cfg", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
-@click.option("--seed", default=0, show_default=True, type=int, help="First seed; image j of each prompt uses seed+j.")
+@click.option("--images-per-prompt", default=PROTOCOL["images_per_prompt"], show_default=True,
+              type=click.IntRange(min=1), help="Images per prompt (the paper: 4).")
+@click.option("--sampler", default=GenerationParams.sampler, show_default=True, help="WebUI sampler name.")
+@click.option("--schedule", default=GenerationParams.schedule, show_default=True, help="Schedule type.")
+@click.option("--steps", default=PROTOCOL["steps"], show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--cfg", default=PROTOCOL["cfg_scale"], show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", default=PROTOCOL["seed"], show_default=True, type=int,
+              help="First seed; image j of each prompt uses seed+j.")
 @click.option("--size", default=None, type=click.IntRange(min=8), help="Image size (default: the model's).")
 @click.option("--negative-prompt", default="", help="Negative prompt.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Images per pipeline call.")
+@click.option("--fast-batches", is_flag=True, help="Each prompt's images through the UNet at once (faster on GPUs, "
+              "not bit-exact against an image made alone).")
 @click.option("--pres", is_flag=True, help="Also generate class-prompt images ('a dog') and report PRES.")
 @click.option("--pres-images", default=16, show_default=True, type=click.IntRange(min=1), help="Class images for PRES.")
 @click.option("--div", is_flag=True, help="Also report DIV (LPIPS; needs the lpips package and its weights).")
@@ -71,19 +82,23 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Pipeline precision (auto: fp16 on CUDA, fp32 on CPU).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
-def bench_cmd(model, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, steps, cfg, seed, size,
-              negative_prompt, batch_size, pres, pres_images, div, dino_model, clip_model, device, dtype, output):
+def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,
+              schedule, steps, cfg, seed, size, negative_prompt, fast_batches, pres, pres_images, div, dino_model,
+              clip_model, device, dtype, output):
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
     DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
-    from pathlib import Path
-
-    from ..bench import bench_command
-    from ..evaluate import format_summary
-    report = bench_command(model, real, output, subject=subject, class_name=class_name, kind=kind,
-                           identifier=identifier, loras=loras, vae=vae, images_per_prompt=images_per_prompt,
-                           steps=steps, cfg=cfg, seed=seed, size=size, negative_prompt=negative_prompt,
-                           batch_size=batch_size, pres=pres, pres_images=pres_images, div=div,
-                           dino_model=dino_model, clip_model=clip_model, device=device, dtype=dtype)
+    import torch
+    class_name, kind = subject_settings(subject, class_name, kind)
+    real_files = list_images(real, "--real")
+    params = GenerationParams("", negative_prompt, sampler, schedule, steps=steps, cfg_scale=cfg, seed=seed,
+                              width=size, height=size).check()
+    evaluator = Evaluator(dino_model, clip_model, device).load()
+    torch_dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae, device, torch_dtype,
+                                        model_config=model_config)
+    settings = {"subject": subject, "model": model, "loras": list(loras), "vae": vae, "size": size, "real": str(real)}
+    report = run_bench(pipeline, params, real_files, class_name, kind, output, identifier, images_per_prompt,
+                       pres, pres_images, div, evaluator, settings, fast_batches)
     click.echo(format_summary({**report["metrics"], "unavailable": report.get("unavailable", {})}))
     click.echo(f"wrote {Path(output) / 'report.md'}")
 

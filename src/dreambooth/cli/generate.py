@@ -1,11 +1,19 @@
 """``dreambooth generate``: the WebUI's txt2img / img2img on any model we can load or train."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..errors import UserError
+from ..generation.infotext import parse_generation_parameters, read_infotext
+from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
+from ..generation.params import GenerationParams
+from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
+from ..generation.samplers import resolve, sampler_table
+from ..generation.sampling import generate
+from ..generation.xyz import parse_axis, run_prompt_matrix, run_xyz
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -16,10 +24,17 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.command("generate", context_settings={"show_default": True})
 @click.option("--model", "-m", help="Base model (folder, .safetensors, hub id, toy), a full training output, "
               "or a LoRA training output folder (its base model comes from training_args.json).")
+@click.option("--model-config", help="For a single-file --model whose configs are not cached: the diffusers folder "
+              "or cached hub id of its base model.")
 @click.option("--lora", "loras", multiple=True, metavar="DIR_OR_FILE[:WEIGHT]",
-              help="LoRA to apply (diffusers or kohya format), weight 1 by default; repeatable.")
+              help="LoRA to apply (diffusers or kohya format), weight 1 by default; repeatable. Recorded in the "
+              "infotext's prompt as <lora:name:weight>, as A1111 writes it.")
+@click.option("--lora-dir", "lora_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Folder of LoRA files and LoRA training outputs that <lora:name:weight> in a prompt may name "
+              "(training outputs made here are found without it); repeatable.")
 @click.option("--vae", help="Replacement VAE (folder, file or hub id).")
-@click.option("--prompt", "-p", help="Prompt, in the WebUI's syntax: (emphasis:1.2), [from:to:when], [a|b], BREAK.")
+@click.option("--prompt", "-p", help="Prompt, in the WebUI's syntax: (emphasis:1.2), [from:to:when], [a|b], BREAK, "
+              "<lora:name:weight>.")
 @click.option("--negative-prompt", "-n", default="", help="Negative prompt, same syntax.")
 @click.option("--sampler", default="Euler a", help="WebUI sampler name (see --list-samplers).")
 @click.option("--schedule", default="Automatic", help="Schedule type: Automatic, Uniform, Karras, Exponential, "
@@ -49,44 +64,32 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--fast-batches", is_flag=True, help="Run a batch through the UNet at once (faster on GPUs); an image may "
               "then differ slightly from the same seed made alone. Default: image by image, bit-exact.")
 @click.pass_context
-def generate_command(ctx, model, loras, vae, prompt, negative_prompt, sampler, schedule, steps, cfg_scale, seed,
-                     width, height, batch_size, batch_count, output, init_image, strength, mask, prompt_matrix,
-                     x_axis, y_axis, z_axis, from_image, list_samplers, device, fast_batches):
+def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
+                     steps, cfg_scale, seed, width, height, batch_size, batch_count, output, init_image, strength,
+                     mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, fast_batches):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
-    from ..samplers import sampler_table
     if list_samplers:
         click.echo(sampler_table())
         return
 
-    from ..generate import (GenerationParams, generate_images, load_generation_pipeline, parse_lora_spec,
-                            sources_from_infotext)
-    from ..grids import parse_axis, run_prompt_matrix, run_xyz
-    from ..infotext import parse_generation_parameters, read_infotext
-    from ..samplers import resolve
-
     values = dict(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule, steps=steps,
                   cfg_scale=cfg_scale, seed=seed, width=width, height=height, batch_size=batch_size,
                   batch_count=batch_count, init_image=init_image, strength=strength, mask=mask)
+    library = LoraLibrary(lora_dirs)
     if from_image is not None:
-        if not Path(from_image).is_file():
-            raise UserError(f"--from-image {from_image}: no such file")
-        text = read_infotext(from_image)
+        text = read_infotext(from_image, "--from-image")
         if not text:
             raise UserError(f"--from-image {from_image}: the image carries no generation parameters")
         info = parse_generation_parameters(text)
-        explicit = {k: v for k, v in values.items() if _explicit(ctx, k)}
-        params = GenerationParams.from_infotext(info, **explicit)
+        params = GenerationParams.from_infotext(info, **{k: v for k, v in values.items() if _explicit(ctx, k)})
         recorded_model, recorded_loras = sources_from_infotext(info)
+        for name, path in recorded_loras.items():        # <lora:name> in the recorded prompt finds its file
+            library.add(replace(lora_from_path(path), name=name))
         if model is None:
             model = recorded_model
             if model is None:
                 raise UserError(f"--from-image {from_image}: made with Model: {info.get('Model', '?')} "
                                 f"(hash {info.get('Model hash', '?')}), not found here; pass --model")
-            if not loras and recorded_loras:
-                loras = tuple(f"{spec}:{weight:g}" for spec, weight in recorded_loras)
-        if info.get("Lora weights") and not loras:
-            click.echo(f"note: the image was made with LoRAs ({info['Lora weights']}); pass --lora to apply them",
-                       err=True)
     else:
         if model is None:
             raise UserError("--model: required (or --from-image PNG, or --list-samplers)")
@@ -97,6 +100,7 @@ def generate_command(ctx, model, loras, vae, prompt, negative_prompt, sampler, s
     # Check what can be checked before the (slow) model load.
     if prompt_matrix and (x_axis or y_axis or z_axis):
         raise UserError("--prompt-matrix and --x/--y/--z: use one or the other")
+    params.check()
     resolve(params.sampler, params.schedule)
     for flag, axis in (("--x", x_axis), ("--y", y_axis), ("--z", z_axis)):
         if axis:
@@ -104,20 +108,17 @@ def generate_command(ctx, model, loras, vae, prompt, negative_prompt, sampler, s
     for flag, path in (("--init-image", params.init_image), ("--mask", params.mask)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: no such file")
-    lora_specs = [parse_lora_spec(s) for s in loras]
-    for spec, _ in lora_specs:
-        if not Path(spec).expanduser().exists():
-            raise UserError(f"--lora {spec}: no such file or folder")
 
-    pipe = load_generation_pipeline(model, lora_specs, vae=vae, device=device)
+    pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
+                                        model_config=model_config, library=library)
     if prompt_matrix:
-        result = run_prompt_matrix(pipe, params, output, fast_batches=fast_batches)
+        result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path
     elif x_axis or y_axis or z_axis:
-        result = run_xyz(pipe, params, x_axis, y_axis, z_axis, output, fast_batches=fast_batches)
+        result = run_xyz(pipeline, params, x_axis, y_axis, z_axis, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path
     else:
-        images, grid = generate_images(pipe, params, output, fast_batches=fast_batches), None
+        images, grid = generate(pipeline, params, output, fast_batches=fast_batches), None
     click.echo(f"wrote {len(images)} image{'s' if len(images) != 1 else ''}" + (" and a grid" if grid else "")
                + f" to {output}:", err=True)
     for image in images:

@@ -3,16 +3,14 @@ policy for errors: a user error is one line on stderr and exit code 2; ``--debug
 traceback instead."""
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
 import click
 
 from ..errors import UserError
-
-# Modules that add commands to ``cli`` (each defines ``register(group)``).
-COMMAND_MODULES = ("train", "tokens", "generate", "evaluate", "toy")
+from ..terminal import show_progress
+from . import evaluate, generate, tokens, toy, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -21,24 +19,15 @@ def cli(debug: bool) -> None:
     """Personalise Stable Diffusion with DreamBooth: train, generate, evaluate."""
 
 
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.{name}":
-                continue  # a command group not built yet
-            raise
-        module.register(cli)
-
-
-_register()
+for _module in (train, tokens, generate, evaluate, toy):
+    _module.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DREAMBOOTH_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]   # accepted anywhere on the line, not only before the command
+    show_progress()
     try:
         cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import click
 
+from ..models.loading import load_pipeline
+from ..models.tokens import rare_identifiers
+
 
 @click.command("tokens")
-@click.option("--model", default="toy", show_default=True, help="Model whose tokenizer to search (any --model spec).")
+@click.option("--model", required=True, help="Model whose tokenizer to search (any --model spec, e.g. toy).")
 @click.option("--count", default=20, show_default=True, type=click.IntRange(1, 1000), help="How many candidates.")
 def tokens_command(model: str, count: int) -> None:
     """List rare single-token identifiers (rarest first) for the instance prompt."""
-    from ..models import load_pipeline
-    from ..tokens import rare_identifiers
-    pipe = load_pipeline(model)
-    found = rare_identifiers(pipe.tokenizer, count)
+    found = rare_identifiers(load_pipeline(model).tokenizer, count)
     click.echo(f"{'token':<8} {'id':>7} {'rarity':>7}   (rarity: merge-rank percentile, 1.0 = rarest)")
     for c in found:
         click.echo(f"{c.token:<8} {c.token_id:>7} {c.rarity:>7.3f}")

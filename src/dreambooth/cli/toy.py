@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..toy.demo import run_demo
+
 
 @click.command("demo")
 @click.option("--output", default="dreambooth-demo", show_default=True, type=click.Path(file_okay=False),
@@ -17,7 +19,6 @@ def demo_command(output: str, method: str | None, steps: int | None, seed: int) 
     Writes before.png and after.png (rows: the subject on orange, black and yellow backgrounds, then
     the class prompt 'a square'; columns: seeds) and metrics.json, read by the toy world's oracle.
     """
-    from ..toy.demo import run_demo
     metrics = run_demo(output, method=method, seed=seed, max_steps=steps, log=click.echo)
     b, a = metrics["before"], metrics["after"]
     click.echo(f"subject on new backgrounds: {b['subject_in_context']:.0%} before, {a['subject_in_context']:.0%} after; "

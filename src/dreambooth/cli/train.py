@@ -2,15 +2,30 @@
 YAML presets and the Python API can never disagree about names, types or defaults."""
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from ..config import TrainConfig, build_config, field_type, flag
+from ..toy.backdrops import toy_transforms, uses_toy_preset
+from ..training.config import TrainConfig, build_config, field_type, flag
+from ..training.trainer import summary, train
+
+
+def field_default(f: dataclasses.Field):
+    """What a field holds when nothing sets it (lists come from a factory)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _option(f):
     typ, is_list = field_type(f)
     meta = f.metadata
-    default = f.default if f.default is not None and not callable(f.default) else None
+    default = field_default(f)
+    if isinstance(default, list):
+        default = " ".join(str(v) for v in default) or None
     shown = f" [default: {default}]" if default not in (None, "") and typ is not bool else ""
     help_text = meta.get("help", "") + shown
     name = flag(f.name)
@@ -31,12 +46,14 @@ def _with_config_options(fn):
               help="YAML preset (a path, or a shipped name: sd15-full, sd15-lora, sd21-lora, sdxl-lora, toy); flags override it.")
 @_with_config_options
 def train_command(preset, **values):
-    """Teach a model a subject from a few photos (DreamBooth, full or LoRA)."""
-    from ..train import summary, train
+    """Teach a model a subject from a few photos (DreamBooth, full or LoRA).
+
+    With --model toy (or --config toy) the toy preset also recolours the instance pictures'
+    plain backdrops (dreambooth.toy.backdrops)."""
     overrides = {k: (list(v) if v else None) if isinstance(v, tuple) else v for k, v in values.items()}
     config = build_config(preset, overrides)
-    result = train(config)
-    click.echo(summary(result))
+    transforms = toy_transforms() if uses_toy_preset(preset, config.model) else []
+    click.echo(summary(train(config, transforms=transforms)))
 
 
 def register(group: click.Group) -> None:

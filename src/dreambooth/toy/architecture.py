@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ..tokenizer_vocab import write_clip_tokenizer
+from ..testing.vocab import write_clip_tokenizer
 from .world import COLOURS, SHAPES
 
 RESOLUTION = 32

@@ -7,9 +7,10 @@ subject has to be learned from pictures. The demo
 1. renders 5 instance pictures of the subject on backgrounds it picks (red, blue, purple);
 2. samples the base model for the subject prompt on backgrounds never shown (orange, black, yellow)
    and for the class prompt ("a square"): ``before.png``;
-3. trains DreamBooth with prior preservation through ``dreambooth.train.train``, the function
-   ``dreambooth train`` calls, with the toy model's defaults;
-4. samples the same prompts and seeds again: ``after.png``;
+3. trains DreamBooth with prior preservation through ``dreambooth.training.train``, the function
+   ``dreambooth train`` calls, with the toy model's defaults (its backdrops recoloured, not named);
+4. samples the same prompts and seeds again: ``after.png`` (every sample, through the one sampling
+   path, also in ``samples/`` with its infotext);
 5. reads every picture with the oracle and writes ``metrics.json``: subject fidelity (the subject's
    two colours, patterned), context fidelity (the requested background), and class drift (class
    prompt samples that show a pattern: prior preservation keeps this near zero).
@@ -22,14 +23,22 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import progress
+from ..generation.params import GenerationParams
+from ..generation.pipeline import GenerationPipeline, load_generation_pipeline
+from ..generation.sampling import generate
+from ..grid import annotated_grid
+from ..training.config import build_config, load_preset
+from ..training.trainer import train
 from . import oracle
+from .backdrops import ToyBackdrops
+from .measure import RESOLUTION, SAMPLER
 from .world import DEMO_SUBJECT, Subject, render
 
 INSTANCE_BACKGROUNDS = ("red", "blue", "purple", "red", "blue")
 NEW_BACKGROUNDS = ("orange", "black", "yellow")
 IDENTIFIER = "sks"
 SEEDS = tuple(range(6))
-RESOLUTION = 32
 LORA_LEARNING_RATE = 1e-3   # the preset's rate is for full fine-tuning; small LoRAs need more
 # Fewer than the toy preset's 1,200 steps, so the whole demo stays under 3 minutes on 2 CPU cores; the
 # demo's subject (bold stripes) is learned by then.
@@ -63,12 +72,21 @@ def write_instance_images(subject: Subject, folder: str | Path, backgrounds=INST
     return paths
 
 
-def sample(pipe, prompts: list[str], seeds=SEEDS, steps: int = 30, cfg: float = 5.0) -> list[list[np.ndarray]]:
-    """``[prompt][seed]`` uint8 pictures."""
-    from .measure import sample as sample_flat
-    images = sample_flat(pipe, [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], steps, cfg)
-    n = len(seeds)
-    return [images[i * n:(i + 1) * n] for i in range(len(prompts))]
+def sample(pipe, prompts: list[str], seeds=SEEDS, steps: int = 30, cfg: float = 5.0,
+           output_dir: Path | None = None) -> list[list[np.ndarray]]:
+    """``[prompt][seed]`` uint8 pictures through the one sampling path (consecutive ``seeds``: one
+    run per prompt, image i with seed seeds[0] + i); with ``output_dir`` each is saved with its infotext."""
+    seeds = list(seeds)
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError(f"seeds {seeds}: consecutive seeds only (one generation run per prompt)")
+    pipeline = pipe if isinstance(pipe, GenerationPipeline) else GenerationPipeline(pipe)
+    grid = []
+    with progress.task("sampling", len(prompts) * len(seeds)) as bar:
+        for prompt in prompts:
+            params = GenerationParams(prompt, sampler=SAMPLER, steps=steps, cfg_scale=cfg, seed=seeds[0],
+                                      width=RESOLUTION, height=RESOLUTION, batch_size=len(seeds))
+            grid.append([oracle.to_array(made.image) for made in generate(pipeline, params, output_dir, task=bar)])
+    return grid
 
 
 def score(grid: list[list[np.ndarray]], subject: Subject, backgrounds) -> dict:
@@ -98,55 +116,44 @@ def score(grid: list[list[np.ndarray]], subject: Subject, backgrounds) -> dict:
 
 
 def save_grid(grid: list[list[np.ndarray]], labels: list[str], path: str | Path, scale: int = 4) -> Path:
-    """Rows of pictures with their prompt written on the left."""
-    from PIL import Image, ImageDraw
-    size = RESOLUTION * scale
-    pad, label_w = 4, 280
-    rows, cols = len(grid), max(len(r) for r in grid)
-    canvas = Image.new("RGB", (label_w + cols * (size + pad) + pad, rows * (size + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, (row, label) in enumerate(zip(grid, labels)):
-        y = pad + r * (size + pad)
-        draw.text((pad, y + size // 2 - 6), label, fill="black")
-        for c, im in enumerate(row):
-            tile = Image.fromarray(im).resize((size, size), Image.NEAREST)
-            canvas.paste(tile, (label_w + pad + c * (size + pad), y))
-    canvas.save(path)
+    """Rows of pictures (scaled up, nearest neighbour) with their prompt written on the left."""
+    from PIL import Image
+    tiles = [Image.fromarray(im).resize((RESOLUTION * scale, RESOLUTION * scale), Image.NEAREST) for row in grid for im in row]
+    annotated_grid(tiles, max(len(r) for r in grid), row_labels=[[(label, True)] for label in labels], pad=4).save(path)
     return Path(path)
 
 
 def demo_config(output: Path, method: str | None, instance_dir: Path, subject: Subject, model: str = "toy",
                 **overrides):
     """The training config: the toy model's defaults (``configs/toy.yaml``) plus this subject."""
-    from ..config import build_config, load_preset
     values = dict(load_preset("toy")) if model != "toy" else {}   # a copy of the toy model: same defaults
     values.update(model=model, instance_dir=str(instance_dir), instance_prompt=instance_prompt(subject),
                   class_prompt=class_prompt(subject), output=str(output), method=method, overwrite=True,
                   class_dir=str(output.parent / "class_images"))   # method None: the preset's
     values["max_steps"] = DEMO_STEPS
-    # The demo shows the subject on backgrounds it never saw: no backdrops named in the prompt, and the
-    # settings its figures in the README were measured with.
-    values.update(backdrop_caption=False, caption_dropout=0.0)
+    # The demo shows the subject on backgrounds it never saw: no empty prompts (and, in
+    # demo_transforms, no backdrops named in the prompt): the settings its README figures were measured with.
+    values["caption_dropout"] = 0.0
     if method == "lora" and overrides.get("learning_rate") is None:
         values["learning_rate"] = LORA_LEARNING_RATE
     values.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(None, {k: v for k, v in values.items() if v is not None})
 
 
-def load_trained(model_dir: Path, method: str, base: str = "toy"):
-    from ..models import load_pipeline
-    if method == "lora":
-        pipe = load_pipeline(base)
-        pipe.load_lora_weights(str(model_dir))
-        return pipe
-    return load_pipeline(str(model_dir))
+def load_trained(output: Path) -> GenerationPipeline:
+    """A demo's trained output (a full model, or a LoRA output on its base) ready to sample."""
+    return load_generation_pipeline(str(output))
+
+
+def demo_transforms() -> list[ToyBackdrops]:
+    """The toy preset's backdrops, recoloured but not named in the prompt."""
+    return [ToyBackdrops(named=False)]
 
 
 def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, subject: Subject = DEMO_SUBJECT,
              seed: int = 0, log=print, model: str = "toy", **overrides) -> dict:
-    """Run the whole demo into ``output``; returns the metrics (also in ``metrics.json``)."""
-    from ..models import load_pipeline
-    from ..train import train
+    """Run the whole demo into ``output``; returns the metrics (also in ``metrics.json``). Every
+    sample is also saved with its infotext under ``samples/before`` and ``samples/after``."""
     started = time.time()
     output = Path(output).expanduser()
     output.mkdir(parents=True, exist_ok=True)
@@ -156,19 +163,16 @@ def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, 
     log(f"subject: a {subject.colour} {subject.shape} with {subject.pattern_colour} {subject.pattern}; "
         f"{len(INSTANCE_BACKGROUNDS)} pictures in {instance_dir}")
 
-    base = load_pipeline(model)
-    before = sample(base, prompts)
+    before = sample(load_generation_pipeline(model), prompts, output_dir=output / "samples" / "before")
     save_grid(before, prompts, output / "before.png")
-    del base
 
     config = demo_config(output / "model", method, instance_dir, subject, model=model, seed=seed, **overrides)
     log(f"training ({config.method}, {config.max_steps} steps, prior preservation with '{config.class_prompt}')")
     t_train = time.time()
-    result = train(config)
+    result = train(config, transforms=demo_transforms())
     train_seconds = time.time() - t_train
 
-    after_pipe = load_trained(result.output, config.method, model)
-    after = sample(after_pipe, prompts)
+    after = sample(load_trained(result.output), prompts, output_dir=output / "samples" / "after")
     save_grid(after, prompts, output / "after.png")
     metrics = {
         "subject": {"shape": subject.shape, "colour": subject.colour, "pattern": subject.pattern,

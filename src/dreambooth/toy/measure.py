@@ -14,10 +14,16 @@ import json
 import numpy as np
 import torch
 
+from .. import progress
+from ..generation.params import GenerationParams
+from ..generation.pipeline import GenerationPipeline
+from ..generation.sampling import generate
+from ..grid import annotated_grid
 from . import oracle
 from .world import all_prompts, caption, partial_caption
 
 RESOLUTION = 32
+SAMPLER = "DDIM"        # the toy model's own scheduler: what it was pretrained and measured with
 
 
 def prompt_set(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -28,24 +34,25 @@ def prompt_set(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return [combos[i] for i in picks]
 
 
-@torch.no_grad()
 def sample(pipe, prompts: list[str], seeds: list[int], steps: int = 30, cfg: float = 5.0,
-           batch: int = 64) -> list[np.ndarray]:
-    """uint8 (32, 32, 3) pictures, one per (prompt, seed)."""
+           sampler: str = SAMPLER) -> list[np.ndarray]:
+    """uint8 (32, 32, 3) pictures, one per (prompt, seed), through the one sampling path
+    (``pipe``: a GenerationPipeline, or a diffusers pipeline to wrap)."""
+    pipeline = pipe if isinstance(pipe, GenerationPipeline) else GenerationPipeline(pipe)
     out = []
-    for i in range(0, len(prompts), batch):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch]]
-        images = pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=cfg,
-                      height=RESOLUTION, width=RESOLUTION, generator=gens, output_type="np").images
-        out += [oracle.to_array(im) for im in images]
+    with progress.task("sampling", len(prompts)) as bar:
+        for prompt, seed in zip(prompts, seeds):
+            params = GenerationParams(prompt, sampler=sampler, steps=steps, cfg_scale=cfg, seed=int(seed),
+                                      width=RESOLUTION, height=RESOLUTION)
+            out.append(oracle.to_array(generate(pipeline, params, task=bar)[0].image))
     return out
 
 
-def measure(pipe, n: int = 128, seed: int = 0, steps: int = 30, cfg: float = 5.0, batch: int = 64,
+def measure(pipe, n: int = 128, seed: int = 0, steps: int = 30, cfg: float = 5.0,
             return_images: bool = False) -> dict:
     combos = prompt_set(n, seed)
     prompts = [caption(c, s, b) for c, s, b in combos]
-    images = sample(pipe, prompts, [seed * 100_003 + i for i in range(n)], steps, cfg, batch)
+    images = sample(pipe, prompts, [seed * 100_003 + i for i in range(n)], steps, cfg)
     readings = [oracle.read(im) for im in images]
     bg = np.mean([r.background == b for r, (c, s, b) in zip(readings, combos)])
     col = np.mean([r.colour == c for r, (c, s, b) in zip(readings, combos)])
@@ -77,15 +84,10 @@ def measure_partial(pipe, n: int = 32, seed: int = 0, steps: int = 30, cfg: floa
 
 
 def grid(images: list[np.ndarray], cols: int = 16, scale: int = 2):
+    """The pictures in rows of ``cols``, each scaled up ``scale`` times (nearest neighbour)."""
     from PIL import Image
-    rows = (len(images) + cols - 1) // cols
-    h, w = images[0].shape[:2]
-    canvas = np.full((rows * (h + 2), cols * (w + 2), 3), 255, dtype=np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = im
-    img = Image.fromarray(canvas)
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    tiles = [Image.fromarray(im).resize((im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST) for im in images]
+    return annotated_grid(tiles, cols, pad=2 * scale)
 
 
 def main(argv=None) -> None:
@@ -99,7 +101,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from ..models import load_pipeline
+    from ..models.loading import load_pipeline
     pipe = load_pipeline(args.model, dtype=torch.float32)
     res = measure(pipe, args.n, args.seed, args.steps, args.cfg, return_images=bool(args.grid))
     if args.grid:

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..outputs import as_user_file
 from . import architecture as arch
 from .world import (COLOURS, IMAGE_SIZE, PARTIAL_FORMS, PATTERNS, SHAPES, Scene, all_prompts, caption,
                     partial_caption, render, sample_scene)
@@ -232,7 +233,7 @@ def held_out_mse(vae, seed: int) -> float:
 def tune_packaged_decoder(cfg: PretrainConfig, dest: str | Path | None = None) -> Path:
     """``--tune-decoder``: tune the decoder of the packaged toy model's VAE in place (fp16, as shipped)."""
     from diffusers import AutoencoderKL
-    from ..models import TOY_MODEL_DIR
+    from ..models.specs import TOY_MODEL_DIR
     torch.set_num_threads(cfg.threads)
     folder = Path(dest or TOY_MODEL_DIR) / "vae"
     vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
@@ -240,6 +241,7 @@ def tune_packaged_decoder(cfg: PretrainConfig, dest: str | Path | None = None) -
     log(f"decoder: held-out mse after {tune_decoder(vae, cfg):.4f}")
     tmp = folder.with_name("vae.tmp")
     vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    as_user_file(tmp)
     shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
@@ -489,6 +491,7 @@ def save_pipeline(pipe, directory: Path, meta: dict | None = None, fp16: bool = 
     for module in half:
         module.to(torch.float16)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    as_user_file(tmp)
     for module in half:
         module.to(torch.float32)
     if meta is not None:
@@ -524,7 +527,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 def load_teacher(folder: str, out: Path, flag: str = "--teacher"):
     """The pipeline at ``folder`` ("toy": the packaged one) in fp32; its VAE becomes this run's (``out/vae``),
     so that the cached latents are the ones its UNet learned."""
-    from ..models import load_pipeline
+    from ..models.loading import load_pipeline
     pipe = load_pipeline(folder, dtype=torch.float32, flag=flag)
     if not (out / "vae" / "config.json").exists():
         pipe.vae.save_pretrained(out / "vae")
@@ -535,7 +538,7 @@ def export(state_dir: str | Path, dest: str | Path | None = None, which: str = "
     """Copy the ``which`` pipeline (``best`` or ``latest``) of a pretraining run to the package's
     ``toy/model`` folder (or ``dest``), as fp16 safetensors."""
     from diffusers import StableDiffusionPipeline
-    from ..models import TOY_MODEL_DIR
+    from ..models.specs import TOY_MODEL_DIR
     src = Path(state_dir) / which
     dest = Path(dest) if dest else TOY_MODEL_DIR
     pipe = StableDiffusionPipeline.from_pretrained(src, safety_checker=None, requires_safety_checker=False)

@@ -1,0 +1,155 @@
+"""DreamBench runner: the paper's evaluation protocol for one trained subject.
+
+For a subject of class ``C`` trained with identifier ``V``, it generates the paper's 25 prompts for
+its kind (object or live: dogs and cats) with ``V`` and ``C`` filled in, N images per prompt at seeds
+``seed .. seed+N-1`` (the paper uses N = 4) through the one sampling function, scores them against
+the subject's real photos (``metrics``: DINO, CLIP-I, CLIP-T; PRES and DIV on request) and writes:
+
+* ``images/NN-slug/00001-<seed>.png``: every generation, with its infotext (``--from-image`` remakes it);
+* ``grids/NN-slug.png``: one grid per prompt;
+* ``class_images/`` (with PRES): generations of ``"a C"`` by the same model;
+* ``report.json``: all numbers, per prompt and overall, and the settings;
+* ``report.md``: the same as tables, beside the paper's numbers, with the grids (``report``).
+
+The prompts and classes come from the DreamBooth dataset's ``prompts_and_classes.txt``, shipped in
+``dreambooth/data/dreambench.json`` (CC BY 4.0, Ruiz et al., Google Research; see the file).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from .. import progress
+from ..errors import UserError
+from ..generation.params import GenerationParams
+from ..generation.pipeline import GenerationPipeline
+from ..generation.sampling import generate
+from ..grid import annotated_grid
+from ..images import open_image
+from .metrics import Evaluator, finite
+from .prompts import DEFAULT_IDENTIFIER, strip_identifier
+from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
+
+DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "dreambench.json"
+KINDS = ("object", "live")
+PROTOCOL = {"steps": 50, "cfg_scale": 7.5, "images_per_prompt": 4, "seed": 0}   # our reading of the paper
+
+
+@functools.lru_cache(maxsize=1)
+def dreambench_data() -> dict:
+    return json.loads(DATA_FILE.read_text(encoding="utf-8"))
+
+
+def dreambench_subjects() -> dict[str, dict]:
+    """Subject name -> {"class": ..., "kind": "live"|"object"} for the 30 DreamBench subjects."""
+    return dict(dreambench_data()["subjects"])
+
+
+def dreambench_prompts(kind: str, identifier: str = DEFAULT_IDENTIFIER, class_name: str = "dog") -> list[str]:
+    """The paper's 25 evaluation prompts for a ``kind`` ('object' or 'live') subject, with
+    ``identifier`` and ``class_name`` in place (e.g. 'a sks dog in the jungle')."""
+    if kind not in KINDS:
+        raise UserError(f"--kind {kind}: choose object or live")
+    templates = dreambench_data()["live_prompts" if kind == "live" else "object_prompts"]
+    return [t.replace("{identifier}", identifier).replace("{class}", class_name) for t in templates]
+
+
+def class_prompt(class_name: str) -> str:
+    """The class-only prompt whose generations PRES compares with the subject ('a dog')."""
+    article = "an" if class_name[:1].lower() in "aeiou" else "a"
+    return f"{article} {class_name}"
+
+
+def slug(text: str, limit: int = 48) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "prompt"
+
+
+def subject_settings(subject: str | None, class_name: str | None, kind: str | None) -> tuple[str, str]:
+    """(class, kind) from a DreamBench subject name or given directly; one-line errors otherwise."""
+    if subject:
+        subjects = dreambench_subjects()
+        if subject not in subjects:
+            raise UserError(f"--subject {subject}: not a DreamBench subject; one of {', '.join(sorted(subjects))}")
+        class_name = class_name or subjects[subject]["class"]
+        kind = kind or subjects[subject]["kind"]
+    if not class_name:
+        raise UserError("--class is required (the subject's class noun, e.g. dog), or give --subject NAME")
+    if not kind:
+        raise UserError("--kind is required: live (pets and other animals) or object; or give --subject NAME")
+    return class_name, kind
+
+
+def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequence, class_name: str, kind: str,
+              output: str | Path, identifier: str = DEFAULT_IDENTIFIER, images_per_prompt: int = 4,
+              pres: bool = False, pres_images: int = 16, div: bool = False, evaluator: Evaluator | None = None,
+              settings: dict | None = None, fast_batches: bool = False) -> dict:
+    """Generate the DreamBench images on ``pipeline`` with ``params`` (its prompt is ignored; its seed
+    is the first seed of every prompt), score them against ``real`` (images or paths) and write the report."""
+    if images_per_prompt < 1:
+        raise UserError(f"--images-per-prompt {images_per_prompt}: must be at least 1")
+    if div and images_per_prompt < 2:
+        raise UserError("--div needs --images-per-prompt 2 or more (LPIPS is between generations of one prompt)")
+    if params.seed < 0:
+        raise UserError(f"--seed {params.seed}: DreamBench needs a fixed first seed (0 or more)")
+    output = Path(output).expanduser()
+    output.mkdir(parents=True, exist_ok=True)
+    evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing
+    reference = evaluator.reference([im if not isinstance(im, (str, Path)) else open_image(im, "--real") for im in real])
+    prompts = dreambench_prompts(kind, identifier, class_name)
+    per_prompt = params.replace(batch_size=images_per_prompt, batch_count=1)
+
+    total = len(prompts) * images_per_prompt + (pres_images if pres else 0)
+    generated, gen_prompts, rows = [], [], []
+    with progress.task("DreamBench", total) as bar:
+        for i, prompt in enumerate(prompts):
+            name = f"{i:02d}-{slug(strip_identifier(prompt, identifier))}"
+            made = generate(pipeline, per_prompt.replace(prompt=prompt), output / "images" / name,
+                            fast_batches=fast_batches, task=bar)
+            images = [m.image for m in made]
+            grid_path = output / "grids" / f"{name}.png"
+            grid_path.parent.mkdir(parents=True, exist_ok=True)
+            annotated_grid(images, min(len(images), 4)).save(grid_path)
+            rows.append({"index": i, "prompt": prompt, "images": [str(m.path.relative_to(output)) for m in made],
+                         "grid": str(grid_path.relative_to(output))})
+            generated += images
+            gen_prompts += [prompt] * len(images)
+        class_images = None
+        if pres:
+            made = generate(pipeline, params.replace(prompt=class_prompt(class_name), batch_size=1,
+                                                     batch_count=pres_images),
+                            output / "class_images", fast_batches=fast_batches, task=bar)
+            class_images = [m.image for m in made]
+
+    scores = evaluator.score(reference, generated, gen_prompts, identifier=identifier, class_generated=class_images,
+                             div=div)
+    per_image = scores.pop("per_image")
+    k = images_per_prompt
+    for row in rows:
+        chunk = per_image[row["index"] * k:(row["index"] + 1) * k]
+        for key in ("dino", "clip_i", "clip_t"):
+            row[key] = sum(e[key] for e in chunk) / len(chunk)
+        row["clip_t_prompt"] = chunk[0]["clip_t_prompt"]
+    report = {
+        "subject": (settings or {}).get("subject"),
+        "class": class_name, "kind": kind, "identifier": identifier,
+        "images_per_prompt": images_per_prompt, "seeds": [params.seed + j for j in range(k)], "prompts": len(prompts),
+        "metrics": {key: scores[key] for key in ("dino", "clip_i", "clip_t", "pres", "div") if key in scores},
+        "real_reference": scores["real_reference"],
+        "unavailable": scores.get("unavailable", {}),
+        "counts": scores["counts"],
+        "models": scores["models"],
+        "notes": {**scores["notes"], "protocol": "DINO/CLIP-I: mean cosine over all (generated, real) pairs; "
+                  "CLIP-T: identifier removed from the prompt before encoding"},
+        "paper": {"table1": PAPER_TABLE1, "table3": PAPER_TABLE3},
+        "settings": {"sampler": params.sampler, "schedule": params.schedule, "steps": params.steps,
+                     "cfg": params.cfg_scale, "negative_prompt": params.negative_prompt, **(settings or {})},
+        "per_prompt": rows,
+    }
+    if pres:
+        report["class_prompt"] = class_prompt(class_name)
+    (output / "report.json").write_text(json.dumps(finite(report), indent=2) + "\n")
+    (output / "report.md").write_text(render_markdown(report))
+    return report

@@ -1,0 +1,293 @@
+"""Subject-driven generation metrics as the DreamBooth paper defines them.
+
+* **DINO** (subject fidelity): the mean cosine similarity over *all* (generated, real) pairs of
+  ViT-S/16 DINO embeddings. The embedding is the CLS token of the last hidden state
+  (``facebook/dino-vits16`` through transformers' ``ViTModel``). Each image is EXIF-rotated, converted
+  to RGB, resized so its short side is 256 (bicubic, PIL), centre-cropped to 224 and normalised with
+  the ImageNet mean and std.
+* **CLIP-I** (subject fidelity): the same mean over all pairs, with CLIP image embeddings (the
+  projected pooled output; ``openai/clip-vit-base-patch32`` by default). Images get CLIP's own
+  preprocessing: short side to the model's image size (224) bicubic, centre crop, CLIP mean and std.
+* **CLIP-T** (prompt fidelity): the mean cosine between each generated image's CLIP embedding and the
+  CLIP text embedding of its prompt, with the identifier token (``sks``) removed unless asked to keep
+  it. It is the raw cosine: not multiplied by 100 (as CLIPScore tables often are) nor by 2.5.
+* **PRES** (prior preservation, lower is better): DINO between generations of the *class* prompt
+  (e.g. "a dog") by the fine-tuned model and the real subject images: high means the class collapsed
+  onto the subject.
+* **DIV** (diversity): the mean pairwise LPIPS distance among generations of the same prompt
+  (per prompt, the mean over its pairs; then the mean over prompts). LPIPS needs the optional
+  ``lpips`` package and its weights; when they are missing DIV is reported as unavailable with the
+  reason, never replaced by another distance.
+
+Identical real and generated sets give DINO and CLIP-I equal to the mean pairwise self-similarity of
+the set (the diagonal included, as "all pairs" says), not 1. ``real_reference`` computes the
+paper's "Real Images" row instead: all pairs of *distinct* real images.
+
+Evaluation models are loaded offline, from a folder or the local Hugging Face cache only; a missing
+one is a one-line :class:`UserError` saying how to get it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..devices import default_device
+from ..errors import UserError
+from ..images import as_image, list_images, open_image
+from .encoders import DEFAULT_CLIP, DEFAULT_DINO, LPIPS_SIZE, ClipEncoder, DinoEncoder, resize_center_crop, resolve_encoder
+from .prompts import DEFAULT_IDENTIFIER, read_png_prompt, read_prompts_file, strip_identifier
+
+CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and not x2.5 (CLIPScore's w)"
+
+
+def _as_images(items: Iterable) -> list[Image.Image]:
+    return [as_image(item) for item in items]
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = torch.nn.functional.normalize(a.double(), dim=-1)
+    b = torch.nn.functional.normalize(b.double(), dim=-1)
+    return a @ b.T
+
+
+def mean_pairwise_cosine(a: torch.Tensor, b: torch.Tensor | None = None) -> float:
+    """Mean cosine over all (a_i, b_j) pairs; with ``b`` None, over all pairs of distinct a_i, a_j."""
+    if b is not None:
+        return float(cosine_matrix(a, b).mean())
+    n = a.shape[0]
+    if n < 2:
+        return float("nan")
+    sim = cosine_matrix(a, a)
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+
+def load_lpips(net: str = "alex"):
+    """(distance function, None) or (None, why LPIPS is unavailable)."""
+    try:
+        import lpips  # noqa: F401  (needs torchvision)
+    except Exception as exc:  # ImportError, or torchvision failing to load with this torch
+        return None, (f"the lpips package cannot be imported ({type(exc).__name__}: {exc}); "
+                      "install it with `pip install lpips` (it needs a torchvision matching torch)").splitlines()[0]
+    try:
+        model = lpips.LPIPS(net=net, verbose=False).eval()
+    except Exception as exc:  # its backbone weights come from torchvision's download cache
+        return None, (f"LPIPS weights for '{net}' are not available ({type(exc).__name__}: {exc}); run "
+                      "`python -c \"import lpips; lpips.LPIPS(net='alex')\"` once on a connected machine").splitlines()[0]
+
+    @torch.no_grad()
+    def distance(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(model(x, y).mean())
+    return distance, None
+
+
+def _lpips_input(image: Image.Image) -> torch.Tensor:
+    arr = np.asarray(resize_center_crop(image, LPIPS_SIZE, LPIPS_SIZE), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
+
+
+def div_score(images: Sequence[Image.Image], prompts: Sequence[str],
+              distance: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> tuple[float | None, str | None]:
+    """Mean pairwise LPIPS distance among images of the same prompt: per prompt the mean over its
+    pairs, then the mean over prompts with at least two images. Returns (value, None) or
+    (None, reason)."""
+    groups: dict[str, list[int]] = OrderedDict()
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    groups = {p: idx for p, idx in groups.items() if len(idx) >= 2}
+    if not groups:
+        return None, "DIV needs at least two generated images of the same prompt"
+    if distance is None:
+        distance, reason = load_lpips()
+        if distance is None:
+            return None, reason
+    per_prompt = []
+    for idx in groups.values():
+        xs = [_lpips_input(images[i]) for i in idx]
+        pairs = [distance(xs[i], xs[j]) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+        per_prompt.append(sum(pairs) / len(pairs))
+    return sum(per_prompt) / len(per_prompt), None
+
+
+@dataclass
+class RealSet:
+    """Embeddings of the subject's real photos."""
+    count: int
+    dino: torch.Tensor
+    clip: torch.Tensor
+
+
+class Evaluator:
+    """Loads the evaluation models once (lazily) and scores sets of images."""
+
+    def __init__(self, dino_model: str | None = None, clip_model: str | None = None, device: str | None = None,
+                 batch_size: int = 16):
+        self.dino_spec = dino_model or DEFAULT_DINO
+        self.clip_spec = clip_model or DEFAULT_CLIP
+        self.device = str(device or default_device())
+        self.batch_size = batch_size
+        self._dino: DinoEncoder | None = None
+        self._clip: ClipEncoder | None = None
+
+    @property
+    def dino(self) -> DinoEncoder:
+        if self._dino is None:
+            self._dino = DinoEncoder(self.dino_spec, self.device)
+        return self._dino
+
+    @property
+    def clip(self) -> ClipEncoder:
+        if self._clip is None:
+            self._clip = ClipEncoder(self.clip_spec, self.device)
+        return self._clip
+
+    def load(self) -> "Evaluator":
+        """Load both models now (raises UserError when one is missing, before loading either)."""
+        if self._dino is None:
+            resolve_encoder(self.dino_spec, "--dino-model")
+        if self._clip is None:
+            resolve_encoder(self.clip_spec, "--clip-model")
+        self.dino, self.clip  # noqa: B018
+        return self
+
+    # -- embeddings --
+    def dino_embed(self, images) -> torch.Tensor:
+        return self.dino.embed(_as_images(images), self.batch_size)
+
+    def clip_embed(self, images) -> torch.Tensor:
+        return self.clip.embed_images(_as_images(images), self.batch_size)
+
+    def text_embed(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.clip.embed_texts(list(texts))
+
+    def reference(self, real) -> "RealSet":
+        """The subject's real photos, embedded once (a run that scores often, validation, keeps it)."""
+        images = _as_images(real)
+        if not images:
+            raise UserError("evaluation needs at least one real image of the subject")
+        return RealSet(len(images), self.dino.embed(images, self.batch_size), self.clip.embed_images(images, self.batch_size))
+
+    # -- the metrics --
+    def score(self, real, generated, prompts: Sequence[str] | None = None, identifier: str | None = DEFAULT_IDENTIFIER,
+              keep_identifier: bool = False, class_generated=None, div: bool = False,
+              lpips_distance: Callable | None = None, per_image: bool = True) -> dict:
+        """All metrics for one subject: ``real`` is a :class:`RealSet` or a list of PIL images or paths,
+        ``generated`` a list; ``prompts`` one per generated image (None: no CLIP-T); ``class_generated``
+        images of the class prompt for PRES; ``div`` asks for DIV."""
+        ref = real if isinstance(real, RealSet) else self.reference(real)
+        generated = _as_images(generated)
+        if not generated:
+            raise UserError("evaluation needs at least one real and one generated image")
+        if prompts is not None and len(prompts) != len(generated):
+            raise ValueError(f"{len(prompts)} prompts for {len(generated)} generated images")
+        r_dino, g_dino = ref.dino, self.dino.embed(generated, self.batch_size)
+        r_clip, g_clip = ref.clip, self.clip.embed_images(generated, self.batch_size)
+        dino_pairs, clip_pairs = cosine_matrix(g_dino, r_dino), cosine_matrix(g_clip, r_clip)
+        result: dict = {
+            "dino": float(dino_pairs.mean()),
+            "clip_i": float(clip_pairs.mean()),
+            "clip_t": None,
+        }
+        unavailable: dict[str, str] = {}
+        text_prompts = None
+        clip_t_each = None
+        if prompts is not None:
+            text_prompts = [p if keep_identifier else strip_identifier(p, identifier) for p in prompts]
+            t_clip = self.clip.embed_texts(text_prompts)
+            clip_t_each = (torch.nn.functional.normalize(g_clip.double(), dim=-1)
+                           * torch.nn.functional.normalize(t_clip.double(), dim=-1)).sum(-1)
+            result["clip_t"] = float(clip_t_each.mean())
+        else:
+            unavailable["clip_t"] = "no prompts for the generated images"
+        if class_generated is not None:
+            class_images = _as_images(class_generated)
+            if not class_images:
+                raise UserError("PRES needs at least one class-prompt image")
+            result["pres"] = mean_pairwise_cosine(self.dino.embed(class_images, self.batch_size), r_dino)
+        if div:
+            value, reason = (None, "no prompts to group the generated images by") if prompts is None else \
+                div_score(generated, prompts, lpips_distance)
+            result["div"] = value
+            if reason:
+                unavailable["div"] = reason
+        result["real_reference"] = {
+            "dino": mean_pairwise_cosine(r_dino), "clip_i": mean_pairwise_cosine(r_clip),
+            "about": "mean cosine over pairs of distinct real images (the paper's 'Real Images' row)",
+        }
+        result["counts"] = {"real": ref.count, "generated": len(generated)}
+        if class_generated is not None:
+            result["counts"]["class_generated"] = len(class_images)
+        result["models"] = {"dino": self.dino_spec, "clip": self.clip_spec}
+        result["identifier"] = None if keep_identifier else identifier
+        result["notes"] = {"clip_t": CLIP_T_NOTE, "pres": "lower is better"}
+        if unavailable:
+            result["unavailable"] = unavailable
+        if per_image:
+            result["per_image"] = [
+                {"index": i, "dino": float(dino_pairs[i].mean()), "clip_i": float(clip_pairs[i].mean()),
+                 **({"prompt": prompts[i], "clip_t_prompt": text_prompts[i], "clip_t": float(clip_t_each[i])}
+                    if prompts is not None else {})}
+                for i in range(len(generated))]
+        return result
+
+
+def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: str | Path | None = None,
+                  prompts_file: str | Path | None = None, identifier: str | None = DEFAULT_IDENTIFIER,
+                  keep_identifier: bool = False, class_generated_dir: str | Path | None = None, div: bool = False,
+                  dino_model: str | None = None, clip_model: str | None = None, device: str | None = None,
+                  batch_size: int = 16, evaluator: Evaluator | None = None) -> dict:
+    """The ``dreambooth evaluate`` command as a function: writes ``output_dir/metrics.json``."""
+    real_files = list_images(real_dir, "--real")
+    gen_files = list_images(generated_dir, "--generated")
+    class_files = list_images(class_generated_dir, "--class-generated") if class_generated_dir else None
+    if prompts_file:
+        prompts = read_prompts_file(prompts_file, gen_files)
+    else:
+        prompts = [read_png_prompt(f) for f in gen_files]
+        missing = [f.name for f, p in zip(gen_files, prompts) if p is None]
+        if missing:
+            raise UserError(f"--generated {generated_dir}: no prompt in the PNG infotext of {len(missing)} image(s) "
+                            f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); pass --prompts FILE")
+    evaluator = (evaluator or Evaluator(dino_model, clip_model, device, batch_size)).load()
+    result = evaluator.score([open_image(f) for f in real_files], [open_image(f) for f in gen_files], prompts,
+                             identifier=identifier, keep_identifier=keep_identifier,
+                             class_generated=[open_image(f) for f in class_files] if class_files else None, div=div)
+    for entry in result.get("per_image", []):
+        entry["file"] = gen_files[entry["index"]].name
+    result["inputs"] = {"real": str(real_dir), "generated": str(generated_dir),
+                        "prompts": str(prompts_file) if prompts_file else "png infotext",
+                        **({"class_generated": str(class_generated_dir)} if class_generated_dir else {})}
+    if output_dir is not None:
+        out = Path(output_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(finite(result), indent=2) + "\n")
+    return result
+
+
+def finite(obj):
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def format_summary(result: dict) -> str:
+    """A few lines for the terminal."""
+    def fmt(v):
+        return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+    keys = [k for k in ("dino", "clip_i", "clip_t", "pres", "div") if k in result]
+    lines = ["  ".join(f"{k.upper().replace('_', '-')} {fmt(result[k])}" for k in keys)]
+    for k, why in result.get("unavailable", {}).items():
+        lines.append(f"{k.upper().replace('_', '-')} unavailable: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""The WebUI's "infotext": the generation settings written into every PNG, and read back.
+
+The text has up to three parts, as the AUTOMATIC1111 WebUI writes it::
+
+    a photo of sks dog, (oil painting:1.2)
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: sd15
+
+The last line is ``key: value`` pairs separated by commas; a value containing a comma, colon or
+newline is written as a JSON string. PNGs carry it in a ``parameters`` text chunk; JPEG and WebP
+files from the WebUI carry it in the EXIF UserComment, which ``read_infotext`` also reads.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from ..errors import UserError
+
+# A key starts with a word character and may hold spaces, dashes and slashes; a value is a quoted
+# JSON string (escapes allowed) or anything up to the next comma.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+# What the WebUI assumes for keys an infotext leaves out (kept to the ones about generation).
+A1111_DEFAULTS = {
+    "Clip skip": "1",
+    "Hires resize-1": 0,
+    "Hires resize-2": 0,
+    "Hires sampler": "Use same sampler",
+    "Hires checkpoint": "Use same checkpoint",
+    "Hires prompt": "",
+    "Hires negative prompt": "",
+    "Mask mode": "Inpaint masked",
+    "Masked content": "original",
+    "Inpaint area": "Whole picture",
+    "Masked area padding": 32,
+    "RNG": "GPU",
+    "Schedule type": "Automatic",
+    "Schedule max sigma": 0,
+    "Schedule min sigma": 0,
+    "Schedule rho": 0,
+    "VAE Encoder": "Full",
+    "VAE Decoder": "Full",
+    "FP8 weight": "Disable",
+}
+
+
+def quote(value) -> str:
+    """A value as the WebUI writes it: bare, or a JSON string when it holds ``,`` ``:`` or a newline."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def format_infotext(prompt: str, negative_prompt: str, params: dict) -> str:
+    """The infotext for one image: prompt, ``Negative prompt:`` line (only when there is one), and
+    the settings line. ``None`` values are left out; a value equal to its key is written alone (the
+    WebUI's convention for flags)."""
+    pairs = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        pairs.append(key if key == value else f"{key}: {quote(value)}")
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{', '.join(pairs)}".strip()
+
+
+def parse_generation_parameters(text: str, defaults: bool = True) -> dict:
+    """Read an infotext into a dict with the WebUI's keys, by the WebUI's rules.
+
+    ``Prompt`` and ``Negative prompt`` hold the text before the settings line (multi-line prompts
+    keep their newlines); every ``key: value`` of the last line is a string entry, except
+    ``WxH`` values, which become ``key-1`` and ``key-2`` (``Size: 512x768`` gives ``Size-1`` = "512",
+    ``Size-2`` = "768"). The last line counts as settings only when it holds at least three pairs.
+    With ``defaults`` the keys the WebUI fills in for missing settings are added too (``Clip skip``
+    "1", ``Schedule type`` "Automatic", ...).
+    """
+    res: dict = {}
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    res["Prompt"] = "\n".join(prompt)
+    res["Negative prompt"] = "\n".join(negative)
+
+    for key, value in _PARAM.findall(last):
+        if value[:1] == '"' and value[-1:] == '"':
+            value = unquote(value)
+        size = _SIZE.match(value)
+        if size:
+            res[f"{key}-1"], res[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            res[key] = value
+
+    if defaults:
+        for key, value in A1111_DEFAULTS.items():
+            res.setdefault(key, value)
+    return res
+
+
+def read_infotext(path, flag: str = "--from-image") -> str | None:
+    """The infotext of an image file: the PNG ``parameters`` chunk, or the EXIF UserComment the
+    WebUI writes into JPEG and WebP files; None when there is none. A file that is not an image is
+    a one-line UserError naming ``flag``."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            text = image.info.get("parameters")
+            if isinstance(text, str) and text:
+                return text
+            try:
+                comment = image.getexif().get_ifd(0x8769).get(0x9286)
+            except Exception:
+                comment = None
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except Exception as exc:      # not an image, or a damaged one
+        raise UserError(f"{flag} {path}: not a readable image ({type(exc).__name__})") from None
+    return _decode_user_comment(comment)
+
+
+def _decode_user_comment(raw) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw or None
+    head, body = bytes(raw[:8]), bytes(raw[8:])
+    if head.startswith(b"UNICODE"):
+        # The WebUI (piexif) writes UTF-16 big-endian; some tools write little-endian.
+        for codec in ("utf-16-be", "utf-16-le"):
+            try:
+                text = body.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            if text.isprintable() or "\n" in text:
+                return text.rstrip("\x00") or None
+        return None
+    if head.startswith(b"ASCII"):
+        return body.decode("ascii", "replace").rstrip("\x00") or None
+    return bytes(raw).decode("utf-8", "replace").rstrip("\x00") or None

@@ -1,0 +1,95 @@
+"""The one parameter type of generation: what the WebUI's txt2img / img2img take, but the model.
+
+Every image the project makes (``generate``, prompt matrix and X/Y/Z cells, class images, validation
+images, DreamBench, the toy demo) is described by a :class:`GenerationParams`, checked by
+:meth:`GenerationParams.check` (a one-line error naming the flag), and recorded in its PNG's infotext.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+
+from ..errors import UserError
+from .samplers import resolve
+
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 8192                 # pixels; beyond this no model of these families draws anything useful
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One WebUI generation: everything but the model."""
+    prompt: str
+    negative_prompt: str = ""
+    sampler: str = "Euler a"
+    schedule: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1                       # -1: a random seed; image i of a run gets seed + i
+    width: int | None = None             # None: the model's default size (img2img: the init image's)
+    height: int | None = None
+    batch_size: int = 1
+    batch_count: int = 1
+    init_image: object = None            # path or PIL image: img2img
+    strength: float = 0.75               # img2img / inpainting denoising strength
+    mask: object = None                  # path or PIL image, white = repaint: inpainting
+
+    def replace(self, **changes) -> "GenerationParams":
+        return replace(self, **changes)
+
+    def check(self) -> "GenerationParams":
+        """Raise a one-line UserError for a value no generation can use; returns self."""
+        def whole(name: str, value, low: int, high: int | None = None) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+                limit = f"from {low} to {high}" if high is not None else f"at least {low}"
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be a whole number {limit}")
+        whole("steps", self.steps, 1, 1000)
+        whole("batch_size", self.batch_size, 1, 64)
+        whole("batch_count", self.batch_count, 1, 10_000)
+        if self.seed != -1:
+            whole("seed", self.seed, 0, MAX_SEED)
+        for flag, value in (("--cfg", self.cfg_scale), ("--strength", self.strength)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{flag} {value}: must be a finite number")
+        if self.init_image is not None and not 0.0 < self.strength <= 1.0:
+            raise UserError(f"--strength {self.strength}: must be in (0, 1]")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 8 or value % 8 or value > MAX_SIDE):
+                raise UserError(f"--{name} {value}: must be a multiple of 8 from 8 to {MAX_SIDE}")
+        if self.mask is not None and self.init_image is None:
+            raise UserError("--mask needs --init-image (the image to inpaint)")
+        resolve(self.sampler, self.schedule)
+        return self
+
+    def with_seed(self) -> "GenerationParams":
+        """A random seed in place of -1 (the run's first seed, then fixed for every image)."""
+        return self if self.seed != -1 else replace(self, seed=random.randrange(MAX_SEED))
+
+    def seeds(self) -> list[list[int]]:
+        """The seeds of each batch: image i of the run gets ``seed + i``."""
+        n = self.batch_size
+        return [[self.seed + b * n + k for k in range(n)] for b in range(self.batch_count)]
+
+    @classmethod
+    def from_infotext(cls, info: dict, **overrides) -> "GenerationParams":
+        """Parameters from a parsed infotext (``infotext.parse_generation_parameters``)."""
+        def num(key, kind, default):
+            try:
+                return kind(info[key]) if key in info and info[key] != "" else default
+            except (TypeError, ValueError):
+                raise UserError(f"infotext: {key}: {info[key]!r} is not a number") from None
+        params = cls(
+            prompt=info.get("Prompt", ""),
+            negative_prompt=info.get("Negative prompt", ""),
+            sampler=info.get("Sampler", "Euler a"),
+            schedule=info.get("Schedule type", "Automatic") or "Automatic",
+            steps=num("Steps", int, 20),
+            cfg_scale=num("CFG scale", float, 7.0),
+            seed=num("Seed", int, -1),
+            width=num("Size-1", int, None),
+            height=num("Size-2", int, None),
+            strength=num("Denoising strength", float, 0.75),
+        )
+        return replace(params, **overrides)

@@ -1,0 +1,177 @@
+"""A model ready for generation: the diffusers pipeline, what the infotext says about it, its LoRAs.
+
+``load_generation_pipeline`` loads anything ``models.load_pipeline`` can, or a LoRA training output
+folder (its base model, the VAE it was trained with, and the LoRA at weight 1), with ``--lora``
+LoRAs and a LoRA library for ``<lora:name:weight>`` in prompts. ``GenerationPipeline`` also wraps a
+pipeline that is already in memory (the trainer's, for validation images).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..devices import pick_device
+from ..errors import UserError
+from ..models.hashes import model_hash
+from ..models.loading import load_pipeline
+from ..models.specs import is_lora_output, lora_output_base, resolve_model
+from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
+from .grammar import LoraTag
+from .loras import LoraFile, LoraLibrary, lora_from_path
+
+
+@dataclass
+class ModelInfo:
+    """What the infotext says about the base model."""
+    name: str
+    path: Path | None = None       # the folder or file (None: nothing to hash)
+    spec: str | None = None        # as recorded for --from-image: absolute path, hub id or 'toy'
+    vae: Path | None = None
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def hash(self) -> str | None:
+        if self._hash is None and self.path is not None and Path(self.path).exists():
+            self._hash = model_hash(self.path)
+        return self._hash
+
+
+def _recorded(spec: str) -> str:
+    """A model as the infotext records it: local paths made absolute, hub ids and 'toy' as given."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec != "toy" and path.exists() else spec
+
+
+def model_info_for(spec: str, vae: str | None = None) -> ModelInfo:
+    ref = resolve_model(spec)
+    path = Path(spec).expanduser()
+    name = spec if spec == "toy" or ref.kind == "hub" else (path.stem if path.is_file() else path.resolve().name)
+    vae_path = Path(vae).expanduser() if vae and Path(vae).expanduser().exists() else None
+    return ModelInfo(name=name, path=ref.path, spec=_recorded(spec), vae=vae_path)
+
+
+class GenerationPipeline:
+    """A diffusers pipeline plus what generation needs around it: the model's infotext entry, the
+    LoRA library and the LoRAs applied by default, the scheduler config samplers are built from, and
+    the img2img / inpainting pipelines made from it on first use."""
+
+    def __init__(self, pipe, info: ModelInfo | None = None, library: LoraLibrary | None = None,
+                 default_loras: list[LoraTag] | None = None):
+        self.pipe = pipe
+        pipe.set_progress_bar_config(disable=True)
+        self.info = info or ModelInfo(name=type(pipe).__name__)
+        self.library = library or LoraLibrary()
+        self.default_loras = list(default_loras or [])
+        self.scheduler_config = dict(pipe.scheduler.config)
+        self._tasks: dict[str, object] = {"txt2img": pipe}
+        self._adapters: dict[Path, str] = {}          # loaded LoRA file -> adapter name
+        self._lora_enabled = False
+        self._resident: dict[str, LoraFile] = {}      # LoRAs whose weights are in the modules already
+
+    def add_resident_lora(self, output: Path) -> None:
+        """A LoRA being trained in these very modules (validation): recorded in every infotext as
+        ``<lora:NAME:1>`` with the output folder's files, never loaded."""
+        output = Path(output)
+        lora = LoraFile(output.resolve().name, output / LORA_WEIGHTS_FILE, named_weights_file(output),
+                        str(output.resolve()))
+        self._resident[lora.name] = lora
+        self.default_loras.append(LoraTag(lora.name, 1.0))
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) the model was made for: UNet sample size x VAE scale factor."""
+        size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return size, size
+
+    def for_task(self, task: str):
+        """The pipeline for txt2img, img2img or inpaint (sharing this one's modules)."""
+        if task not in self._tasks:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+            auto = AutoPipelineForImage2Image if task == "img2img" else AutoPipelineForInpainting
+            try:
+                self._tasks[task] = auto.from_pipe(self.pipe)
+            except Exception as exc:
+                raise UserError(f"{'--init-image' if task == 'img2img' else '--mask'}: this model has no {task} "
+                                f"pipeline ({type(exc).__name__})") from None
+            self._tasks[task].set_progress_bar_config(disable=True)
+        return self._tasks[task]
+
+    def apply_loras(self, tags: list[LoraTag]) -> list[tuple[LoraFile, float]]:
+        """Make exactly ``tags`` active (loading files on first use); returns (file, weight) pairs."""
+        resident = [(self._resident[t.name], t.weight) for t in tags if t.name in self._resident]
+        if any(weight != 1 for _, weight in resident):
+            raise UserError("<lora:...>: the LoRA being trained is in the model at weight 1; no other weight")
+        active = [(self.library.find(tag.name), tag.weight) for tag in tags if tag.name not in self._resident]
+        names, weights = [], []
+        for lora, weight in active:
+            if lora.load not in self._adapters:
+                adapter = f"lora{len(self._adapters)}"
+                try:
+                    self.pipe.load_lora_weights(str(lora.load.parent), weight_name=lora.load.name, adapter_name=adapter)
+                except Exception as exc:
+                    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                    raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({msg})") from None
+                self._adapters[lora.load] = adapter
+            names.append(self._adapters[lora.load])
+            weights.append(weight)
+        if names:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, adapter_weights=weights)
+            self._lora_enabled = True
+        elif self._lora_enabled:
+            self.pipe.disable_lora()
+            self._lora_enabled = False
+        return resident + active
+
+    def to(self, device) -> "GenerationPipeline":
+        self.pipe.to(device)
+        return self
+
+
+def load_generation_pipeline(model: str, loras=(), vae: str | None = None, device: str | torch.device | None = None,
+                             dtype: torch.dtype | None = None, model_config: str | None = None,
+                             lora_dirs=(), library: LoraLibrary | None = None) -> GenerationPipeline:
+    """Load ``model`` for generation; ``loras`` are ``[(path, weight), ...]`` applied to every prompt
+    (as ``<lora:name:weight>`` tags appended to it). Half precision on CUDA unless ``dtype`` says otherwise."""
+    library = library or LoraLibrary(lora_dirs)
+    default: list[LoraTag] = []
+    if is_lora_output(model):
+        lora = library.add(lora_from_path(model, "--model"))
+        default.append(LoraTag(lora.name, 1.0))
+        model, trained_vae = lora_output_base(model)
+        vae = vae or trained_vae
+    for spec, weight in loras:
+        lora = library.add(lora_from_path(str(spec)))
+        default.append(LoraTag(lora.name, float(weight)))
+    device = pick_device(device)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else None
+    info = model_info_for(str(model), vae)
+    pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
+    generation = GenerationPipeline(pipe, info, library, default)
+    generation.apply_loras(default)            # fail on a bad LoRA now, not at the first prompt
+    return generation.to(device)
+
+
+def sources_from_infotext(info: dict) -> tuple[str | None, dict[str, str]]:
+    """(model spec, {LoRA name: path}) recorded by our ``Model path`` / ``Lora paths`` keys, where
+    they still exist here; the model is None when neither it nor ``Model`` resolves."""
+    model = None
+    for candidate in (info.get("Model path"), info.get("Model")):
+        if candidate:
+            try:
+                resolve_model(candidate)
+            except UserError:
+                continue
+            model = candidate
+            break
+    try:
+        listed = json.loads(info["Lora paths"]) if info.get("Lora paths") else {}
+    except ValueError:
+        listed = {}
+    loras = {str(k): str(v) for k, v in listed.items() if Path(str(v)).expanduser().exists()} \
+        if isinstance(listed, dict) else {}
+    return model, loras

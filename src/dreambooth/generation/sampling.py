@@ -1,0 +1,203 @@
+"""The one sampling function: every image the project makes comes out of :func:`generate`.
+
+``generate(pipeline, params)`` runs txt2img, img2img (``init_image``) or inpainting (``init_image`` +
+``mask``) for ``batch_count`` batches of ``batch_size`` images, the WebUI way:
+
+* image ``i`` of a run uses seed ``seed + i`` and its own CPU ``torch.Generator`` for its initial
+  latents and any noise the sampler draws. By default each image is one pipeline call of its own, so
+  it is computed with exactly the shapes it gets when made alone from its seed: bit for bit the same.
+  ``fast_batches`` runs a whole batch in one call (faster on GPUs; an image may then differ by a
+  rounding step from the same seed made alone);
+* the prompts are read with the WebUI grammar (``grammar``): ``<lora:name:weight>`` tags choose the
+  LoRAs, emphasis weights and 75-token chunks shape the conditioning (``conditioning``), and prompt
+  editing / alternation swap it between steps through diffusers' ``callback_on_step_end``;
+* every image carries the WebUI infotext (``infotext``); with ``output_dir`` it is saved as
+  ``00001-<seed>.png`` (``outputs.claim_numbered``). ``dreambooth generate --from-image`` recreates it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .. import progress
+from ..images import as_image, write_png
+from ..outputs import claim_numbered
+from .conditioning import PromptEncoder, schedule_conditioning
+from .grammar import LoraTag, extract_loras
+from .infotext import format_infotext
+from .loras import LoraFile
+from .params import GenerationParams
+from .pipeline import GenerationPipeline
+from .samplers import make_scheduler
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    infotext: str
+    path: Path | None = None
+    prompt: str = ""               # as recorded: with the <lora:...> tags that made it
+    negative_prompt: str = ""
+
+
+def with_default_loras(prompt: str, defaults: list[LoraTag]) -> str:
+    """The prompt as recorded: the default LoRAs (``--lora``) appended as tags, unless named already."""
+    named = {tag.name for tag in extract_loras(prompt)[1]}
+    extra = " ".join(str(tag) for tag in defaults if tag.name not in named)
+    return f"{prompt} {extra}".strip() if extra else prompt
+
+
+def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPipeline,
+                    loras: list[tuple[LoraFile, float]], img2img: bool) -> dict:
+    """The settings line of the infotext, in the WebUI's key order, then our own keys."""
+    info = pipeline.info
+    out = {
+        "Steps": params.steps,
+        "Sampler": params.sampler,
+        "Schedule type": params.schedule,
+        "CFG scale": params.cfg_scale,
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": info.hash,
+        "Model": info.name,
+        "VAE": info.vae.name if info.vae else None,
+        "Denoising strength": params.strength if img2img else None,
+        "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
+        # Ours, for --from-image: where the model and the LoRAs were.
+        "Model path": info.spec,
+        "Lora paths": json.dumps({lo.name: lo.source for lo, _ in loras}, ensure_ascii=False) if loras else None,
+    }
+    return out
+
+
+def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
+    """``params`` checked, with its seed and size fixed: returns (params, init image, mask)."""
+    params = params.check().with_seed()
+    init = as_image(params.init_image, "--init-image")
+    mask = as_image(params.mask, "--mask", "L")
+    width, height = params.width, params.height
+    if init is not None:
+        width = width or max(8, init.width // 8 * 8)
+        height = height or max(8, init.height // 8 * 8)
+    dw, dh = pipeline.default_size
+    return params.replace(width=width or dw, height=height or dh).check(), init, mask
+
+
+def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None, *,
+             fast_batches: bool = False, autocast: torch.dtype | None = None,
+             task: progress.Task | None = None) -> list[GeneratedImage]:
+    """Make the images ``params`` describe (see the module doc). ``autocast`` runs the denoising in
+    that dtype (mixed-precision training: fp32 trainable and low-precision frozen weights); ``task``
+    is a progress task shared with other calls (otherwise one is opened: "generating")."""
+    params, init, mask = resolve_params(pipeline, params)
+    text, _ = extract_loras(params.prompt)
+    recorded_prompt = with_default_loras(params.prompt, pipeline.default_loras)
+    loras = pipeline.apply_loras(extract_loras(recorded_prompt)[1])
+    mode = "inpaint" if mask is not None else "img2img" if init is not None else "txt2img"
+    runner = pipeline.for_task(mode)
+    encoder = PromptEncoder(pipeline.pipe)
+    conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
+    if init is not None:
+        init = init.resize((params.width, params.height), resample=Image.BICUBIC)     # "Just resize"
+    if mask is not None:
+        mask = mask.resize((params.width, params.height), resample=Image.BICUBIC)
+
+    opened = contextlib.nullcontext(task) if task is not None else \
+        progress.task("generating", params.batch_size * params.batch_count)
+    results: list[GeneratedImage] = []
+    with opened as bar:
+        for seeds in params.seeds():
+            calls = [seeds] if fast_batches else [[s] for s in seeds]
+            images = [im for call in calls for im in
+                      _call(runner, pipeline.scheduler_config, params, call, conditioning, encoder.family == "sdxl",
+                            init, mask, bar, autocast)]
+            for seed, image in zip(seeds, images):
+                if mask is not None:
+                    image = Image.composite(image, init, mask)        # keep the unmasked pixels exactly
+                infotext = format_infotext(recorded_prompt, params.negative_prompt,
+                                           infotext_params(params, seed, pipeline, loras, init is not None))
+                path = write_png(image, claim_numbered(output_dir, seed), infotext) if output_dir is not None else None
+                results.append(GeneratedImage(image, seed, infotext, path, recorded_prompt, params.negative_prompt))
+    return results
+
+
+def _embed_kwargs(pos, neg, batch: int, is_xl: bool, dtype, device) -> dict:
+    def rep(t):
+        return t.to(device=device, dtype=dtype).repeat(batch, *([1] * (t.dim() - 1)))
+    kwargs = {"prompt_embeds": rep(pos.embeds), "negative_prompt_embeds": rep(neg.embeds)}
+    if is_xl:
+        kwargs["pooled_prompt_embeds"] = rep(pos.pooled)
+        kwargs["negative_pooled_prompt_embeds"] = rep(neg.pooled)
+    return kwargs
+
+
+def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
+          init, mask, bar: progress.Task, autocast: torch.dtype | None) -> list[Image.Image]:
+    """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler."""
+    scheduler = make_scheduler(scheduler_config, params.sampler, params.schedule)
+    if type(scheduler).__name__ == "DPMSolverSDEScheduler":
+        scheduler.noise_sampler_seed = list(seeds)          # one Brownian tree per image
+    order = max(1, int(getattr(scheduler, "order", 1)))
+    device = runner._execution_device
+    n = len(seeds)
+    pos, neg = conditioning.at(0)
+    state = {"step": 0}
+
+    def on_step_end(pipe, i, t, tensors):
+        # Called after denoising iteration i; the conditioning returned is used from iteration i+1.
+        # Steps count as in the WebUI (0-based); second-order schedulers (Heun, DPM2) take two
+        # iterations per step.
+        bar.advance(n / max(1, pipe.num_timesteps))
+        step = (i + 1) // order
+        if not conditioning.changes or step == state["step"]:
+            return {}
+        state["step"] = step
+        p, q = conditioning.at(step)
+        current = tensors["prompt_embeds"]
+        new = _embed_kwargs(p, q, n, is_xl, current.dtype, current.device)
+        cfg = pipe.do_classifier_free_guidance
+        out = {"prompt_embeds": torch.cat([new["negative_prompt_embeds"], new["prompt_embeds"]]) if cfg
+               else new["prompt_embeds"]}
+        if is_xl:
+            pooled = torch.cat([new["negative_pooled_prompt_embeds"], new["pooled_prompt_embeds"]]) if cfg \
+                else new["pooled_prompt_embeds"]
+            out["add_text_embeds"] = pooled.to(tensors["add_text_embeds"].dtype)
+        return out
+
+    call = dict(_embed_kwargs(pos, neg, n, is_xl, runner.unet.dtype, device),
+                num_inference_steps=params.steps, guidance_scale=params.cfg_scale,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                output_type="latent" if autocast else "pil", callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["prompt_embeds"] + (["add_text_embeds"] if is_xl else []))
+    if init is None:
+        call.update(width=params.width, height=params.height)
+    else:
+        call.update(image=[init] * n, strength=params.strength)
+        if mask is not None:
+            call.update(mask_image=[mask] * n, width=params.width, height=params.height)
+    previous, runner.scheduler = runner.scheduler, scheduler
+    try:
+        with torch.inference_mode():
+            if autocast is None:
+                return runner(**call).images
+            with torch.autocast(device.type, dtype=autocast):
+                latents = runner(**call).images
+            return decode(runner, latents)
+    finally:
+        runner.scheduler = previous                      # leave the pipeline as we found it
+
+
+def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents to images with the VAE in its own precision, outside any autocast: the SDXL VAE
+    overflows in fp16 (black images), so mixed-precision sampling never autocasts it down."""
+    vae = pipe.vae
+    latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    with torch.autocast(vae.device.type, enabled=False):
+        images = vae.decode(latents).sample
+    return pipe.image_processor.postprocess(images.float(), output_type="pil")

@@ -1,0 +1,102 @@
+"""Image files: the one opener (EXIF orientation, any mode to RGB, errors that name the file) and
+the one lister of image folders. Training photos, init images, masks, real photos for the metrics
+and PNG Info all come through here.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparency is composited on white, 16-bit is scaled down."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text or type(exc).__name__
+
+
+def open_image(path: str | Path, flag: str = "", mode: str = "RGB", keep_alpha: bool = False) -> Image.Image:
+    """Open an image file: EXIF orientation applied, converted to ``mode`` ("RGB" through
+    :func:`to_rgb`, or e.g. "L" for masks). ``keep_alpha`` returns RGBA when the file has
+    transparency. Any failure is a one-line UserError naming ``flag`` (if given) and the file."""
+    where = f"{flag} {path}" if flag else str(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{where}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"{where}: image too large to open safely ({_why(exc)}); downscale it first") from None
+    except Exception as exc:     # PIL raises many kinds for damaged or foreign files
+        raise UserError(f"{where}: not a readable image ({_why(exc)})") from None
+    if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
+        return im.convert("RGBA")
+    return to_rgb(im) if mode == "RGB" else im.convert(mode)
+
+
+def as_image(value, flag: str = "", mode: str = "RGB") -> Image.Image | None:
+    """A PIL image given as an image or as a path (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return to_rgb(value) if mode == "RGB" else value.convert(mode)
+    return open_image(value, flag, mode)
+
+
+def list_images(folder: str | Path, flag: str, allow_empty: bool = False) -> list[Path]:
+    """Image files directly in ``folder`` (by suffix, hidden files left out), in sorted name order;
+    a one-line error when there are none, unless ``allow_empty``."""
+    files = [p for p in list_files(folder, flag) if is_image_file(p)]
+    if not files and not allow_empty:
+        raise UserError(f"{flag} {folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
+    return files
+
+
+def list_files(folder: str | Path, flag: str) -> list[Path]:
+    """Every visible file directly in ``folder``, sorted; a one-line error when it is no folder."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{flag} {folder}: no such folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def write_png(image: Image.Image, path: str | Path, infotext: str | None = None) -> Path:
+    """Save ``image`` as PNG with ``infotext`` in its ``parameters`` text chunk (as A1111 writes it)."""
+    from PIL.PngImagePlugin import PngInfo
+    path = Path(path)
+    info = PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    image.save(path, format="PNG", pnginfo=info)
+    return path

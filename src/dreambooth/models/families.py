@@ -1,0 +1,120 @@
+"""What differs between model families, and nothing else.
+
+SD1 and SD2 condition the UNet on one CLIP encoder's last hidden state. SDXL concatenates the
+penultimate hidden states of two encoders, and adds the second encoder's pooled (projected)
+embedding plus six size numbers (``add_time_ids``: original size, crop top-left, target size) as
+extra conditioning. The training loop, class-image generation and prompt weighting all go through
+this adapter, so a family is one small class here, never a copied loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+
+
+def detect_family(unet_config, text_encoder_config=None, has_second_text_encoder: bool = False) -> str:
+    """'sd1', 'sd2' or 'sdxl' from the components' configs.
+
+    SDXL's UNet takes pooled text and size conditioning (``addition_embed_type == 'text_time'``).
+    SD2 differs from SD1 by its OpenCLIP encoder (gelu, 1024 wide) and linear projections in the
+    UNet's transformer blocks; SD1 uses CLIP ViT-L (quick_gelu, 768) and conv projections.
+    """
+    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
+    if get("addition_embed_type") == "text_time" or has_second_text_encoder:
+        return "sdxl"
+    if get("addition_embed_type") or get("class_embed_type") or get("in_channels", 4) != 4:
+        raise UserError(f"--model: UNet with in_channels={get('in_channels')}, "
+                        f"addition_embed_type={get('addition_embed_type')} is not an SD1/SD2/SDXL text-to-image model "
+                        "(inpainting, upscaler and other variants are not supported for training)")
+    act = getattr(text_encoder_config, "hidden_act", None)
+    if get("use_linear_projection") or get("cross_attention_dim") == 1024 or act == "gelu":
+        return "sd2"
+    return "sd1"
+
+
+def family_of(pipe) -> str:
+    te = getattr(pipe, "text_encoder", None)
+    return detect_family(pipe.unet.config, te.config if te is not None else None,
+                         getattr(pipe, "text_encoder_2", None) is not None)
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor                   # (B, tokens, dim): the UNet's encoder_hidden_states
+    pooled: torch.Tensor | None = None     # (B, dim2): SDXL only
+
+    def repeat(self, n: int) -> "Conditioning":
+        return Conditioning(self.embeds.repeat(n, 1, 1), None if self.pooled is None else self.pooled.repeat(n, 1))
+
+
+class SD1Family:
+    name = "sd1"
+    default_resolution = 512
+    needs_time_ids = False
+
+    def __init__(self, pipe):
+        self.tokenizers = [pipe.tokenizer]
+        self.text_encoders = [pipe.text_encoder]
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        return ["text_encoder"]
+
+    def tokenize(self, prompts: list[str]) -> list[torch.Tensor]:
+        """One (B, 77) id tensor per tokenizer; long prompts are truncated here (the generation
+        path encodes them in 75-token chunks instead)."""
+        return [tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids for tok in self.tokenizers]
+
+    def encode(self, input_ids: list[torch.Tensor]) -> Conditioning:
+        te = self.text_encoders[0]
+        return Conditioning(te(input_ids[0].to(te.device))[0])
+
+    def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict | None:
+        return None
+
+
+class SD2Family(SD1Family):
+    name = "sd2"
+    default_resolution = 768   # SD 2.x 768-v; the 512 base is also fine at 512
+
+
+class SDXLFamily(SD1Family):
+    name = "sdxl"
+    default_resolution = 1024
+    needs_time_ids = True
+
+    def __init__(self, pipe):
+        self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
+        self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        return ["text_encoder", "text_encoder_2"]
+
+    def encode(self, input_ids: list[torch.Tensor]) -> Conditioning:
+        hidden, pooled = [], None
+        for te, ids in zip(self.text_encoders, input_ids):
+            out = te(ids.to(te.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]   # the last encoder's projected pooled output (text_embeds)
+        return Conditioning(torch.cat(hidden, dim=-1), pooled)
+
+    def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict:
+        return {"text_embeds": cond.pooled, "time_ids": time_ids}
+
+
+def time_ids(original_hw: tuple[int, int], crop_top_left: tuple[int, int], target_hw: tuple[int, int]) -> torch.Tensor:
+    """SDXL's six micro-conditioning numbers, in the order SDXL was trained with:
+    (original height, original width, crop top, crop left, target height, target width)."""
+    return torch.tensor([*original_hw, *crop_top_left, *target_hw], dtype=torch.float32)
+
+
+FAMILIES = {"sd1": SD1Family, "sd2": SD2Family, "sdxl": SDXLFamily}
+
+
+def adapter_for(pipe):
+    return FAMILIES[family_of(pipe)](pipe)

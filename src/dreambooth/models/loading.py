@@ -1,0 +1,118 @@
+"""Load pipelines and VAEs from any spec ``specs.resolve_model`` accepts; the family is read from the
+components (``families.family_of``), never from the name.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .families import family_of
+from .specs import hub_snapshot, is_hub_id, offline, resolve_model
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers/hub print loading bars and advice on every load; our own bars say
+    what matters."""
+    import diffusers
+    import transformers
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def _single_file_type(path: Path) -> str:
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+    try:
+        checkpoint = load_single_file_checkpoint(str(path))
+    except Exception as exc:
+        raise UserError(f"--model {path}: cannot read checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    return infer_diffusers_model_type(checkpoint)
+
+
+def _pipeline_class_for_folder(path: Path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--model {path}: unreadable model_index.json ({exc})") from exc
+    name = index.get("_class_name", "")
+    if "text_encoder_2" in index and index.get("text_encoder_2", [None])[0]:
+        return StableDiffusionXLPipeline
+    if name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline") or "unet" in index:
+        return StableDiffusionXLPipeline if "XL" in name else StableDiffusionPipeline
+    raise UserError(f"--model {path}: a {name or 'unknown'} pipeline is not supported; "
+                    "use an SD 1.x, SD 2.x or SDXL model")
+
+
+def load_vae(spec: str, dtype: torch.dtype | None = None):
+    """A replacement VAE (``--vae``): a diffusers AutoencoderKL folder, a hub id or a single file."""
+    from diffusers import AutoencoderKL
+    path = Path(spec).expanduser()
+    try:
+        if path.is_file():
+            return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype)
+        if path.is_dir():
+            sub = "vae" if (path / "vae" / "config.json").exists() else None
+            if sub is None and not (path / "config.json").exists():
+                raise UserError(f"--vae {spec}: folder has no config.json (nor vae/config.json)")
+            return AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype)
+        if is_hub_id(spec):
+            return AutoencoderKL.from_pretrained(hub_snapshot(spec, "--vae"), torch_dtype=dtype)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"--vae {spec}: cannot load ({type(exc).__name__})") from exc
+    raise UserError(f"--vae {spec}: no such folder or file, and not a hub id")
+
+
+def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None = None,
+                  model_config: str | None = None, flag: str = "--model", components: dict | None = None):
+    """Load a StableDiffusion(XL)Pipeline from any spec ``resolve_model`` accepts.
+
+    ``model_config`` is the diffusers folder or hub id whose configs describe a single-file
+    checkpoint; without it diffusers looks for the default configs of the detected type in the local
+    cache (offline-safe: it never downloads when HF_HUB_OFFLINE=1). ``components`` are modules to
+    use instead of loading them (e.g. a trained UNet).
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    quiet_libraries()
+    ref = resolve_model(spec, flag)
+    kwargs = dict(components or {})
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if ref.kind == "file":
+        kind = _single_file_type(ref.path)
+        if kind.startswith("xl_base"):
+            cls = StableDiffusionXLPipeline
+        elif kind in ("v1", "v2"):
+            cls = StableDiffusionPipeline
+        else:
+            raise UserError(f"{flag} {spec}: a '{kind}' checkpoint is not supported; use SD 1.x, SD 2.x or SDXL")
+        if model_config:
+            kwargs["config"] = str(resolve_model(model_config, "--model-config").path)
+        try:
+            pipe = cls.from_single_file(str(ref.path), local_files_only=offline() or bool(model_config), **kwargs)
+        except Exception as exc:
+            raise UserError(f"{flag} {spec}: cannot load single file ({type(exc).__name__}); pass --model-config "
+                            "with the diffusers folder or cached hub id of its base model") from exc
+    else:
+        cls = _pipeline_class_for_folder(ref.path)
+        extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+        try:
+            pipe = cls.from_pretrained(ref.path, **extra, **kwargs)
+        except Exception as exc:
+            raise UserError(f"{flag} {spec}: cannot load pipeline ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    if vae:
+        pipe.vae = load_vae(vae, dtype)
+    family_of(pipe)  # raises a UserError for unsupported variants
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

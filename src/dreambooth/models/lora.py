@@ -1,0 +1,109 @@
+"""LoRA through peft: attach adapters, save them as diffusers and as kohya/A1111 files.
+
+The diffusers file (``pytorch_lora_weights.safetensors``) is what ``pipe.load_lora_weights(dir)``
+reads; adapter metadata carries alpha so a rank/alpha scale other than 1 survives. The kohya file
+uses the names A1111, ComfyUI and kohya's tools read: ``lora_unet_<module path with _>``,
+``lora_te_`` (SD1/SD2) or ``lora_te1_``/``lora_te2_`` (SDXL), ``.lora_down``/``.lora_up`` weights
+and one ``.alpha`` scalar per module. We write the kohya names ourselves (a table of one rule) and
+test the round trip through diffusers' own loader rather than trusting a converter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..outputs import LORA_WEIGHTS_FILE, as_user_file
+
+UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def add_adapters(model, rank: int, alpha: float, targets: list[str], dropout: float = 0.0) -> None:
+    """Attach a trainable LoRA adapter named 'default' to ``model`` (diffusers or transformers)."""
+    from peft import LoraConfig
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
+                        target_modules=targets)
+    model.add_adapter(config)
+
+
+def adapter_state_dict(model) -> dict[str, torch.Tensor]:
+    """The adapter's weights with peft's names (``...to_q.lora_A.weight``), adapter name stripped."""
+    from peft.utils import get_peft_model_state_dict
+    return {k: v.detach() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def adapter_metadata(model) -> dict:
+    return model.peft_config["default"].to_dict()
+
+
+def save_diffusers_lora(pipeline_cls, directory: Path, components: dict[str, torch.nn.Module]) -> Path:
+    """``components`` maps 'unet' / 'text_encoder' / 'text_encoder_2' to models carrying adapters."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    kwargs = {}
+    for name, model in components.items():
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(adapter_state_dict(model))
+        kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata(model)
+    pipeline_cls.save_lora_weights(directory, safe_serialization=True, **kwargs)
+    as_user_file(directory / LORA_WEIGHTS_FILE)
+    return directory / LORA_WEIGHTS_FILE
+
+
+def kohya_prefix(component: str, family: str) -> str:
+    if component == "unet":
+        return "lora_unet"
+    if component == "text_encoder_2":
+        return "lora_te2"
+    return "lora_te1" if family == "sdxl" else "lora_te"
+
+
+def to_kohya(components: dict[str, torch.nn.Module], family: str, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """kohya/A1111 names for every adapted module: down/up weights and the alpha scalar."""
+    out: dict[str, torch.Tensor] = {}
+    for component, model in components.items():
+        alpha = float(adapter_metadata(model)["lora_alpha"])
+        prefix = kohya_prefix(component, family)
+        for key, tensor in adapter_state_dict(model).items():
+            module, kind = key.rsplit(".lora_", 1)          # "...to_q", "A.weight"
+            if component != "unet" and not module.startswith("text_model."):
+                module = "text_model." + module              # transformers 5 dropped this level; kohya names keep it
+            name = f"{prefix}_{module.replace('.', '_')}"
+            out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.to(dtype).contiguous()
+            out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    return out
+
+
+def kohya_base_model_version(family: str, prediction_type: str = "epsilon") -> str:
+    """kohya's ``ss_base_model_version``: sd_v1, sd_v2 (sd_v2_v for v-prediction), sdxl_base_v1-0."""
+    if family == "sdxl":
+        return "sdxl_base_v1-0"
+    if family == "sd2":
+        return "sd_v2_v" if prediction_type == "v_prediction" else "sd_v2"
+    return "sd_v1"
+
+
+def kohya_metadata(family: str, rank: int, alpha: float, prediction_type: str = "epsilon",
+                   training: dict | None = None) -> dict[str, str]:
+    """The ``ss_*`` fields kohya's trainers write, as strings (safetensors metadata is str -> str).
+    A1111 files a LoRA under SDXL by ``ss_base_model_version`` and under SD2 by ``ss_v2 == "True"``
+    (anything else with metadata is SD1), and shows the rest in its LoRA card. ``training`` adds
+    more ``ss_*`` fields (learning rates, steps, image counts, ...)."""
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": f"{float(alpha):g}",
+        "ss_v2": str(family == "sd2"),
+        "ss_base_model_version": kohya_base_model_version(family, prediction_type),
+        "ss_v_parameterization": str(prediction_type == "v_prediction"),
+    }
+    meta.update({k: "None" if v is None else str(v) for k, v in (training or {}).items()})
+    return meta
+
+
+def save_kohya_lora(path: Path, components: dict[str, torch.nn.Module], family: str, metadata: dict[str, str],
+                    dtype=torch.float32) -> Path:
+    """Write the adapters in kohya/A1111 key format with ``metadata`` (see ``kohya_metadata``)."""
+    save_file(to_kohya(components, family, dtype), str(path), metadata=dict(metadata))
+    as_user_file(path)
+    return path

@@ -1,0 +1,124 @@
+"""What a model spec names, resolved to files on disk: the one resolver.
+
+A spec is ``toy`` (the small model shipped in this package), a diffusers pipeline folder
+(``model_index.json``), a single-file checkpoint (``.safetensors``/``.ckpt``, as A1111 and ComfyUI
+keep them), a hub id (from the local Hugging Face cache; fetched only when ``HF_HUB_OFFLINE`` is not
+set), or a LoRA training output folder, which stands for its base model plus that LoRA.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..outputs import LORA_WEIGHTS_FILE, TRAINING_ARGS_FILE
+
+TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "toy_model"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    spec: str              # what the user wrote
+    kind: str              # "folder" | "file" | "hub"
+    path: Path             # the folder or file on disk (for hub ids: the cached snapshot)
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def is_hub_id(spec: str) -> bool:
+    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+
+
+def hub_snapshot(repo_id: str, flag: str, patterns: tuple[str, ...] = ("*.json", "*.txt", "*.safetensors", "*.model")) -> Path:
+    """The local snapshot of a hub repository: the cache first; the network only when not offline."""
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:     # not cached, or a partial cache
+        pass
+    how = f"run `hf download {repo_id}` on a connected machine, or give a local folder"
+    if offline():
+        raise UserError(f"{flag} {repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; {how}")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
+    except Exception as exc:  # network, auth, missing repo: all one line for the user
+        raise UserError(f"{flag} {repo_id}: could not fetch from the hub ({type(exc).__name__}); {how}") from None
+
+
+def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
+    """Turn what the user wrote into a folder or file on disk, or a one-line error."""
+    spec = str(spec)
+    if spec == "toy":
+        if not (TOY_MODEL_DIR / "model_index.json").exists():
+            raise UserError(f"{flag} toy: the toy model's weights are not in this install "
+                            f"({TOY_MODEL_DIR}); run scripts/pretrain_toy.py to make them")
+        return ModelRef(spec, "folder", TOY_MODEL_DIR)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "model_index.json").exists():
+            return ModelRef(spec, "folder", path)
+        raise UserError(f"{flag} {spec}: folder has no model_index.json; give a diffusers pipeline folder, "
+                        "a .safetensors/.ckpt file or a hub id")
+    if path.is_file():
+        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            return ModelRef(spec, "file", path)
+        raise UserError(f"{flag} {spec}: not a model file; expected .safetensors or .ckpt")
+    if is_hub_id(spec):
+        return ModelRef(spec, "hub", hub_snapshot(spec, flag))
+    raise UserError(f"{flag} {spec}: no such folder or file, and not a hub id (org/name)")
+
+
+def resolve_folder_or_hub(spec: str, flag: str, need: str = "config.json") -> Path:
+    """A component folder (a VAE, an evaluation model): a local folder holding ``need``, or a hub id."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        if not (path / need).exists():
+            raise UserError(f"{flag} {spec}: folder has no {need} (save the model with save_pretrained)")
+        return path
+    if is_hub_id(str(spec)):
+        snapshot = hub_snapshot(str(spec), flag)
+        if not (snapshot / need).exists():
+            raise UserError(f"{flag} {spec}: the cached copy has no {need}; run `hf download {spec}` again")
+        return snapshot
+    raise UserError(f"{flag} {spec}: no such folder, and not a hub id (org/name)")
+
+
+# ----- LoRA training outputs -------------------------------------------------------------------
+
+def is_lora_output(path: str | Path) -> bool:
+    """A ``dreambooth train`` LoRA output folder: LoRA weights and training args, no pipeline."""
+    path = Path(path).expanduser()
+    return (path.is_dir() and not (path / "model_index.json").exists()
+            and (path / LORA_WEIGHTS_FILE).exists() and (path / TRAINING_ARGS_FILE).exists())
+
+
+def training_args(folder: str | Path, flag: str = "--model") -> dict:
+    folder = Path(folder).expanduser()
+    try:
+        args = json.loads((folder / TRAINING_ARGS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag} {folder}: unreadable {TRAINING_ARGS_FILE} ({type(exc).__name__})") from None
+    if not isinstance(args, dict):
+        raise UserError(f"{flag} {folder}: {TRAINING_ARGS_FILE} is not a JSON object")
+    return args
+
+
+def lora_output_base(folder: str | Path, flag: str = "--model") -> tuple[str, str | None]:
+    """(base model spec, VAE spec or None) a LoRA training output was trained on."""
+    folder = Path(folder).expanduser()
+    args = training_args(folder, flag)
+    base = args.get("model")
+    if not base:
+        raise UserError(f"{flag} {folder}: {TRAINING_ARGS_FILE} names no base \"model\"; "
+                        f"pass --model BASE --lora {folder}")
+    base = str(base)
+    if not Path(base).expanduser().exists() and (folder / base).exists():
+        base = str(folder / base)        # a path written relative to the output folder
+    return base, args.get("vae")

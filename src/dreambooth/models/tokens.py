@@ -1,0 +1,88 @@
+"""Rare identifiers: find single tokens the model knows but barely uses.
+
+The paper binds the subject to a rare token so that fine-tuning need not first erase a strong prior.
+We rank a tokenizer's whole-word tokens (CLIP's ``</w>`` tokens) of at most 3 letters by **merge
+rank**: CLIP's BPE vocabulary is built merge by merge from the most frequent pair down, and a token's
+id follows the merge that created it, so a larger id means the string was rarer in the tokenizer's
+training text. Candidates are filtered to plain lowercase letters, not a common English word or
+abbreviation (``data/common_words.txt``), and listed rarest first: the paper's "sample from the rare
+end of the vocabulary", made deterministic.
+
+``sks`` is the folk default and is not meaningless: it is also the name of a rifle, and models
+trained on it sometimes show guns. Prefer a candidate from this list.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+_WORDS_FILE = Path(__file__).resolve().parent.parent / "data" / "common_words.txt"
+_LETTERS = re.compile(r"^[a-z]{2,}$")  # single letters are everywhere in text
+
+
+@lru_cache(maxsize=1)
+def common_words() -> frozenset[str]:
+    words = set()
+    for line in _WORDS_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            words.update(line.split())
+    return frozenset(words)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token: str        # the text to write in a prompt
+    token_id: int
+    rarity: float     # merge-rank percentile in [0, 1]: 1.0 is the last merge of the vocabulary
+
+
+def rare_identifiers(tokenizer, count: int = 20, max_chars: int = 3) -> list[Candidate]:
+    vocab = tokenizer.get_vocab()
+    size = max(vocab.values()) + 1
+    common = common_words()
+    found = []
+    for piece, token_id in vocab.items():
+        if not piece.endswith("</w>"):
+            continue
+        word = piece[:-4]
+        if len(word) > max_chars or not _LETTERS.match(word) or word in common:
+            continue
+        if tokenizer(word, add_special_tokens=False).input_ids != [token_id]:
+            continue  # the tokenizer would not produce this token for the bare word
+        found.append(Candidate(word, token_id, token_id / (size - 1)))
+    found.sort(key=lambda c: -c.token_id)
+    return found[:count]
+
+
+_FILLER = {"a", "an", "the", "photo", "of", "picture"}
+
+
+def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:
+    """The instance prompt's words that are neither class words nor filler: the identifier(s)."""
+    class_words = set((class_prompt or "").lower().split())
+    words = [w.strip(",.;:!?()[]") for w in instance_prompt.lower().split()]
+    return [w for w in words if w and w not in class_words and w not in _FILLER]
+
+
+def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | None = None) -> list[str]:
+    """Warnings about the identifier in the instance prompt: a word that is not in the class prompt
+    and not a plain common word is taken as the identifier."""
+    common = common_words()
+    candidates = identifier_words(instance_prompt, class_prompt)
+    warnings = []
+    if not candidates:
+        return ["the instance prompt has no identifier beyond the class words; add a rare token, e.g. 'a photo of sks dog'"]
+    for word in candidates:
+        pieces = tokenizer(word, add_special_tokens=False).input_ids
+        if len(pieces) > 1:
+            warnings.append(f"identifier '{word}' splits into {len(pieces)} tokens; a single rare token binds better "
+                            "(see `dreambooth tokens`)")
+        elif word == "sks":
+            warnings.append("identifier 'sks' carries a meaning of its own (it is also a rifle); "
+                            "`dreambooth tokens` lists rarer ones")
+        elif word in common:
+            warnings.append(f"identifier '{word}' is a common word with its own meaning; "
+                            "`dreambooth tokens` lists rarer ones")
+    return warnings

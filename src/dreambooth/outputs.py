@@ -1,0 +1,130 @@
+"""Where outputs go and what they are called: the one place for output file names.
+
+* generated images: ``00001-<seed>.png`` (grids ``grid-00001-<seed>.png``), numbered on from the
+  highest number in the folder, never overwriting;
+* a training output: ``pytorch_lora_weights.safetensors`` (diffusers LoRA), ``<name>.safetensors``
+  (the kohya/A1111 LoRA file, or the single-file checkpoint, named after the folder),
+  ``training_args.json``, ``class_images/class-00012.png``, ``checkpoints/checkpoint-000100``,
+  ``validation/step-000050.png``;
+* saved weights get the permissions of any file the user writes (0644 under the usual umask):
+  safetensors writes 0600.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+TRAINING_ARGS_FILE = "training_args.json"
+CLASS_IMAGES_DIR = "class_images"
+CHECKPOINTS_DIR = "checkpoints"
+VALIDATION_DIR = "validation"
+_NUMBERED = re.compile(r"^(\d+)-")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----- generated images ------------------------------------------------------------------------
+
+def next_number(folder: Path, prefix: str = "") -> int:
+    """1 + the highest ``<prefix>NNNNN-`` number of the files in ``folder`` (1 when there are none)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-") if prefix else _NUMBERED
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 1
+    return max((int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))), default=0) + 1
+
+
+def claim_numbered(folder: Path, seed: int, prefix: str = "") -> Path:
+    """A new ``<prefix>NNNNN-<seed>.png`` path in ``folder``, created empty so no other writer takes it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    number = next_number(folder, prefix)
+    while True:
+        path = folder / f"{prefix}{number:05d}-{seed}.png"
+        try:
+            with open(path, "xb"):
+                return path
+        except FileExistsError:
+            number += 1
+
+
+# ----- a training output -----------------------------------------------------------------------
+
+def named_weights_file(output: Path, default: str = "model") -> Path:
+    """``OUTPUT/<OUTPUT's name>.safetensors``: the kohya LoRA or the single-file checkpoint, the
+    file A1111 and ComfyUI load (and name the model or LoRA after)."""
+    output = Path(output)
+    return output / f"{output.name or default}.safetensors"
+
+
+def class_image_name(index: int) -> str:
+    return f"class-{index:05d}.png"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:06d}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    m = _CHECKPOINT.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def validation_grid_name(step: int) -> str:
+    return f"step-{step:06d}.png"
+
+
+def validation_images_dir(output: Path, step: int) -> Path:
+    return Path(output) / VALIDATION_DIR / f"step-{step:06d}"
+
+
+# ----- permissions -----------------------------------------------------------------------------
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def as_user_file(path: Path) -> None:
+    """Give ``path`` (a file, or every file under a folder) the mode a plain write would: safetensors
+    creates its files 0600, which other users and tools (a shared model folder, a web server)
+    cannot read."""
+    path = Path(path)
+    mode = 0o666 & ~_umask()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    for file in files:
+        if file.suffix in (".safetensors", ".tmp") and (file.stat().st_mode & 0o777) != mode:
+            os.chmod(file, mode)
+
+
+# ----- our own cache (hashes, known training outputs) ------------------------------------------
+
+def user_cache_dir() -> Path:
+    """``$DREAMBOOTH_CACHE``, else ``$XDG_CACHE_HOME/dreambooth`` (``~/.cache/dreambooth``)."""
+    root = os.environ.get("DREAMBOOTH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dreambooth")
+    return Path(root)
+
+
+def read_cache(name: str) -> dict:
+    """A JSON object kept in the cache folder ({} when missing or unreadable)."""
+    try:
+        data = json.loads((user_cache_dir() / name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_cache(name: str, data: dict) -> None:
+    """Replace a cache file atomically; a cache that cannot be written is only a cache."""
+    path = user_cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass

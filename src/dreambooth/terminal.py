@@ -1,0 +1,95 @@
+"""The terminal subscriber: progress events as rich bars on stderr (count, it/s, elapsed, ETA,
+loss when the task reports one), messages as lines.
+
+``show_progress()`` subscribes it; the CLI does so for every command. ``DREAMBOOTH_NO_PROGRESS=1``
+keeps the bars off (logs, tests); messages still print.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from . import progress
+from .progress import ProgressEvent
+
+
+def console() -> Console:
+    # Built on demand so redirected stderr (tests, pipes) is honoured.
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def bars_enabled() -> bool:
+    return os.environ.get("DREAMBOOTH_NO_PROGRESS", "0").lower() not in ("1", "true", "yes")
+
+
+class RateColumn(ProgressColumn):
+    """it/s, or s/it when slower than one per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text("-- it/s", style="progress.data.speed")
+        return Text(f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.2f} s/it", style="progress.data.speed")
+
+
+class FieldsColumn(ProgressColumn):
+    """The numbers a task reports beside its count (``loss 0.1234``)."""
+
+    def render(self, task) -> Text:
+        shown = [f"{k} {v:.4f}" for k, v in task.fields.items() if k == "loss" and isinstance(v, float)]
+        return Text("  ".join(shown))
+
+
+class TerminalBars:
+    """One rich display for all open tasks; a task's bar stays on screen when it ends."""
+
+    def __init__(self, bars: bool | None = None):
+        self.bars = bars_enabled() if bars is None else bars
+        self._lock = threading.Lock()
+        self._display: Progress | None = None
+        self._rows: dict[int, object] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            if event.kind == "message":
+                text = f"[yellow]warning:[/] {event.message}" if event.level == "warning" else event.message
+                (self._display.console if self._display else console()).print(text)
+            elif self.bars:
+                self._bar(event)
+
+    def _bar(self, event: ProgressEvent) -> None:
+        if event.kind == "start":
+            if self._display is None:
+                self._display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                         FieldsColumn(), console=console(), transient=False)
+                self._display.start()
+            self._rows[event.task_id] = self._display.add_task(event.task, total=event.total,
+                                                               completed=event.completed, **event.fields)
+            return
+        row = self._rows.get(event.task_id)
+        if row is None or self._display is None:
+            return
+        self._display.update(row, completed=event.completed, total=event.total, **event.fields)
+        if event.kind == "end":
+            del self._rows[event.task_id]
+            if not self._rows:
+                self._display.stop()
+                self._display = None
+
+
+_installed: TerminalBars | None = None
+
+
+def show_progress(bars: bool | None = None) -> None:
+    """Show every long job's progress in this terminal (once per process)."""
+    global _installed
+    if _installed is None:
+        _installed = TerminalBars(bars)
+        progress.subscribe(_installed)

@@ -1,0 +1,104 @@
+"""What a training run tells the world as it goes: the callback protocol.
+
+The trainer calls every callback at these points, in this order, with typed arguments:
+
+* ``on_train_start(run)``: set up, resumed if asked; nothing trained yet this session.
+* ``on_step_end(run, step)``: after each optimizer step (:class:`StepEnd`: step, loss, learning
+  rate). Raising here stops the run (a server cancels a job this way).
+* ``on_validation(run, validation)``: validation images were made (:class:`ValidationEnd`:
+  step, grid, image files, metrics when the evaluation models load).
+* ``on_checkpoint(run, checkpoint)``: a resumable checkpoint was written (:class:`CheckpointSaved`).
+* ``on_train_end(run, result)``: the output is written (:class:`TrainResult`).
+
+``run`` is the trainer, seen through :class:`TrainingRun`: what a callback may rely on. Subclass
+:class:`TrainingCallback` and override what you need; the terminal's progress bar is not a callback
+but a subscriber of the progress events (``dreambooth.progress``), which the trainer sends as well.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..generation.pipeline import GenerationPipeline
+from .config import TrainConfig
+
+
+class TrainingRun(Protocol):
+    """What callbacks (and validation) may use of a running trainer."""
+    config: TrainConfig            # resolved: resolution, learning rate and alpha filled in
+    output: Path
+    step: int                      # optimizer steps done
+    autocast_dtype: torch.dtype | None   # the mixed precision sampling runs in (None: none)
+
+    def save_model(self, directory: Path) -> list[Path]:
+        """The current weights, in the output's format, written to ``directory``."""
+        ...
+
+    def generation_pipeline(self, for_output: bool = True) -> GenerationPipeline:
+        """The weights in memory, ready for ``generation.sampling.generate``."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    losses: list[float]
+    seconds: float
+    peak_memory_bytes: int
+    files: list[Path]
+    skipped_steps: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    step: int               # optimizer steps done
+    max_steps: int
+    loss: float
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class ValidationEnd:
+    step: int
+    grid: Path
+    images: list[Path]
+    metrics: dict = field(default_factory=dict)   # dino, clip_i, clip_t, pres (absent without the models)
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+
+
+@runtime_checkable
+class TrainingCallbackProtocol(Protocol):
+    def on_train_start(self, run: TrainingRun) -> None: ...
+    def on_step_end(self, run: TrainingRun, step: StepEnd) -> None: ...
+    def on_validation(self, run: TrainingRun, validation: ValidationEnd) -> None: ...
+    def on_checkpoint(self, run: TrainingRun, checkpoint: CheckpointSaved) -> None: ...
+    def on_train_end(self, run: TrainingRun, result: TrainResult) -> None: ...
+
+
+class TrainingCallback:
+    """A callback that does nothing: subclass it and override the events you need."""
+
+    def on_train_start(self, run: TrainingRun) -> None:
+        pass
+
+    def on_step_end(self, run: TrainingRun, step: StepEnd) -> None:
+        pass
+
+    def on_validation(self, run: TrainingRun, validation: ValidationEnd) -> None:
+        pass
+
+    def on_checkpoint(self, run: TrainingRun, checkpoint: CheckpointSaved) -> None:
+        pass
+
+    def on_train_end(self, run: TrainingRun, result: TrainResult) -> None:
+        pass

@@ -1,0 +1,266 @@
+"""Typed training configuration: literature defaults, YAML presets, CLI overrides.
+
+One dataclass is the single source of truth: the CLI's flags are generated from its fields (name,
+type, help, choices), a preset is a YAML mapping of the same names, and the precedence is
+defaults < preset (``--config``) < flags. Values left at ``None`` are resolved once the base model is
+loaded (``resolve_defaults``), because the right resolution or learning rate depends on the family
+and method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import UserError
+from ..generation.params import GenerationParams
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+METHODS = ("full", "lora")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _opt(default, help: str, choices: tuple[str, ...] | None = None, group: str = "training", **extra):
+    meta = {"help": help, "group": group, **extra}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # --- model ---------------------------------------------------------------------------
+    model: str | None = _opt(None, "Base model: a diffusers folder, a hub id (local cache), a .safetensors/.ckpt file, or 'toy' (the built-in toy model).", group="model")
+    vae: str | None = _opt(None, "Replace the VAE: a diffusers folder, hub id or single file (e.g. an fp16-fix VAE).", group="model")
+    model_config: str | None = _opt(None, "For a single-file --model: the diffusers folder or cached hub id holding its configs.", group="model")
+    # --- data ----------------------------------------------------------------------------
+    instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp).", group="data")
+    instance_prompt: str | None = _opt(None, "Prompt naming the subject with a rare identifier, e.g. 'a photo of sks dog'.", group="data")
+    captions: bool = _opt(False, "Use name.txt beside name.jpg as that image's prompt.", group="data")
+    resolution: int | None = _opt(None, "Training size in pixels (default: the family's, 512 SD1, 768 SD2, 1024 SDXL).", group="data")
+    center_crop: bool = _opt(False, "Centre-crop instead of a random crop.", group="data")
+    random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
+    masked_loss: bool = _opt(False, "Weigh each instance pixel's loss by a mask: the photo's alpha channel, or NAME.mask.png beside NAME.jpg (white 1, black 0); photos without one count fully (kohya's --masked_loss).", group="data")
+    caption_dropout: float = _opt(0.0, "Share of training pictures (instance and class) shown with an empty prompt, so the unconditional prediction that CFG steers from is trained too (0 off).", group="data")
+    # --- prior preservation ----------------------------------------------------------------
+    class_prompt: str | None = _opt(None, "Prompt for the subject's class, e.g. 'a photo of dog'; turns on prior preservation.", group="prior")
+    prior_preservation: bool | None = _opt(None, "Class-specific prior-preservation loss (default: on when --class-prompt is given).", group="prior")
+    class_dir: str | None = _opt(None, "Folder of class images (default: OUTPUT/class_images); missing ones are generated.", group="prior")
+    num_class_images: int = _opt(100, "How many class images to use (generated with the frozen model if fewer exist).", group="prior")
+    class_steps: int = _opt(30, "Sampling steps for class images.", group="prior")
+    class_cfg: float = _opt(7.5, "CFG scale for class images.", group="prior")
+    class_negative_prompt: str = _opt("", "Negative prompt for class images.", group="prior")
+    class_sampler: str = _opt("DPM++ 2M", "WebUI sampler for class images (see dreambooth generate --list-samplers).", group="prior")
+    prior_loss_weight: float = _opt(1.0, "Weight of the prior-preservation loss.", group="prior")
+    # --- method ----------------------------------------------------------------------------
+    method: str = _opt("lora", "full: fine-tune the UNet (and text encoder); lora: train peft LoRA adapters.", METHODS, group="method")
+    train_text_encoder: bool = _opt(False, "Also train the text encoder(s).", group="method")
+    rank: int = _opt(4, "LoRA rank.", group="method")
+    alpha: float | None = _opt(None, "LoRA alpha (default: the rank, i.e. scale 1).", group="method")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.", group="method")
+    # --- optimisation -----------------------------------------------------------------------
+    max_steps: int = _opt(400, "Optimizer steps.")
+    batch_size: int = _opt(1, "Instance images per step (class images add as many).")
+    gradient_accumulation: int = _opt(1, "Micro-batches per optimizer step.")
+    learning_rate: float | None = _opt(None, "Learning rate (default: 5e-6 full, 1e-4 LoRA).")
+    text_encoder_lr: float | None = _opt(None, "Text-encoder learning rate (default: --learning-rate).")
+    identifier_lr: float = _opt(0.0, "Full method: learning rate of the identifier's own token embedding (pivotal tuning), with or without --train-text-encoder (0: off).")
+    lr_scheduler: str = _opt("constant", "Learning-rate schedule (after warm-up).", LR_SCHEDULERS)
+    lr_warmup_steps: int = _opt(0, "Linear warm-up steps.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
+    adam_beta1: float = _opt(0.9, "Adam beta1.")
+    adam_beta2: float = _opt(0.999, "Adam beta2.")
+    weight_decay: float = _opt(1e-2, "AdamW weight decay.")
+    adam_epsilon: float = _opt(1e-8, "Adam epsilon.")
+    use_8bit_adam: bool = _opt(False, "bitsandbytes 8-bit AdamW (CUDA only).")
+    offset_noise: float = _opt(0.0, "Offset noise strength (0.1 helps very dark/bright images).")
+    snr_gamma: float | None = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value); off by default.")
+    seed: int = _opt(0, "Random seed for noise, timesteps, crops and class images.")
+    max_nonfinite_steps: int = _opt(5, "Stop after this many non-finite losses in a row (each is skipped).")
+    # --- memory and speed -------------------------------------------------------------------
+    mixed_precision: str = _opt("no", "Autocast precision; trainable weights stay fp32.", PRECISIONS, group="memory")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.", group="memory")
+    cache_latents: bool | None = _opt(None, "Encode each training image once (default: on when crops and flips are fixed).", group="memory")
+    # --- outputs ----------------------------------------------------------------------------
+    output: str | None = _opt(None, "Output folder.", group="output")
+    overwrite: bool = _opt(False, "Replace an existing non-empty output (class images are kept).", group="output")
+    save_precision: str = _opt("fp32", "Precision of saved weights (full model, kohya LoRA file).", SAVE_PRECISIONS, group="output")
+    export_kohya: bool = _opt(True, "LoRA: also write a kohya/A1111 .safetensors next to the diffusers file.", group="output")
+    export_single_file: bool = _opt(False, "Full: also write one A1111/ComfyUI .safetensors checkpoint.", group="output")
+    checkpoint_every: int = _opt(0, "Save a resumable checkpoint every N steps (0: never).", group="output")
+    keep_checkpoints: int = _opt(2, "How many checkpoints to keep (0: all).", group="output")
+    resume: str | None = _opt(None, "Resume from a checkpoint folder, or 'latest' in OUTPUT/checkpoints.", group="output")
+    # --- validation ---------------------------------------------------------------------------
+    validate_every: int = _opt(0, "Generate validation images every N steps (0: never).", group="validation")
+    validation_prompts: list[str] | None = _opt(None, "Validation prompts (default: the subject in a few contexts + the class).", group="validation", multiple=True)
+    validation_seeds: list[int] = _opt([0, 1, 2, 3], "Seeds for validation images.", group="validation", multiple=True)
+    validation_steps: int = _opt(25, "Sampling steps for validation images.", group="validation")
+    validation_cfg: float = _opt(7.5, "CFG scale for validation images.", group="validation")
+    validation_sampler: str = _opt("DPM++ 2M", "WebUI sampler for validation images.", group="validation")
+    validation_negative_prompt: str = _opt("", "Negative prompt for validation images.", group="validation")
+    keep_best: bool = _opt(False, "Keep the validation step with the best fidelity balance as the output.", group="validation")
+    dino_model: str | None = _opt(None, "DINO model for validation metrics (folder or cached hub id).", group="validation")
+    clip_model: str | None = _opt(None, "CLIP model for validation metrics (folder or cached hub id).", group="validation")
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Check values that need no model; each failure is one line naming the flag."""
+        for f in self.fields():
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UserError(f"{flag(f.name)} {value}: unknown value; choose one of {', '.join(choices)}")
+        positive = ("max_steps", "batch_size", "gradient_accumulation", "rank", "num_class_images", "class_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
+        for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "keep_checkpoints", "offset_noise",
+                     "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr", "caption_dropout"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag(name)} {getattr(self, name)}: must not be negative")
+        for name in ("lora_dropout", "caption_dropout"):       # shares
+            if getattr(self, name) > 1:
+                raise UserError(f"{flag(name)} {getattr(self, name)}: a share, from 0 to 1")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise UserError(f"--resolution {self.resolution}: must be a multiple of 8")
+        for name in ("learning_rate", "text_encoder_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{flag(name)} {value}: must be positive")
+        if not self.model:
+            raise UserError("--model is required: a diffusers folder, a .safetensors file or a hub id "
+                            "(--model toy trains the built-in toy model)")
+        for prefix, sampler, steps, cfg in (("class", self.class_sampler, self.class_steps, self.class_cfg),
+                                            ("validation", self.validation_sampler, self.validation_steps,
+                                             self.validation_cfg)):
+            try:
+                GenerationParams("", sampler=sampler, steps=steps, cfg_scale=cfg).check()
+            except UserError as exc:     # name the training flag, not generate's
+                raise UserError(f"--{prefix}-{str(exc).lstrip('-')}") from None
+        if not self.instance_dir:
+            raise UserError("--instance-dir is required: a folder of photos of the subject")
+        if not self.instance_prompt:
+            raise UserError("--instance-prompt is required, e.g. --instance-prompt 'a photo of sks dog'")
+        if not self.output:
+            raise UserError("--output is required: the folder to write the trained model to")
+        if self.prior_preservation and not self.class_prompt:
+            raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
+
+    @property
+    def use_prior(self) -> bool:
+        return bool(self.class_prompt) if self.prior_preservation is None else self.prior_preservation
+
+    def resolve_defaults(self, family_resolution: int) -> "TrainConfig":
+        """Fill the defaults that depend on the model family and the method."""
+        return self.replace(
+            resolution=self.resolution or family_resolution,
+            learning_rate=self.learning_rate or (5e-6 if self.method == "full" else 1e-4),
+            alpha=self.alpha if self.alpha is not None else float(self.rank),
+            cache_latents=(not self.random_flip and self.center_crop) if self.cache_latents is None else self.cache_latents,
+            prior_preservation=self.use_prior,
+        )
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_type(f: dataclasses.Field) -> tuple[type, bool]:
+    """(scalar type, is_list) of a config field, with Optional stripped."""
+    hint = get_type_hints(TrainConfig)[f.name]
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is list:
+        return get_args(hint)[0], True
+    if args and get_origin(args[0]) is list:
+        return get_args(args[0])[0], True
+    return (args[0] if args else hint), False
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    typ, is_list = field_type(f)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = []
+        for item in items:
+            if typ is bool and isinstance(item, str):
+                if item.lower() not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    raise ValueError(item)
+                out.append(item.lower() in ("true", "yes", "1", "on"))
+            elif typ is float and isinstance(item, str):
+                out.append(float(item))
+            elif typ is bool and not isinstance(item, bool):
+                raise ValueError(item)
+            else:
+                out.append(typ(item))
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {f.name} = {value!r} is not a valid {typ.__name__}") from None
+    return out if is_list else out[0]
+
+
+def load_preset(path_or_name: str) -> dict[str, Any]:
+    """Read a YAML preset: a file path, or the name of a shipped preset (``sd15-lora``)."""
+    path = Path(path_or_name).expanduser()
+    if not path.is_file():
+        shipped = PRESET_DIR / f"{path_or_name.removesuffix('.yaml')}.yaml"
+        if not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+            raise UserError(f"--config {path_or_name}: no such file or shipped preset (shipped: {names})")
+        path = shipped
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"--config {path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of setting: value")
+    known = {f.name: f for f in TrainConfig.fields()}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UserError(f"--config {path}: unknown setting '{key}'")
+        out[name] = _coerce(known[name], value, f"--config {path}")
+    return out
+
+
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None, **kwargs) -> TrainConfig:
+    """defaults < preset < overrides (``None`` values in overrides mean 'not given')."""
+    values: dict[str, Any] = {}
+    given = {k: v for k, v in {**(overrides or {}), **kwargs}.items() if v is not None}
+    if preset is None and given.get("model") == "toy" and (PRESET_DIR / "toy.yaml").is_file():
+        preset = "toy"   # the toy model's own defaults (32 px, its learning rates), below any flag
+    if preset:
+        values.update(load_preset(preset))
+    for source in (overrides or {}, kwargs):
+        values.update({k: v for k, v in source.items() if v is not None})
+    known = {f.name for f in TrainConfig.fields()}
+    unknown = set(values) - known
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return TrainConfig(**values)
+
+
+def save_config(config: TrainConfig, path: Path, extra: dict[str, Any] | None = None) -> None:
+    data = config.to_dict()
+    if extra:
+        data.update(extra)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

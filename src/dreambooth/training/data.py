@@ -1,0 +1,201 @@
+"""Training images: find, check, orient, convert, resize and crop, without torchvision.
+
+Photos are read once (``images.open_image``: EXIF orientation applied, any mode converted to RGB),
+the short side resized to the training resolution (Lanczos). Per step only a crop (random or centre)
+and an optional flip remain, drawn from a seeded generator whose state is part of every checkpoint.
+Each example keeps the original size and the crop offset, which SDXL takes as micro-conditioning,
+and optionally a loss mask (``masks``), cut and flipped with it.
+
+Data transforms (:class:`ExampleTransform`) change instance examples as they are drawn, with the
+stream's generator, so a resumed run sees the same pictures: the toy world's recoloured backdrops
+(``dreambooth.toy.backdrops``) are one, passed in by the toy preset.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..images import IMAGE_SUFFIXES, list_files, open_image
+from .masks import MASK_SUFFIX, is_mask_file, load_mask
+
+log = logging.getLogger("dreambooth")
+
+
+@dataclass
+class Example:
+    image: Image.Image               # resized so its short side is the training resolution
+    prompt: str
+    original_hw: tuple[int, int]     # (height, width) after EXIF rotation, before resizing
+    path: Path
+    mask: np.ndarray | None = None   # (H, W) loss weights in [0, 1] at the image's size; None: all 1
+
+
+class ExampleTransform(Protocol):
+    """Changes an instance example as it is drawn for a step.
+
+    ``prepare`` sees the instance examples once before training (and may give them masks);
+    ``__call__`` gets one example and the stream's generator and returns it, or a new example made
+    for this step only (which is then never cached as latents). Every call must draw from ``gen``
+    the same way whatever it decides, so the stream stays reproducible."""
+
+    def prepare(self, examples: list[Example], say: Callable[[str], None]) -> None: ...
+
+    def __call__(self, example: Example, gen: torch.Generator) -> Example: ...
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    w, h = image.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return image if new == (w, h) else image.resize(new, Image.LANCZOS)
+
+
+def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bool = False,
+                  flag: str = "--instance-dir", warn=None, masks: bool = False) -> list[Example]:
+    """Every usable image in ``folder``; unusable files are skipped with a warning naming them. With
+    ``masks`` each photo gets its loss mask (``masks.load_mask``) where it has one."""
+    warn = warn or log.warning
+    examples: list[Example] = []
+    files = list_files(folder, flag)
+    image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
+    for path in files:
+        if is_mask_file(path):          # never a photo of its own
+            if not masks:
+                warn(f"ignoring {path}: mask files are used only with --masked-loss")
+            elif path.name[:-len(MASK_SUFFIX)] not in image_stems:
+                warn(f"ignoring {path}: no photo named {path.name[:-len(MASK_SUFFIX)]} beside it")
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.suffix.lower() == ".txt" and path.stem in image_stems:
+                if not captions:
+                    warn(f"ignoring {path}: caption files are used only with --captions")
+            else:
+                warn(f"skipping {path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
+            continue
+        try:
+            image = open_image(path)
+        except UserError as exc:
+            warn(f"skipping {exc}")
+            continue
+        text = prompt
+        caption = path.with_suffix(".txt")
+        if captions and caption.is_file():
+            text = caption.read_text(encoding="utf-8", errors="replace").strip() or prompt
+        resized = resize_short_side(image, resolution)
+        mask = None
+        if masks:
+            try:
+                mask = load_mask(path, resized.size)
+            except UserError as exc:
+                warn(f"no mask for {path}: {exc}")
+        examples.append(Example(resized, text, (image.height, image.width), path, mask))
+    if not examples:
+        raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)})")
+    if masks:
+        with_mask = sum(e.mask is not None for e in examples)
+        if not with_mask:
+            warn(f"--masked-loss: no photo in {folder} has an alpha channel or a NAME{MASK_SUFFIX} beside it; "
+                 "every pixel counts")
+    return examples
+
+
+def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator):
+    """Crop ``size``x``size`` and maybe flip; returns (CHW float tensor in [-1, 1], crop (top, left),
+    the example's mask cut the same way, or None).
+
+    Both random draws are always made, so the generator advances the same way whatever the flags
+    and a resumed run sees the same stream.
+    """
+    w, h = example.image.size
+    r_top, r_left, r_flip = torch.rand(3, generator=gen).tolist()
+    if center:
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top, left = int(r_top * (h - size + 1)), int(r_left * (w - size + 1))
+    image = example.image.crop((left, top, left + size, top + size))
+    mask = None if example.mask is None else example.mask[top:top + size, left:left + size]
+    if flip and r_flip < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        mask = None if mask is None else mask[:, ::-1]
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left), mask
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor             # (B, 3, H, W) in [-1, 1]
+    prompts: list[str]
+    original_hw: list[tuple[int, int]]
+    crop_top_left: list[tuple[int, int]]
+    is_prior: torch.Tensor           # (B,) bool
+    indices: list[int | None]        # example index (class examples offset by len(instance)); None:
+                                     # a picture made for this step only (by a transform)
+    loss_weights: torch.Tensor | None = None   # (B, 1, H, W) per-pixel weights; None: all equal
+
+
+class ExampleStream:
+    """An endless, seeded, resumable stream of batches: each epoch is a permutation of the
+    instance examples; class examples are drawn from their own permutation, as many per step.
+    ``transforms`` change instance examples as they are drawn; with ``caption_dropout`` > 0, that
+    share of all examples (instance and class) gets an empty prompt."""
+
+    def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
+                 center_crop: bool, random_flip: bool, seed: int, caption_dropout: float = 0.0,
+                 transforms: Sequence[ExampleTransform] = ()):
+        self.instance, self.prior = instance, prior
+        self.batch_size, self.size = batch_size, size
+        self.center_crop, self.random_flip = center_crop, random_flip
+        self.gen = torch.Generator().manual_seed(seed)
+        self._order = {"instance": [], "prior": []}
+        self.caption_dropout = caption_dropout
+        self.transforms = list(transforms)
+
+    def _instance_pick(self, i: int) -> tuple[Example, bool, int | None]:
+        example = self.instance[i]
+        for transform in self.transforms:
+            example = transform(example, self.gen)
+        return example, False, (i if example is self.instance[i] else None)
+
+    def _take(self, kind: str, n: int, count: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if not self._order[kind]:
+                self._order[kind] = torch.randperm(count, generator=self.gen).tolist()
+            out.append(self._order[kind].pop(0))
+        return out
+
+    def next_batch(self) -> Batch:
+        picks = [self._instance_pick(i) for i in self._take("instance", self.batch_size, len(self.instance))]
+        if self.prior:
+            off = len(self.instance)
+            picks += [(self.prior[i], True, off + i) for i in self._take("prior", self.batch_size, len(self.prior))]
+        pixels, crops, masks = [], [], []
+        for example, _, _ in picks:
+            tensor, crop, mask = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen)
+            pixels.append(tensor)
+            crops.append(crop)
+            masks.append(mask)
+        weights = None
+        if any(m is not None for m in masks):         # the others weigh 1 everywhere
+            weights = torch.stack([torch.ones(1, self.size, self.size) if m is None
+                                   else torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None] for m in masks])
+        prompts = [p[0].prompt for p in picks]
+        if self.caption_dropout:         # drawn only when on, so streams without it stay as they were
+            drop = torch.rand(len(prompts), generator=self.gen) < self.caption_dropout
+            prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        return Batch(torch.stack(pixels), prompts, [p[0].original_hw for p in picks], crops,
+                     torch.tensor([p[1] for p in picks]), [p[2] for p in picks], weights)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self._order = {k: list(v) for k, v in state["order"].items()}

@@ -1,0 +1,78 @@
+"""Loss masks (``--masked-loss``, as kohya's): where in an instance photo the loss counts.
+
+A mask is an (H, W) float array of weights in [0, 1], cut and flipped with its photo, pooled to the
+latents' size, and used as a per-pixel weight of the loss (``trainer.per_example_mse``: a weighted
+mean, so an example's loss keeps its scale whatever share is weighted). It comes from
+
+* the photo's alpha channel (a cut-out subject: transparent pixels weigh 0), or
+* ``NAME.mask.png`` beside ``NAME.jpg``: its grey level, white 1 and black 0.
+
+``find_backdrop`` is one way to make masks: it finds a plain backdrop (a product on white, a studio
+shot), every pixel of the border's colour connected to the border, where at least 60% of the
+border lies within ``TOLERANCE`` of the border's median colour (not 90%: a close-up reaching an
+edge or a corner covers up to about 40% of the border).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from ..images import open_image
+
+TOLERANCE = 40          # summed |RGB| difference still counted as the backdrop's colour
+BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (subjects may reach it)
+MASK_SUFFIX = ".mask.png"
+
+
+def is_mask_file(path: Path) -> bool:
+    return path.name.lower().endswith(MASK_SUFFIX)
+
+
+def mask_file_for(photo: Path) -> Path:
+    """``NAME.mask.png`` beside ``NAME.jpg``."""
+    return photo.with_name(photo.stem + MASK_SUFFIX)
+
+
+def load_mask(photo: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """The weights of ``photo`` at ``size`` (width, height, after EXIF rotation): from
+    ``NAME.mask.png`` when there is one, else from the photo's alpha channel, else None."""
+    side = mask_file_for(photo)
+    if side.is_file():
+        mask = open_image(side, "--masked-loss", mode="L")
+    else:
+        rgba = open_image(photo, keep_alpha=True)
+        if rgba.mode != "RGBA":
+            return None
+        mask = rgba.getchannel("A")
+    if mask.size != size:
+        mask = mask.resize(size, Image.BILINEAR)
+    return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def find_backdrop(image: Image.Image) -> np.ndarray | None:
+    """(H, W) bool mask of a plain backdrop, or None if the picture has none."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    h, w, _ = rgb.shape
+    border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    colour = np.median(border, axis=0)
+    close = np.abs(rgb - colour).sum(-1) <= TOLERANCE
+    on_border = np.concatenate([close[0], close[-1], close[1:-1, 0], close[1:-1, -1]])
+    if on_border.mean() < BORDER_SHARE:
+        return None
+    labels, _ = ndimage.label(close)    # 4-connected regions of the backdrop's colour
+    touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    mask = np.isin(labels, touching[touching > 0])
+    return mask if 0 < mask.sum() < h * w else None
+
+
+def backdrop_weights(image: Image.Image, weight: float) -> np.ndarray | None:
+    """Loss weights that count a plain backdrop ``weight`` and the rest 1 (None: no plain backdrop)."""
+    backdrop = find_backdrop(image)
+    if backdrop is None:
+        return None
+    weights = np.ones(backdrop.shape, dtype=np.float32)
+    weights[backdrop] = weight
+    return weights

@@ -1,0 +1,43 @@
+"""Class images for prior preservation, made by the frozen base model through the one sampling path.
+
+Image ``i`` has the seed ``seed + i`` and is written the moment it exists as ``class-0000i.png``,
+with its infotext (``dreambooth generate --from-image`` on the base model remakes it): an interrupted
+run keeps what it made, a rerun generates only the missing indices, and every image stands alone.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .. import progress
+from ..generation.params import GenerationParams
+from ..generation.pipeline import GenerationPipeline
+from ..generation.sampling import generate
+from ..images import list_images, write_png
+from ..outputs import class_image_name
+
+
+def existing_class_images(folder: Path) -> list[Path]:
+    return list_images(folder, "--class-dir", allow_empty=True) if Path(folder).is_dir() else []
+
+
+def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,
+                        autocast: torch.dtype | None = None) -> list[Path]:
+    """Make sure ``folder`` holds at least ``count`` images of ``params`` (its seed is image 0's);
+    return the first ``count``. ``autocast``: the training's mixed precision, if any."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    have = existing_class_images(folder)
+    taken = {p.name for p in have}
+    missing = [i for i in range(count * 4) if class_image_name(i) not in taken][: max(0, count - len(have))]
+    if missing:
+        with progress.task("class images", len(missing)) as bar:
+            for i in missing:
+                made = generate(pipeline, params.replace(seed=params.seed + i, batch_size=1, batch_count=1),
+                                autocast=autocast, task=bar)[0]
+                tmp = folder / f".{class_image_name(i)}.tmp"
+                write_png(made.image, tmp, made.infotext)
+                os.replace(tmp, folder / class_image_name(i))     # never a half-written image
+    return existing_class_images(folder)[:count]

@@ -1,0 +1,125 @@
+"""Writing a training run's output: the output folder's guard, the weights in the formats users'
+tools load (a diffusers LoRA and a kohya/A1111 LoRA file, or a diffusers pipeline folder and
+optionally one single-file checkpoint), ``training_args.json``, and ``--keep-best``. ``run`` is the
+trainer (``trainer.Trainer``): its weights, family and counts."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .. import progress
+from ..errors import UserError
+from ..models.identifier import merged as merged_identifier
+from ..models.loading import load_pipeline
+from ..models.lora import kohya_metadata, save_diffusers_lora, save_kohya_lora
+from ..models.registry import remember_output
+from ..models.single_file import export_single_file
+from ..outputs import CLASS_IMAGES_DIR, TRAINING_ARGS_FILE, as_user_file, named_weights_file
+from . import checkpoint as ckpt
+from .config import save_config
+from .trainables import move
+
+KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def prepare_output(output: Path, overwrite: bool, resume: str | None) -> None:
+    """Refuse to clobber a non-empty output unless asked; ``--overwrite`` keeps class images."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output}: exists and is not a folder")
+    entries = [p for p in output.iterdir() if p.name not in KEPT_ON_OVERWRITE] if output.is_dir() else []
+    if not entries or resume:
+        output.mkdir(parents=True, exist_ok=True)
+        return
+    if not overwrite:
+        hint = " or --resume latest to continue" if ckpt.list_checkpoints(output) else ""
+        raise UserError(f"--output {output}: exists and is not empty; pass --overwrite to replace it "
+                        f"(class images are kept){hint}")
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def kohya_training_metadata(run, directory: Path) -> dict[str, str]:
+    cfg = run.config
+    return kohya_metadata(run.family.name, cfg.rank, cfg.alpha, run.prediction_type, {
+        "ss_output_name": directory.name, "ss_sd_model_name": cfg.model, "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
+        "ss_training_started_at": run.started_at, "ss_training_finished_at": time.time(),
+        "ss_learning_rate": cfg.learning_rate, "ss_unet_lr": cfg.learning_rate,
+        "ss_text_encoder_lr": (cfg.text_encoder_lr or cfg.learning_rate) if cfg.train_text_encoder else 0,
+        "ss_num_train_images": run.instance_images, "ss_num_reg_images": run.class_images,
+        "ss_max_train_steps": cfg.max_steps, "ss_steps": run.step, "ss_batch_size_per_device": cfg.batch_size,
+        "ss_gradient_accumulation_steps": cfg.gradient_accumulation, "ss_lr_scheduler": cfg.lr_scheduler,
+        "ss_lr_warmup_steps": cfg.lr_warmup_steps, "ss_mixed_precision": cfg.mixed_precision,
+        "ss_seed": cfg.seed, "ss_network_dropout": cfg.lora_dropout, "ss_noise_offset": cfg.offset_noise,
+        "ss_min_snr_gamma": cfg.snr_gamma, "ss_max_grad_norm": cfg.max_grad_norm,
+        "ss_caption_dropout_rate": cfg.caption_dropout, "ss_prior_loss_weight": cfg.prior_loss_weight,
+        "ss_gradient_checkpointing": cfg.gradient_checkpointing, "ss_cache_latents": cfg.cache_latents,
+        "ss_optimizer": "bitsandbytes.optim.AdamW8bit" if cfg.use_8bit_adam else "torch.optim.AdamW",
+        "ss_training_comment": f"dreambooth {cfg.method}: {cfg.instance_prompt}",
+    })
+
+
+def save_model(run, directory: Path) -> list[Path]:
+    """Write the current weights in the output format (a LoRA file, or a pipeline folder)."""
+    run.assert_finite()
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = run.config
+    if cfg.method == "lora":
+        files = [save_diffusers_lora(type(run.pipe), directory, run.trainables)]
+        if cfg.export_kohya:
+            files.append(save_kohya_lora(named_weights_file(directory, "lora"), run.trainables, run.family.name,
+                                         kohya_training_metadata(run, directory), SAVE_DTYPES[cfg.save_precision]))
+        return files
+    return _save_full(run, directory)
+
+
+def _save_full(run, directory: Path) -> list[Path]:
+    cfg = run.config
+    dtype = SAVE_DTYPES[cfg.save_precision]
+    # Frozen parts are reloaded from the base so low-precision training copies never leak into the output.
+    trained = dict(run.trainables)
+    with merged_identifier(run.family.text_encoders):   # a plain embedding matrix in the output
+        base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            if getattr(base, name, None) is not None:
+                move(getattr(base, name), "cpu", dtype)
+        base.save_pretrained(directory, safe_serialization=True)
+        for model in trained.values():
+            move(model, run.device, torch.float32)
+    as_user_file(directory)
+    files = [directory / "model_index.json"]
+    if cfg.export_single_file:
+        files.append(export_single_file(directory, named_weights_file(directory), run.family.name, dtype=dtype))
+    return files
+
+
+def keep_best(output: Path, best: Path | None) -> None:
+    """Put the weights validation kept (``--keep-best``, in ``best``) in place of the final ones."""
+    if best is None:
+        return
+    for entry in best.iterdir():
+        name = named_weights_file(output).name if entry.name == named_weights_file(best).name else entry.name
+        target = output / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target)
+    progress.message(f"--keep-best: the output holds the weights kept in {best}")
+
+
+def save_output(run) -> list[Path]:
+    """The run's output: the weights, ``training_args.json``; remembered as a training output."""
+    if not run.accelerator.is_main_process:
+        return []
+    files = save_model(run, run.output)
+    args = run.output / TRAINING_ARGS_FILE
+    import diffusers
+    save_config(run.config, args, {
+        "family": run.family.name, "prediction_type": run.prediction_type, "steps_done": run.step,
+        "instance_images": run.instance_images, "class_images": run.class_images,
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+    })
+    remember_output(run.output, run.config.method)
+    return files + [args]

@@ -1,0 +1,101 @@
+"""What trains and how: the weights that get gradients (LoRA adapters, or the UNet and text
+encoders, or only the identifier's embedding offset), their parameter groups and learning rates,
+the optimizer and the learning-rate schedule."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from ..models.identifier import attach as attach_identifier
+from ..models.identifier import identifier_token_ids
+from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters
+from ..models.tokens import identifier_words
+from .config import TrainConfig
+
+
+def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> None:
+    """``.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
+    module.to(device)
+    if dtype is not None and module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def identifier_offsets(family, cfg: TrainConfig, device, warn: Callable[[str], None]) -> list[torch.nn.Parameter]:
+    """``--identifier-lr``: the identifier's embedding offset in each text encoder (empty when off)."""
+    if not cfg.identifier_lr:
+        return []
+    if cfg.method == "lora":
+        warn("--identifier-lr is for full fine-tuning (a LoRA file has no place for an embedding); ignored")
+        return []
+    if not identifier_words(cfg.instance_prompt, cfg.class_prompt):
+        warn("--identifier-lr: the instance prompt has no identifier beyond the class words; ignored")
+        return []
+    offsets = []
+    for tok, te in zip(family.tokenizers, family.text_encoders):
+        ids = identifier_token_ids(tok, cfg.instance_prompt, cfg.class_prompt)
+        if not cfg.train_text_encoder:
+            move(te, device, torch.float32)
+        wrapper = attach_identifier(te, ids)
+        wrapper.base.weight.requires_grad_(False)   # every other word keeps its embedding
+        offsets.append(wrapper.delta)
+    return offsets
+
+
+def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str], None]):
+    """Give the right weights gradients; returns ({name: module with trainable weights}, optimizer
+    parameter groups: UNet, text encoders at their own rate, identifier offsets at theirs)."""
+    unet = pipe.unet
+    encoders = dict(zip(family.text_encoder_names, family.text_encoders)) if cfg.train_text_encoder else {}
+    if cfg.method == "lora":
+        add_adapters(unet, cfg.rank, cfg.alpha, UNET_TARGETS, cfg.lora_dropout)
+        for te in encoders.values():
+            add_adapters(te, cfg.rank, cfg.alpha, TEXT_ENCODER_TARGETS, cfg.lora_dropout)
+        for model in [unet, *encoders.values()]:
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()      # adapters train in fp32 whatever the frozen base is in
+    else:
+        unet.requires_grad_(True)
+        for te in encoders.values():
+            te.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for te in encoders.values():
+            te.gradient_checkpointing_enable()
+    offsets = identifier_offsets(family, cfg, device, warn)
+    if offsets:   # the encoders now carry trainable offsets: checkpointed and prepared like any trainable
+        encoders = dict(zip(family.text_encoder_names, family.text_encoders))
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+    for te in encoders.values():
+        params = [p for p in te.parameters() if p.requires_grad and not any(p is o for o in offsets)]
+        if params:
+            groups.append({"params": params, "lr": cfg.text_encoder_lr or cfg.learning_rate})
+    if offsets:
+        groups.append({"params": offsets, "lr": cfg.identifier_lr, "weight_decay": 0.0})
+    return {"unet": unet, **encoders}, groups
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig):
+    kwargs = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
+    if not cfg.use_8bit_adam:
+        # The fused kernel is one call for all parameters (the default loops over them): measured a
+        # quarter off a toy-model step on CPU. It needs floating-point parameters on CPU or CUDA.
+        tensors = [p for g in groups for p in g["params"]]
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+        return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+    if not torch.cuda.is_available():
+        raise UserError("--use-8bit-adam needs a CUDA GPU (bitsandbytes' 8-bit optimizers run on CUDA); drop the flag on this machine")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError("--use-8bit-adam needs bitsandbytes: pip install 'dreambooth[cuda]' (or bitsandbytes)") from None
+    return bnb.optim.AdamW8bit(groups, **kwargs)
+
+
+def make_lr_scheduler(optimizer, cfg: TrainConfig):
+    """Stepped once per optimizer step by the trainer (not by accelerate, which steps it once per process)."""
+    from diffusers.optimization import get_scheduler
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.lr_warmup_steps else cfg.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)

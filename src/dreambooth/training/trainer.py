@@ -1,0 +1,364 @@
+"""The one DreamBooth training loop, for every family (SD1, SD2, SDXL) and method (full, LoRA).
+
+    loss = mse(instance) + prior_loss_weight * mse(prior)
+
+with instance and class examples in one batch and one UNet pass (Ruiz et al. 2023; the diffusers
+reference loop). What differs between families is in ``models.families``; what differs between full
+fine-tuning and LoRA is only which parameters train (``trainables``) and how the output is written
+(``saving``). ``Trainer.setup`` builds everything, ``Trainer.loss`` is the math, ``Trainer.fit``
+the loop. Progress goes out as events (``dreambooth.progress``), milestones to the callbacks
+(``callbacks``: a typed protocol).
+"""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import progress
+from ..errors import UserError
+from ..generation.params import GenerationParams
+from ..generation.pipeline import GenerationPipeline, ModelInfo, model_info_for
+from ..models.families import Conditioning, adapter_for, time_ids
+from ..models.loading import load_pipeline
+from ..models.tokens import identifier_warnings
+from ..outputs import CLASS_IMAGES_DIR
+from . import checkpoint as ckpt
+from .callbacks import CheckpointSaved, StepEnd, TrainingCallback, TrainResult
+from .config import TrainConfig
+from .data import Batch, ExampleStream, ExampleTransform, load_examples
+from .prior import ensure_class_images
+from .saving import keep_best, prepare_output, save_model, save_output
+from .trainables import make_lr_scheduler, make_optimizer, make_trainable, move
+from .validation import Validator
+
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingStopped(UserError):
+    """Training cannot go on (e.g. the loss keeps being non-finite); nothing broken was saved."""
+
+
+def peak_memory() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
+
+
+def per_example_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) mean squared error of each example; with (B, 1, H, W) pixel ``weights`` (pooled to the
+    latents' size), a weighted mean, so an example's loss keeps its scale whatever share is weighted."""
+    per_pixel = F.mse_loss(pred, target, reduction="none")
+    if weights is None:
+        return per_pixel.mean(dim=(1, 2, 3))
+    w = F.adaptive_avg_pool2d(weights.to(per_pixel.device), per_pixel.shape[-2:])
+    return (per_pixel * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3)).clamp_min(1e-8)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
+                 transforms: Sequence[ExampleTransform] = ()):
+        config.validate()
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.transforms = list(transforms)
+        self.output = Path(config.output).expanduser()
+        self.step = 0
+        self.losses: list[float] = []
+        self.skipped = 0
+        self.warnings: list[str] = []
+        self.started_at = time.time()
+        self.validator: Validator | None = None
+
+    # ----- setup ---------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from diffusers import DDPMScheduler
+
+        cfg = self.config
+        cpu = not torch.cuda.is_available()
+        if cfg.mixed_precision == "fp16" and cpu:
+            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 (or no) on CPU")
+        # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
+        # web UI, tests) may ask for another precision, so reset all but the distributed part.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation, cpu=cpu)
+        self.device = self.accelerator.device
+        prepare_output(self.output, cfg.overwrite, cfg.resume)
+        self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output) if cfg.resume else None
+
+        self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
+        self.family = adapter_for(pipe)
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution)
+        if cfg.resolution % pipe.vae_scale_factor:
+            raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
+        torch.manual_seed(cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1 + self.accelerator.process_index)
+
+        # Frozen parts run in the autocast dtype; trainable weights always stay fp32.
+        self.weight_dtype = AUTOCAST.get(cfg.mixed_precision, torch.float32)
+        pipe.vae.requires_grad_(False)
+        pipe.unet.requires_grad_(False)
+        for te in self.family.text_encoders:
+            te.requires_grad_(False)
+        # The SDXL VAE overflows in fp16 (black images, kohya #952): keep it fp32 unless it says it is fp16-safe.
+        vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else self.weight_dtype
+        move(pipe.vae, self.device, vae_dtype)
+        # A LoRA's frozen base UNet may run in low precision; its adapters are added in fp32 below.
+        move(pipe.unet, self.device, self.weight_dtype if cfg.method == "lora" else torch.float32)
+        for te in self.family.text_encoders:
+            move(te, self.device, torch.float32 if cfg.train_text_encoder else self.weight_dtype)
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise UserError(f"--model {cfg.model}: prediction type '{self.prediction_type}' is not supported (epsilon or v_prediction)")
+
+        self._prepare_data(cfg)
+        self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
+        self.optimizer = make_optimizer(groups, cfg)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
+        *self.models, self.optimizer = self.accelerator.prepare(*self.trainables.values(), self.optimizer)
+        self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
+        self._text_cache: dict[str, tuple] = {}
+        self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
+        if self.resume_from:
+            state = ckpt.load_checkpoint(self.resume_from, self.trainables, self.optimizer, self.settings())
+            self.step, self.losses, self.skipped = state["step"], state["losses"], state["skipped"]
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            self.stream.load_state_dict(state["stream"])
+            self.noise_gen.set_state(state["noise_gen"])
+            progress.message(f"resumed from {self.resume_from} at step {self.step}")
+        if cfg.validate_every and self.accelerator.is_main_process:
+            self.validator = Validator(self)
+        return self
+
+    def _prepare_data(self, cfg: TrainConfig) -> None:
+        instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions, warn=self._warn,
+                                 masks=cfg.masked_loss)
+        for transform in self.transforms:
+            transform.prepare(instance, progress.message)
+        prior = []
+        if cfg.prior_preservation:
+            class_dir = Path(cfg.class_dir).expanduser() if cfg.class_dir else self.output / CLASS_IMAGES_DIR
+            if self.accelerator.is_main_process:
+                params = GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler,
+                                          steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
+                                          width=cfg.resolution, height=cfg.resolution)
+                ensure_class_images(self.generation_pipeline(for_output=False), params, class_dir,
+                                    cfg.num_class_images, self.autocast_dtype)
+            self.accelerator.wait_for_everyone()
+            prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
+        self.class_images = len(prior)
+        self.instance_images = len(instance)
+        self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
+                                    cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
+                                    cfg.caption_dropout, self.transforms)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return AUTOCAST.get(self.config.mixed_precision)
+
+    def generation_pipeline(self, for_output: bool = True) -> GenerationPipeline:
+        """The weights in memory, ready for the one sampling path. Its infotext names the base model
+        (class images) or, ``for_output``, what the output will be: the output folder for a full
+        run, the base model plus the output's LoRA for a LoRA run (the weights being trained)."""
+        cfg = self.config
+        if for_output and cfg.method == "full":
+            info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=str(self.output.resolve()))
+            return GenerationPipeline(self.pipe, info)
+        pipeline = GenerationPipeline(self.pipe, model_info_for(cfg.model, cfg.vae))
+        if for_output:
+            pipeline.add_resident_lora(self.output)
+        return pipeline
+
+    @property
+    def trains_text(self) -> bool:
+        """Some text-encoder weight trains (the encoder, or only the identifier's offset)."""
+        return len(self.trainables) > 1
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        progress.warn(message)
+
+    def settings(self) -> dict:
+        return {k: getattr(self.config, k) for k in ckpt.SHAPE_SETTINGS}
+
+    # ----- the math --------------------------------------------------------------------------
+    def conditioning(self, prompts: list[str]):
+        """Text conditioning; cached per prompt while the text encoders are frozen."""
+        if self.trains_text:
+            return self.family.encode(self.family.tokenize(prompts))
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            with torch.no_grad():
+                cond = self.family.encode(self.family.tokenize(missing))
+            for i, p in enumerate(missing):
+                self._text_cache[p] = (cond.embeds[i:i + 1], None if cond.pooled is None else cond.pooled[i:i + 1])
+        embeds = torch.cat([self._text_cache[p][0] for p in prompts])
+        pooled = None if self._text_cache[prompts[0]][1] is None else torch.cat([self._text_cache[p][1] for p in prompts])
+        return Conditioning(embeds, pooled)
+
+    def latents(self, batch: Batch) -> torch.Tensor:
+        """VAE latents of the batch, sampled from the posterior (cached mean/std when crops are fixed)."""
+        vae = self.pipe.vae
+        if self.config.cache_latents:
+            # a picture made for this step alone (index None) is encoded but not kept
+            encoded = {}
+            missing = [j for j, i in enumerate(batch.indices) if i is None or i not in self._latent_cache]
+            if missing:
+                with torch.no_grad():
+                    dist = vae.encode(batch.pixels[missing].to(self.device, vae.dtype)).latent_dist
+                for k, j in enumerate(missing):
+                    encoded[j] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
+                    if batch.indices[j] is not None:
+                        self._latent_cache[batch.indices[j]] = encoded[j]
+            pairs = [encoded[j] if j in encoded else self._latent_cache[i] for j, i in enumerate(batch.indices)]
+            mean = torch.cat([m for m, _ in pairs])
+            std = torch.cat([s for _, s in pairs])
+            sample = mean + std * torch.randn(mean.shape, generator=self.noise_gen).to(self.device)
+        else:
+            with torch.no_grad():
+                dist = vae.encode(batch.pixels.to(self.device, vae.dtype)).latent_dist
+            sample = dist.mean.float() + dist.std.float() * torch.randn(dist.mean.shape, generator=self.noise_gen).to(self.device)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (sample - shift) * vae.config.scaling_factor
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        cfg = self.config
+        latents = self.latents(batch)
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=self.noise_gen)
+        if cfg.offset_noise:
+            noise = noise + cfg.offset_noise * torch.randn((b, latents.shape[1], 1, 1), generator=self.noise_gen)
+        noise = noise.to(self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=self.noise_gen).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        cond = self.conditioning(batch.prompts)
+        added = None
+        if self.family.needs_time_ids:
+            ids = torch.stack([time_ids(o, c, (cfg.resolution, cfg.resolution)) for o, c in zip(batch.original_hw, batch.crop_top_left)])
+            added = self.family.added_cond(cond, ids.to(self.device))
+        with self.accelerator.autocast():
+            pred = self.unet(noisy, timesteps, cond.embeds, added_cond_kwargs=added).sample
+        target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        per_example = per_example_mse(pred.float(), target.float(), batch.loss_weights)
+        if cfg.snr_gamma:
+            from diffusers.training_utils import compute_snr
+            snr = compute_snr(self.noise_scheduler, timesteps)
+            clipped = torch.clamp(snr, max=cfg.snr_gamma)
+            per_example = per_example * (clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr)
+        prior = batch.is_prior.to(self.device)
+        loss = per_example[~prior].mean()
+        if prior.any():
+            loss = loss + cfg.prior_loss_weight * per_example[prior].mean()
+        return loss
+
+    # ----- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg, acc = self.config, self.accelerator
+        started, nonfinite_in_a_row = time.time(), 0
+        params = [p for m in self.trainables.values() for p in m.parameters() if p.requires_grad]
+        for m in self.models:
+            m.train()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        if self.validator:
+            self._validated(self.validator.start())
+        with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as bar:
+            while self.step < cfg.max_steps:
+                batch = self.stream.next_batch()
+                with acc.accumulate(*self.models):
+                    loss = self.loss(batch)
+                    if not torch.isfinite(loss):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.skipped += 1
+                        nonfinite_in_a_row += 1
+                        if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                            raise TrainingStopped(
+                                f"the loss was not finite {nonfinite_in_a_row} steps in a row (step {self.step}); stopped "
+                                "without saving. Lower --learning-rate, use --mixed-precision bf16/no, or a fp16-safe --vae")
+                        continue
+                    nonfinite_in_a_row = 0
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                if not acc.sync_gradients:
+                    continue
+                lr = self.lr_scheduler.get_last_lr()[0]
+                self.lr_scheduler.step()
+                self.step += 1
+                self.losses.append(loss.item())
+                bar.advance(1, loss=self.losses[-1], lr=lr)
+                info = StepEnd(self.step, cfg.max_steps, self.losses[-1], lr)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, info)
+                if self.validator and self.step < cfg.max_steps:
+                    self._validated(self.validator.after_step(self.step))
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                    self.save_checkpoint()
+        files = save_output(self)
+        if self.validator:
+            self._validated(self.validator.end(self.step))
+            if cfg.keep_best:
+                keep_best(self.output, self.validator.best_weights())
+        result = TrainResult(self.output, self.step, self.losses, time.time() - started, peak_memory(), files,
+                             self.skipped, self.warnings)
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _validated(self, validation) -> None:
+        if validation is not None:
+            for cb in self.callbacks:
+                cb.on_validation(self, validation)
+
+    # ----- checkpoints and weights ----------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        self.assert_finite()
+        state = {"losses": self.losses, "skipped": self.skipped, "lr_scheduler": self.lr_scheduler.state_dict(),
+                 "stream": self.stream.state_dict(), "noise_gen": self.noise_gen.get_state()}
+        path = ckpt.save_checkpoint(self.output, self.step, self.trainables, self.optimizer, state,
+                                    self.settings(), self.config.keep_checkpoints)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, CheckpointSaved(self.step, path))
+        return path
+
+    def save_model(self, directory: Path) -> list[Path]:
+        """Write the current weights in the output format to ``directory``."""
+        return save_model(self, directory)
+
+    def assert_finite(self) -> None:
+        for name, model in self.trainables.items():
+            for key, p in model.named_parameters():
+                if p.requires_grad and not torch.isfinite(p).all():
+                    raise TrainingStopped(f"trainable weight {name}.{key} is not finite at step {self.step}; nothing was saved")
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
+          transforms: Sequence[ExampleTransform] = ()) -> TrainResult:
+    """Run DreamBooth with ``config``; the function the CLI, the demo and the server all call."""
+    return Trainer(config, callbacks, transforms).setup().fit()
+
+
+def summary(result: TrainResult) -> str:
+    mem = result.peak_memory_bytes / 2**30
+    lines = [f"trained {result.steps} steps in {result.seconds:.1f} s "
+             f"({result.steps / max(result.seconds, 1e-9):.2f} steps/s), peak memory {mem:.2f} GiB",
+             f"final loss {result.losses[-1]:.4f}" if result.losses else "no step ran"]
+    if result.skipped_steps:
+        lines.append(f"{result.skipped_steps} step(s) skipped for a non-finite loss")
+    lines.append(f"output: {result.output}")
+    lines += [f"  {p}" for p in result.files]
+    lines += [f"warning: {w}" for w in dict.fromkeys(result.warnings)]
+    return "\n".join(lines)

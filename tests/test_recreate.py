@@ -1,0 +1,87 @@
+"""One sampling path: every PNG the project saves carries an infotext from which
+``dreambooth generate --from-image`` makes it again, bit for bit: generate, an X/Y/Z cell, DreamBench,
+validation images during training, class images, and the demo."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from dreambooth.generation.infotext import parse_generation_parameters, read_infotext
+
+
+def recreated(png, tmp_path, *extra) -> np.ndarray:
+    out = tmp_path / f"again-{png.stem}"
+    code, stdout, err = run_cli("generate", "--from-image", png, "--output", out, *extra)
+    assert code == 0, err
+    (made,) = stdout.split()
+    return np.asarray(Image.open(made))
+
+
+def same(png, tmp_path, *extra) -> bool:
+    return np.array_equal(np.asarray(Image.open(png)), recreated(png, tmp_path, *extra))
+
+
+def test_generate_and_an_xyz_cell(tiny_sd1, tmp_path):
+    common = ["--model", tiny_sd1, "--prompt", "a (dog:1.1) [in the snow:on a beach:1]", "--steps", "3",
+              "--width", "32", "--height", "32", "--seed", "21"]
+    code, stdout, err = run_cli("generate", *common, "--batch-size", "2", "--sampler", "DPM++ 2M",
+                                "--output", tmp_path / "g")
+    assert code == 0, err
+    assert same(tmp_path / "g" / "00002-22.png", tmp_path)
+    code, stdout, err = run_cli("generate", *common, "--x", "CFG scale: 3, 9", "--y", "Sampler: Euler a, DDIM",
+                                "--output", tmp_path / "xyz")
+    assert code == 0, err
+    cells = [p for p in stdout.split() if "grid-" not in p]
+    assert len(cells) == 4
+    info = parse_generation_parameters(read_infotext(cells[3]))
+    assert (info["CFG scale"], info["Sampler"]) == ("9", "DDIM")
+    assert same(tmp_path / "xyz" / cells[3].rsplit("/", 1)[-1], tmp_path)
+
+
+def test_a_dreambench_image(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.testing.eval_models import save_tiny_eval_models
+    dino, clip = save_tiny_eval_models(tmp_path / "eval")
+    out = tmp_path / "bench"
+    code, _, err = run_cli("bench", "--model", tiny_sd1, "--real", dog_photos, "--subject", "dog", "--images-per-prompt",
+                           "2", "--steps", "2", "--size", "32", "--sampler", "DDIM", "--dino-model", dino,
+                           "--clip-model", clip, "--output", out)
+    assert code == 0, err
+    png = next((out / "images").glob("03-*/00002-1.png"))
+    assert parse_generation_parameters(read_infotext(png))["Sampler"] == "DDIM"
+    assert same(png, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_validation_and_class_images(method, tiny_sd1, dog_photos, tmp_path):
+    out = tmp_path / f"run-{method}"
+    code, _, err = run_cli(
+        "train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a photo of sks dog",
+        "--class-prompt", "a photo of dog", "--num-class-images", "2", "--class-steps", "2", "--method", method,
+        "--resolution", "32", "--max-steps", "2", "--learning-rate", "1e-3", "--validate-every", "2",
+        "--validation-seeds", "5", "--validation-steps", "2", "--validation-prompts", "a sks dog [on a beach:2]",
+        "--dino-model", tmp_path / "none", "--output", out)
+    assert code == 0, err
+    class_image = out / "class_images" / "class-00001.png"
+    info = parse_generation_parameters(read_infotext(class_image))
+    assert info["Seed"] == "1" and info["Model path"] == str(tiny_sd1.resolve())      # made by the base model
+    assert same(class_image, tmp_path)
+    final = out / "validation" / "step-000002" / "00001-5.png"
+    info = parse_generation_parameters(read_infotext(final))
+    if method == "lora":        # the base model with the trained LoRA, as A1111 would write it
+        assert info["Prompt"] == f"a sks dog [on a beach:2] <lora:{out.name}:1>" and out.name in info["Lora hashes"]
+    else:
+        assert info["Model path"] == str(out.resolve())
+    assert same(final, tmp_path)
+
+
+def test_a_demo_sample(tmp_path):
+    from dreambooth.toy.demo import run_demo
+    out = tmp_path / "demo"
+    run_demo(out, max_steps=2, num_class_images=2, log=lambda *_: None)
+    after = out / "samples" / "after" / "00008-1.png"            # the second prompt, seed 1
+    info = parse_generation_parameters(read_infotext(after))
+    assert info["Sampler"] == "DDIM" and info["Model path"] == str((out / "model").resolve())
+    assert same(after, tmp_path)
+    assert same(out / "samples" / "before" / "00003-2.png", tmp_path)
