@@ -8,6 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import run_cli
+from dreambooth.generation.sampling import GeneratedImage
 from dreambooth.training.config import TrainConfig
 from dreambooth.training.validation import (ValidationSettings, Validator, best_checkpoint, default_validation_prompts,
                                             infer_identifier, subject_phrase)
@@ -88,7 +89,8 @@ def _scripted(validator, scores):
     it = iter(scores)
     validator._load_evaluator = lambda: setattr(validator, "evaluator", object())
     n = len(validator.settings.prompts) * len(validator.settings.seeds)
-    validator._generate = lambda step: ([Image.new("RGB", (16, 16))] * n, [])
+    made = GeneratedImage(Image.new("RGB", (16, 16)), 0, "a dog\nSteps: 1, Sampler: DDIM, Seed: 0")
+    validator._generate = lambda step: [made] * n
 
     def score(images):
         dino, clip_t = next(it)

@@ -5,7 +5,9 @@
 * a training output: ``pytorch_lora_weights.safetensors`` (diffusers LoRA), ``<name>.safetensors``
   (the kohya/A1111 LoRA file, or the single-file checkpoint, named after the folder),
   ``training_args.json``, ``class_images/class-00012.png``, ``checkpoints/checkpoint-000100``,
-  ``validation/step-000050.png``;
+  ``validation/step-000050.png`` (and its images in ``validation/step-000050/``), ``metrics.csv``,
+  ``curve.png`` and ``best/`` beside them;
+* a DreamBench run: ``images/``, ``grids/``, ``report.json``, ``report.md``;
 * saved weights get the permissions of any file the user writes (0644 under the usual umask):
   safetensors writes 0600.
 """
@@ -78,6 +80,17 @@ def validation_grid_name(step: int) -> str:
 
 def validation_images_dir(output: Path, step: int) -> Path:
     return Path(output) / VALIDATION_DIR / f"step-{step:06d}"
+
+
+# validation's record, in OUTPUT/validation: the metrics per step, their curve, the kept best weights
+VALIDATION_METRICS = "metrics.csv"
+VALIDATION_CURVE = "curve.png"
+VALIDATION_BEST = "best"              # a folder in the output's format
+VALIDATION_BEST_INFO = "best.json"
+
+# a DreamBench run's folder: images/NN-slug/, grids/NN-slug.png, class_images/, the reports
+BENCH_REPORT_JSON = "report.json"
+BENCH_REPORT_MD = "report.md"
 
 
 # ----- permissions -----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
 from ..grid import annotated_grid
-from ..images import open_image
+from ..images import open_image, write_png
+from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD
 from .metrics import Evaluator, finite
 from .prompts import DEFAULT_IDENTIFIER, strip_identifier
 from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
@@ -111,7 +112,7 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
             images = [m.image for m in made]
             grid_path = output / "grids" / f"{name}.png"
             grid_path.parent.mkdir(parents=True, exist_ok=True)
-            annotated_grid(images, min(len(images), 4)).save(grid_path)
+            write_png(annotated_grid(images, min(len(images), 4)), grid_path, made[0].infotext)   # as A1111's grids
             rows.append({"index": i, "prompt": prompt, "images": [str(m.path.relative_to(output)) for m in made],
                          "grid": str(grid_path.relative_to(output))})
             generated += images
@@ -150,6 +151,6 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
     }
     if pres:
         report["class_prompt"] = class_prompt(class_name)
-    (output / "report.json").write_text(json.dumps(finite(report), indent=2) + "\n")
-    (output / "report.md").write_text(render_markdown(report))
+    (output / BENCH_REPORT_JSON).write_text(json.dumps(finite(report), indent=2) + "\n")
+    (output / BENCH_REPORT_MD).write_text(render_markdown(report))
     return report

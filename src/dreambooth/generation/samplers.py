@@ -169,12 +169,16 @@ def _euler_ancestral_class(ramp: str):
                 {"sigma_ramp": ramp})
 
 
-def make_scheduler(base_config, sampler: str, schedule: str = "Automatic"):
-    """A fresh diffusers scheduler for ``sampler`` + ``schedule``, from the model's scheduler config."""
+def make_scheduler(base_config, sampler: str, schedule: str = "Automatic", seeds: list[int] | None = None):
+    """A fresh diffusers scheduler for ``sampler`` + ``schedule``, from the model's scheduler config.
+    ``seeds``: the images' seeds, for samplers that draw their noise from a seeded Brownian tree
+    (one tree per image)."""
     import diffusers
     row, label = resolve(sampler, schedule)
     effective = _effective(row, label)
     options = dict(row.options)
+    if seeds is not None and row.scheduler == "DPMSolverSDEScheduler":
+        options["noise_sampler_seed"] = list(seeds)
     class_name = row.scheduler
     if effective is None:
         pass                                            # the model's own config

@@ -140,9 +140,7 @@ def _embed_kwargs(pos, neg, batch: int, is_xl: bool, dtype, device) -> dict:
 def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
           init, mask, bar: progress.Task, autocast: torch.dtype | None) -> list[Image.Image]:
     """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler."""
-    scheduler = make_scheduler(scheduler_config, params.sampler, params.schedule)
-    if type(scheduler).__name__ == "DPMSolverSDEScheduler":
-        scheduler.noise_sampler_seed = list(seeds)          # one Brownian tree per image
+    scheduler = make_scheduler(scheduler_config, params.sampler, params.schedule, seeds)
     order = max(1, int(getattr(scheduler, "order", 1)))
     device = runner._execution_device
     n = len(seeds)

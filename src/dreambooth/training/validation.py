@@ -47,10 +47,11 @@ from .. import progress
 from ..errors import UserError
 from ..evaluation.metrics import Evaluator, RealSet
 from ..generation.params import GenerationParams
-from ..generation.sampling import generate
+from ..generation.sampling import GeneratedImage, generate
 from ..grid import annotated_grid
-from ..images import list_images, open_image
-from ..outputs import VALIDATION_DIR, validation_grid_name, validation_images_dir
+from ..images import list_images, open_image, write_png
+from ..outputs import (VALIDATION_BEST, VALIDATION_BEST_INFO, VALIDATION_CURVE, VALIDATION_DIR, VALIDATION_METRICS,
+                       validation_grid_name, validation_images_dir)
 from .callbacks import TrainingRun, ValidationEnd
 from .curves import append_metrics_csv, plot_curves, read_metrics_csv, write_metrics_csv
 
@@ -131,8 +132,8 @@ def validation_dir(output_dir: str | Path) -> Path:
 def best_checkpoint(output_dir: str | Path) -> Path | None:
     """The weights kept by ``--keep-best`` (an output-format folder), or None."""
     folder = validation_dir(output_dir)
-    best = folder / "best"
-    return best if best.is_dir() and (folder / "best.json").exists() else None
+    best = folder / VALIDATION_BEST
+    return best if best.is_dir() and (folder / VALIDATION_BEST_INFO).exists() else None
 
 
 def _rank(row: dict) -> tuple[bool, float]:
@@ -195,13 +196,13 @@ class Validator:
     def start(self) -> ValidationEnd | None:
         self.dir.mkdir(parents=True, exist_ok=True)
         start = self.run.step
-        csv_path = self.dir / "metrics.csv"
+        csv_path = self.dir / VALIDATION_METRICS
         if start > 0:  # resumed: keep the curve and the best choice made so far
             self._resume(start, csv_path)
         else:  # a fresh run: nothing from an earlier run may be taken for this one's best
-            for stale in (csv_path, self.dir / "best.json"):
+            for stale in (csv_path, self.dir / VALIDATION_BEST_INFO):
                 stale.unlink(missing_ok=True)
-            shutil.rmtree(self.dir / "best", ignore_errors=True)
+            shutil.rmtree(self.dir / VALIDATION_BEST, ignore_errors=True)
         write_metrics_csv(csv_path, self.rows)
         self._load_evaluator()
         self._open_tensorboard()
@@ -213,7 +214,7 @@ class Validator:
         self.reference_clip_t = with_t[0]["clip_t"] if with_t else None
         ranked = [r for r in with_t if r["step"] > 0 and r.get("eligible") is not None]
         top = max(ranked, key=_rank, default=None)  # max keeps the earliest of equals, as the run did
-        best_file = self.dir / "best.json"
+        best_file = self.dir / VALIDATION_BEST_INFO
         saved = json.loads(best_file.read_text()) if best_file.exists() else None
         if top is not None:
             self.best = {**{k: top.get(k) for k in ("step", "dino", "clip_i", "clip_t", "pres", "eligible")},
@@ -221,7 +222,7 @@ class Validator:
         if saved is not None and (top is None or saved.get("step") != top["step"]):
             # the kept weights come from past the resume point: they no longer belong to this run
             best_file.unlink(missing_ok=True)
-            shutil.rmtree(self.dir / "best", ignore_errors=True)
+            shutil.rmtree(self.dir / VALIDATION_BEST, ignore_errors=True)
             if self.settings.keep_best:
                 progress.warn(f"--keep-best: the best weights saved at step {saved.get('step')} are past the resume "
                               f"point (step {start}) and were dropped; a later step that beats step "
@@ -234,7 +235,7 @@ class Validator:
 
     def end(self, step: int) -> ValidationEnd | None:
         done = self.validate(step) if step > 0 and step != self.last_step else None
-        plot_curves(self.rows, self.dir / "curve.png", self.best["step"] if self.best else None)
+        plot_curves(self.rows, self.dir / VALIDATION_CURVE, self.best["step"] if self.best else None)
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -250,8 +251,8 @@ class Validator:
         return best_checkpoint(self.run.output)
 
     # -- one validation --
-    def _generate(self, step: int) -> tuple[list, list[Path]]:
-        """(images, files): each prompt at each seed, saved with its infotext."""
+    def _generate(self, step: int) -> list[GeneratedImage]:
+        """Each prompt at each seed, saved with its infotext."""
         run, s = self.run, self.settings
         folder = validation_images_dir(run.output, step)
         shutil.rmtree(folder, ignore_errors=True)        # a rerun of this step (resume) replaces it
@@ -279,25 +280,26 @@ class Validator:
             if torch.cuda.is_available():  # give the sampling activations back to training
                 gc.collect()
                 torch.cuda.empty_cache()
-        return [m.image for m in made], [m.path for m in made]
+        return made
 
     def validate(self, step: int) -> ValidationEnd | None:
         self.last_step = step
         try:
-            images, files = self._generate(step)
+            made = self._generate(step)
         except torch.cuda.OutOfMemoryError as exc:
             progress.warn(f"validation at step {step} skipped: out of GPU memory ({str(exc).splitlines()[0]})")
             return None
+        images = [m.image for m in made]
         grid_path = self.dir / validation_grid_name(step)
-        annotated_grid(images, len(self.settings.seeds), row_labels=[[(p, True)] for p in self.settings.prompts]) \
-            .save(grid_path)
+        grid = annotated_grid(images, len(self.settings.seeds), row_labels=[[(p, True)] for p in self.settings.prompts])
+        write_png(grid, grid_path, made[0].infotext)                 # as A1111's grids: the first image's
         row = {"step": step, "dino": None, "clip_i": None, "clip_t": None, "pres": None, "grid": grid_path.name,
                "eligible": None, "best_so_far": None}
         if self.evaluator is not None:
             row.update(self._score(images))
             self._update_best(row)
         self.rows.append(row)
-        append_metrics_csv(self.dir / "metrics.csv", row)
+        append_metrics_csv(self.dir / VALIDATION_METRICS, row)
         if self.writer is not None:
             import numpy as np
             for key in ("dino", "clip_i", "clip_t", "pres"):
@@ -305,9 +307,9 @@ class Validator:
                     self.writer.add_scalar(f"validation/{key}", row[key], step)
             self.writer.add_image("validation/grid", np.asarray(open_image(grid_path)), step, dataformats="HWC")
             self.writer.flush()
-        plot_curves(self.rows, self.dir / "curve.png", self.best["step"] if self.best else None)
+        plot_curves(self.rows, self.dir / VALIDATION_CURVE, self.best["step"] if self.best else None)
         metrics = {k: row[k] for k in ("dino", "clip_i", "clip_t", "pres") if row[k] is not None}
-        return ValidationEnd(step, grid_path, files, metrics)
+        return ValidationEnd(step, grid_path, [m.path for m in made], metrics)
 
     def _score(self, images: list) -> dict:
         """DINO, CLIP-I, CLIP-T of the subject prompts and PRES of the class prompt, by the evaluator."""
@@ -343,10 +345,10 @@ class Validator:
                      "pres": row["pres"], "eligible": row["eligible"], "reference_clip_t": ref, "rule": RULE}
         if self.settings.keep_best:
             # written beside, then swapped in: a crash while saving never loses the previous best
-            target, staging = self.dir / "best", self.dir / ".incoming"
+            target, staging = self.dir / VALIDATION_BEST, self.dir / ".incoming"
             shutil.rmtree(staging, ignore_errors=True)
-            self.run.save_model(staging / "best")
+            self.run.save_model(staging / VALIDATION_BEST)
             shutil.rmtree(target, ignore_errors=True)
-            (staging / "best").rename(target)
+            (staging / VALIDATION_BEST).rename(target)
             shutil.rmtree(staging, ignore_errors=True)
-        (self.dir / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+        (self.dir / VALIDATION_BEST_INFO).write_text(json.dumps(self.best, indent=2) + "\n")
