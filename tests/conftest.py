@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Tiny models gain nothing from intra-op threads, and threads spin badly when the CPU is shared.
+# Tiny models gain nothing from intra-op threads, and threads spin badly on a busy CPU.
 torch.set_num_threads(1)
 
 DATA = Path(__file__).resolve().parent / "data"      # small files the tests carry (see data/LICENSE.md)
@@ -72,7 +72,7 @@ def make_photos(folder: Path, count: int = 5, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def dog_photos(tmp_path_factory) -> Path:
-    """Five small photos of one subject, made here (tests never read ../shared)."""
+    """Five small photos of one subject, drawn here: the tests carry what they need."""
     return make_photos(tmp_path_factory.mktemp("photos") / "dog")
 
 
