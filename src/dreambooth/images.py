@@ -1,18 +1,28 @@
 """Image files: the one opener (EXIF orientation, any mode to RGB, errors that name the file) and
 the one lister of image folders. Training photos, init images, masks, real photos for the metrics
 and PNG Info all come through here.
+
+An image over ``MAX_PIXELS`` (PIL's own limit, 89,478,485 pixels, about 9,459 x 9,459; set
+``DREAMBOOTH_MAX_IMAGE_PIXELS`` to change it) is refused by name: it would be a decompression bomb,
+or at best hours of resizing for a training size of 1,024. A link in a folder that leads nowhere,
+or in a circle, is named in a warning.
 """
 from __future__ import annotations
 
+import errno
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import UserError
+from . import progress
+from .errors import UserError, file_operation
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MAX_PIXELS = int(os.environ.get("DREAMBOOTH_MAX_IMAGE_PIXELS") or Image.MAX_IMAGE_PIXELS)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS        # PIL warns above it (refused here) and fails above twice it
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -53,7 +63,8 @@ def open_image(path: str | Path, flag: str = "", mode: str = "RGB", keep_alpha: 
                 im.load()
                 im = ImageOps.exif_transpose(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UserError(f"{where}: image too large to open safely ({_why(exc)}); downscale it first") from None
+        raise UserError(f"{where}: over {MAX_PIXELS:,} pixels, too large to open safely; downscale it "
+                        "(or raise DREAMBOOTH_MAX_IMAGE_PIXELS)") from None
     except Exception as exc:     # PIL raises many kinds for damaged or foreign files
         raise UserError(f"{where}: not a readable image ({_why(exc)})") from None
     if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
@@ -83,8 +94,18 @@ def list_files(folder: str | Path, flag: str) -> list[Path]:
     """Every visible file directly in ``folder``, sorted; a one-line error when it is no folder."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise UserError(f"{flag} {folder}: no such folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        raise UserError(f"{flag} {folder}: {'a file, not a folder' if folder.exists() else 'no such folder'}")
+    with file_operation("read the folder", flag):
+        entries = sorted(folder.iterdir())
+    for p in entries:
+        if p.is_symlink() and not p.exists():
+            try:
+                os.stat(p)
+                why = "a link to nothing"
+            except OSError as exc:
+                why = "a link in a circle" if exc.errno == errno.ELOOP else "a link to nothing"
+            progress.warn(f"skipping {p}: {why}")
+    return [p for p in entries if p.is_file() and not p.name.startswith(".")]
 
 
 def is_image_file(path: Path) -> bool:

@@ -22,6 +22,7 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 TRAINING_ARGS_FILE = "training_args.json"
 CLASS_IMAGES_DIR = "class_images"
 CHECKPOINTS_DIR = "checkpoints"
+PREVIOUS_OUTPUT_DIR = ".previous"     # an output --overwrite replaces, until the new run has written its own
 VALIDATION_DIR = "validation"
 _NUMBERED = re.compile(r"^(\d+)-")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

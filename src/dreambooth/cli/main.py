@@ -4,11 +4,13 @@ traceback instead."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, os_error_line
+from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
 from . import evaluate, generate, tokens, toy, train
 
@@ -35,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except TrainingInterrupted as exc:
+        click.echo(str(exc), err=True)
+        if exc.checkpoint is not None:
+            click.echo(f"resume with: {resume_command(argv)}", err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -49,6 +56,31 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:        # the file system's refusals, wherever they came from: one line
+        if debug:
+            raise
+        click.echo(f"error: {os_error_line(exc)}", err=True)
+        sys.exit(2)
+    except (MemoryError, RecursionError) as exc:
+        if debug:
+            raise
+        click.echo(f"error: out of memory ({type(exc).__name__}); use smaller sizes or batches", err=True)
+        sys.exit(2)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted ``train``: the same flags, ``--resume latest``
+    in place of any ``--resume``, no ``--overwrite`` (the checkpoint is the output's own)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--resume", "--overwrite", "--no-overwrite") or arg.startswith(("--resume=", "--overwrite=")):
+            skip = arg == "--resume"
+            continue
+        kept.append(arg)
+    return shlex.join(["dreambooth", *kept, "--resume", "latest"])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import click
 
 from ..toy.backdrops import toy_transforms, uses_toy_preset
 from ..training.config import TrainConfig, build_config, field_type, flag
-from ..training.trainer import summary, train
+from ..training.results import summary
+from ..training.trainer import train
 
 
 def field_default(f: dataclasses.Field):

@@ -6,15 +6,15 @@ images, DreamBench, the toy demo) is described by a :class:`GenerationParams`, c
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, replace
 
+from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
 from .samplers import resolve
 
-MAX_SEED = 2**32 - 1
-MAX_SIDE = 8192                 # pixels; beyond this no model of these families draws anything useful
+MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
+RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000)}   # documented in --help
 
 
 @dataclass(frozen=True)
@@ -38,26 +38,24 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return replace(self, **changes)
 
-    def check(self) -> "GenerationParams":
-        """Raise a one-line UserError for a value no generation can use; returns self."""
-        def whole(name: str, value, low: int, high: int | None = None) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-                limit = f"from {low} to {high}" if high is not None else f"at least {low}"
-                raise UserError(f"--{name.replace('_', '-')} {value}: must be a whole number {limit}")
-        whole("steps", self.steps, 1, 1000)
-        whole("batch_size", self.batch_size, 1, 64)
-        whole("batch_count", self.batch_count, 1, 10_000)
-        if self.seed != -1:
-            whole("seed", self.seed, 0, MAX_SEED)
-        for flag, value in (("--cfg", self.cfg_scale), ("--strength", self.strength)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UserError(f"{flag} {value}: must be a finite number")
-        if self.init_image is not None and not 0.0 < self.strength <= 1.0:
-            raise UserError(f"--strength {self.strength}: must be in (0, 1]")
+    def check(self, max_side: int = MAX_SIDE) -> "GenerationParams":
+        """Raise a one-line UserError for a value no generation can use; returns self. ``max_side``:
+        the largest width or height the model's family draws sensibly."""
+        for name, (low, high) in RANGES.items():
+            check_value(f"--{name.replace('_', '-')}", getattr(self, name), int, low, high)
+        check_seed("--seed", self.seed)
+        check_value("--cfg", self.cfg_scale, float, 0, 100)
+        check_value("--strength", self.strength, float, 0, 1)
+        if self.init_image is not None and self.strength == 0:
+            raise UserError("--strength 0: must be above 0 for img2img (0 would change nothing)")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 8 or value % 8 or value > MAX_SIDE):
-                raise UserError(f"--{name} {value}: must be a multiple of 8 from 8 to {MAX_SIDE}")
+            if value is not None:
+                check_value(f"--{name}", value, int, 8, max_side)
+                if value % 8:
+                    raise UserError(f"--{name} {value}: must be a multiple of 8")
+        for name in ("prompt", "negative_prompt", "sampler", "schedule"):
+            check_value(f"--{name.replace('_', '-')}", getattr(self, name), str)
         if self.mask is not None and self.init_image is None:
             raise UserError("--mask needs --init-image (the image to inpaint)")
         resolve(self.sampler, self.schedule)

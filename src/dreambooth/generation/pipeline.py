@@ -15,6 +15,7 @@ import torch
 
 from ..devices import pick_device
 from ..errors import UserError
+from ..models.families import adapter_for
 from ..models.hashes import model_hash
 from ..models.loading import load_pipeline
 from ..models.specs import is_lora_output, lora_output_base, resolve_model
@@ -61,6 +62,7 @@ class GenerationPipeline:
     def __init__(self, pipe, info: ModelInfo | None = None, library: LoraLibrary | None = None,
                  default_loras: list[LoraTag] | None = None):
         self.pipe = pipe
+        self.max_side = adapter_for(pipe).max_side
         pipe.set_progress_bar_config(disable=True)
         self.info = info or ModelInfo(name=type(pipe).__name__)
         self.library = library or LoraLibrary()

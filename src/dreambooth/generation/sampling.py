@@ -78,7 +78,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
 
 def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
     """``params`` checked, with its seed and size fixed: returns (params, init image, mask)."""
-    params = params.check().with_seed()
+    params = params.check(pipeline.max_side).with_seed()
     init = as_image(params.init_image, "--init-image")
     mask = as_image(params.mask, "--mask", "L")
     width, height = params.width, params.height
@@ -86,7 +86,7 @@ def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
         width = width or max(8, init.width // 8 * 8)
         height = height or max(8, init.height // 8 * 8)
     dw, dh = pipeline.default_size
-    return params.replace(width=width or dw, height=height or dh).check(), init, mask
+    return params.replace(width=width or dw, height=height or dh).check(pipeline.max_side), init, mask
 
 
 def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None, *,
@@ -103,6 +103,8 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     runner = pipeline.for_task(mode)
     encoder = PromptEncoder(pipeline.pipe)
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
+    if mask is not None and mask.size != init.size:
+        progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
     if init is not None:
         init = init.resize((params.width, params.height), resample=Image.BICUBIC)     # "Just resize"
     if mask is not None:

@@ -53,6 +53,8 @@ class Conditioning:
 class SD1Family:
     name = "sd1"
     default_resolution = 512
+    max_resolution = 1024       # training: beyond this an SD1/SD2 UNet learns nothing it can draw
+    max_side = 2048             # generation: the WebUI's own limit
     needs_time_ids = False
 
     def __init__(self, pipe):
@@ -85,6 +87,8 @@ class SD2Family(SD1Family):
 class SDXLFamily(SD1Family):
     name = "sdxl"
     default_resolution = 1024
+    max_resolution = 2048
+    max_side = 4096
     needs_time_ids = True
 
     def __init__(self, pipe):

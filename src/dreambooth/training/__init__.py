@@ -4,6 +4,7 @@ class images (``prior``), what trains (``trainables``), the one loop (``trainer`
 ``curves``)."""
 from .callbacks import TrainingCallback, TrainResult
 from .config import TrainConfig, build_config
-from .trainer import Trainer, summary, train
+from .results import summary
+from .trainer import Trainer, train
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingCallback", "build_config", "summary", "train"]

@@ -24,6 +24,7 @@ import torch
 
 from ..generation.pipeline import GenerationPipeline
 from .config import TrainConfig
+from .results import TrainResult
 
 
 class TrainingRun(Protocol):
@@ -40,18 +41,6 @@ class TrainingRun(Protocol):
     def generation_pipeline(self, for_output: bool = True) -> GenerationPipeline:
         """The weights in memory, ready for ``generation.sampling.generate``."""
         ...
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    steps: int
-    losses: list[float]
-    seconds: float
-    peak_memory_bytes: int
-    files: list[Path]
-    skipped_steps: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

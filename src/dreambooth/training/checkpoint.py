@@ -5,9 +5,15 @@ text encoders), the optimizer and LR-schedule state, the step, and every random 
 timesteps, data order and crops, the global torch/numpy/python RNGs). It is written to a hidden
 temporary folder and renamed into place, so a kill at any moment leaves either the previous
 checkpoint or the new one, never half of one.
+
+Copied, synced or half-deleted checkpoints still happen, so each one records its files with their
+sizes and SHA-256 (``manifest.json``). ``--resume DIR`` on a damaged one is a one-line error naming
+the damaged file; ``--resume latest`` skips damaged ones (saying which and why) and continues from
+the newest intact one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import progress
 from ..errors import UserError
 from ..outputs import CHECKPOINTS_DIR, as_user_file, checkpoint_name, checkpoint_step
 
@@ -33,20 +40,73 @@ def list_checkpoints(output: Path) -> list[Path]:
     root = checkpoint_dir(output)
     if not root.is_dir():
         return []
-    found = [(step, p) for p in root.iterdir()
-             if (step := checkpoint_step(p)) is not None and (p / "state.pt").exists()]
+    found = [(step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
+MANIFEST = "manifest.json"
+FILES = ("trainable.safetensors", "optimizer.pt", "state.pt", "settings.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed ("optimizer.pt: 1234 bytes, 5678 recorded"),
+    or None when it is intact. One without a manifest (an older one) is checked file by file."""
+    manifest = path / MANIFEST
+    try:
+        recorded = json.loads(manifest.read_text()) if manifest.exists() else None
+    except (OSError, ValueError):
+        return f"{MANIFEST}: unreadable"
+    if not isinstance(recorded, dict) and recorded is not None:
+        return f"{MANIFEST}: not a JSON object"
+    for name in FILES:
+        file = path / name
+        if not file.is_file():
+            return f"{name}: missing"
+        if recorded is None:
+            continue
+        entry = recorded.get(name)
+        if not isinstance(entry, dict):
+            return f"{name}: not in {MANIFEST}"
+        size = file.stat().st_size
+        if size != entry.get("size"):
+            return f"{name}: {size} bytes, {entry.get('size')} recorded"
+        if _sha256(file) != entry.get("sha256"):
+            return f"{name}: its checksum differs from the one recorded"
+    try:
+        json.loads((path / "settings.json").read_text())
+    except (OSError, ValueError):
+        return "settings.json: not valid JSON"
+    return None
+
+
 def find_checkpoint(resume: str, output: Path) -> Path:
+    """The checkpoint ``--resume`` names, intact: ``latest`` is the newest intact one of ``output``."""
     if resume == "latest":
         found = list_checkpoints(output)
         if not found:
             raise UserError(f"--resume latest: no checkpoint in {checkpoint_dir(output)}")
-        return found[-1]
+        for path in reversed(found):
+            why = damage(path)
+            if why is None:
+                return path
+            progress.warn(f"--resume latest: skipping {path}, which is damaged ({why})")
+        raise UserError(f"--resume latest: every checkpoint in {checkpoint_dir(output)} is damaged; "
+                        "start again without --resume")
     path = Path(resume).expanduser()
-    if not (path / "state.pt").exists():
-        raise UserError(f"--resume {resume}: not a checkpoint folder (no state.pt); use a checkpoints/checkpoint-N folder or 'latest'")
+    if not path.is_dir() or not any((path / name).exists() for name in FILES):
+        raise UserError(f"--resume {resume}: not a checkpoint folder (no state.pt); use a checkpoints/checkpoint-N "
+                        "folder or 'latest'")
+    why = damage(path)
+    if why is not None:
+        raise UserError(f"--resume {resume}: damaged checkpoint: {why}; use an intact one or --resume latest")
     return path
 
 
@@ -82,6 +142,8 @@ def save_checkpoint(output: Path, step: int, models: dict[str, torch.nn.Module],
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    manifest = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     as_user_file(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -98,7 +160,13 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
         if str(saved.get(key)) != str(settings.get(key)):
             raise UserError(f"--resume {path}: checkpoint was made with {key}={saved.get(key)}, "
                             f"this run has {key}={settings.get(key)}; use the same setting to resume")
-    tensors = load_file(str(path / "trainable.safetensors"))
+    try:
+        tensors = load_file(str(path / "trainable.safetensors"))
+        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    except Exception as exc:     # damaged in a way sizes did not show (an older checkpoint: no checksums)
+        raise UserError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     for name, model in models.items():
         params = dict(model.named_parameters())
         for key, value in tensors.items():
@@ -108,7 +176,10 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
                     raise UserError(f"--resume {path}: weight {key} does not exist in this model")
                 with torch.no_grad():
                     params[pname].copy_(value.to(params[pname].device, params[pname].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    set_rng_state(state["rng"])
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        set_rng_state(state["rng"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"--resume {path}: the checkpoint's optimizer or random state does not fit this run "
+                        f"({type(exc).__name__})") from None
     return state

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
 from ..generation.params import GenerationParams
 
@@ -24,9 +26,12 @@ METHODS = ("full", "lora")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
+MAX_RESOLUTION = 4096        # any family; each family's own limit is lower (models.families)
 
 
 def _opt(default, help: str, choices: tuple[str, ...] | None = None, group: str = "training", **extra):
+    """A field with its help, group, choices and, for numbers, its range (``low``, ``high``: inclusive;
+    ``above``: exclusive), which ``--help`` shows and ``validate`` enforces."""
     meta = {"help": help, "group": group, **extra}
     if choices:
         meta["choices"] = choices
@@ -45,46 +50,46 @@ class TrainConfig:
     instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp).", group="data")
     instance_prompt: str | None = _opt(None, "Prompt naming the subject with a rare identifier, e.g. 'a photo of sks dog'.", group="data")
     captions: bool = _opt(False, "Use name.txt beside name.jpg as that image's prompt.", group="data")
-    resolution: int | None = _opt(None, "Training size in pixels (default: the family's, 512 SD1, 768 SD2, 1024 SDXL).", group="data")
+    resolution: int | None = _opt(None, "Training size in pixels (default: the family's, 512 SD1, 768 SD2, 1024 SDXL).", group="data", low=8, high=MAX_RESOLUTION)
     center_crop: bool = _opt(False, "Centre-crop instead of a random crop.", group="data")
     random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
     masked_loss: bool = _opt(False, "Weigh each instance pixel's loss by a mask: the photo's alpha channel, or NAME.mask.png beside NAME.jpg (white 1, black 0); photos without one count fully (kohya's --masked_loss).", group="data")
-    caption_dropout: float = _opt(0.0, "Share of training pictures (instance and class) shown with an empty prompt, so the unconditional prediction that CFG steers from is trained too (0 off).", group="data")
+    caption_dropout: float = _opt(0.0, "Share of training pictures (instance and class) shown with an empty prompt, so the unconditional prediction that CFG steers from is trained too (0 off).", group="data", low=0, high=1)
     # --- prior preservation ----------------------------------------------------------------
     class_prompt: str | None = _opt(None, "Prompt for the subject's class, e.g. 'a photo of dog'; turns on prior preservation.", group="prior")
     prior_preservation: bool | None = _opt(None, "Class-specific prior-preservation loss (default: on when --class-prompt is given).", group="prior")
     class_dir: str | None = _opt(None, "Folder of class images (default: OUTPUT/class_images); missing ones are generated.", group="prior")
-    num_class_images: int = _opt(100, "How many class images to use (generated with the frozen model if fewer exist).", group="prior")
-    class_steps: int = _opt(30, "Sampling steps for class images.", group="prior")
-    class_cfg: float = _opt(7.5, "CFG scale for class images.", group="prior")
+    num_class_images: int = _opt(100, "How many class images to use (generated with the frozen model if fewer exist).", group="prior", low=1, high=100_000)
+    class_steps: int = _opt(30, "Sampling steps for class images.", group="prior", low=1, high=1000)
+    class_cfg: float = _opt(7.5, "CFG scale for class images.", group="prior", low=0, high=100)
     class_negative_prompt: str = _opt("", "Negative prompt for class images.", group="prior")
     class_sampler: str = _opt("DPM++ 2M", "WebUI sampler for class images (see dreambooth generate --list-samplers).", group="prior")
-    prior_loss_weight: float = _opt(1.0, "Weight of the prior-preservation loss.", group="prior")
+    prior_loss_weight: float = _opt(1.0, "Weight of the prior-preservation loss.", group="prior", low=0, high=100)
     # --- method ----------------------------------------------------------------------------
     method: str = _opt("lora", "full: fine-tune the UNet (and text encoder); lora: train peft LoRA adapters.", METHODS, group="method")
     train_text_encoder: bool = _opt(False, "Also train the text encoder(s).", group="method")
-    rank: int = _opt(4, "LoRA rank.", group="method")
-    alpha: float | None = _opt(None, "LoRA alpha (default: the rank, i.e. scale 1).", group="method")
-    lora_dropout: float = _opt(0.0, "LoRA dropout.", group="method")
+    rank: int = _opt(4, "LoRA rank.", group="method", low=1, high=1024)
+    alpha: float | None = _opt(None, "LoRA alpha (default: the rank, i.e. scale 1).", group="method", above=0, high=100_000)
+    lora_dropout: float = _opt(0.0, "LoRA dropout.", group="method", low=0, high=0.99)
     # --- optimisation -----------------------------------------------------------------------
-    max_steps: int = _opt(400, "Optimizer steps.")
-    batch_size: int = _opt(1, "Instance images per step (class images add as many).")
-    gradient_accumulation: int = _opt(1, "Micro-batches per optimizer step.")
-    learning_rate: float | None = _opt(None, "Learning rate (default: 5e-6 full, 1e-4 LoRA).")
-    text_encoder_lr: float | None = _opt(None, "Text-encoder learning rate (default: --learning-rate).")
-    identifier_lr: float = _opt(0.0, "Full method: learning rate of the identifier's own token embedding (pivotal tuning), with or without --train-text-encoder (0: off).")
+    max_steps: int = _opt(400, "Optimizer steps.", low=1, high=10_000_000)
+    batch_size: int = _opt(1, "Instance images per step (class images add as many).", low=1, high=1024)
+    gradient_accumulation: int = _opt(1, "Micro-batches per optimizer step.", low=1, high=1024)
+    learning_rate: float | None = _opt(None, "Learning rate (default: 5e-6 full, 1e-4 LoRA).", above=0, high=1)
+    text_encoder_lr: float | None = _opt(None, "Text-encoder learning rate (default: --learning-rate).", above=0, high=1)
+    identifier_lr: float = _opt(0.0, "Full method: learning rate of the identifier's own token embedding (pivotal tuning), with or without --train-text-encoder (0: off).", low=0, high=10)
     lr_scheduler: str = _opt("constant", "Learning-rate schedule (after warm-up).", LR_SCHEDULERS)
-    lr_warmup_steps: int = _opt(0, "Linear warm-up steps.")
-    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
-    adam_beta1: float = _opt(0.9, "Adam beta1.")
-    adam_beta2: float = _opt(0.999, "Adam beta2.")
-    weight_decay: float = _opt(1e-2, "AdamW weight decay.")
-    adam_epsilon: float = _opt(1e-8, "Adam epsilon.")
+    lr_warmup_steps: int = _opt(0, "Linear warm-up steps.", low=0, high=10_000_000)
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).", low=0, high=1e6)
+    adam_beta1: float = _opt(0.9, "Adam beta1.", low=0, high=0.9999)
+    adam_beta2: float = _opt(0.999, "Adam beta2.", low=0, high=0.99999)
+    weight_decay: float = _opt(1e-2, "AdamW weight decay.", low=0, high=10)
+    adam_epsilon: float = _opt(1e-8, "Adam epsilon.", above=0, high=1)
     use_8bit_adam: bool = _opt(False, "bitsandbytes 8-bit AdamW (CUDA only).")
-    offset_noise: float = _opt(0.0, "Offset noise strength (0.1 helps very dark/bright images).")
-    snr_gamma: float | None = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value); off by default.")
-    seed: int = _opt(0, "Random seed for noise, timesteps, crops and class images.")
-    max_nonfinite_steps: int = _opt(5, "Stop after this many non-finite losses in a row (each is skipped).")
+    offset_noise: float = _opt(0.0, "Offset noise strength (0.1 helps very dark/bright images).", low=0, high=10)
+    snr_gamma: float | None = _opt(None, "Min-SNR loss weighting gamma (5 is the paper's value); off by default.", above=0, high=1000)
+    seed: int = _opt(0, "Random seed for noise, timesteps, crops and class images (-1: a random one, recorded in training_args.json).", seed=True)
+    max_nonfinite_steps: int = _opt(5, "Stop after this many non-finite losses in a row (each is skipped).", low=1, high=1_000_000)
     # --- memory and speed -------------------------------------------------------------------
     mixed_precision: str = _opt("no", "Autocast precision; trainable weights stay fp32.", PRECISIONS, group="memory")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.", group="memory")
@@ -95,15 +100,15 @@ class TrainConfig:
     save_precision: str = _opt("fp32", "Precision of saved weights (full model, kohya LoRA file).", SAVE_PRECISIONS, group="output")
     export_kohya: bool = _opt(True, "LoRA: also write a kohya/A1111 .safetensors next to the diffusers file.", group="output")
     export_single_file: bool = _opt(False, "Full: also write one A1111/ComfyUI .safetensors checkpoint.", group="output")
-    checkpoint_every: int = _opt(0, "Save a resumable checkpoint every N steps (0: never).", group="output")
-    keep_checkpoints: int = _opt(2, "How many checkpoints to keep (0: all).", group="output")
+    checkpoint_every: int = _opt(0, "Save a resumable checkpoint every N steps (0: never).", group="output", low=0, high=10_000_000)
+    keep_checkpoints: int = _opt(2, "How many checkpoints to keep (0: all).", group="output", low=0, high=1_000_000)
     resume: str | None = _opt(None, "Resume from a checkpoint folder, or 'latest' in OUTPUT/checkpoints.", group="output")
     # --- validation ---------------------------------------------------------------------------
-    validate_every: int = _opt(0, "Generate validation images every N steps (0: never).", group="validation")
+    validate_every: int = _opt(0, "Generate validation images every N steps (0: never).", group="validation", low=0, high=10_000_000)
     validation_prompts: list[str] | None = _opt(None, "Validation prompts (default: the subject in a few contexts + the class).", group="validation", multiple=True)
-    validation_seeds: list[int] = _opt([0, 1, 2, 3], "Seeds for validation images.", group="validation", multiple=True)
-    validation_steps: int = _opt(25, "Sampling steps for validation images.", group="validation")
-    validation_cfg: float = _opt(7.5, "CFG scale for validation images.", group="validation")
+    validation_seeds: list[int] = _opt([0, 1, 2, 3], "Seeds for validation images.", group="validation", multiple=True, low=0, high=MAX_SEED)
+    validation_steps: int = _opt(25, "Sampling steps for validation images.", group="validation", low=1, high=1000)
+    validation_cfg: float = _opt(7.5, "CFG scale for validation images.", group="validation", low=0, high=100)
     validation_sampler: str = _opt("DPM++ 2M", "WebUI sampler for validation images.", group="validation")
     validation_negative_prompt: str = _opt("", "Negative prompt for validation images.", group="validation")
     keep_best: bool = _opt(False, "Keep the validation step with the best fidelity balance as the output.", group="validation")
@@ -122,29 +127,27 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        """Check values that need no model; each failure is one line naming the flag."""
+        """Check values that need no model: each field's type, choices and range (NaN and infinity
+        are never numbers here), then what must be given. Each failure is one line naming the flag."""
+        hints = get_type_hints(TrainConfig)
         for f in self.fields():
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise UserError(f"{flag(f.name)} {value}: unknown value; choose one of {', '.join(choices)}")
-        positive = ("max_steps", "batch_size", "gradient_accumulation", "rank", "num_class_images", "class_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"{flag(name)} {getattr(self, name)}: must be at least 1")
-        for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "keep_checkpoints", "offset_noise",
-                     "prior_loss_weight", "max_grad_norm", "lora_dropout", "identifier_lr", "caption_dropout"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{flag(name)} {getattr(self, name)}: must not be negative")
-        for name in ("lora_dropout", "caption_dropout"):       # shares
-            if getattr(self, name) > 1:
-                raise UserError(f"{flag(name)} {getattr(self, name)}: a share, from 0 to 1")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            value, name, meta = getattr(self, f.name), flag(f.name), f.metadata
+            if value is None:
+                if type(None) not in get_args(hints[f.name]):
+                    raise UserError(f"{name}: required")
+                continue
+            typ, is_list = field_type(f)
+            if is_list and not isinstance(value, list):
+                raise UserError(f"{name} {value!r}: must be a list")
+            for item in (value if is_list else [value]):
+                if meta.get("seed"):
+                    check_seed(name, item)
+                else:
+                    check_value(name, item, typ, meta.get("low"), meta.get("high"), meta.get("above"))
+                if "choices" in meta and item not in meta["choices"]:
+                    raise UserError(f"{name} {item}: unknown value; choose one of {', '.join(meta['choices'])}")
+        if self.resolution is not None and self.resolution % 8:
             raise UserError(f"--resolution {self.resolution}: must be a multiple of 8")
-        for name in ("learning_rate", "text_encoder_lr"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"{flag(name)} {value}: must be positive")
         if not self.model:
             raise UserError("--model is required: a diffusers folder, a .safetensors file or a hub id "
                             "(--model toy trains the built-in toy model)")
@@ -155,12 +158,11 @@ class TrainConfig:
                 GenerationParams("", sampler=sampler, steps=steps, cfg_scale=cfg).check()
             except UserError as exc:     # name the training flag, not generate's
                 raise UserError(f"--{prefix}-{str(exc).lstrip('-')}") from None
-        if not self.instance_dir:
-            raise UserError("--instance-dir is required: a folder of photos of the subject")
-        if not self.instance_prompt:
-            raise UserError("--instance-prompt is required, e.g. --instance-prompt 'a photo of sks dog'")
-        if not self.output:
-            raise UserError("--output is required: the folder to write the trained model to")
+        for name in ("instance_dir", "instance_prompt", "output"):
+            if not getattr(self, name) or not str(getattr(self, name)).strip():
+                raise UserError({"instance_dir": "--instance-dir is required: a folder of photos of the subject",
+                                 "instance_prompt": "--instance-prompt is required, e.g. --instance-prompt 'a photo of sks dog'",
+                                 "output": "--output is required: the folder to write the trained model to"}[name])
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
 
@@ -168,10 +170,13 @@ class TrainConfig:
     def use_prior(self) -> bool:
         return bool(self.class_prompt) if self.prior_preservation is None else self.prior_preservation
 
-    def resolve_defaults(self, family_resolution: int) -> "TrainConfig":
-        """Fill the defaults that depend on the model family and the method."""
+    def resolve_defaults(self, family_resolution: int, max_resolution: int = MAX_RESOLUTION) -> "TrainConfig":
+        """Fill the defaults that depend on the model family and the method, and a random seed for -1."""
+        if self.resolution is not None and self.resolution > max_resolution:
+            raise UserError(f"--resolution {self.resolution}: this model's family trains at most {max_resolution} px")
         return self.replace(
             resolution=self.resolution or family_resolution,
+            seed=self.seed if self.seed != -1 else random.randrange(MAX_SEED),
             learning_rate=self.learning_rate or (5e-6 if self.method == "full" else 1e-4),
             alpha=self.alpha if self.alpha is not None else float(self.rank),
             cache_latents=(not self.random_flip and self.center_crop) if self.cache_latents is None else self.cache_latents,
@@ -195,26 +200,50 @@ def field_type(f: dataclasses.Field) -> tuple[type, bool]:
 
 
 def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """A preset's value as the field's type, strictly: no list where one value is expected, no float
+    or bool where a whole number is, no number where text is. A number written as text ("1e-4",
+    which YAML reads as a string) is read as that number."""
     if value is None:
         return None
     typ, is_list = field_type(f)
-    items = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        out = []
-        for item in items:
-            if typ is bool and isinstance(item, str):
-                if item.lower() not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-                    raise ValueError(item)
-                out.append(item.lower() in ("true", "yes", "1", "on"))
-            elif typ is float and isinstance(item, str):
-                out.append(float(item))
-            elif typ is bool and not isinstance(item, bool):
-                raise ValueError(item)
-            else:
-                out.append(typ(item))
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: {f.name} = {value!r} is not a valid {typ.__name__}") from None
+    if isinstance(value, (list, tuple)) and not is_list:
+        raise UserError(f"{source}: {f.name} = {value!r} is a list; give one {typ.__name__}")
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        converted = _one(item, typ)
+        if converted is _INVALID:
+            raise UserError(f"{source}: {f.name} = {value!r} is not a valid {typ.__name__}")
+        out.append(converted)
     return out if is_list else out[0]
+
+
+_INVALID = object()
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _one(item: Any, typ: type) -> Any:
+    if isinstance(item, (list, tuple, dict)):
+        return _INVALID
+    if typ is bool:
+        return item if isinstance(item, bool) else _BOOL_WORDS.get(str(item).lower(), _INVALID) \
+            if isinstance(item, str) else _INVALID
+    if isinstance(item, bool):
+        return _INVALID                        # True is not 1 here
+    if typ is int:
+        if isinstance(item, int):
+            return item
+        if isinstance(item, str) and item.strip().lstrip("+-").isdigit():
+            return int(item)
+        return _INVALID                        # 2.7 is not a step count
+    if typ is float:
+        if isinstance(item, (int, float)):
+            return float(item)
+        try:
+            return float(item) if isinstance(item, str) else _INVALID
+        except ValueError:
+            return _INVALID
+    return item if isinstance(item, str) else _INVALID
 
 
 def load_preset(path_or_name: str) -> dict[str, Any]:

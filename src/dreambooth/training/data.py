@@ -88,6 +88,9 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
         caption = path.with_suffix(".txt")
         if captions and caption.is_file():
             text = caption.read_text(encoding="utf-8", errors="replace").strip() or prompt
+        if min(image.size) < resolution:
+            warn(f"{path}: {image.width}x{image.height}, upscaled to the training size {resolution}; "
+                 "a photo at least that large trains sharper")
         resized = resize_short_side(image, resolution)
         mask = None
         if masks:

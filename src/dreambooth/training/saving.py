@@ -11,35 +11,16 @@ from pathlib import Path
 import torch
 
 from .. import progress
-from ..errors import UserError
 from ..models.identifier import merged as merged_identifier
 from ..models.loading import load_pipeline
 from ..models.lora import kohya_metadata, save_diffusers_lora, save_kohya_lora
 from ..models.registry import remember_output
 from ..models.single_file import export_single_file
-from ..outputs import CLASS_IMAGES_DIR, TRAINING_ARGS_FILE, as_user_file, named_weights_file
-from . import checkpoint as ckpt
+from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file
 from .config import save_config
 from .trainables import move
 
-KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def prepare_output(output: Path, overwrite: bool, resume: str | None) -> None:
-    """Refuse to clobber a non-empty output unless asked; ``--overwrite`` keeps class images."""
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output}: exists and is not a folder")
-    entries = [p for p in output.iterdir() if p.name not in KEPT_ON_OVERWRITE] if output.is_dir() else []
-    if not entries or resume:
-        output.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        hint = " or --resume latest to continue" if ckpt.list_checkpoints(output) else ""
-        raise UserError(f"--output {output}: exists and is not empty; pass --overwrite to replace it "
-                        f"(class images are kept){hint}")
-    for entry in entries:
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def kohya_training_metadata(run, directory: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ the loop. Progress goes out as events (``dreambooth.progress``), milestones to t
 """
 from __future__ import annotations
 
-import resource
+import contextlib
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +28,13 @@ from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
 from ..outputs import CLASS_IMAGES_DIR
 from . import checkpoint as ckpt
-from .callbacks import CheckpointSaved, StepEnd, TrainingCallback, TrainResult
+from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
+from .results import TrainResult, peak_memory
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .prior import ensure_class_images
-from .saving import keep_best, prepare_output, save_model, save_output
+from .guard import OutputStage, check_inputs
+from .saving import keep_best, save_model, save_output
 from .trainables import make_lr_scheduler, make_optimizer, make_trainable, move
 from .validation import Validator
 
@@ -43,10 +45,13 @@ class TrainingStopped(UserError):
     """Training cannot go on (e.g. the loss keeps being non-finite); nothing broken was saved."""
 
 
-def peak_memory() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: at which step, and the newest checkpoint (None: there is none)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written (--checkpoint-every)"
+        super().__init__(f"training interrupted at step {step}; {where}")
 
 
 def per_example_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,6 +78,7 @@ class Trainer:
         self.warnings: list[str] = []
         self.started_at = time.time()
         self.validator: Validator | None = None
+        self.stage: OutputStage | None = None
 
     # ----- setup ---------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -89,13 +95,13 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation, cpu=cpu)
         self.device = self.accelerator.device
-        prepare_output(self.output, cfg.overwrite, cfg.resume)
+        # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
+        check_inputs(cfg)
         self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output) if cfg.resume else None
-
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
         self.family = adapter_for(pipe)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution)
+        self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution, self.family.max_resolution)
         if cfg.resolution % pipe.vae_scale_factor:
             raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
         torch.manual_seed(cfg.seed)
@@ -119,7 +125,13 @@ class Trainer:
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise UserError(f"--model {cfg.model}: prediction type '{self.prediction_type}' is not supported (epsilon or v_prediction)")
 
-        self._prepare_data(cfg)
+        instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
+                                 warn=self._warn, masks=cfg.masked_loss)
+        self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
+        if self.accelerator.is_main_process:
+            self.stage.prepare()
+        self.accelerator.wait_for_everyone()
+        self._prepare_data(cfg, instance)
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
         self.optimizer = make_optimizer(groups, cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
@@ -139,9 +151,7 @@ class Trainer:
             self.validator = Validator(self)
         return self
 
-    def _prepare_data(self, cfg: TrainConfig) -> None:
-        instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions, warn=self._warn,
-                                 masks=cfg.masked_loss)
+    def _prepare_data(self, cfg: TrainConfig, instance: list) -> None:
         for transform in self.transforms:
             transform.prepare(instance, progress.message)
         prior = []
@@ -271,7 +281,8 @@ class Trainer:
             cb.on_train_start(self)
         if self.validator:
             self._validated(self.validator.start())
-        with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as bar:
+        with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as bar, \
+                self._interruptible():
             while self.step < cfg.max_steps:
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
@@ -306,6 +317,8 @@ class Trainer:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
                     self.save_checkpoint()
         files = save_output(self)
+        if self.accelerator.is_main_process:
+            self.stage.commit()
         if self.validator:
             self._validated(self.validator.end(self.step))
             if cfg.keep_best:
@@ -315,6 +328,17 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    @contextlib.contextmanager
+    def _interruptible(self):
+        """Ctrl-C becomes a TrainingInterrupted that names the last checkpoint (the CLI prints how to resume)."""
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            found = ckpt.list_checkpoints(self.output)
+            raise TrainingInterrupted(self.step, found[-1] if found else None) from None
 
     def _validated(self, validation) -> None:
         if validation is not None:
@@ -347,18 +371,12 @@ class Trainer:
 
 def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
           transforms: Sequence[ExampleTransform] = ()) -> TrainResult:
-    """Run DreamBooth with ``config``; the function the CLI, the demo and the server all call."""
-    return Trainer(config, callbacks, transforms).setup().fit()
-
-
-def summary(result: TrainResult) -> str:
-    mem = result.peak_memory_bytes / 2**30
-    lines = [f"trained {result.steps} steps in {result.seconds:.1f} s "
-             f"({result.steps / max(result.seconds, 1e-9):.2f} steps/s), peak memory {mem:.2f} GiB",
-             f"final loss {result.losses[-1]:.4f}" if result.losses else "no step ran"]
-    if result.skipped_steps:
-        lines.append(f"{result.skipped_steps} step(s) skipped for a non-finite loss")
-    lines.append(f"output: {result.output}")
-    lines += [f"  {p}" for p in result.files]
-    lines += [f"warning: {w}" for w in dict.fromkeys(result.warnings)]
-    return "\n".join(lines)
+    """Run DreamBooth with ``config``; the function the CLI, the demo and the server all call. A run
+    that fails leaves an output it was to replace as it was (``guard.OutputStage``)."""
+    trainer = Trainer(config, callbacks, transforms)
+    try:
+        return trainer.setup().fit()
+    except BaseException as exc:
+        if trainer.stage is not None:                 # None: failed before the output was touched
+            trainer.stage.abandon(isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None)
+        raise

@@ -1,0 +1,120 @@
+"""Nothing the user had is lost: the checks before a run touches anything, and the output's staging.
+
+Before anything is written, :func:`check_inputs` checks every input (the photo folder readable, a
+class-image folder that is a folder, the output not a file nor inside a read-only place) and, with
+``--overwrite``, refuses an output that contains or lies inside an input: the photos, the class
+images, the checkpoint being resumed. The trainer then loads the model and the photos; only then
+does :class:`OutputStage` touch the output:
+
+* a non-empty output needs ``--overwrite``, and so does resuming into one from another run's
+  checkpoint;
+* with ``--overwrite`` the old output's entries (all but ``class_images``, which are reused) are
+  moved aside into ``OUTPUT/.previous`` and deleted only once the new run has written its result.
+  A run that fails puts them back as they were; a run interrupted after writing a checkpoint keeps
+  both (the new run can be resumed; the old output stays in ``.previous``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .. import progress
+from ..errors import UserError
+from ..images import list_files
+from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR
+from . import checkpoint as ckpt
+from .config import TrainConfig
+
+KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    inner, outer = inner.expanduser().resolve(), outer.expanduser().resolve()
+    return inner == outer or outer in inner.parents
+
+
+def _writable_parent(path: Path) -> Path | None:
+    """The nearest existing folder that would hold ``path``, if it is not writable."""
+    parent = path.expanduser().absolute()
+    while not parent.exists():
+        parent = parent.parent
+    return None if os.access(parent, os.W_OK | os.X_OK) and parent.is_dir() else parent
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """One-line errors for inputs and an output that cannot work, before anything is written."""
+    output = Path(cfg.output).expanduser()
+    list_files(cfg.instance_dir, "--instance-dir")            # a readable folder (or a one-line error)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output}: exists and is not a folder")
+    blocked = _writable_parent(output)
+    if blocked is not None:
+        raise UserError(f"--output {output}: cannot write there ({blocked} is not a writable folder)")
+    if cfg.class_dir and Path(cfg.class_dir).expanduser().exists() and not Path(cfg.class_dir).expanduser().is_dir():
+        raise UserError(f"--class-dir {cfg.class_dir}: exists and is not a folder")
+    inputs = [("--instance-dir", cfg.instance_dir)]
+    if cfg.class_dir and not _within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
+        inputs.append(("--class-dir", cfg.class_dir))
+    if cfg.resume and cfg.resume != "latest":
+        inputs.append(("--resume", cfg.resume))
+    for flag, path in inputs if cfg.overwrite else ():
+        path = Path(path)
+        if _within(output, path):
+            raise UserError(f"--output {output}: lies inside {flag} {path}, which --overwrite would change; "
+                            "write the model somewhere else")
+        if _within(path, output):
+            raise UserError(f"--output {output}: holds {flag} {path}, which --overwrite would delete; "
+                            "write the model somewhere else")
+
+
+def _entries(output: Path) -> list[Path]:
+    return [p for p in output.iterdir() if p.name not in KEPT_ON_OVERWRITE and p.name != PREVIOUS_OUTPUT_DIR] \
+        if output.is_dir() else []
+
+
+class OutputStage:
+    """The output folder while a run writes it (see the module doc)."""
+
+    def __init__(self, output: Path, overwrite: bool, resume_from: Path | None):
+        self.output, self.overwrite, self.resume_from = Path(output), overwrite, resume_from
+        self.previous = self.output / PREVIOUS_OUTPUT_DIR
+        self.moved: list[str] = []
+
+    def prepare(self) -> None:
+        """Refuse to clobber what is there unless asked; with ``--overwrite`` move it aside."""
+        own_resume = self.resume_from is not None and _within(self.resume_from, self.output / CHECKPOINTS_DIR)
+        entries = _entries(self.output)
+        if self.previous.exists() and not own_resume:
+            raise UserError(f"--output {self.output}: {self.previous} holds the output an interrupted --overwrite "
+                            "run replaced; move it back or delete it, or --resume latest")
+        if entries and not own_resume:
+            if not self.overwrite:
+                hint = " or --resume latest to continue" if ckpt.list_checkpoints(self.output) else ""
+                why = " (resuming another run's checkpoint into it)" if self.resume_from is not None else ""
+                raise UserError(f"--output {self.output}: exists and is not empty{why}; pass --overwrite to replace "
+                                f"it (class images are kept){hint}")
+            self.previous.mkdir()
+            for entry in entries:
+                os.replace(entry, self.previous / entry.name)
+                self.moved.append(entry.name)
+        self.output.mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> None:
+        """The new output is written: the old one goes."""
+        if self.previous.exists():
+            shutil.rmtree(self.previous)
+
+    def abandon(self, interrupted_with_checkpoint: bool) -> None:
+        """The run failed: put the old output back (or, when the run can be resumed, keep both)."""
+        if not self.moved:
+            return
+        if interrupted_with_checkpoint:
+            progress.warn(f"the output this run replaces is kept in {self.previous} until the run finishes")
+            return
+        for entry in _entries(self.output):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        for name in self.moved:
+            os.replace(self.previous / name, self.output / name)
+        shutil.rmtree(self.previous, ignore_errors=True)
+        progress.message(f"{self.output} is back as it was before this run")

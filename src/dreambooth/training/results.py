@@ -1,0 +1,39 @@
+"""What a training run returns, and its summary for the terminal."""
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    losses: list[float]
+    seconds: float
+    peak_memory_bytes: int
+    files: list[Path]
+    skipped_steps: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def peak_memory() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
+
+
+def summary(result: TrainResult) -> str:
+    mem = result.peak_memory_bytes / 2**30
+    lines = [f"trained {result.steps} steps in {result.seconds:.1f} s "
+             f"({result.steps / max(result.seconds, 1e-9):.2f} steps/s), peak memory {mem:.2f} GiB",
+             f"final loss {result.losses[-1]:.4f}" if result.losses else "no step ran"]
+    if result.skipped_steps:
+        lines.append(f"{result.skipped_steps} step(s) skipped for a non-finite loss")
+    lines.append(f"output: {result.output}")
+    lines += [f"  {p}" for p in result.files]
+    lines += [f"warning: {w}" for w in dict.fromkeys(result.warnings)]
+    return "\n".join(lines)
