@@ -11,7 +11,7 @@ from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
 from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
-from ..generation.samplers import resolve, sampler_table
+from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
 from ..generation.xyz import parse_axis, run_prompt_matrix, run_xyz
 
@@ -100,14 +100,13 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     # Check what can be checked before the (slow) model load.
     if prompt_matrix and (x_axis or y_axis or z_axis):
         raise UserError("--prompt-matrix and --x/--y/--z: use one or the other")
-    params.check()
-    resolve(params.sampler, params.schedule)
-    for flag, axis in (("--x", x_axis), ("--y", y_axis), ("--z", z_axis)):
-        if axis:
-            parse_axis(axis, flag)
     for flag, path in (("--init-image", params.init_image), ("--mask", params.mask)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: no such file")
+    params.check()
+    for flag, axis in (("--x", x_axis), ("--y", y_axis), ("--z", z_axis)):
+        if axis:
+            parse_axis(axis, flag)
 
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
                                         model_config=model_config, library=library)

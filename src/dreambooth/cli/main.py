@@ -34,12 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except TrainingInterrupted as exc:
-        click.echo(str(exc), err=True)
-        if exc.checkpoint is not None:
+    except click.exceptions.Abort as exc:   # click's name for Ctrl-C
+        interrupted = exc.__cause__ if isinstance(exc.__cause__, TrainingInterrupted) else None
+        click.echo(str(interrupted) if interrupted else "aborted", err=True)
+        if interrupted and interrupted.checkpoint is not None:
             click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
@@ -66,6 +64,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: out of memory ({type(exc).__name__}); use smaller sizes or batches", err=True)
         sys.exit(2)
+    except Exception as exc:      # a bug of ours or a library's: still one line, and how to see more
+        if debug:
+            raise
+        what = str(exc).splitlines()[0][:200] if str(exc) else ""
+        click.echo(f"error: unexpected {type(exc).__name__}: {what} (dreambooth --debug ... shows where; "
+                   "please report it)", err=True)
+        sys.exit(1)
 
 
 def resume_command(argv: list[str]) -> str:

@@ -6,6 +6,8 @@ import dataclasses
 
 import click
 
+from ..checks import describe_range
+
 from ..toy.backdrops import toy_transforms, uses_toy_preset
 from ..training.config import TrainConfig, build_config, field_type, flag
 from ..training.results import summary
@@ -28,6 +30,10 @@ def _option(f):
     if isinstance(default, list):
         default = " ".join(str(v) for v in default) or None
     shown = f" [default: {default}]" if default not in (None, "") and typ is not bool else ""
+    if meta.get("seed"):
+        shown += " [range: -1 or 0 to 4294967295]"
+    elif any(k in meta for k in ("low", "high", "above")):
+        shown += f" [range: {describe_range(meta.get('low'), meta.get('high'), meta.get('above'))[len('must be '):]}]"
     help_text = meta.get("help", "") + shown
     name = flag(f.name)
     if typ is bool:

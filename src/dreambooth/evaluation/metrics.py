@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..devices import default_device
+from ..devices import pick_device
 from ..errors import UserError
 from ..images import as_image, list_images, open_image
 from .encoders import DEFAULT_CLIP, DEFAULT_DINO, LPIPS_SIZE, ClipEncoder, DinoEncoder, resize_center_crop, resolve_encoder
@@ -131,7 +131,7 @@ class Evaluator:
                  batch_size: int = 16):
         self.dino_spec = dino_model or DEFAULT_DINO
         self.clip_spec = clip_model or DEFAULT_CLIP
-        self.device = str(device or default_device())
+        self.device = str(pick_device(device))
         self.batch_size = batch_size
         self._dino: DinoEncoder | None = None
         self._clip: ClipEncoder | None = None

@@ -46,8 +46,9 @@ class GenerationParams:
         check_seed("--seed", self.seed)
         check_value("--cfg", self.cfg_scale, float, 0, 100)
         check_value("--strength", self.strength, float, 0, 1)
-        if self.init_image is not None and self.strength == 0:
-            raise UserError("--strength 0: must be above 0 for img2img (0 would change nothing)")
+        if self.init_image is not None and int(self.steps * self.strength) < 1:
+            raise UserError(f"--steps {self.steps} with --strength {self.strength:g}: img2img denoises "
+                            "steps x strength steps, none here; raise one of them")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .. import progress
+from ..errors import file_operation
 from ..images import as_image, write_png
 from ..outputs import claim_numbered
 from .conditioning import PromptEncoder, schedule_conditioning
@@ -124,7 +125,10 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
                     image = Image.composite(image, init, mask)        # keep the unmasked pixels exactly
                 infotext = format_infotext(recorded_prompt, params.negative_prompt,
                                            infotext_params(params, seed, pipeline, loras, init is not None))
-                path = write_png(image, claim_numbered(output_dir, seed), infotext) if output_dir is not None else None
+                path = None
+                if output_dir is not None:
+                    with file_operation("write an image", "--output"):
+                        path = write_png(image, claim_numbered(output_dir, seed), infotext)
                 results.append(GeneratedImage(image, seed, infotext, path, recorded_prompt, params.negative_prompt))
     return results
 

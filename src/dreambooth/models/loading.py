@@ -86,6 +86,7 @@ def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None =
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     quiet_libraries()
     ref = resolve_model(spec, flag)
+    config_ref = resolve_model(model_config, "--model-config") if model_config else None   # checked even if unused
     kwargs = dict(components or {})
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
@@ -97,8 +98,8 @@ def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None =
             cls = StableDiffusionPipeline
         else:
             raise UserError(f"{flag} {spec}: a '{kind}' checkpoint is not supported; use SD 1.x, SD 2.x or SDXL")
-        if model_config:
-            kwargs["config"] = str(resolve_model(model_config, "--model-config").path)
+        if config_ref is not None:
+            kwargs["config"] = str(config_ref.path)
         try:
             pipe = cls.from_single_file(str(ref.path), local_files_only=offline() or bool(model_config), **kwargs)
         except Exception as exc:

@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 
 from .. import progress
-from ..errors import UserError
+from ..errors import UserError, file_operation
+from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
 from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR
 from . import checkpoint as ckpt
@@ -53,6 +54,10 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise UserError(f"--output {output}: cannot write there ({blocked} is not a writable folder)")
     if cfg.class_dir and Path(cfg.class_dir).expanduser().exists() and not Path(cfg.class_dir).expanduser().is_dir():
         raise UserError(f"--class-dir {cfg.class_dir}: exists and is not a folder")
+    if cfg.validate_every:       # models named explicitly must be there (the defaults may be missing: grids only)
+        for flag, spec in (("--dino-model", cfg.dino_model), ("--clip-model", cfg.clip_model)):
+            if spec:
+                resolve_encoder(spec, flag)
     inputs = [("--instance-dir", cfg.instance_dir)]
     if cfg.class_dir and not _within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
         inputs.append(("--class-dir", cfg.class_dir))
@@ -94,11 +99,13 @@ class OutputStage:
                 why = " (resuming another run's checkpoint into it)" if self.resume_from is not None else ""
                 raise UserError(f"--output {self.output}: exists and is not empty{why}; pass --overwrite to replace "
                                 f"it (class images are kept){hint}")
-            self.previous.mkdir()
-            for entry in entries:
-                os.replace(entry, self.previous / entry.name)
-                self.moved.append(entry.name)
-        self.output.mkdir(parents=True, exist_ok=True)
+            with file_operation("move the old output aside", "--output"):
+                self.previous.mkdir()
+                for entry in entries:
+                    os.replace(entry, self.previous / entry.name)
+                    self.moved.append(entry.name)
+        with file_operation("create the output folder", "--output"):
+            self.output.mkdir(parents=True, exist_ok=True)
 
     def commit(self) -> None:
         """The new output is written: the old one goes."""

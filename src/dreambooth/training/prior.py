@@ -3,6 +3,7 @@
 Image ``i`` has the seed ``seed + i`` and is written the moment it exists as ``class-0000i.png``,
 with its infotext (``dreambooth generate --from-image`` on the base model remakes it): an interrupted
 run keeps what it made, a rerun generates only the missing indices, and every image stands alone.
+A damaged class image is found (every one is opened) and made again, with a warning naming it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from .. import progress
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
-from ..images import list_images, write_png
+from ..errors import UserError, file_operation
+from ..images import list_images, open_image, write_png
 from ..outputs import class_image_name
 
 
@@ -23,13 +25,30 @@ def existing_class_images(folder: Path) -> list[Path]:
     return list_images(folder, "--class-dir", allow_empty=True) if Path(folder).is_dir() else []
 
 
+def _damaged(path: Path) -> str | None:
+    try:
+        open_image(path)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,
                         autocast: torch.dtype | None = None) -> list[Path]:
     """Make sure ``folder`` holds at least ``count`` images of ``params`` (its seed is image 0's);
     return the first ``count``. ``autocast``: the training's mixed precision, if any."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    have = existing_class_images(folder)
+    with file_operation("create the class-image folder", "--class-dir"):
+        folder.mkdir(parents=True, exist_ok=True)
+    have = []
+    for path in existing_class_images(folder):
+        why = _damaged(path)
+        if why is None:
+            have.append(path)
+        elif path.name.startswith("class-"):      # one this project made: made again below
+            progress.warn(f"class image {path} is damaged ({why.split(': ', 1)[-1]}); it is made again")
+        else:
+            progress.warn(f"skipping class image {why}")
     taken = {p.name for p in have}
     missing = [i for i in range(count * 4) if class_image_name(i) not in taken][: max(0, count - len(have))]
     if missing:
@@ -38,6 +57,7 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
                 made = generate(pipeline, params.replace(seed=params.seed + i, batch_size=1, batch_count=1),
                                 autocast=autocast, task=bar)[0]
                 tmp = folder / f".{class_image_name(i)}.tmp"
-                write_png(made.image, tmp, made.infotext)
-                os.replace(tmp, folder / class_image_name(i))     # never a half-written image
-    return existing_class_images(folder)[:count]
+                with file_operation("write a class image", "--class-dir"):
+                    write_png(made.image, tmp, made.infotext)
+                    os.replace(tmp, folder / class_image_name(i))     # never a half-written image
+    return [p for p in existing_class_images(folder) if _damaged(p) is None][:count]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import progress
-from ..errors import UserError
+from ..errors import UserError, file_operation
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, ModelInfo, model_info_for
 from ..models.families import Conditioning, adapter_for, time_ids
@@ -316,7 +316,8 @@ class Trainer:
                     self._validated(self.validator.after_step(self.step))
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
                     self.save_checkpoint()
-        files = save_output(self)
+        with file_operation("write the trained model", "--output"):
+            files = save_output(self)
         if self.accelerator.is_main_process:
             self.stage.commit()
         if self.validator:
@@ -352,8 +353,9 @@ class Trainer:
         self.assert_finite()
         state = {"losses": self.losses, "skipped": self.skipped, "lr_scheduler": self.lr_scheduler.state_dict(),
                  "stream": self.stream.state_dict(), "noise_gen": self.noise_gen.get_state()}
-        path = ckpt.save_checkpoint(self.output, self.step, self.trainables, self.optimizer, state,
-                                    self.settings(), self.config.keep_checkpoints)
+        with file_operation("write a checkpoint", "--output"):
+            path = ckpt.save_checkpoint(self.output, self.step, self.trainables, self.optimizer, state,
+                                        self.settings(), self.config.keep_checkpoints)
         for cb in self.callbacks:
             cb.on_checkpoint(self, CheckpointSaved(self.step, path))
         return path

@@ -1,0 +1,272 @@
+"""Nothing the user had is lost, and bad input is one line: the reproductions of issue 31, each a
+test. ``FAST`` trains the tiny SD1 for two steps."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import make_photos, run_cli
+from dreambooth.errors import UserError
+
+FAST = ["--max-steps", "2", "--num-class-images", "2", "--class-steps", "1", "--resolution", "32",
+        "--instance-prompt", "a photo of sks dog"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its checksum."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture
+def old_model(tiny_sd1, dog_photos, tmp_path) -> Path:
+    """A finished LoRA run with checkpoints, as a user has it."""
+    out = tmp_path / "old_model"
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                           "--max-steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "0", "--output", out)
+    assert code == 0, err
+    return out
+
+
+# ----- data loss -----------------------------------------------------------------------------------
+
+def test_overwrite_never_deletes_the_photos_it_trains_on(tiny_sd1, tmp_path):
+    photos = make_photos(tmp_path / "p" / "photos")
+    (tmp_path / "p" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path / "p")
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST,
+                           "--output", tmp_path / "p", "--overwrite")
+    one_line_error(code, err, "--output", "--instance-dir")
+    assert snapshot(tmp_path / "p") == before
+
+
+def test_overwrite_checks_the_run_before_touching_the_old_output(tiny_sd1, old_model, tmp_path):
+    before = snapshot(old_model)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", tmp_path / "typo", *FAST,
+                           "--output", old_model, "--overwrite")
+    one_line_error(code, err, "--instance-dir", "no such folder")
+    code, _, err = run_cli("train", "--model", tmp_path / "no-model", "--instance-dir", make_photos(tmp_path / "ph"),
+                           *FAST, "--output", old_model, "--overwrite")
+    one_line_error(code, err, "--model")
+    assert snapshot(old_model) == before
+
+
+def test_a_failed_overwrite_puts_the_old_output_back(tiny_sd1, dog_photos, old_model):
+    from dreambooth.training.callbacks import TrainingCallback
+    from dreambooth.training.config import build_config
+    from dreambooth.training.trainer import train
+    before = snapshot(old_model)
+
+    class Fail(TrainingCallback):
+        def on_step_end(self, run, step):
+            raise RuntimeError("a crash in the middle of the run")
+    config = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a sks dog",
+                                     resolution=32, max_steps=3, method="full", output=str(old_model), overwrite=True))
+    with pytest.raises(RuntimeError):
+        train(config, callbacks=[Fail()])
+    assert snapshot(old_model) == before
+    # and a run that succeeds replaces it, leaving nothing of the old one behind
+    result = train(config)
+    assert result.steps == 3 and (old_model / "model_index.json").exists()
+    assert not (old_model / "pytorch_lora_weights.safetensors").exists() and not (old_model / ".previous").exists()
+
+
+def test_resume_from_another_run_needs_overwrite(tiny_sd1, dog_photos, old_model, tmp_path):
+    other = tmp_path / "other"
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                           "--checkpoint-every", "1", "--output", other)
+    assert code == 0, err
+    before = snapshot(old_model)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                           "--max-steps", "3", "--output", old_model,
+                           "--resume", other / "checkpoints" / "checkpoint-000001")
+    one_line_error(code, err, "--output", "--overwrite")
+    assert snapshot(old_model) == before
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_resumes(tiny_sd1, dog_photos, tmp_path, monkeypatch):
+    from dreambooth.training.trainer import Trainer
+    real = Trainer.loss
+
+    def interrupted(self, batch):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return real(self, batch)
+    monkeypatch.setattr(Trainer, "loss", interrupted)
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--max-steps", "5",
+                           "--checkpoint-every", "1", "--output", out)
+    assert code == 130 and "Traceback" not in err
+    assert f"the last checkpoint is {out / 'checkpoints' / 'checkpoint-000002'}" in err
+    command = err.split("resume with: ", 1)[1].strip()
+    assert command.startswith("dreambooth train ") and command.endswith("--resume latest")
+    monkeypatch.setattr(Trainer, "loss", real)
+    import shlex
+    code, stdout, err = run_cli(*shlex.split(command)[1:])
+    assert code == 0 and "trained 5 steps" in stdout, err
+
+
+# ----- damaged state -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage, name", [
+    (lambda c: (c / "trainable.safetensors").write_bytes((c / "trainable.safetensors").read_bytes()[:100]),
+     "trainable.safetensors"),
+    (lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:-10]), "optimizer.pt"),
+    (lambda c: (c / "state.pt").write_bytes(b"\0" * (c / "state.pt").stat().st_size), "state.pt"),
+    (lambda c: (c / "settings.json").write_text("{not json"), "settings.json"),
+    (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt: missing"),
+])
+def test_a_damaged_checkpoint_is_refused_by_name_and_skipped_by_latest(damage, name, tiny_sd1, dog_photos, old_model):
+    newest = old_model / "checkpoints" / "checkpoint-000002"
+    damage(newest)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                           "--checkpoint-every", "1", "--max-steps", "4", "--output", old_model, "--resume", newest)
+    one_line_error(code, err, "--resume", "damaged", name)
+    code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                                "--checkpoint-every", "1", "--max-steps", "4", "--output", old_model,
+                                "--resume", "latest")
+    assert code == 0, err
+    assert f"skipping {newest}" in err and name.split(":")[0] in err
+    assert "resumed from" in err and "checkpoint-000001" in err
+
+
+def test_a_damaged_class_image_is_made_again(tiny_sd1, dog_photos, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--class-prompt", "a photo of dog",
+            "--output", out]
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    damaged = out / "class_images" / "class-00001.png"
+    good = damaged.read_bytes()
+    damaged.write_bytes(good[:50])
+    code, _, err = run_cli(*args, "--overwrite")
+    assert code == 0, err
+    assert "class-00001.png is damaged" in err and damaged.read_bytes() == good    # the same seed, the same image
+
+
+# ----- the file system and limits ------------------------------------------------------------------
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` (the pixels are never read)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [13_500, 10_000])      # a decompression bomb; over the limit, under twice it
+def test_huge_photos_are_skipped_by_name(side, tiny_sd1, tmp_path):
+    photos = make_photos(tmp_path / "photos", count=3)
+    _png_header(photos / "huge.png", side, side)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", tmp_path / "o")
+    assert code == 0, err
+    assert "huge.png" in err and "too large" in err and "DREAMBOOTH_MAX_IMAGE_PIXELS" in err
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--resolution", "100000"], ["--resolution 100000", "4096"]),
+    (["--resolution", "2048"], ["--resolution 2048", "at most 1024"]),             # SD1's limit, after loading it
+    (["--seed", str(2**70)], ["--seed"]),
+    (["--seed", "-2"], ["--seed -2"]),
+    (["--learning-rate", "nan"], ["--learning-rate nan", "finite"]),
+    (["--class-cfg", "inf"], ["--class-cfg inf", "finite"]),
+])
+def test_limits_are_one_line(args, needles, tiny_sd1, dog_photos, tmp_path):
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, *args,
+                           "--output", tmp_path / "o")
+    one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_file_system_refusals_are_one_line(tiny_sd1, dog_photos, tmp_path):
+    base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST]
+    code, _, err = run_cli(*base, "--output", "/proc/dreambooth-test-output")
+    one_line_error(code, err, "/proc")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code, _, err = run_cli(*base, "--class-prompt", "a dog", "--class-dir", a_file, "--output", tmp_path / "o")
+    one_line_error(code, err, "--class-dir", "not a folder")
+    code, _, err = run_cli(*base[:3], "--instance-dir", a_file, *FAST, "--output", tmp_path / "o")
+    one_line_error(code, err, "--instance-dir", "not a folder")
+    code, _, err = run_cli("generate", "--from-image", a_file)
+    one_line_error(code, err, "--from-image", "not a readable image")
+
+
+def test_the_os_error_boundary():
+    from dreambooth.errors import file_operation, os_error_line
+    with pytest.raises(UserError, match=r"^--output /ro/x: cannot create the output folder: Read-only file system$"):
+        with file_operation("create the output folder", "--output"):
+            raise OSError(30, "Read-only file system", "/ro/x")
+    assert os_error_line(PermissionError(13, "Permission denied", "/root/x")) == \
+        "/root/x: not allowed to read or write it: Permission denied"
+
+
+# ----- silently wrong, now named ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("yaml, key", [("learning_rate: [1, 2]", "learning_rate"), ("max_steps: 2.7", "max_steps"),
+                                       ("rank: true", "rank"), ("class_cfg: .nan", "class-cfg"),
+                                       ("model: 12", "model")])
+def test_preset_values_must_have_the_fields_type(yaml, key, tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml + "\n")
+    code, _, err = run_cli("train", "--config", preset, "--model", "m", "--instance-dir", tmp_path,
+                           "--instance-prompt", "a sks dog", "--output", tmp_path / "o")
+    one_line_error(code, err, key)
+
+
+def test_links_to_nothing_are_named(tiny_sd1, tmp_path):
+    photos = make_photos(tmp_path / "photos", count=3)
+    os.symlink(tmp_path / "gone.jpg", photos / "dangling.jpg")
+    os.symlink(photos / "loop.jpg", photos / "loop.jpg")
+    small = photos / "small.jpg"
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(small)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", tmp_path / "o")
+    assert code == 0, err
+    assert "dangling.jpg: a link to nothing" in err and "loop.jpg: a link in a circle" in err
+    assert "small.jpg: 16x16, upscaled" in err
+
+
+def test_generate_refuses_nan_and_bad_seeds_and_names_a_stretched_mask(tiny_sd1, tmp_path):
+    base = ["generate", "--model", tiny_sd1, "--prompt", "a dog", "--steps", "1", "--output", tmp_path / "o"]
+    for args, needle in ((["--cfg", "nan"], "--cfg nan"), (["--seed", "-2"], "--seed -2"),
+                         (["--width", "4096"], "2048")):
+        code, _, err = run_cli(*base, *args)
+        one_line_error(code, err, needle)
+    Image.new("RGB", (32, 32)).save(tmp_path / "init.png")
+    Image.new("L", (16, 24), 255).save(tmp_path / "mask.png")
+    code, _, err = run_cli(*base, "--init-image", tmp_path / "init.png", "--mask", tmp_path / "mask.png")
+    one_line_error(code, err, "--steps 1", "--strength 0.75")        # int(1 x 0.75) = 0 denoising steps
+    code, _, err = run_cli(*base, "--init-image", tmp_path / "init.png", "--mask", tmp_path / "mask.png",
+                           "--steps", "2", "--strength", "0.5")
+    assert code == 0, err
+    assert "--mask: 16x24, stretched to the init image's 32x32" in err
+    assert not list(tmp_path.glob("**/*.tmp"))
+    shutil.rmtree(tmp_path / "o")
+
+
+def test_an_unreadable_photo_folder_is_one_line(tiny_sd1, tmp_path, monkeypatch):
+    photos = make_photos(tmp_path / "photos", count=2)
+    real = Path.iterdir
+
+    def refuse(self):
+        if self == photos:
+            raise PermissionError(13, "Permission denied", str(self))    # what chmod 000 gives a user (not root)
+        return real(self)
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", tmp_path / "o")
+    one_line_error(code, err, "--instance-dir", str(photos), "cannot read the folder", "Permission denied")
