@@ -143,3 +143,47 @@ def test_the_value_generators_are_strict():
     assert "nan" in bad_numbers(float) and "-1" in bad_numbers(int, 0)
     assert all(not (v.lstrip("-").isdigit() and 1 <= int(v) <= 1000) for v in bad_numbers(int, 1, 1000))
     assert math.isinf(float(bad_numbers(float)[3]))
+
+
+def test_every_server_request_field(world, tmp_path):
+    """Every field of txt2img, img2img, options and job requests, with a value of the wrong type, and
+    the fields the server uses out of range: a 4xx naming the field; the server keeps serving; the
+    jobs it stored are still there."""
+    import httpx
+
+    from dreambooth.server.app import ServerSettings
+    from dreambooth.server.schemas import Img2ImgRequest, Txt2ImgRequest
+    from test_server import served
+    init = base64_png(world["root"] / "init.png")
+    base = {"prompt": "a dog", "steps": 2, "width": 32, "height": 32}
+    cases = []
+    for route, model in (("txt2img", Txt2ImgRequest), ("img2img", Img2ImgRequest)):
+        extra = {"init_images": [init]} if route == "img2img" else {}
+        for name, spec in model.model_fields.items():
+            container = any(t in str(spec.annotation) for t in ("list", "dict"))
+            wrong = ["not a container", 3] if container else [{"a": 1}, [[1]]]        # never the field's type
+            cases += [(route, {**base, **extra, name: value}, name) for value in wrong]
+        used = {"steps": ["0", 1001, -1], "width": [12, 100_000, 0], "height": [7, 10**9], "cfg_scale": ["nan", -1, 1e9],
+                "seed": [-2, 2**64], "batch_size": [0, -1, 1000], "n_iter": [0, 10**6], "sampler_name": ["Foo"],
+                "scheduler": ["Foo"], "denoising_strength": ["nan", -0.5, 2] if route == "img2img" else []}
+        for name, values in used.items():
+            cases += [(route, {**base, **extra, name: value}, name) for value in values]
+    with served(ServerSettings(model="toy", data_dir=tmp_path / "data")) as (app, port):
+        url = f"http://127.0.0.1:{port}"
+        failures = []
+        for route, body, name in cases:
+            reply = httpx.post(f"{url}/sdapi/v1/{route}", json=body, timeout=60)
+            detail = reply.json().get("detail", "") if reply.headers.get("content-type", "").startswith("application/json") else ""
+            if not 400 <= reply.status_code < 500 or name not in str(detail):
+                failures.append(f"{route} {name}={body[name]!r}: {reply.status_code} {str(detail)[:200]}")
+        for key, value in (("sd_model_checkpoint", ["x"]), ("sd_vae", 3), ("samples_format", 5), ("nope", 1)):
+            reply = httpx.post(f"{url}/sdapi/v1/options", json={key: value}, timeout=60)
+            if not 400 <= reply.status_code < 500 or key not in reply.json()["detail"]:
+                failures.append(f"options {key}={value!r}: {reply.status_code} {reply.text[:200]}")
+        assert not failures, "\n".join(failures)
+        assert httpx.get(f"{url}/sdapi/v1/sd-models").status_code == 200
+
+
+def base64_png(path: Path) -> str:
+    import base64
+    return base64.b64encode(path.read_bytes()).decode()

@@ -1,7 +1,7 @@
 """The house's rules, read from the code's own imports (DESIGN.md):
 
     floor (errors, progress, terminal, images, grid, outputs, devices) < models < generation
-    < evaluation < training < toy, testing, cli
+    < evaluation < training < server < toy, testing, cli
 
 A module imports only from its own layer or the layers below; the import graph has no circle; the
 toy world is imported only by the CLI; no library module imports the test fixtures (``testing``);
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dreambooth"
-LAYERS = {"models": 1, "generation": 2, "evaluation": 3, "training": 4, "toy": 9, "testing": 9, "cli": 9}
+LAYERS = {"models": 1, "generation": 2, "evaluation": 3, "training": 4, "server": 5, "toy": 9, "testing": 9, "cli": 9}
 TOP = ("toy", "testing", "cli")
 
 

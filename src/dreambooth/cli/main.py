@@ -12,7 +12,7 @@ import click
 from ..errors import UserError, os_error_line
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
-from . import evaluate, generate, tokens, toy, train
+from . import evaluate, generate, serve, tokens, toy, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -21,7 +21,7 @@ def cli(debug: bool) -> None:
     """Personalise Stable Diffusion with DreamBooth: train, generate, evaluate."""
 
 
-for _module in (train, tokens, generate, evaluate, toy):
+for _module in (train, tokens, generate, evaluate, toy, serve):
     _module.register(cli)
 
 

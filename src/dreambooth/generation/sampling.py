@@ -20,6 +20,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -34,7 +35,7 @@ from .infotext import format_infotext
 from .loras import LoraFile
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
-from .samplers import make_scheduler
+from .samplers import make_scheduler, resolve
 
 
 @dataclass
@@ -87,15 +88,28 @@ def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
         width = width or max(8, init.width // 8 * 8)
         height = height or max(8, init.height // 8 * 8)
     dw, dh = pipeline.default_size
-    return params.replace(width=width or dw, height=height or dh).check(pipeline.max_side), init, mask
+    row, schedule = resolve(params.sampler, params.schedule)       # as the WebUI names them: "k_euler_a" is "Euler a"
+    return params.replace(width=width or dw, height=height or dh, sampler=row.name,
+                          schedule=schedule).check(pipeline.max_side), init, mask
+
+
+@dataclass
+class Controls:
+    """What a caller (a server) may do to a running generation: ``stop()`` returns "interrupt" (end
+    the run after the current step, keeping what was made) or "skip" (end the current image) or None;
+    ``preview(latents)`` receives the latents every ``preview_every`` steps (a live preview)."""
+    stop: Callable[[], str | None] = lambda: None
+    preview: Callable[[torch.Tensor], None] | None = None
+    preview_every: int = 5
 
 
 def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None, *,
              fast_batches: bool = False, autocast: torch.dtype | None = None,
-             task: progress.Task | None = None) -> list[GeneratedImage]:
+             task: progress.Task | None = None, controls: Controls | None = None) -> list[GeneratedImage]:
     """Make the images ``params`` describe (see the module doc). ``autocast`` runs the denoising in
     that dtype (mixed-precision training: fp32 trainable and low-precision frozen weights); ``task``
-    is a progress task shared with other calls (otherwise one is opened: "generating")."""
+    is a progress task shared with other calls (otherwise one is opened: "generating"); ``controls``
+    let a server interrupt, skip and preview."""
     params, init, mask = resolve_params(pipeline, params)
     text, _ = extract_loras(params.prompt)
     recorded_prompt = with_default_loras(params.prompt, pipeline.default_loras)
@@ -114,12 +128,16 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     opened = contextlib.nullcontext(task) if task is not None else \
         progress.task("generating", params.batch_size * params.batch_count)
     results: list[GeneratedImage] = []
+    controls = controls or Controls()
     with opened as bar:
         for seeds in params.seeds():
             calls = [seeds] if fast_batches else [[s] for s in seeds]
-            images = [im for call in calls for im in
-                      _call(runner, pipeline.scheduler_config, params, call, conditioning, encoder.family == "sdxl",
-                            init, mask, bar, autocast)]
+            images = []
+            for call in calls:
+                if controls.stop() == "interrupt":
+                    break
+                images += _call(runner, pipeline.scheduler_config, params, call, conditioning,
+                                encoder.family == "sdxl", init, mask, bar, autocast, controls)
             for seed, image in zip(seeds, images):
                 if mask is not None:
                     image = Image.composite(image, init, mask)        # keep the unmasked pixels exactly
@@ -130,6 +148,8 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
                     with file_operation("write an image", "--output"):
                         path = write_png(image, claim_numbered(output_dir, seed), infotext)
                 results.append(GeneratedImage(image, seed, infotext, path, recorded_prompt, params.negative_prompt))
+            if controls.stop() == "interrupt":
+                break
     return results
 
 
@@ -144,7 +164,7 @@ def _embed_kwargs(pos, neg, batch: int, is_xl: bool, dtype, device) -> dict:
 
 
 def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
-          init, mask, bar: progress.Task, autocast: torch.dtype | None) -> list[Image.Image]:
+          init, mask, bar: progress.Task, autocast: torch.dtype | None, controls: Controls) -> list[Image.Image]:
     """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler."""
     scheduler = make_scheduler(scheduler_config, params.sampler, params.schedule, seeds)
     order = max(1, int(getattr(scheduler, "order", 1)))
@@ -158,6 +178,10 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
         # Steps count as in the WebUI (0-based); second-order schedulers (Heun, DPM2) take two
         # iterations per step.
         bar.advance(n / max(1, pipe.num_timesteps))
+        if controls.stop() is not None:
+            pipe._interrupt = True               # diffusers' documented way to end the denoising loop early
+        if controls.preview is not None and (i + 1) % max(1, controls.preview_every) == 0:
+            controls.preview(tensors["latents"])
         step = (i + 1) // order
         if not conditioning.changes or step == state["step"]:
             return {}
@@ -178,7 +202,7 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
                 num_inference_steps=params.steps, guidance_scale=params.cfg_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                 output_type="latent" if autocast else "pil", callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["prompt_embeds"] + (["add_text_embeds"] if is_xl else []))
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"] + (["add_text_embeds"] if is_xl else []))
     if init is None:
         call.update(width=params.width, height=params.height)
     else:

@@ -1,0 +1,277 @@
+"""``/sdapi/v1``: the AUTOMATIC1111 WebUI's API, on the library's one sampling path.
+
+The same request gives the same pixels as ``dreambooth generate`` with the same settings, and each
+PNG carries the same infotext. Routes for features this server does not have (upscalers, face
+restorers, ...) answer as A1111 does when it has none of them."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import resource
+
+import torch
+from fastapi import APIRouter, Request
+from PIL import Image
+
+from ..errors import UserError
+from ..generation.infotext import parse_generation_parameters
+from ..generation.params import GenerationParams
+from ..generation.samplers import SAMPLERS, SCHEDULES
+from ..images import MAX_PIXELS, to_rgb
+from .engine import Engine
+from .schemas import (NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
+                      ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
+
+# Library flags in the library's messages, as the API's field names.
+FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg": "cfg_scale", "--seed": "seed",
+          "--batch-size": "batch_size", "--batch-count": "n_iter", "--strength": "denoising_strength",
+          "--sampler": "sampler_name", "--schedule": "scheduler", "--prompt": "prompt", "--negative-prompt": "negative_prompt",
+          "--init-image": "init_images", "--mask": "mask"}
+EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles",
+               "hypernetworks", "script-info", "extensions")
+
+
+def api_field_message(message: str) -> str:
+    for flag, name in FIELDS.items():
+        if message.startswith(flag + " ") or message.startswith(flag + ":"):
+            return name + message[len(flag):]
+    return message
+
+
+def decode_image(data: str, field: str, mode: str = "RGB") -> Image.Image:
+    """A base64 image (``data:image/png;base64,...`` too); URLs are not fetched."""
+    if not isinstance(data, str) or not data:
+        raise UserError(f"{field}: expected a base64-encoded image")
+    if data.startswith(("http://", "https://", "file:", "ftp://")):
+        raise UserError(f"{field}: URLs are not fetched; send the image itself, base64-encoded")
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise UserError(f"{field}: not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise UserError(f"{field}: {im.width}x{im.height} is over {MAX_PIXELS:,} pixels")
+            im.load()
+            return to_rgb(im) if mode == "RGB" else im.convert(mode)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{field}: not a readable image ({type(exc).__name__})") from None
+
+
+def encode_png(image: Image.Image, infotext: str | None = None) -> str:
+    from PIL.PngImagePlugin import PngInfo
+    buffer = io.BytesIO()
+    meta = PngInfo()
+    if infotext:
+        meta.add_text("parameters", infotext)
+    image.save(buffer, format="PNG", pnginfo=meta)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _refuse_unsupported(req: Txt2ImgRequest) -> None:
+    for name, neutral in NEUTRAL.items():
+        if not hasattr(req, name):
+            continue
+        value = getattr(req, name)
+        allowed = neutral if isinstance(neutral, tuple) else (neutral,)
+        if value not in allowed:
+            raise UserError(f"{name}: {value!r} is not supported by this server (only {allowed[0]!r})")
+
+
+def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
+    api = APIRouter(prefix="/sdapi/v1")
+
+    def params_of(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None):
+        _refuse_unsupported(req)
+        overrides = dict(req.override_settings)
+        model = overrides.pop("sd_model_checkpoint", None)
+        vae = overrides.pop("sd_vae", None)
+        unknown = sorted(k for k in overrides if k not in options)
+        if unknown:
+            raise UserError(f"override_settings: {unknown[0]}: not an option of this server")
+        switch = None
+        if model is not None or vae is not None:
+            switch = (engine.catalog.find_model(model) if model else engine.entry,
+                      engine.catalog.find_vae(vae) if vae is not None else engine.vae, req.override_settings_restore_afterwards)
+        values = dict(prompt=req.prompt, negative_prompt=req.negative_prompt,
+                      sampler=req.sampler_name or req.sampler_index or "Euler a", schedule=req.scheduler or "Automatic",
+                      steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
+                      batch_size=req.batch_size, batch_count=req.n_iter)
+        if init is not None:
+            values.update(init_image=init, mask=mask, strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
+        params = GenerationParams(**values)
+        params.check(engine.pipeline.max_side)
+        return params, switch
+
+    def respond(req: Txt2ImgRequest, params: GenerationParams, result) -> ImagesResponse:
+        made, (entry, vae) = result
+        first = made[0] if made else None
+        info = {
+            "prompt": req.prompt, "all_prompts": [m.prompt for m in made], "negative_prompt": req.negative_prompt,
+            "all_negative_prompts": [m.negative_prompt for m in made], "seed": first.seed if first else req.seed,
+            "all_seeds": [m.seed for m in made], "subseed": -1, "all_subseeds": [-1] * len(made),
+            "subseed_strength": 0, "width": params.width or req.width, "height": params.height or req.height,
+            "sampler_name": params.sampler, "cfg_scale": params.cfg_scale, "steps": params.steps,
+            "batch_size": params.batch_size, "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": entry.name, "sd_model_hash": entry.hash,
+            "sd_vae_name": vae.name if vae else None, "sd_vae_hash": None,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.strength if params.init_image is not None else None,
+            "extra_generation_params": {"Schedule type": params.schedule}, "index_of_first_image": 0,
+            "infotexts": [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
+            "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "dreambooth",
+        }
+        parameters = req.model_dump(exclude={"init_images", "mask"} if isinstance(req, Img2ImgRequest) else set())
+        images = [encode_png(m.image, m.infotext) for m in made] if req.send_images else []
+        return ImagesResponse(images=images, parameters=parameters, info=json.dumps(info))
+
+    @api.post("/txt2img", response_model=ImagesResponse)
+    def txt2img(req: Txt2ImgRequest):
+        params, switch = params_of(req)
+        return respond(req, params, engine.generate(params, switch))
+
+    @api.post("/img2img", response_model=ImagesResponse)
+    def img2img(req: Img2ImgRequest):
+        if not req.init_images:
+            raise UserError("init_images: img2img needs at least one image")
+        if len(req.init_images) > 1:
+            raise UserError("init_images: one image per request on this server")
+        init = decode_image(req.init_images[0], "init_images[0]")
+        mask = decode_image(req.mask, "mask", "L") if req.mask else None
+        params, switch = params_of(req, init, mask)
+        return respond(req, params, engine.generate(params, switch))
+
+    @api.post("/png-info", response_model=PNGInfoResponse)
+    def png_info(req: PNGInfoRequest):
+        raw = req.image.split(",", 1)[-1] if req.image.startswith("data:") else req.image
+        try:
+            data = base64.b64decode(raw, validate=True)
+            with Image.open(io.BytesIO(data)) as im:
+                items = {k: v for k, v in im.info.items() if isinstance(v, str)}
+        except Exception:
+            raise UserError("image: not a base64-encoded image") from None
+        text = items.pop("parameters", "")
+        return PNGInfoResponse(info=text, items=items, parameters=parse_generation_parameters(text) if text else {})
+
+    @api.get("/options")
+    def get_options():
+        return {**options, "sd_model_checkpoint": engine.entry.title,
+                "sd_checkpoint_hash": engine.entry.hash, "sd_vae": engine.vae.name if engine.vae else "Automatic"}
+
+    @api.post("/options")
+    async def set_options(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UserError("options: the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise UserError("options: expected a JSON object of option: value")
+        unknown = sorted(k for k in body if k not in options and k not in ("sd_model_checkpoint", "sd_vae"))
+        if unknown:
+            raise UserError(f"{unknown[0]}: not an option of this server")
+        entry = engine.catalog.find_model(body["sd_model_checkpoint"]) if "sd_model_checkpoint" in body else engine.entry
+        vae = engine.catalog.find_vae(body["sd_vae"]) if "sd_vae" in body else engine.vae
+        for key, value in body.items():
+            if key in options and type(value) is not type(options[key]):
+                raise UserError(f"{key}: expected {type(options[key]).__name__}")
+        with engine.gate.request():
+            engine.load(entry, vae)
+        options.update({k: v for k, v in body.items() if k in options})
+        return None
+
+    @api.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models():
+        return [SDModelItem(title=m.title, model_name=m.name, hash=m._hash, sha256=None, filename=m.filename)
+                for m in engine.catalog.models()]
+
+    @api.get("/sd-vae", response_model=list[SDVaeItem])
+    def sd_vae():
+        return [SDVaeItem(model_name=v.name, filename=str(v.path)) for v in engine.catalog.vaes()]
+
+    @api.get("/loras", response_model=list[LoraItem])
+    def loras():
+        return [LoraItem(name=name, alias=name, path=str(lo.shown)) for name, lo in engine.catalog.loras().items()]
+
+    @api.post("/refresh-checkpoints")
+    def refresh_checkpoints():
+        engine.catalog.refresh()
+
+    @api.post("/refresh-loras")
+    def refresh_loras():
+        engine.catalog.refresh()
+        engine.refresh_loras()
+
+    @api.post("/refresh-vae")
+    def refresh_vae():
+        engine.catalog.refresh()
+
+    @api.get("/samplers", response_model=list[SamplerItem])
+    def samplers():
+        return [SamplerItem(name=s.name, aliases=list(s.aliases), options={}) for s in SAMPLERS]
+
+    @api.get("/schedulers", response_model=list[SchedulerItem])
+    def schedulers():
+        return [SchedulerItem(name=s.lower().replace(" ", "_"), label=s) for s in SCHEDULES]
+
+    @api.get("/progress", response_model=ProgressResponse)
+    def get_progress(skip_current_image: bool = False):
+        s = engine.state
+        with s.lock:
+            state = {"skipped": s.skipped, "interrupted": s.interrupted, "job": s.job, "job_count": s.job_count,
+                     "job_timestamp": s.job_timestamp, "job_no": s.job_no, "sampling_step": s.sampling_step,
+                     "sampling_steps": s.sampling_steps}
+            return ProgressResponse(progress=s.fraction if s.job else 0.0, eta_relative=s.eta if s.job else 0.0,
+                                    state=state, current_image=None if skip_current_image else s.preview)
+
+    @api.post("/interrupt")
+    def interrupt():
+        if engine.state.job:
+            engine.state.interrupted = True
+
+    @api.post("/skip")
+    def skip():
+        if engine.state.job:
+            engine.state.skipped = True
+
+    @api.get("/memory")
+    def memory():
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * page
+        free = os.sysconf("SC_AVPHYS_PAGES") * page
+        ram = {"free": free, "used": total - free, "total": total,
+               "process_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        if torch.cuda.is_available():
+            free_c, total_c = torch.cuda.mem_get_info()
+            cuda = {"system": {"free": free_c, "used": total_c - free_c, "total": total_c},
+                    "active": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()}}
+        else:
+            cuda = {"error": "no CUDA device"}
+        return {"ram": ram, "cuda": cuda}
+
+    @api.get("/cmd-flags")
+    def cmd_flags():
+        return flags
+
+    @api.get("/scripts")
+    def scripts():
+        return {"txt2img": [], "img2img": []}
+
+    @api.get("/embeddings")
+    def embeddings():
+        return {"loaded": {}, "skipped": {}}
+
+    for name in EMPTY_LISTS:
+        api.add_api_route(f"/{name}", lambda: [], methods=["GET"], name=name)
+
+    for name in ("extra-single-image", "extra-batch-images", "interrogate"):
+        def unavailable(name=name):
+            raise UserError(f"{name}: this server has no upscalers, face restorers or interrogators")
+        api.add_api_route(f"/{name}", unavailable, methods=["POST"], name=name)
+
+    return api

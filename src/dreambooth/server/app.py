@@ -1,0 +1,141 @@
+"""The FastAPI application: the A1111 API, training jobs, HTTP Basic auth on every route, and one
+rule for errors: bad input is a 4xx whose ``detail`` is one line naming the field, never a traceback.
+
+``create_app`` is what ``dreambooth serve`` runs (and what a test or the web UI mounts on)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import UserError
+from . import a1111, jobs_api
+from .catalog import Catalog
+from .engine import Engine
+from .jobs import JobRunner, JobStore
+
+
+@dataclass
+class ServerSettings:
+    model: str = "toy"
+    data_dir: Path = Path("dreambooth-data")
+    models_dir: str | None = None
+    loras_dir: str | None = None
+    api_auth: str | None = None          # "user:pass[,user2:pass2]"
+    cors_origins: list[str] = field(default_factory=list)
+    device: str | None = None
+    preview_every: int = 5
+    # what the toy preset passes in (given by the CLI, which may import the toy world: the library may not)
+    transforms: Callable[[str | None, str], list] = lambda preset, model: []
+    flags: dict = field(default_factory=dict)
+
+
+def parse_auth(text: str | None) -> dict[str, str]:
+    users = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        user, sep, password = pair.strip().partition(":")
+        if not sep or not user or not password:
+            raise UserError("--api-auth: expected user:password[,user2:password2]")
+        users[user] = password
+    return users
+
+
+def _authorized(header: str | None, users: dict[str, str]) -> bool:
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return False
+    ok = False
+    for known, secret in users.items():          # every entry compared, each in constant time
+        ok |= secrets.compare_digest(user.encode(), known.encode()) & secrets.compare_digest(password.encode(), secret.encode())
+    return ok
+
+
+def _field_of(message: str) -> str:
+    """A library message names CLI flags; the API's fields are the same words with underscores."""
+    message = a1111.api_field_message(message)
+    if message.startswith("--"):
+        flag, _, rest = message[2:].partition(" ")
+        return flag.replace("-", "_") + (" " + rest if rest else "")
+    return message
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    users = parse_auth(settings.api_auth)
+    data_dir = Path(settings.data_dir).expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(data_dir)
+    catalog = Catalog(settings.model, settings.models_dir, settings.loras_dir, store.outputs)
+    engine = Engine(catalog, settings.device, settings.preview_every)
+    engine.load(catalog.models()[0])
+
+    def job_done() -> None:
+        catalog.refresh()
+        engine.refresh_loras()
+
+    def model_spec(request: dict) -> str:
+        return catalog.find_model(request["model"], "model").spec if request.get("model") else engine.entry.spec
+
+    runner = JobRunner(store, engine.gate, model_spec, settings.transforms, job_done)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runner.start()                      # queued jobs (and one a killed server left running) go on
+        yield
+        runner.shutdown()
+
+    app = FastAPI(title="dreambooth", description="An AUTOMATIC1111-compatible API, and DreamBooth training jobs.",
+                  lifespan=lifespan)
+    app.state.engine, app.state.store, app.state.runner, app.state.catalog = engine, store, runner, catalog
+    options = {"samples_format": "png", "CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": settings.preview_every,
+               "live_previews_enable": True, "sd_checkpoint_cache": 0}
+    app.include_router(a1111.router(engine, options, settings.flags))
+    app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
+
+    if users:
+        @app.middleware("http")
+        async def basic_auth(request: Request, call_next):
+            if not _authorized(request.headers.get("authorization"), users):
+                return JSONResponse({"detail": "Not authenticated"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Basic"})
+            return await call_next(request)
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+
+    @app.exception_handler(jobs_api.NotFound)
+    async def not_found(request: Request, exc: jobs_api.NotFound):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(UserError)
+    async def bad_input(request: Request, exc: UserError):
+        return JSONResponse({"detail": _field_of(str(exc))}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        kind = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
+        return JSONResponse({"detail": f"{where}: {kind}", "errors": exc.errors()[:5] and
+                             [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:5]]},
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        what = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return JSONResponse({"detail": f"unexpected {type(exc).__name__}: {what}"}, status_code=500)
+
+    return app

@@ -1,0 +1,181 @@
+"""The server's one device: the model loaded for generation, the gate that shares the device with a
+training job, and the state ``/sdapi/v1/progress`` reports.
+
+Generation runs through ``generation.sampling.generate``, the CLI's own path. Requests run one at a
+time; while a training job runs, a request waits only for the training step in progress: the job
+calls :meth:`DeviceGate.between_steps` after each step and pauses while requests wait."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import progress
+from ..devices import pick_device
+from ..generation.params import GenerationParams
+from ..generation.pipeline import GenerationPipeline, model_info_for
+from ..generation.sampling import Controls, GeneratedImage, decode, generate
+from ..models.loading import load_pipeline
+from .catalog import Catalog, ModelEntry, VaeEntry
+
+
+class DeviceGate:
+    """Generation requests and a training job take turns on the device, a request between two steps."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._requests = threading.Lock()        # one request at a time
+        self._waiting = 0
+        self._training = False
+        self._paused = False
+        self.last_wait = 0.0                       # seconds the last request waited for a training step
+
+    @contextmanager
+    def request(self):
+        arrived = time.monotonic()
+        with self._cond:
+            self._waiting += 1
+            while self._training and not self._paused:
+                self._cond.wait()
+        self._requests.acquire()
+        self.last_wait = time.monotonic() - arrived
+        try:
+            yield
+        finally:
+            self._requests.release()
+            with self._cond:
+                self._waiting -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def training(self):
+        with self._cond:
+            self._training = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._training, self._paused = False, False
+                self._cond.notify_all()
+
+    def between_steps(self) -> None:
+        """Called by the training job after each step: let waiting requests run, then go on."""
+        with self._cond:
+            if not self._waiting:
+                return
+            self._paused = True
+            self._cond.notify_all()
+            while self._waiting:
+                self._cond.wait()
+            self._paused = False
+
+
+@dataclass
+class Progress:
+    """What ``/sdapi/v1/progress`` reports, kept up to date by the progress events of the request."""
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    fraction: float = 0.0
+    eta: float = 0.0
+    started: float = 0.0
+    job_timestamp: str = "0"
+    interrupted: bool = False
+    skipped: bool = False
+    preview: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, event: progress.ProgressEvent) -> None:
+        if event.kind == "message":
+            return
+        with self.lock:
+            images = max(event.total, 1)
+            self.fraction = min(1.0, event.completed / images)
+            self.job_no = int(event.completed)
+            self.sampling_step = int(round((event.completed - int(event.completed)) * self.sampling_steps))
+            self.eta = event.eta or 0.0
+
+    def stop(self) -> str | None:
+        if self.interrupted:
+            return "interrupt"
+        if self.skipped:
+            return "skip"
+        return None
+
+
+class Engine:
+    def __init__(self, catalog: Catalog, device: str | None = None, preview_every: int = 5):
+        self.catalog = catalog
+        self.device = pick_device(device)
+        self.gate = DeviceGate()
+        self.state = Progress()
+        self.preview_every = preview_every
+        self._load_lock = threading.Lock()
+        self.pipeline: GenerationPipeline | None = None
+        self.entry: ModelEntry | None = None
+        self.vae: VaeEntry | None = None
+
+    def load(self, entry: ModelEntry, vae: VaeEntry | None = None) -> None:
+        """Make ``entry`` (with ``vae``, or its own) the model requests use."""
+        with self._load_lock:
+            if self.entry is entry and self.vae is vae and self.pipeline is not None:
+                return
+            dtype = torch.float16 if self.device.type == "cuda" else None
+            pipe = load_pipeline(entry.spec, vae=str(vae.path) if vae else None, dtype=dtype)
+            info = model_info_for(entry.spec, str(vae.path) if vae else None)
+            info.name = entry.name
+            self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device)
+            self.entry, self.vae = entry, vae
+
+    def refresh_loras(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.library = self.catalog.library()
+
+    def generate(self, params: GenerationParams, switch: tuple | None = None):
+        """One request: waits its turn on the device, reports progress, can be interrupted. ``switch``:
+        (model, VAE, restore afterwards) from the request's ``override_settings``. Returns the images
+        and the (model, VAE) that made them."""
+        with self.gate.request():
+            before = (self.entry, self.vae)
+            if switch is not None:
+                self.load(switch[0], switch[1])
+            try:
+                return self._generate(params), (self.entry, self.vae)
+            finally:
+                if switch is not None and switch[2]:
+                    self.load(*before)
+
+    def _generate(self, params: GenerationParams) -> list[GeneratedImage]:
+        s = self.state
+        with s.lock:
+            s.job, s.job_count, s.job_no, s.fraction, s.eta = "txt2img", params.batch_count * params.batch_size, 0, 0.0, 0.0
+            s.sampling_steps, s.sampling_step, s.interrupted, s.skipped, s.preview = params.steps, 0, False, False, None
+            s.started = time.time()
+            s.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+        controls = Controls(stop=self._stop, preview=self._preview, preview_every=self.preview_every)
+        try:
+            with progress.subscribed(s):
+                return generate(self.pipeline, params, controls=controls)
+        finally:
+            with s.lock:
+                s.job, s.job_count, s.fraction, s.sampling_step, s.preview = "", 0, 0.0, 0, None
+
+    def _stop(self) -> str | None:
+        answer = self.state.stop()
+        if answer == "skip":
+            self.state.skipped = False              # the skip ends one image only
+        return answer
+
+    def _preview(self, latents: torch.Tensor) -> None:
+        with torch.no_grad():
+            image = decode(self.pipeline.pipe, latents[:1])[0]
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        self.state.preview = base64.b64encode(buffer.getvalue()).decode()

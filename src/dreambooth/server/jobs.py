@@ -1,0 +1,252 @@
+"""Training as persistent jobs: a SQLite store under ``--data-dir`` and one runner thread.
+
+A job is a photo folder, the prompts, a preset and overrides with ``TrainConfig``'s names; it trains
+through ``training.train``, the CLI's function, into ``DATA/jobs/<id>/output``. Jobs run one at a
+time, checkpointing as they go (every tenth of the run unless asked otherwise). A server stopped or
+killed and started again finds every job as it was: queued ones run, a running one resumes from its
+last checkpoint. The trainer calls :meth:`engine.DeviceGate.between_steps` after each step, so
+generation requests are served while a job runs."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import progress
+from ..errors import UserError
+from ..training.callbacks import CheckpointSaved, StepEnd, TrainingCallback, ValidationEnd
+from ..training.config import TrainConfig, build_config
+from ..training.trainer import train
+from .engine import DeviceGate
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+COLUMNS = ("id", "created", "state", "request", "step", "max_steps", "losses", "eta", "error", "started", "finished",
+           "validations", "method")
+# Paths a client may not choose: the server puts the photos and the output in the job's own folder.
+SERVER_FIELDS = ("instance_dir", "output", "class_dir", "resume", "overwrite", "model_config", "dino_model",
+                 "clip_model", "vae", "model")
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    created: float
+    state: str
+    request: dict
+    step: int = 0
+    max_steps: int = 0
+    losses: list | None = None
+    eta: float | None = None
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    validations: list | None = None
+    method: str | None = None
+
+
+class JobStore:
+    """The jobs, in SQLite (one file, safe against a kill at any moment)."""
+
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir) / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = Path(data_dir) / "jobs.sqlite"
+        self._lock = threading.Lock()
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, state TEXT, "
+                            "request TEXT, step INTEGER, max_steps INTEGER, losses TEXT, eta REAL, error TEXT, "
+                            "started REAL, finished REAL, validations TEXT, method TEXT)")
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"--data-dir {data_dir}: {self.path} is not a job store ({exc}); move it aside "
+                            "to start with an empty one") from None
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def output(self, job: Job) -> Path:
+        """The job's trained model: named as the client asked (the model's or LoRA's name in the lists)."""
+        return self.folder(job.id) / (job.request.get("name") or f"job-{job.id}")
+
+    def add(self, request: dict, method: str, max_steps: int) -> Job:
+        job = Job(uuid.uuid4().hex[:12], time.time(), "queued", request, 0, max_steps, [], None, None, None, None, [], method)
+        with self._lock:
+            self.db.execute(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                            self._row(job))
+        return job
+
+    def update(self, job_id: str, **values) -> None:
+        sets = ", ".join(f"{k} = ?" for k in values)
+        encoded = [json.dumps(v) if k in ("losses", "validations", "request") else v for k, v in values.items()]
+        with self._lock:
+            self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*encoded, job_id))
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created").fetchall()
+        return [self._job(r) for r in rows]
+
+    def outputs(self) -> list[Path]:
+        return [self.output(j) for j in self.all() if j.state == "done"]
+
+    @staticmethod
+    def _row(job: Job) -> tuple:
+        return (job.id, job.created, job.state, json.dumps(job.request), job.step, job.max_steps,
+                json.dumps(job.losses or []), job.eta, job.error, job.started, job.finished,
+                json.dumps(job.validations or []), job.method)
+
+    @staticmethod
+    def _job(row) -> Job:
+        values = dict(zip(COLUMNS, row))
+        for key in ("request", "losses", "validations"):
+            try:
+                values[key] = json.loads(values[key]) if values[key] else ([] if key != "request" else {})
+            except ValueError:
+                values[key] = [] if key != "request" else {}
+        return Job(**values)
+
+
+def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> TrainConfig:
+    """The TrainConfig of a job request: its preset and overrides, checked as the CLI checks them,
+    with the paths the server chooses."""
+    overrides = dict(request.get("overrides") or {})
+    for name in overrides:
+        if name in SERVER_FIELDS:
+            raise UserError(f"overrides.{name}: set by the server; not a job setting")
+        if name not in {f.name for f in TrainConfig.fields()}:
+            raise UserError(f"overrides.{name}: not a training setting (see dreambooth train --help)")
+    values = {**overrides, "model": model_spec, "instance_dir": str(photos), "output": str(output),
+              "instance_prompt": request.get("instance_prompt"), "class_prompt": request.get("class_prompt") or None}
+    if "checkpoint_every" not in overrides:
+        values["checkpoint_every"] = 0           # filled in below, once max_steps is known
+    preset = request.get("preset") or None
+    try:
+        config = build_config(preset, {k: v for k, v in values.items() if v is not None})
+    except UserError as exc:
+        raise UserError(str(exc).replace("--config ", "preset ")) from None
+    if "checkpoint_every" not in overrides:
+        config = config.replace(checkpoint_every=max(1, config.max_steps // 10), keep_checkpoints=2)
+    config.validate()
+    return config
+
+
+class JobCallback(TrainingCallback):
+    """Records a job's progress, lets generation requests in between steps, and stops on cancel."""
+
+    def __init__(self, store: JobStore, job_id: str, gate: DeviceGate, cancelled: Callable[[], bool]):
+        self.store, self.job_id, self.gate, self.cancelled = store, job_id, gate, cancelled
+        self.losses: list[float] = []
+        self.validations: list[dict] = []
+        self.started = time.monotonic()
+
+    def on_train_start(self, run) -> None:
+        self.losses = list(run.losses)
+        self.first_step = run.step
+        self.started = time.monotonic()
+
+    def on_step_end(self, run, step: StepEnd) -> None:
+        self.losses.append(step.loss)
+        done = step.step - self.first_step
+        eta = (time.monotonic() - self.started) / max(done, 1) * (step.max_steps - step.step)
+        self.store.update(self.job_id, step=step.step, losses=self.losses, eta=eta)
+        if self.cancelled():
+            raise JobCancelled()
+        self.gate.between_steps()
+
+    def on_validation(self, run, validation: ValidationEnd) -> None:
+        self.validations.append({"step": validation.step, "grid": validation.grid.name, **validation.metrics})
+        self.store.update(self.job_id, validations=self.validations)
+
+    def on_checkpoint(self, run, checkpoint: CheckpointSaved) -> None:
+        progress.message(f"checkpoint at step {checkpoint.step}: {checkpoint.path.name}")
+
+
+class JobRunner:
+    """One thread that runs queued jobs in order, one at a time."""
+
+    def __init__(self, store: JobStore, gate: DeviceGate, model_spec: Callable[[dict], str],
+                 transforms: Callable[[str | None, str], list], on_done: Callable[[], None]):
+        self.store, self.gate, self.model_spec = store, gate, model_spec
+        self.transforms, self.on_done = transforms, on_done
+        self._wake = threading.Event()
+        self._cancel: set[str] = set()
+        self._stop = False
+        for job in store.all():                   # a server killed mid-job: resume it
+            if job.state == "running":
+                store.update(job.id, state="queued")
+        self.thread = threading.Thread(target=self._loop, name="dreambooth-jobs", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job is not None and job.state == "queued":
+            self.store.update(job_id, state="cancelled", finished=time.time())
+        self._cancel.add(job_id)
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            queued = [j for j in self.store.all() if j.state == "queued"]
+            if not queued:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self._run(queued[0])
+
+    def _run(self, job: Job) -> None:
+        folder = self.store.folder(job.id)
+        output = self.store.output(job)
+        log = folder / "log.txt"
+
+        def record(event: progress.ProgressEvent) -> None:
+            if event.kind == "message":
+                with log.open("a") as fh:
+                    fh.write(f"{time.strftime('%H:%M:%S')} {event.level}: {event.message}\n")
+
+        self.store.update(job.id, state="running", started=job.started or time.time(), error=None)
+        callback = JobCallback(self.store, job.id, self.gate, lambda: job.id in self._cancel)
+        try:
+            config = job_config(job.request, output, folder / "photos", self.model_spec(job.request))
+            resumable = any((output / "checkpoints").glob("checkpoint-*"))
+            config = config.replace(resume="latest" if resumable else None, overwrite=not resumable)
+            with progress.subscribed(record), self.gate.training():
+                record(progress.ProgressEvent("message", "", 0, message="resuming from the last checkpoint"
+                                              if resumable else "started"))
+                train(config, callbacks=[callback], transforms=self.transforms(job.request.get("preset"), config.model))
+            self.store.update(job.id, state="done", finished=time.time(), eta=0.0)
+            record(progress.ProgressEvent("message", "", 0, message="done"))
+            self.on_done()
+        except JobCancelled:
+            self.store.update(job.id, state="cancelled", finished=time.time())
+        except UserError as exc:
+            self.store.update(job.id, state="failed", error=str(exc), finished=time.time())
+            record(progress.ProgressEvent("message", "", 0, message=str(exc), level="error"))
+        except Exception as exc:      # a bug: the job fails, the server goes on
+            message = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.store.update(job.id, state="failed", error=message, finished=time.time())
+            record(progress.ProgressEvent("message", "", 0, message=message, level="error"))
+        finally:
+            self._cancel.discard(job.id)

@@ -1,0 +1,144 @@
+"""``/dreambooth/v1/jobs``: submit, list, watch, cancel training jobs and read their logs.
+
+``POST /dreambooth/v1/jobs`` takes multipart form fields: ``photos`` (files; or ``photos_dir``, a
+folder on the server), ``instance_prompt``, ``class_prompt``, ``preset`` (a shipped preset's name),
+``model`` (a title from ``/sdapi/v1/sd-models``; default: the loaded one) and ``overrides`` (a JSON
+object of ``TrainConfig`` settings, checked as ``dreambooth train`` checks its flags) and ``name`` (the
+trained model's or LoRA's name in the lists; default ``job-<id>``)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from ..errors import UserError
+from ..images import list_images, open_image
+from ..outputs import VALIDATION_DIR
+from .catalog import Catalog
+from .jobs import Job, JobRunner, JobStore, job_config
+
+MAX_PHOTOS = 50
+MAX_PHOTO_BYTES = 25 * 2**20
+PRESETS = ("sd15-full", "sd15-lora", "sd21-lora", "sdxl-lora", "toy")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class NotFound(UserError):
+    """A job or file that does not exist (a 404)."""
+
+
+def public(job: Job, store: JobStore) -> dict:
+    folder = store.folder(job.id)
+    return {
+        "id": job.id, "state": job.state, "created": job.created, "started": job.started, "finished": job.finished,
+        "step": job.step, "max_steps": job.max_steps, "eta_seconds": job.eta, "losses": job.losses,
+        "error": job.error, "method": job.method,
+        "instance_prompt": job.request.get("instance_prompt"), "class_prompt": job.request.get("class_prompt"),
+        "preset": job.request.get("preset"), "overrides": job.request.get("overrides"),
+        "validations": [{**v, "url": f"/dreambooth/v1/jobs/{job.id}/validation/{v['grid']}"} for v in job.validations or []],
+        "output": {"name": store.output(job).name, "path": str(store.output(job))} if job.state == "done" else None,
+        "log": f"/dreambooth/v1/jobs/{job.id}/log",
+    }
+
+
+def _save_photos(files: list[UploadFile], folder: Path) -> None:
+    if len(files) > MAX_PHOTOS:
+        raise UserError(f"photos: {len(files)} files; at most {MAX_PHOTOS}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, upload in enumerate(files):
+        data = upload.file.read(MAX_PHOTO_BYTES + 1)
+        if len(data) > MAX_PHOTO_BYTES:
+            raise UserError(f"photos[{k}] {upload.filename}: over {MAX_PHOTO_BYTES // 2**20} MB")
+        suffix = Path(upload.filename or "").suffix.lower() or ".png"
+        path = folder / f"{k:03d}{suffix if suffix in ('.jpg', '.jpeg', '.png', '.webp', '.bmp') else '.png'}"
+        path.write_bytes(data)
+        try:
+            open_image(path)               # every file must decode, and stay under MAX_PIXELS
+        except UserError as exc:
+            raise UserError(f"photos[{k}] {upload.filename}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: callable) -> APIRouter:
+    api = APIRouter(prefix="/dreambooth/v1")
+
+    def job_of(job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id}: no such job")
+        return job
+
+    @api.post("/jobs")
+    def submit(instance_prompt: str = Form(...), class_prompt: str = Form(""), preset: str = Form(""),
+               model: str = Form(""), overrides: str = Form("{}"), photos_dir: str = Form(""), name: str = Form(""),
+               photos: list[UploadFile] = File(default=[])):
+        try:
+            values = json.loads(overrides or "{}")
+        except ValueError:
+            raise UserError("overrides: not a JSON object") from None
+        if not isinstance(values, dict):
+            raise UserError("overrides: not a JSON object")
+        if preset and preset not in PRESETS:
+            raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
+        entry = catalog.find_model(model, "model") if model else current_model()
+        if name and not NAME.fullmatch(name):
+            raise UserError(f"name: {name!r}: letters, digits, '.', '_' and '-' only (the model's or LoRA's name)")
+        request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,
+                   "overrides": values, "model": entry.title, "name": name or None}
+        if bool(photos) == bool(photos_dir):
+            raise UserError("photos: upload photos, or give photos_dir (a folder on the server), not both")
+        with tempfile.TemporaryDirectory() as check:       # every setting checked before anything is stored
+            config = job_config(request, Path(check) / "output", Path(check), entry.spec)
+        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
+        try:
+            if photos:
+                _save_photos(photos, staging)
+            else:
+                found = list_images(Path(photos_dir).expanduser(), "photos_dir")
+                for path in found[:MAX_PHOTOS]:
+                    open_image(path, "photos_dir")
+                    shutil.copy2(path, staging / path.name)
+            job = store.add(request, config.method, config.max_steps)
+            store.folder(job.id).mkdir(parents=True)
+            staging.rename(store.folder(job.id) / "photos")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        runner.wake()
+        return public(store.get(job.id), store)
+
+    @api.get("/jobs")
+    def jobs():
+        return [public(j, store) for j in store.all()]
+
+    @api.get("/jobs/{job_id}")
+    def one(job_id: str):
+        return public(job_of(job_id), store)
+
+    @api.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str):
+        job = job_of(job_id)
+        if job.state in ("done", "failed", "cancelled"):
+            raise UserError(f"job {job_id}: already {job.state}")
+        runner.cancel(job_id)
+        return public(job_of(job_id), store)
+
+    @api.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
+    def log(job_id: str):
+        job_of(job_id)
+        path = store.folder(job_id) / "log.txt"
+        return path.read_text() if path.exists() else ""
+
+    @api.get("/jobs/{job_id}/validation/{name}")
+    def validation_image(job_id: str, name: str):
+        job_of(job_id)
+        folder = store.output(job_of(job_id)) / VALIDATION_DIR
+        files = {p.name: p for p in folder.glob("step-*.png")} if folder.is_dir() else {}
+        if name not in files:                    # looked up among the job's grids, never joined as a path
+            raise NotFound(f"{name}: no such validation image of job {job_id}")
+        return FileResponse(files[name], media_type="image/png")
+
+    return api

@@ -1,0 +1,150 @@
+"""Training jobs on the server: submitted with photos, watched, cancelled; a job survives ``kill -9``
+of the server and a restart, and its model then appears in the model lists and generates. A
+generation request during a job is served between two training steps."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_server import free_port, served
+
+TOY_JOB = {"instance_prompt": "a sks square", "class_prompt": "a square", "preset": "toy"}
+
+
+def photos(folder: Path) -> list[Path]:
+    from dreambooth.toy.demo import write_instance_images
+    from dreambooth.toy.world import Subject
+    return write_instance_images(Subject("square", "green", "checker", "white"), folder, ("red", "blue", "red"))
+
+
+def submit(base: str, files: list[Path], overrides: str, **fields) -> dict:
+    form = {**TOY_JOB, "overrides": overrides, **fields}
+    upload = [("photos", (p.name, p.read_bytes(), "image/png")) for p in files]
+    reply = httpx.post(f"{base}/dreambooth/v1/jobs", data=form, files=upload, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def wait(base: str, job_id: str, until, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            job = httpx.get(f"{base}/dreambooth/v1/jobs/{job_id}", timeout=10).json()
+        except httpx.TransportError:
+            time.sleep(0.3)
+            continue
+        if until(job):
+            return job
+        assert job["state"] not in ("failed", "cancelled"), job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not get there in {timeout} s: {job}")
+
+
+def start_server(data: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "DREAMBOOTH_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "dreambooth", "serve", "--model", "toy", "--port", str(port),
+                                "--data-dir", str(data)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError("the server did not start: " + process.stderr.read().decode()[-2000:])
+
+
+def test_a_job_survives_kill_9_and_its_model_generates(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    server = start_server(data, port)
+    try:
+        job = submit(base, photos(tmp_path / "photos"),
+                     '{"max_steps": 40, "checkpoint_every": 5, "num_class_images": 4, "class_steps": 5}', name="my_square")
+        assert job["state"] in ("queued", "running") and job["max_steps"] == 40
+        wait(base, job["id"], lambda j: j["step"] >= 12)
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        server = start_server(data, port)
+        done = wait(base, job["id"], lambda j: j["state"] == "done")
+        assert done["step"] == 40 and len(done["losses"]) == 40
+        log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
+        assert "resuming from the last checkpoint" in log
+        models = httpx.get(f"{base}/sdapi/v1/sd-models").json()
+        assert done["output"]["name"] == "my_square"
+        title = next(m["title"] for m in models if m["filename"] == done["output"]["path"])
+        assert title == "my_square"
+        reply = httpx.post(f"{base}/sdapi/v1/txt2img", timeout=120, json={
+            "prompt": "a sks square on a yellow background", "steps": 5, "width": 32, "height": 32, "seed": 1,
+            "override_settings": {"sd_model_checkpoint": title}})
+        assert reply.status_code == 200, reply.text
+        assert '"sd_model_name": "my_square"' in reply.json()["info"]
+    finally:
+        server.kill()
+        server.wait(30)
+
+
+def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
+    from dreambooth.server.app import ServerSettings
+    pictures = photos(tmp_path / "photos")
+    with served(ServerSettings(model="toy", data_dir=tmp_path / "data")) as (app, port):
+        base = f"http://127.0.0.1:{port}"
+        slow = submit(base, pictures, '{"max_steps": 400, "num_class_images": 2, "class_steps": 2, "checkpoint_every": 50}')
+        wait(base, slow["id"], lambda j: j["step"] >= 3)
+        started = time.monotonic()
+        reply = httpx.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 32,
+                                                            "height": 32}, timeout=120)
+        served_in = time.monotonic() - started
+        job = httpx.get(f"{base}/dreambooth/v1/jobs/{slow['id']}").json()
+        assert reply.status_code == 200 and job["state"] == "running" and job["step"] < 400   # between two steps
+        print(f"a request during training waited {app.state.engine.gate.last_wait:.3f} s, answered in {served_in:.2f} s")
+        assert app.state.engine.gate.last_wait < 5
+        cancelled = httpx.post(f"{base}/dreambooth/v1/jobs/{slow['id']}/cancel").json()
+        wait(base, slow["id"], lambda j: j["state"] == "cancelled", timeout=60) if cancelled["state"] != "cancelled" else None
+
+        lora = submit(base, pictures, '{"max_steps": 4, "method": "lora", "num_class_images": 2, "class_steps": 2}')
+        done = wait(base, lora["id"], lambda j: j["state"] == "done")
+        names = [entry["name"] for entry in httpx.get(f"{base}/sdapi/v1/loras").json()]
+        name = f"job-{lora['id']}"
+        assert name in names and done["output"]["name"] == name, names
+        reply = httpx.post(f"{base}/sdapi/v1/txt2img", timeout=120,
+                           json={"prompt": f"a sks square <lora:{name}:1>", "steps": 2, "width": 32, "height": 32})
+        assert reply.status_code == 200, reply.text
+        jobs = httpx.get(f"{base}/dreambooth/v1/jobs").json()
+        assert [j["state"] for j in jobs] == ["cancelled", "done"]
+
+
+@pytest.mark.parametrize("fields, overrides, needle", [
+    ({}, '{"max_steps": 0}', "max_steps"),
+    ({}, '{"learning_rate": "nan"}', "learning_rate"),
+    ({}, '{"output": "/etc"}', "overrides.output"),
+    ({}, '{"colour": 1}', "overrides.colour"),
+    ({}, "not json", "overrides"),
+    ({"preset": "../../etc/passwd"}, "{}", "preset"),
+    ({"model": "../../etc/passwd"}, "{}", "model"),
+    ({"instance_prompt": ""}, "{}", "instance_prompt"),
+    ({"name": "../up"}, "{}", "name"),
+])
+def test_bad_jobs_are_4xx_and_nothing_is_stored(tmp_path, fields, overrides, needle):
+    from dreambooth.server.app import ServerSettings
+    pictures = photos(tmp_path / "photos")
+    with served(ServerSettings(model="toy", data_dir=tmp_path / "data")) as (app, port):
+        base = f"http://127.0.0.1:{port}"
+        form = {**TOY_JOB, "overrides": overrides, **fields}
+        upload = [("photos", (p.name, p.read_bytes(), "image/png")) for p in pictures]
+        reply = httpx.post(f"{base}/dreambooth/v1/jobs", data=form, files=upload, timeout=60)
+        assert 400 <= reply.status_code < 500 and needle in reply.json()["detail"], reply.text
+        assert httpx.get(f"{base}/dreambooth/v1/jobs").json() == []
+        bad = httpx.post(f"{base}/dreambooth/v1/jobs", data=TOY_JOB, timeout=60,
+                         files=[("photos", ("x.png", b"not an image", "image/png"))])
+        assert bad.status_code == 400 and "photos[0]" in bad.json()["detail"]
+        assert httpx.get(f"{base}/dreambooth/v1/jobs/nonexistent").status_code == 404
