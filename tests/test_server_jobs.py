@@ -148,3 +148,12 @@ def test_bad_jobs_are_4xx_and_nothing_is_stored(tmp_path, fields, overrides, nee
                          files=[("photos", ("x.png", b"not an image", "image/png"))])
         assert bad.status_code == 400 and "photos[0]" in bad.json()["detail"]
         assert httpx.get(f"{base}/dreambooth/v1/jobs/nonexistent").status_code == 404
+
+
+def test_a_damaged_job_store_is_one_line(tmp_path):
+    from conftest import run_cli
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "jobs.sqlite").write_bytes(b"this is not a database, it was copied half-way" * 100)
+    code, _, err = run_cli("serve", "--data-dir", data, "--port", "1")
+    assert code == 2 and "jobs.sqlite" in err and "not a job store" in err and err.count("\n") == 1, err
