@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dreambooth"
-LAYERS = {"models": 1, "generation": 2, "evaluation": 3, "training": 4, "server": 5, "toy": 9, "testing": 9, "cli": 9}
+LAYERS = {"models": 1, "generation": 2, "evaluation": 3, "training": 4, "server": 5, "ui": 6, "toy": 9, "testing": 9, "cli": 9}
 TOP = ("toy", "testing", "cli")
 
 

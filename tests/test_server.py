@@ -25,12 +25,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(settings):
-    """The app of ``settings`` served by uvicorn in a thread, on a free port."""
+def served(settings, mount=None):
+    """The app of ``settings`` (with ``mount(app)`` applied: the web UI) served by uvicorn in a thread."""
     import uvicorn
 
     from dreambooth.server.app import create_app
     app = create_app(settings)
+    if mount is not None:
+        mount(app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)

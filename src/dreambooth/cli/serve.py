@@ -26,7 +26,8 @@ def _transforms(preset: str | None, model: str) -> list:
               help="Jobs, uploads and their outputs.")
 @click.option("--cors-allow-origin", "cors", multiple=True, help="Allow browser requests from this origin (off by default).")
 @click.option("--device", default=None, help="Device (cuda, cuda:1, cpu). Default: the best available.")
-def serve_command(host, port, listen, insecure, api_auth, model, models_dir, loras_dir, data_dir, cors, device):
+@click.option("--no-ui", is_flag=True, help="Serve the APIs only, without the web UI at /.")
+def serve_command(host, port, listen, insecure, api_auth, model, models_dir, loras_dir, data_dir, cors, device, no_ui):
     """Serve the AUTOMATIC1111 API (/sdapi/v1) and training jobs (/dreambooth/v1/jobs)."""
     import uvicorn
 
@@ -42,10 +43,14 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, lor
     app = create_app(ServerSettings(model=model, data_dir=data_dir, models_dir=models_dir, loras_dir=loras_dir,
                                     api_auth=api_auth, cors_origins=list(cors), device=device,
                                     transforms=_transforms, flags=flags))
+    if not no_ui:
+        from ..ui.app import mount_ui
+        mount_ui(app)
     engine = app.state.engine
     shown = "127.0.0.1" if host == "0.0.0.0" else host
     click.echo(f"serving {engine.entry.title} on {engine.device} at http://{shown}:{port}", err=True)
-    click.echo(f"  A1111 API: http://{shown}:{port}/sdapi/v1   training jobs: http://{shown}:{port}/dreambooth/v1/jobs"
+    click.echo(("" if no_ui else f"  web UI: http://{shown}:{port}/\n")
+               + f"  A1111 API: http://{shown}:{port}/sdapi/v1   training jobs: http://{shown}:{port}/dreambooth/v1/jobs"
                f"   docs: http://{shown}:{port}/docs", err=True)
     click.echo(f"  {len(app.state.catalog.models())} model(s), {len(app.state.catalog.loras())} LoRA(s); "
                f"jobs in {data_dir}" + ("; HTTP Basic auth on" if api_auth else ""), err=True)

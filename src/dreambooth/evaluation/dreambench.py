@@ -86,9 +86,10 @@ def subject_settings(subject: str | None, class_name: str | None, kind: str | No
 def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequence, class_name: str, kind: str,
               output: str | Path, identifier: str = DEFAULT_IDENTIFIER, images_per_prompt: int = 4,
               pres: bool = False, pres_images: int = 16, div: bool = False, evaluator: Evaluator | None = None,
-              settings: dict | None = None, fast_batches: bool = False) -> dict:
+              settings: dict | None = None, fast_batches: bool = False, max_prompts: int | None = None) -> dict:
     """Generate the DreamBench images on ``pipeline`` with ``params`` (its prompt is ignored; its seed
-    is the first seed of every prompt), score them against ``real`` (images or paths) and write the report."""
+    is the first seed of every prompt), score them against ``real`` (images or paths) and write the report.
+    ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol."""
     if images_per_prompt < 1:
         raise UserError(f"--images-per-prompt {images_per_prompt}: must be at least 1")
     if div and images_per_prompt < 2:
@@ -99,7 +100,7 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
     output.mkdir(parents=True, exist_ok=True)
     evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing
     reference = evaluator.reference([im if not isinstance(im, (str, Path)) else open_image(im, "--real") for im in real])
-    prompts = dreambench_prompts(kind, identifier, class_name)
+    prompts = dreambench_prompts(kind, identifier, class_name)[:max_prompts]
     per_prompt = params.replace(batch_size=images_per_prompt, batch_count=1)
 
     total = len(prompts) * images_per_prompt + (pres_images if pres else 0)

@@ -138,7 +138,7 @@ class Engine:
         if self.pipeline is not None:
             self.pipeline.library = self.catalog.library()
 
-    def generate(self, params: GenerationParams, switch: tuple | None = None):
+    def generate(self, params: GenerationParams, switch: tuple | None = None, output_dir=None):
         """One request: waits its turn on the device, reports progress, can be interrupted. ``switch``:
         (model, VAE, restore afterwards) from the request's ``override_settings``. Returns the images
         and the (model, VAE) that made them."""
@@ -147,22 +147,42 @@ class Engine:
             if switch is not None:
                 self.load(switch[0], switch[1])
             try:
-                return self._generate(params), (self.entry, self.vae)
+                return self._generate(params, output_dir), (self.entry, self.vae)
             finally:
                 if switch is not None and switch[2]:
                     self.load(*before)
 
-    def _generate(self, params: GenerationParams) -> list[GeneratedImage]:
+    def run(self, work):
+        """Any generation function ``work(pipeline)`` (prompt matrix, X/Y/Z) under the same rules as
+        ``generate``: its turn on the device, progress, interrupt."""
+        with self.gate.request():
+            return self._tracked(lambda controls: work(self.pipeline), 1, 0)
+
+    def run_on(self, entry: ModelEntry, work):
+        """``work(pipeline)`` on ``entry`` (its own VAE), then back to the model loaded before."""
+        with self.gate.request():
+            before = (self.entry, self.vae)
+            self.load(entry, None)
+            try:
+                return self._tracked(lambda controls: work(self.pipeline), 1, 0)
+            finally:
+                self.load(*before)
+
+    def _generate(self, params: GenerationParams, output_dir=None) -> list[GeneratedImage]:
+        return self._tracked(lambda controls: generate(self.pipeline, params, output_dir, controls=controls),
+                             params.batch_count * params.batch_size, params.steps)
+
+    def _tracked(self, work, images: int, steps: int):
         s = self.state
         with s.lock:
-            s.job, s.job_count, s.job_no, s.fraction, s.eta = "txt2img", params.batch_count * params.batch_size, 0, 0.0, 0.0
-            s.sampling_steps, s.sampling_step, s.interrupted, s.skipped, s.preview = params.steps, 0, False, False, None
+            s.job, s.job_count, s.job_no, s.fraction, s.eta = "txt2img", images, 0, 0.0, 0.0
+            s.sampling_steps, s.sampling_step, s.interrupted, s.skipped, s.preview = steps, 0, False, False, None
             s.started = time.time()
             s.job_timestamp = time.strftime("%Y%m%d%H%M%S")
         controls = Controls(stop=self._stop, preview=self._preview, preview_every=self.preview_every)
         try:
             with progress.subscribed(s):
-                return generate(self.pipeline, params, controls=controls)
+                return work(controls)
         finally:
             with s.lock:
                 s.job, s.job_count, s.fraction, s.sampling_step, s.preview = "", 0, 0.0, 0, None

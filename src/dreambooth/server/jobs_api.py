@@ -46,21 +46,58 @@ def public(job: Job, store: JobStore) -> dict:
     }
 
 
-def _save_photos(files: list[UploadFile], folder: Path) -> None:
-    if len(files) > MAX_PHOTOS:
-        raise UserError(f"photos: {len(files)} files; at most {MAX_PHOTOS}")
+def _save_photos(uploads: list[tuple[str, bytes]], folder: Path) -> None:
+    """Uploaded (file name, bytes): at most ``MAX_PHOTOS``, each under ``MAX_PHOTO_BYTES``, each an image."""
+    if len(uploads) > MAX_PHOTOS:
+        raise UserError(f"photos: {len(uploads)} files; at most {MAX_PHOTOS}")
     folder.mkdir(parents=True, exist_ok=True)
-    for k, upload in enumerate(files):
-        data = upload.file.read(MAX_PHOTO_BYTES + 1)
+    for k, (filename, data) in enumerate(uploads):
         if len(data) > MAX_PHOTO_BYTES:
-            raise UserError(f"photos[{k}] {upload.filename}: over {MAX_PHOTO_BYTES // 2**20} MB")
-        suffix = Path(upload.filename or "").suffix.lower() or ".png"
+            raise UserError(f"photos[{k}] {filename}: over {MAX_PHOTO_BYTES // 2**20} MB")
+        suffix = Path(filename).suffix.lower()
         path = folder / f"{k:03d}{suffix if suffix in ('.jpg', '.jpeg', '.png', '.webp', '.bmp') else '.png'}"
         path.write_bytes(data)
         try:
             open_image(path)               # every file must decode, and stay under MAX_PIXELS
         except UserError as exc:
-            raise UserError(f"photos[{k}] {upload.filename}: {str(exc).split(': ', 1)[-1]}") from None
+            raise UserError(f"photos[{k}] {filename}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *, instance_prompt: str,
+               class_prompt: str = "", preset: str = "", model: str = "", overrides: dict | None = None,
+               name: str = "", uploads: list[tuple[str, bytes]] | None = None, photos_dir: str = "") -> Job:
+    """Check a job request completely, store its photos, then queue it: what the API route and the
+    web UI's Train tab both call."""
+    values = overrides if overrides is not None else {}
+    if not isinstance(values, dict):
+        raise UserError("overrides: not a JSON object")
+    if preset and preset not in PRESETS:
+        raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
+    entry = catalog.find_model(model, "model") if model else current
+    if name and not NAME.fullmatch(name):
+        raise UserError(f"name: {name!r}: letters, digits, '.', '_' and '-' only (the model's or LoRA's name)")
+    request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,
+               "overrides": values, "model": entry.title, "name": name or None}
+    if bool(uploads) == bool(photos_dir):
+        raise UserError("photos: upload photos, or give photos_dir (a folder on the server), not both")
+    with tempfile.TemporaryDirectory() as check:       # every setting checked before anything is stored
+        config = job_config(request, Path(check) / "output", Path(check), entry.spec)
+    staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
+    try:
+        if uploads:
+            _save_photos(uploads, staging)
+        else:
+            found = list_images(Path(photos_dir).expanduser(), "photos_dir")
+            for path in found[:MAX_PHOTOS]:
+                open_image(path, "photos_dir")
+                shutil.copy2(path, staging / path.name)
+        job = store.add(request, config.method, config.max_steps)
+        store.folder(job.id).mkdir(parents=True)
+        staging.rename(store.folder(job.id) / "photos")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    runner.wake()
+    return store.get(job.id)
 
 
 def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: callable) -> APIRouter:
@@ -80,35 +117,11 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
             values = json.loads(overrides or "{}")
         except ValueError:
             raise UserError("overrides: not a JSON object") from None
-        if not isinstance(values, dict):
-            raise UserError("overrides: not a JSON object")
-        if preset and preset not in PRESETS:
-            raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
-        entry = catalog.find_model(model, "model") if model else current_model()
-        if name and not NAME.fullmatch(name):
-            raise UserError(f"name: {name!r}: letters, digits, '.', '_' and '-' only (the model's or LoRA's name)")
-        request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,
-                   "overrides": values, "model": entry.title, "name": name or None}
-        if bool(photos) == bool(photos_dir):
-            raise UserError("photos: upload photos, or give photos_dir (a folder on the server), not both")
-        with tempfile.TemporaryDirectory() as check:       # every setting checked before anything is stored
-            config = job_config(request, Path(check) / "output", Path(check), entry.spec)
-        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
-        try:
-            if photos:
-                _save_photos(photos, staging)
-            else:
-                found = list_images(Path(photos_dir).expanduser(), "photos_dir")
-                for path in found[:MAX_PHOTOS]:
-                    open_image(path, "photos_dir")
-                    shutil.copy2(path, staging / path.name)
-            job = store.add(request, config.method, config.max_steps)
-            store.folder(job.id).mkdir(parents=True)
-            staging.rename(store.folder(job.id) / "photos")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        runner.wake()
-        return public(store.get(job.id), store)
+        uploads = [(upload.filename or f"{k}.png", upload.file.read(MAX_PHOTO_BYTES + 1)) for k, upload in enumerate(photos)]
+        job = submit_job(store, runner, catalog, current_model(), instance_prompt=instance_prompt,
+                         class_prompt=class_prompt, preset=preset, model=model, overrides=values, name=name,
+                         uploads=uploads, photos_dir=photos_dir)
+        return public(job, store)
 
     @api.get("/jobs")
     def jobs():

@@ -1,0 +1,115 @@
+"""The web UI: txt2img, img2img, Train, Evaluate and PNG Info tabs under the checkpoint, VAE and LoRA
+dropdowns, as in the AUTOMATIC1111 WebUI. It is gradio mounted at ``/`` on the server's FastAPI app
+(``mount_ui``), and every tab calls the server's engine and job queue, so an image made here equals
+one made through the API or the CLI.
+
+Conventions: dark and light themes follow the browser (gradio's own); Ctrl+Enter generates; the
+last prompt and settings survive a reload (the browser's local storage); errors are one line; with
+``--api-auth`` the browser asks for the login (HTTP Basic, the server's check on every route)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # nothing leaves the machine
+
+import gradio as gr  # noqa: E402
+
+from ..errors import UserError  # noqa: E402
+from . import evaluate_tab, generate_tab, pnginfo_tab, train_tab  # noqa: E402
+from .errors import ui_error  # noqa: E402
+
+# Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111.
+CTRL_ENTER = """
+() => {
+  document.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+      for (const id of ['txt2img_generate', 'img2img_generate']) {
+        const button = document.getElementById(id);
+        if (button && button.offsetParent !== null) { e.preventDefault(); button.click(); return; }
+      }
+    }
+  });
+}
+"""
+REMEMBERED = ("prompt", "negative", "sampler", "schedule", "steps", "cfg", "width", "height", "batch_count",
+              "batch_size", "seed")
+
+
+def build(app) -> gr.Blocks:
+    engine, store, runner, catalog = app.state.engine, app.state.store, app.state.runner, app.state.catalog
+    data_dir = Path(store.root).parent
+    with gr.Blocks(title="dreambooth") as ui:
+        saved = gr.BrowserState({}, storage_key="dreambooth-ui")
+        with gr.Row(elem_id="models_row"):
+            checkpoint = gr.Dropdown([m.title for m in catalog.models()], value=engine.entry.title,
+                                     label="Stable Diffusion checkpoint", elem_id="checkpoint", scale=3)
+            vae = gr.Dropdown(["Automatic", *[v.name for v in catalog.vaes()]], value="Automatic", label="SD VAE",
+                              elem_id="vae", scale=2)
+            lora = gr.Dropdown(list(catalog.loras()), label="Add a LoRA to the prompt", elem_id="lora", scale=2)
+            refresh = gr.Button("Refresh", size="sm", elem_id="refresh", scale=0)
+        switching = gr.Markdown("", elem_id="switching")
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
+                t2i, gallery, info, _, send = generate_tab.tab(engine, data_dir / "outputs", "txt2img")
+            with gr.Tab("img2img", id="img2img"):
+                i2i, _, _, extras, _ = generate_tab.tab(engine, data_dir / "outputs", "img2img")
+            with gr.Tab("Train", id="train"):
+                train_tab.tab(engine, store, runner, catalog)
+            with gr.Tab("Evaluate", id="evaluate"):
+                evaluate_tab.tab(engine, store, data_dir)
+            with gr.Tab("PNG Info", id="pnginfo"):
+                pnginfo_tab.tab(t2i, tabs)
+
+        def switch(title, vae_name, progress=gr.Progress()):
+            progress(0, desc=f"loading {title}")
+            try:
+                entry = catalog.find_model(title)
+                chosen = catalog.find_vae(vae_name)
+                with engine.gate.request():
+                    engine.load(entry, chosen)
+            except UserError as exc:
+                raise ui_error(str(exc)) from None
+            return f"loaded **{engine.entry.title}**"
+        checkpoint.input(switch, [checkpoint, vae], switching)
+        vae.input(switch, [checkpoint, vae], switching)
+
+        def lists():
+            catalog.refresh()
+            engine.refresh_loras()
+            return (gr.Dropdown(choices=[m.title for m in catalog.models()], value=engine.entry.title),
+                    gr.Dropdown(choices=["Automatic", *[v.name for v in catalog.vaes()]]),
+                    gr.Dropdown(choices=list(catalog.loras()), value=None))
+        refresh.click(lists, outputs=[checkpoint, vae, lora])
+        timer = gr.Timer(5.0)                          # a finished job's model appears without a click
+        timer.tick(lambda: gr.Dropdown(choices=[m.title for m in catalog.models()]), outputs=checkpoint)
+        lora.input(lambda name, prompt: (f"{prompt} <lora:{name}:1>".strip(), None), [lora, t2i.prompt], [t2i.prompt, lora])
+
+        def to_img2img(items, index_info):
+            if not items:
+                raise ui_error("Output: generate an image first")
+            path = items[-1][0] if len(items) == 1 else next((p for p, c in items if c == index_info), items[-1][0])
+            from PIL import Image
+            image = Image.open(path)
+            return {"background": image, "layers": [], "composite": image}, gr.Tabs(selected="img2img")
+        send.click(to_img2img, [gallery, info], [extras["init"], tabs])
+        send.click(lambda *v: v, [t2i.prompt, t2i.negative], [i2i.prompt, i2i.negative])
+
+        # the last prompt and settings survive a reload
+        fields = [getattr(t2i, name) for name in REMEMBERED]
+        ui.load(lambda data: [gr.update(value=data[k]) if k in (data or {}) else gr.update() for k in REMEMBERED],
+                saved, fields)
+        for component in fields:
+            component.change(lambda data, *values: {**(data or {}), **dict(zip(REMEMBERED, values))},
+                             [saved, *fields], saved)
+    return ui
+
+
+def mount_ui(app, path: str = "/") -> None:
+    """Mount the web UI on the server's app (after its API routes, which keep precedence)."""
+    ui = build(app)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])        # no font downloads
+    data_dir = Path(app.state.store.root).parent
+    gr.mount_gradio_app(app, ui, path=path, theme=theme, js=CTRL_ENTER, ssr_mode=False, footer_links=["api"],
+                        allowed_paths=[str(data_dir)], show_error=True)

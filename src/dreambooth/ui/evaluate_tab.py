@@ -1,0 +1,88 @@
+"""The Evaluate tab: a model and real photos of its subject through the DreamBench protocol (the
+``bench`` command's runner) or a quick check, the metrics beside the paper's, and a job's validation
+curve across its checkpoints. Without the evaluation models in the local cache, it says which
+``hf download`` to run."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ..errors import UserError
+from ..evaluation.dreambench import run_bench, subject_settings
+from ..evaluation.metrics import Evaluator
+from ..evaluation.report import PAPER_TABLE1
+from ..generation.params import GenerationParams
+from ..server.engine import Engine
+from ..training.curves import read_metrics_csv
+
+COLUMNS = ["row", "DINO", "CLIP-I", "CLIP-T", "PRES"]
+PROTOCOLS = {"DreamBench (25 prompts)": None, "Quick (first 5 prompts)": 5}
+
+
+def table(metrics: dict) -> pd.DataFrame:
+    rows = [{"row": "this model", "DINO": metrics.get("dino"), "CLIP-I": metrics.get("clip_i"),
+             "CLIP-T": metrics.get("clip_t"), "PRES": metrics.get("pres")}]
+    rows += [{"row": f"paper: {name}", "DINO": r["dino"], "CLIP-I": r["clip_i"], "CLIP-T": r["clip_t"], "PRES": None}
+             for name, r in PAPER_TABLE1.items()]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def tab(engine: Engine, store, data_dir: Path):
+    with gr.Row():
+        with gr.Column():
+            model = gr.Dropdown([m.title for m in engine.catalog.models()], label="Model", elem_id="eval_model")
+            photos = gr.File(label="Real photos of the subject", file_count="multiple", file_types=["image"],
+                             elem_id="eval_photos")
+            with gr.Row():
+                class_name = gr.Textbox(label="Class", placeholder="dog", elem_id="eval_class")
+                kind = gr.Radio(["live", "object"], value="object", label="Kind", elem_id="eval_kind")
+                identifier = gr.Textbox(value="sks", label="Identifier", elem_id="eval_identifier")
+            with gr.Row():
+                protocol = gr.Radio(list(PROTOCOLS), value="Quick (first 5 prompts)", label="Protocol",
+                                    elem_id="eval_protocol")
+                pres = gr.Checkbox(label="PRES (prior preservation: class images compared with the photos)",
+                                   elem_id="eval_pres")
+            with gr.Row():
+                per_prompt = gr.Slider(1, 8, value=1, step=1, label="Images per prompt (the paper: 4)")
+                steps = gr.Slider(1, 100, value=20, step=1, label="Sampling steps (the paper's protocol: 50)")
+            run = gr.Button("Evaluate", variant="primary", elem_id="eval_run")
+        with gr.Column():
+            message = gr.Markdown("", elem_id="eval_message")
+            metrics = gr.Dataframe(value=table({}), label="Metrics beside the paper (Table 1)", interactive=False,
+                                   elem_id="eval_metrics")
+            job = gr.Dropdown([j.id for j in store.all() if j.state == "done"], label="A job's validation across checkpoints",
+                              elem_id="eval_job")
+            curve = gr.LinePlot(x="step", y="value", color="metric", height=240, label="DINO and CLIP-T by step")
+
+    def evaluate(title, files, cls, subject_kind, ident, chosen, with_pres, images, n_steps):
+        try:
+            if not files:
+                raise UserError("photos: give real photos of the subject")
+            cls, subject_kind = subject_settings(None, cls or None, subject_kind)
+            evaluator = Evaluator().load()                 # a one-line error naming `hf download` when missing
+            params = GenerationParams("", steps=int(n_steps), seed=0)
+            out = Path(tempfile.mkdtemp(prefix="bench-", dir=data_dir))
+            entry = engine.catalog.find_model(title, "model") if title else engine.entry
+            report = engine.run_on(entry, lambda pipeline: run_bench(
+                pipeline, params, [Path(f.name if hasattr(f, "name") else f) for f in files], cls, subject_kind, out,
+                ident or "sks", int(images), pres=bool(with_pres), evaluator=evaluator,
+                max_prompts=PROTOCOLS.get(chosen)))
+        except UserError as exc:
+            return f"**{exc}**", table({})
+        return f"report: `{out / 'report.md'}`", table(report["metrics"])
+    run.click(evaluate, [model, photos, class_name, kind, identifier, protocol, pres, per_prompt, steps],
+              [message, metrics])
+
+    def validation_curve(job_id):
+        job = store.get(job_id) if job_id else None
+        if job is None:
+            return pd.DataFrame(columns=["step", "value", "metric"])
+        rows = read_metrics_csv(store.output(job) / "validation" / "metrics.csv")
+        return pd.DataFrame([{"step": r["step"], "value": r[k], "metric": k.upper().replace("_", "-")}
+                             for r in rows for k in ("dino", "clip_t") if r.get(k) is not None],
+                            columns=["step", "value", "metric"])
+    job.change(validation_curve, job, curve)
+    return model

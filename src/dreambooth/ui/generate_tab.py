@@ -1,0 +1,220 @@
+"""The txt2img and img2img tabs: the WebUI's controls, on the server's engine (the API's own path).
+
+A request runs in a thread while the tab streams its progress, ETA and a live preview; Interrupt and
+Skip act on it as the API's routes do. Images are saved with their infotext under the data folder,
+so the gallery's downloads carry the infotext."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from .errors import ui_error
+
+from ..errors import UserError
+from ..generation.grammar import extract_loras
+from ..generation.params import GenerationParams
+from ..generation.samplers import SAMPLERS, SCHEDULES
+from ..generation.xyz import AXES, run_prompt_matrix, run_xyz
+from ..server.engine import Engine
+
+SCRIPTS = ("None", "Prompt matrix", "X/Y/Z plot")
+
+
+@dataclass
+class Controls:
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    cfg: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    seed: gr.Number
+    script: gr.Dropdown
+    x: gr.Textbox
+    y: gr.Textbox
+    z: gr.Textbox
+
+    def inputs(self) -> list:
+        return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
+                self.height, self.batch_count, self.batch_size, self.seed, self.script, self.x, self.y, self.z]
+
+
+def controls(prefix: str) -> Controls:
+    prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
+                        placeholder="a photo of sks dog in the snow, (oil painting:1.2), <lora:name:0.8>")
+    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_negative")
+    with gr.Row():
+        sampler = gr.Dropdown([s.name for s in SAMPLERS], value="Euler a", label="Sampling method", elem_id=f"{prefix}_sampler")
+        schedule = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id=f"{prefix}_schedule")
+        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
+    with gr.Row():
+        width = gr.Slider(8, 2048, value=512, step=8, label="Width", elem_id=f"{prefix}_width")
+        height = gr.Slider(8, 2048, value=512, step=8, label="Height", elem_id=f"{prefix}_height")
+    with gr.Row():
+        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
+        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
+        cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg")
+    with gr.Row():
+        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}_seed")
+        random_seed = gr.Button("Random", size="sm", elem_id=f"{prefix}_random_seed")
+        reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}_reuse_seed")
+    with gr.Accordion("Script", open=False):
+        script = gr.Dropdown(list(SCRIPTS), value="None", label="Script", elem_id=f"{prefix}_script")
+        axes = ", ".join(a.label for a in AXES)
+        x = gr.Textbox(label=f"X axis ({axes})", placeholder="Sampler: Euler a, DDIM", elem_id=f"{prefix}_x")
+        y = gr.Textbox(label="Y axis", placeholder="CFG scale: 3, 7, 11", elem_id=f"{prefix}_y")
+        z = gr.Textbox(label="Z axis", placeholder="Steps: 10, 20", elem_id=f"{prefix}_z")
+    random_seed.click(lambda: -1, outputs=seed)
+    c = Controls(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
+                 script, x, y, z)
+    c.reuse = reuse_seed
+    return c
+
+
+def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
+              init=None, mask=None, strength=0.75) -> GenerationParams:
+    return GenerationParams(prompt or "", negative or "", sampler, schedule, steps=int(steps), cfg_scale=float(cfg),
+                            seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
+                            batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
+                            strength=float(strength))
+
+
+def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
+    """Generate in a thread and stream (gallery, preview, progress text, info) while it runs."""
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            if script == "Prompt matrix":
+                box["result"] = engine.run(lambda p: run_prompt_matrix(p, params, output))
+            elif script == "X/Y/Z plot":
+                box["result"] = engine.run(lambda p: run_xyz(p, params, x or None, y or None, z or None, output))
+            else:
+                box["result"] = engine.generate(params, output_dir=output)
+        except UserError as exc:
+            box["error"] = str(exc)
+        except Exception as exc:   # one line in the UI, never a traceback
+            box["error"] = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        s = engine.state
+        text = f"{s.fraction:.0%}  ETA {s.eta:.1f} s" if s.job else "waiting for the device..."
+        preview = _b64_image(s.preview) if s.preview else None
+        yield gr.update(), preview, text, gr.update()
+        time.sleep(0.4)
+    if "error" in box:
+        raise ui_error(box["error"])
+    result = box["result"]
+    if isinstance(result, tuple):                        # engine.generate: (images, (model, vae))
+        made, grid = result[0], None
+    else:                                                # prompt matrix / X/Y/Z
+        made, grid = result.images, result.grid_path
+    items = ([(str(grid), "grid")] if grid else []) + [(str(m.path), m.infotext) for m in made]
+    info = made[0].infotext if made else ""
+    yield items, None, f"done: {len(made)} image(s)", info
+
+
+def _b64_image(data: str):
+    import base64
+    import io
+
+    from PIL import Image
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def last_seed(info: str):
+    from ..generation.infotext import parse_generation_parameters
+    if not info:
+        return -1
+    try:
+        return int(parse_generation_parameters(info).get("Seed", -1))
+    except ValueError:
+        return -1
+
+
+def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
+    """The tab's components; returns (controls, gallery, info, extras) for wiring across tabs."""
+    prefix = mode
+    with gr.Row():
+        with gr.Column(scale=3):
+            c = controls(prefix)
+            extras = {}
+            if mode == "img2img":
+                extras["init"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
+                                                elem_id="img2img_image")
+                extras["mask"] = gr.Image(label="Inpainting mask (white = repaint; optional)", type="pil",
+                                          image_mode="L", elem_id="img2img_mask")
+                extras["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
+                                               elem_id="img2img_strength")
+        with gr.Column(scale=2):
+            with gr.Row():
+                generate_button = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
+                skip = gr.Button("Skip", elem_id=f"{prefix}_skip")
+            progress_text = gr.Markdown("", elem_id=f"{prefix}_progress")
+            preview = gr.Image(label="Live preview", interactive=False, height=160, elem_id=f"{prefix}_preview")
+            gallery = gr.Gallery(label="Output", columns=2, height="auto", elem_id=f"{prefix}_gallery",
+                                 buttons=["download"], object_fit="contain")
+            info = gr.Textbox(label="Generation info (of the selected image)", lines=4, interactive=False,
+                              elem_id=f"{prefix}_info", buttons=["copy"])
+            send = gr.Button("Send to img2img", elem_id=f"{prefix}_send") if mode == "txt2img" else None
+
+    def go(*values):
+        base = values[:15]
+        script, x, y, z = base[11], base[12], base[13], base[14]
+        init = mask = None
+        strength = 0.75
+        if mode == "img2img":
+            editor, upload_mask, strength = values[15], values[16], values[17]
+            init, mask = _init_and_mask(editor, upload_mask)
+            if init is None:
+                raise ui_error("Image: upload an image to start from")
+        try:
+            params = params_of(*base[:11], init=init, mask=mask, strength=strength)
+            extract_loras(params.prompt)
+        except UserError as exc:
+            raise ui_error(str(exc)) from None
+        yield from run(engine, params, output / f"{mode}-images", script, x, y, z)
+
+    inputs = c.inputs() + ([extras["init"], extras["mask"], extras["strength"]] if mode == "img2img" else [])
+    generate_button.click(go, inputs=inputs, outputs=[gallery, preview, progress_text, info], concurrency_limit=None)
+    interrupt.click(lambda: setattr(engine.state, "interrupted", True) if engine.state.job else None)
+    skip.click(lambda: setattr(engine.state, "skipped", True) if engine.state.job else None)
+    c.reuse.click(last_seed, inputs=info, outputs=c.seed)
+
+    def selected(evt: gr.SelectData, items):
+        caption = items[evt.index][1] if items and evt.index < len(items) else ""
+        return caption if caption != "grid" else ""
+    gallery.select(selected, inputs=gallery, outputs=info)
+    return c, gallery, info, extras, send
+
+
+def _init_and_mask(editor, upload_mask):
+    """The init image and the mask from the editor (painted strokes) or an uploaded mask."""
+    from PIL import Image
+    if editor is None:
+        return None, None
+    background = editor.get("background") if isinstance(editor, dict) else editor
+    if background is None:
+        return None, None
+    init = background.convert("RGB")
+    mask = None
+    layers = [layer for layer in (editor.get("layers") or []) if layer is not None] if isinstance(editor, dict) else []
+    for layer in layers:
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.getbbox():
+            mask = alpha.point(lambda v: 255 if v > 0 else 0) if mask is None else Image.composite(
+                Image.new("L", alpha.size, 255), mask, alpha.point(lambda v: 255 if v > 0 else 0))
+    if upload_mask is not None:
+        mask = upload_mask.convert("L")
+    return init, mask

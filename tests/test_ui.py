@@ -1,0 +1,197 @@
+"""The web UI in a real browser: headless Chromium (Debian's ``chromium``, installed by .ci/run) driven
+by Playwright, on the toy model. With ``DREAMBOOTH_UI_SCREENSHOTS=docs/ui`` the tests also save a
+screenshot of each tab there (the README shows them)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from test_server import served
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# CI sets DREAMBOOTH_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping.
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("DREAMBOOTH_REQUIRE_BROWSER"),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+SHOTS = os.environ.get("DREAMBOOTH_UI_SCREENSHOTS")
+
+
+@contextlib.contextmanager
+def ui_server(data_dir: Path, **settings):
+    from dreambooth.server.app import ServerSettings
+    from dreambooth.ui.app import mount_ui
+    with served(ServerSettings(model="toy", data_dir=data_dir, **settings), mount=mount_ui) as (app, port):
+        yield app, port
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    with ui_server(tmp_path_factory.mktemp("ui") / "data") as (app, port):
+        yield app, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def page(browser, site):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(site[1] + "/", wait_until="networkidle")
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+def number(page, selector: str, value) -> None:
+    page.fill(f"{selector} input[type=number]", str(value))
+    page.press(f"{selector} input[type=number]", "Enter")
+
+
+def txt2img(page, prompt: str, seed: int, size: int = 32, steps: int = 20) -> Path:
+    """Fill txt2img, generate with Ctrl+Enter, return the gallery image's bytes as downloaded."""
+    page.click("button[role=tab][data-tab-id='txt2img']")
+    page.fill("#txt2img_prompt textarea", prompt)
+    page.fill("#txt2img_seed input", str(seed))
+    number(page, "#txt2img_width", size)
+    number(page, "#txt2img_height", size)
+    number(page, "#txt2img_steps", steps)
+    page.press("#txt2img_prompt textarea", "Control+Enter")             # A1111's shortcut
+    page.wait_for_function(f"document.querySelectorAll('#txt2img_gallery img').length > 0 && "
+                           f"document.querySelector('#txt2img_progress').innerText.startsWith('done')", timeout=120_000)
+    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    return page.request.get(src).body()
+
+
+def test_txt2img_equals_the_api_and_the_cli(page, site, tmp_path):
+    import webuiapi
+    png = txt2img(page, "a red circle on a blue background", 7)
+    image = Image.open(io.BytesIO(png))
+    assert "a red circle on a blue background" in image.info["parameters"] and "Seed: 7," in image.info["parameters"]
+    shot(page, "txt2img")
+    port = int(site[1].rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port).txt2img(
+        prompt="a red circle on a blue background", seed=7, steps=20, width=32, height=32)
+    code, stdout, err = run_cli("generate", "--model", "toy", "--prompt", "a red circle on a blue background",
+                                "--seed", "7", "--steps", "20", "--width", "32", "--height", "32", "--output", tmp_path)
+    assert code == 0, err
+    cli = np.asarray(Image.open(stdout.split()[-1]))
+    assert np.array_equal(np.asarray(image), cli) and np.array_equal(np.asarray(api.image), cli)
+
+
+def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
+    from dreambooth.images import write_png
+    png = write_png(Image.new("RGB", (32, 32), (10, 200, 10)), tmp_path / "a.png",
+                    "a purple cross\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 5, "
+                    "Seed: 4242, Size: 32x32")
+    page.click("button[role=tab][data-tab-id='pnginfo']")
+    page.set_input_files("#pnginfo_image input[type=file]", str(png))
+    page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('purple')", timeout=30_000)
+    shot(page, "pnginfo")
+    page.click("#pnginfo_send")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a purple cross'",
+                           timeout=30_000)
+    assert page.input_value("#txt2img_negative textarea") == "blurry"
+    assert page.input_value("#txt2img_seed input") == "4242"
+    assert page.input_value("#txt2img_steps input[type=number]") == "12"
+
+
+def test_train_a_toy_subject_and_generate_it(page, site):
+    from dreambooth.toy.demo import write_instance_images
+    from dreambooth.toy.world import Subject
+    photos = write_instance_images(Subject("square", "green", "checker", "white"),
+                                   Path(site[0].state.store.root).parent / "photos", ("red", "blue", "red"))
+    page.click("button[role=tab][data-tab-id='train']")
+    page.set_input_files("#train_photos input[type=file]", [str(p) for p in photos])
+    page.fill("#train_instance textarea", "a sks square")
+    page.fill("#train_class textarea", "a square")
+    page.click("#train_preset input")
+    page.click("[role=option]:has-text('toy')")
+    page.click("#train_method label:has-text('full')")
+    page.fill("#train_steps input", "6")
+    page.fill("#train_name textarea", "ui_square")
+    shot(page, "train")
+    page.click("text=Advanced (every training setting)")
+    page.fill("#train_num_class_images input", "2")
+    page.fill("#train_class_steps input", "2")
+    page.fill("#train_validate_every input", "3")
+    page.fill("#train_validation_steps input", "5")
+    page.click("#train_start")
+    page.wait_for_function("document.querySelector('#train_status').innerText.includes('100%') && "
+                           "document.querySelector('#train_status').innerText.includes('done')", timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('#train_validation img').length >= 2", timeout=30_000)
+    page.click("text=Advanced (every training setting)")          # folded again for the screenshot
+    shot(page, "train-done")
+    page.click("#refresh")
+    page.click("#checkpoint input")
+    page.click("[role=option]:has-text('ui_square')")
+    page.wait_for_function("document.querySelector('#switching').innerText.includes('ui_square')", timeout=60_000)
+    png = txt2img(page, "a sks square on a yellow background", 3, steps=10)
+    assert "Model: ui_square" in Image.open(io.BytesIO(png)).info["parameters"]
+
+
+def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
+    from dreambooth.toy.demo import write_instance_images
+    from dreambooth.toy.world import Subject
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    photos = write_instance_images(Subject("circle", "red", "dots", "white"), tmp_path / "photos", ("blue",) * 3)
+    page.click("button[role=tab][data-tab-id='img2img']")
+    page.wait_for_selector("#img2img_generate")
+    shot(page, "img2img")
+    page.click("button[role=tab][data-tab-id='evaluate']")
+    page.wait_for_selector("#eval_run")
+    page.click("#eval_run")                        # no photos: a one-line message, no traceback
+    page.wait_for_function("document.querySelector('#eval_message').innerText.includes('photos')", timeout=30_000)
+    assert "photos" in page.inner_text("#eval_message") and "Traceback" not in page.content()
+    page.set_input_files("#eval_photos input[type=file]", [str(p) for p in photos])
+    page.fill("#eval_class textarea", "circle")
+    page.click("#eval_run")                        # no evaluation models cached here: the tab names the download
+    page.wait_for_function("document.querySelector('#eval_message').innerText.includes('hf download')", timeout=30_000)
+    shot(page, "evaluate")
+
+
+def test_errors_are_one_line(page):
+    page.click("button[role=tab][data-tab-id='txt2img']")
+    page.fill("#txt2img_prompt textarea", "a dog <lora:nobody:1>")
+    number(page, "#txt2img_width", 32)
+    number(page, "#txt2img_height", 32)
+    page.click("#txt2img_generate")
+    page.wait_for_function("Array.from(document.querySelectorAll('.toast-body')).some("
+                           "e => e.textContent.includes('<lora:nobody>'))", timeout=60_000)
+    text = page.evaluate("Array.from(document.querySelectorAll('.toast-body')).map(e => e.textContent).join(' ')")
+    assert "no LoRA of that name" in text and "Traceback" not in text
+
+
+def test_login_when_auth_is_on(browser, tmp_path):
+    with ui_server(tmp_path / "data", api_auth="ann:s3cret") as (_, port):
+        anonymous = browser.new_context()
+        assert anonymous.request.get(f"http://127.0.0.1:{port}/").status == 401       # the browser asks for a login
+        with pytest.raises(Exception, match="AUTH"):
+            anonymous.new_page().goto(f"http://127.0.0.1:{port}/")
+        anonymous.close()
+        context = browser.new_context(http_credentials={"username": "ann", "password": "s3cret"})
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        png = txt2img(page, "a white circle", 1, steps=4)
+        assert Image.open(io.BytesIO(png)).size == (32, 32)
+        context.close()
