@@ -30,6 +30,9 @@ SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, sample
                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                  addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+# The mid-size SD1 of the side-by-side benchmark: the SD1.5 layout at a quarter of the UNet's width (142M
+# parameters), with the full-size VAE and CLIP-L.
+SD1_MID_UNET = dict(SD15_UNET, block_out_channels=(128, 256, 512, 512))
 VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, hidden_act="quick_gelu")
@@ -37,7 +40,8 @@ CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, 
               projection_dim=1280)
 
 
-def build_full(family: str, directory: Path) -> Path:
+def build_full(family: str, directory: Path, unet: dict | None = None) -> Path:
+    """A diffusers folder of the full-size ``family`` layout (``unet``: another UNet config), random weights."""
     from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
                            StableDiffusionXLPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -49,7 +53,7 @@ def build_full(family: str, directory: Path) -> Path:
     if family == "sd1":
         pipe = StableDiffusionPipeline(
             vae=AutoencoderKL(**VAE, sample_size=512), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
-            tokenizer=tok, unet=UNet2DConditionModel(**SD15_UNET),
+            tokenizer=tok, unet=UNet2DConditionModel(**(unet or SD15_UNET)),
             scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
@@ -62,10 +66,14 @@ def build_full(family: str, directory: Path) -> Path:
     return directory
 
 
+def build_mid(directory: Path) -> Path:
+    return build_full("sd1", directory, SD1_MID_UNET)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1")
-    ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--size", choices=["tiny", "mid", "full"], default="tiny")
     ap.add_argument("--method", choices=["full", "lora"], default="lora")
     ap.add_argument("--train-text-encoder", action="store_true")
     ap.add_argument("--mixed-precision", default="no")
@@ -87,7 +95,8 @@ def main() -> None:
     model = Path(args.cache) / f"{args.family}-{args.size}"
     if not (model / "model_index.json").exists():
         model.mkdir(parents=True, exist_ok=True)
-        save_tiny(args.family, model) if args.size == "tiny" else build_full(args.family, model)
+        {"tiny": lambda: save_tiny(args.family, model), "mid": lambda: build_mid(model),
+         "full": lambda: build_full(args.family, model)}[args.size]()
     photos = Path(args.cache) / "photos"
     photos.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)

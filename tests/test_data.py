@@ -88,7 +88,7 @@ def test_crop_offsets_and_flip():
     arr[:, :48] = 255                                    # left half white
     ex = Example(Image.fromarray(arr), "p", (64, 96), None)
     gen = torch.Generator().manual_seed(0)
-    t, (top, left), _ = crop_and_flip(ex, 64, center=True, flip=False, gen=gen)
+    t, (top, left), _, _ = crop_and_flip(ex, 64, center=True, flip=False, gen=gen)
     assert (top, left) == (0, 16) and t.shape == (3, 64, 64)
     assert t[0, 0, 0] == 1.0 and t[0, 0, -1] == -1.0
     flips = [crop_and_flip(ex, 64, True, True, gen)[0][0, 0, 0].item() for _ in range(40)]

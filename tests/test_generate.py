@@ -55,20 +55,34 @@ def test_batches_seeds_files_and_reproduction_alone(sd1, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [r.path.name for r in out]
     for r in out:
         assert parse_generation_parameters(read_infotext(r.path))["Seed"] == str(r.seed)
-    for k in (2, 1):
-        alone = generate(sd1, replace(params, seed=1000 + k, batch_size=1, batch_count=1))[0]
-        assert np.array_equal(pixels(alone), pixels(Image.open(out[k].path)))
+    assert [parse_generation_parameters(r.infotext)["Batch"] for r in out] == ["1/2", "2/2", "1/2", "2/2"]
+    for k in (2, 1):               # the infotext replays the image's batch and keeps only the image
+        replay = GenerationParams.from_infotext(parse_generation_parameters(read_infotext(out[k].path)))
+        assert (replay.seed, replay.batch_size, replay.keep) == (1000 + k - k % 2, 2, k % 2)
+        (again,) = generate(sd1, replay)
+        assert np.array_equal(pixels(again), pixels(Image.open(out[k].path))) and again.infotext == out[k].infotext
     assert len({pixels(r).tobytes() for r in out}) == 4
+    one_by_one = generate(sd1, params, fast_batches=False)
+    alone = generate(sd1, replace(params, seed=1002, batch_size=1, batch_count=1))[0]
+    assert np.array_equal(pixels(alone), pixels(one_by_one[2])) and "Batch" not in parse_generation_parameters(alone.infotext)
+
+
+def test_an_explicit_seed_or_batch_ends_the_replay():
+    info = {"Prompt": "a dog", "Seed": "12", "Batch": "3/4"}
+    assert GenerationParams.from_infotext(info).replace(prompt="").seed == 10
+    assert GenerationParams.from_infotext(info, seed=5).keep is None
+    assert GenerationParams.from_infotext(info, batch_size=1).seed == 12
 
 
 def test_batch_unet_runs_image_by_image(sdxl):
-    """Each image of a batch goes through the UNet as a batch of one would: [uncond_i, cond_i]; with
-    fast batches the whole batch at once."""
+    """One by one, each image of a batch goes through the UNet as a batch of one would: [uncond_i,
+    cond_i]; by default (fast batches) the whole batch at once."""
     shapes = []
     handle = sdxl.pipe.unet.register_forward_pre_hook(
         lambda m, a, kw: shapes.append(kw["encoder_hidden_states"].shape[0]), with_kwargs=True)
     try:
-        out = gen(sdxl, batch_size=3, steps=2)
+        out = generate(sdxl, GenerationParams("a dog", **{**SMALL, "seed": 7, "batch_size": 3, "steps": 2}),
+                       fast_batches=False)
         exact = list(shapes)
         shapes.clear()
         fast = generate(sdxl, GenerationParams("a dog", **{**SMALL, "seed": 7, "batch_size": 3, "steps": 2}),

@@ -71,8 +71,8 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
               help="First seed; image j of each prompt uses seed+j.")
 @click.option("--size", default=None, type=click.IntRange(min=8), help="Image size (default: the model's).")
 @click.option("--negative-prompt", default="", help="Negative prompt.")
-@click.option("--fast-batches", is_flag=True, help="Each prompt's images through the UNet at once (faster on GPUs, "
-              "not bit-exact against an image made alone).")
+@click.option("--fast-batches/--one-by-one", default=True, show_default=True,
+              help="Each prompt's images through the UNet at once (--from-image replays the batch), or one by one.")
 @click.option("--pres", is_flag=True, help="Also generate class-prompt images ('a dog') and report PRES.")
 @click.option("--pres-images", default=16, show_default=True, type=click.IntRange(min=1), help="Class images for PRES.")
 @click.option("--div", is_flag=True, help="Also report DIV (LPIPS; needs the lpips package and its weights).")

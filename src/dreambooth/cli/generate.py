@@ -61,8 +61,9 @@ def _explicit(ctx: click.Context, name: str) -> bool:
               "PNG; options given explicitly override it.")
 @click.option("--list-samplers", is_flag=True, help="Print the sampler table and exit.")
 @click.option("--device", help="Device (cuda, cuda:1, mps, cpu). Default: the best available.")
-@click.option("--fast-batches", is_flag=True, help="Run a batch through the UNet at once (faster on GPUs); an image may "
-              "then differ slightly from the same seed made alone. Default: image by image, bit-exact.")
+@click.option("--fast-batches/--one-by-one", default=True, show_default=True,
+              help="A batch through the UNet at once, as diffusers and the WebUI do; each PNG records its place in "
+              "the batch and --from-image replays the batch, bit for bit. --one-by-one: each image alone.")
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
                      steps, cfg_scale, seed, width, height, batch_size, batch_count, output, init_image, strength,

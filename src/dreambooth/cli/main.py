@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DREAMBOOTH_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]   # accepted anywhere on the line, not only before the command
-    show_progress()
+    # accelerate launch starts one such process per device: bars from the first only (messages from all)
+    show_progress(bars=False if os.environ.get("RANK", "0") not in ("", "0") else None)
     try:
         cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:

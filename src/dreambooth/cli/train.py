@@ -60,7 +60,9 @@ def train_command(preset, **values):
     overrides = {k: (list(v) if v else None) if isinstance(v, tuple) else v for k, v in values.items()}
     config = build_config(preset, overrides)
     transforms = toy_transforms() if uses_toy_preset(preset, config.model) else []
-    click.echo(summary(train(config, transforms=transforms)))
+    result = train(config, transforms=transforms)
+    if result.main_process:          # several processes (accelerate launch): one summary
+        click.echo(summary(result))
 
 
 def register(group: click.Group) -> None:

@@ -86,7 +86,7 @@ def subject_settings(subject: str | None, class_name: str | None, kind: str | No
 def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequence, class_name: str, kind: str,
               output: str | Path, identifier: str = DEFAULT_IDENTIFIER, images_per_prompt: int = 4,
               pres: bool = False, pres_images: int = 16, div: bool = False, evaluator: Evaluator | None = None,
-              settings: dict | None = None, fast_batches: bool = False, max_prompts: int | None = None) -> dict:
+              settings: dict | None = None, fast_batches: bool = True, max_prompts: int | None = None) -> dict:
     """Generate the DreamBench images on ``pipeline`` with ``params`` (its prompt is ignored; its seed
     is the first seed of every prompt), score them against ``real`` (images or paths) and write the report.
     ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol."""

@@ -17,6 +17,13 @@ MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each 
 RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000)}   # documented in --help
 
 
+def num_of(text: str, key: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise UserError(f"infotext: {key}: {text!r} is not a number") from None
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """One WebUI generation: everything but the model."""
@@ -34,6 +41,7 @@ class GenerationParams:
     init_image: object = None            # path or PIL image: img2img
     strength: float = 0.75               # img2img / inpainting denoising strength
     mask: object = None                  # path or PIL image, white = repaint: inpainting
+    keep: int | None = None              # a replay: make the one batch, keep only its image ``keep`` (0-based)
 
     def replace(self, **changes) -> "GenerationParams":
         return replace(self, **changes)
@@ -57,6 +65,8 @@ class GenerationParams:
                     raise UserError(f"--{name} {value}: must be a multiple of 8")
         for name in ("prompt", "negative_prompt", "sampler", "schedule"):
             check_value(f"--{name.replace('_', '-')}", getattr(self, name), str)
+        if self.keep is not None and not (self.batch_count == 1 and 0 <= self.keep < self.batch_size):
+            raise UserError(f"infotext: Batch {self.keep + 1}/{self.batch_size}: not an image of one batch")
         if self.mask is not None and self.init_image is None:
             raise UserError("--mask needs --init-image (the image to inpaint)")
         resolve(self.sampler, self.schedule)
@@ -91,4 +101,12 @@ class GenerationParams:
             height=num("Size-2", int, None),
             strength=num("Denoising strength", float, 0.75),
         )
+        # "Batch: 3/4": made as the third image of a batch of 4; remade by replaying that batch, since a
+        # batch's images differ from the same seeds made alone by rounding. Not when the seed or the
+        # batch is given anew.
+        position = str(info.get("Batch", ""))
+        if "/" in position and not {"seed", "batch_size", "batch_count"} & set(overrides):
+            k, n = (num_of(part, "Batch") for part in position.split("/", 1))
+            if n > 1 and 1 <= k <= n and params.seed >= 0:
+                params = replace(params, seed=params.seed - (k - 1), batch_size=n, batch_count=1, keep=k - 1)
         return replace(params, **overrides)

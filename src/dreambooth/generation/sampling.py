@@ -4,10 +4,10 @@
 ``mask``) for ``batch_count`` batches of ``batch_size`` images, the WebUI way:
 
 * image ``i`` of a run uses seed ``seed + i`` and its own CPU ``torch.Generator`` for its initial
-  latents and any noise the sampler draws. By default each image is one pipeline call of its own, so
-  it is computed with exactly the shapes it gets when made alone from its seed: bit for bit the same.
-  ``fast_batches`` runs a whole batch in one call (faster on GPUs; an image may then differ by a
-  rounding step from the same seed made alone);
+  latents and any noise the sampler draws. By default (``fast_batches``) a batch is one pipeline call,
+  as in diffusers and the WebUI; an image of a batch of several records its place ("Batch: 3/4"), and
+  ``--from-image`` replays that batch, so it is remade bit for bit. ``fast_batches=False`` makes each
+  image in a call of its own (the shapes it gets when made alone from its seed);
 * the prompts are read with the WebUI grammar (``grammar``): ``<lora:name:weight>`` tags choose the
   LoRAs, emphasis weights and 75-token chunks shape the conditioning (``conditioning``), and prompt
   editing / alternation swap it between steps through diffusers' ``callback_on_step_end``;
@@ -56,7 +56,7 @@ def with_default_loras(prompt: str, defaults: list[LoraTag]) -> str:
 
 
 def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPipeline,
-                    loras: list[tuple[LoraFile, float]], img2img: bool) -> dict:
+                    loras: list[tuple[LoraFile, float]], img2img: bool, batch: str | None = None) -> dict:
     """The settings line of the infotext, in the WebUI's key order, then our own keys."""
     info = pipeline.info
     out = {
@@ -74,6 +74,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         # Ours, for --from-image: where the model and the LoRAs were.
         "Model path": info.spec,
         "Lora paths": json.dumps({lo.name: lo.source for lo, _ in loras}, ensure_ascii=False) if loras else None,
+        "Batch": batch,
     }
     return out
 
@@ -104,7 +105,7 @@ class Controls:
 
 
 def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None, *,
-             fast_batches: bool = False, autocast: torch.dtype | None = None,
+             fast_batches: bool = True, autocast: torch.dtype | None = None,
              task: progress.Task | None = None, controls: Controls | None = None) -> list[GeneratedImage]:
     """Make the images ``params`` describe (see the module doc). ``autocast`` runs the denoising in
     that dtype (mixed-precision training: fp32 trainable and low-precision frozen weights); ``task``
@@ -138,11 +139,15 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
                     break
                 images += _call(runner, pipeline.scheduler_config, params, call, conditioning,
                                 encoder.family == "sdxl", init, mask, bar, autocast, controls)
-            for seed, image in zip(seeds, images):
+            batched = fast_batches and len(seeds) > 1
+            for k, (seed, image) in enumerate(zip(seeds, images)):
+                if params.keep is not None and k != params.keep:
+                    continue
                 if mask is not None:
                     image = Image.composite(image, init, mask)        # keep the unmasked pixels exactly
                 infotext = format_infotext(recorded_prompt, params.negative_prompt,
-                                           infotext_params(params, seed, pipeline, loras, init is not None))
+                                           infotext_params(params, seed, pipeline, loras, init is not None,
+                                                           f"{k + 1}/{len(seeds)}" if batched else None))
                 path = None
                 if output_dir is not None:
                     with file_operation("write an image", "--output"):

@@ -65,7 +65,7 @@ def _save_grid(grid, output_dir: Path | None, first: GeneratedImage) -> Path | N
 
 
 def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None,
-                      fast_batches: bool = False) -> GridResult:
+                      fast_batches: bool = True) -> GridResult:
     prompts, variable = prompt_matrix_prompts(params.prompt)
     if not variable:
         raise UserError("--prompt-matrix: the prompt has no '|'; write it as 'base|part 1|part 2'")
@@ -212,7 +212,7 @@ def apply_axis(params: GenerationParams, axis: Axis, value, flag: str = "--x") -
 
 
 def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | None = None, y: str | None = None,
-            z: str | None = None, output_dir: Path | None = None, fast_batches: bool = False) -> GridResult:
+            z: str | None = None, output_dir: Path | None = None, fast_batches: bool = True) -> GridResult:
     """An X/Y/Z plot: one cell per value combination, one seed for all (unless Seed is an axis)."""
     axes = []
     for flag, text in (("--x", x), ("--y", y), ("--z", z)):

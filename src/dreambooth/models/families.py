@@ -71,9 +71,11 @@ class SD1Family:
         return [tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids for tok in self.tokenizers]
 
-    def encode(self, input_ids: list[torch.Tensor]) -> Conditioning:
+    def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None) -> Conditioning:
+        """``encoders``: what to call in place of ``text_encoders``, one for one (training on several
+        processes passes the same encoders wrapped for gradient sync)."""
         te = self.text_encoders[0]
-        return Conditioning(te(input_ids[0].to(te.device))[0])
+        return Conditioning((encoders or self.text_encoders)[0](input_ids[0].to(te.device))[0])
 
     def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict | None:
         return None
@@ -99,10 +101,10 @@ class SDXLFamily(SD1Family):
     def text_encoder_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"]
 
-    def encode(self, input_ids: list[torch.Tensor]) -> Conditioning:
+    def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None) -> Conditioning:
         hidden, pooled = [], None
-        for te, ids in zip(self.text_encoders, input_ids):
-            out = te(ids.to(te.device), output_hidden_states=True)
+        for te, call, ids in zip(self.text_encoders, encoders or self.text_encoders, input_ids):
+            out = call(ids.to(te.device), output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
             pooled = out[0]   # the last encoder's projected pooled output (text_embeds)
         return Conditioning(torch.cat(hidden, dim=-1), pooled)

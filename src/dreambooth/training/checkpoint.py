@@ -2,9 +2,10 @@
 
 A checkpoint folder holds the trainable weights only (the LoRA adapters, or the fine-tuned UNet and
 text encoders), the optimizer and LR-schedule state, the step, and every random stream (noise and
-timesteps, data order and crops, the global torch/numpy/python RNGs). It is written to a hidden
-temporary folder and renamed into place, so a kill at any moment leaves either the previous
-checkpoint or the new one, never half of one.
+timesteps, data order and crops, the global torch/numpy/python RNGs of every training process: the
+first two are one stream all processes share, the global ones are each process's own). It is
+written to a hidden temporary folder and renamed into place, so a kill at any moment leaves either
+the previous checkpoint or the new one, never half of one.
 
 Copied, synced or half-deleted checkpoints still happen, so each one records its files with their
 sizes and SHA-256 (``manifest.json``). ``--resume DIR`` on a damaged one is a one-line error naming
@@ -154,7 +155,10 @@ def save_checkpoint(output: Path, step: int, models: dict[str, torch.nn.Module],
     return final
 
 
-def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, settings: dict) -> dict:
+def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, settings: dict,
+                    process: tuple[int, int] = (0, 1)) -> dict:
+    """Load the weights and optimizer state; restore the global RNGs of this process (``process``:
+    rank, world): its own when the checkpoint was written by as many processes, else the first's."""
     saved = json.loads((path / "settings.json").read_text())
     for key in SHAPE_SETTINGS:
         if str(saved.get(key)) != str(settings.get(key)):
@@ -178,8 +182,41 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
                     params[pname].copy_(value.to(params[pname].device, params[pname].dtype))
     try:
         optimizer.load_state_dict(optimizer_state)
-        set_rng_state(state["rng"])
+        per_process = state.get("rng_per_process") or [state["rng"]]
+        set_rng_state(per_process[process[0]] if len(per_process) == process[1] else state["rng"])
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"--resume {path}: the checkpoint's optimizer or random state does not fit this run "
                         f"({type(exc).__name__})") from None
     return state
+
+
+def save_run(run) -> Path | None:
+    """The trainer's checkpoint. Every process calls it and hands in its global RNG states; the main
+    process writes (the others get None). The data and noise streams are one for all processes."""
+    from accelerate.utils import gather_object
+    acc = run.accelerator
+    rng_per_process = gather_object([rng_state()])
+    run.assert_finite()                  # the weights are the same everywhere: every process stops alike
+    if not acc.is_main_process:
+        return None
+    state = {"losses": run.losses, "skipped": run.skipped, "lr_scheduler": run.lr_scheduler.state_dict(),
+             "stream": run.stream.state_dict(), "noise_gen": run.noise_gen.get_state(),
+             "num_processes": acc.num_processes, "rng_per_process": rng_per_process}
+    return save_checkpoint(run.output, run.step, run.trainables, run.optimizer, state, run.settings(),
+                           run.config.keep_checkpoints)
+
+
+def resume_run(run, path: Path) -> None:
+    """Put the trainer where the checkpoint at ``path`` left it: weights, optimizer, LR schedule, the
+    data and noise streams, this process's global RNGs, the step and the losses so far."""
+    acc = run.accelerator
+    state = load_checkpoint(path, run.trainables, run.optimizer, run.settings(), (acc.process_index, acc.num_processes))
+    run.step, run.losses, run.skipped = state["step"], state["losses"], state["skipped"]
+    run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    run.stream.load_state_dict(state["stream"])
+    run.noise_gen.set_state(state["noise_gen"])
+    written_by = state.get("num_processes", 1)
+    if written_by != acc.num_processes:
+        progress.warn(f"--resume: {path} was written by {written_by} process(es), this run has {acc.num_processes}: "
+                      "the global batch and the random streams differ, so training goes on, not exactly as before")
+    progress.message(f"resumed from {path} at step {run.step}")

@@ -93,7 +93,8 @@ class TrainConfig:
     # --- memory and speed -------------------------------------------------------------------
     mixed_precision: str = _opt("no", "Autocast precision; trainable weights stay fp32.", PRECISIONS, group="memory")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.", group="memory")
-    cache_latents: bool | None = _opt(None, "Encode each training image once (default: on when crops and flips are fixed).", group="memory")
+    cache_latents: bool | None = _opt(None, "Encode each distinct training picture (image, crop, flip) once and keep its latents (default: on).", group="memory")
+    force: bool = _opt(False, "Start even when the memory preflight estimates the run will not fit in the device's free memory.", group="memory")
     # --- outputs ----------------------------------------------------------------------------
     output: str | None = _opt(None, "Output folder.", group="output")
     overwrite: bool = _opt(False, "Replace an existing non-empty output (class images are kept).", group="output")
@@ -179,7 +180,7 @@ class TrainConfig:
             seed=self.seed if self.seed != -1 else random.randrange(MAX_SEED),
             learning_rate=self.learning_rate or (5e-6 if self.method == "full" else 1e-4),
             alpha=self.alpha if self.alpha is not None else float(self.rank),
-            cache_latents=(not self.random_flip and self.center_crop) if self.cache_latents is None else self.cache_latents,
+            cache_latents=True if self.cache_latents is None else self.cache_latents,
             prior_preservation=self.use_prior,
         )
 

@@ -111,7 +111,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
 
 def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator):
     """Crop ``size``x``size`` and maybe flip; returns (CHW float tensor in [-1, 1], crop (top, left),
-    the example's mask cut the same way, or None).
+    the example's mask cut the same way or None, whether it was flipped).
 
     Both random draws are always made, so the generator advances the same way whatever the flags
     and a resumed run sees the same stream.
@@ -124,11 +124,12 @@ def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: to
         top, left = int(r_top * (h - size + 1)), int(r_left * (w - size + 1))
     image = example.image.crop((left, top, left + size, top + size))
     mask = None if example.mask is None else example.mask[top:top + size, left:left + size]
-    if flip and r_flip < 0.5:
+    flipped = flip and r_flip < 0.5
+    if flipped:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
         mask = None if mask is None else mask[:, ::-1]
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left), mask
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left), mask, flipped
 
 
 @dataclass
@@ -141,18 +142,42 @@ class Batch:
     indices: list[int | None]        # example index (class examples offset by len(instance)); None:
                                      # a picture made for this step only (by a transform)
     loss_weights: torch.Tensor | None = None   # (B, 1, H, W) per-pixel weights; None: all equal
+    cache_keys: list | None = None   # (index, crop, flipped): the same key is the same pixels; None: never again
+    rows: list[int] | None = None    # several processes: the rows of the global batch this process
+    global_size: int | None = None   # trains on, and that batch's size (None: this is the whole batch)
+
+    def drawn(self, draw) -> torch.Tensor:
+        """``draw(n)`` (n rows from the noise stream all processes share) for this batch's rows: drawn
+        for the whole global batch and sliced, so N processes draw what one process with the global
+        batch draws, and each gets its own rows' noise and timesteps."""
+        return draw(len(self.prompts)) if self.rows is None else draw(self.global_size)[self.rows]
+
+    def select(self, rows: list[int]) -> "Batch":
+        """This process's share of the global batch: the given rows, in order."""
+        pick = torch.tensor(rows)
+        return Batch(self.pixels[pick], [self.prompts[r] for r in rows], [self.original_hw[r] for r in rows],
+                     [self.crop_top_left[r] for r in rows], self.is_prior[pick], [self.indices[r] for r in rows],
+                     None if self.loss_weights is None else self.loss_weights[pick],
+                     None if self.cache_keys is None else [self.cache_keys[r] for r in rows],
+                     list(rows), len(self.prompts))
 
 
 class ExampleStream:
     """An endless, seeded, resumable stream of batches: each epoch is a permutation of the
     instance examples; class examples are drawn from their own permutation, as many per step.
     ``transforms`` change instance examples as they are drawn; with ``caption_dropout`` > 0, that
-    share of all examples (instance and class) gets an empty prompt."""
+    share of all examples (instance and class) gets an empty prompt.
+
+    ``shard=(rank, world)``: one of ``world`` processes. Each draws the whole global batch
+    (``batch_size`` x ``world`` instance examples, as many class examples) from the same seeded
+    generator and keeps its own slice, so N processes x batch b see exactly the examples one process
+    x batch N*b sees, and one generator state resumes them all."""
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
                  center_crop: bool, random_flip: bool, seed: int, caption_dropout: float = 0.0,
-                 transforms: Sequence[ExampleTransform] = ()):
+                 transforms: Sequence[ExampleTransform] = (), shard: tuple[int, int] = (0, 1)):
         self.instance, self.prior = instance, prior
+        self.shard = shard
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip
         self.gen = torch.Generator().manual_seed(seed)
@@ -175,16 +200,19 @@ class ExampleStream:
         return out
 
     def next_batch(self) -> Batch:
-        picks = [self._instance_pick(i) for i in self._take("instance", self.batch_size, len(self.instance))]
+        rank, world = self.shard
+        n = self.batch_size * world          # the global batch, drawn alike by every process
+        picks = [self._instance_pick(i) for i in self._take("instance", n, len(self.instance))]
         if self.prior:
             off = len(self.instance)
-            picks += [(self.prior[i], True, off + i) for i in self._take("prior", self.batch_size, len(self.prior))]
-        pixels, crops, masks = [], [], []
-        for example, _, _ in picks:
-            tensor, crop, mask = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen)
+            picks += [(self.prior[i], True, off + i) for i in self._take("prior", n, len(self.prior))]
+        pixels, crops, masks, keys = [], [], [], []
+        for example, _, index in picks:
+            tensor, crop, mask, flipped = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen)
             pixels.append(tensor)
             crops.append(crop)
             masks.append(mask)
+            keys.append(None if index is None else (index, crop, flipped))
         weights = None
         if any(m is not None for m in masks):         # the others weigh 1 everywhere
             weights = torch.stack([torch.ones(1, self.size, self.size) if m is None
@@ -193,8 +221,12 @@ class ExampleStream:
         if self.caption_dropout:         # drawn only when on, so streams without it stay as they were
             drop = torch.rand(len(prompts), generator=self.gen) < self.caption_dropout
             prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        return Batch(torch.stack(pixels), prompts, [p[0].original_hw for p in picks], crops,
-                     torch.tensor([p[1] for p in picks]), [p[2] for p in picks], weights)
+        batch = Batch(torch.stack(pixels), prompts, [p[0].original_hw for p in picks], crops,
+                      torch.tensor([p[1] for p in picks]), [p[2] for p in picks], weights, keys)
+        if world == 1:
+            return batch
+        mine = range(rank * self.batch_size, (rank + 1) * self.batch_size)
+        return batch.select([*mine, *([n + r for r in mine] if self.prior else [])])
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}

@@ -73,6 +73,20 @@ def check_inputs(cfg: TrainConfig) -> None:
                             "write the model somewhere else")
 
 
+SHARDED = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}   # set by accelerate launch
+
+
+def check_distributed() -> None:
+    """Refuse sharded training (``accelerate launch`` with FSDP or DeepSpeed) before anything is
+    written: checkpoints, outputs and validation read whole weights from the first process's modules,
+    which sharding would leave holding a shard (docs/multi-gpu.md). DDP (``--multi_gpu``) is supported."""
+    for name, env in SHARDED.items():
+        if os.environ.get(env, "").lower() in ("1", "true", "yes"):
+            raise UserError(f"accelerate launch with {name}: dreambooth train does not shard weights (its "
+                            "checkpoints and outputs need whole ones); launch with --multi_gpu (DDP) instead, "
+                            "see docs/multi-gpu.md")
+
+
 def _entries(output: Path) -> list[Path]:
     return [p for p in output.iterdir() if p.name not in KEPT_ON_OVERWRITE and p.name != PREVIOUS_OUTPUT_DIR] \
         if output.is_dir() else []

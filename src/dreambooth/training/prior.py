@@ -4,11 +4,16 @@ Image ``i`` has the seed ``seed + i`` and is written the moment it exists as ``c
 with its infotext (``dreambooth generate --from-image`` on the base model remakes it): an interrupted
 run keeps what it made, a rerun generates only the missing indices, and every image stands alone.
 A damaged class image is found (every one is opened) and made again, with a warning naming it.
+
+Several training processes (``accelerate launch``) split the missing images: every process finds the
+same missing indices, process ``rank`` of ``world`` makes every ``world``-th of them, then all wait.
+Seeds go by index, so the set is the one a single process makes, whatever the number of processes.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,10 +39,14 @@ def _damaged(path: Path) -> str | None:
 
 
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,
-                        autocast: torch.dtype | None = None) -> list[Path]:
+                        autocast: torch.dtype | None = None, shard: tuple[int, int] = (0, 1),
+                        barrier: Callable[[], None] | None = None) -> list[Path]:
     """Make sure ``folder`` holds at least ``count`` images of ``params`` (its seed is image 0's);
-    return the first ``count``. ``autocast``: the training's mixed precision, if any."""
+    return the first ``count``. ``autocast``: the training's mixed precision, if any. ``shard=(rank,
+    world)`` and ``barrier`` (waits for every process): this process's share of the work, see the module doc."""
     folder = Path(folder)
+    rank, world = shard
+    barrier = barrier or (lambda: None)
     with file_operation("create the class-image folder", "--class-dir"):
         folder.mkdir(parents=True, exist_ok=True)
     have = []
@@ -45,19 +54,27 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
         why = _damaged(path)
         if why is None:
             have.append(path)
+        elif rank:                                 # the first process names them
+            continue
         elif path.name.startswith("class-"):      # one this project made: made again below
             progress.warn(f"class image {path} is damaged ({why.split(': ', 1)[-1]}); it is made again")
         else:
             progress.warn(f"skipping class image {why}")
     taken = {p.name for p in have}
     missing = [i for i in range(count * 4) if class_image_name(i) not in taken][: max(0, count - len(have))]
-    if missing:
-        with progress.task("class images", len(missing)) as bar:
-            for i in missing:
+    barrier()              # every process has looked before any writes
+    share = missing[rank::world]
+    if world > 1 and missing:
+        progress.message(f"class images: process {rank} of {world} makes {len(share)} of the {len(missing)} missing"
+                         + (f" ({class_image_name(share[0])} ... {class_image_name(share[-1])})" if share else ""))
+    if share:
+        with progress.task("class images", len(share)) as bar:
+            for i in share:
                 made = generate(pipeline, params.replace(seed=params.seed + i, batch_size=1, batch_count=1),
                                 autocast=autocast, task=bar)[0]
                 tmp = folder / f".{class_image_name(i)}.tmp"
                 with file_operation("write a class image", "--class-dir"):
                     write_png(made.image, tmp, made.infotext)
                     os.replace(tmp, folder / class_image_name(i))     # never a half-written image
+    barrier()              # every share is written
     return [p for p in existing_class_images(folder) if _damaged(p) is None][:count]

@@ -18,6 +18,7 @@ class TrainResult:
     files: list[Path]
     skipped_steps: int = 0
     warnings: list[str] = field(default_factory=list)
+    main_process: bool = True        # False in the other processes of a multi-process run (they write nothing)
 
 
 def peak_memory() -> int:

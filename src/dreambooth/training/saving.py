@@ -100,6 +100,9 @@ def save_output(run) -> list[Path]:
     save_config(run.config, args, {
         "family": run.family.name, "prediction_type": run.prediction_type, "steps_done": run.step,
         "instance_images": run.instance_images, "class_images": run.class_images,
+        "num_processes": run.accelerator.num_processes,
+        "global_batch_size": run.config.batch_size * run.accelerator.num_processes,
+        "losses": run.losses,          # per optimizer step, the global batch's (the mean over processes)
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
     })
     remember_output(run.output, run.config.method)

@@ -32,13 +32,17 @@ from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
 from .results import TrainResult, peak_memory
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
+from .preflight import preflight
 from .prior import ensure_class_images
-from .guard import OutputStage, check_inputs
+from .guard import OutputStage, check_distributed, check_inputs
 from .saving import keep_best, save_model, save_output
 from .trainables import make_lr_scheduler, make_optimizer, make_trainable, move
 from .validation import Validator
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Distinct pictures whose latents are kept (about 1 GiB at SDXL's 1024 px); random crops of
+# non-square photos beyond that are encoded every time.
+LATENT_CACHE_ENTRIES = 2048
 
 
 class TrainingStopped(UserError):
@@ -93,6 +97,7 @@ class Trainer:
         # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
+        check_distributed()
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation, cpu=cpu)
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
@@ -104,8 +109,10 @@ class Trainer:
         self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution, self.family.max_resolution)
         if cfg.resolution % pipe.vae_scale_factor:
             raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
-        torch.manual_seed(cfg.seed)
-        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1 + self.accelerator.process_index)
+        # Each process's own global RNGs (dropout); data, noise and timesteps: one stream all processes
+        # draw for the global batch and slice (``ExampleStream``, ``Batch.drawn``; docs/multi-gpu.md)
+        torch.manual_seed(cfg.seed + self.accelerator.process_index)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
         # Frozen parts run in the autocast dtype; trainable weights always stay fp32.
         self.weight_dtype = AUTOCAST.get(cfg.mixed_precision, torch.float32)
@@ -127,26 +134,28 @@ class Trainer:
 
         instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
                                  warn=self._warn, masks=cfg.masked_loss)
+        self.memory = preflight(pipe, self.family, cfg, self.device)    # may refuse: nothing is written yet
         self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
         if self.accelerator.is_main_process:
             self.stage.prepare()
         self.accelerator.wait_for_everyone()
+        self.memory.report()
         self._prepare_data(cfg, instance)
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
         self.optimizer = make_optimizer(groups, cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
+        if self.accelerator.num_processes > 1 and self.family.name == "sdxl" and self.trains_text:
+            from accelerate.utils import DistributedDataParallelKwargs as DDPKwargs   # SDXL's first encoder's
+            self.accelerator.ddp_handler = DDPKwargs(find_unused_parameters=True)    # last layer gets no gradient
         *self.models, self.optimizer = self.accelerator.prepare(*self.trainables.values(), self.optimizer)
         self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
+        prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
+        self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
-        self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._latent_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
         if self.resume_from:
-            state = ckpt.load_checkpoint(self.resume_from, self.trainables, self.optimizer, self.settings())
-            self.step, self.losses, self.skipped = state["step"], state["losses"], state["skipped"]
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-            self.stream.load_state_dict(state["stream"])
-            self.noise_gen.set_state(state["noise_gen"])
-            progress.message(f"resumed from {self.resume_from} at step {self.step}")
+            ckpt.resume_run(self, self.resume_from)
         if cfg.validate_every and self.accelerator.is_main_process:
             self.validator = Validator(self)
         return self
@@ -157,19 +166,18 @@ class Trainer:
         prior = []
         if cfg.prior_preservation:
             class_dir = Path(cfg.class_dir).expanduser() if cfg.class_dir else self.output / CLASS_IMAGES_DIR
-            if self.accelerator.is_main_process:
-                params = GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler,
-                                          steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
-                                          width=cfg.resolution, height=cfg.resolution)
-                ensure_class_images(self.generation_pipeline(for_output=False), params, class_dir,
-                                    cfg.num_class_images, self.autocast_dtype)
-            self.accelerator.wait_for_everyone()
+            acc = self.accelerator
+            params = GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler,
+                                      steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
+                                      width=cfg.resolution, height=cfg.resolution)
+            ensure_class_images(self.generation_pipeline(for_output=False), params, class_dir, cfg.num_class_images,
+                                self.autocast_dtype, (acc.process_index, acc.num_processes), acc.wait_for_everyone)
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
         self.class_images = len(prior)
         self.instance_images = len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
-                                    cfg.random_flip, cfg.seed + 7919 * self.accelerator.process_index,
-                                    cfg.caption_dropout, self.transforms)
+                                    cfg.random_flip, cfg.seed, cfg.caption_dropout, self.transforms,
+                                    (self.accelerator.process_index, self.accelerator.num_processes))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -202,53 +210,59 @@ class Trainer:
 
     # ----- the math --------------------------------------------------------------------------
     def conditioning(self, prompts: list[str]):
-        """Text conditioning; cached per prompt while the text encoders are frozen."""
+        """Text conditioning; cached per prompt while the text encoders are frozen, each encoded alone
+        (its numbers never depend on which prompts were missing with it: exact resume)."""
         if self.trains_text:
-            return self.family.encode(self.family.tokenize(prompts))
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            with torch.no_grad():
-                cond = self.family.encode(self.family.tokenize(missing))
-            for i, p in enumerate(missing):
-                self._text_cache[p] = (cond.embeds[i:i + 1], None if cond.pooled is None else cond.pooled[i:i + 1])
+            return self.family.encode(self.family.tokenize(prompts), self.text_encoders)
+        for p in dict.fromkeys(prompts):
+            if p not in self._text_cache:
+                with torch.no_grad():
+                    cond = self.family.encode(self.family.tokenize([p]))
+                self._text_cache[p] = (cond.embeds, cond.pooled)
         embeds = torch.cat([self._text_cache[p][0] for p in prompts])
         pooled = None if self._text_cache[prompts[0]][1] is None else torch.cat([self._text_cache[p][1] for p in prompts])
         return Conditioning(embeds, pooled)
 
     def latents(self, batch: Batch) -> torch.Tensor:
-        """VAE latents of the batch, sampled from the posterior (cached mean/std when crops are fixed)."""
+        """VAE latents of the batch, sampled from the posterior. The posterior's mean/std of each
+        distinct picture (example, crop, flip) is encoded once and kept: the VAE encoder costs as
+        much as the UNet step at low resolution, and square photos have one crop only. A picture that
+        may be kept is encoded alone, those made for this step (key None) together: its numbers never
+        depend on what else missed the cache (batched convolutions round by batch size): exact resume."""
         vae = self.pipe.vae
         if self.config.cache_latents:
-            # a picture made for this step alone (index None) is encoded but not kept
+            keys = batch.cache_keys or [None] * len(batch.indices)
+            fresh = [j for j, key in enumerate(keys) if key is None]
+            groups = ([fresh] if fresh else []) + [[j] for j, key in enumerate(keys)
+                                                   if key is not None and key not in self._latent_cache]
             encoded = {}
-            missing = [j for j, i in enumerate(batch.indices) if i is None or i not in self._latent_cache]
-            if missing:
+            for group in groups:
                 with torch.no_grad():
-                    dist = vae.encode(batch.pixels[missing].to(self.device, vae.dtype)).latent_dist
-                for k, j in enumerate(missing):
+                    dist = vae.encode(batch.pixels[group].to(self.device, vae.dtype)).latent_dist
+                for k, j in enumerate(group):
                     encoded[j] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
-                    if batch.indices[j] is not None:
-                        self._latent_cache[batch.indices[j]] = encoded[j]
-            pairs = [encoded[j] if j in encoded else self._latent_cache[i] for j, i in enumerate(batch.indices)]
+                    if keys[j] is not None and len(self._latent_cache) < LATENT_CACHE_ENTRIES:
+                        self._latent_cache[keys[j]] = encoded[j]
+            pairs = [encoded[j] if j in encoded else self._latent_cache[key] for j, key in enumerate(keys)]
             mean = torch.cat([m for m, _ in pairs])
             std = torch.cat([s for _, s in pairs])
-            sample = mean + std * torch.randn(mean.shape, generator=self.noise_gen).to(self.device)
         else:
             with torch.no_grad():
                 dist = vae.encode(batch.pixels.to(self.device, vae.dtype)).latent_dist
-            sample = dist.mean.float() + dist.std.float() * torch.randn(dist.mean.shape, generator=self.noise_gen).to(self.device)
+            mean, std = dist.mean.float(), dist.std.float()
+        sample = mean + std * batch.drawn(lambda n: torch.randn((n, *mean.shape[1:]), generator=self.noise_gen)).to(self.device)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (sample - shift) * vae.config.scaling_factor
 
     def loss(self, batch: Batch) -> torch.Tensor:
         cfg = self.config
         latents = self.latents(batch)
-        b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=self.noise_gen)
+        gen, shape, steps = self.noise_gen, latents.shape[1:], self.noise_scheduler.config.num_train_timesteps
+        noise = batch.drawn(lambda n: torch.randn((n, *shape), generator=gen))
         if cfg.offset_noise:
-            noise = noise + cfg.offset_noise * torch.randn((b, latents.shape[1], 1, 1), generator=self.noise_gen)
+            noise = noise + cfg.offset_noise * batch.drawn(lambda n: torch.randn((n, shape[0], 1, 1), generator=gen))
         noise = noise.to(self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=self.noise_gen).to(self.device)
+        timesteps = batch.drawn(lambda n: torch.randint(0, steps, (n,), generator=gen)).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         cond = self.conditioning(batch.prompts)
         added = None
@@ -287,7 +301,9 @@ class Trainer:
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
                     loss = self.loss(batch)
-                    if not torch.isfinite(loss):
+                    # the global batch's loss (mean over processes): the same decision everywhere
+                    seen = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
+                    if not torch.isfinite(seen):
                         self.optimizer.zero_grad(set_to_none=True)
                         self.skipped += 1
                         nonfinite_in_a_row += 1
@@ -307,7 +323,7 @@ class Trainer:
                 lr = self.lr_scheduler.get_last_lr()[0]
                 self.lr_scheduler.step()
                 self.step += 1
-                self.losses.append(loss.item())
+                self.losses.append(seen.item())
                 bar.advance(1, loss=self.losses[-1], lr=lr)
                 info = StepEnd(self.step, cfg.max_steps, self.losses[-1], lr)
                 for cb in self.callbacks:
@@ -324,8 +340,9 @@ class Trainer:
             self._validated(self.validator.end(self.step))
             if cfg.keep_best:
                 keep_best(self.output, self.validator.best_weights())
+        acc.wait_for_everyone()           # every process returns once the output is complete
         result = TrainResult(self.output, self.step, self.losses, time.time() - started, peak_memory(), files,
-                             self.skipped, self.warnings)
+                             self.skipped, self.warnings, acc.is_main_process)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
@@ -348,14 +365,11 @@ class Trainer:
 
     # ----- checkpoints and weights ----------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
-        if not self.accelerator.is_main_process:
-            return None
-        self.assert_finite()
-        state = {"losses": self.losses, "skipped": self.skipped, "lr_scheduler": self.lr_scheduler.state_dict(),
-                 "stream": self.stream.state_dict(), "noise_gen": self.noise_gen.get_state()}
+        """Every process calls it; the main process writes (the others get None)."""
         with file_operation("write a checkpoint", "--output"):
-            path = ckpt.save_checkpoint(self.output, self.step, self.trainables, self.optimizer, state,
-                                        self.settings(), self.config.keep_checkpoints)
+            path = ckpt.save_run(self)
+        if path is None:
+            return None
         for cb in self.callbacks:
             cb.on_checkpoint(self, CheckpointSaved(self.step, path))
         return path

@@ -1,0 +1,343 @@
+"""Memory preflight: estimate a training run's peak memory before it spends anything, and refuse a
+run that cannot fit with one line naming the cheapest settings that would (``--force`` goes on anyway).
+
+The estimate (:func:`estimate`) is a pure function of the model's sizes (:class:`ModelSizes`, read
+from the loaded pipeline by :func:`model_sizes`), the configuration and the device type:
+
+* weights, each part in the dtype ``Trainer.setup`` keeps it in: trainable weights fp32, a LoRA's
+  frozen base UNet and frozen text encoders in the autocast dtype, the VAE fp32 unless fp16-safe;
+* gradients (fp32), and AdamW's two fp32 states per trainable weight (8-bit Adam: about 2 bytes);
+* activations of the UNet's forward and backward: the bytes each kind of block keeps for the
+  backward pass per element of its input (measured with autograd's saved-tensor hooks; the same
+  for SD1, SD2 and SDXL layouts) x the elements per latent pixel of this UNet's layout
+  (:func:`unet_layout`) x latent pixels x batch (doubled by prior preservation), x a factor for what
+  the backward pass itself holds, calibrated against the measured peaks of real runs
+  (``benchmarks/preflight_check.py``; ``docs/benchmarks.md``). With gradient checkpointing only each
+  block's input is kept, plus one block's activations at a time. Under mixed precision, a full run
+  also keeps a low-precision copy of each trainable weight (autocast's cache);
+* class-image generation (inference with CFG, the VAE decoding at full size) and the VAE encoding a
+  batch: transients that count when they are larger than what training holds at the time;
+* on the CPU, the process itself (Python, torch and the libraries, about half a GiB), because the
+  free memory it is compared with is the system's available memory plus what this process holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import progress
+from ..errors import UserError
+from .config import TrainConfig
+
+GiB = 2 ** 30
+# Bytes autograd keeps per element of a block's input, (resnet, transformer layer, transformer
+# model's own norm/projections), by method and activation width (fp32: 4, bf16/fp16: 2). Measured
+# on SD1, SD1.5 and SDXL layouts (they agree within 5%); a LoRA's frozen weights need fewer inputs.
+SAVED_BYTES = {("full", 4): (19.2, 117.0, 12.0), ("lora", 4): (17.0, 97.0, 10.0),
+               ("full", 2): (10.0, 70.0, 6.0), ("lora", 2): (8.8, 59.0, 5.5)}
+# What a step holds over what autograd keeps (the gradients of activations, temporaries, the
+# allocator's slack), as (factor, constant GiB), by (method, gradient checkpointing): fitted to the
+# measured peak RSS of real runs on the CPU (benchmarks/preflight_check.py; docs/benchmarks.md). The
+# LoRA factor lies between the mid-size SD1's (2.85 alone, 128-512 px) and full-size SD1.5's at
+# 512 px (1.9 alone); the others are the mid-size model's, scaled alike. A full run's gradients
+# reuse memory the activations free as the backward pass goes, hence its lower factor.
+ACTIVATION_FIT = {("lora", False): (2.3, 0.11), ("full", False): (0.75, 0.34),
+                  ("lora", True): (4.0, 0.11), ("full", True): (1.3, 0.34)}
+TEXT_SAVED_PER_TOKEN = 17      # elements a CLIP layer keeps per token and hidden unit
+TEXT_TOKENS = 77
+CPU_RUNTIME = int(0.45 * GiB)  # Python, torch, diffusers, transformers, tokenizers: RSS before any weight
+CUDA_RUNTIME = int(0.25 * GiB) # cuBLAS/cuDNN workspaces and the caching allocator's rounding (not calibrated)
+MIN_RESOLUTION = 256           # lower resolutions are not suggested
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """What the estimate needs to know about a model: parameter counts and the UNet's layout."""
+    family: str
+    unet: int                                # parameters
+    text_encoders: tuple[int, ...]
+    vae: int
+    unet_layout: tuple[float, float, float]  # elements per latent pixel: resnet inputs, transformer layers, transformer models
+    unet_largest_block: float                # fp32 bytes per latent pixel the largest single block keeps
+    unet_base_channels: int
+    lora_per_rank: int                       # LoRA parameters per unit of rank, UNet targets
+    text_lora_per_rank: tuple[int, ...]      # the same for each text encoder
+    text_layers: tuple[tuple[int, int], ...] # (layers, hidden size) of each text encoder
+    vae_fp32: bool                           # the VAE stays fp32 under mixed precision (force_upcast)
+    vae_channels: int                        # the VAE's channels at full resolution
+    vae_scale: int = 8
+    latent_channels: int = 4
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of each part of a run's peak; ``total`` is what the run needs."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    runtime: int
+    device: str
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+
+    def describe(self, what: str = "") -> str:
+        """``about 5.1 GiB peak (weights 3.4, gradients 0.0, ...)``: what ``what`` names, in GiB."""
+        parts = [("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
+                 ("activations", self.activations)]
+        if self.runtime:
+            parts.append(("runtime", self.runtime))
+        return f"about {gib(self.total)} GiB{' ' + what if what else ''} ({', '.join(f'{name} {gib(v)}' for name, v in parts)})"
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f}" if n >= GiB else f"{n / GiB:.2f}"
+
+
+# ----- the model's sizes --------------------------------------------------------------------------
+def _per_block(value, count: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * count
+
+
+def unet_layout(config) -> tuple[tuple[float, float, float], float]:
+    """Elements per latent pixel (per example) entering the UNet's resnets, transformer layers and
+    transformer models, summed over the layout in ``config`` (a UNet2DConditionModel config), and
+    the fp32 bytes per latent pixel the largest single block keeps (one checkpointed unit).
+    Follows diffusers' construction: down blocks, the mid block at the lowest resolution, up blocks
+    taking the skip connections."""
+    ch = list(config["block_out_channels"])
+    levels = len(ch)
+    layers = _per_block(config.get("layers_per_block", 2), levels)
+    depth = _per_block(config.get("transformer_layers_per_block", 1) or 1, levels)
+    res = tr = models = largest = 0.0
+    skips, prev = [ch[0]], ch[0]
+    per_element = SAVED_BYTES[("full", 4)]
+
+    def block(i: int, c_in: int, attn: bool, d: int):
+        nonlocal res, tr, models, largest
+        f = 4.0 ** -i
+        res += c_in * f
+        largest = max(largest, c_in * f * per_element[0])
+        if attn:
+            tr += d * ch[i] * f
+            models += ch[i] * f
+            largest = max(largest, ch[i] * f * (d * per_element[1] + per_element[2]))
+
+    for i, kind in enumerate(config["down_block_types"]):
+        for _ in range(layers[i]):
+            block(i, prev, "CrossAttn" in kind, depth[i])
+            prev = ch[i]
+            skips.append(ch[i])
+        if i < levels - 1:
+            skips.append(ch[i])
+    block(levels - 1, ch[-1], True, depth[-1])          # mid block: resnet, transformer, resnet
+    res += ch[-1] * 4.0 ** -(levels - 1)
+    for k, kind in enumerate(config["up_block_types"]):
+        i = levels - 1 - k
+        for _ in range(layers[::-1][k] + 1):
+            block(i, prev + skips.pop(), "CrossAttn" in kind, depth[::-1][k])
+            prev = ch[i]
+    return (res, tr, models), largest
+
+
+def _lora_per_rank(model, targets) -> int:
+    import torch
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            total += module.in_features + module.out_features
+    return total
+
+
+def model_sizes(pipe, family) -> ModelSizes:
+    """The sizes of a loaded pipeline (``family``: its ``models.families`` adapter)."""
+    from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    layout, largest = unet_layout(pipe.unet.config)
+    vae_cfg = pipe.vae.config
+    encoders = family.text_encoders
+    return ModelSizes(
+        family=family.name, unet=count(pipe.unet), text_encoders=tuple(count(te) for te in encoders),
+        vae=count(pipe.vae), unet_layout=layout, unet_largest_block=largest,
+        unet_base_channels=pipe.unet.config.block_out_channels[0],
+        lora_per_rank=_lora_per_rank(pipe.unet, UNET_TARGETS),
+        text_lora_per_rank=tuple(_lora_per_rank(te, TEXT_ENCODER_TARGETS) for te in encoders),
+        text_layers=tuple((te.config.num_hidden_layers, te.config.hidden_size) for te in encoders),
+        vae_fp32=bool(getattr(vae_cfg, "force_upcast", False)), vae_channels=vae_cfg.block_out_channels[0],
+        vae_scale=getattr(pipe, "vae_scale_factor", 8), latent_channels=vae_cfg.latent_channels)
+
+
+# ----- the estimate ---------------------------------------------------------------------------------
+def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu") -> MemoryEstimate:
+    """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
+    "cuda", "mps"); see the module's notes."""
+    low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
+    full, lora = cfg.method == "full", cfg.method == "lora"
+    train_te = cfg.train_text_encoder
+    te_fp32 = train_te or (full and bool(cfg.identifier_lr))
+    text_grad = train_te or (full and bool(cfg.identifier_lr))         # the text encoder runs with grad
+    te_params = sum(sizes.text_encoders)
+
+    weights = sizes.unet * (4 if full else low) + te_params * (4 if te_fp32 else low)
+    weights += sizes.vae * (4 if sizes.vae_fp32 else low)
+    if full:
+        trainable = sizes.unet + (te_params if train_te else 0)
+    else:
+        trainable = cfg.rank * (sizes.lora_per_rank + (sum(sizes.text_lora_per_rank) if train_te else 0))
+    if lora:
+        weights += trainable * 4        # the adapters, fp32 whatever the base is in
+    gradients = trainable * 4
+    optimizer = trainable * (2 if cfg.use_8bit_adam else 8)
+
+    batch = cfg.batch_size * (2 if cfg.use_prior else 1)
+    side = cfg.resolution // sizes.vae_scale
+    latent_px = side * side
+    saved = SAVED_BYTES[(cfg.method, low)]
+    res, tr, models = sizes.unet_layout
+    if cfg.gradient_checkpointing:      # each block's input, the transformer models' own, one block's recompute
+        kept = low * (res + tr) + saved[2] * models + sizes.unet_largest_block * low / 4
+    else:
+        kept = saved[0] * res + saved[1] * tr + saved[2] * models
+    kept *= latent_px * batch
+    if text_grad:
+        text = sum(layers * hidden for layers, hidden in sizes.text_layers) * TEXT_TOKENS * TEXT_SAVED_PER_TOKEN * low
+        kept += text * batch * (0.25 if cfg.gradient_checkpointing else 1.0)
+    if full and low == 2:               # autocast keeps a low-precision copy of each trainable weight
+        kept += 2 * trainable
+    factor, constant = ACTIVATION_FIT[(cfg.method, cfg.gradient_checkpointing)]
+    act = factor * kept + constant * GiB
+    # Transients of other phases, when larger than what training holds then: class images (the
+    # weights alone; CFG doubles the UNet's batch; the VAE decodes one image at full size) and the
+    # VAE encoding a batch at the start of a step (no gradients then).
+    pixels = cfg.resolution * cfg.resolution
+    vae_width = 4 if sizes.vae_fp32 else low
+    generation = 8 * sizes.vae_channels * pixels * vae_width if cfg.use_prior else 0
+    generation = max(generation, 16 * sizes.unet_base_channels * latent_px * 2 * low if cfg.use_prior else 0)
+    encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
+    activations = int(max(act, generation - gradients - optimizer, encoding - gradients))
+    runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
+    return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device)
+
+
+# ----- the device's free memory and the check ----------------------------------------------------------
+def _meminfo_kib(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def available_memory(device) -> int | None:
+    """Bytes this run may use on ``device``: what is free plus what this process already holds
+    (the model is loaded). CPU: MemAvailable plus this process's anonymous memory (its file-backed
+    pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus this process's
+    reserved memory. None where unknown (the estimate is then only printed)."""
+    import torch
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device))
+    if device.type == "cpu":
+        available = _meminfo_kib("/proc/meminfo", "MemAvailable")
+        held = _meminfo_kib("/proc/self/status", "RssAnon")
+        if held is None:
+            held = _meminfo_kib("/proc/self/status", "VmRSS")
+        return None if available is None else (available + (held or 0)) * 1024
+    return None
+
+
+def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
+    return [r for r in range(cfg.resolution - step, MIN_RESOLUTION - 1, -step)]
+
+
+def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3) -> list[tuple[str, MemoryEstimate]]:
+    """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
+    in order of what they cost (speed first, then fidelity), else those changes combined in that order."""
+    changes: list[tuple[str, dict]] = []
+    if not cfg.gradient_checkpointing:
+        changes.append(("--gradient-checkpointing", {"gradient_checkpointing": True}))
+    if device == "cuda" and not cfg.use_8bit_adam:
+        changes.append(("--use-8bit-adam", {"use_8bit_adam": True}))
+    if cfg.mixed_precision == "no":
+        changes.append(("--mixed-precision bf16", {"mixed_precision": "bf16"}))
+    if cfg.method == "full":
+        changes.append(("--method lora", {"method": "lora"}))
+    found = []
+    for flags, change in changes:
+        est = estimate(sizes, cfg.replace(**change), device)
+        if est.total <= available:
+            found.append((flags, est))
+    # the largest batch, then the largest resolution, that fits
+    for size in range(cfg.batch_size - 1, 0, -1):
+        est = estimate(sizes, cfg.replace(batch_size=size), device)
+        if est.total <= available:
+            found.append((f"--batch-size {size}", est))
+            break
+    step = sizes.vae_scale * 8
+    for res in _lower_resolutions(cfg, step):
+        est = estimate(sizes, cfg.replace(resolution=res), device)
+        if est.total <= available:
+            found.append((f"--resolution {res}", est))
+            break
+    if found:
+        return found[:limit]
+    if cfg.batch_size > 1:
+        changes.append(("--batch-size 1", {"batch_size": 1}))
+    flags, combined = [], cfg
+    for flag, change in changes:
+        flags.append(flag)
+        combined = combined.replace(**change)
+        est = estimate(sizes, combined, device)
+        if est.total <= available:
+            return [(" ".join(flags), est)]
+    for res in _lower_resolutions(combined, step):
+        est = estimate(sizes, combined.replace(resolution=res), device)
+        if est.total <= available:
+            return [(" ".join(flags + [f"--resolution {res}"]), est)]
+    return []
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """A run's estimate against the device's free memory (None: unknown)."""
+    estimate: MemoryEstimate
+    available: int | None
+
+    def report(self) -> None:
+        """The estimate as one progress message (a warning when it does not fit: ``--force``)."""
+        est, available = self.estimate, self.available
+        if available is None:
+            progress.message(f"memory preflight: {est.describe('peak')}")
+        elif est.total <= available:
+            progress.message(f"memory preflight: {est.describe('peak')}; {gib(available)} GiB free on {est.device}")
+        else:
+            progress.warn(f"memory preflight: {est.describe('peak')}, more than the {gib(available)} GiB free on "
+                          f"{est.device}; going on (--force)")
+
+
+def preflight(pipe, family, cfg: TrainConfig, device) -> Preflight:
+    """Estimate this run's peak memory; raise a one-line UserError when it exceeds the device's free
+    memory, naming the cheapest settings that would fit, unless ``cfg.force``. Prints nothing:
+    ``report()`` does, once the run is past the checks that need no memory."""
+    import torch
+    kind = torch.device(device).type
+    sizes = model_sizes(pipe, family)
+    est = estimate(sizes, cfg, kind)
+    available = available_memory(device)
+    if available is None or est.total <= available or cfg.force:
+        return Preflight(est, available)
+    found = fixes(sizes, cfg, kind, available)
+    if found:
+        advice = "settings that fit: " + ", ".join(f"{flags} (about {gib(e.total)} GiB)" for flags, e in found)
+    else:
+        advice = "no setting here fits; free memory or use a smaller model"
+    raise UserError(f"memory preflight: this run needs {est.describe()} but {gib(available)} GiB is free on "
+                    f"{kind}; {advice}; or --force to start anyway")

@@ -1,0 +1,267 @@
+"""Training on several processes (``accelerate launch``) and exact resume (issue 30, item 6).
+
+Real runs of ``dreambooth train`` on the toy model (32 px), two processes on the CPU over gloo,
+started the way users start them: ``accelerate launch --config_file configs/accelerate/multi-gpu.yaml
+--num_processes 2`` (the shipped DDP config; accelerate's ``--cpu`` launcher would start one process,
+the multi-GPU one starts torchrun, and the trainer itself picks the CPU and gloo). Each run is a fresh
+process, so nothing that lives in a process's globals can make a resume look exact when it is not.
+
+* two processes x batch 1 train on what one process x batch 2 trains on: the same class images
+  (each process made half of them), per-step losses within a relative 1e-5 (measured: 2e-7, float
+  reduction order) and weights within 1e-4 (measured: 6e-6); with the text encoder called around
+  its DDP wrapper the text encoder alone differs by 5e-2 and the losses by 4%;
+* a two-process run killed (SIGKILL, no clean-up) after a checkpoint and resumed on two processes
+  ends bit for bit where the uninterrupted one does, losses included;
+* one process, killed with ``kill -9`` from outside while it runs, resumes bit for bit (LoRA on
+  the UNet and the text encoder, LoRA dropout, the toy backdrops, prior preservation).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dreambooth.models import TOY_MODEL_DIR
+from dreambooth.training.config import PRESET_DIR
+
+pytestmark = pytest.mark.skipif(not (TOY_MODEL_DIR / "model_index.json").exists(),
+                                reason="the toy model's weights are not in this checkout")
+
+ACCELERATE_CONFIG = PRESET_DIR / "accelerate" / "multi-gpu.yaml"     # configs/accelerate/multi-gpu.yaml
+LOSS_RTOL = 1e-5        # 2 processes x batch 1 against 1 process x batch 2: per-step losses
+WEIGHT_ATOL = 1e-4      # ... and the final weights
+TIMEOUT = 240
+
+# The toy preset (full fine-tuning, text encoder with the identifier's offset, caption dropout, the
+# recoloured backdrops) with prior preservation, small.
+TOY = ["--model", "toy", "--instance-prompt", "a sks square", "--class-prompt", "a square",
+       "--num-class-images", "4", "--class-steps", "2", "--max-steps", "8", "--checkpoint-every", "3"]
+
+# Killed with SIGKILL in process 0 right after the step given by DIE_AT_STEP (the launcher then ends
+# the other process): a kill -9 at a known point, after a checkpoint and before the end.
+DIE = """
+import os, signal, sys
+from dreambooth.cli import train as train_cli
+from dreambooth.training.callbacks import TrainingCallback
+
+class Die(TrainingCallback):
+    def on_step_end(self, run, step):
+        if step.step == int(os.environ["DIE_AT_STEP"]) and run.accelerator.is_main_process:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+real = train_cli.train
+train_cli.train = lambda config, callbacks=(), transforms=(): real(config, [*callbacks, Die()], transforms)
+from dreambooth.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DREAMBOOTH_NO_PROGRESS="1", PYTHONUNBUFFERED="1",
+               HF_HOME=str(tmp / "hf-home"), **extra)   # no accelerate config of the user's
+    env.pop("RANK", None)
+    return env
+
+
+def _command(processes: int, script: Path | None = None) -> list[str]:
+    target = [str(script)] if script else ["-m", "dreambooth"]
+    if processes == 1:
+        return [sys.executable, *target]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+            "--num_processes", str(processes), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(_free_port()), *target]
+
+
+def train(tmp: Path, processes: int, *args, script: Path | None = None, env: dict | None = None,
+          check: bool = True) -> subprocess.CompletedProcess:
+    run = subprocess.run([*_command(processes, script), "train", *map(str, args)], env=_env(tmp, **(env or {})),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    if check:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def weights(output: Path) -> dict[str, torch.Tensor]:
+    """Every tensor the output holds: a LoRA file, or the pipeline folder's components."""
+    lora = output / "pytorch_lora_weights.safetensors"
+    if lora.exists():
+        return load_file(str(lora))
+    return {f"{f.parent.name}.{k}": v for f in sorted(output.glob("*/*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def losses(output: Path) -> list[float]:
+    return json.loads((output / "training_args.json").read_text())["losses"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    from dreambooth.toy.demo import write_instance_images
+    from dreambooth.toy.world import DEMO_SUBJECT
+    folder = tmp_path_factory.mktemp("photos")
+    write_instance_images(DEMO_SUBJECT, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, photos):
+    """The toy preset on 2 processes x batch 1, uninterrupted."""
+    tmp = tmp_path_factory.mktemp("two")
+    run = train(tmp, 2, *TOY, "--batch-size", "1", "--instance-dir", photos, "--output", tmp / "out")
+    return tmp / "out", run.stdout + run.stderr
+
+
+def test_two_processes_write_one_output_and_split_the_class_images(two):
+    out, log = two
+    # each process made its half of the missing class images ...
+    assert "class images: process 0 of 2 makes 2 of the 4 missing" in log, log
+    assert "class images: process 1 of 2 makes 2 of the 4 missing" in log, log
+    assert sorted(p.name for p in (out / "class_images").iterdir()) == [f"class-0000{i}.png" for i in range(4)]
+    # ... and one process wrote the output: one summary, one model, nothing half-written
+    assert log.count("trained 8 steps") == 1, log
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "class_images", "model_index.json", "scheduler",
+                                                     "text_encoder", "tokenizer", "training_args.json", "unet", "vae"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000003", "checkpoint-000006"]
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["num_processes"] == 2 and args["global_batch_size"] == 2 and len(args["losses"]) == 8
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]        # no temporary files left
+
+
+def test_two_processes_by_one_match_one_process_by_two(two, photos, tmp_path):
+    out2, _ = two
+    out1 = tmp_path / "out"
+    train(tmp_path, 1, *TOY, "--batch-size", "2", "--instance-dir", photos, "--output", out1)
+    # the same class images whatever the number of processes (image i: seed + i)
+    for i in range(4):
+        name = f"class-0000{i}.png"
+        assert np.array_equal(np.asarray(Image.open(out1 / "class_images" / name)),
+                              np.asarray(Image.open(out2 / "class_images" / name))), name
+    # the same examples, noise and timesteps: the losses and weights agree up to float reduction order
+    a, b = losses(out1), losses(out2)
+    assert len(a) == len(b) == 8
+    assert np.allclose(a, b, rtol=LOSS_RTOL, atol=0), (a, b)
+    wa, wb = weights(out1), weights(out2)
+    assert wa.keys() == wb.keys() and any(k.startswith("text_encoder.") for k in wa)
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst < WEIGHT_ATOL, worst
+    # and training moved the text encoder (its gradients were synced, not absent)
+    base = weights(TOY_MODEL_DIR)
+    assert any(not torch.equal(base[k], wb[k]) for k in wb if k.startswith("text_encoder."))
+
+
+def test_two_processes_killed_and_resumed_end_bit_for_bit(two, photos, tmp_path):
+    straight, _ = two
+    out, die = tmp_path / "out", tmp_path / "die.py"
+    die.write_text(DIE)
+    common = [*TOY, "--batch-size", "1", "--instance-dir", photos, "--class-dir", straight / "class_images",
+              "--output", out]
+    killed = train(tmp_path, 2, *common, script=die, env={"DIE_AT_STEP": "5"}, check=False)
+    assert killed.returncode != 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-000003"]
+    assert not (out / "model_index.json").exists()
+    resumed = train(tmp_path, 2, *common, "--resume", "latest")
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert losses(out) == losses(straight)
+    a, b = weights(straight), weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_process_kill_9_resumes_bit_for_bit(photos, tmp_path):
+    """A LoRA on the UNet and the text encoder with LoRA dropout (torch's global RNG), the toy
+    backdrops (pictures made per step, latents encoded per step) and prior preservation."""
+    common = ["--model", "toy", "--method", "lora", "--train-text-encoder", "--lora-dropout", "0.1",
+              "--instance-dir", photos, "--instance-prompt", "a sks square", "--class-prompt", "a square",
+              "--num-class-images", "2", "--class-steps", "2", "--class-dir", tmp_path / "class",
+              "--checkpoint-every", "4", "--keep-checkpoints", "0", "--max-steps", "16"]
+    train(tmp_path, 1, *common, "--output", tmp_path / "straight")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*_command(1), "train", *map(str, common), "--output", str(out)], env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not (out / "checkpoints" / "checkpoint-000004").is_dir():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "pytorch_lora_weights.safetensors").exists(), "killed too late: the run had finished"
+    train(tmp_path, 1, *common, "--output", out, "--resume", "latest")
+    assert losses(out) == losses(tmp_path / "straight")
+    a, b = weights(tmp_path / "straight"), weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----- the parts, in this process ------------------------------------------------------------------
+
+def test_each_process_takes_its_slice_of_one_global_batch(photos):
+    from dreambooth.training.data import ExampleStream, load_examples
+    instance = load_examples(photos, "a sks square", 32)
+    prior = instance[:3]
+    make = lambda batch, shard: ExampleStream(instance, prior, batch, 32, False, True, 5, 0.5, (), shard)  # noqa: E731
+    whole, shards = make(2, (0, 1)), [make(1, (0, 2)), make(1, (1, 2))]
+    for _ in range(7):
+        batch, parts = whole.next_batch(), [s.next_batch() for s in shards]
+        assert parts[0].rows == [0, 2] and parts[1].rows == [1, 3] and parts[0].global_size == 4
+        for part in parts:
+            assert torch.equal(part.pixels, batch.pixels[part.rows])
+            assert part.prompts == [batch.prompts[r] for r in part.rows]
+            assert part.is_prior.tolist() == [False, True]
+    assert all(torch.equal(whole.gen.get_state(), s.gen.get_state()) for s in shards)   # one state resumes all
+
+
+def test_a_checkpoint_restores_each_process_its_own_global_rng(tmp_path):
+    from dreambooth.training import checkpoint as ckpt
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(ckpt.rng_state())
+    settings = {k: None for k in ckpt.SHAPE_SETTINGS}
+    path = ckpt.save_checkpoint(tmp_path, 3, {"unet": model}, optimizer, {"rng_per_process": states}, settings, 0)
+    expected = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        expected[seed] = torch.rand(4)
+    ckpt.load_checkpoint(path, {"unet": model}, optimizer, settings, process=(1, 2))
+    assert torch.equal(torch.rand(4), expected[2])
+    ckpt.load_checkpoint(path, {"unet": model}, optimizer, settings, process=(0, 2))
+    assert torch.equal(torch.rand(4), expected[1])
+
+
+def test_the_shipped_accelerate_config_is_ddp_and_parses():
+    from accelerate.commands.config.config_args import load_config_from_file
+    config = load_config_from_file(str(ACCELERATE_CONFIG))
+    assert config.distributed_type.name == "MULTI_GPU" and config.num_machines == 1 and not config.use_cpu
+
+
+@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_training_is_refused_before_anything_is_written(photos, tmp_path, monkeypatch, env):
+    from dreambooth.errors import UserError
+    from dreambooth.training.config import build_config
+    from dreambooth.training.trainer import Trainer
+    monkeypatch.setenv(env, "true")
+    cfg = build_config(None, dict(model="toy", instance_dir=str(photos), instance_prompt="a sks square",
+                                  output=str(tmp_path / "out")))
+    with pytest.raises(UserError, match="does not shard weights"):
+        Trainer(cfg).setup()
+    assert not (tmp_path / "out").exists()

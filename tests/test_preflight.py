@@ -1,0 +1,153 @@
+"""The memory preflight: the estimate moves the right way with each setting, matches the measured
+peaks it was calibrated on, is printed before training, and a run that cannot fit stops with one
+line naming a fix before anything is written (``--force`` goes on)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli
+from dreambooth import progress
+from dreambooth.training import preflight as pf
+from dreambooth.training.config import TrainConfig
+
+# Published UNet layouts (configs only; no weights involved).
+SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+MID_UNET = dict(SD15_UNET, block_out_channels=(128, 256, 512, 512))
+SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+
+
+def mid_sizes() -> pf.ModelSizes:
+    """The mid-size SD1 of benchmarks/train_step.py (build_mid), as model_sizes reads it."""
+    layout, largest = pf.unet_layout(MID_UNET)
+    return pf.ModelSizes(family="sd1", unet=142_236_036, text_encoders=(85_425_408,), vae=83_653_863,
+                         unet_layout=layout, unet_largest_block=largest, unet_base_channels=128,
+                         lora_per_rank=94_464, text_lora_per_rank=(73_728,), text_layers=((12, 768),),
+                         vae_fp32=True, vae_channels=128)
+
+
+def sd15_sizes() -> pf.ModelSizes:
+    """Full-size SD1.5 (benchmarks/train_step.py's build_full; its test tokenizer's small vocabulary)."""
+    layout, largest = pf.unet_layout(SD15_UNET)
+    return pf.ModelSizes(family="sd1", unet=859_520_964, text_encoders=(85_425_408,), vae=83_653_863,
+                         unet_layout=layout, unet_largest_block=largest, unet_base_channels=320,
+                         lora_per_rank=199_296, text_lora_per_rank=(73_728,), text_layers=((12, 768),),
+                         vae_fp32=True, vae_channels=128)
+
+
+def config(**changes) -> TrainConfig:
+    base = dict(model="m", instance_dir="i", instance_prompt="a sks dog", class_prompt="a dog", output="o",
+                resolution=512, method="full", train_text_encoder=True)
+    return TrainConfig(**{**base, **changes}).resolve_defaults(512)
+
+
+def test_layout_counts_what_enters_each_block():
+    # elements per latent pixel entering the resnets and transformer layers, as autograd's hooks saw
+    # them in diffusers' own UNets (benchmarks/preflight_check.py --layouts)
+    assert pf.unet_layout(SD15_UNET)[0] == (4920.0, 2820.0, 2820.0)
+    assert pf.unet_layout(MID_UNET)[0] == (1968.0, 1128.0, 1128.0)
+    half_xl = dict(SDXL_UNET, block_out_channels=(160, 320, 640))
+    assert pf.unet_layout(half_xl)[0] == (2440.0, 3200.0, 640.0)
+
+
+def test_estimate_moves_the_right_way_with_each_setting():
+    sizes = mid_sizes()
+
+    def total(**changes) -> int:
+        return pf.estimate(sizes, config(**changes), "cpu").total
+
+    base = total()
+    assert total(resolution=768) > base > total(resolution=256)
+    assert total(batch_size=2) > base
+    assert total(class_prompt=None) < base                     # prior preservation doubles the batch
+    assert total(gradient_checkpointing=True) < base
+    assert total(method="lora") < base
+    assert total(method="lora", rank=64) > total(method="lora", rank=4)
+    assert total(train_text_encoder=False) < base
+    assert total(mixed_precision="bf16", method="lora") < total(method="lora")
+    assert pf.estimate(sizes, config(use_8bit_adam=True), "cuda").optimizer < pf.estimate(sizes, config(), "cuda").optimizer
+    parts = pf.estimate(sizes, config(), "cpu")
+    assert parts.optimizer == 2 * parts.gradients == 8 * (sizes.unet + sizes.text_encoders[0])
+
+
+LORA = dict(method="lora", train_text_encoder=False)
+
+
+@pytest.mark.parametrize("changes, measured_gib", [
+    (dict(LORA), 1.87), (dict(LORA, mixed_precision="bf16"), 1.59), (dict(), 4.57), (dict(mixed_precision="bf16"), 4.62),
+    (dict(LORA, resolution=512), 5.07), (dict(LORA, resolution=512, mixed_precision="bf16"), 2.95),
+    (dict(LORA, resolution=512, gradient_checkpointing=True), 3.25), (dict(resolution=512), 5.80),
+    (dict(resolution=512, mixed_precision="bf16"), 5.37), (dict(resolution=512, gradient_checkpointing=True), 5.02),
+])
+def test_estimate_is_within_a_quarter_of_the_measured_peak(changes, measured_gib):
+    # peak RSS of `dreambooth train` on the mid-size SD1 (full runs train the text encoder), prior
+    # preservation, 128 px unless said, 2 CPUs (benchmarks/preflight_check.py; docs/benchmarks.md)
+    estimated = pf.estimate(mid_sizes(), config(**{"resolution": 128, **changes}), "cpu").total / pf.GiB
+    assert 0.75 <= estimated / measured_gib <= 1.25, (estimated, measured_gib)
+
+
+def test_estimate_holds_on_full_size_sd15():
+    # SD1.5 LoRA fp32, 512 px, prior preservation: 10.14 GiB measured (benchmarks/preflight_check.py --sd15)
+    estimated = pf.estimate(sd15_sizes(), config(**LORA), "cpu").total / pf.GiB
+    assert 0.75 <= estimated / 10.14 <= 1.25, estimated
+
+
+def tiny_run(tiny_sd1, photos, out, *extra):
+    return run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, "--instance-prompt", "a photo of sks dog",
+                   "--class-prompt", "a photo of dog", "--num-class-images", "1", "--class-steps", "1",
+                   "--method", "full", "--resolution", "32", "--max-steps", "1", "--output", out, *extra)
+
+
+@pytest.fixture
+def tight_memory(monkeypatch):
+    """Free memory one byte short of what the run needs: the preflight must refuse it."""
+    seen = {}
+
+    def estimate(sizes, cfg, device="cpu"):
+        result = real(sizes, cfg, device)
+        seen.setdefault("first", result.total)     # the run's own estimate comes first
+        return result
+
+    real = pf.estimate
+    monkeypatch.setattr(pf, "estimate", estimate)
+    monkeypatch.setattr(pf, "available_memory", lambda device: seen["first"] - 1)
+    return seen
+
+
+def test_a_run_that_cannot_fit_stops_with_one_line_naming_the_fix(tiny_sd1, dog_photos, tmp_path, tight_memory):
+    out = tmp_path / "out"
+    code, _, err = tiny_run(tiny_sd1, dog_photos, out)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: memory preflight: this run needs about")
+    assert "--gradient-checkpointing (about" in lines[0] and "--force" in lines[0]
+    assert not out.exists()                  # no class images, no folder: nothing was written
+
+
+def test_force_starts_anyway_and_the_estimate_is_printed(tiny_sd1, dog_photos, tmp_path, tight_memory):
+    out = tmp_path / "out"
+    messages = []
+    with progress.subscribed(lambda e: messages.append(e.message) if e.kind == "message" else None):
+        code, _, err = tiny_run(tiny_sd1, dog_photos, out, "--force")
+    assert code == 0, err
+    assert (out / "model_index.json").is_file()
+    shown = [m for m in messages if m.startswith("memory preflight:")]
+    assert len(shown) == 1
+    assert f"about {pf.gib(tight_memory['first'])} GiB peak (weights" in shown[0]
+    assert "free on cpu; going on (--force)" in shown[0]
+
+
+def test_the_estimate_is_printed_before_training(tiny_sd1, dog_photos, tmp_path):
+    events = []
+    with progress.subscribed(events.append):
+        code, _, err = tiny_run(tiny_sd1, dog_photos, tmp_path / "out")
+    assert code == 0, err
+    kinds = [(e.kind, e.task, e.message) for e in events]
+    shown = [i for i, (kind, _, text) in enumerate(kinds) if kind == "message" and text.startswith("memory preflight: about")]
+    assert len(shown) == 1 and "GiB free on cpu" in kinds[shown[0]][2]
+    first_task = next(i for i, (kind, _, _) in enumerate(kinds) if kind == "start")
+    assert shown[0] < first_task            # before the class images and the training loop
