@@ -107,8 +107,10 @@ def layouts() -> None:
                         stack.append(kind)
                         x = args[0] if args else kwargs.get("hidden_states")
                         inputs[kind] += x.numel()
+                    def leave(*_):
+                        stack.pop()              # returns None: the module's output stays as it is
                     module.register_forward_pre_hook(enter, with_kwargs=True)
-                    module.register_forward_hook(lambda *a: stack.pop())
+                    module.register_forward_hook(leave)
             params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
 
             def pack(t):
