@@ -233,17 +233,17 @@ class Trainer:
         if self.config.cache_latents:
             keys = batch.cache_keys or [None] * len(batch.indices)
             fresh = [j for j, key in enumerate(keys) if key is None]
-            groups = ([fresh] if fresh else []) + [[j] for j, key in enumerate(keys)
-                                                   if key is not None and key not in self._latent_cache]
-            encoded = {}
-            for group in groups:
+            missing = {key: j for j, key in enumerate(keys)                      # a picture twice in a
+                       if key is not None and key not in self._latent_cache}   # batch: encoded once
+            got = {}                     # by key, or by position for the pictures of this step alone
+            for group in ([fresh] if fresh else []) + [[j] for j in missing.values()]:
                 with torch.no_grad():
                     dist = vae.encode(batch.pixels[group].to(self.device, vae.dtype)).latent_dist
                 for k, j in enumerate(group):
-                    encoded[j] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
-                    if keys[j] is not None and len(self._latent_cache) < LATENT_CACHE_ENTRIES:
-                        self._latent_cache[keys[j]] = encoded[j]
-            pairs = [encoded[j] if j in encoded else self._latent_cache[key] for j, key in enumerate(keys)]
+                    got[j if keys[j] is None else keys[j]] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
+            for key in list(missing)[:max(0, LATENT_CACHE_ENTRIES - len(self._latent_cache))]:
+                self._latent_cache[key] = got[key]
+            pairs = [got.get(j if key is None else key) or self._latent_cache[key] for j, key in enumerate(keys)]
             mean = torch.cat([m for m, _ in pairs])
             std = torch.cat([s for _, s in pairs])
         else:
