@@ -2,7 +2,8 @@
 
     python benchmarks/side_by_side.py                       # the CPU cases (about 40 min on 2 cores)
     python benchmarks/side_by_side.py --cases mid           # the mid-size SD1 cases only (about 10 min)
-    python benchmarks/side_by_side.py --cases gpu           # on a GPU: full-size SD1.5 and SDXL
+    python benchmarks/side_by_side.py --cases gpu           # on a GPU: full-size SD1.5 and SDXL (about 15 min)
+    python benchmarks/side_by_side.py --cases gpu --tiny    # the same commands on tiny models: a dry run, any machine
 
 Each case runs `dreambooth train` and the peer script (`train_dreambooth.py`, `train_dreambooth_lora.py`,
 `train_dreambooth_lora_sdxl.py`, from ``--peers``: the diffusers copies in ../shared/peers) on the same
@@ -11,8 +12,10 @@ class images (so neither generates any), prior preservation, batch 1, one after 
 s/step = (wall(N2 steps) - wall(N1 steps)) / (N2 - N1), so loading and saving cancel out. Peak memory is
 the process's peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on a GPU (benchmarks/measured.py
 wraps both sides alike). The generation case compares `dreambooth generate` with diffusers'
-StableDiffusionPipeline (benchmarks/diffusers_generate.py) per batch. Prints a markdown table for
-docs/benchmarks.md.
+StableDiffusionPipeline (benchmarks/diffusers_generate.py) per batch. An end-to-end case runs each side once,
+class images made by it included, and reports the wall. A failed run is reported and the rest go on;
+``--budget`` skips the cases that would not fit in the seconds left. Prints a markdown table for
+docs/benchmarks.md and writes results.json under --work.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from train_step import build_full, build_mid  # noqa: E402
 
-BUILDERS = {"mid": build_mid, "sd15": lambda d: build_full("sd1", d), "sdxl": lambda d: build_full("sdxl", d)}
+BUILDERS = {"mid": build_mid, "sd15": lambda d: build_full("sd1", d), "sdxl": lambda d: build_full("sdxl", d),
+            "tiny-sd1": lambda d: _tiny("sd1", d), "tiny-sdxl": lambda d: _tiny("sdxl", d)}
+
+
+def _tiny(family: str, directory: Path) -> None:
+    from dreambooth.testing.tiny import save_tiny
+    save_tiny(family, directory)
 PEER_SCRIPT = {"full": "train_dreambooth.py", "lora": "train_dreambooth_lora.py", "sdxl-lora": "train_dreambooth_lora_sdxl.py"}
 
 
@@ -49,6 +58,9 @@ class Case:
     steps: tuple[int, int] = (2, 10)
     note: str = ""
     ours_extra: list[str] = field(default_factory=list)
+    e2e: int = 0                     # > 0: one end-to-end run of steps[1] steps that makes this many class images
+    peer: bool = True                # False: ours alone (no peer script applies)
+    estimate: float = 60.0           # seconds both sides take where the case is meant to run (for --budget)
 
 
 CPU_MID = [
@@ -62,12 +74,19 @@ CPU_FULL = [
     Case("SD1.5 LoRA rank 4, 512 px, bf16", "sd15", precision="bf16", resolution=512, steps=(1, 3)),
 ]
 CPU_GENERATE = [Case("generate mid 256 px, Euler a 20 steps, CFG 7, batch 4", "mid", "generate", resolution=256, steps=(1, 2))]
+# In order of importance: --budget drops the last ones first.
 GPU = [
-    Case("SD1.5 LoRA rank 4, 512 px, bf16", "sd15", precision="bf16", resolution=512, steps=(20, 120)),
-    Case("SD1.5 full + text encoder, 512 px, bf16", "sd15", "full", te=True, precision="bf16", resolution=512, steps=(10, 60)),
-    Case("SDXL LoRA rank 4, 1024 px, bf16", "sdxl", precision="bf16", resolution=1024, steps=(10, 60),
-         ours_extra=["--gradient-checkpointing"]),
-    Case("generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4", "sd15", "generate", resolution=512, steps=(2, 6)),
+    Case("SD1.5 LoRA rank 4, 512 px, bf16", "sd15", precision="bf16", resolution=512, steps=(20, 170), estimate=100),
+    Case("SDXL LoRA rank 4, 1024 px, bf16, checkpointing", "sdxl", precision="bf16", resolution=1024, steps=(10, 60),
+         ours_extra=["--gradient-checkpointing"], estimate=150),
+    Case("SD1.5 full + text encoder, 512 px, bf16, 400 steps and 100 class images end to end", "sd15", "full", te=True,
+         precision="bf16", resolution=512, steps=(0, 400), e2e=100, peer=False, estimate=110),
+    Case("generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16", "sd15", "generate", resolution=512,
+         steps=(2, 12), estimate=60),
+    Case("SD1.5 full + text encoder, 512 px, bf16", "sd15", "full", te=True, precision="bf16", resolution=512,
+         steps=(10, 60), estimate=110),
+    Case("SDXL full, 1024 px, bf16, checkpointing, 8-bit Adam", "sdxl", "full", precision="bf16", resolution=1024,
+         steps=(2, 6), peer=False, ours_extra=["--gradient-checkpointing", "--use-8bit-adam"], estimate=80),
 ]
 SETS = {"mid": CPU_MID, "sd15": CPU_FULL, "generate": CPU_GENERATE, "cpu": CPU_MID + CPU_FULL + CPU_GENERATE, "gpu": GPU}
 
@@ -84,21 +103,29 @@ def photos(directory: Path, size: int, count: int) -> Path:
     return directory
 
 
-def run(command: list[str], report: Path, log: Path, env: dict) -> tuple[float, float]:
-    """Wall seconds and peak GiB of one wrapped run; a failed run stops the benchmark with its log's tail."""
+class RunFailed(Exception):
+    pass
+
+
+def run(command: list[str], report: Path, log: Path, env: dict, timeout: float | None = None) -> tuple[float, float]:
+    """Wall seconds and peak GiB of one wrapped run; RunFailed (with its log's tail) if it fails or times out."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.call([sys.executable, str(HERE / "measured.py"), str(report), *command],
-                               stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = subprocess.call([sys.executable, str(HERE / "measured.py"), str(report), *command],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = f"timed out after {timeout:.0f} s"
     wall = time.perf_counter() - start
     if code != 0:
-        sys.exit(f"failed ({code}): {' '.join(command)}\n--- {log}:\n" + log.read_text()[-3000:])
+        raise RunFailed(f"failed ({code}): {' '.join(command)}\n--- {log}:\n" + log.read_text()[-3000:])
     figures = json.loads(report.read_text())
     return wall, figures["cuda_gib"] if figures["cuda_gib"] is not None else figures["rss_gib"]
 
 
-def commands(case: Case, model: Path, work: Path, steps: int, peers: Path) -> tuple[list[str], list[str]]:
-    """(ours, peer) command lines of ``case`` at ``steps`` (training steps, or batches when generating)."""
+def commands(case: Case, model: Path, work: Path, steps: int, peers: Path, side: str = "ours") -> tuple[list[str], list[str]]:
+    """(ours, peer) command lines of ``case`` at ``steps`` (training steps, or batches when generating);
+    ``side``: the one about to run (an end-to-end case empties its class-image folder)."""
     if case.method == "generate":
         ours = ["-m", "dreambooth.cli.main", "generate", "--model", str(model), "--prompt", "a photo of a dog",
                 "--sampler", "Euler a", "--steps", "20", "--cfg", "7", "--seed", "0", "--width", str(case.resolution),
@@ -106,50 +133,72 @@ def commands(case: Case, model: Path, work: Path, steps: int, peers: Path) -> tu
                 "--output", str(work / "generated"), *case.ours_extra]
         peer = [str(HERE / "diffusers_generate.py"), str(model), "--size", str(case.resolution), "--steps", "20",
                 "--cfg", "7", "--batch-size", "4", "--batches", str(steps)]
+        if gpu():                    # ours generates in fp16 on CUDA; so does a diffusers user
+            peer += ["--dtype", "fp16"]
         return ours, peer
     instance = photos(work / "photos", 768, 4)
-    klass = photos(work / f"class-{case.resolution}", case.resolution, 4)
+    classes = case.e2e or 4
+    if case.e2e:                     # an empty folder: each side makes its own class images
+        klass = work / f"class-made-{side}"
+        subprocess.call(["rm", "-rf", str(klass)])
+    else:
+        klass = photos(work / f"class-{case.resolution}", case.resolution, 4)
     lr = "5e-6" if case.method == "full" else "1e-4"
     ours = ["-m", "dreambooth.cli.main", "train", "--model", str(model), "--instance-dir", str(instance),
             "--instance-prompt", "a photo of sks dog", "--class-prompt", "a photo of dog", "--class-dir", str(klass),
-            "--num-class-images", "4", "--resolution", str(case.resolution), "--batch-size", "1",
+            "--num-class-images", str(classes), "--resolution", str(case.resolution), "--batch-size", "1",
             "--max-steps", str(steps), "--method", case.method, "--rank", "4", "--learning-rate", lr,
             "--mixed-precision", case.precision, "--seed", "0", "--output", str(work / "ours-out"), "--overwrite",
             "--no-export-kohya", "--train-text-encoder" if case.te else "--no-train-text-encoder", *case.ours_extra]
-    script = PEER_SCRIPT["sdxl-lora" if case.model == "sdxl" else case.method]
+    script = PEER_SCRIPT["sdxl-lora" if case.model.endswith("sdxl") else case.method]
     peer = [str(peers / "run_peer.py"), str(peers / script), "--pretrained_model_name_or_path", str(model),
             "--instance_data_dir", str(instance), "--instance_prompt", "a photo of sks dog",
             "--class_data_dir", str(klass), "--class_prompt", "a photo of dog", "--with_prior_preservation",
-            "--num_class_images", "4", "--resolution", str(case.resolution), "--train_batch_size", "1",
+            "--num_class_images", str(classes), "--resolution", str(case.resolution), "--train_batch_size", "1",
             "--max_train_steps", str(steps), "--learning_rate", lr, "--mixed_precision", case.precision,
             "--seed", "0", "--output_dir", str(work / "peer-out")]
     if case.method == "lora":
         peer += ["--rank", "4"]
     if case.te:
         peer += ["--train_text_encoder"]
-    if case.model == "sdxl" and "--gradient-checkpointing" in case.ours_extra:
+    if "--gradient-checkpointing" in case.ours_extra:
         peer += ["--gradient_checkpointing"]
     return ours, peer
 
 
-def measure(case: Case, work: Path, peers: Path, env: dict) -> dict:
+def gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float) -> dict:
+    """{side: {"per": s/step (s/batch; end to end: wall s), "peak": GiB}} or {side: {"error": text}}."""
     model = work / f"model-{case.model}"
     if not (model / "model_index.json").exists():
         print(f"  building {model} (random weights) ...", flush=True)
         BUILDERS[case.model](model)
+    for weights in model.rglob("*.safetensors"):      # warm the page cache: the first run must not pay for disk
+        with open(weights, "rb") as f:
+            while f.read(1 << 26):
+                pass
     figures = {}
-    for side in ("ours", "peer"):
+    for side in ("ours", "peer") if case.peer else ("ours",):
         walls, peak = [], 0.0
-        for steps in case.steps:
-            command = commands(case, model, work, steps, peers)[side == "peer"]
-            tag = f"{side}-{case.name.replace(' ', '_').replace(',', '').replace('+', '')}-{steps}"
-            wall, gib = run(command, work / f"{tag}.json", work / f"{tag}.log", env)
-            walls.append(wall)
-            peak = max(peak, gib)
-        per = (walls[1] - walls[0]) / (case.steps[1] - case.steps[0])
+        try:
+            for steps in case.steps[1:] if case.e2e else case.steps:
+                command = commands(case, model, work, steps, peers, side)[side == "peer"]
+                tag = f"{side}-{case.name.replace(' ', '_').replace(',', '').replace('+', '')}-{steps}"
+                wall, gib = run(command, work / f"{tag}.json", work / f"{tag}.log", env, max(10.0, deadline - time.time()))
+                walls.append(wall)
+                peak = max(peak, gib)
+        except RunFailed as exc:
+            figures[side] = {"error": str(exc)}
+            print(f"  {side}: {exc}", flush=True)
+            continue
+        per = walls[0] if case.e2e else (walls[1] - walls[0]) / (case.steps[1] - case.steps[0])
         figures[side] = {"per": per, "peak": peak}
-        print(f"  {side}: {per:.3f} s/{'batch' if case.method == 'generate' else 'step'}, peak {peak:.2f} GiB "
-              f"(walls {', '.join(f'{w:.1f}' for w in walls)} s)", flush=True)
+        unit = "s end to end" if case.e2e else f"s/{'batch' if case.method == 'generate' else 'step'}"
+        print(f"  {side}: {per:.3f} {unit}, peak {peak:.2f} GiB (walls {', '.join(f'{w:.1f}' for w in walls)} s)", flush=True)
     return figures
 
 
@@ -166,38 +215,58 @@ def main() -> None:
     ap.add_argument("--peers", default=str(HERE.parent.parent / "shared" / "peers"),
                     help="folder of diffusers' scripts and run_peer.py (default: ../shared/peers)")
     ap.add_argument("--work", default="/tmp/dreambooth-side-by-side", help="models, photos and logs")
+    ap.add_argument("--budget", type=float, default=None, help="seconds: skip the cases that would not fit in what is left")
+    ap.add_argument("--tiny", action="store_true", help="a dry run of the same commands on tiny models (64 px, 1 and 2 steps)")
     args = ap.parse_args()
     peers = Path(args.peers)
     if not (peers / "run_peer.py").exists():
         sys.exit(f"--peers {peers}: no run_peer.py there; give the folder holding diffusers' DreamBooth scripts")
     every = {c.name: c for cases in SETS.values() for c in cases}
     cases = SETS.get(args.cases) or [every[n.strip()] for n in args.cases.split(";")]
+    if args.tiny:
+        cases = [replace(c, model="tiny-sdxl" if c.model == "sdxl" else "tiny-sd1", resolution=64, steps=(1, 2),
+                         e2e=min(c.e2e, 2), estimate=20) for c in cases]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", DREAMBOOTH_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    deadline = time.time() + (args.budget or 1e9)
     rows = []
     for case in cases:
-        print(f"{case.name} ({case.steps[0]} and {case.steps[1]} {'batches' if case.method == 'generate' else 'steps'})", flush=True)
-        f = measure(case, work, peers, env)
-        rows.append((case, f))
-    unit = lambda c: "s/batch" if c.method == "generate" else "s/step"
+        if time.time() + case.estimate > deadline:
+            print(f"{case.name}: skipped (about {case.estimate:.0f} s; {deadline - time.time():.0f} s of --budget left)", flush=True)
+            continue
+        what = "batches" if case.method == "generate" else "steps"
+        print(f"{case.name} ({f'{case.steps[1]} steps, once' if case.e2e else f'{case.steps[0]} and {case.steps[1]} {what}'})", flush=True)
+        rows.append((case, measure(case, work, peers, env, deadline)))
+        (work / "results.json").write_text(json.dumps([{"case": c.name, **f} for c, f in rows], indent=1))
     print(f"\n{machine()}, {datetime.date.today()}, commit {commit or '?'}\n")
-    print("| case | ours | peer | ours / peer | peak ours / peer (GiB) | peak ratio |")
-    print("|---|---|---|---|---|---|")
+    print(table(rows))
+
+
+def table(rows: list) -> str:
+    """The markdown table of docs/benchmarks.md, then ours at its best against the peer at its best."""
+    unit = lambda c: "s end to end" if c.e2e else "s/batch" if c.method == "generate" else "s/step"
+    cell = lambda c, f: f"{f['per']:.3f} {unit(c)}" if "per" in f else "failed"
+    lines = ["| case | ours | peer | ours / peer | peak ours / peer (GiB) | peak ratio |", "|---|---|---|---|---|---|"]
     for case, f in rows:
-        o, p = f["ours"], f["peer"]
-        print(f"| {case.name} | {o['per']:.3f} {unit(case)} | {p['per']:.3f} {unit(case)} | {o['per'] / p['per']:.2f} | "
-              f"{o['peak']:.2f} / {p['peak']:.2f} | {o['peak'] / p['peak']:.2f} |")
+        o, p = f["ours"], f.get("peer", {})
+        both = "per" in o and "per" in p
+        ratio = f"{o['per'] / p['per']:.2f}" if both else "-"
+        peaks = f"{o['peak']:.2f} / {p['peak']:.2f}" if both else f"{o['peak']:.2f} / -" if "peak" in o else "-"
+        peak_ratio = f"{o['peak'] / p['peak']:.2f}" if both else "-"
+        lines.append(f"| {case.name} | {cell(case, o)} | {cell(case, p) if case.peer else '-'} | {ratio} | {peaks} | {peak_ratio} |")
     # The goals compare each side's faster precision: ours at its best against the peer at its best.
     groups: dict[str, list] = {}
     for case, f in rows:
-        groups.setdefault(case.name.rsplit(",", 1)[0], []).append(f)
-    print()
+        if "per" in f["ours"] and "per" in f.get("peer", {}):
+            groups.setdefault(case.name.rsplit(",", 1)[0], []).append(f)
+    lines.append("")
     for name, fs in groups.items():
         if len(fs) > 1:
             ours, peer = min(f["ours"]["per"] for f in fs), min(f["peer"]["per"] for f in fs)
-            print(f"{name}: ours at its best / the peer at its best = {ours:.3f} / {peer:.3f} = {ours / peer:.2f}")
+            lines.append(f"{name}: ours at its best / the peer at its best = {ours:.3f} / {peer:.3f} = {ours / peer:.2f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

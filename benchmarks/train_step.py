@@ -42,14 +42,20 @@ CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, 
 
 def build_full(family: str, directory: Path, unet: dict | None = None) -> Path:
     """A diffusers folder of the full-size ``family`` layout (``unet``: another UNet config), random weights."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     from dreambooth.testing.tiny import TINY_WORDS
     from dreambooth.testing.vocab import write_clip_tokenizer
     tok = write_clip_tokenizer(list(TINY_WORDS), directory / "_tok")
     ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):    # random init of 3B weights: seconds on a GPU
+        pipe = _full_pipeline(family, tok, ids, unet)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def _full_pipeline(family: str, tok, ids: dict, unet: dict | None):
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     if family == "sd1":
         pipe = StableDiffusionPipeline(
             vae=AutoencoderKL(**VAE, sample_size=512), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
@@ -62,8 +68,7 @@ def build_full(family: str, directory: Path, unet: dict | None = None) -> Path:
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **ids)), tokenizer=tok, tokenizer_2=tok,
             unet=UNet2DConditionModel(**SDXL_UNET),
             scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
-    pipe.save_pretrained(directory, safe_serialization=True)
-    return directory
+    return pipe
 
 
 def build_mid(directory: Path) -> Path:
@@ -85,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "dreambooth-bench"))
+    ap.add_argument("--model", default=None, help="a diffusers folder to use instead of building one under --cache")
+    ap.add_argument("--profile", action="store_true", help="profile the timed steps: top ops, and how busy the GPU was")
     args = ap.parse_args()
     os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
 
@@ -92,13 +99,13 @@ def main() -> None:
     from dreambooth.testing.tiny import save_tiny
     from dreambooth.training.callbacks import TrainingCallback
     from dreambooth.training.trainer import Trainer
-    model = Path(args.cache) / f"{args.family}-{args.size}"
+    model = Path(args.model or Path(args.cache) / f"{args.family}-{args.size}")
     if not (model / "model_index.json").exists():
         model.mkdir(parents=True, exist_ok=True)
         {"tiny": lambda: save_tiny(args.family, model), "mid": lambda: build_mid(model),
          "full": lambda: build_full(args.family, model)}[args.size]()
     photos = Path(args.cache) / "photos"
-    photos.mkdir(exist_ok=True)
+    photos.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(photos / f"{i}.png")
@@ -122,14 +129,27 @@ def main() -> None:
                 if step.step == args.warmup:
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
+                    if args.profile:
+                        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+                            [torch.profiler.ProfilerActivity.CUDA] if cuda else []))
+                        self.profiler.__enter__()
                     self.start = time.perf_counter()
                 else:
                     self.end = time.perf_counter()
+                    if args.profile:
+                        self.profiler.__exit__(None, None, None)
 
     clock = Clock()
     trainer.callbacks.append(clock)
     trainer.fit()
     elapsed = clock.end - clock.start
+    if args.profile:
+        events = clock.profiler.key_averages()
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        print(events.table(sort_by=key, row_limit=20))
+        if cuda:       # kernels' time against the wall: below 1, the GPU waits for the host
+            busy = sum(e.self_device_time_total for e in events) / 1e6 / elapsed
+            print(f"GPU busy {busy:.0%} of the timed wall (profiled; the profiler itself slows the host)")
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "

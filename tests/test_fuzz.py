@@ -112,7 +112,7 @@ def generate_cases(w) -> list[list[str]]:
               ["--model", ""], ["--model-config", str(w["file"])], ["--vae", str(w["root"] / "missing")],
               ["--lora", str(w["root"] / "missing")], ["--lora", str(w["file"])], ["--lora", str(w["photos"])],
               ["--lora-dir", str(w["file"])], ["--lora-dir", str(w["root"] / "missing")],
-              ["--output", str(w["file"])], ["--device", "nonsense"], ["--device", "cuda:7"],
+              ["--output", str(w["file"])], ["--device", "nonsense"], ["--device", "cuda:7"], ["--dtype", "fp8"],
               ["--prompt", "a dog <lora:nobody:1>"], ["--prompt", "a dog <hypernet:x:1>"],
               ["--prompt", "a dog <lora:x:heavy>"], ["--prompt", "a dog", "--prompt-matrix"],   # no '|' to vary
               ["--x", "Colour: red"], ["--x", "Steps: 0, 5"], ["--y", "CFG scale: nan"], ["--z", "Seed: x"],

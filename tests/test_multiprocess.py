@@ -46,7 +46,7 @@ TIMEOUT = 240
 # The toy preset (full fine-tuning, text encoder with the identifier's offset, caption dropout, the
 # recoloured backdrops) with prior preservation, small.
 TOY = ["--model", "toy", "--instance-prompt", "a sks square", "--class-prompt", "a square",
-       "--num-class-images", "4", "--class-steps", "2", "--max-steps", "8", "--checkpoint-every", "3"]
+       "--num-class-images", "4", "--class-steps", "2", "--class-batch-size", "2", "--max-steps", "8", "--checkpoint-every", "3"]
 
 # Killed with SIGKILL in process 0 right after the step given by DIE_AT_STEP (the launcher then ends
 # the other process): a kill -9 at a known point, after a checkpoint and before the end.

@@ -53,6 +53,14 @@ def test_layout_counts_what_enters_each_block():
     assert pf.unet_layout(half_xl)[0] == (2440.0, 3200.0, 640.0)
 
 
+def test_class_images_count_only_when_they_are_to_be_made():
+    sizes = mid_sizes()
+    made = pf.estimate(sizes, config(resolution=1024, method="lora", gradient_checkpointing=True, mixed_precision="bf16"), "cpu")
+    there = pf.estimate(sizes, config(resolution=1024, method="lora", gradient_checkpointing=True, mixed_precision="bf16"), "cpu",
+                        making_class_images=False)
+    assert made.total > there.total          # at 1024 px the VAE decoding a class image is the peak
+
+
 def test_estimate_moves_the_right_way_with_each_setting():
     sizes = mid_sizes()
 
@@ -106,8 +114,8 @@ def tight_memory(monkeypatch):
     """Free memory one byte short of what the run needs: the preflight must refuse it."""
     seen = {}
 
-    def estimate(sizes, cfg, device="cpu"):
-        result = real(sizes, cfg, device)
+    def estimate(sizes, cfg, device="cpu", making_class_images=True):
+        result = real(sizes, cfg, device, making_class_images)
         seen.setdefault("first", result.total)     # the run's own estimate comes first
         return result
 

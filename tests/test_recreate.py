@@ -3,6 +3,8 @@
 validation images during training, class images, and the demo."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,6 +40,31 @@ def test_generate_and_an_xyz_cell(tiny_sd1, tmp_path):
     info = parse_generation_parameters(read_infotext(cells[3]))
     assert (info["CFG scale"], info["Sampler"]) == ("9", "DDIM")
     assert same(tmp_path / "xyz" / cells[3].rsplit("/", 1)[-1], tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_remade_in_the_precision_it_was_made_in(dtype, tiny_sd1, tmp_path):
+    # the default precision depends on the machine (bf16 on a CPU that has it in hardware): the PNG
+    # records what it was made in, and a remake with the default uses that, not this machine's default
+    code, stdout, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a dog", "--steps", "2", "--width", "32",
+                                "--height", "32", "--seed", "3", "--dtype", dtype, "--output", tmp_path / "g")
+    assert code == 0, err
+    (png,) = stdout.split()
+    assert parse_generation_parameters(read_infotext(png))["Precision"] == dtype
+    assert same(Path(png), tmp_path)
+    other = "bf16" if dtype == "fp32" else "fp32"          # asked for explicitly, the other precision differs
+    assert not np.array_equal(np.asarray(Image.open(png)), recreated(Path(png), tmp_path / "other", "--dtype", other))
+
+
+def test_the_default_precision(tiny_sd1, tmp_path):
+    import torch
+    from dreambooth.devices import cpu_has_native_bf16, generation_dtype
+    assert generation_dtype(torch.device("cuda")) == torch.float16
+    code, stdout, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a dog", "--steps", "2", "--width", "32",
+                                "--height", "32", "--output", tmp_path, "--device", "cpu")
+    assert code == 0, err
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert parse_generation_parameters(read_infotext(stdout.split()[0]))["Precision"] == expected
 
 
 def test_a_dreambench_image(tiny_sd1, dog_photos, tmp_path):

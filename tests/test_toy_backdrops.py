@@ -126,7 +126,7 @@ def test_trainer_encodes_recoloured_pictures_without_caching_them(tiny_sd1, back
     trainer.stream.next_batch = spy
     trainer.fit()
     assert None in seen and any(i is not None for i in seen)
-    assert {key[0] for key in trainer._latent_cache} == {i for i in seen if i is not None}   # (index, crop, flip)
+    assert {key[0] for key in trainer.latent_cache.kept} == {i for i in seen if i is not None}   # (index, crop, flip)
 
 
 def test_the_cli_passes_the_toy_transform_only_with_the_toy_preset():

@@ -1,5 +1,8 @@
-"""The one device choice: CUDA when there is a GPU, then Apple's MPS, else the CPU."""
+"""The one device choice: CUDA when there is a GPU, then Apple's MPS, else the CPU; and the
+precision generation runs in on each."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -30,3 +33,29 @@ def pick_device(device: str | torch.device | None, flag: str = "--device") -> to
     if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
         raise UserError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return chosen
+
+# The --dtype choices of the CLI (auto: ``generation_dtype``).
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {dtype: name for name, dtype in DTYPES.items() if dtype is not None}     # as infotexts record it
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """The CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 sampling takes about two
+    thirds of fp32's time (measured, docs/benchmarks.md); elsewhere bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def generation_dtype(device: torch.device) -> torch.dtype:
+    """What generation runs in unless asked otherwise: fp16 on CUDA (as diffusers' users do), bf16
+    on a CPU with native bf16, fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32

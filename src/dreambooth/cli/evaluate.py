@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..devices import DTYPES
 from ..evaluation.dreambench import PROTOCOL, run_bench, subject_settings
 from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary
 from ..generation.loras import parse_lora_spec
@@ -80,21 +81,19 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--clip-model", default=None, help=CLIP_HELP)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-              help="Pipeline precision (auto: fp16 on CUDA, fp32 on CPU).")
+              help="Pipeline precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
 def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,
               schedule, steps, cfg, seed, size, negative_prompt, fast_batches, pres, pres_images, div, dino_model,
               clip_model, device, dtype, output):
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
     DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
-    import torch
     class_name, kind = subject_settings(subject, class_name, kind)
     real_files = list_images(real, "--real")
     params = GenerationParams("", negative_prompt, sampler, schedule, steps=steps, cfg_scale=cfg, seed=seed,
                               width=size, height=size).check()
     evaluator = Evaluator(dino_model, clip_model, device).load()
-    torch_dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae, device, torch_dtype,
+    pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae, device, DTYPES[dtype],
                                         model_config=model_config)
     settings = {"subject": subject, "model": model, "loras": list(loras), "vae": vae, "size": size, "real": str(real)}
     report = run_bench(pipeline, params, real_files, class_name, kind, output, identifier, images_per_prompt,

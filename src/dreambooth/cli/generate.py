@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..devices import DTYPES
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
@@ -61,13 +62,15 @@ def _explicit(ctx: click.Context, name: str) -> bool:
               "PNG; options given explicitly override it.")
 @click.option("--list-samplers", is_flag=True, help="Print the sampler table and exit.")
 @click.option("--device", help="Device (cuda, cuda:1, mps, cpu). Default: the best available.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--fast-batches/--one-by-one", default=True, show_default=True,
               help="A batch through the UNet at once, as diffusers and the WebUI do; each PNG records its place in "
               "the batch and --from-image replays the batch, bit for bit. --one-by-one: each image alone.")
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
                      steps, cfg_scale, seed, width, height, batch_size, batch_count, output, init_image, strength,
-                     mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, fast_batches):
+                     mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
     if list_samplers:
         click.echo(sampler_table())
@@ -82,6 +85,8 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         if not text:
             raise UserError(f"--from-image {from_image}: the image carries no generation parameters")
         info = parse_generation_parameters(text)
+        if dtype == "auto" and info.get("Precision") in DTYPES:      # remade in the precision it was made in
+            dtype = info["Precision"]
         params = GenerationParams.from_infotext(info, **{k: v for k, v in values.items() if _explicit(ctx, k)})
         recorded_model, recorded_loras = sources_from_infotext(info)
         for name, path in recorded_loras.items():        # <lora:name> in the recorded prompt finds its file
@@ -110,7 +115,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
             parse_axis(axis, flag)
 
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
-                                        model_config=model_config, library=library)
+                                        dtype=DTYPES[dtype], model_config=model_config, library=library)
     if prompt_matrix:
         result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..devices import pick_device
+from ..devices import generation_dtype, pick_device
 from ..errors import UserError
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
@@ -137,7 +137,7 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
                              dtype: torch.dtype | None = None, model_config: str | None = None,
                              lora_dirs=(), library: LoraLibrary | None = None) -> GenerationPipeline:
     """Load ``model`` for generation; ``loras`` are ``[(path, weight), ...]`` applied to every prompt
-    (as ``<lora:name:weight>`` tags appended to it). Half precision on CUDA unless ``dtype`` says otherwise."""
+    (as ``<lora:name:weight>`` tags appended to it). ``dtype``: default ``devices.generation_dtype``."""
     library = library or LoraLibrary(lora_dirs)
     default: list[LoraTag] = []
     if is_lora_output(model):
@@ -149,8 +149,7 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
         lora = library.add(lora_from_path(str(spec)))
         default.append(LoraTag(lora.name, float(weight)))
     device = pick_device(device)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else None
+    dtype = dtype or generation_dtype(device)
     info = model_info_for(str(model), vae)
     pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
     generation = GenerationPipeline(pipe, info, library, default)

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .. import progress
+from ..devices import PRECISIONS
 from ..errors import file_operation
 from ..images import as_image, write_png
 from ..outputs import claim_numbered
@@ -56,7 +57,8 @@ def with_default_loras(prompt: str, defaults: list[LoraTag]) -> str:
 
 
 def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPipeline,
-                    loras: list[tuple[LoraFile, float]], img2img: bool, batch: str | None = None) -> dict:
+                    loras: list[tuple[LoraFile, float]], img2img: bool, batch: str | None = None,
+                    precision: str | None = None) -> dict:
     """The settings line of the infotext, in the WebUI's key order, then our own keys."""
     info = pipeline.info
     out = {
@@ -75,6 +77,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Model path": info.spec,
         "Lora paths": json.dumps({lo.name: lo.source for lo, _ in loras}, ensure_ascii=False) if loras else None,
         "Batch": batch,
+        "Precision": precision,      # the dtype the UNet ran in: --from-image remakes it in the same
     }
     return out
 
@@ -117,6 +120,7 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     loras = pipeline.apply_loras(extract_loras(recorded_prompt)[1])
     mode = "inpaint" if mask is not None else "img2img" if init is not None else "txt2img"
     runner = pipeline.for_task(mode)
+    precision = PRECISIONS.get(autocast or runner.unet.dtype)
     encoder = PromptEncoder(pipeline.pipe)
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
     if mask is not None and mask.size != init.size:
@@ -147,7 +151,7 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
                     image = Image.composite(image, init, mask)        # keep the unmasked pixels exactly
                 infotext = format_infotext(recorded_prompt, params.negative_prompt,
                                            infotext_params(params, seed, pipeline, loras, init is not None,
-                                                           f"{k + 1}/{len(seeds)}" if batched else None))
+                                                           f"{k + 1}/{len(seeds)}" if batched else None, precision))
                 path = None
                 if output_dir is not None:
                     with file_operation("write an image", "--output"):
@@ -228,9 +232,11 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
 
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
     """Latents to images with the VAE in its own precision, outside any autocast: the SDXL VAE
-    overflows in fp16 (black images), so mixed-precision sampling never autocasts it down."""
+    overflows in fp16 (black images), so mixed-precision sampling never autocasts it down. One image
+    at a time, as the WebUI does: the decoder at full size is the peak of a batch (gigabytes per
+    SDXL image), and a batch must fit where one image does."""
     vae = pipe.vae
     latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
     with torch.autocast(vae.device.type, enabled=False):
-        images = vae.decode(latents).sample
+        images = torch.cat([vae.decode(one[None]).sample for one in latents])
     return pipe.image_processor.postprocess(images.float(), output_type="pil")

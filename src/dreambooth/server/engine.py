@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import progress
-from ..devices import pick_device
+from ..devices import generation_dtype, pick_device
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..generation.sampling import Controls, GeneratedImage, decode, generate
@@ -127,8 +127,7 @@ class Engine:
         with self._load_lock:
             if self.entry is entry and self.vae is vae and self.pipeline is not None:
                 return
-            dtype = torch.float16 if self.device.type == "cuda" else None
-            pipe = load_pipeline(entry.spec, vae=str(vae.path) if vae else None, dtype=dtype)
+            pipe = load_pipeline(entry.spec, vae=str(vae.path) if vae else None, dtype=generation_dtype(self.device))
             info = model_info_for(entry.spec, str(vae.path) if vae else None)
             info.name = entry.name
             self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device)

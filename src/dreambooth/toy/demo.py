@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import progress
 from ..generation.params import GenerationParams
@@ -143,8 +144,9 @@ def demo_config(output: Path, method: str | None, instance_dir: Path, subject: S
 
 
 def load_trained(output: Path) -> GenerationPipeline:
-    """A demo's trained output (a full model, or a LoRA output on its base) ready to sample."""
-    return load_generation_pipeline(str(output))
+    """A demo's trained output (a full model, or a LoRA output on its base) ready to sample, in fp32
+    (the published figures were made in fp32, on any CPU)."""
+    return load_generation_pipeline(str(output), dtype=torch.float32)
 
 
 def demo_transforms() -> list[ToyBackdrops]:
@@ -165,7 +167,7 @@ def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, 
     log(f"subject: a {subject.colour} {subject.shape} with {subject.pattern_colour} {subject.pattern}; "
         f"{len(INSTANCE_BACKGROUNDS)} pictures in {instance_dir}")
 
-    before = sample(load_generation_pipeline(model), prompts, output_dir=output / "samples" / "before")
+    before = sample(load_generation_pipeline(model, dtype=torch.float32), prompts, output_dir=output / "samples" / "before")
     save_grid(before, prompts, output / "before.png")
 
     config = demo_config(output / "model", method, instance_dir, subject, model=model, seed=seed, **overrides)

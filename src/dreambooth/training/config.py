@@ -64,6 +64,7 @@ class TrainConfig:
     class_cfg: float = _opt(7.5, "CFG scale for class images.", group="prior", low=0, high=100)
     class_negative_prompt: str = _opt("", "Negative prompt for class images.", group="prior")
     class_sampler: str = _opt("DPM++ 2M", "WebUI sampler for class images (see dreambooth generate --list-samplers).", group="prior")
+    class_batch_size: int = _opt(4, "Class images made in one batch (a GPU makes a batch of 4 in about the time of one).", group="prior", low=1, high=64)
     prior_loss_weight: float = _opt(1.0, "Weight of the prior-preservation loss.", group="prior", low=0, high=100)
     # --- method ----------------------------------------------------------------------------
     method: str = _opt("lora", "full: fine-tune the UNet (and text encoder); lora: train peft LoRA adapters.", METHODS, group="method")

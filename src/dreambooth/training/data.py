@@ -228,6 +228,22 @@ class ExampleStream:
         mine = range(rank * self.batch_size, (rank + 1) * self.batch_size)
         return batch.select([*mine, *([n + r for r in mine] if self.prior else [])])
 
+    def every_picture(self) -> list[tuple[tuple, torch.Tensor]] | None:
+        """(cache key, pixels) of every picture this stream can draw whose latents may be kept, when
+        there are few (one crop per example: square or centre-cropped; both flips if flipping);
+        None when crops are random. Made with a generator of its own: the stream is untouched."""
+        examples = [(i, e) for i, e in enumerate(self.instance) if not self.transforms]
+        examples += [(len(self.instance) + i, e) for i, e in enumerate(self.prior)]
+        if not self.center_crop and any(e.image.size != (self.size, self.size) for _, e in examples):
+            return None
+        out, gen = [], torch.Generator().manual_seed(0)
+        for index, example in examples:
+            tensor, crop, _, _ = crop_and_flip(example, self.size, True, False, gen)
+            out.append(((index, crop, False), tensor))
+            if self.random_flip:
+                out.append(((index, crop, True), tensor.flip(-1)))
+        return out
+
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}
 

@@ -23,10 +23,13 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import progress
 from ..errors import UserError
+from ..outputs import CLASS_IMAGES_DIR
 from .config import TrainConfig
+from .prior import existing_class_images
 
 GiB = 2 ** 30
 # Bytes autograd keeps per element of a block's input, (resnet, transformer layer, transformer
@@ -46,6 +49,10 @@ TEXT_SAVED_PER_TOKEN = 17      # elements a CLIP layer keeps per token and hidde
 TEXT_TOKENS = 77
 CPU_RUNTIME = int(0.45 * GiB)  # Python, torch, diffusers, transformers, tokenizers: RSS before any weight
 CUDA_RUNTIME = int(0.25 * GiB) # cuBLAS/cuDNN workspaces and the caching allocator's rounding (not calibrated)
+# A CUDA step holds less than a CPU one over what autograd keeps (flash attention; the caching
+# allocator frees as the backward goes): fitted to max_memory_allocated on an H200 (SD1.5 LoRA and
+# full + text encoder at 512 px, SDXL LoRA at 1024 px with checkpointing; docs/benchmarks.md).
+CUDA_ACTIVATION_SHARE = 0.45
 MIN_RESOLUTION = 256           # lower resolutions are not suggested
 
 
@@ -172,9 +179,9 @@ def model_sizes(pipe, family) -> ModelSizes:
 
 
 # ----- the estimate ---------------------------------------------------------------------------------
-def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu") -> MemoryEstimate:
+def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_class_images: bool = True) -> MemoryEstimate:
     """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
-    "cuda", "mps"); see the module's notes."""
+    "cuda", "mps"), class images made first or not; see the module's notes."""
     low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
     full, lora = cfg.method == "full", cfg.method == "lora"
     train_te = cfg.train_text_encoder
@@ -209,18 +216,21 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu") -> Memory
     if full and low == 2:               # autocast keeps a low-precision copy of each trainable weight
         kept += 2 * trainable
     factor, constant = ACTIVATION_FIT[(cfg.method, cfg.gradient_checkpointing)]
-    act = factor * kept + constant * GiB
+    act = factor * kept * (CUDA_ACTIVATION_SHARE if device == "cuda" else 1.0) + constant * GiB
     # Transients of other phases, when larger than what training holds then: class images (the
-    # weights alone; CFG doubles the UNet's batch; the VAE decodes one image at full size) and the
-    # VAE encoding a batch at the start of a step (no gradients then).
+    # weights alone; CFG doubles the UNet's batch; the VAE decodes one image at a time at full size)
+    # and the VAE encoding a batch at the start of a step (no gradients then).
     pixels = cfg.resolution * cfg.resolution
     vae_width = 4 if sizes.vae_fp32 else low
-    generation = 8 * sizes.vae_channels * pixels * vae_width if cfg.use_prior else 0
-    generation = max(generation, 16 * sizes.unet_base_channels * latent_px * 2 * low if cfg.use_prior else 0)
+    generation = 0
+    if cfg.use_prior and making_class_images:
+        generation = max(8 * sizes.vae_channels * pixels * vae_width,
+                         16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size)
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
     activations = int(max(act, generation - gradients - optimizer, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
     return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device)
+
 
 
 # ----- the device's free memory and the check ----------------------------------------------------------
@@ -258,9 +268,12 @@ def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
     return [r for r in range(cfg.resolution - step, MIN_RESOLUTION - 1, -step)]
 
 
-def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3) -> list[tuple[str, MemoryEstimate]]:
+def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3,
+          making_class_images: bool = True) -> list[tuple[str, MemoryEstimate]]:
     """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
     in order of what they cost (speed first, then fidelity), else those changes combined in that order."""
+    def fits(c: TrainConfig) -> MemoryEstimate:
+        return estimate(sizes, c, device, making_class_images)
     changes: list[tuple[str, dict]] = []
     if not cfg.gradient_checkpointing:
         changes.append(("--gradient-checkpointing", {"gradient_checkpointing": True}))
@@ -272,18 +285,18 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
         changes.append(("--method lora", {"method": "lora"}))
     found = []
     for flags, change in changes:
-        est = estimate(sizes, cfg.replace(**change), device)
+        est = fits(cfg.replace(**change))
         if est.total <= available:
             found.append((flags, est))
     # the largest batch, then the largest resolution, that fits
     for size in range(cfg.batch_size - 1, 0, -1):
-        est = estimate(sizes, cfg.replace(batch_size=size), device)
+        est = fits(cfg.replace(batch_size=size))
         if est.total <= available:
             found.append((f"--batch-size {size}", est))
             break
     step = sizes.vae_scale * 8
     for res in _lower_resolutions(cfg, step):
-        est = estimate(sizes, cfg.replace(resolution=res), device)
+        est = fits(cfg.replace(resolution=res))
         if est.total <= available:
             found.append((f"--resolution {res}", est))
             break
@@ -295,11 +308,11 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     for flag, change in changes:
         flags.append(flag)
         combined = combined.replace(**change)
-        est = estimate(sizes, combined, device)
+        est = fits(combined)
         if est.total <= available:
             return [(" ".join(flags), est)]
     for res in _lower_resolutions(combined, step):
-        est = estimate(sizes, combined.replace(resolution=res), device)
+        est = fits(combined.replace(resolution=res))
         if est.total <= available:
             return [(" ".join(flags + [f"--resolution {res}"]), est)]
     return []
@@ -330,11 +343,13 @@ def preflight(pipe, family, cfg: TrainConfig, device) -> Preflight:
     import torch
     kind = torch.device(device).type
     sizes = model_sizes(pipe, family)
-    est = estimate(sizes, cfg, kind)
+    making = cfg.use_prior and len(existing_class_images(Path(cfg.class_dir or Path(cfg.output) / CLASS_IMAGES_DIR)
+                                                          .expanduser())) < cfg.num_class_images
+    est = estimate(sizes, cfg, kind, making)
     available = available_memory(device)
     if available is None or est.total <= available or cfg.force:
         return Preflight(est, available)
-    found = fixes(sizes, cfg, kind, available)
+    found = fixes(sizes, cfg, kind, available, making_class_images=making)
     if found:
         advice = "settings that fit: " + ", ".join(f"{flags} (about {gib(e.total)} GiB)" for flags, e in found)
     else:

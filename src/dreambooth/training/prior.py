@@ -1,13 +1,18 @@
 """Class images for prior preservation, made by the frozen base model through the one sampling path.
 
-Image ``i`` has the seed ``seed + i`` and is written the moment it exists as ``class-0000i.png``,
-with its infotext (``dreambooth generate --from-image`` on the base model remakes it): an interrupted
-run keeps what it made, a rerun generates only the missing indices, and every image stands alone.
-A damaged class image is found (every one is opened) and made again, with a warning naming it.
+Image ``i`` has the seed ``seed + i`` and is written the moment its batch exists as ``class-0000i.png``,
+with its infotext (``dreambooth generate --from-image`` on the base model remakes it, batch and all): an
+interrupted run keeps what it made, a rerun generates only the missing indices, and every image stands
+alone. A damaged class image is found (every one is opened) and made again, with a warning naming it.
 
-Several training processes (``accelerate launch``) split the missing images: every process finds the
-same missing indices, process ``rank`` of ``world`` makes every ``world``-th of them, then all wait.
-Seeds go by index, so the set is the one a single process makes, whatever the number of processes.
+Images are made in fixed batches of indices (``[0, b)``, ``[b, 2b)``, ...; the last one ends at the
+highest index wanted), because a batch rounds differently from its images made one by one: the batch an
+index falls in never depends on what else is missing, so a damaged image comes back bit for bit (its
+whole batch is made again, only the missing ones written).
+
+Several training processes (``accelerate launch``) split the batches: every process finds the same
+missing indices, process ``rank`` of ``world`` makes every ``world``-th batch, then all wait. Seeds and
+batches go by index, so the set is the one a single process makes, whatever the number of processes.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ def _damaged(path: Path) -> str | None:
 
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,
                         autocast: torch.dtype | None = None, shard: tuple[int, int] = (0, 1),
-                        barrier: Callable[[], None] | None = None) -> list[Path]:
+                        barrier: Callable[[], None] | None = None, batch: int = 1) -> list[Path]:
     """Make sure ``folder`` holds at least ``count`` images of ``params`` (its seed is image 0's);
     return the first ``count``. ``autocast``: the training's mixed precision, if any. ``shard=(rank,
     world)`` and ``barrier`` (waits for every process): this process's share of the work, see the module doc."""
@@ -63,18 +68,25 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
     taken = {p.name for p in have}
     missing = [i for i in range(count * 4) if class_image_name(i) not in taken][: max(0, count - len(have))]
     barrier()              # every process has looked before any writes
-    share = missing[rank::world]
+    end = max([count, *(i + 1 for i in missing)])
+    groups = sorted({i // batch for i in missing})
+    batches = [list(range(g * batch, min((g + 1) * batch, end))) for g in groups][rank::world]
+    wanted = set(missing)
+    share = [i for b in batches for i in b if i in wanted]
     if world > 1 and missing:
         progress.message(f"class images: process {rank} of {world} makes {len(share)} of the {len(missing)} missing"
                          + (f" ({class_image_name(share[0])} ... {class_image_name(share[-1])})" if share else ""))
     if share:
-        with progress.task("class images", len(share)) as bar:
-            for i in share:
-                made = generate(pipeline, params.replace(seed=params.seed + i, batch_size=1, batch_count=1),
-                                autocast=autocast, task=bar)[0]
-                tmp = folder / f".{class_image_name(i)}.tmp"
-                with file_operation("write a class image", "--class-dir"):
-                    write_png(made.image, tmp, made.infotext)
-                    os.replace(tmp, folder / class_image_name(i))     # never a half-written image
+        with progress.task("class images", sum(map(len, batches))) as bar:
+            for indices in batches:
+                made = generate(pipeline, params.replace(seed=params.seed + indices[0], batch_size=len(indices),
+                                                         batch_count=1), autocast=autocast, task=bar)
+                for i, image in zip(indices, made):
+                    if i not in wanted:
+                        continue
+                    tmp = folder / f".{class_image_name(i)}.tmp"
+                    with file_operation("write a class image", "--class-dir"):
+                        write_png(image.image, tmp, image.infotext)
+                        os.replace(tmp, folder / class_image_name(i))     # never a half-written image
     barrier()              # every share is written
     return [p for p in existing_class_images(folder) if _damaged(p) is None][:count]

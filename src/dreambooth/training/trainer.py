@@ -35,14 +35,12 @@ from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .preflight import preflight
 from .prior import ensure_class_images
 from .guard import OutputStage, check_distributed, check_inputs
+from .latents import LatentCache
 from .saving import keep_best, save_model, save_output
 from .trainables import make_lr_scheduler, make_optimizer, make_trainable, move
 from .validation import Validator
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Distinct pictures whose latents are kept (about 1 GiB at SDXL's 1024 px); random crops of
-# non-square photos beyond that are encoded every time.
-LATENT_CACHE_ENTRIES = 2048
 
 
 class TrainingStopped(UserError):
@@ -152,7 +150,8 @@ class Trainer:
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
-        self._latent_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.latent_cache = LatentCache(pipe.vae, self.device, cfg.cache_latents)
+        self.latent_cache.fill(self.stream.every_picture())
         self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
         if self.resume_from:
             ckpt.resume_run(self, self.resume_from)
@@ -171,7 +170,8 @@ class Trainer:
                                       steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
                                       width=cfg.resolution, height=cfg.resolution)
             ensure_class_images(self.generation_pipeline(for_output=False), params, class_dir, cfg.num_class_images,
-                                self.autocast_dtype, (acc.process_index, acc.num_processes), acc.wait_for_everyone)
+                                self.autocast_dtype, (acc.process_index, acc.num_processes), acc.wait_for_everyone,
+                                cfg.class_batch_size)
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
         self.class_images = len(prior)
         self.instance_images = len(instance)
@@ -224,32 +224,9 @@ class Trainer:
         return Conditioning(embeds, pooled)
 
     def latents(self, batch: Batch) -> torch.Tensor:
-        """VAE latents of the batch, sampled from the posterior. The posterior's mean/std of each
-        distinct picture (example, crop, flip) is encoded once and kept: the VAE encoder costs as
-        much as the UNet step at low resolution, and square photos have one crop only. A picture that
-        may be kept is encoded alone, those made for this step (key None) together: its numbers never
-        depend on what else missed the cache (batched convolutions round by batch size): exact resume."""
+        """VAE latents of the batch, sampled from the posterior (kept per picture: ``latents``)."""
         vae = self.pipe.vae
-        if self.config.cache_latents:
-            keys = batch.cache_keys or [None] * len(batch.indices)
-            fresh = [j for j, key in enumerate(keys) if key is None]
-            missing = {key: j for j, key in enumerate(keys)                      # a picture twice in a
-                       if key is not None and key not in self._latent_cache}   # batch: encoded once
-            got = {}                     # by key, or by position for the pictures of this step alone
-            for group in ([fresh] if fresh else []) + [[j] for j in missing.values()]:
-                with torch.no_grad():
-                    dist = vae.encode(batch.pixels[group].to(self.device, vae.dtype)).latent_dist
-                for k, j in enumerate(group):
-                    got[j if keys[j] is None else keys[j]] = (dist.mean[k:k + 1].float(), dist.std[k:k + 1].float())
-            for key in list(missing)[:max(0, LATENT_CACHE_ENTRIES - len(self._latent_cache))]:
-                self._latent_cache[key] = got[key]
-            pairs = [got.get(j if key is None else key) or self._latent_cache[key] for j, key in enumerate(keys)]
-            mean = torch.cat([m for m, _ in pairs])
-            std = torch.cat([s for _, s in pairs])
-        else:
-            with torch.no_grad():
-                dist = vae.encode(batch.pixels.to(self.device, vae.dtype)).latent_dist
-            mean, std = dist.mean.float(), dist.std.float()
+        mean, std = self.latent_cache.posterior(batch)
         sample = mean + std * batch.drawn(lambda n: torch.randn((n, *mean.shape[1:]), generator=self.noise_gen)).to(self.device)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (sample - shift) * vae.config.scaling_factor
