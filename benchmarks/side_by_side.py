@@ -171,7 +171,7 @@ def gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float) -> dict:
+def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float, repeat: int = 1) -> dict:
     """{side: {"per": s/step (s/batch; end to end: wall s), "peak": GiB}} or {side: {"error": text}}."""
     model = work / f"model-{case.model}"
     if not (model / "model_index.json").exists():
@@ -188,9 +188,11 @@ def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float) -> 
             for steps in case.steps[1:] if case.e2e else case.steps:
                 command = commands(case, model, work, steps, peers, side)[side == "peer"]
                 tag = f"{side}-{case.name.replace(' ', '_').replace(',', '').replace('+', '')}-{steps}"
-                wall, gib = run(command, work / f"{tag}.json", work / f"{tag}.log", env, max(10.0, deadline - time.time()))
-                walls.append(wall)
-                peak = max(peak, gib)
+                best = float("inf")
+                for _ in range(repeat):       # the least wall: other tenants of the machine only ever add
+                    wall, gib = run(command, work / f"{tag}.json", work / f"{tag}.log", env, max(10.0, deadline - time.time()))
+                    best, peak = min(best, wall), max(peak, gib)
+                walls.append(best)
         except RunFailed as exc:
             figures[side] = {"error": str(exc)}
             print(f"  {side}: {exc}", flush=True)
@@ -216,6 +218,7 @@ def main() -> None:
                     help="folder of diffusers' scripts and run_peer.py (default: ../shared/peers)")
     ap.add_argument("--work", default="/tmp/dreambooth-side-by-side", help="models, photos and logs")
     ap.add_argument("--budget", type=float, default=None, help="seconds: skip the cases that would not fit in what is left")
+    ap.add_argument("--repeat", type=int, default=1, help="run each command this many times and keep the least wall")
     ap.add_argument("--tiny", action="store_true", help="a dry run of the same commands on tiny models (64 px, 1 and 2 steps)")
     args = ap.parse_args()
     peers = Path(args.peers)
@@ -238,7 +241,7 @@ def main() -> None:
             continue
         what = "batches" if case.method == "generate" else "steps"
         print(f"{case.name} ({f'{case.steps[1]} steps, once' if case.e2e else f'{case.steps[0]} and {case.steps[1]} {what}'})", flush=True)
-        rows.append((case, measure(case, work, peers, env, deadline)))
+        rows.append((case, measure(case, work, peers, env, deadline, args.repeat)))
         (work / "results.json").write_text(json.dumps([{"case": c.name, **f} for c, f in rows], indent=1))
     print(f"\n{machine()}, {datetime.date.today()}, commit {commit or '?'}\n")
     print(table(rows))
