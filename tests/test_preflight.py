@@ -20,22 +20,24 @@ SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, transf
                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 
 
-def mid_sizes() -> pf.ModelSizes:
-    """The mid-size SD1 of benchmarks/train_step.py (build_mid), as model_sizes reads it."""
-    layout, largest = pf.unet_layout(MID_UNET)
-    return pf.ModelSizes(family="sd1", unet=142_236_036, text_encoders=(85_425_408,), vae=83_653_863,
-                         unet_layout=layout, unet_largest_block=largest, unet_base_channels=128,
-                         lora_per_rank=94_464, text_lora_per_rank=(73_728,), text_layers=((12, 768),),
+def sizes_of(unet_config: dict, unet: int, base_channels: int, lora_per_rank: int) -> pf.ModelSizes:
+    """A benchmarks/train_step.py model (CLIP-L with its test tokenizer's small vocabulary, the SD VAE)
+    as model_sizes reads it, with the UNet given."""
+    layout, largest = pf.unet_layout(unet_config)
+    return pf.ModelSizes(family="sd1", unet=unet, text_encoders=(85_425_408,), vae=83_653_863,
+                         unet_layout=layout, unet_largest_block=largest, unet_base_channels=base_channels,
+                         lora_per_rank=lora_per_rank, text_lora_per_rank=(73_728,), text_layers=((12, 768),),
                          vae_fp32=True, vae_channels=128)
+
+
+def mid_sizes() -> pf.ModelSizes:
+    """The mid-size SD1 of benchmarks/train_step.py (build_mid)."""
+    return sizes_of(MID_UNET, 142_236_036, 128, 94_464)
 
 
 def sd15_sizes() -> pf.ModelSizes:
-    """Full-size SD1.5 (benchmarks/train_step.py's build_full; its test tokenizer's small vocabulary)."""
-    layout, largest = pf.unet_layout(SD15_UNET)
-    return pf.ModelSizes(family="sd1", unet=859_520_964, text_encoders=(85_425_408,), vae=83_653_863,
-                         unet_layout=layout, unet_largest_block=largest, unet_base_channels=320,
-                         lora_per_rank=199_296, text_lora_per_rank=(73_728,), text_layers=((12, 768),),
-                         vae_fp32=True, vae_channels=128)
+    """Full-size SD1.5 (benchmarks/train_step.py's build_full)."""
+    return sizes_of(SD15_UNET, 859_520_964, 320, 199_296)
 
 
 def config(**changes) -> TrainConfig:

@@ -80,7 +80,7 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--dino-model", default=None, help=DINO_HELP)
 @click.option("--clip-model", default=None, help=CLIP_HELP)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto", show_default=True,
               help="Pipeline precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
 def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,

@@ -62,7 +62,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
               "PNG; options given explicitly override it.")
 @click.option("--list-samplers", is_flag=True, help="Print the sampler table and exit.")
 @click.option("--device", help="Device (cuda, cuda:1, mps, cpu). Default: the best available.")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto", show_default=True,
               help="Precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--fast-batches/--one-by-one", default=True, show_default=True,
               help="A batch through the UNet at once, as diffusers and the WebUI do; each PNG records its place in "

@@ -23,13 +23,11 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from .. import progress
 from ..errors import UserError
-from ..outputs import CLASS_IMAGES_DIR
 from .config import TrainConfig
-from .prior import existing_class_images
+from .prior import class_folder, existing_class_images
 
 GiB = 2 ** 30
 # Bytes autograd keeps per element of a block's input, (resnet, transformer layer, transformer
@@ -232,7 +230,6 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device)
 
 
-
 # ----- the device's free memory and the check ----------------------------------------------------------
 def _meminfo_kib(path: str, key: str) -> int | None:
     try:
@@ -343,8 +340,7 @@ def preflight(pipe, family, cfg: TrainConfig, device) -> Preflight:
     import torch
     kind = torch.device(device).type
     sizes = model_sizes(pipe, family)
-    making = cfg.use_prior and len(existing_class_images(Path(cfg.class_dir or Path(cfg.output) / CLASS_IMAGES_DIR)
-                                                          .expanduser())) < cfg.num_class_images
+    making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
     est = estimate(sizes, cfg, kind, making)
     available = available_memory(device)
     if available is None or est.total <= available or cfg.force:

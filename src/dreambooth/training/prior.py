@@ -28,7 +28,12 @@ from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
 from ..errors import UserError, file_operation
 from ..images import list_images, open_image, write_png
-from ..outputs import class_image_name
+from ..outputs import CLASS_IMAGES_DIR, class_image_name
+
+
+def class_folder(cfg) -> Path:
+    """Where a run's class images are: ``--class-dir``, else OUTPUT/class_images."""
+    return Path(cfg.class_dir).expanduser() if cfg.class_dir else Path(cfg.output).expanduser() / CLASS_IMAGES_DIR
 
 
 def existing_class_images(folder: Path) -> list[Path]:

@@ -26,14 +26,13 @@ from ..generation.pipeline import GenerationPipeline, ModelInfo, model_info_for
 from ..models.families import Conditioning, adapter_for, time_ids
 from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
-from ..outputs import CLASS_IMAGES_DIR
 from . import checkpoint as ckpt
 from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
 from .results import TrainResult, peak_memory
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .preflight import preflight
-from .prior import ensure_class_images
+from .prior import class_folder, ensure_class_images
 from .guard import OutputStage, check_distributed, check_inputs
 from .latents import LatentCache
 from .saving import keep_best, save_model, save_output
@@ -164,7 +163,7 @@ class Trainer:
             transform.prepare(instance, progress.message)
         prior = []
         if cfg.prior_preservation:
-            class_dir = Path(cfg.class_dir).expanduser() if cfg.class_dir else self.output / CLASS_IMAGES_DIR
+            class_dir = class_folder(cfg)
             acc = self.accelerator
             params = GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler,
                                       steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
@@ -224,7 +223,7 @@ class Trainer:
         return Conditioning(embeds, pooled)
 
     def latents(self, batch: Batch) -> torch.Tensor:
-        """VAE latents of the batch, sampled from the posterior (kept per picture: ``latents``)."""
+        """VAE latents of the batch, sampled from the posterior (kept per picture: ``training.latents``)."""
         vae = self.pipe.vae
         mean, std = self.latent_cache.posterior(batch)
         sample = mean + std * batch.drawn(lambda n: torch.randn((n, *mean.shape[1:]), generator=self.noise_gen)).to(self.device)
