@@ -13,7 +13,7 @@ from PIL import Image
 
 from dreambooth.training.data import Example, ExampleStream
 from dreambooth.toy.world import PALETTE, Subject, render
-from dreambooth.training.trainer import per_example_mse
+from dreambooth.training.loss import per_example_mse
 
 
 def _picture(background: str = "red", seed: int = 0) -> tuple[Image.Image, np.ndarray]:

@@ -95,6 +95,7 @@ class TrainConfig:
     mixed_precision: str = _opt("no", "Autocast precision; trainable weights stay fp32.", PRECISIONS, group="memory")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.", group="memory")
     cache_latents: bool | None = _opt(None, "Encode each distinct training picture (image, crop, flip) once and keep its latents (default: on).", group="memory")
+    compile: bool = _opt(False, "torch.compile the trained models (minutes of compiling before the first step; see docs/benchmarks.md).", group="memory")
     force: bool = _opt(False, "Start even when the memory preflight estimates the run will not fit in the device's free memory.", group="memory")
     # --- outputs ----------------------------------------------------------------------------
     output: str | None = _opt(None, "Output folder.", group="output")

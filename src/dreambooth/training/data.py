@@ -244,6 +244,13 @@ class ExampleStream:
                 out.append(((index, crop, True), tensor.flip(-1)))
         return out
 
+    def every_prompt(self) -> list[str] | None:
+        """Every prompt this stream can give a picture, or None when transforms may change them."""
+        if self.transforms:
+            return None
+        prompts = [e.prompt for e in self.instance + self.prior] + ([""] if self.caption_dropout else [])
+        return list(dict.fromkeys(prompts))
+
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}
 

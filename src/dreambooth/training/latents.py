@@ -14,6 +14,7 @@ import torch
 
 from .. import progress
 from .data import Batch
+from .parking import Parking
 
 # Distinct pictures whose latents are kept (about 1 GiB at SDXL's 1024 px); random crops of
 # non-square photos beyond that are encoded every time.
@@ -21,14 +22,18 @@ LATENT_CACHE_ENTRIES = 2048
 
 
 class LatentCache:
-    def __init__(self, vae, device: torch.device, enabled: bool = True, limit: int = LATENT_CACHE_ENTRIES):
+    def __init__(self, vae, device: torch.device, enabled: bool = True, limit: int = LATENT_CACHE_ENTRIES,
+                 parking: Parking | None = None):
         self.vae, self.device, self.enabled, self.limit = vae, device, enabled, limit
+        self.parking = parking or Parking(device, enabled=False)
         self.kept: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.complete = False      # every picture the stream can draw is kept: the VAE is not needed
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior's (mean, std) of ``pixels``, fp32."""
+        vae = self.parking.ready(self.vae)
         with torch.no_grad():
-            dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+            dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
     def fill(self, pictures: list[tuple[tuple, torch.Tensor]] | None) -> None:
@@ -40,6 +45,7 @@ class LatentCache:
                 if key not in self.kept:
                     self.kept[key] = self.encode(pixels[None])
                 bar.advance(1)
+        self.complete = True
 
     def posterior(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the batch's pictures, from the cache where kept."""

@@ -1,7 +1,7 @@
 """Loss masks (``--masked-loss``, as kohya's): where in an instance photo the loss counts.
 
 A mask is an (H, W) float array of weights in [0, 1], cut and flipped with its photo, pooled to the
-latents' size, and used as a per-pixel weight of the loss (``trainer.per_example_mse``: a weighted
+latents' size, and used as a per-pixel weight of the loss (``loss.per_example_mse``: a weighted
 mean, so an example's loss keeps its scale whatever share is weighted). It comes from
 
 * the photo's alpha channel (a cut-out subject: transparent pixels weigh 0), or

@@ -1,4 +1,4 @@
-"""What a training run returns, and its summary for the terminal."""
+"""What a training run returns or raises, and its summary for the terminal."""
 from __future__ import annotations
 
 import resource
@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..errors import UserError
 
 
 @dataclass
@@ -19,6 +21,19 @@ class TrainResult:
     skipped_steps: int = 0
     warnings: list[str] = field(default_factory=list)
     main_process: bool = True        # False in the other processes of a multi-process run (they write nothing)
+
+
+class TrainingStopped(UserError):
+    """Training cannot go on (e.g. the loss keeps being non-finite); nothing broken was saved."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: at which step, and the newest checkpoint (None: there is none)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written (--checkpoint-every)"
+        super().__init__(f"training interrupted at step {step}; {where}")
 
 
 def peak_memory() -> int:

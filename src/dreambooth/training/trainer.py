@@ -1,9 +1,5 @@
-"""The one DreamBooth training loop, for every family (SD1, SD2, SDXL) and method (full, LoRA).
-
-    loss = mse(instance) + prior_loss_weight * mse(prior)
-
-with instance and class examples in one batch and one UNet pass (Ruiz et al. 2023; the diffusers
-reference loop). What differs between families is in ``models.families``; what differs between full
+"""The one DreamBooth training loop, for every family (SD1, SD2, SDXL) and method (full, LoRA):
+instance and class examples in one batch and one UNet pass, the objective in ``loss``. What differs between families is in ``models.families``; what differs between full
 fine-tuning and LoRA is only which parameters train (``trainables``) and how the output is written
 (``saving``). ``Trainer.setup`` builds everything, ``Trainer.loss`` is the math, ``Trainer.fit``
 the loop. Progress goes out as events (``dreambooth.progress``), milestones to the callbacks
@@ -12,12 +8,12 @@ the loop. Progress goes out as events (``dreambooth.progress``), milestones to t
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .. import progress
 from ..errors import UserError, file_operation
@@ -28,41 +24,20 @@ from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
 from . import checkpoint as ckpt
 from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
-from .results import TrainResult, peak_memory
+from .loss import per_example_mse, prior_preserving_loss
+from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .preflight import preflight
 from .prior import class_folder, ensure_class_images
 from .guard import OutputStage, check_distributed, check_inputs
 from .latents import LatentCache
+from .parking import Parking
 from .saving import keep_best, save_model, save_output
 from .trainables import make_lr_scheduler, make_optimizer, make_trainable, move
 from .validation import Validator
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class TrainingStopped(UserError):
-    """Training cannot go on (e.g. the loss keeps being non-finite); nothing broken was saved."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: at which step, and the newest checkpoint (None: there is none)."""
-
-    def __init__(self, step: int, checkpoint: Path | None):
-        self.step, self.checkpoint = step, checkpoint
-        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written (--checkpoint-every)"
-        super().__init__(f"training interrupted at step {step}; {where}")
-
-
-def per_example_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) mean squared error of each example; with (B, 1, H, W) pixel ``weights`` (pooled to the
-    latents' size), a weighted mean, so an example's loss keeps its scale whatever share is weighted."""
-    per_pixel = F.mse_loss(pred, target, reduction="none")
-    if weights is None:
-        return per_pixel.mean(dim=(1, 2, 3))
-    w = F.adaptive_avg_pool2d(weights.to(per_pixel.device), per_pixel.shape[-2:])
-    return (per_pixel * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3)).clamp_min(1e-8)
 
 
 class Trainer:
@@ -95,7 +70,8 @@ class Trainer:
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
         check_distributed()
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation, cpu=cpu)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
+                                       cpu=cpu, dynamo_backend="inductor" if cfg.compile else None)   # --compile: prepare compiles
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
@@ -149,8 +125,16 @@ class Trainer:
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
-        self.latent_cache = LatentCache(pipe.vae, self.device, cfg.cache_latents)
+        self.parking = Parking(self.device)          # frozen parts wait on the CPU once all is cached
+        prompts = self.stream.every_prompt()
+        if prompts is not None and not self.trains_text:
+            self.conditioning(prompts)
+            for te in self.family.text_encoders:
+                self.parking.park(te)
+        self.latent_cache = LatentCache(pipe.vae, self.device, cfg.cache_latents, parking=self.parking)
         self.latent_cache.fill(self.stream.every_picture())
+        if self.latent_cache.complete:
+            self.parking.park(pipe.vae)
         self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
         if self.resume_from:
             ckpt.resume_run(self, self.resume_from)
@@ -215,6 +199,8 @@ class Trainer:
             return self.family.encode(self.family.tokenize(prompts), self.text_encoders)
         for p in dict.fromkeys(prompts):
             if p not in self._text_cache:
+                for te in self.family.text_encoders:
+                    self.parking.ready(te)
                 with torch.no_grad():
                     cond = self.family.encode(self.family.tokenize([p]))
                 self._text_cache[p] = (cond.embeds, cond.pooled)
@@ -226,7 +212,7 @@ class Trainer:
         """VAE latents of the batch, sampled from the posterior (kept per picture: ``training.latents``)."""
         vae = self.pipe.vae
         mean, std = self.latent_cache.posterior(batch)
-        sample = mean + std * batch.drawn(lambda n: torch.randn((n, *mean.shape[1:]), generator=self.noise_gen)).to(self.device)
+        sample = mean + std * self._to_device(batch.drawn(lambda n: torch.randn((n, *mean.shape[1:]), generator=self.noise_gen)))
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (sample - shift) * vae.config.scaling_factor
 
@@ -237,14 +223,14 @@ class Trainer:
         noise = batch.drawn(lambda n: torch.randn((n, *shape), generator=gen))
         if cfg.offset_noise:
             noise = noise + cfg.offset_noise * batch.drawn(lambda n: torch.randn((n, shape[0], 1, 1), generator=gen))
-        noise = noise.to(self.device)
-        timesteps = batch.drawn(lambda n: torch.randint(0, steps, (n,), generator=gen)).to(self.device)
+        noise = self._to_device(noise)
+        timesteps = self._to_device(batch.drawn(lambda n: torch.randint(0, steps, (n,), generator=gen)))
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         cond = self.conditioning(batch.prompts)
         added = None
         if self.family.needs_time_ids:
             ids = torch.stack([time_ids(o, c, (cfg.resolution, cfg.resolution)) for o, c in zip(batch.original_hw, batch.crop_top_left)])
-            added = self.family.added_cond(cond, ids.to(self.device))
+            added = self.family.added_cond(cond, self._to_device(ids))
         with self.accelerator.autocast():
             pred = self.unet(noisy, timesteps, cond.embeds, added_cond_kwargs=added).sample
         target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -254,66 +240,65 @@ class Trainer:
             snr = compute_snr(self.noise_scheduler, timesteps)
             clipped = torch.clamp(snr, max=cfg.snr_gamma)
             per_example = per_example * (clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr)
-        prior = batch.is_prior.to(self.device)
-        loss = per_example[~prior].mean()
-        if prior.any():
-            loss = loss + cfg.prior_loss_weight * per_example[prior].mean()
-        return loss
+        return prior_preserving_loss(per_example, batch.is_prior, cfg.prior_loss_weight, self._to_device)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU-made tensor (noise, timesteps, indices) to the device without waiting for the GPU
+        (a blocking copy would drain its queue every step)."""
+        return tensor.to(self.device, non_blocking=True)
 
     # ----- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg, acc = self.config, self.accelerator
-        started, nonfinite_in_a_row = time.time(), 0
+        started, self._nonfinite_in_a_row = time.time(), 0
         params = [p for m in self.trainables.values() for p in m.parameters() if p.requires_grad]
         for m in self.models:
             m.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
         if self.validator:
-            self._validated(self.validator.start())
-        with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as bar, \
+            self._validate(self.validator.start)
+        # With fused AdamW a non-finite step is skipped on the device (its found_inf) and the loss read
+        # one step late, when long computed: no host sync in the step, so the GPU's queue never runs
+        # dry. The steps whose end must be seen at once (checkpoint, validation, the last) are read at once.
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        lagged = cfg.gradient_accumulation == 1 and isinstance(inner, torch.optim.AdamW) and bool(inner.defaults.get("fused"))
+        pending = None
+        with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
                 self._interruptible():
-            while self.step < cfg.max_steps:
+            while self.step + (pending is not None) < cfg.max_steps:
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
                     loss = self.loss(batch)
                     # the global batch's loss (mean over processes): the same decision everywhere
                     seen = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
-                    if not torch.isfinite(seen):
+                    if not lagged and not torch.isfinite(seen):
                         self.optimizer.zero_grad(set_to_none=True)
-                        self.skipped += 1
-                        nonfinite_in_a_row += 1
-                        if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                            raise TrainingStopped(
-                                f"the loss was not finite {nonfinite_in_a_row} steps in a row (step {self.step}); stopped "
-                                "without saving. Lower --learning-rate, use --mixed-precision bf16/no, or a fp16-safe --vae")
+                        self._skipped()
                         continue
-                    nonfinite_in_a_row = 0
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if pending is not None:          # before this step: its learning rate follows
+                        self._step_done(pending)
+                        pending = None
+                    if lagged:
+                        inner.found_inf = (~torch.isfinite(seen)).float()
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 if not acc.sync_gradients:
                     continue
-                lr = self.lr_scheduler.get_last_lr()[0]
-                self.lr_scheduler.step()
-                self.step += 1
-                self.losses.append(seen.item())
-                bar.advance(1, loss=self.losses[-1], lr=lr)
-                info = StepEnd(self.step, cfg.max_steps, self.losses[-1], lr)
-                for cb in self.callbacks:
-                    cb.on_step_end(self, info)
-                if self.validator and self.step < cfg.max_steps:
-                    self._validated(self.validator.after_step(self.step))
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
-                    self.save_checkpoint()
+                if lagged and not self._seen_at_once(self.step + 1):
+                    pending = seen
+                else:
+                    self._step_done(seen)
+        self.parking.release()            # saving and validation as before: every part on the device
         with file_operation("write the trained model", "--output"):
             files = save_output(self)
         if self.accelerator.is_main_process:
             self.stage.commit()
         if self.validator:
-            self._validated(self.validator.end(self.step))
+            self._validate(self.validator.end, self.step)
             if cfg.keep_best:
                 keep_best(self.output, self.validator.best_weights())
         acc.wait_for_everyone()           # every process returns once the output is complete
@@ -322,6 +307,38 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    def _seen_at_once(self, step: int) -> bool:
+        cfg = self.config
+        return step >= cfg.max_steps or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) \
+            or bool(self.validator and step % cfg.validate_every == 0)
+
+    def _skipped(self) -> None:
+        self.skipped += 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= self.config.max_nonfinite_steps:
+            raise TrainingStopped(
+                f"the loss was not finite {self._nonfinite_in_a_row} steps in a row (step {self.step}); stopped "
+                "without saving. Lower --learning-rate, use --mixed-precision bf16/no, or a fp16-safe --vae")
+
+    def _step_done(self, seen: torch.Tensor) -> None:
+        """One optimizer step's loss is known: count it (or, not finite, the step was skipped)."""
+        cfg, value = self.config, seen.item()
+        if not math.isfinite(value):
+            return self._skipped()
+        self._nonfinite_in_a_row = 0
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        self.step += 1
+        self.losses.append(value)
+        self._bar.advance(1, loss=value, lr=lr)
+        info = StepEnd(self.step, cfg.max_steps, value, lr)
+        for cb in self.callbacks:
+            cb.on_step_end(self, info)
+        if self.validator and self.step < cfg.max_steps:
+            self._validate(self.validator.after_step, self.step)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+            self.save_checkpoint()
 
     @contextlib.contextmanager
     def _interruptible(self):
@@ -334,7 +351,9 @@ class Trainer:
             found = ckpt.list_checkpoints(self.output)
             raise TrainingInterrupted(self.step, found[-1] if found else None) from None
 
-    def _validated(self, validation) -> None:
+    def _validate(self, when, *args) -> None:
+        with self.parking.all_back():                  # validation generates: every part on the device
+            validation = when(*args)
         if validation is not None:
             for cb in self.callbacks:
                 cb.on_validation(self, validation)
