@@ -85,8 +85,9 @@ GPU = [
          steps=(2, 12), estimate=60),
     Case("SD1.5 full + text encoder, 512 px, bf16", "sd15", "full", te=True, precision="bf16", resolution=512,
          steps=(10, 60), estimate=110),
-    Case("SDXL full, 1024 px, bf16, checkpointing, 8-bit Adam", "sdxl", "full", precision="bf16", resolution=1024,
-         steps=(2, 6), peer=False, ours_extra=["--gradient-checkpointing", "--use-8bit-adam"], estimate=80),
+    Case("SDXL full, 1024 px, bf16, checkpointing, 8-bit Adam, fused backward pass", "sdxl", "full", precision="bf16",
+         resolution=1024, steps=(2, 6), peer=False,
+         ours_extra=["--gradient-checkpointing", "--use-8bit-adam", "--fused-backward-pass"], estimate=80),
 ]
 SETS = {"mid": CPU_MID, "sd15": CPU_FULL, "generate": CPU_GENERATE, "cpu": CPU_MID + CPU_FULL + CPU_GENERATE, "gpu": GPU}
 

@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a diffusers folder to use instead of building one under --cache")
     ap.add_argument("--profile", action="store_true", help="profile the timed steps: top ops, and how busy the GPU was")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--fused-backward-pass", action="store_true")
     ap.add_argument("--sync-every-step", action="store_true",
                     help="read each step's loss at once (a host sync per step), as before the loss was read a step late")
     args = ap.parse_args()
@@ -117,7 +118,7 @@ def main() -> None:
         class_prompt="a photo of dog" if args.prior else None, num_class_images=4, class_steps=2,
         method=args.method, train_text_encoder=args.train_text_encoder, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, use_8bit_adam=args.use_8bit_adam,
-        compile=args.compile,
+        compile=args.compile, fused_backward_pass=args.fused_backward_pass,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         output=str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
     trainer = Trainer(cfg, []).setup()
@@ -161,7 +162,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "
           f"batch={args.batch_size}{'+prior' if args.prior else ''} mp={args.mixed_precision} gc={args.gradient_checkpointing} "
-          f"8bit={args.use_8bit_adam} compile={args.compile} sync={args.sync_every_step} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
+          f"8bit={args.use_8bit_adam} compile={args.compile} fused={args.fused_backward_pass} sync={args.sync_every_step} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
           f"peak GPU memory {peak:.2f} GiB (before the timed steps {getattr(clock, 'setup_peak', float('nan')):.2f}) | {device}")
 
 

@@ -87,6 +87,17 @@ def check_distributed() -> None:
                             "see docs/multi-gpu.md")
 
 
+def check_fused_backward(cfg: TrainConfig, processes: int, warn) -> None:
+    """``--fused-backward-pass`` steps each weight inside the backward pass (``fused_backward``)."""
+    if not cfg.fused_backward_pass:
+        return
+    if processes > 1:
+        raise UserError("--fused-backward-pass runs on one process (DDP averages gradients after each weight "
+                        "was already stepped); drop it, or launch one process")
+    if cfg.max_grad_norm > 0:
+        warn("--fused-backward-pass: gradients are not clipped (--max-grad-norm needs all of them at once)")
+
+
 def _entries(output: Path) -> list[Path]:
     return [p for p in output.iterdir() if p.name not in KEPT_ON_OVERWRITE and p.name != PREVIOUS_OUTPUT_DIR] \
         if output.is_dir() else []

@@ -71,6 +71,7 @@ class ModelSizes:
     vae_channels: int                        # the VAE's channels at full resolution
     vae_scale: int = 8
     latent_channels: int = 4
+    largest_weight: int = 0                  # elements of the largest UNet or text-encoder tensor
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def model_sizes(pipe, family) -> ModelSizes:
         text_lora_per_rank=tuple(_lora_per_rank(te, TEXT_ENCODER_TARGETS) for te in encoders),
         text_layers=tuple((te.config.num_hidden_layers, te.config.hidden_size) for te in encoders),
         vae_fp32=bool(getattr(vae_cfg, "force_upcast", False)), vae_channels=vae_cfg.block_out_channels[0],
-        vae_scale=getattr(pipe, "vae_scale_factor", 8), latent_channels=vae_cfg.latent_channels)
+        vae_scale=getattr(pipe, "vae_scale_factor", 8), latent_channels=vae_cfg.latent_channels,
+        largest_weight=max(p.numel() for m in (pipe.unet, *encoders) for p in m.parameters()))
 
 
 # ----- the estimate ---------------------------------------------------------------------------------
@@ -195,7 +197,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
         trainable = cfg.rank * (sizes.lora_per_rank + (sum(sizes.text_lora_per_rank) if train_te else 0))
     if lora:
         weights += trainable * 4        # the adapters, fp32 whatever the base is in
-    gradients = trainable * 4
+    # --fused-backward-pass: one weight's gradient at a time (the largest, at worst)
+    gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * 4
     optimizer = trainable * (2 if cfg.use_8bit_adam else 8)
 
     batch = cfg.batch_size * (2 if cfg.use_prior else 1)
@@ -276,6 +279,9 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
         changes.append(("--gradient-checkpointing", {"gradient_checkpointing": True}))
     if device == "cuda" and not cfg.use_8bit_adam:
         changes.append(("--use-8bit-adam", {"use_8bit_adam": True}))
+    if cfg.method == "full" and not cfg.fused_backward_pass and cfg.gradient_accumulation == 1 \
+            and cfg.mixed_precision != "fp16":
+        changes.append(("--fused-backward-pass", {"fused_backward_pass": True}))
     if cfg.mixed_precision == "no":
         changes.append(("--mixed-precision bf16", {"mixed_precision": "bf16"}))
     if cfg.method == "full":

@@ -13,6 +13,7 @@ from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters
 from ..models.tokens import identifier_words
 from .config import TrainConfig
+from .fused_backward import PerWeightOptimizer
 
 
 def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> None:
@@ -78,6 +79,14 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig):
+    """AdamW (fused) or bitsandbytes' 8-bit AdamW; with ``--fused-backward-pass`` one per weight,
+    stepped in the backward pass (``fused_backward``)."""
+    if cfg.fused_backward_pass:
+        return PerWeightOptimizer(groups, lambda group: _adamw(group, cfg))
+    return _adamw(groups, cfg)
+
+
+def _adamw(groups: list[dict], cfg: TrainConfig):
     kwargs = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
     if not cfg.use_8bit_adam:
         # The fused kernel is one call for all parameters (the default loops over them): measured a

@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .preflight import preflight
 from .prior import class_folder, ensure_class_images
-from .guard import OutputStage, check_distributed, check_inputs
+from .guard import OutputStage, check_distributed, check_fused_backward, check_inputs
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
@@ -75,6 +75,7 @@ class Trainer:
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
+        check_fused_backward(cfg, self.accelerator.num_processes, self._warn)
         self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output) if cfg.resume else None
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
         self.family = adapter_for(pipe)
@@ -277,7 +278,7 @@ class Trainer:
                         self._skipped()
                         continue
                     acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    if acc.sync_gradients and cfg.max_grad_norm > 0 and not cfg.fused_backward_pass:
                         acc.clip_grad_norm_(params, cfg.max_grad_norm)
                     if pending is not None:          # before this step: its learning rate follows
                         self._step_done(pending)
