@@ -119,3 +119,24 @@ def test_compile_hands_the_trained_models_to_torch_compile(tiny_sd1, dog_photos,
     assert isinstance(compiled.unet, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled.unet._orig_mod is compiled.trainables["unet"]
     assert isinstance(compiled.text_encoders[0], torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_pictures_whose_latents_are_kept_are_not_made(dog_photos):
+    """A step's host work is the GPU's idle time: a kept picture is not cut and converted again,
+    and the stream draws exactly as it did (same crops, flips, keys, prompts)."""
+    from dreambooth.training.data import ExampleStream, load_examples
+    examples = load_examples(str(dog_photos), "a sks dog", 64)
+
+    def stream(needs):
+        s = ExampleStream(examples, [], 2, 64, False, True, seed=3)
+        s.needs_pixels = needs
+        return [s.next_batch() for _ in range(6)]
+
+    every, none = stream(lambda key: True), stream(lambda key: False)
+    some = stream(lambda key: key[0] % 2 == 0)          # even examples' pictures only
+    for a, b, c in zip(every, none, some):
+        assert a.cache_keys == b.cache_keys == c.cache_keys and a.prompts == b.prompts == c.prompts
+        assert b.pixels is None
+        for row, key in enumerate(a.cache_keys):
+            want = a.pixels[row] if key[0] % 2 == 0 else torch.zeros_like(a.pixels[row])
+            assert torch.equal(c.pixels[row], want)

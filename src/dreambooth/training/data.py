@@ -109,32 +109,42 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     return examples
 
 
-def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator):
-    """Crop ``size``x``size`` and maybe flip; returns (CHW float tensor in [-1, 1], crop (top, left),
-    the example's mask cut the same way or None, whether it was flipped).
-
-    Both random draws are always made, so the generator advances the same way whatever the flags
-    and a resumed run sees the same stream.
-    """
+def draw_crop(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator) -> tuple[tuple[int, int], bool]:
+    """Where to crop ``size``x``size`` (top, left) and whether to flip. Both random draws are always
+    made, so the generator advances the same way whatever the flags and a resumed run sees the same stream."""
     w, h = example.image.size
     r_top, r_left, r_flip = torch.rand(3, generator=gen).tolist()
     if center:
-        top, left = (h - size) // 2, (w - size) // 2
-    else:
-        top, left = int(r_top * (h - size + 1)), int(r_left * (w - size + 1))
-    image = example.image.crop((left, top, left + size, top + size))
+        return ((h - size) // 2, (w - size) // 2), flip and r_flip < 0.5
+    return (int(r_top * (h - size + 1)), int(r_left * (w - size + 1))), flip and r_flip < 0.5
+
+
+def cut(example: Example, size: int, crop: tuple[int, int], flipped: bool, pixels: bool = True):
+    """(CHW float tensor in [-1, 1], or None when not ``pixels``; the example's mask cut the same way or None)."""
+    top, left = crop
     mask = None if example.mask is None else example.mask[top:top + size, left:left + size]
-    flipped = flip and r_flip < 0.5
+    if flipped and mask is not None:
+        mask = mask[:, ::-1]
+    if not pixels:
+        return None, mask
+    image = example.image.crop((left, top, left + size, top + size))
     if flipped:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        mask = None if mask is None else mask[:, ::-1]
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left), mask, flipped
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), mask
+
+
+def crop_and_flip(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator):
+    """Crop ``size``x``size`` and maybe flip; returns (CHW float tensor in [-1, 1], crop (top, left),
+    the example's mask cut the same way or None, whether it was flipped)."""
+    crop, flipped = draw_crop(example, size, center, flip, gen)
+    tensor, mask = cut(example, size, crop, flipped)
+    return tensor, crop, mask, flipped
 
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor             # (B, 3, H, W) in [-1, 1]
+    pixels: torch.Tensor | None      # (B, 3, H, W) in [-1, 1]; rows not made (``needs_pixels``) are 0; None: no row made
     prompts: list[str]
     original_hw: list[tuple[int, int]]
     crop_top_left: list[tuple[int, int]]
@@ -155,7 +165,7 @@ class Batch:
     def select(self, rows: list[int]) -> "Batch":
         """This process's share of the global batch: the given rows, in order."""
         pick = torch.tensor(rows)
-        return Batch(self.pixels[pick], [self.prompts[r] for r in rows], [self.original_hw[r] for r in rows],
+        return Batch(None if self.pixels is None else self.pixels[pick], [self.prompts[r] for r in rows], [self.original_hw[r] for r in rows],
                      [self.crop_top_left[r] for r in rows], self.is_prior[pick], [self.indices[r] for r in rows],
                      None if self.loss_weights is None else self.loss_weights[pick],
                      None if self.cache_keys is None else [self.cache_keys[r] for r in rows],
@@ -184,6 +194,9 @@ class ExampleStream:
         self._order = {"instance": [], "prior": []}
         self.caption_dropout = caption_dropout
         self.transforms = list(transforms)
+        # (cache key) -> whether that picture's pixels are wanted; the trainer's latent cache answers
+        # no for what it keeps, so a step does not cut and convert photos only to throw them away
+        self.needs_pixels: Callable[[tuple], bool] = lambda key: True
 
     def _instance_pick(self, i: int) -> tuple[Example, bool, int | None]:
         example = self.instance[i]
@@ -208,11 +221,13 @@ class ExampleStream:
             picks += [(self.prior[i], True, off + i) for i in self._take("prior", n, len(self.prior))]
         pixels, crops, masks, keys = [], [], [], []
         for example, _, index in picks:
-            tensor, crop, mask, flipped = crop_and_flip(example, self.size, self.center_crop, self.random_flip, self.gen)
+            crop, flipped = draw_crop(example, self.size, self.center_crop, self.random_flip, self.gen)
+            key = None if index is None else (index, crop, flipped)
+            tensor, mask = cut(example, self.size, crop, flipped, pixels=key is None or self.needs_pixels(key))
             pixels.append(tensor)
             crops.append(crop)
             masks.append(mask)
-            keys.append(None if index is None else (index, crop, flipped))
+            keys.append(key)
         weights = None
         if any(m is not None for m in masks):         # the others weigh 1 everywhere
             weights = torch.stack([torch.ones(1, self.size, self.size) if m is None
@@ -221,7 +236,9 @@ class ExampleStream:
         if self.caption_dropout:         # drawn only when on, so streams without it stay as they were
             drop = torch.rand(len(prompts), generator=self.gen) < self.caption_dropout
             prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        batch = Batch(torch.stack(pixels), prompts, [p[0].original_hw for p in picks], crops,
+        made = [t for t in pixels if t is not None]
+        stacked = None if not made else torch.stack([torch.zeros_like(made[0]) if t is None else t for t in pixels])
+        batch = Batch(stacked, prompts, [p[0].original_hw for p in picks], crops,
                       torch.tensor([p[1] for p in picks]), [p[2] for p in picks], weights, keys)
         if world == 1:
             return batch

@@ -47,6 +47,10 @@ class LatentCache:
                 bar.advance(1)
         self.complete = True
 
+    def needs_pixels(self, key: tuple) -> bool:
+        """Whether a picture must be made to get its latents (not when they are kept)."""
+        return not self.enabled or key not in self.kept
+
     def posterior(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the batch's pictures, from the cache where kept."""
         if not self.enabled:

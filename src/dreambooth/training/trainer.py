@@ -134,6 +134,7 @@ class Trainer:
                 self.parking.park(te)
         self.latent_cache = LatentCache(pipe.vae, self.device, cfg.cache_latents, parking=self.parking)
         self.latent_cache.fill(self.stream.every_picture())
+        self.stream.needs_pixels = self.latent_cache.needs_pixels
         if self.latent_cache.complete:
             self.parking.park(pipe.vae)
         self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
