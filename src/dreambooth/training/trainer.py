@@ -1,9 +1,9 @@
 """The one DreamBooth training loop, for every family (SD1, SD2, SDXL) and method (full, LoRA):
-instance and class examples in one batch and one UNet pass, the objective in ``loss``. What differs between families is in ``models.families``; what differs between full
-fine-tuning and LoRA is only which parameters train (``trainables``) and how the output is written
-(``saving``). ``Trainer.setup`` builds everything, ``Trainer.loss`` is the math, ``Trainer.fit``
-the loop. Progress goes out as events (``dreambooth.progress``), milestones to the callbacks
-(``callbacks``: a typed protocol).
+instance and class examples in one batch and one UNet pass, the objective in ``loss``. What differs
+between families is in ``models.families``; what differs between full fine-tuning and LoRA is only
+which parameters train (``trainables``) and how the output is written (``saving``).
+``Trainer.setup`` builds everything, ``Trainer.loss`` is the math, ``Trainer.fit`` the loop. Progress
+goes out as events (``dreambooth.progress``), milestones to the callbacks (``callbacks``: a typed protocol).
 """
 from __future__ import annotations
 
