@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "dreambooth-bench"))
+    ap.add_argument("--output", default=None, help="the run's output folder (default: OUT under --cache)")
     ap.add_argument("--model", default=None, help="a diffusers folder to use instead of building one under --cache")
     ap.add_argument("--profile", action="store_true", help="profile the timed steps: top ops, and how busy the GPU was")
     ap.add_argument("--compile", action="store_true")
@@ -120,7 +121,7 @@ def main() -> None:
         gradient_checkpointing=args.gradient_checkpointing, use_8bit_adam=args.use_8bit_adam,
         compile=args.compile, fused_backward_pass=args.fused_backward_pass,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-        output=str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
+        output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
     trainer = Trainer(cfg, []).setup()
     if args.sync_every_step:     # the trainer reads losses late only with fused AdamW
         getattr(trainer.optimizer, "optimizer", trainer.optimizer).defaults["fused"] = False

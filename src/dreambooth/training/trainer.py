@@ -34,7 +34,7 @@ from .guard import OutputStage, check_distributed, check_fused_backward, check_i
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
-from .trainables import make_lr_scheduler, make_optimizer, make_trainable, move
+from .trainables import compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move
 from .validation import Validator
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -71,7 +71,7 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         check_distributed()
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                                       cpu=cpu, dynamo_backend="inductor" if cfg.compile else None)   # --compile: prepare compiles
+                                       cpu=cpu, dynamo_plugin=compile_plugin(cfg.compile))
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)

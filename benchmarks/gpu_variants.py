@@ -1,0 +1,71 @@
+"""The in-process GPU measurements still owed to issue 30, most wanted first, within a time budget.
+
+    python benchmarks/gpu_variants.py --budget 480          # on a GPU: one line of figures per case
+    python benchmarks/gpu_variants.py --tiny --budget 120   # the same commands on tiny models, any machine
+
+Each case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
+preservation, bf16); the models are built once under --cache by the first case of each family, so
+that case's "before the timed steps" peak includes the building. A case that fails or runs out of its
+time is reported and the rest go on; a case that would not fit in the budget left is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# (name, seconds it may take, train_step.py arguments); SD1.5 first, so its model exists for the rest.
+CASES = [
+    ("SD1.5 LoRA 512 px", 90, "--size full --method lora --resolution 512 --steps 40 --warmup 5"),
+    ("SD1.5 LoRA 512 px, --compile (the lever for a host-bound step)", 420,
+     "--size full --method lora --resolution 512 --steps 40 --warmup 20 --compile"),
+    ("SDXL full 1024 px, checkpointing, 8-bit Adam, --fused-backward-pass (goal <= 20 GB)", 180,
+     "--family sdxl --size full --method full --resolution 1024 --steps 4 --warmup 2 --gradient-checkpointing "
+     "--use-8bit-adam --fused-backward-pass"),
+    ("SDXL LoRA 1024 px, checkpointing (the whole run's peak, goal <= 8 GB)", 90,
+     "--family sdxl --size full --method lora --resolution 1024 --steps 10 --warmup 3 --gradient-checkpointing"),
+    ("SD1.5 full + text encoder 512 px", 60,
+     "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 5"),
+    ("SD1.5 full + text encoder 512 px, --compile", 420,
+     "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 10 --compile"),
+    ("SD1.5 LoRA 512 px, profile", 90, "--size full --method lora --resolution 512 --steps 10 --warmup 5 --profile"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=600, help="seconds for all cases")
+    ap.add_argument("--cache", default="/tmp/gpu-variants", help="where the models are built once")
+    ap.add_argument("--tiny", action="store_true", help="tiny models: a dry run of every command")
+    args = ap.parse_args()
+    deadline = time.time() + args.budget
+    for number, (name, seconds, extra) in enumerate(CASES):
+        argv = extra.split()
+        if args.tiny:
+            argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]
+            argv = [a for a in argv if a != "--use-8bit-adam"] + ["--resolution", "64"]
+            seconds = 120 if "--compile" in argv else 60
+        left = deadline - time.time()
+        if seconds > left:
+            print(f"== {name}: skipped ({seconds} s; {left:.0f} s of --budget left)", flush=True)
+            continue
+        print(f"== {name}", flush=True)
+        cmd = [sys.executable, str(HERE / "train_step.py"), "--cache", args.cache, "--output", f"{args.cache}/out-{number}",
+               "--mixed-precision", "bf16", "--prior", *argv]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
+        except subprocess.TimeoutExpired:
+            print(f"   ran out of its {seconds} s", flush=True)
+            continue
+        lines = [ln for ln in run.stdout.splitlines() if ln.strip()]
+        if run.returncode:
+            print(f"   failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:] or ['?']}", flush=True)
+        print("\n".join(lines[-30:] if "--profile" in argv else lines[-1:]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
