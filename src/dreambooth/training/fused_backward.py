@@ -29,8 +29,9 @@ class PerWeightOptimizer(torch.optim.Optimizer):
         super().__init__([p for o in self.optimizers for p in o.param_groups[0]["params"]], {})
         # The sub-optimizers' own groups: the schedule's learning rate reaches them directly.
         self.param_groups = [o.param_groups[0] for o in self.optimizers]
-        self.hooks = [p.register_post_accumulate_grad_hook(self._stepper(o))
-                      for o in self.optimizers for p in o.param_groups[0]["params"]]
+        for optimizer in self.optimizers:
+            for p in optimizer.param_groups[0]["params"]:
+                p.register_post_accumulate_grad_hook(self._stepper(optimizer))
 
     @staticmethod
     def _stepper(optimizer: torch.optim.Optimizer):
@@ -52,8 +53,3 @@ class PerWeightOptimizer(torch.optim.Optimizer):
             raise ValueError("not the state of a --fused-backward-pass run with these weights")
         for optimizer, state in zip(self.optimizers, saved):
             optimizer.load_state_dict(state)
-
-    def remove_hooks(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
-        self.hooks = []

@@ -20,7 +20,7 @@ class Parking:
         self.parked: list[torch.nn.Module] = []
 
     def park(self, module: torch.nn.Module) -> None:
-        if self.enabled and not any(m is module for m in self.parked):
+        if self.enabled and not self.is_parked(module):
             module.to("cpu")
             self.parked.append(module)
             if self.device.type == "cuda":
@@ -28,11 +28,9 @@ class Parking:
 
     def ready(self, module: torch.nn.Module) -> torch.nn.Module:
         """``module`` on the training device again (for good: a cache miss will likely recur)."""
-        for i, m in enumerate(self.parked):
-            if m is module:
-                module.to(self.device)
-                del self.parked[i]
-                break
+        if self.is_parked(module):
+            module.to(self.device)
+            self.parked = [m for m in self.parked if m is not module]
         return module
 
     def is_parked(self, module: torch.nn.Module) -> bool:
