@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..devices import generation_dtype, pick_device
+from ..host_memory import keep_freed_host_memory
 from ..errors import UserError
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
@@ -150,6 +151,8 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
         default.append(LoraTag(lora.name, float(weight)))
     device = pick_device(device)
     dtype = dtype or generation_dtype(device)
+    if device.type == "cpu":
+        keep_freed_host_memory()        # activations reused across steps, not faulted in afresh
     info = model_info_for(str(model), vae)
     pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
     generation = GenerationPipeline(pipe, info, library, default)

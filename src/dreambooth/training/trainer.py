@@ -17,6 +17,7 @@ import torch
 
 from .. import progress
 from ..errors import UserError, file_operation
+from ..host_memory import keep_freed_host_memory
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, ModelInfo, model_info_for
 from ..models.families import Conditioning, adapter_for, time_ids
@@ -66,6 +67,8 @@ class Trainer:
         cpu = not torch.cuda.is_available()
         if cfg.mixed_precision == "fp16" and cpu:
             raise UserError("--mixed-precision fp16 needs a GPU; use bf16 (or no) on CPU")
+        if cpu:
+            keep_freed_host_memory()        # gradients reused, not faulted in each step (host_memory)
         # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
