@@ -1,7 +1,7 @@
 """Ours against diffusers' own DreamBooth scripts, side by side: steady-state s/step, peak memory, ratios.
 
     python benchmarks/side_by_side.py                       # the CPU cases (about 40 min on 2 cores)
-    python benchmarks/side_by_side.py --cases mid           # the mid-size SD1 cases only (about 10 min)
+    python benchmarks/side_by_side.py --cases mid           # the mid-size SD1 cases only (about 20 min)
     python benchmarks/side_by_side.py --cases gpu           # on a GPU: full-size SD1.5 and SDXL (about 15 min)
     python benchmarks/side_by_side.py --cases gpu --tiny    # the same commands on tiny models: a dry run, any machine
 
@@ -63,11 +63,13 @@ class Case:
     estimate: float = 60.0           # seconds both sides take where the case is meant to run (for --budget)
 
 
+# Enough steps that the timed difference outweighs the noise in the first steps and in loading (a second
+# or two between runs on a shared 2-core machine): 8 steps of 0.3 s were within that noise.
 CPU_MID = [
-    Case("mid LoRA rank 4, fp32", "mid"),
-    Case("mid LoRA rank 4, bf16", "mid", precision="bf16"),
-    Case("mid full + text encoder, fp32", "mid", "full", te=True),
-    Case("mid full + text encoder, bf16", "mid", "full", te=True, precision="bf16"),
+    Case("mid LoRA rank 4, fp32", "mid", steps=(2, 30)),
+    Case("mid LoRA rank 4, bf16", "mid", precision="bf16", steps=(2, 30)),
+    Case("mid full + text encoder, fp32", "mid", "full", te=True, steps=(2, 20)),
+    Case("mid full + text encoder, bf16", "mid", "full", te=True, precision="bf16", steps=(2, 20)),
 ]
 CPU_FULL = [
     Case("SD1.5 LoRA rank 4, 512 px, fp32", "sd15", resolution=512, steps=(1, 3)),
