@@ -3,8 +3,8 @@
     python benchmarks/gpu_variants.py --budget 480          # on a GPU: one line of figures per case
     python benchmarks/gpu_variants.py --tiny --budget 120   # the same commands on tiny models, any machine
 
-Each case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
-preservation, bf16); the models are built once under --cache by the first case of each family, so
+Each training case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
+preservation, bf16); the generation case is side_by_side.py's, ours against diffusers' pipeline per batch; the models are built once under --cache by the first case of each family, so
 that case's "before the timed steps" peak includes the building. A case that fails or runs out of its
 time is reported and the rest go on; a case that would not fit in the budget left is skipped.
 """
@@ -26,6 +26,9 @@ CASES = [
     ("SDXL full 1024 px, checkpointing, 8-bit Adam, --fused-backward-pass (goal <= 20 GB)", 180,
      "--family sdxl --size full --method full --resolution 1024 --steps 4 --warmup 2 --gradient-checkpointing "
      "--use-8bit-adam --fused-backward-pass"),
+    # not train_step.py: ours against diffusers' StableDiffusionPipeline, per batch (side_by_side.py's GPU case)
+    ("generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16, against diffusers (goal <= 0.8)", 150,
+     "SIDE_BY_SIDE generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16"),
     ("SDXL LoRA 1024 px, checkpointing (the whole run's peak, goal <= 8 GB)", 90,
      "--family sdxl --size full --method lora --resolution 1024 --steps 10 --warmup 3 --gradient-checkpointing"),
     ("SD1.5 full + text encoder 512 px", 60,
@@ -44,6 +47,9 @@ def main() -> None:
     args = ap.parse_args()
     deadline = time.time() + args.budget
     for number, (name, seconds, extra) in enumerate(CASES):
+        if extra.startswith("SIDE_BY_SIDE "):
+            side_by_side(name, seconds, extra.split(" ", 1)[1], args, deadline)
+            continue
         argv = extra.split()
         if args.tiny:
             argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]
@@ -65,6 +71,26 @@ def main() -> None:
         if run.returncode:
             print(f"   failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:] or ['?']}", flush=True)
         print("\n".join(lines[-30:] if "--profile" in argv else lines[-1:]), flush=True)
+
+
+def side_by_side(name: str, seconds: float, case: str, args, deadline: float) -> None:
+    """One case of side_by_side.py (its own models under --cache/side-by-side), its table row printed."""
+    seconds = 240 if args.tiny else seconds
+    left = deadline - time.time()
+    if seconds > left:
+        print(f"== {name}: skipped ({seconds} s; {left:.0f} s of --budget left)", flush=True)
+        return
+    print(f"== {name}", flush=True)
+    cmd = [sys.executable, str(HERE / "side_by_side.py"), "--cases", case, "--work", f"{args.cache}/side-by-side",
+           *(["--tiny"] if args.tiny else [])]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        print(f"   ran out of its {seconds} s", flush=True)
+        return
+    if run.returncode:
+        print(f"   failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:] or ['?']}", flush=True)
+    print("\n".join(ln for ln in run.stdout.splitlines() if ln.startswith("|") or "ours" in ln or "peer" in ln), flush=True)
 
 
 if __name__ == "__main__":
