@@ -64,20 +64,28 @@ def test_vae_replacement(tiny_sd1, tmp_path):
         load_pipeline(str(tiny_sd1), vae=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("force_upcast, expected", [(True, torch.float32), (False, torch.bfloat16)])
-def test_vae_stays_fp32_unless_it_is_fp16_safe(tiny_sdxl, dog_photos, tmp_path, force_upcast, expected):
-    """Low-precision training encodes with the VAE in fp32 unless its config says it is safe
-    (the fp16-fix SDXL VAE sets force_upcast: false); trainable weights are always fp32."""
+def test_vae_runs_in_bf16_under_bf16_even_when_it_asks_for_fp32_under_fp16(tiny_sdxl, dog_photos, tmp_path):
+    """``force_upcast`` is about fp16's range (the SDXL VAE overflows there); bf16 has fp32's range, so
+    a bf16 run encodes in bf16, as diffusers' pipelines do. Trainable weights are always fp32."""
     model = tmp_path / "m"
     shutil.copytree(tiny_sdxl, model)
-    cfg_file = model / "vae" / "config.json"
-    cfg_file.write_text(cfg_file.read_text().replace('"force_upcast": true', f'"force_upcast": {str(force_upcast).lower()}'))
+    assert '"force_upcast": true' in (model / "vae" / "config.json").read_text()
     cfg = build_config(None, dict(model=str(model), instance_dir=str(dog_photos), instance_prompt="a sks dog",
                                   resolution=32, max_steps=1, mixed_precision="bf16", output=str(tmp_path / "o")))
     trainer = Trainer(cfg, []).setup()
-    assert trainer.pipe.vae.dtype == expected
+    assert trainer.pipe.vae.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in trainer.pipe.unet.parameters() if p.requires_grad)
     trainer.fit()
+
+
+@pytest.mark.parametrize("force_upcast, weight_dtype, expected", [
+    (True, torch.float16, torch.float32), (False, torch.float16, torch.float16),
+    (True, torch.bfloat16, torch.bfloat16), (True, torch.float32, torch.float32)])
+def test_vae_dtype_upcasts_for_fp16_only(force_upcast, weight_dtype, expected):
+    from types import SimpleNamespace
+
+    from dreambooth.training.trainables import vae_dtype
+    assert vae_dtype(SimpleNamespace(config=SimpleNamespace(force_upcast=force_upcast)), weight_dtype) == expected
 
 
 def test_tokens_command_lists_rare_single_tokens(tiny_sd1):

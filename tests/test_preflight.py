@@ -57,10 +57,10 @@ def test_layout_counts_what_enters_each_block():
 
 def test_class_images_count_only_when_they_are_to_be_made():
     sizes = mid_sizes()
-    made = pf.estimate(sizes, config(resolution=1024, method="lora", gradient_checkpointing=True, mixed_precision="bf16"), "cpu")
-    there = pf.estimate(sizes, config(resolution=1024, method="lora", gradient_checkpointing=True, mixed_precision="bf16"), "cpu",
+    made = pf.estimate(sizes, config(resolution=1024, method="lora", gradient_checkpointing=True, mixed_precision="fp16"), "cpu")
+    there = pf.estimate(sizes, config(resolution=1024, method="lora", gradient_checkpointing=True, mixed_precision="fp16"), "cpu",
                         making_class_images=False)
-    assert made.total > there.total          # at 1024 px the VAE decoding a class image is the peak
+    assert made.total > there.total          # at 1024 px the VAE (fp32 under fp16) decoding a class image is the peak
 
 
 def test_estimate_moves_the_right_way_with_each_setting():

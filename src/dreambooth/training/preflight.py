@@ -67,7 +67,7 @@ class ModelSizes:
     lora_per_rank: int                       # LoRA parameters per unit of rank, UNet targets
     text_lora_per_rank: tuple[int, ...]      # the same for each text encoder
     text_layers: tuple[tuple[int, int], ...] # (layers, hidden size) of each text encoder
-    vae_fp32: bool                           # the VAE stays fp32 under mixed precision (force_upcast)
+    vae_fp32: bool                           # the VAE stays fp32 under fp16 (force_upcast; trainables.vae_dtype)
     vae_channels: int                        # the VAE's channels at full resolution
     vae_scale: int = 8
     latent_channels: int = 4
@@ -190,7 +190,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     te_params = sum(sizes.text_encoders)
 
     weights = sizes.unet * (4 if full else low) + te_params * (4 if te_fp32 else low)
-    weights += sizes.vae * (4 if sizes.vae_fp32 else low)
+    vae_width = 4 if sizes.vae_fp32 and cfg.mixed_precision == "fp16" else low      # trainables.vae_dtype
+    weights += sizes.vae * vae_width
     if full:
         trainable = sizes.unet + (te_params if train_te else 0)
     else:
@@ -222,7 +223,6 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     # weights alone; CFG doubles the UNet's batch; the VAE decodes one image at a time at full size)
     # and the VAE encoding a batch at the start of a step (no gradients then).
     pixels = cfg.resolution * cfg.resolution
-    vae_width = 4 if sizes.vae_fp32 else low
     generation = 0
     if cfg.use_prior and making_class_images:
         generation = max(8 * sizes.vae_channels * pixels * vae_width,

@@ -35,7 +35,7 @@ from .guard import OutputStage, check_distributed, check_fused_backward, check_i
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
-from .trainables import compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move
+from .trainables import compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -97,9 +97,7 @@ class Trainer:
         pipe.unet.requires_grad_(False)
         for te in self.family.text_encoders:
             te.requires_grad_(False)
-        # The SDXL VAE overflows in fp16 (black images, kohya #952): keep it fp32 unless it says it is fp16-safe.
-        vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else self.weight_dtype
-        move(pipe.vae, self.device, vae_dtype)
+        move(pipe.vae, self.device, vae_dtype(pipe.vae, self.weight_dtype))
         # A LoRA's frozen base UNet may run in low precision; its adapters are added in fp32 below.
         move(pipe.unet, self.device, self.weight_dtype if cfg.method == "lora" else torch.float32)
         for te in self.family.text_encoders:
