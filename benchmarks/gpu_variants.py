@@ -4,9 +4,11 @@
     python benchmarks/gpu_variants.py --tiny --budget 120   # the same commands on tiny models, any machine
 
 Each training case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
-preservation, bf16); the generation case is side_by_side.py's, ours against diffusers' pipeline per batch; the models are built once under --cache by the first case of each family, so
-that case's "before the timed steps" peak includes the building. A case that fails or runs out of its
-time is reported and the rest go on; a case that would not fit in the budget left is skipped.
+preservation, bf16); the models are built once under --cache by the first case of each family, so
+that case's "before the timed steps" peak includes the building. The generation case is one
+side_by_side.py case, ours against diffusers' pipeline per batch, with its own models. A case that
+fails or runs out of its time is reported and the rest go on; a case that would not fit in the budget
+left is skipped.
 """
 from __future__ import annotations
 
