@@ -20,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (name, seconds it may take, train_step.py arguments); SD1.5 first, so its model exists for the rest.
+# (name, seconds it may take, train_step.py arguments or "SIDE_BY_SIDE" and a side_by_side.py case);
+# SD1.5 first, so its model exists for the rest.
 CASES = [
     ("SD1.5 LoRA 512 px", 90, "--size full --method lora --resolution 512 --steps 40 --warmup 5"),
     ("SD1.5 LoRA 512 px, --compile (the lever for a host-bound step)", 420,
@@ -49,50 +50,37 @@ def main() -> None:
     args = ap.parse_args()
     deadline = time.time() + args.budget
     for number, (name, seconds, extra) in enumerate(CASES):
-        if extra.startswith("SIDE_BY_SIDE "):
-            side_by_side(name, seconds, extra.split(" ", 1)[1], args, deadline)
-            continue
-        argv = extra.split()
-        if args.tiny:
-            argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]
-            argv = [a for a in argv if a != "--use-8bit-adam"] + ["--resolution", "64"]
-            seconds = 120 if "--compile" in argv else 60
+        cmd, seconds, shown = command(number, seconds, extra, args)
         left = deadline - time.time()
         if seconds > left:
             print(f"== {name}: skipped ({seconds} s; {left:.0f} s of --budget left)", flush=True)
             continue
         print(f"== {name}", flush=True)
-        cmd = [sys.executable, str(HERE / "train_step.py"), "--cache", args.cache, "--output", f"{args.cache}/out-{number}",
-               "--mixed-precision", "bf16", "--prior", *argv]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
         except subprocess.TimeoutExpired:
             print(f"   ran out of its {seconds} s", flush=True)
             continue
-        lines = [ln for ln in run.stdout.splitlines() if ln.strip()]
         if run.returncode:
             print(f"   failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:] or ['?']}", flush=True)
-        print("\n".join(lines[-30:] if "--profile" in argv else lines[-1:]), flush=True)
+        print("\n".join(shown([ln for ln in run.stdout.splitlines() if ln.strip()])), flush=True)
 
 
-def side_by_side(name: str, seconds: float, case: str, args, deadline: float) -> None:
-    """One case of side_by_side.py (its own models under --cache/side-by-side), its table row printed."""
-    seconds = 240 if args.tiny else seconds
-    left = deadline - time.time()
-    if seconds > left:
-        print(f"== {name}: skipped ({seconds} s; {left:.0f} s of --budget left)", flush=True)
-        return
-    print(f"== {name}", flush=True)
-    cmd = [sys.executable, str(HERE / "side_by_side.py"), "--cases", case, "--work", f"{args.cache}/side-by-side",
-           *(["--tiny"] if args.tiny else [])]
-    try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
-    except subprocess.TimeoutExpired:
-        print(f"   ran out of its {seconds} s", flush=True)
-        return
-    if run.returncode:
-        print(f"   failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:] or ['?']}", flush=True)
-    print("\n".join(ln for ln in run.stdout.splitlines() if ln.startswith("|") or "ours" in ln or "peer" in ln), flush=True)
+def command(number: int, seconds: float, extra: str, args):
+    """(command line, seconds it may take, which of its output lines to print) of one case."""
+    if extra.startswith("SIDE_BY_SIDE "):        # one side_by_side.py case, its own models under --cache
+        cmd = [sys.executable, str(HERE / "side_by_side.py"), "--cases", extra.split(" ", 1)[1],
+               "--work", f"{args.cache}/side-by-side", *(["--tiny"] if args.tiny else [])]
+        rows = lambda lines: [ln for ln in lines if ln.startswith("|") or "ours" in ln or "peer" in ln]
+        return cmd, 240 if args.tiny else seconds, rows
+    argv = extra.split()
+    if args.tiny:
+        argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]
+        argv = [a for a in argv if a != "--use-8bit-adam"] + ["--resolution", "64"]
+        seconds = 120 if "--compile" in argv else 60
+    cmd = [sys.executable, str(HERE / "train_step.py"), "--cache", args.cache, "--output", f"{args.cache}/out-{number}",
+           "--mixed-precision", "bf16", "--prior", *argv]
+    return cmd, seconds, (lambda lines: lines[-30:]) if "--profile" in argv else (lambda lines: lines[-1:])
 
 
 if __name__ == "__main__":

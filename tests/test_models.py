@@ -82,10 +82,8 @@ def test_vae_runs_in_bf16_under_bf16_even_when_it_asks_for_fp32_under_fp16(tiny_
     (True, torch.float16, torch.float32), (False, torch.float16, torch.float16),
     (True, torch.bfloat16, torch.bfloat16), (True, torch.float32, torch.float32)])
 def test_vae_dtype_upcasts_for_fp16_only(force_upcast, weight_dtype, expected):
-    from types import SimpleNamespace
-
     from dreambooth.training.trainables import vae_dtype
-    assert vae_dtype(SimpleNamespace(config=SimpleNamespace(force_upcast=force_upcast)), weight_dtype) == expected
+    assert vae_dtype(force_upcast, weight_dtype) == expected
 
 
 def test_tokens_command_lists_rare_single_tokens(tiny_sd1):

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from ..devices import generation_dtype, pick_device
-from ..host_memory import keep_freed_host_memory
 from ..errors import UserError
+from ..host_memory import keep_freed_host_memory
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
 from ..models.loading import load_pipeline

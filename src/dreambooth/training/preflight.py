@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .. import progress
 from ..errors import UserError
 from .config import TrainConfig
 from .prior import class_folder, existing_class_images
+from .trainables import AUTOCAST, vae_dtype
 
 GiB = 2 ** 30
 # Bytes autograd keeps per element of a block's input, (resnet, transformer layer, transformer
@@ -67,7 +70,7 @@ class ModelSizes:
     lora_per_rank: int                       # LoRA parameters per unit of rank, UNet targets
     text_lora_per_rank: tuple[int, ...]      # the same for each text encoder
     text_layers: tuple[tuple[int, int], ...] # (layers, hidden size) of each text encoder
-    vae_fp32: bool                           # the VAE stays fp32 under fp16 (force_upcast; trainables.vae_dtype)
+    vae_fp32: bool                           # the VAE asks for fp32 under fp16 (force_upcast; trainables.vae_dtype)
     vae_channels: int                        # the VAE's channels at full resolution
     vae_scale: int = 8
     latent_channels: int = 4
@@ -190,7 +193,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     te_params = sum(sizes.text_encoders)
 
     weights = sizes.unet * (4 if full else low) + te_params * (4 if te_fp32 else low)
-    vae_width = 4 if sizes.vae_fp32 and cfg.mixed_precision == "fp16" else low      # trainables.vae_dtype
+    vae_width = vae_dtype(sizes.vae_fp32, AUTOCAST.get(cfg.mixed_precision, torch.float32)).itemsize
     weights += sizes.vae * vae_width
     if full:
         trainable = sizes.unet + (te_params if train_te else 0)

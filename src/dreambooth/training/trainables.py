@@ -15,6 +15,8 @@ from ..models.tokens import identifier_words
 from .config import TrainConfig
 from .fused_backward import PerWeightOptimizer
 
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}      # --mixed-precision: what autocast runs in
+
 
 def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> None:
     """``.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
@@ -23,15 +25,13 @@ def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> N
         module.to(dtype=dtype)
 
 
-def vae_dtype(vae, weight_dtype: torch.dtype) -> torch.dtype:
-    """What the frozen VAE runs in: the run's low precision, except fp32 for a VAE that overflows in
-    fp16 (the SDXL VAE's black images, kohya #952) unless its config says it is fp16-safe
-    (``force_upcast: false``). bf16 has fp32's range, so it needs no upcast (diffusers' pipelines
-    upcast for fp16 only), and a bf16 VAE encodes a 512 px picture in 3.8 s against fp32's 6.6 s
-    on an AMX CPU, with half the activations on a GPU."""
-    if weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        return torch.float32
-    return weight_dtype
+def vae_dtype(force_upcast: bool, weight_dtype: torch.dtype) -> torch.dtype:
+    """What the frozen VAE runs in (the trainer, and the preflight's count): the run's low precision,
+    except fp32 for a VAE that overflows in fp16 (the SDXL VAE's black images, kohya #952) unless its
+    config says it is fp16-safe (``force_upcast: false``). bf16 has fp32's range, so it needs no
+    upcast (diffusers' pipelines upcast for fp16 only), and a bf16 VAE encodes a 512 px picture in
+    3.8 s against fp32's 6.6 s on an AMX CPU, with half the activations on a GPU."""
+    return torch.float32 if weight_dtype == torch.float16 and force_upcast else weight_dtype
 
 
 def identifier_offsets(family, cfg: TrainConfig, device, warn: Callable[[str], None]) -> list[torch.nn.Parameter]:

@@ -17,9 +17,9 @@ import torch
 
 from .. import progress
 from ..errors import UserError, file_operation
-from ..host_memory import keep_freed_host_memory
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, ModelInfo, model_info_for
+from ..host_memory import keep_freed_host_memory
 from ..models.families import Conditioning, adapter_for, time_ids
 from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
@@ -35,10 +35,9 @@ from .guard import OutputStage, check_distributed, check_fused_backward, check_i
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
-from .trainables import compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
+from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 
-AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Trainer:
@@ -97,7 +96,7 @@ class Trainer:
         pipe.unet.requires_grad_(False)
         for te in self.family.text_encoders:
             te.requires_grad_(False)
-        move(pipe.vae, self.device, vae_dtype(pipe.vae, self.weight_dtype))
+        move(pipe.vae, self.device, vae_dtype(bool(getattr(pipe.vae.config, "force_upcast", False)), self.weight_dtype))
         # A LoRA's frozen base UNet may run in low precision; its adapters are added in fp32 below.
         move(pipe.unet, self.device, self.weight_dtype if cfg.method == "lora" else torch.float32)
         for te in self.family.text_encoders:
