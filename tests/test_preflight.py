@@ -116,8 +116,8 @@ def tight_memory(monkeypatch):
     """Free memory one byte short of what the run needs: the preflight must refuse it."""
     seen = {}
 
-    def estimate(sizes, cfg, device="cpu", making_class_images=True):
-        result = real(sizes, cfg, device, making_class_images)
+    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1):
+        result = real(sizes, cfg, device, making_class_images, shards)
         seen.setdefault("first", result.total)     # the run's own estimate comes first
         return result
 
@@ -161,3 +161,17 @@ def test_the_estimate_is_printed_before_training(tiny_sd1, dog_photos, tmp_path)
     assert len(shown) == 1 and "GiB free on cpu" in kinds[shown[0]][2]
     first_task = next(i for i, (kind, _, _) in enumerate(kinds) if kind == "start")
     assert shown[0] < first_task            # before the class images and the training loop
+
+
+def test_sharding_splits_the_trained_weights_their_gradients_and_adam_state():
+    """FSDP over N processes: each holds 1/N of the trained weights, gradients and AdamW state, and
+    the whole weights before they are sharded (loading, class images)."""
+    sizes = mid_sizes()
+    cfg = config(train_text_encoder=False, mixed_precision="bf16", gradient_checkpointing=True)
+    one, four = pf.estimate(sizes, cfg, "cuda", False), pf.estimate(sizes, cfg, "cuda", False, shards=4)
+    assert four.gradients == one.gradients // 4 and four.optimizer == one.optimizer // 4
+    assert one.weights - four.weights == sizes.unet * 4 * 3 // 4
+    many = pf.estimate(sizes, cfg, "cuda", False, shards=10_000)
+    assert many.total >= one.weights + one.runtime
+    assert pf.estimate(sizes, cfg.replace(method="lora"), "cuda", False, shards=4) == \
+        pf.estimate(sizes, cfg.replace(method="lora"), "cuda", False)      # LoRA is not sharded

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .. import progress
 from ..errors import UserError
 from ..outputs import CHECKPOINTS_DIR, as_user_file, checkpoint_name, checkpoint_step
+from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
 # Settings a checkpoint's weights depend on: resuming with others would load the wrong tensors.
 SHAPE_SETTINGS = ("model", "method", "rank", "train_text_encoder")
@@ -126,21 +127,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": p.detach().to("cpu").contiguous()
-            for name, model in models.items() for key, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(output: Path, step: int, models: dict[str, torch.nn.Module], optimizer, state: dict,
+def save_checkpoint(output: Path, step: int, weights: dict[str, torch.Tensor], optimizer_state: dict, state: dict,
                     settings: dict, keep: int) -> Path:
+    """Write ``weights`` (``sharding.whole_weights``) and the rest as the checkpoint of ``step``."""
     root = checkpoint_dir(output)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{checkpoint_name(step)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(models), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     manifest = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}
@@ -156,9 +153,10 @@ def save_checkpoint(output: Path, step: int, models: dict[str, torch.nn.Module],
 
 
 def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, settings: dict,
-                    process: tuple[int, int] = (0, 1)) -> dict:
-    """Load the weights and optimizer state; restore the global RNGs of this process (``process``:
-    rank, world): its own when the checkpoint was written by as many processes, else the first's."""
+                    process: tuple[int, int] = (0, 1), sharded: bool = False) -> dict:
+    """Load the weights and optimizer state (each process its shard, ``sharded``); restore the global
+    RNGs of this process (``process``: rank, world): its own when the checkpoint was written by as
+    many processes, else the first's."""
     saved = json.loads((path / "settings.json").read_text())
     for key in SHAPE_SETTINGS:
         if str(saved.get(key)) != str(settings.get(key)):
@@ -178,10 +176,9 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
             if comp == name:
                 if pname not in params:
                     raise UserError(f"--resume {path}: weight {key} does not exist in this model")
-                with torch.no_grad():
-                    params[pname].copy_(value.to(params[pname].device, params[pname].dtype))
+                copy_whole(params[pname], value)
     try:
-        optimizer.load_state_dict(optimizer_state)
+        load_optimizer_state(models, optimizer, optimizer_state, sharded)
         per_process = state.get("rng_per_process") or [state["rng"]]
         set_rng_state(per_process[process[0]] if len(per_process) == process[1] else state["rng"])
     except (KeyError, ValueError, TypeError) as exc:
@@ -196,13 +193,16 @@ def save_run(run) -> Path | None:
     from accelerate.utils import gather_object
     acc = run.accelerator
     rng_per_process = gather_object([rng_state()])
-    run.assert_finite()                  # the weights are the same everywhere: every process stops alike
+    run.assert_finite()                  # every process checks (and, sharded, gathers) alike: all stop alike
+    sharded = is_sharded(acc)
+    weights = whole_weights(run.trainables, sharded)
+    optimizer_state = whole_optimizer_state(run.trainables, run.optimizer, sharded)
     if not acc.is_main_process:
         return None
     state = {"losses": run.losses, "skipped": run.skipped, "lr_scheduler": run.lr_scheduler.state_dict(),
              "stream": run.stream.state_dict(), "noise_gen": run.noise_gen.get_state(),
              "num_processes": acc.num_processes, "rng_per_process": rng_per_process}
-    return save_checkpoint(run.output, run.step, run.trainables, run.optimizer, state, run.settings(),
+    return save_checkpoint(run.output, run.step, weights, optimizer_state, state, run.settings(),
                            run.config.keep_checkpoints)
 
 
@@ -210,7 +210,8 @@ def resume_run(run, path: Path) -> None:
     """Put the trainer where the checkpoint at ``path`` left it: weights, optimizer, LR schedule, the
     data and noise streams, this process's global RNGs, the step and the losses so far."""
     acc = run.accelerator
-    state = load_checkpoint(path, run.trainables, run.optimizer, run.settings(), (acc.process_index, acc.num_processes))
+    state = load_checkpoint(path, run.trainables, run.optimizer, run.settings(), (acc.process_index, acc.num_processes),
+                            is_sharded(acc))
     run.step, run.losses, run.skipped = state["step"], state["losses"], state["skipped"]
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
     run.stream.load_state_dict(state["stream"])

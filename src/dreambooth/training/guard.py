@@ -73,18 +73,40 @@ def check_inputs(cfg: TrainConfig) -> None:
                             "write the model somewhere else")
 
 
-SHARDED = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}   # set by accelerate launch
+def _launched_with(env: str) -> bool:
+    return os.environ.get(env, "").lower() in ("1", "true", "yes")        # set by accelerate launch
 
 
-def check_distributed() -> None:
-    """Refuse sharded training (``accelerate launch`` with FSDP or DeepSpeed) before anything is
-    written: checkpoints, outputs and validation read whole weights from the first process's modules,
-    which sharding would leave holding a shard (docs/multi-gpu.md). DDP (``--multi_gpu``) is supported."""
-    for name, env in SHARDED.items():
-        if os.environ.get(env, "").lower() in ("1", "true", "yes"):
-            raise UserError(f"accelerate launch with {name}: dreambooth train does not shard weights (its "
-                            "checkpoints and outputs need whole ones); launch with --multi_gpu (DDP) instead, "
-                            "see docs/multi-gpu.md")
+# What FSDP leaves out: (refused, the flag, how to turn it off, why). FSDP serves full fine-tuning
+# of the UNet (SDXL full: docs/multi-gpu.md).
+NOT_SHARDED = (
+    (lambda c: c.method == "lora", "--method lora", "--method full", "a LoRA's few weights need no sharding"),
+    (lambda c: c.train_text_encoder, "--train-text-encoder", "--no-train-text-encoder",
+     "accelerate's FSDP2 shards one model, the UNet"),
+    (lambda c: c.method == "full" and bool(c.identifier_lr), "--identifier-lr", "--identifier-lr 0",
+     "accelerate's FSDP2 shards one model, the UNet"),
+    (lambda c: bool(c.validate_every), "--validate-every", "--validate-every 0",
+     "validation samples on the first process alone, and a sharded UNet needs every process"),
+    (lambda c: c.use_8bit_adam, "--use-8bit-adam", "--no-use-8bit-adam", "FSDP already splits AdamW's state across the GPUs"),
+    (lambda c: c.fused_backward_pass, "--fused-backward-pass", "--no-fused-backward-pass",
+     "FSDP reduces gradients after the backward pass"),
+)
+
+
+def check_distributed(cfg: TrainConfig) -> None:
+    """Before anything is written: DeepSpeed is refused; FSDP (``accelerate launch`` with an FSDP
+    config) must be FSDP2 and a full fine-tune of the UNet alone. DDP (``--multi_gpu``) takes anything."""
+    if _launched_with("ACCELERATE_USE_DEEPSPEED"):
+        raise UserError("accelerate launch with DeepSpeed: dreambooth train does not run under DeepSpeed; shard "
+                        "with FSDP (configs/accelerate/fsdp.yaml) or launch with --multi_gpu (DDP), see docs/multi-gpu.md")
+    if not _launched_with("ACCELERATE_USE_FSDP"):
+        return
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError("accelerate launch with FSDP version 1: dreambooth train shards with FSDP2; pass "
+                        "--fsdp_version 2 (or fsdp_version: 2 in the config file), see configs/accelerate/fsdp.yaml")
+    for refused, flag, off, why in NOT_SHARDED:
+        if refused(cfg):
+            raise UserError(f"{flag}: not with FSDP ({why}); pass {off}, or launch with --multi_gpu (DDP)")
 
 
 def check_fused_backward(cfg: TrainConfig, processes: int, warn) -> None:

@@ -17,6 +17,8 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
   also keeps a low-precision copy of each trainable weight (autocast's cache);
 * class-image generation (inference with CFG, the VAE decoding at full size) and the VAE encoding a
   batch: transients that count when they are larger than what training holds at the time;
+* sharded (FSDP over N processes, ``shards``): 1/N of the trained weights, their gradients and AdamW's
+  state per process, and the whole weights while loading and making class images, before sharding;
 * on the CPU, the process itself (Python, torch and the libraries, about half a GiB), because the
   free memory it is compared with is the system's available memory plus what this process holds.
 """
@@ -182,11 +184,14 @@ def model_sizes(pipe, family) -> ModelSizes:
 
 
 # ----- the estimate ---------------------------------------------------------------------------------
-def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_class_images: bool = True) -> MemoryEstimate:
+def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_class_images: bool = True,
+             shards: int = 1) -> MemoryEstimate:
     """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
-    "cuda", "mps"), class images made first or not; see the module's notes."""
+    "cuda", "mps"), class images made first or not, in one process of ``shards`` that split the
+    trained weights, their gradients and AdamW's state (FSDP; 1: each holds all); see the module's notes."""
     low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
     full, lora = cfg.method == "full", cfg.method == "lora"
+    shards = shards if full else 1      # FSDP takes full fine-tuning only (guard.NOT_SHARDED)
     train_te = cfg.train_text_encoder
     te_fp32 = train_te or (full and bool(cfg.identifier_lr))
     text_grad = train_te or (full and bool(cfg.identifier_lr))         # the text encoder runs with grad
@@ -201,9 +206,13 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
         trainable = cfg.rank * (sizes.lora_per_rank + (sum(sizes.text_lora_per_rank) if train_te else 0))
     if lora:
         weights += trainable * 4        # the adapters, fp32 whatever the base is in
+    # FSDP: each process keeps its share of the trained fp32 weights, once they are sharded; until
+    # then (loading, class images) it holds them whole, with no gradients or AdamW state yet.
+    others = sizes.unet * 4 * (shards - 1) // shards
+    weights -= others
     # --fused-backward-pass: one weight's gradient at a time (the largest, at worst)
-    gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * 4
-    optimizer = trainable * (2 if cfg.use_8bit_adam else 8)
+    gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * 4 // shards
+    optimizer = trainable * (2 if cfg.use_8bit_adam else 8) // shards
 
     batch = cfg.batch_size * (2 if cfg.use_prior else 1)
     side = cfg.resolution // sizes.vae_scale
@@ -219,7 +228,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
         text = sum(layers * hidden for layers, hidden in sizes.text_layers) * TEXT_TOKENS * TEXT_SAVED_PER_TOKEN * low
         kept += text * batch * (0.25 if cfg.gradient_checkpointing else 1.0)
     if full and low == 2:               # autocast keeps a low-precision copy of each trainable weight
-        kept += 2 * trainable
+        kept += 2 * trainable // shards
     factor, constant = ACTIVATION_FIT[(cfg.method, cfg.gradient_checkpointing)]
     act = factor * kept * (CUDA_ACTIVATION_SHARE if device == "cuda" else 1.0) + constant * GiB
     # Transients of other phases, when larger than what training holds then: class images (the
@@ -231,7 +240,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
         generation = max(8 * sizes.vae_channels * pixels * vae_width,
                          16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size)
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
-    activations = int(max(act, generation - gradients - optimizer, encoding - gradients))
+    activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
     return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device)
 
@@ -272,22 +281,23 @@ def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
 
 
 def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3,
-          making_class_images: bool = True) -> list[tuple[str, MemoryEstimate]]:
+          making_class_images: bool = True, shards: int = 1) -> list[tuple[str, MemoryEstimate]]:
     """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
-    in order of what they cost (speed first, then fidelity), else those changes combined in that order."""
+    in order of what they cost (speed first, then fidelity), else those changes combined in that order.
+    Sharded (FSDP, ``shards`` > 1), only those FSDP takes (``guard.NOT_SHARDED``)."""
     def fits(c: TrainConfig) -> MemoryEstimate:
-        return estimate(sizes, c, device, making_class_images)
+        return estimate(sizes, c, device, making_class_images, shards)
     changes: list[tuple[str, dict]] = []
     if not cfg.gradient_checkpointing:
         changes.append(("--gradient-checkpointing", {"gradient_checkpointing": True}))
-    if device == "cuda" and not cfg.use_8bit_adam:
+    if device == "cuda" and not cfg.use_8bit_adam and shards == 1:
         changes.append(("--use-8bit-adam", {"use_8bit_adam": True}))
     if cfg.method == "full" and not cfg.fused_backward_pass and cfg.gradient_accumulation == 1 \
-            and cfg.mixed_precision != "fp16":
+            and cfg.mixed_precision != "fp16" and shards == 1:
         changes.append(("--fused-backward-pass", {"fused_backward_pass": True}))
     if cfg.mixed_precision == "no":
         changes.append(("--mixed-precision bf16", {"mixed_precision": "bf16"}))
-    if cfg.method == "full":
+    if cfg.method == "full" and shards == 1:
         changes.append(("--method lora", {"method": "lora"}))
     found = []
     for flags, change in changes:
@@ -342,19 +352,19 @@ class Preflight:
                           f"{est.device}; going on (--force)")
 
 
-def preflight(pipe, family, cfg: TrainConfig, device) -> Preflight:
-    """Estimate this run's peak memory; raise a one-line UserError when it exceeds the device's free
-    memory, naming the cheapest settings that would fit, unless ``cfg.force``. Prints nothing:
-    ``report()`` does, once the run is past the checks that need no memory."""
+def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1) -> Preflight:
+    """Estimate this run's peak memory (in each of ``shards`` FSDP processes); raise a one-line
+    UserError when it exceeds the device's free memory, naming the cheapest settings that would fit,
+    unless ``cfg.force``. Prints nothing: ``report()`` does, once the run is past the checks that need no memory."""
     import torch
     kind = torch.device(device).type
     sizes = model_sizes(pipe, family)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
-    est = estimate(sizes, cfg, kind, making)
+    est = estimate(sizes, cfg, kind, making, shards)
     available = available_memory(device)
     if available is None or est.total <= available or cfg.force:
         return Preflight(est, available)
-    found = fixes(sizes, cfg, kind, available, making_class_images=making)
+    found = fixes(sizes, cfg, kind, available, making_class_images=making, shards=shards)
     if found:
         advice = "settings that fit: " + ", ".join(f"{flags} (about {gib(e.total)} GiB)" for flags, e in found)
     else:

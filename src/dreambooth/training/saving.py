@@ -18,6 +18,7 @@ from ..models.registry import remember_output
 from ..models.single_file import export_single_file
 from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file
 from .config import save_config
+from .sharding import is_sharded, whole_weights
 from .trainables import move
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,9 +44,12 @@ def kohya_training_metadata(run, directory: Path) -> dict[str, str]:
     })
 
 
-def save_model(run, directory: Path) -> list[Path]:
-    """Write the current weights in the output format (a LoRA file, or a pipeline folder)."""
-    run.assert_finite()
+def save_model(run, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> list[Path]:
+    """Write the current weights in the output format (a LoRA file, or a pipeline folder).
+    ``weights``: the trained weights gathered whole (``sharding.whole_weights``, FSDP), already
+    checked by every process; None: the trained modules hold them whole."""
+    if weights is None:
+        run.assert_finite()
     directory.mkdir(parents=True, exist_ok=True)
     cfg = run.config
     if cfg.method == "lora":
@@ -54,16 +58,20 @@ def save_model(run, directory: Path) -> list[Path]:
             files.append(save_kohya_lora(named_weights_file(directory, "lora"), run.trainables, run.family.name,
                                          kohya_training_metadata(run, directory), SAVE_DTYPES[cfg.save_precision]))
         return files
-    return _save_full(run, directory)
+    return _save_full(run, directory, weights)
 
 
-def _save_full(run, directory: Path) -> list[Path]:
+def _save_full(run, directory: Path, weights: dict[str, torch.Tensor] | None) -> list[Path]:
     cfg = run.config
     dtype = SAVE_DTYPES[cfg.save_precision]
-    # Frozen parts are reloaded from the base so low-precision training copies never leak into the output.
-    trained = dict(run.trainables)
+    # Frozen parts are reloaded from the base so low-precision training copies never leak into the output;
+    # gathered weights go into the base's own modules (the trained ones hold shards).
+    trained = dict(run.trainables) if weights is None else {}
     with merged_identifier(run.family.text_encoders):   # a plain embedding matrix in the output
         base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
+        for name in run.trainables if weights is not None else ():
+            getattr(base, name).load_state_dict(
+                {key.partition(".")[2]: v for key, v in weights.items() if key.partition(".")[0] == name}, strict=True)
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             if getattr(base, name, None) is not None:
                 move(getattr(base, name), "cpu", dtype)
@@ -92,9 +100,13 @@ def keep_best(output: Path, best: Path | None) -> None:
 
 def save_output(run) -> list[Path]:
     """The run's output: the weights, ``training_args.json``; remembered as a training output."""
+    weights = None
+    if is_sharded(run.accelerator):       # every process checks and hands in its shards
+        run.assert_finite()
+        weights = whole_weights(run.trainables, sharded=True)
     if not run.accelerator.is_main_process:
         return []
-    files = save_model(run, run.output)
+    files = save_model(run, run.output, weights)
     args = run.output / TRAINING_ARGS_FILE
     import diffusers
     save_config(run.config, args, {

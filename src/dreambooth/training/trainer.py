@@ -35,6 +35,7 @@ from .guard import OutputStage, check_distributed, check_fused_backward, check_i
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
+from .sharding import first_nonfinite, is_sharded, share
 from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 
@@ -71,7 +72,7 @@ class Trainer:
         # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
-        check_distributed()
+        check_distributed(cfg)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                                        cpu=cpu, dynamo_plugin=compile_plugin(cfg.compile))
         self.device = self.accelerator.device
@@ -108,7 +109,8 @@ class Trainer:
 
         instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
                                  warn=self._warn, masks=cfg.masked_loss)
-        self.memory = preflight(pipe, self.family, cfg, self.device)    # may refuse: nothing is written yet
+        shards = self.accelerator.num_processes if is_sharded(self.accelerator) else 1
+        self.memory = preflight(pipe, self.family, cfg, self.device, shards)    # may refuse: nothing is written yet
         self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
         if self.accelerator.is_main_process:
             self.stage.prepare()
@@ -123,6 +125,8 @@ class Trainer:
             self.accelerator.ddp_handler = DDPKwargs(find_unused_parameters=True)    # last layer gets no gradient
         *self.models, self.optimizer = self.accelerator.prepare(*self.trainables.values(), self.optimizer)
         self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
+        if shards > 1:                 # FSDP2 shards the modules in place
+            progress.message(share(self.trainables, self.accelerator))
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
@@ -376,10 +380,10 @@ class Trainer:
         return save_model(self, directory)
 
     def assert_finite(self) -> None:
-        for name, model in self.trainables.items():
-            for key, p in model.named_parameters():
-                if p.requires_grad and not torch.isfinite(p).all():
-                    raise TrainingStopped(f"trainable weight {name}.{key} is not finite at step {self.step}; nothing was saved")
+        """Sharded (FSDP), every process calls it: the check spans every process's shard."""
+        bad = first_nonfinite(self.trainables, self.accelerator, is_sharded(self.accelerator))
+        if bad is not None:
+            raise TrainingStopped(f"trainable weight {bad} is not finite at step {self.step}; nothing was saved")
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),

@@ -1,0 +1,109 @@
+"""Whole weights and optimizer state under sharded training (FSDP2, started with ``accelerate launch``
+and an FSDP config: docs/multi-gpu.md), and the same calls, doing nothing special, without it.
+
+Under FSDP each process holds a shard of every trained weight, of its gradient and of its AdamW
+state. Checkpoints and the output hold whole fp32 tensors, as without sharding; the optimizer state
+is stored by weight name rather than by number, and each kind resumes under the other. Gathering is
+collective: every process calls these functions, and only the first gets the tensors (the others
+get empty dicts). Without sharding they read the modules as they are.
+"""
+from __future__ import annotations
+
+import torch
+
+OPTIONS = dict(full_state_dict=True, cpu_offload=True)     # whole tensors, on the first process's CPU
+
+
+def is_sharded(accelerator) -> bool:
+    return bool(getattr(accelerator, "is_fsdp2", False))
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)     # accelerate's wrapper holds torch's optimizer
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a (possibly sharded) tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def whole_weights(models: dict[str, torch.nn.Module], sharded: bool) -> dict[str, torch.Tensor]:
+    """Every trainable weight, fp32 on the CPU, keyed ``component.name`` (``unet.conv_in.weight``)."""
+    out = {}
+    for name, model in models.items():
+        trainable = [key for key, p in model.named_parameters() if p.requires_grad]
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(model, options=StateDictOptions(**OPTIONS))
+        else:
+            state = dict(model.named_parameters())
+        out.update({f"{name}.{key}": state[key].detach().to("cpu").contiguous() for key in trainable if key in state})
+    return out
+
+
+def whole_optimizer_state(models: dict[str, torch.nn.Module], optimizer, sharded: bool) -> dict:
+    """The optimizer's state_dict: torch's own (weights numbered in the optimizer's order), or under
+    FSDP its whole state keyed by weight name (``unet.conv_in.weight``)."""
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(torch.nn.ModuleDict(models), _inner(optimizer), options=StateDictOptions(**OPTIONS))
+
+
+def load_optimizer_state(models: dict[str, torch.nn.Module], optimizer, state: dict, sharded: bool) -> None:
+    """Load either kind of ``whole_optimizer_state`` (a DDP run's checkpoint resumes under FSDP, and
+    the other way round); under FSDP every process loads the whole state and keeps its shard."""
+    by_name = any(isinstance(key, str) for group in state.get("param_groups", ()) for key in group["params"])
+    if not sharded and not by_name:
+        return optimizer.load_state_dict(state)
+    names = _names_in_order(models, optimizer)
+    if not sharded:
+        return optimizer.load_state_dict(_renumbered(state, {n: i for i, n in enumerate(names)}))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(torch.nn.ModuleDict(models), _inner(optimizer),
+                             optim_state_dict=state if by_name else _renumbered(state, dict(enumerate(names))),
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def _names_in_order(models: dict[str, torch.nn.Module], optimizer) -> list[str]:
+    """The name of each weight in the order torch's optimizer state_dict numbers them."""
+    name_of = {id(p): name for name, p in torch.nn.ModuleDict(models).named_parameters()}
+    return [name_of.get(id(p), "") for group in _inner(optimizer).param_groups for p in group["params"]]
+
+
+def _renumbered(state: dict, key: dict) -> dict:
+    """``state`` with each weight's key (number or name) replaced by ``key[old]``."""
+    try:
+        return {"state": {key[k]: v for k, v in state["state"].items()},
+                "param_groups": [{**g, "params": [key[k] for k in g["params"]]} for g in state["param_groups"]]}
+    except KeyError as exc:
+        raise ValueError(f"weight {exc} is not trained in this run") from None
+
+
+def copy_whole(param: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Set ``param`` from the whole tensor ``value`` (every process has it): its shard under FSDP."""
+    value = value.to(local(param).device, param.dtype)
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    with torch.no_grad():
+        param.copy_(value)
+
+
+def first_nonfinite(models: dict[str, torch.nn.Module], accelerator, sharded: bool) -> str | None:
+    """The first trainable weight holding a NaN or an infinity (``unet.conv_in.weight``), or None;
+    under FSDP over every process's shard, so that all processes agree."""
+    bad = next((f"{name}.{key}" for name, model in models.items() for key, p in model.named_parameters()
+                if p.requires_grad and not torch.isfinite(local(p)).all()), None)
+    if sharded:
+        from accelerate.utils import gather_object
+        bad = next((b for b in gather_object([bad]) if b is not None), None)
+    return bad
+
+
+def share(models: dict[str, torch.nn.Module], accelerator) -> str:
+    """What this process holds of the trained weights (their gradients and AdamW state alike)."""
+    params = [p for model in models.values() for p in model.parameters() if p.requires_grad]
+    held, total = sum(local(p).numel() for p in params), sum(p.numel() for p in params)
+    return (f"FSDP: process {accelerator.process_index} of {accelerator.num_processes} holds {held:,} of the "
+            f"{total:,} trained weights, and their gradients and AdamW state")
