@@ -12,7 +12,8 @@ is what runs on GPUs.
   (measured: 2.3e-7 on the weights, the order of float sums);
 * killed (SIGKILL) after a checkpoint and resumed under FSDP, it ends bit for bit where the
   uninterrupted run ends; its checkpoint resumes without sharding, and a DDP checkpoint under FSDP;
-* what FSDP does not take (LoRA, the text encoder, validation...) is refused in one line first.
+* what FSDP does not take (LoRA, the text encoder, validation...), FSDP version 1 and DeepSpeed are
+  refused in one line before anything is written.
 """
 from __future__ import annotations
 
@@ -185,15 +186,19 @@ def test_what_fsdp_does_not_take_is_refused_in_one_line(photos, tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
-def test_fsdp_version_1_is_refused(photos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP version 1.*--fsdp_version 2"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "does not run under DeepSpeed.*FSDP"),
+])
+def test_fsdp_1_and_deepspeed_are_refused_before_anything_is_written(photos, tmp_path, monkeypatch, env, message):
     from dreambooth.errors import UserError
     from dreambooth.training.config import build_config
     from dreambooth.training.trainer import Trainer
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setenv("FSDP_VERSION", "1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     cfg = build_config(None, dict(model="toy", instance_dir=str(photos), instance_prompt="a sks square",
                                   output=str(tmp_path / "out")))
-    with pytest.raises(UserError, match="FSDP version 1.*--fsdp_version 2"):
+    with pytest.raises(UserError, match=message):
         Trainer(cfg).setup()
     assert not (tmp_path / "out").exists()
 

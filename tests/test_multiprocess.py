@@ -255,15 +255,3 @@ def test_the_shipped_accelerate_config_is_ddp_and_parses():
     from accelerate.commands.config.config_args import load_config_from_file
     config = load_config_from_file(str(ACCELERATE_CONFIG))
     assert config.distributed_type.name == "MULTI_GPU" and config.num_machines == 1 and not config.use_cpu
-
-
-def test_deepspeed_is_refused_before_anything_is_written(photos, tmp_path, monkeypatch):
-    from dreambooth.errors import UserError
-    from dreambooth.training.config import build_config
-    from dreambooth.training.trainer import Trainer
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    cfg = build_config(None, dict(model="toy", instance_dir=str(photos), instance_prompt="a sks square",
-                                  output=str(tmp_path / "out")))
-    with pytest.raises(UserError, match="does not run under DeepSpeed.*FSDP"):
-        Trainer(cfg).setup()
-    assert not (tmp_path / "out").exists()
