@@ -162,6 +162,15 @@ def test_checkpoints_resume_across_fsdp_and_ddp(sharded, unsharded, photos, tmp_
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
 
 
+def test_without_a_gpu_an_fsdp_launch_says_it_is_not_sharded(sharded, photos, tmp_path):
+    """A user's own launch, without FSDP_ON_CPU: accelerate runs DDP on the CPU, and the run says so."""
+    run = train(tmp_path, 2, *TOY_UNET, "--batch-size", "1", "--max-steps", "2", "--instance-dir", photos,
+                "--class-dir", sharded[0] / "class_images", "--output", tmp_path / "out", config=FSDP_CONFIG)
+    log = run.stdout + run.stderr
+    assert "accelerate launch with FSDP: accelerate shards on GPUs only, so on cpu this run is not sharded" in log
+    assert "FSDP: process" not in log and "trained 2 steps" in log
+
+
 # ----- what FSDP does not take: one line before anything is written ---------------------------------
 
 @pytest.mark.parametrize("change, named", [

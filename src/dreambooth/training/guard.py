@@ -93,20 +93,22 @@ NOT_SHARDED = (
 )
 
 
-def check_distributed(cfg: TrainConfig) -> None:
+def check_distributed(cfg: TrainConfig) -> bool:
     """Before anything is written: DeepSpeed is refused; FSDP (``accelerate launch`` with an FSDP
-    config) must be FSDP2 and a full fine-tune of the UNet alone. DDP (``--multi_gpu``) takes anything."""
+    config) must be FSDP2 and a full fine-tune of the UNet alone. DDP (``--multi_gpu``) takes anything.
+    True when launched with FSDP."""
     if _launched_with("ACCELERATE_USE_DEEPSPEED"):
         raise UserError("accelerate launch with DeepSpeed: dreambooth train does not run under DeepSpeed; shard "
                         "with FSDP (configs/accelerate/fsdp.yaml) or launch with --multi_gpu (DDP), see docs/multi-gpu.md")
     if not _launched_with("ACCELERATE_USE_FSDP"):
-        return
+        return False
     if os.environ.get("FSDP_VERSION", "1") != "2":
         raise UserError("accelerate launch with FSDP version 1: dreambooth train shards with FSDP2; pass "
                         "--fsdp_version 2 (or fsdp_version: 2 in the config file), see configs/accelerate/fsdp.yaml")
     for refused, flag, off, why in NOT_SHARDED:
         if refused(cfg):
             raise UserError(f"{flag}: not with FSDP ({why}); pass {off}, or launch with --multi_gpu (DDP)")
+    return True
 
 
 def check_fused_backward(cfg: TrainConfig, processes: int, warn) -> None:

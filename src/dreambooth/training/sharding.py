@@ -18,6 +18,17 @@ def is_sharded(accelerator) -> bool:
     return bool(getattr(accelerator, "is_fsdp2", False))
 
 
+def shard_count(accelerator, asked: bool, warn) -> int:
+    """Into how many shards the trained weights go (1: not sharded). accelerate takes an FSDP config
+    (``asked``) on GPUs only: elsewhere it runs DDP, which the user is told."""
+    if is_sharded(accelerator):
+        return accelerator.num_processes
+    if asked:
+        warn(f"accelerate launch with FSDP: accelerate shards on GPUs only, so on {accelerator.device.type} "
+             "this run is not sharded (every process holds every weight, as with --multi_gpu)")
+    return 1
+
+
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)     # accelerate's wrapper holds torch's optimizer
 

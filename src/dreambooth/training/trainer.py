@@ -35,7 +35,7 @@ from .guard import OutputStage, check_distributed, check_fused_backward, check_i
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
-from .sharding import first_nonfinite, is_sharded, share
+from .sharding import first_nonfinite, is_sharded, shard_count, share
 from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 
@@ -72,7 +72,7 @@ class Trainer:
         # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
-        check_distributed(cfg)
+        fsdp = check_distributed(cfg)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                                        cpu=cpu, dynamo_plugin=compile_plugin(cfg.compile))
         self.device = self.accelerator.device
@@ -109,7 +109,7 @@ class Trainer:
 
         instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
                                  warn=self._warn, masks=cfg.masked_loss)
-        shards = self.accelerator.num_processes if is_sharded(self.accelerator) else 1
+        shards = shard_count(self.accelerator, fsdp, self._warn)
         self.memory = preflight(pipe, self.family, cfg, self.device, shards)    # may refuse: nothing is written yet
         self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
         if self.accelerator.is_main_process:
