@@ -212,6 +212,19 @@ def test_fsdp_1_and_deepspeed_are_refused_before_anything_is_written(photos, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_under_mixed_precision_fsdp_reduces_gradients_in_fp32(monkeypatch):
+    """Weights gathered in bf16, gradients reduced in fp32, as DDP under autocast reduces them."""
+    from dreambooth.training.config import TrainConfig
+    from dreambooth.training.sharding import fsdp_plugin
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    cfg = TrainConfig(model="toy", instance_dir="i", instance_prompt="a sks square", output="o")
+    policy = fsdp_plugin(cfg.replace(mixed_precision="bf16"), asked=True).mixed_precision_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert fsdp_plugin(cfg.replace(mixed_precision="no"), asked=True).mixed_precision_policy is None
+    assert fsdp_plugin(cfg.replace(mixed_precision="bf16"), asked=False) is None
+
+
 def test_the_shipped_fsdp_config_is_fsdp2_and_wraps_blocks_every_family_has(tiny_sd1, tiny_sdxl):
     from accelerate.commands.config.config_args import load_config_from_file
     from diffusers import UNet2DConditionModel

@@ -35,7 +35,7 @@ from .guard import OutputStage, check_distributed, check_fused_backward, check_i
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
-from .sharding import first_nonfinite, is_sharded, shard_count, share
+from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
 from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 
@@ -74,7 +74,7 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         fsdp = check_distributed(cfg)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                                       cpu=cpu, dynamo_plugin=compile_plugin(cfg.compile))
+                                       cpu=cpu, dynamo_plugin=compile_plugin(cfg.compile), fsdp_plugin=fsdp_plugin(cfg, fsdp))
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
