@@ -25,17 +25,16 @@ import torch
 
 from dreambooth.models import TOY_MODEL_DIR
 from dreambooth.training.config import PRESET_DIR
-from test_multiprocess import LOSS_RTOL, WEIGHT_ATOL, losses, photos, train, weights  # noqa: F401 (photos: fixture)
+from test_multiprocess import DIE, LOSS_RTOL, WEIGHT_ATOL, losses, photos, train, weights  # noqa: F401 (photos: fixture)
 
 pytestmark = pytest.mark.skipif(not (TOY_MODEL_DIR / "model_index.json").exists(),
                                 reason="the toy model's weights are not in this checkout")
 
 FSDP_CONFIG = PRESET_DIR / "accelerate" / "fsdp.yaml"        # configs/accelerate/fsdp.yaml
 
-# dreambooth train, with accelerate's state taking an FSDP config on the CPU as it does on GPUs; with
-# DIE_AT_STEP set, process 0 kills itself (SIGKILL) right after that step.
+# accelerate's state taking an FSDP config on the CPU as it does on GPUs, then DIE's dreambooth train
+# (with DIE_AT_STEP set, process 0 kills itself with SIGKILL right after that step).
 FSDP_ON_CPU = """
-import os, signal, sys
 import accelerate.state as state
 from accelerate.utils import DistributedType
 
@@ -50,20 +49,7 @@ def init(self, *args, fsdp_plugin=None, **kwargs):
             fsdp_plugin.set_mixed_precision(self._mixed_precision)
 
 state.AcceleratorState.__init__ = init
-
-from dreambooth.cli import train as train_cli
-from dreambooth.training.callbacks import TrainingCallback
-
-class Die(TrainingCallback):
-    def on_step_end(self, run, step):
-        if step.step == int(os.environ.get("DIE_AT_STEP", -1)) and run.accelerator.is_main_process:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-real = train_cli.train
-train_cli.train = lambda config, callbacks=(), transforms=(): real(config, [*callbacks, Die()], transforms)
-from dreambooth.cli.main import main
-main(sys.argv[1:])
-"""
+""" + DIE
 
 # The toy preset's full fine-tuning with prior preservation, of the UNet alone (FSDP shards one model).
 TOY_UNET = ["--model", "toy", "--instance-prompt", "a sks square", "--class-prompt", "a square",

@@ -49,7 +49,8 @@ TOY = ["--model", "toy", "--instance-prompt", "a sks square", "--class-prompt", 
        "--num-class-images", "4", "--class-steps", "2", "--class-batch-size", "2", "--max-steps", "8", "--checkpoint-every", "3"]
 
 # Killed with SIGKILL in process 0 right after the step given by DIE_AT_STEP (the launcher then ends
-# the other process): a kill -9 at a known point, after a checkpoint and before the end.
+# the other process): a kill -9 at a known point, after a checkpoint and before the end. Without
+# DIE_AT_STEP, dreambooth as it is.
 DIE = """
 import os, signal, sys
 from dreambooth.cli import train as train_cli
@@ -57,7 +58,7 @@ from dreambooth.training.callbacks import TrainingCallback
 
 class Die(TrainingCallback):
     def on_step_end(self, run, step):
-        if step.step == int(os.environ["DIE_AT_STEP"]) and run.accelerator.is_main_process:
+        if step.step == int(os.environ.get("DIE_AT_STEP", -1)) and run.accelerator.is_main_process:
             os.kill(os.getpid(), signal.SIGKILL)
 
 real = train_cli.train
