@@ -6,7 +6,8 @@
 Each training case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
 preservation, bf16); the models are built once under --cache by the first case of each family, so
 that case's "before the timed steps" peak includes the building. The generation case is one
-side_by_side.py case, ours against diffusers' pipeline per batch, with its own models. A case that
+side_by_side.py case, ours against diffusers' pipeline per batch, with its own models; the FSDP case
+is fsdp_check.py (a tiny SDXL trained, checkpointed and resumed under FSDP). A case that
 fails or runs out of its time is reported and the rest go on; a case that would not fit in the budget
 left is skipped.
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (name, seconds it may take, train_step.py arguments or "SIDE_BY_SIDE" and a side_by_side.py case);
+# (name, seconds it may take, train_step.py arguments, or "SIDE_BY_SIDE" and a side_by_side.py case, or
+# "SCRIPT" and a script of this folder);
 # SD1.5 first, so its model exists for the rest.
 CASES = [
     ("SD1.5 LoRA 512 px", 90, "--size full --method lora --resolution 512 --steps 40 --warmup 5"),
@@ -29,6 +31,8 @@ CASES = [
     ("SDXL full 1024 px, checkpointing, 8-bit Adam, --fused-backward-pass (goal <= 20 GB)", 180,
      "--family sdxl --size full --method full --resolution 1024 --steps 4 --warmup 2 --gradient-checkpointing "
      "--use-8bit-adam --fused-backward-pass"),
+    # not train_step.py: a tiny SDXL under configs/accelerate/fsdp.yaml on CUDA, checkpointed and resumed
+    ("FSDP on CUDA: trains, checkpoints and resumes (tiny SDXL, one process per GPU)", 90, "SCRIPT fsdp_check.py"),
     # not train_step.py: ours against diffusers' StableDiffusionPipeline, per batch (side_by_side.py's GPU case)
     ("generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16, against diffusers (goal <= 0.8)", 150,
      "SIDE_BY_SIDE generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16"),
@@ -73,6 +77,10 @@ def command(number: int, seconds: float, extra: str, args):
                "--work", f"{args.cache}/side-by-side", *(["--tiny"] if args.tiny else [])]
         rows = lambda lines: [ln for ln in lines if ln.startswith("|") or "ours" in ln or "peer" in ln]
         return cmd, 240 if args.tiny else seconds, rows
+    if extra.startswith("SCRIPT "):              # a script of its own, on tiny models anyway: its last line
+        script, *rest = extra.split()[1:]
+        return [sys.executable, str(HERE / script), *rest, "--work", f"{args.cache}/{Path(script).stem}"], \
+            seconds, lambda lines: lines[-1:]
     argv = extra.split()
     if args.tiny:
         argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]

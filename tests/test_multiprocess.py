@@ -75,8 +75,10 @@ def _free_port() -> int:
 
 
 def _env(tmp: Path, **extra) -> dict:
+    # no accelerate config of the user's; the CPU and gloo even on a machine with one GPU (where two
+    # processes would share it, which NCCL refuses)
     env = dict(os.environ, OMP_NUM_THREADS="1", DREAMBOOTH_NO_PROGRESS="1", PYTHONUNBUFFERED="1",
-               HF_HOME=str(tmp / "hf-home"), **extra)   # no accelerate config of the user's
+               HF_HOME=str(tmp / "hf-home"), CUDA_VISIBLE_DEVICES="", **extra)
     env.pop("RANK", None)
     return env
 

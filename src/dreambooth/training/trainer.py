@@ -125,7 +125,7 @@ class Trainer:
             self.accelerator.ddp_handler = DDPKwargs(find_unused_parameters=True)    # last layer gets no gradient
         *self.models, self.optimizer = self.accelerator.prepare(*self.trainables.values(), self.optimizer)
         self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
-        if shards > 1:                 # FSDP2 shards the modules in place
+        if is_sharded(self.accelerator):   # FSDP2 shards the modules in place
             progress.message(share(self.trainables, self.accelerator))
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
