@@ -148,6 +148,22 @@ def test_checkpoints_resume_across_fsdp_and_ddp(sharded, unsharded, photos, tmp_
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < WEIGHT_ATOL
 
 
+def test_a_damaged_optimizer_state_stops_every_process_with_one_line(sharded, photos, tmp_path):
+    """Under FSDP the first process alone reads the optimizer state: its failure must reach the
+    others, or they would wait for its tensors for ever."""
+    out = tmp_path / "out"
+    ckpt = out / "checkpoints" / "checkpoint-000003"
+    shutil.copytree(sharded[0] / "checkpoints" / "checkpoint-000003", ckpt)
+    (ckpt / "manifest.json").unlink()                 # an older checkpoint: no checksums to catch it first
+    data = (ckpt / "optimizer.pt").read_bytes()
+    (ckpt / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    run = sharded_train(tmp_path, *TOY_UNET, "--batch-size", "1", "--instance-dir", photos, "--class-dir",
+                        sharded[0] / "class_images", "--output", out, "--resume", ckpt, check=False)
+    errors = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("error:")]
+    assert run.returncode != 0 and len(errors) == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert all("damaged checkpoint" in ln and "Traceback" not in ln for ln in errors), errors
+
+
 def test_without_a_gpu_an_fsdp_launch_says_it_is_not_sharded(sharded, photos, tmp_path):
     """A user's own launch, without FSDP_ON_CPU: accelerate runs DDP on the CPU, and the run says so."""
     run = train(tmp_path, 2, *TOY_UNET, "--batch-size", "1", "--max-steps", "2", "--instance-dir", photos,

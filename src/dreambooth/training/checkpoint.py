@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .. import progress
 from ..errors import UserError
@@ -152,33 +153,51 @@ def save_checkpoint(output: Path, step: int, weights: dict[str, torch.Tensor], o
     return final
 
 
+def _damaged(path: Path, exc: Exception) -> UserError:
+    """Damaged in a way sizes did not show (an older checkpoint: no checksums)."""
+    return UserError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
+
+
 def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, settings: dict,
                     process: tuple[int, int] = (0, 1), sharded: bool = False) -> dict:
     """Load the weights and optimizer state (each process its shard, ``sharded``); restore the global
     RNGs of this process (``process``: rank, world): its own when the checkpoint was written by as
-    many processes, else the first's."""
+    many processes, else the first's. The weights are read one tensor at a time, and under FSDP only
+    the first process reads the optimizer state and sends it on: a host running 8 processes holds a
+    checkpoint (SDXL's: 31 GB) once, not 8 times."""
     saved = json.loads((path / "settings.json").read_text())
     for key in SHAPE_SETTINGS:
         if str(saved.get(key)) != str(settings.get(key)):
             raise UserError(f"--resume {path}: checkpoint was made with {key}={saved.get(key)}, "
                             f"this run has {key}={settings.get(key)}; use the same setting to resume")
+
+    def read(name: str):
+        try:
+            return torch.load(path / name, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise _damaged(path, exc) from None
+
+    state = read("state.pt")
+    params = {name: dict(model.named_parameters()) for name, model in models.items()}
     try:
-        tensors = load_file(str(path / "trainable.safetensors"))
-        optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    except Exception as exc:     # damaged in a way sizes did not show (an older checkpoint: no checksums)
-        raise UserError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-    for name, model in models.items():
-        params = dict(model.named_parameters())
-        for key, value in tensors.items():
+        weights = safe_open(str(path / "trainable.safetensors"), framework="pt")
+    except Exception as exc:
+        raise _damaged(path, exc) from None
+    with weights:
+        for key in weights.keys():
             comp, _, pname = key.partition(".")
-            if comp == name:
-                if pname not in params:
-                    raise UserError(f"--resume {path}: weight {key} does not exist in this model")
-                copy_whole(params[pname], value)
+            if comp not in params:
+                continue
+            if pname not in params[comp]:
+                raise UserError(f"--resume {path}: weight {key} does not exist in this model")
+            try:
+                value = weights.get_tensor(key)
+            except Exception as exc:
+                raise _damaged(path, exc) from None
+            copy_whole(params[comp][pname], value)
     try:
-        load_optimizer_state(models, optimizer, optimizer_state, sharded)
+        load_optimizer_state(models, optimizer, lambda: read("optimizer.pt"), sharded, process[0] == 0)
         per_process = state.get("rng_per_process") or [state["rng"]]
         set_rng_state(per_process[process[0]] if len(per_process) == process[1] else state["rng"])
     except (KeyError, ValueError, TypeError) as exc:

@@ -77,19 +77,36 @@ def whole_optimizer_state(models: dict[str, torch.nn.Module], optimizer, sharded
     return get_optimizer_state_dict(torch.nn.ModuleDict(models), _inner(optimizer), options=StateDictOptions(**OPTIONS))
 
 
-def load_optimizer_state(models: dict[str, torch.nn.Module], optimizer, state: dict, sharded: bool) -> None:
-    """Load either kind of ``whole_optimizer_state`` (a DDP run's checkpoint resumes under FSDP, and
-    the other way round); under FSDP every process loads the whole state and keeps its shard."""
-    by_name = any(isinstance(key, str) for group in state.get("param_groups", ()) for key in group["params"])
-    if not sharded and not by_name:
-        return optimizer.load_state_dict(state)
-    names = _names_in_order(models, optimizer)
+def load_optimizer_state(models: dict[str, torch.nn.Module], optimizer, read, sharded: bool, first: bool) -> None:
+    """Load what ``read()`` returns, either kind of ``whole_optimizer_state`` (a DDP run's checkpoint
+    resumes under FSDP, and the other way round). Under FSDP only the first process (``first``) reads
+    it, and torch sends each tensor on to the others, which keep their shards; a failure to read is
+    raised in every process alike."""
     if not sharded:
-        return optimizer.load_state_dict(_renumbered(state, {n: i for i, n in enumerate(names)}))
+        state = read()
+        if not _by_name(state):
+            return optimizer.load_state_dict(state)
+        return optimizer.load_state_dict(_renumbered(state, {n: i for i, n in enumerate(_names_in_order(models, optimizer))}))
+    from accelerate.utils import broadcast_object_list
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(torch.nn.ModuleDict(models), _inner(optimizer),
-                             optim_state_dict=state if by_name else _renumbered(state, dict(enumerate(names))),
-                             options=StateDictOptions(full_state_dict=True))
+    state, failed = {}, [None]
+    if first:
+        try:
+            state = read()
+            if not _by_name(state):
+                state = _renumbered(state, dict(enumerate(_names_in_order(models, optimizer))))
+        except Exception as exc:
+            failed = [exc]
+    broadcast_object_list(failed)
+    if failed[0] is not None:
+        raise failed[0]
+    set_optimizer_state_dict(torch.nn.ModuleDict(models), _inner(optimizer), optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _by_name(state: dict) -> bool:
+    """Whether a saved optimizer state keys its weights by name (under FSDP) or by number."""
+    return any(isinstance(key, str) for group in state.get("param_groups", ()) for key in group["params"])
 
 
 def _names_in_order(models: dict[str, torch.nn.Module], optimizer) -> list[str]:
