@@ -214,6 +214,8 @@ def save_run(run) -> Path | None:
     rng_per_process = gather_object([rng_state()])
     run.assert_finite()                  # every process checks (and, sharded, gathers) alike: all stop alike
     sharded = is_sharded(acc)
+    if not (sharded or acc.is_main_process):     # under FSDP every process takes part in gathering
+        return None
     weights = whole_weights(run.trainables, sharded)
     optimizer_state = whole_optimizer_state(run.trainables, run.optimizer, sharded)
     if not acc.is_main_process:
