@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dreambooth.models import TOY_MODEL_DIR
 from dreambooth.training.config import PRESET_DIR
@@ -51,6 +52,10 @@ def init(self, *args, fsdp_plugin=None, **kwargs):
 state.AcceleratorState.__init__ = init
 """ + DIE
 
+# Validation, small: 2 prompts x 2 seeds, 4 steps, at steps 0, 4 and 8.
+VALIDATION = ["--validate-every", "4", "--validation-steps", "4", "--validation-seeds", "0", "--validation-seeds", "1",
+              "--validation-prompts", "a sks square", "--validation-prompts", "a square"]
+
 # The toy preset's full fine-tuning with prior preservation, of the UNet alone (FSDP shards one model).
 TOY_UNET = ["--model", "toy", "--instance-prompt", "a sks square", "--class-prompt", "a square",
             "--no-train-text-encoder", "--identifier-lr", "0", "--num-class-images", "4", "--class-steps", "2",
@@ -67,7 +72,8 @@ def sharded_train(tmp, *args, **kwargs):
 def sharded(tmp_path_factory, photos):
     """Two FSDP processes x batch 1, uninterrupted."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    run = sharded_train(tmp, *TOY_UNET, "--batch-size", "1", "--instance-dir", photos, "--output", tmp / "out")
+    run = sharded_train(tmp, *TOY_UNET, *VALIDATION, "--batch-size", "1", "--instance-dir", photos,
+                        "--output", tmp / "out")
     return tmp / "out", run.stdout + run.stderr
 
 
@@ -75,8 +81,8 @@ def sharded(tmp_path_factory, photos):
 def unsharded(tmp_path_factory, photos, sharded):
     """The same on two DDP processes (the class images the FSDP run made)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    train(tmp, 2, *TOY_UNET, "--batch-size", "1", "--instance-dir", photos, "--class-dir", sharded[0] / "class_images",
-          "--output", tmp / "out")
+    train(tmp, 2, *TOY_UNET, *VALIDATION, "--batch-size", "1", "--instance-dir", photos,
+          "--class-dir", sharded[0] / "class_images", "--output", tmp / "out")
     return tmp / "out"
 
 
@@ -93,7 +99,8 @@ def test_each_process_holds_half_the_unet_and_one_writes_the_output(sharded):
     assert sum(h for h, _ in held.values()) == unet and all(h < 0.6 * unet for h, _ in held.values())
     assert log.count("trained 8 steps") == 1, log
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "class_images", "model_index.json", "scheduler",
-                                                     "text_encoder", "tokenizer", "training_args.json", "unet", "vae"]
+                                                     "text_encoder", "tokenizer", "training_args.json", "unet",
+                                                     "vae", "validation"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000003", "checkpoint-000006"]
     # whole weights in the output and the checkpoints, the trained UNet's and the base's frozen rest
     base, trained = weights(TOY_MODEL_DIR), weights(out)
@@ -111,6 +118,18 @@ def test_fsdp_trains_what_ddp_trains(sharded, unsharded):
     wa, wb = weights(sharded[0]), weights(unsharded)
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < WEIGHT_ATOL, worst
+
+
+def test_fsdp_validates_as_ddp_does(sharded, unsharded):
+    """Every process samples in step (a sharded UNet needs them all); the first writes what DDP's writes."""
+    def images(out, step):
+        folder = out / "validation" / f"step-{step:06d}"
+        return {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*.png"))}
+    for step in (0, 4, 8):
+        a, b = images(sharded[0], step), images(unsharded, step)
+        assert a and a.keys() == b.keys(), (step, sorted(a), sorted(b))
+        worst = max(np.abs(a[k] - b[k]).max() for k in a)
+        assert worst == 0 if step == 0 else worst <= 2, (step, worst)     # the same weights at step 0
 
 
 def test_fsdp_killed_and_resumed_ends_bit_for_bit(sharded, photos, tmp_path):
@@ -179,7 +198,7 @@ def test_without_a_gpu_an_fsdp_launch_says_it_is_not_sharded(sharded, photos, tm
     ({"method": "lora"}, "--method lora"),
     ({"train_text_encoder": True}, "--train-text-encoder"),
     ({"identifier_lr": 1e-3}, "--identifier-lr"),
-    ({"validate_every": 4}, "--validate-every"),
+    ({"validate_every": 4, "keep_best": True}, "--keep-best"),
     ({"use_8bit_adam": True}, "--use-8bit-adam"),
     ({"fused_backward_pass": True}, "--fused-backward-pass"),
 ])

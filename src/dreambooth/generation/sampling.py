@@ -220,7 +220,7 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
             call.update(mask_image=[mask] * n, width=params.width, height=params.height)
     previous, runner.scheduler = runner.scheduler, scheduler
     try:
-        with torch.inference_mode():
+        with _without_grad(runner.unet):
             if autocast is None:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast):
@@ -228,6 +228,13 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
             return decode(runner, latents)
     finally:
         runner.scheduler = previous                      # leave the pipeline as we found it
+
+
+def _without_grad(unet):
+    """inference_mode, except for a UNet sharded by FSDP (validation while training): the whole
+    weights it gathers for a forward pass would be inference tensors, which training cannot reuse."""
+    sharded = hasattr(next(unet.parameters(), None), "device_mesh")
+    return torch.no_grad() if sharded else torch.inference_mode()
 
 
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:

@@ -37,7 +37,7 @@ from .parking import Parking
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
 from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
-from .validation import Validator
+from .validation import Validator, validator_for
 
 
 
@@ -144,8 +144,8 @@ class Trainer:
         self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
         if self.resume_from:
             ckpt.resume_run(self, self.resume_from)
-        if cfg.validate_every and self.accelerator.is_main_process:
-            self.validator = Validator(self)
+        if cfg.validate_every:
+            self.validator = validator_for(self, self.accelerator.is_main_process, is_sharded(self.accelerator))
         return self
 
     def _prepare_data(self, cfg: TrainConfig, instance: list) -> None:

@@ -253,34 +253,9 @@ class Validator:
     # -- one validation --
     def _generate(self, step: int) -> list[GeneratedImage]:
         """Each prompt at each seed, saved with its infotext."""
-        run, s = self.run, self.settings
-        folder = validation_images_dir(run.output, step)
+        folder = validation_images_dir(self.run.output, step)
         shutil.rmtree(folder, ignore_errors=True)        # a rerun of this step (resume) replaces it
-        pipeline = run.generation_pipeline()
-        cpu_state = torch.random.get_rng_state()
-        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        modes = [(m, m.training) for m in (getattr(pipeline.pipe, n, None) for n in ("unet", "text_encoder",
-                                                                                  "text_encoder_2", "vae"))
-                 if isinstance(m, torch.nn.Module)]
-        made = []
-        try:
-            for module, _ in modes:
-                module.eval()
-            with progress.task("validation", len(s.prompts) * len(s.seeds)) as bar:
-                for prompt in s.prompts:
-                    for seed in s.seeds:
-                        made += generate(pipeline, s.params.replace(prompt=prompt, seed=seed), folder,
-                                         autocast=run.autocast_dtype, task=bar)
-        finally:
-            for module, training in modes:
-                module.train(training)
-            torch.random.set_rng_state(cpu_state)      # validation never moves the training's random streams
-            if cuda_state is not None:
-                torch.cuda.set_rng_state_all(cuda_state)
-            if torch.cuda.is_available():  # give the sampling activations back to training
-                gc.collect()
-                torch.cuda.empty_cache()
-        return made
+        return sample(self.run, self.settings, folder)
 
     def validate(self, step: int) -> ValidationEnd | None:
         self.last_step = step
@@ -352,3 +327,60 @@ class Validator:
             (staging / VALIDATION_BEST).rename(target)
             shutil.rmtree(staging, ignore_errors=True)
         (self.dir / VALIDATION_BEST_INFO).write_text(json.dumps(self.best, indent=2) + "\n")
+
+
+def sample(run: TrainingRun, s: ValidationSettings, folder: Path | None) -> list[GeneratedImage]:
+    """The validation images of the weights as they are (written to ``folder`` unless None), the
+    training's random streams and train/eval modes left as they were."""
+    pipeline = run.generation_pipeline()
+    cpu_state = torch.random.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    modes = [(m, m.training) for m in (getattr(pipeline.pipe, n, None) for n in ("unet", "text_encoder",
+                                                                              "text_encoder_2", "vae"))
+             if isinstance(m, torch.nn.Module)]
+    made = []
+    try:
+        for module, _ in modes:
+            module.eval()
+        with progress.task("validation", len(s.prompts) * len(s.seeds)) as bar:
+            for prompt in s.prompts:
+                for seed in s.seeds:
+                    made += generate(pipeline, s.params.replace(prompt=prompt, seed=seed), folder,
+                                     autocast=run.autocast_dtype, task=bar)
+    finally:
+        for module, training in modes:
+            module.train(training)
+        torch.random.set_rng_state(cpu_state)      # validation never moves the training's random streams
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        if torch.cuda.is_available():  # give the sampling activations back to training
+            gc.collect()
+            torch.cuda.empty_cache()
+    return made
+
+
+class ValidationFollower(Validator):
+    """Validation in the other processes under FSDP: a sharded UNet samples only when every process
+    runs the same sampling in step, so they make the first process's images at the same steps, and
+    write and score nothing (``--keep-best`` is not taken under FSDP: ``guard.NOT_SHARDED``)."""
+
+    def start(self) -> None:
+        return self.validate(0) if self.run.step == 0 else None
+
+    def validate(self, step: int) -> None:
+        self.last_step = step
+        sample(self.run, self.settings, None)
+
+    def end(self, step: int) -> None:
+        if step > 0 and step != self.last_step:
+            self.validate(step)
+
+    def best_weights(self) -> None:
+        return None
+
+
+def validator_for(run: TrainingRun, first: bool, sharded: bool) -> Validator | None:
+    """The first process validates; under FSDP (``sharded``) the others sample along with it."""
+    if first:
+        return Validator(run)
+    return ValidationFollower(run) if sharded else None
