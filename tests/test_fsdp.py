@@ -17,6 +17,7 @@ is what runs on GPUs.
 """
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -132,6 +133,26 @@ def test_fsdp_validates_as_ddp_does(sharded, unsharded):
         assert worst == 0 if step == 0 else worst <= 2, (step, worst)     # the same weights at step 0
 
 
+def test_keep_best_under_fsdp_keeps_what_ddp_keeps(sharded, photos, tmp_path_factory):
+    """The first process chooses the best step; every process takes part in gathering its weights."""
+    from dreambooth.testing.eval_models import save_tiny_eval_models
+    from dreambooth.training.validation import best_checkpoint
+    dino, clip = save_tiny_eval_models(tmp_path_factory.mktemp("eval-models"))
+    common = [*TOY_UNET, *VALIDATION, "--keep-best", "--dino-model", dino, "--clip-model", clip, "--batch-size", "1",
+              "--instance-dir", photos, "--class-dir", sharded[0] / "class_images"]
+    tmp = tmp_path_factory.mktemp("keep-best")
+    sharded_train(tmp, *common, "--output", tmp / "fsdp")
+    train(tmp, 2, *common, "--output", tmp / "ddp")
+    best = [json.loads((tmp / o / "validation" / "best.json").read_text()) for o in ("fsdp", "ddp")]
+    assert best[0]["step"] == best[1]["step"] in (4, 8), best
+    kept = [best_checkpoint(tmp / o) for o in ("fsdp", "ddp")]
+    a, b = weights(kept[0]), weights(kept[1])
+    assert a.keys() == b.keys() and any(k.startswith("unet.") for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < WEIGHT_ATOL
+    out = weights(tmp / "fsdp")                      # and the output holds the kept weights
+    assert all(torch.equal(out[k], a[k]) for k in a)
+
+
 def test_fsdp_killed_and_resumed_ends_bit_for_bit(sharded, photos, tmp_path):
     straight, _ = sharded
     out = tmp_path / "out"
@@ -198,7 +219,6 @@ def test_without_a_gpu_an_fsdp_launch_says_it_is_not_sharded(sharded, photos, tm
     ({"method": "lora"}, "--method lora"),
     ({"train_text_encoder": True}, "--train-text-encoder"),
     ({"identifier_lr": 1e-3}, "--identifier-lr"),
-    ({"validate_every": 4, "keep_best": True}, "--keep-best"),
     ({"use_8bit_adam": True}, "--use-8bit-adam"),
     ({"fused_backward_pass": True}, "--fused-backward-pass"),
 ])

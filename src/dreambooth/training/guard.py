@@ -85,8 +85,6 @@ NOT_SHARDED = (
      "accelerate's FSDP2 shards one model, the UNet"),
     (lambda c: c.method == "full" and bool(c.identifier_lr), "--identifier-lr", "--identifier-lr 0",
      "accelerate's FSDP2 shards one model, the UNet"),
-    (lambda c: c.keep_best, "--keep-best", "--no-keep-best",
-     "the best step is chosen on the first process alone, and gathering sharded weights needs every process"),
     (lambda c: c.use_8bit_adam, "--use-8bit-adam", "--no-use-8bit-adam", "FSDP already splits AdamW's state across the GPUs"),
     (lambda c: c.fused_backward_pass, "--fused-backward-pass", "--no-fused-backward-pass",
      "FSDP reduces gradients after the backward pass"),

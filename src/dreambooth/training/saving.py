@@ -44,12 +44,16 @@ def kohya_training_metadata(run, directory: Path) -> dict[str, str]:
     })
 
 
-def save_model(run, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> list[Path]:
-    """Write the current weights in the output format (a LoRA file, or a pipeline folder).
-    ``weights``: the trained weights gathered whole (``sharding.whole_weights``, FSDP), already
-    checked by every process; None: the trained modules hold them whole."""
-    if weights is None:
-        run.assert_finite()
+def save_model(run, directory: Path) -> list[Path]:
+    """Write the current weights in the output format (a LoRA file, or a pipeline folder). Under
+    FSDP every process calls it: the weights are checked and gathered whole (``sharding.whole_weights``)
+    by all of them, and the first writes (the others get [])."""
+    run.assert_finite()
+    weights = None
+    if is_sharded(run.accelerator):
+        weights = whole_weights(run.trainables, sharded=True)
+        if not run.accelerator.is_main_process:
+            return []
     directory.mkdir(parents=True, exist_ok=True)
     cfg = run.config
     if cfg.method == "lora":
@@ -100,13 +104,11 @@ def keep_best(output: Path, best: Path | None) -> None:
 
 def save_output(run) -> list[Path]:
     """The run's output: the weights, ``training_args.json``; remembered as a training output."""
-    weights = None
-    if is_sharded(run.accelerator):       # every process checks and hands in its shards
-        run.assert_finite()
-        weights = whole_weights(run.trainables, sharded=True)
+    if not (run.accelerator.is_main_process or is_sharded(run.accelerator)):
+        return []
+    files = save_model(run, run.output)          # under FSDP every process takes part in gathering
     if not run.accelerator.is_main_process:
         return []
-    files = save_model(run, run.output, weights)
     args = run.output / TRAINING_ARGS_FILE
     import diffusers
     save_config(run.config, args, {

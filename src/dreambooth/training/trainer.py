@@ -37,7 +37,8 @@ from .parking import Parking
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
 from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
-from .validation import Validator, validator_for
+from .validation import Validator
+from .validation_follower import validator_for
 
 
 

@@ -149,8 +149,9 @@ class Validator:
     The trainer calls ``start``, ``after_step`` and ``end``; each returns a ``ValidationEnd`` when it
     validated."""
 
-    def __init__(self, run: TrainingRun, evaluator: Evaluator | None = None):
+    def __init__(self, run: TrainingRun, evaluator: Evaluator | None = None, sharded: bool = False):
         self.run = run
+        self.sharded = sharded        # FSDP: saving the best weights takes every process (ValidationFollower)
         self.settings = ValidationSettings.from_config(run.config)
         self.dir = validation_dir(run.output)
         self.evaluator = evaluator
@@ -272,7 +273,7 @@ class Validator:
                "eligible": None, "best_so_far": None}
         if self.evaluator is not None:
             row.update(self._score(images))
-            self._update_best(row)
+        self._update_best(row)
         self.rows.append(row)
         append_metrics_csv(self.dir / VALIDATION_METRICS, row)
         if self.writer is not None:
@@ -303,21 +304,31 @@ class Validator:
                                       class_generated=klass or None, per_image=False)
         return {k: scores[k] for k in ("dino", "clip_i", "clip_t", "pres") if scores.get(k) is not None}
 
-    def _update_best(self, row: dict) -> None:
+    def _rank_row(self, row: dict) -> bool:
+        """Mark ``row`` eligible or not and best so far or not; True when it is the new best."""
         if row.get("clip_t") is None or row.get("dino") is None:
-            return
+            return False
         if self.reference_clip_t is None:
             self.reference_clip_t = row["clip_t"]
         if row["step"] == 0:
-            return
+            return False
         ref = self.reference_clip_t
         row["eligible"] = row["clip_t"] >= ref - CLIP_T_TOLERANCE * abs(ref)
         if self.best is not None and _rank(row) <= _rank(self.best):
             row["best_so_far"] = False
-            return
+            return False
         row["best_so_far"] = True
         self.best = {"step": row["step"], "dino": row["dino"], "clip_i": row["clip_i"], "clip_t": row["clip_t"],
                      "pres": row["pres"], "eligible": row["eligible"], "reference_clip_t": ref, "rule": RULE}
+        return True
+
+    def _update_best(self, row: dict) -> None:
+        new = self._rank_row(row)
+        if self.sharded and self.settings.keep_best:     # the other processes gather the weights too, or not
+            from accelerate.utils import broadcast_object_list
+            broadcast_object_list([new])
+        if not new:
+            return
         if self.settings.keep_best:
             # written beside, then swapped in: a crash while saving never loses the previous best
             target, staging = self.dir / VALIDATION_BEST, self.dir / ".incoming"
@@ -357,30 +368,3 @@ def sample(run: TrainingRun, s: ValidationSettings, folder: Path | None) -> list
             gc.collect()
             torch.cuda.empty_cache()
     return made
-
-
-class ValidationFollower(Validator):
-    """Validation in the other processes under FSDP: a sharded UNet samples only when every process
-    runs the same sampling in step, so they make the first process's images at the same steps, and
-    write and score nothing (``--keep-best`` is not taken under FSDP: ``guard.NOT_SHARDED``)."""
-
-    def start(self) -> None:
-        return self.validate(0) if self.run.step == 0 else None
-
-    def validate(self, step: int) -> None:
-        self.last_step = step
-        sample(self.run, self.settings, None)
-
-    def end(self, step: int) -> None:
-        if step > 0 and step != self.last_step:
-            self.validate(step)
-
-    def best_weights(self) -> None:
-        return None
-
-
-def validator_for(run: TrainingRun, first: bool, sharded: bool) -> Validator | None:
-    """The first process validates; under FSDP (``sharded``) the others sample along with it."""
-    if first:
-        return Validator(run)
-    return ValidationFollower(run) if sharded else None
