@@ -134,7 +134,7 @@ def copy_whole(param: torch.nn.Parameter, value: torch.Tensor) -> None:
         param.copy_(value)
 
 
-def first_nonfinite(models: dict[str, torch.nn.Module], accelerator, sharded: bool) -> str | None:
+def first_nonfinite(models: dict[str, torch.nn.Module], sharded: bool) -> str | None:
     """The first trainable weight holding a NaN or an infinity (``unet.conv_in.weight``), or None;
     under FSDP over every process's shard, so that all processes agree."""
     bad = next((f"{name}.{key}" for name, model in models.items() for key, p in model.named_parameters()

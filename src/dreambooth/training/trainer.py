@@ -382,7 +382,7 @@ class Trainer:
 
     def assert_finite(self) -> None:
         """Sharded (FSDP), every process calls it: the check spans every process's shard."""
-        bad = first_nonfinite(self.trainables, self.accelerator, is_sharded(self.accelerator))
+        bad = first_nonfinite(self.trainables, is_sharded(self.accelerator))
         if bad is not None:
             raise TrainingStopped(f"trainable weight {bad} is not finite at step {self.step}; nothing was saved")
 

@@ -322,12 +322,16 @@ class Validator:
                      "pres": row["pres"], "eligible": row["eligible"], "reference_clip_t": ref, "rule": RULE}
         return True
 
-    def _update_best(self, row: dict) -> None:
-        new = self._rank_row(row)
-        if self.sharded and self.settings.keep_best:     # the other processes gather the weights too, or not
+    def _keeps(self, new: bool | None) -> bool:
+        """Whether this step's weights are kept as the best: decided by the first process (``new``),
+        and under FSDP with --keep-best sent to the others (None there), which gather them too."""
+        if self.sharded and self.settings.keep_best:
             from accelerate.utils import broadcast_object_list
-            broadcast_object_list([new])
-        if not new:
+            new = broadcast_object_list([new])[0]
+        return bool(new)
+
+    def _update_best(self, row: dict) -> None:
+        if not self._keeps(self._rank_row(row)):
             return
         if self.settings.keep_best:
             # written beside, then swapped in: a crash while saving never loses the previous best

@@ -19,12 +19,8 @@ class ValidationFollower(Validator):
     def validate(self, step: int) -> None:
         self.last_step = step
         sample(self.run, self.settings, None)
-        if self.settings.keep_best:     # the first process says whether it keeps this step's weights
-            from accelerate.utils import broadcast_object_list
-            new = [None]
-            broadcast_object_list(new)
-            if new[0]:
-                self.run.save_model(self.dir / VALIDATION_BEST)      # gathering only: the first process writes
+        if self._keeps(None):          # the first process kept this step's weights: gather them with it
+            self.run.save_model(self.dir / VALIDATION_BEST)      # the first process writes
 
     def end(self, step: int) -> None:
         if step > 0 and step != self.last_step:
