@@ -7,9 +7,10 @@ Each training case is one ``benchmarks/train_step.py`` process (full-size layout
 preservation, bf16); the models are built once under --cache by the first case of each family, so
 that case's "before the timed steps" peak includes the building. The generation case is one
 side_by_side.py case, ours against diffusers' pipeline per batch, with its own models; the FSDP case
-is fsdp_check.py (a tiny SDXL trained, checkpointed and resumed under FSDP). A case that
-fails or runs out of its time is reported and the rest go on; a case that would not fit in the budget
-left is skipped.
+is fsdp_check.py (a tiny SDXL trained, checkpointed and resumed under FSDP); the resume case is
+resume_check.py (a tiny SD1 trained twice and resumed, with the default kernels and --deterministic).
+A case that fails or runs out of its time is reported and the rest go on; a case that would not fit in
+the budget left is skipped.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ CASES = [
      "--use-8bit-adam --fused-backward-pass"),
     # not train_step.py: a tiny SDXL under configs/accelerate/fsdp.yaml on CUDA, checkpointed and resumed
     ("FSDP on CUDA: trains, checkpoints and resumes (tiny SDXL, one process per GPU)", 90, "SCRIPT fsdp_check.py"),
+    # not train_step.py: a tiny SD1 trained twice and killed-and-resumed, with and without --deterministic
+    ("exact resume on CUDA: default kernels and --deterministic (tiny SD1, LoRA and full + TE)", 120,
+     "SCRIPT resume_check.py"),
     # not train_step.py: ours against diffusers' StableDiffusionPipeline, per batch (side_by_side.py's GPU case)
     ("generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16, against diffusers (goal <= 0.8)", 150,
      "SIDE_BY_SIDE generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16"),
@@ -77,10 +81,11 @@ def command(number: int, seconds: float, extra: str, args):
                "--work", f"{args.cache}/side-by-side", *(["--tiny"] if args.tiny else [])]
         rows = lambda lines: [ln for ln in lines if ln.startswith("|") or "ours" in ln or "peer" in ln]
         return cmd, 240 if args.tiny else seconds, rows
-    if extra.startswith("SCRIPT "):              # a script of its own, on tiny models anyway: its last line
-        script, *rest = extra.split()[1:]
-        return [sys.executable, str(HERE / script), *rest, "--work", f"{args.cache}/{Path(script).stem}"], \
-            seconds, lambda lines: lines[-1:]
+    if extra.startswith("SCRIPT "):              # a script of its own, on tiny models anyway: the lines it
+        script, *rest = extra.split()[1:]         # starts with its name, or its last line
+        stem = Path(script).stem
+        return [sys.executable, str(HERE / script), *rest, "--work", f"{args.cache}/{stem}"], \
+            seconds, lambda lines: [ln for ln in lines if ln.startswith(stem)] or lines[-1:]
     argv = extra.split()
     if args.tiny:
         argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]

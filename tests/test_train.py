@@ -150,10 +150,14 @@ def test_overfitting_one_image_lowers_the_loss(tiny_sd1, dog_photos, tmp_path, m
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
 
 
-def test_resume_continues_exactly(tiny_sd1, dog_photos, tmp_path):
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default kernels", "--deterministic"])
+def test_resume_continues_exactly(tiny_sd1, dog_photos, tmp_path, deterministic):
+    if torch.cuda.is_available() and not deterministic:
+        pytest.skip("on a GPU only --deterministic promises a bit-exact resume")
     common = dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
                   class_prompt="a photo of dog", num_class_images=2, class_steps=2, method="lora", rank=4,
-                  resolution=32, max_steps=6, learning_rate=1e-3, checkpoint_every=3, keep_checkpoints=0, random_flip=True)
+                  resolution=32, max_steps=6, learning_rate=1e-3, checkpoint_every=3, keep_checkpoints=0, random_flip=True,
+                  deterministic=deterministic)
     straight = train(build_config(None, dict(common, output=str(tmp_path / "a"))), callbacks=[])
     # A second run is killed during step 4, after its step-3 checkpoint ...
     class Kill(TrainingCallback):

@@ -97,6 +97,7 @@ class TrainConfig:
     fused_backward_pass: bool = _opt(False, "Step each weight as soon as its gradient is complete and free the gradient: a full run holds no whole set of gradients (SDXL full: 10 GB less). One process; no --max-grad-norm clipping, no --gradient-accumulation.", group="memory")
     cache_latents: bool | None = _opt(None, "Encode each distinct training picture (image, crop, flip) once and keep its latents (default: on).", group="memory")
     compile: bool = _opt(False, "torch.compile the trained models (minutes of compiling before the first step; see docs/benchmarks.md).", group="memory")
+    deterministic: bool = _opt(False, "Deterministic GPU kernels (cuDNN, cuBLAS, attention), so that a resumed run, or the same run again, ends with the same weights bit for bit on a GPU too (always so on the CPU); slower.", group="memory")
     force: bool = _opt(False, "Start even when the memory preflight estimates the run will not fit in the device's free memory.", group="memory")
     # --- outputs ----------------------------------------------------------------------------
     output: str | None = _opt(None, "Output folder.", group="output")

@@ -29,6 +29,7 @@ from .loss import per_example_mse, prior_preserving_loss
 from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
+from .determinism import deterministic_kernels
 from .preflight import preflight
 from .prior import class_folder, ensure_class_images
 from .guard import OutputStage, check_distributed, check_fused_backward, check_inputs
@@ -132,8 +133,7 @@ class Trainer:
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
         self.parking = Parking(self.device)          # frozen parts wait on the CPU once all is cached
-        prompts = self.stream.every_prompt()
-        if prompts is not None and not self.trains_text:
+        if (prompts := self.stream.every_prompt()) is not None and not self.trains_text:
             self.conditioning(prompts)
             for te in self.family.text_encoders:
                 self.parking.park(te)
@@ -163,8 +163,7 @@ class Trainer:
                                 self.autocast_dtype, (acc.process_index, acc.num_processes), acc.wait_for_everyone,
                                 cfg.class_batch_size)
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
-        self.class_images = len(prior)
-        self.instance_images = len(instance)
+        self.class_images, self.instance_images = len(prior), len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
                                     cfg.random_flip, cfg.seed, cfg.caption_dropout, self.transforms,
                                     (self.accelerator.process_index, self.accelerator.num_processes))
@@ -393,7 +392,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
     that fails leaves an output it was to replace as it was (``guard.OutputStage``)."""
     trainer = Trainer(config, callbacks, transforms)
     try:
-        return trainer.setup().fit()
+        with deterministic_kernels(config.deterministic):
+            return trainer.setup().fit()
     except BaseException as exc:
         if trainer.stage is not None:                 # None: failed before the output was touched
             trainer.stage.abandon(isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None)

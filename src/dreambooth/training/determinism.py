@@ -1,0 +1,51 @@
+"""``--deterministic``: the same kernels' results from the same inputs on a GPU, so that two runs with
+the same settings, and a run resumed from a checkpoint, end with the same weights bit for bit there too.
+
+On the CPU a run is already deterministic. On a GPU, cuDNN may choose its algorithm by timing it,
+cuBLAS splits work by its workspace, and the attention kernels' backward passes add partial results
+in whatever order their threads finish. torch has a deterministic path for each of them, but takes
+it only in its strict mode: with ``warn_only=True`` flash and memory-efficient attention warn and
+stay nondeterministic. So the mode is strict, and an operation that has no deterministic path stops
+the run with one line naming it. torch's NaN-filling of new tensors, a debugging aid that comes with
+the mode, stays off: results do not depend on it, and it costs a write of every new tensor.
+
+The settings are process-wide; they are restored when the run ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from ..errors import UserError
+
+CUBLAS_WORKSPACE = ":4096:8"      # a fixed cuBLAS workspace per stream, as torch's reproducibility notes ask
+
+
+@contextlib.contextmanager
+def deterministic_kernels(on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    cudnn, fill = torch.backends.cudnn, torch.utils.deterministic
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    fill.fill_uninitialized_memory = False
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    except RuntimeError as exc:
+        what = str(exc).partition(" does not have a deterministic implementation")
+        if not what[1]:
+            raise
+        raise UserError(f"--deterministic: {what[0].strip()} has no deterministic implementation on this device; "
+                        "run without --deterministic (the run is then not bit-exact on a GPU)") from None
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory = saved[2:5]
+        if saved[5] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
