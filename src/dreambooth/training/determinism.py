@@ -9,7 +9,8 @@ stay nondeterministic. So the mode is strict, and an operation that has no deter
 the run with one line naming it. torch's NaN-filling of new tensors, a debugging aid that comes with
 the mode, stays off: results do not depend on it, and it costs a write of every new tensor.
 
-The settings are process-wide; they are restored when the run ends.
+The settings are process-wide and restored when the run ends; in the server, images made while such
+a job trains are made under them too.
 """
 from __future__ import annotations
 
