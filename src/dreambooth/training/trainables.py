@@ -30,7 +30,7 @@ def vae_dtype(force_upcast: bool, weight_dtype: torch.dtype) -> torch.dtype:
     except fp32 for a VAE that overflows in fp16 (the SDXL VAE's black images, kohya #952) unless its
     config says it is fp16-safe (``force_upcast: false``). bf16 has fp32's range, so it needs no
     upcast (diffusers' pipelines upcast for fp16 only), and a bf16 VAE encodes a 512 px picture in
-    3.8 s against fp32's 6.6 s on an AMX CPU, with half the activations on a GPU."""
+    3.8 s against fp32's 6.6 s on an AVX512-BF16 CPU, with half the activations on a GPU."""
     return torch.float32 if weight_dtype == torch.float16 and force_upcast else weight_dtype
 
 
