@@ -50,7 +50,7 @@ def main() -> None:
 
     def weights(out: Path) -> dict:
         return {f"{f.relative_to(out)}/{k}": v.float() for f in out.rglob("*.safetensors")
-                if "checkpoints" not in f.parts and "class_images" not in f.parts for k, v in load_file(str(f)).items()}
+                if "checkpoints" not in f.relative_to(out).parts for k, v in load_file(str(f)).items()}
 
     def farthest(a: dict, b: dict) -> float:
         if a.keys() != b.keys():

@@ -31,8 +31,9 @@ def deterministic_kernels(on: bool) -> Iterator[None]:
         yield
         return
     cudnn, fill = torch.backends.cudnn, torch.utils.deterministic
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    was_on, was_warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_cudnn = (cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory)
+    was_workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(True)
     fill.fill_uninitialized_memory = False
@@ -46,7 +47,7 @@ def deterministic_kernels(on: bool) -> Iterator[None]:
         raise UserError(f"--deterministic: {what[0].strip()} has no deterministic implementation on this device; "
                         "run without --deterministic (the run is then not bit-exact on a GPU)") from None
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory = saved[2:5]
-        if saved[5] is None:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+        cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory = was_cudnn
+        if was_workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
