@@ -10,7 +10,7 @@ import torch
 from ..errors import UserError
 from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
-from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters
+from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
 from ..models.tokens import identifier_words
 from .config import TrainConfig
 from .fused_backward import PerWeightOptimizer
@@ -68,6 +68,8 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
             for p in model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()      # adapters train in fp32 whatever the frozen base is in
+            if cfg.mixed_precision in AUTOCAST:     # the step and validation run them under autocast
+                autocast_adapters(model)
     else:
         unet.requires_grad_(True)
         for te in encoders.values():

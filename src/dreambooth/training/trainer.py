@@ -3,8 +3,7 @@ instance and class examples in one batch and one UNet pass, the objective in ``l
 between families is in ``models.families``; what differs between full fine-tuning and LoRA is only
 which parameters train (``trainables``) and how the output is written (``saving``).
 ``Trainer.setup`` builds everything, ``Trainer.loss`` is the math, ``Trainer.fit`` the loop. Progress
-goes out as events (``dreambooth.progress``), milestones to the callbacks (``callbacks``: a typed protocol).
-"""
+goes out as events (``dreambooth.progress``), milestones to the callbacks (``callbacks``: a typed protocol)."""
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +23,8 @@ from ..models.families import Conditioning, adapter_for, time_ids
 from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
 from . import checkpoint as ckpt
+from .clipping import clip_gradients, fused_adamw
+from .cpu_attention import attention_precision
 from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
 from .loss import per_example_mse, prior_preserving_loss
 from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
@@ -40,7 +41,6 @@ from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, sha
 from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 from .validation_follower import validator_for
-
 
 
 class Trainer:
@@ -264,18 +264,18 @@ class Trainer:
             cb.on_train_start(self)
         if self.validator:
             self._validate(self.validator.start)
-        # With fused AdamW a non-finite step is skipped on the device (its found_inf) and the loss read
-        # one step late, when long computed: no host sync in the step, so the GPU's queue never runs
-        # dry. The steps whose end must be seen at once (checkpoint, validation, the last) are read at once.
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)
-        lagged = cfg.gradient_accumulation == 1 and isinstance(inner, torch.optim.AdamW) and bool(inner.defaults.get("fused"))
+        # With fused AdamW a non-finite step is skipped on the device (its found_inf) and the loss read one step
+        # late: no host sync in the step, so the GPU's queue never runs dry. Checkpoint, validation, last: at once.
+        precision = attention_precision(self.device, self.autocast_dtype, cfg.compile)   # the forward's attention
+        lagged = cfg.gradient_accumulation == 1 and (inner := fused_adamw(self.optimizer)) is not None
         pending = None
         with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
                 self._interruptible():
             while self.step + (pending is not None) < cfg.max_steps:
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
-                    loss = self.loss(batch)
+                    with precision():
+                        loss = self.loss(batch)
                     # the global batch's loss (mean over processes): the same decision everywhere
                     seen = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
                     if not lagged and not torch.isfinite(seen):
@@ -284,7 +284,7 @@ class Trainer:
                         continue
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0 and not cfg.fused_backward_pass:
-                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                        clip_gradients(acc, self.optimizer, params, cfg.max_grad_norm)
                     if pending is not None:          # before this step: its learning rate follows
                         self._step_done(pending)
                         pending = None

@@ -1,0 +1,147 @@
+"""How the training step's kernels run (issue 30): gradient clipping folded into fused AdamW, attention
+in fp32 on a CPU training under bf16, and LoRA inputs left to autocast. Each must give the numbers
+the plain path gives, and do the work it promises."""
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dreambooth.training.clipping import clip_gradients, fused_adamw
+from dreambooth.training.cpu_attention import attention_precision
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=True)
+
+
+def _params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(64, 32, generator=g)), torch.nn.Parameter(torch.randn(32, generator=g))]
+    grads = [torch.randn(p.shape, generator=g) * 5 for p in params]     # a global norm far above 1
+    return params, grads
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 1e6])        # clipping, and a norm under the limit
+def test_clipping_folded_into_fused_adamw_matches_clip_then_step(accelerator, max_norm):
+    ref, grads = _params()
+    folded, _ = _params()
+    start = [p.detach().clone() for p in folded]
+    ref_opt = accelerator.prepare(torch.optim.AdamW(ref, lr=1e-2, fused=True))
+    opt = accelerator.prepare(torch.optim.AdamW(folded, lr=1e-2, fused=True))
+    assert fused_adamw(opt) is opt.optimizer
+    for _ in range(3):
+        for p, q, g in zip(ref, folded, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        accelerator.clip_grad_norm_(ref, max_norm)
+        clip_gradients(accelerator, opt, folded, max_norm)
+        # nothing rewrote the gradients: the factor waits in the optimizer
+        assert all(torch.equal(q.grad, g) for q, g in zip(folded, grads))
+        norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
+        assert torch.allclose(opt.optimizer.grad_scale, torch.clamp(norm / max_norm, min=1.0))
+        ref_opt.step()
+        opt.step()
+    for p, q, q0 in zip(ref, folded, start):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+        assert not torch.equal(q, q0)
+
+
+def test_other_optimizers_are_clipped_in_place(accelerator):
+    params, grads = _params()
+    opt = accelerator.prepare(torch.optim.AdamW(params, lr=1e-2, foreach=True))
+    assert fused_adamw(opt) is None
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    clip_gradients(accelerator, opt, params, 1.0)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item() == pytest.approx(1.0, rel=1e-5)
+    assert getattr(opt.optimizer, "grad_scale", None) is None
+
+
+def _qkv(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 4, 64, 16, generator=g).bfloat16().requires_grad_() for _ in range(3)]
+
+
+def test_cpu_bf16_attention_runs_in_fp32_within_the_forward():
+    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
+    q, k, v = _qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        native = F.scaled_dot_product_attention(q, k, v)
+        with fp32_attention():
+            out = F.scaled_dot_product_attention(q, k, v)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    assert not torch.equal(native, expected)       # the bf16 kernel's numbers differ: the switch took effect
+    out.float().square().sum().backward()          # the backward runs through the fp32 kernel
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
+
+
+def test_other_threads_keep_their_attention():
+    """Generation in another thread (the server) while a CPU trains keeps the bf16 kernel's numbers."""
+    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
+    q, k, v = (t.detach() for t in _qkv(1))
+    native = F.scaled_dot_product_attention(q, k, v)
+    seen = []
+    with fp32_attention():
+        worker = threading.Thread(target=lambda: seen.append(F.scaled_dot_product_attention(q, k, v)))
+        worker.start()
+        worker.join()
+    assert torch.equal(seen[0], native)
+
+
+@pytest.mark.parametrize("device,dtype,compiled", [("cuda", torch.bfloat16, False), ("cpu", torch.float16, False),
+                                                    ("cpu", None, False), ("cpu", torch.bfloat16, True)])
+def test_attention_left_alone_elsewhere(device, dtype, compiled):
+    assert attention_precision(torch.device(device), dtype, compiled) is not attention_precision(
+        torch.device("cpu"), torch.bfloat16, False)
+
+
+class _Copies(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._to_copy.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_lora_under_autocast_skips_the_input_casts_bit_for_bit():
+    from diffusers import UNet2DConditionModel
+
+    from dreambooth.models.lora import UNET_TARGETS, add_adapters, autocast_adapters
+
+    def unet():
+        torch.manual_seed(0)
+        model = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), norm_num_groups=8,
+                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4)
+        model.to(torch.bfloat16).requires_grad_(False)
+        add_adapters(model, 4, 4, UNET_TARGETS)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        return model
+
+    def step(model):
+        g = torch.Generator().manual_seed(1)
+        x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, 32, generator=g).bfloat16()   # a frozen bf16 encoder's
+        with _Copies() as copies, torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, torch.tensor([3, 500]), ctx).sample
+            out.float().square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        return out, grads, copies.count
+
+    plain, adapted = unet(), unet()
+    autocast_adapters(adapted)
+    layers = sum(1 for n, _ in adapted.named_modules() if n.endswith("lora_A"))   # one per adapted linear
+    out0, grads0, copies0 = step(plain)
+    out1, grads1, copies1 = step(adapted)
+    assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+    # forward: peft's cast up and autocast's cast back down, per layer; backward: theirs where gradients flow
+    assert layers > 0 and copies0 - copies1 >= 2 * layers, (copies0, copies1, layers)
