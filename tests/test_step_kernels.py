@@ -1,6 +1,7 @@
 """How the training step's kernels run (issue 30): gradient clipping folded into fused AdamW, attention
 in fp32 on a CPU training under bf16, and LoRA inputs left to autocast. Each must give the numbers
 the plain path gives, and do the work it promises."""
+import math
 import threading
 
 import pytest
@@ -145,3 +146,27 @@ def test_lora_under_autocast_skips_the_input_casts_bit_for_bit():
     assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
     # forward: peft's cast up and autocast's cast back down, per layer; backward: theirs where gradients flow
     assert layers > 0 and copies0 - copies1 >= 2 * layers, (copies0, copies1, layers)
+
+
+def test_bf16_lora_run_with_text_encoder_and_validation(tiny_sd1, dog_photos, tmp_path):
+    """The three together in a real run: a LoRA on the UNet and text encoder under bf16 on the CPU,
+    clipped, validated (sampling the adapted models under autocast) and written."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from dreambooth.training.config import build_config
+    from dreambooth.training.trainer import Trainer
+    cfg = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                                  class_prompt="a photo of dog", num_class_images=2, class_steps=1, method="lora",
+                                  train_text_encoder=True, mixed_precision="bf16", resolution=32, max_steps=3,
+                                  learning_rate=1e-2, max_grad_norm=1e-3, validate_every=2, validation_prompts=["a sks dog"],
+                                  validation_seeds=[0], validation_steps=1, dino_model=None, clip_model=None,
+                                  output=str(tmp_path / "out")))
+    trainer = Trainer(cfg, []).setup()
+    layers = [m for model in trainer.trainables.values() for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+    result = trainer.fit()
+    assert len(result.losses) == 3 and all(map(math.isfinite, result.losses))
+    assert fused_adamw(trainer.optimizer).grad_scale.item() > 1          # the tiny limit clipped every step
+    assert sorted(p.name for p in (tmp_path / "out" / "validation").glob("step-*.png")) == [
+        "step-000000.png", "step-000002.png", "step-000003.png"]
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
