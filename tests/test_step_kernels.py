@@ -82,6 +82,20 @@ def test_cpu_bf16_attention_runs_in_fp32_within_the_forward():
     assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
 
 
+def test_long_attention_keeps_bf16():
+    """Past ``FP32_UP_TO`` positions bf16 is the faster kernel on the CPU (SD1.5 at 512 px: 4096 x 4096)."""
+    from dreambooth.training.cpu_attention import FP32_UP_TO
+    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 1, 512, 8, generator=g).bfloat16() for _ in range(3))
+    assert 512 * 512 > FP32_UP_TO
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        native = F.scaled_dot_product_attention(q, k, v)
+        with fp32_attention():
+            out = F.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(out, native)
+
+
 def test_other_threads_keep_their_attention():
     """Generation in another thread (the server) while a CPU trains keeps the bf16 kernel's numbers."""
     fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
