@@ -32,7 +32,8 @@ def autocast_adapters(model) -> None:
     """For a model whose adapters run under autocast: peft casts each LoRA layer's input to the
     adapter's dtype (fp32) and autocast casts it straight back to bf16/fp16, exactly, for the
     product. Without peft's cast the numbers are the same, bit for bit, with two copies fewer per
-    layer and step (one forward, one backward): launches that bind a GPU step to the host."""
+    layer in the forward pass and their two in the backward where gradients flow: launches that
+    bind a GPU step to the host."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):

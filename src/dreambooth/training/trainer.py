@@ -264,9 +264,9 @@ class Trainer:
             cb.on_train_start(self)
         if self.validator:
             self._validate(self.validator.start)
+        precision = attention_precision(self.device, self.autocast_dtype, cfg.compile)   # the forward's attention
         # With fused AdamW a non-finite step is skipped on the device (its found_inf) and the loss read one step
         # late: no host sync in the step, so the GPU's queue never runs dry. Checkpoint, validation, last: at once.
-        precision = attention_precision(self.device, self.autocast_dtype, cfg.compile)   # the forward's attention
         lagged = cfg.gradient_accumulation == 1 and (inner := fused_adamw(self.optimizer)) is not None
         pending = None
         with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
