@@ -8,13 +8,15 @@
 Each case runs `dreambooth train` and the peer script (`train_dreambooth.py`, `train_dreambooth_lora.py`,
 `train_dreambooth_lora_sdxl.py`, from ``--peers``: the diffusers copies in ../shared/peers) on the same
 model folder (real architectures, random weights, built once under --work), the same photos, the same 4
-class images (so neither generates any), prior preservation, batch 1, one after the other. Steady-state
-s/step = (wall(N2 steps) - wall(N1 steps)) / (N2 - N1), so loading and saving cancel out. Peak memory is
-the process's peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on a GPU (benchmarks/measured.py
-wraps both sides alike). The generation case compares `dreambooth generate` with diffusers'
-StableDiffusionPipeline (benchmarks/diffusers_generate.py) per batch. An end-to-end case runs each side once,
-class images made by it included, and reports the wall. A failed run is reported and the rest go on;
-``--budget`` skips the cases that would not fit in the seconds left. Prints a markdown table for
+class images (so neither generates any), prior preservation, batch 1, one after the other, command by
+command in turn (ours at N1 steps, the peer at N1, ours at N2, ...), so drift in the machine's speed
+weighs on both sides alike. Steady-state s/step = (wall(N2 steps) - wall(N1 steps)) / (N2 - N1), so
+loading and saving cancel out. Peak memory is the process's peak RSS on CPU and
+``torch.cuda.max_memory_allocated`` on a GPU (benchmarks/measured.py wraps both sides alike). The
+generation case compares `dreambooth generate` with diffusers' StableDiffusionPipeline
+(benchmarks/diffusers_generate.py) per batch. An end-to-end case runs each side once, class images
+made by it included, and reports the wall. A failed run is reported and the rest go on; ``--budget``
+skips the cases that would not fit in the seconds left. Prints a markdown table for
 docs/benchmarks.md and writes results.json under --work.
 """
 from __future__ import annotations
@@ -175,7 +177,10 @@ def gpu() -> bool:
 
 
 def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float, repeat: int = 1) -> dict:
-    """{side: {"per": s/step (s/batch; end to end: wall s), "peak": GiB}} or {side: {"error": text}}."""
+    """{side: {"per": s/step (s/batch; end to end: wall s), "peak": GiB}} or {side: {"error": text}}.
+    Each repeat runs the two sides' commands in turn (ours at N1 steps, the peer at N1, ours at N2, the
+    peer at N2), so a machine that slows down or speeds up during a case weighs on both sides alike;
+    each command keeps its least wall (other tenants of the machine only ever add)."""
     model = work / f"model-{case.model}"
     if not (model / "model_index.json").exists():
         print(f"  building {model} (random weights) ...", flush=True)
@@ -184,26 +189,32 @@ def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float, rep
         with open(weights, "rb") as f:
             while f.read(1 << 26):
                 pass
-    figures = {}
-    for side in ("ours", "peer") if case.peer else ("ours",):
-        walls, peak = [], 0.0
-        try:
-            for steps in case.steps[1:] if case.e2e else case.steps:
+    sides = ("ours", "peer") if case.peer else ("ours",)
+    counts = case.steps[1:] if case.e2e else case.steps
+    walls = {side: [float("inf")] * len(counts) for side in sides}
+    peaks, failed = {side: 0.0 for side in sides}, {}
+    for _ in range(repeat):
+        for i, steps in enumerate(counts):
+            for side in (x for x in sides if x not in failed):
                 command = commands(case, model, work, steps, peers, side)[side == "peer"]
                 tag = f"{side}-{case.name.replace(' ', '_').replace(',', '').replace('+', '')}-{steps}"
-                best = float("inf")
-                for _ in range(repeat):       # the least wall: other tenants of the machine only ever add
+                try:
                     wall, gib = run(command, work / f"{tag}.json", work / f"{tag}.log", env, max(10.0, deadline - time.time()))
-                    best, peak = min(best, wall), max(peak, gib)
-                walls.append(best)
-        except RunFailed as exc:
-            figures[side] = {"error": str(exc)}
-            print(f"  {side}: {exc}", flush=True)
+                except RunFailed as exc:
+                    failed[side] = str(exc)
+                    print(f"  {side}: {exc}", flush=True)
+                    continue
+                walls[side][i], peaks[side] = min(walls[side][i], wall), max(peaks[side], gib)
+    figures = {}
+    for side in sides:
+        if side in failed:
+            figures[side] = {"error": failed[side]}
             continue
-        per = walls[0] if case.e2e else (walls[1] - walls[0]) / (case.steps[1] - case.steps[0])
-        figures[side] = {"per": per, "peak": peak}
+        w = walls[side]
+        per = w[0] if case.e2e else (w[1] - w[0]) / (case.steps[1] - case.steps[0])
+        figures[side] = {"per": per, "peak": peaks[side]}
         unit = "s end to end" if case.e2e else f"s/{'batch' if case.method == 'generate' else 'step'}"
-        print(f"  {side}: {per:.3f} {unit}, peak {peak:.2f} GiB (walls {', '.join(f'{w:.1f}' for w in walls)} s)", flush=True)
+        print(f"  {side}: {per:.3f} {unit}, peak {peaks[side]:.2f} GiB (walls {', '.join(f'{x:.1f}' for x in w)} s)", flush=True)
     return figures
 
 
@@ -221,7 +232,7 @@ def main() -> None:
                     help="folder of diffusers' scripts and run_peer.py (default: ../shared/peers)")
     ap.add_argument("--work", default="/tmp/dreambooth-side-by-side", help="models, photos and logs")
     ap.add_argument("--budget", type=float, default=None, help="seconds: skip the cases that would not fit in what is left")
-    ap.add_argument("--repeat", type=int, default=1, help="run each command this many times and keep the least wall")
+    ap.add_argument("--repeat", type=int, default=1, help="run both sides' commands in turn this many times; each keeps its least wall")
     ap.add_argument("--tiny", action="store_true", help="a dry run of the same commands on tiny models (64 px, 1 and 2 steps)")
     args = ap.parse_args()
     peers = Path(args.peers)
