@@ -1,4 +1,4 @@
-"""How the training step's kernels run (issue 30): gradient clipping folded into fused AdamW, attention
+"""How the training step's kernels run (issue 30): gradient clipping folded into fused AdamW, short attention
 in fp32 on a CPU training under bf16, and LoRA inputs left to autocast. Each must give the numbers
 the plain path gives, and do the work it promises."""
 import math
