@@ -78,6 +78,8 @@ def test_cpu_bf16_attention_runs_in_fp32_within_the_forward():
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
     assert not torch.equal(native, expected)       # the bf16 kernel's numbers differ: the switch took effect
+    with fp32_attention():                         # outside autocast (a frozen bf16 encoder caching): left alone
+        assert torch.equal(F.scaled_dot_product_attention(q, k, v), native)
     out.float().square().sum().backward()          # the backward runs through the fp32 kernel
     assert q.grad is not None and q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
 

@@ -27,8 +27,10 @@ def _fp32(value):
 
 
 def _short_bf16_cpu(query: torch.Tensor, key: torch.Tensor) -> bool:
-    return query.dtype == torch.bfloat16 and query.device.type == "cpu" and \
-        query.shape[-2] * key.shape[-2] <= FP32_UP_TO
+    """Short bf16 attention under CPU autocast: the trained models and the UNet, not a frozen bf16 text
+    encoder caching its embeddings outside autocast (those stay as they are made at setup)."""
+    return query.dtype == torch.bfloat16 and query.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+        and query.shape[-2] * key.shape[-2] <= FP32_UP_TO
 
 
 class _FP32Attention(TorchFunctionMode):
