@@ -1,5 +1,5 @@
 """The one device choice: CUDA when there is a GPU, then Apple's MPS, else the CPU; and the
-precision generation runs in on each."""
+precisions generation and training run in on each."""
 from __future__ import annotations
 
 import functools
@@ -59,3 +59,14 @@ def generation_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def training_precision(device: torch.device, fp16: bool = True) -> str:
+    """What ``--mixed-precision auto`` trains under: bf16 where the device multiplies it in hardware
+    (CUDA from Ampere on; a CPU with AMX or AVX512-BF16, where the mid-size full + text encoder step takes
+    0.6-0.8 of fp32's: docs/benchmarks.md), fp16 on older GPUs (unless ``fp16`` is False), else fp32 ("no")."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16"
+        return "fp16" if fp16 else "no"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "no"

@@ -24,7 +24,7 @@ from ..generation.params import GenerationParams
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 METHODS = ("full", "lora")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("no", "fp16", "bf16", "auto")
 SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
 MAX_RESOLUTION = 4096        # any family; each family's own limit is lower (models.families)
 
@@ -92,7 +92,7 @@ class TrainConfig:
     seed: int = _opt(0, "Random seed for noise, timesteps, crops and class images (-1: a random one, recorded in training_args.json).", seed=True)
     max_nonfinite_steps: int = _opt(5, "Stop after this many non-finite losses in a row (each is skipped).", low=1, high=1_000_000)
     # --- memory and speed -------------------------------------------------------------------
-    mixed_precision: str = _opt("no", "Autocast precision; trainable weights stay fp32.", PRECISIONS, group="memory")
+    mixed_precision: str = _opt("no", "Autocast precision; trainable weights stay fp32. auto: bf16 where the device has it in hardware (a GPU from Ampere on, a CPU with AMX or AVX512-BF16), fp16 on older GPUs, else no.", PRECISIONS, group="memory")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.", group="memory")
     fused_backward_pass: bool = _opt(False, "Step each weight as soon as its gradient is complete and free the gradient: a full run holds no whole set of gradients (SDXL full: 10 GB less). One process; no --max-grad-norm clipping, no --gradient-accumulation.", group="memory")
     cache_latents: bool | None = _opt(None, "Encode each distinct training picture (image, crop, flip) once and keep its latents (default: on).", group="memory")

@@ -38,7 +38,7 @@ from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
-from .trainables import AUTOCAST, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
+from .trainables import AUTOCAST, choose_precision, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 from .validation_follower import validator_for
 
@@ -65,10 +65,10 @@ class Trainer:
         from accelerate.state import AcceleratorState
         from diffusers import DDPMScheduler
 
-        cfg = self.config
+        cfg = self.config = choose_precision(self.config)
         cpu = not torch.cuda.is_available()
         if cfg.mixed_precision == "fp16" and cpu:
-            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 (or no) on CPU")
+            raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on CPU")
         if cpu:
             keep_freed_host_memory()        # gradients reused, not faulted in each step (host_memory)
         # accelerate keeps one process-wide state; a second run in the same process (a notebook, the

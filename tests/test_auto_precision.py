@@ -1,0 +1,52 @@
+"""``--mixed-precision auto`` (issue 30: mixed precision that chooses well on a CPU too): bf16 where the
+device multiplies it in hardware, fp16 on older GPUs, fp32 elsewhere; the run says and records what it chose."""
+import json
+
+import pytest
+import torch
+
+from dreambooth import devices, progress
+from dreambooth.devices import training_precision
+from dreambooth.training.config import build_config
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
+def test_cpu_takes_bf16_only_with_it_in_hardware(monkeypatch, native, expected):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    assert training_precision(torch.device("cpu")) == expected
+    assert training_precision(torch.device("mps")) == "no"
+
+
+@pytest.mark.parametrize("bf16, fp16_allowed, expected", [(True, True, "bf16"), (False, True, "fp16"), (False, False, "no")])
+def test_gpu_takes_bf16_from_ampere_on_and_fp16_before(monkeypatch, bf16, fp16_allowed, expected):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation) or bf16)
+    assert training_precision(torch.device("cuda"), fp16=fp16_allowed) == expected
+    assert asked == [False]           # emulated bf16 (pre-Ampere) is slower than fp16: not chosen
+
+
+@pytest.mark.parametrize("native, chosen", [(True, "bf16"), (False, "no")])
+def test_a_run_says_and_records_what_auto_chose(monkeypatch, tiny_sd1, dog_photos, tmp_path, native, chosen):
+    from dreambooth.training.trainer import Trainer
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    out = tmp_path / "out"
+    cfg = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                                  method="lora", mixed_precision="auto", resolution=32, max_steps=1, output=str(out)))
+    cfg.validate()
+    messages = []
+    with progress.subscribed(lambda e: messages.append(e.message) if e.kind == "message" else None):
+        trainer = Trainer(cfg, []).setup()
+    assert f"--mixed-precision auto: {chosen} on this cpu" in messages
+    assert trainer.config.mixed_precision == chosen and trainer.accelerator.mixed_precision == chosen
+    # the frozen base UNet of a LoRA runs in the chosen precision
+    assert trainer.pipe.unet.dtype == (torch.bfloat16 if native else torch.float32)
+    trainer.fit()
+    assert json.loads((out / "training_args.json").read_text())["mixed_precision"] == chosen
+
+
+@pytest.mark.parametrize("name", ["sd15-full", "sd15-lora", "sd21-lora", "sdxl-lora"])
+def test_gpu_presets_choose_per_device(name):
+    """The presets ran fp16 only, which a CPU refuses; auto runs them anywhere."""
+    cfg = build_config(name, {"instance_dir": "x", "instance_prompt": "a sks dog", "output": "o"})
+    cfg.validate()
+    assert cfg.mixed_precision == "auto"
