@@ -51,3 +51,35 @@ def test_gpu_presets_choose_per_device(name):
     cfg = build_config(name, {"instance_dir": "x", "instance_prompt": "a sks dog", "output": "o"})
     cfg.validate()
     assert cfg.mixed_precision == "auto"
+
+
+@pytest.mark.parametrize("device, native_bf16, suggested", [("cuda", True, "bf16"), ("cuda", False, "fp16"),
+                                                            ("cpu", False, "bf16"), ("cpu", True, "bf16")])
+def test_preflight_suggests_the_precision_the_device_runs(monkeypatch, device, native_bf16, suggested):
+    """An fp32 run that does not fit is offered the low precision this device runs well (a CPU: bf16,
+    whose memory saving holds even where it is emulated)."""
+    from test_preflight import config, mid_sizes
+
+    from dreambooth.training import preflight as pf
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
+    cfg = config(gradient_checkpointing=True, use_8bit_adam=True)
+    low = pf.estimate(mid_sizes(), cfg.replace(mixed_precision=suggested), device).total
+    flags = [f for f, _ in pf.fixes(mid_sizes(), cfg, device, low, limit=10)]
+    assert f"--mixed-precision {suggested}" in flags
+    assert not any("--mixed-precision" in f and suggested not in f for f in flags)
+
+
+def test_preflight_never_combines_fp16_with_a_fused_backward_pass(monkeypatch):
+    from test_preflight import config, mid_sizes
+
+    from dreambooth.training import preflight as pf
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    sizes, cfg = mid_sizes(), config()
+    full = pf.estimate(sizes, cfg, "cuda").total
+    combined = 0
+    for share in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        for flags, est in pf.fixes(sizes, cfg, "cuda", int(full * share), limit=10):
+            assert not ("--fused-backward-pass" in flags and "fp16" in flags), flags
+            combined += " " in flags.replace("--mixed-precision ", "").replace("--batch-size ", "").replace("--resolution ", "")
+    assert combined      # some budgets needed several changes together

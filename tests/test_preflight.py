@@ -175,3 +175,33 @@ def test_sharding_splits_the_trained_weights_their_gradients_and_adam_state():
     assert many.total >= one.weights + one.runtime
     assert pf.estimate(sizes, cfg.replace(method="lora"), "cuda", False, shards=4) == \
         pf.estimate(sizes, cfg.replace(method="lora"), "cuda", False)      # LoRA is not sharded
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_combined_fixes_fit_and_carry_no_change_they_do_not_need(device):
+    """When no single change fits, the suggestion is a combination that fits, reaches the highest
+    resolution any does, and from which no change can be dropped at that resolution."""
+    sizes, cfg = sd15_sizes(), config()
+    full = pf.estimate(sizes, cfg, device).total
+    combined = 0
+    for share in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
+        available = int(full * share)
+        found = pf.fixes(sizes, cfg, device, available, limit=10)
+        if not found or len(found[0][0].split("--")) <= 2:
+            continue
+        combined += 1
+        (flags, est), = found
+        assert est.total <= available, flags
+        words = flags.split()
+        res = int(words[words.index("--resolution") + 1]) if "--resolution" in words else cfg.resolution
+        parts = ["--" + p.strip() for p in flags.split("--")[1:] if not p.startswith("resolution")]
+        for dropped in parts:
+            changes = dict(_change(p) for p in parts if p != dropped)
+            assert pf.estimate(sizes, cfg.replace(**changes, resolution=res), device).total > available, (flags, dropped)
+    assert combined >= 2
+
+
+def _change(flag: str) -> tuple[str, object]:
+    name, _, value = flag[2:].partition(" ")
+    key = name.replace("-", "_")
+    return key, (value if key in ("mixed_precision", "method") else True)

@@ -25,10 +25,12 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 import torch
 
 from .. import progress
+from ..devices import training_precision
 from ..errors import UserError
 from .config import TrainConfig
 from .prior import class_folder, existing_class_images
@@ -283,7 +285,8 @@ def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
 def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3,
           making_class_images: bool = True, shards: int = 1) -> list[tuple[str, MemoryEstimate]]:
     """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
-    in order of what they cost (speed first, then fidelity), else those changes combined in that order.
+    in order of what they cost (speed first, then fidelity), else the cheapest of them that fit together,
+    at the highest resolution any combination reaches.
     Sharded (FSDP, ``shards`` > 1), only those FSDP takes (``guard.NOT_SHARDED``)."""
     def fits(c: TrainConfig) -> MemoryEstimate:
         return estimate(sizes, c, device, making_class_images, shards)
@@ -295,8 +298,9 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     if cfg.method == "full" and not cfg.fused_backward_pass and cfg.gradient_accumulation == 1 \
             and cfg.mixed_precision != "fp16" and shards == 1:
         changes.append(("--fused-backward-pass", {"fused_backward_pass": True}))
-    if cfg.mixed_precision == "no":
-        changes.append(("--mixed-precision bf16", {"mixed_precision": "bf16"}))
+    if cfg.mixed_precision == "no":      # fp16 on a GPU without bf16 in hardware (emulated bf16 is slow)
+        low = "fp16" if training_precision(torch.device(device)) == "fp16" else "bf16"
+        changes.append((f"--mixed-precision {low}", {"mixed_precision": low}))
     if cfg.method == "full" and shards == 1:
         changes.append(("--method lora", {"method": "lora"}))
     found = []
@@ -320,18 +324,28 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
         return found[:limit]
     if cfg.batch_size > 1:
         changes.append(("--batch-size 1", {"batch_size": 1}))
-    flags, combined = [], cfg
-    for flag, change in changes:
-        flags.append(flag)
-        combined = combined.replace(**change)
-        est = fits(combined)
-        if est.total <= available:
-            return [(" ".join(flags), est)]
-    for res in _lower_resolutions(combined, step):
-        est = fits(combined.replace(resolution=res))
-        if est.total <= available:
-            return [(" ".join(flags + [f"--resolution {res}"]), est)]
-    return []
+
+    def best(chosen) -> int | None:
+        """The highest resolution (the run's, else lower) at which ``chosen`` changes together fit."""
+        c = cfg.replace(**{k: v for _, change in chosen for k, v in change.items()})
+        return next((r for r in [c.resolution, *_lower_resolutions(c, step)]
+                     if fits(c.replace(resolution=r)).total <= available), None)
+    # Every combination (at most 2^6, microseconds each): the highest resolution, reached with the
+    # cheapest changes (the costliest one used as early in ``changes`` as can be), then the fewest.
+    options = []
+    for n in range(2, len(changes) + 1):
+        for picked in combinations(range(len(changes)), n):
+            chosen = [changes[i] for i in picked]
+            if {"fp16", True} <= {v for _, c in chosen for v in (c.get("mixed_precision"), c.get("fused_backward_pass"))}:
+                continue                 # a fused backward pass cannot scale an fp16 loss
+            if (res := best(chosen)) is not None:
+                options.append((-res, sorted(picked, reverse=True), n, chosen, res))
+    if not options:
+        return []
+    *_, chosen, res = min(options, key=lambda o: o[:3])
+    flags = [flag for flag, _ in chosen] + ([f"--resolution {res}"] if res != cfg.resolution else [])
+    final = cfg.replace(**{k: v for _, change in chosen for k, v in change.items()}, resolution=res)
+    return [(" ".join(flags), fits(final))]
 
 
 @dataclass(frozen=True)
