@@ -325,18 +325,21 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     if cfg.batch_size > 1:
         changes.append(("--batch-size 1", {"batch_size": 1}))
 
+    def merged(chosen) -> dict:
+        return {k: v for _, change in chosen for k, v in change.items()}
+
     def best(chosen) -> int | None:
         """The highest resolution (the run's, else lower) at which ``chosen`` changes together fit."""
-        c = cfg.replace(**{k: v for _, change in chosen for k, v in change.items()})
+        c = cfg.replace(**merged(chosen))
         return next((r for r in [c.resolution, *_lower_resolutions(c, step)]
                      if fits(c.replace(resolution=r)).total <= available), None)
     # Every combination (at most 2^6, microseconds each): the highest resolution, reached with the
     # cheapest changes (the costliest one used as early in ``changes`` as can be), then the fewest.
     options = []
-    for n in range(2, len(changes) + 1):
+    for n in range(1, len(changes) + 1):
         for picked in combinations(range(len(changes)), n):
             chosen = [changes[i] for i in picked]
-            if {"fp16", True} <= {v for _, c in chosen for v in (c.get("mixed_precision"), c.get("fused_backward_pass"))}:
+            if merged(chosen).get("mixed_precision") == "fp16" and merged(chosen).get("fused_backward_pass"):
                 continue                 # a fused backward pass cannot scale an fp16 loss
             if (res := best(chosen)) is not None:
                 options.append((-res, sorted(picked, reverse=True), n, chosen, res))
@@ -344,7 +347,7 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
         return []
     *_, chosen, res = min(options, key=lambda o: o[:3])
     flags = [flag for flag, _ in chosen] + ([f"--resolution {res}"] if res != cfg.resolution else [])
-    final = cfg.replace(**{k: v for _, change in chosen for k, v in change.items()}, resolution=res)
+    final = cfg.replace(**merged(chosen), resolution=res)
     return [(" ".join(flags), fits(final))]
 
 
