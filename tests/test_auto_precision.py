@@ -83,3 +83,17 @@ def test_preflight_never_combines_fp16_with_a_fused_backward_pass(monkeypatch):
             assert not ("--fused-backward-pass" in flags and "fp16" in flags), flags
             combined += " " in flags.replace("--mixed-precision ", "").replace("--batch-size ", "").replace("--resolution ", "")
     assert combined      # some budgets needed several changes together
+
+
+@pytest.mark.parametrize("fused, chosen", [(False, "fp16"), (True, "no")])
+def test_auto_follows_the_device_the_run_trains_on(monkeypatch, fused, chosen):
+    """The trainer names the device accelerate gets (CUDA, else the CPU, also on a Mac with MPS)."""
+    from dreambooth.training.trainables import choose_precision
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    cfg = build_config(None, {"instance_dir": "x", "instance_prompt": "a sks dog", "output": "o",
+                              "mixed_precision": "auto", "fused_backward_pass": fused})
+    messages = []
+    with progress.subscribed(lambda e: messages.append(e.message) if e.kind == "message" else None):
+        assert choose_precision(cfg, torch.device("cuda")).mixed_precision == chosen
+        assert choose_precision(cfg.replace(mixed_precision="bf16"), torch.device("cuda")).mixed_precision == "bf16"
+    assert messages == [f"--mixed-precision auto: {chosen} on this cuda"]

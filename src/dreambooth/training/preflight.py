@@ -339,7 +339,7 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     for n in range(1, len(changes) + 1):
         for picked in combinations(range(len(changes)), n):
             chosen = [changes[i] for i in picked]
-            if merged(chosen).get("mixed_precision") == "fp16" and merged(chosen).get("fused_backward_pass"):
+            if (m := merged(chosen)).get("mixed_precision") == "fp16" and m.get("fused_backward_pass"):
                 continue                 # a fused backward pass cannot scale an fp16 loss
             if (res := best(chosen)) is not None:
                 options.append((-res, sorted(picked, reverse=True), n, chosen, res))

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .. import progress
-from ..devices import default_device, training_precision
+from ..devices import training_precision
 from ..errors import UserError
 from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
@@ -27,12 +27,11 @@ def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> N
         module.to(dtype=dtype)
 
 
-def choose_precision(cfg: TrainConfig) -> TrainConfig:
-    """``--mixed-precision auto`` made definite for this machine's device (``devices.training_precision``)
-    and said in one line; the run goes on, and records, the precision chosen."""
+def choose_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``--mixed-precision auto`` made definite for the device the run trains on
+    (``devices.training_precision``) and said in one line; the run goes on, and records, the precision chosen."""
     if cfg.mixed_precision != "auto":
         return cfg
-    device = default_device()
     chosen = training_precision(device, fp16=not cfg.fused_backward_pass)    # fused: no loss scaling
     progress.message(f"--mixed-precision auto: {chosen} on this {device.type}")
     return cfg.replace(mixed_precision=chosen)

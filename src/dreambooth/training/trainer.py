@@ -65,8 +65,8 @@ class Trainer:
         from accelerate.state import AcceleratorState
         from diffusers import DDPMScheduler
 
-        cfg = self.config = choose_precision(self.config)
         cpu = not torch.cuda.is_available()
+        cfg = self.config = choose_precision(self.config, torch.device("cpu" if cpu else "cuda"))   # the device accelerate gets
         if cfg.mixed_precision == "fp16" and cpu:
             raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on CPU")
         if cpu:
