@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 # SD1.5 first, so its model exists for the rest.
 CASES = [
     ("SD1.5 LoRA 512 px", 90, "--size full --method lora --resolution 512 --steps 40 --warmup 5"),
-    ("SD1.5 LoRA 512 px, --compile (the lever for a host-bound step)", 420,
+    ("SD1.5 LoRA 512 px, --compile (the lever for a host-bound step)", 300,
      "--size full --method lora --resolution 512 --steps 40 --warmup 20 --compile"),
     ("SDXL full 1024 px, checkpointing, 8-bit Adam, --fused-backward-pass (goal <= 20 GB)", 180,
      "--family sdxl --size full --method full --resolution 1024 --steps 4 --warmup 2 --gradient-checkpointing "
@@ -44,7 +44,7 @@ CASES = [
      "--family sdxl --size full --method lora --resolution 1024 --steps 10 --warmup 3 --gradient-checkpointing"),
     ("SD1.5 full + text encoder 512 px", 60,
      "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 5"),
-    ("SD1.5 full + text encoder 512 px, --compile", 420,
+    ("SD1.5 full + text encoder 512 px, --compile", 300,
      "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 10 --compile"),
     ("SD1.5 LoRA 512 px, profile", 90, "--size full --method lora --resolution 512 --steps 10 --warmup 5 --profile"),
 ]

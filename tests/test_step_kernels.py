@@ -186,3 +186,60 @@ def test_bf16_lora_run_with_text_encoder_and_validation(tiny_sd1, dog_photos, tm
     assert sorted(p.name for p in (tmp_path / "out" / "validation").glob("step-*.png")) == [
         "step-000000.png", "step-000002.png", "step-000003.png"]
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+
+
+# ----- --compile: the repeated blocks, compiled, only within the step ------------------------------------
+def _compile_config(tiny_sd1, dog_photos, out, **over):
+    from dreambooth.training.config import build_config
+    values = dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                  method="full", train_text_encoder=True, resolution=32, max_steps=3, learning_rate=1e-4,
+                  center_crop=True, checkpoint_every=0, export_kohya=False, output=str(out))
+    return build_config(None, dict(values, **over))
+
+
+def test_compile_finds_the_repeated_blocks_and_swaps_them_only_within_the_step(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.training.step_kernels import CompiledRegions, repeated_blocks
+    from dreambooth.training.trainer import Trainer
+    trainer = Trainer(_compile_config(tiny_sd1, dog_photos, tmp_path / "o")).setup()
+    unet, te = trainer.trainables["unet"], trainer.trainables["text_encoder"]
+    unet_blocks, te_blocks = repeated_blocks(unet), repeated_blocks(te)
+    assert unet_blocks and {type(b).__name__ for b in unet_blocks} == {"BasicTransformerBlock"}
+    assert len(unet_blocks) == sum(1 for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock")
+    assert len(te_blocks) == te.config.num_hidden_layers and {type(b).__name__ for b in te_blocks} == {"CLIPEncoderLayer"}
+    keys = set(unet.state_dict())
+    regions = CompiledRegions([unet, te])
+    assert regions.blocks == unet_blocks + te_blocks
+    with regions.active():
+        assert all(b.forward is f for b, f in zip(regions.blocks, regions._compiled))
+    # outside the step each block runs its own class's forward again; nothing saved changes name
+    assert all("forward" not in vars(b) and b.forward.__func__ is type(b).forward for b in regions.blocks)
+    assert set(unet.state_dict()) == keys
+
+
+def test_compiled_blocks_train_as_the_eager_ones_with_checkpointing(tiny_sd1, dog_photos, tmp_path):
+    """A real compiled run (inductor; most of this test's time is compiling): the compiled blocks run in
+    the step, the recomputation of gradient checkpointing included, and the losses are the eager run's."""
+    import torch._dynamo
+    from dreambooth.training.trainer import train
+    eager = train(_compile_config(tiny_sd1, dog_photos, tmp_path / "e"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = train(_compile_config(tiny_sd1, dog_photos, tmp_path / "c", compile=True, gradient_checkpointing=True))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 2          # the UNet's blocks and the text encoder's layers, at least
+    assert compiled.steps == eager.steps == 3
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    from safetensors.torch import load_file
+    ours, theirs = (load_file(tmp_path / run / "unet" / "diffusion_pytorch_model.safetensors") for run in "ce")
+    assert ours.keys() == theirs.keys()                    # the plain modules were saved
+    assert all(torch.allclose(ours[k], theirs[k], rtol=1e-3, atol=1e-5) for k in ours)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_trains_under_bf16_on_the_cpu(tiny_sd1, dog_photos, tmp_path, method):
+    """The fp32 short attention is left out under checkpointing: torch's checkpoint recomputes a block
+    outside the function mode, and a block recomputed with other dtypes stopped the run (CheckpointError)."""
+    from dreambooth.training.trainer import train
+    result = train(_compile_config(tiny_sd1, dog_photos, tmp_path / "o", method=method, mixed_precision="bf16",
+                                   gradient_checkpointing=True, max_steps=2))
+    assert result.steps == 2 and all(math.isfinite(v) for v in result.losses)

@@ -109,18 +109,6 @@ def test_validation_sees_every_part_back(tiny_sd1, dog_photos, tmp_path, parking
     assert trainer.parking.parked == []          # and all back once the run is over
 
 
-def test_compile_hands_the_trained_models_to_torch_compile(tiny_sd1, dog_photos, tmp_path):
-    """``--compile``: the models that train run through torch.compile (its first compile takes over a
-    minute on this CPU, so no step runs here); what is saved stays the plain modules."""
-    plain = Trainer(_config(tiny_sd1, dog_photos, tmp_path / "p", checkpoint_every=0)).setup()
-    assert not isinstance(plain.unet, torch._dynamo.eval_frame.OptimizedModule)
-    compiled = Trainer(_config(tiny_sd1, dog_photos, tmp_path / "c", checkpoint_every=0, compile=True,
-                               train_text_encoder=True)).setup()
-    assert isinstance(compiled.unet, torch._dynamo.eval_frame.OptimizedModule)
-    assert compiled.unet._orig_mod is compiled.trainables["unet"]
-    assert isinstance(compiled.text_encoders[0], torch._dynamo.eval_frame.OptimizedModule)
-
-
 def test_pictures_whose_latents_are_kept_are_not_made(dog_photos):
     """A step's host work is the GPU's idle time: a kept picture is not cut and converted again,
     and the stream draws exactly as it did (same crops, flips, keys, prompts)."""

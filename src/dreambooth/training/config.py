@@ -96,7 +96,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.", group="memory")
     fused_backward_pass: bool = _opt(False, "Step each weight as soon as its gradient is complete and free the gradient: a full run holds no whole set of gradients (SDXL full: 10 GB less). One process; no --max-grad-norm clipping, no --gradient-accumulation.", group="memory")
     cache_latents: bool | None = _opt(None, "Encode each distinct training picture (image, crop, flip) once and keep its latents (default: on).", group="memory")
-    compile: bool = _opt(False, "torch.compile the trained models (minutes of compiling before the first step; see docs/benchmarks.md).", group="memory")
+    compile: bool = _opt(False, "torch.compile the blocks the trained models repeat (the UNet's transformer blocks, the text encoders' layers): a minute or two of compiling before the first step; see docs/benchmarks.md.", group="memory")
     deterministic: bool = _opt(False, "Deterministic GPU kernels (cuDNN, cuBLAS, attention), so that a resumed run, or the same run again, ends with the same weights bit for bit on a GPU too (always so on the CPU); slower.", group="memory")
     force: bool = _opt(False, "Start even when the memory preflight estimates the run will not fit in the device's free memory.", group="memory")
     # --- outputs ----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ slower) attention runs in fp32: 4.6% off a full + text encoder step of the mid-s
 on a 2-core CPU (steps interleaved with the bf16 path, 20 each). Matrix products and convolutions
 keep bf16.
 
-Scoped to the training step's forward pass with a torch function mode, which is thread-local, so
+Scoped to the training step (``step_kernels``; not with gradient checkpointing, whose recomputation
+runs outside torch function modes) with a torch function mode, which is thread-local, so
 generation is untouched: a PNG made in bf16 must replay bit for bit, whatever trains alongside."""
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class _FP32Attention(TorchFunctionMode):
 
 
 def attention_precision(device: torch.device, autocast: torch.dtype | None, compiled: bool):
-    """A context-manager factory for the forward pass: short attention in fp32 on a CPU training under
+    """A context-manager factory for the training step: short attention in fp32 on a CPU training under
     bf16 autocast; else nothing (a compiled model traces its own kernels)."""
     if device.type == "cpu" and autocast == torch.bfloat16 and not compiled:
         return _FP32Attention

@@ -128,16 +128,6 @@ def _adamw(groups: list[dict], cfg: TrainConfig):
     return bnb.optim.AdamW8bit(groups, **kwargs)
 
 
-def compile_plugin(enabled: bool):
-    """``--compile``: accelerate compiles the models it prepares, for fixed shapes (every step has the
-    same; with dynamic shapes inductor failed on a trained text encoder). accelerate's regional
-    compilation would compile faster but breaks diffusers' UNet (a GroupNorm asked for its len())."""
-    if not enabled:
-        return None
-    from accelerate.utils import TorchDynamoPlugin
-    return TorchDynamoPlugin(backend="inductor", dynamic=False)
-
-
 def make_lr_scheduler(optimizer, cfg: TrainConfig):
     """Stepped once per optimizer step by the trainer (not by accelerate, which steps it once per process)."""
     from diffusers.optimization import get_scheduler

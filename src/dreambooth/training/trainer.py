@@ -24,7 +24,7 @@ from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
 from . import checkpoint as ckpt
 from .clipping import clip_gradients, fused_adamw
-from .cpu_attention import attention_precision
+from .step_kernels import step_kernels
 from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
 from .loss import per_example_mse, prior_preserving_loss
 from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
@@ -38,7 +38,7 @@ from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
-from .trainables import AUTOCAST, choose_precision, compile_plugin, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
+from .trainables import AUTOCAST, choose_precision, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
 from .validation import Validator
 from .validation_follower import validator_for
 
@@ -76,7 +76,7 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         fsdp = check_distributed(cfg)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                                       cpu=cpu, dynamo_plugin=compile_plugin(cfg.compile), fsdp_plugin=fsdp_plugin(cfg, fsdp))
+                                       cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp))
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
@@ -264,7 +264,7 @@ class Trainer:
             cb.on_train_start(self)
         if self.validator:
             self._validate(self.validator.start)
-        precision = attention_precision(self.device, self.autocast_dtype, cfg.compile)   # the forward's attention
+        kernels = step_kernels(self.trainables.values(), cfg.compile, cfg.gradient_checkpointing, self.device, self.autocast_dtype)
         # With fused AdamW a non-finite step is skipped on the device (its found_inf) and the loss read one step
         # late: no host sync in the step, so the GPU's queue never runs dry. Checkpoint, validation, last: at once.
         lagged = cfg.gradient_accumulation == 1 and (inner := fused_adamw(self.optimizer)) is not None
@@ -274,15 +274,15 @@ class Trainer:
             while self.step + (pending is not None) < cfg.max_steps:
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
-                    with precision():
+                    with kernels():       # forward and backward (checkpointing runs blocks again in it)
                         loss = self.loss(batch)
-                    # the global batch's loss (mean over processes): the same decision everywhere
-                    seen = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
-                    if not lagged and not torch.isfinite(seen):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self._skipped()
-                        continue
-                    acc.backward(loss)
+                        # the global batch's loss (mean over processes): the same decision everywhere
+                        seen = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss.detach()
+                        if not lagged and not torch.isfinite(seen):
+                            self.optimizer.zero_grad(set_to_none=True)
+                            self._skipped()
+                            continue
+                        acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0 and not cfg.fused_backward_pass:
                         clip_gradients(acc, self.optimizer, params, cfg.max_grad_norm)
                     if pending is not None:          # before this step: its learning rate follows
