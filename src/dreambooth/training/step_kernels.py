@@ -22,6 +22,7 @@ import contextlib
 
 import torch
 
+from ..errors import UserError
 from .cpu_attention import attention_precision
 
 TEXT_BLOCKS = ("CLIPEncoderLayer",)     # transformers' CLIP names no repeated blocks
@@ -66,5 +67,15 @@ def step_kernels(models, compile: bool, checkpointing: bool, device: torch.devic
     @contextlib.contextmanager
     def both():
         with precision(), regions.active():
-            yield
+            try:
+                yield
+            except torch._dynamo.exc.BackendCompilerFailed as exc:   # e.g. no C++ compiler, no triton
+                raise UserError(f"--compile: torch.compile cannot compile on this machine ({_reason(exc)}); "
+                                "run without --compile") from None
     return both
+
+
+def _reason(exc: Exception) -> str:
+    inner = getattr(exc, "inner_exception", None) or exc
+    lines = str(inner).strip().splitlines() or [""]
+    return f"{type(inner).__name__}: {lines[0]}"
