@@ -91,6 +91,31 @@ def test_what_is_parked_and_when(tiny_sd1, dog_photos, tmp_path, parking_on_cpu)
     assert not lora.parking.is_parked(lora.pipe.text_encoder)
 
 
+def test_the_unet_waits_while_the_frozen_parts_cache(tiny_sd1, dog_photos, tmp_path, parking_on_cpu, monkeypatch):
+    """SDXL LoRA's whole-run peak was set while its latents were cached (the VAE at 1024 px on top of the
+    UNet's 5 GB): the UNet is parked while the text encoders and the VAE cache, and back for the steps."""
+    from dreambooth.training import latents, trainer as trainer_module
+    seen = {}
+    real_fill, real_encode = latents.LatentCache.fill, trainer_module.Trainer.conditioning
+
+    def fill(cache, pictures):
+        seen["latents"] = [type(m).__name__ for m in trainer.parking.parked]
+        return real_fill(cache, pictures)
+
+    def conditioning(self, prompts):
+        seen.setdefault("prompts", [type(m).__name__ for m in self.parking.parked])
+        return real_encode(self, prompts)
+
+    monkeypatch.setattr(latents.LatentCache, "fill", fill)
+    monkeypatch.setattr(trainer_module.Trainer, "conditioning", conditioning)
+    trainer = Trainer(_config(tiny_sd1, dog_photos, tmp_path / "u", checkpoint_every=0))
+    trainer.setup()
+    assert seen["prompts"] == ["UNet2DConditionModel"]
+    assert seen["latents"] == ["UNet2DConditionModel", "CLIPTextModel"]
+    assert not trainer.parking.is_parked(trainer.trainables["unet"])      # back before the first step
+    assert any(m is trainer.pipe.vae for m in trainer.parking.parked)
+
+
 def test_validation_sees_every_part_back(tiny_sd1, dog_photos, tmp_path, parking_on_cpu):
     config = _config(tiny_sd1, dog_photos, tmp_path / "v", checkpoint_every=0, max_steps=4, validate_every=2,
                      validation_seeds=[0], validation_steps=1, dino_model=None, clip_model=None)

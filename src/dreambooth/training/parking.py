@@ -4,7 +4,9 @@ Once every latent is cached the VAE has nothing to do until validation, and once
 embedding is cached neither have frozen text encoders. On a GPU their weights are then memory the
 step could use: 0.6 GB for SD1.5 (VAE in fp32, CLIP-L), 2 GB for SDXL (CLIP-L and bigG). They are
 moved to the CPU ("parked"); whatever needs one again (a prompt or picture that missed the cache,
-validation) brings it back first. Where the training device is the CPU, nothing moves.
+validation) brings it back first. While they cache, the UNet waits there instead: the peak of an
+SDXL LoRA run on an H200 was set while its latents were cached (9.96 GiB, against 6.69 GiB in the
+steps). Where the training device is the CPU, nothing moves.
 """
 from __future__ import annotations
 
@@ -39,6 +41,19 @@ class Parking:
     def release(self) -> None:
         """Everything back on the training device."""
         for module in list(self.parked):
+            self.ready(module)
+
+    @contextlib.contextmanager
+    def away(self, module: torch.nn.Module, when: bool = True):
+        """``module`` parked for the block and back after: the UNet while the frozen parts cache, so the
+        VAE encoding SDXL's 1024 px pictures does not stand on its 5 GB of weights."""
+        if not when or self.is_parked(module):
+            yield
+            return
+        self.park(module)
+        try:
+            yield
+        finally:
             self.ready(module)
 
     @contextlib.contextmanager

@@ -133,12 +133,14 @@ class Trainer:
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
         self.parking = Parking(self.device)          # frozen parts wait on the CPU once all is cached
-        if (prompts := self.stream.every_prompt()) is not None and not self.trains_text:
-            self.conditioning(prompts)
-            for te in self.family.text_encoders:
-                self.parking.park(te)
-        self.latent_cache = LatentCache(pipe.vae, self.device, cfg.cache_latents, parking=self.parking)
-        self.latent_cache.fill(self.stream.every_picture())
+        # and the UNet while they cache (one process: DDP and FSDP keep theirs in place)
+        with self.parking.away(self.trainables["unet"], self.accelerator.num_processes == 1 and not is_sharded(self.accelerator)):
+            if (prompts := self.stream.every_prompt()) is not None and not self.trains_text:
+                self.conditioning(prompts)
+                for te in self.family.text_encoders:
+                    self.parking.park(te)
+            self.latent_cache = LatentCache(pipe.vae, self.device, cfg.cache_latents, parking=self.parking)
+            self.latent_cache.fill(self.stream.every_picture())
         self.stream.needs_pixels = self.latent_cache.needs_pixels
         if self.latent_cache.complete:
             self.parking.park(pipe.vae)
@@ -152,10 +154,9 @@ class Trainer:
     def _prepare_data(self, cfg: TrainConfig, instance: list) -> None:
         for transform in self.transforms:
             transform.prepare(instance, progress.message)
-        prior = []
+        prior, acc = [], self.accelerator
         if cfg.prior_preservation:
             class_dir = class_folder(cfg)
-            acc = self.accelerator
             params = GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler,
                                       steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
                                       width=cfg.resolution, height=cfg.resolution)
@@ -164,9 +165,8 @@ class Trainer:
                                 cfg.class_batch_size)
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
         self.class_images, self.instance_images = len(prior), len(instance)
-        self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop,
-                                    cfg.random_flip, cfg.seed, cfg.caption_dropout, self.transforms,
-                                    (self.accelerator.process_index, self.accelerator.num_processes))
+        self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop, cfg.random_flip,
+                                    cfg.seed, cfg.caption_dropout, self.transforms, (acc.process_index, acc.num_processes))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
