@@ -41,38 +41,35 @@ class CompiledRegions:
 
     def __init__(self, models):
         self.blocks = [block for model in models for block in repeated_blocks(model)]
+        self._own = [vars(block).get("forward") for block in self.blocks]     # a forward set on the block itself
         self._compiled = [torch.compile(block.forward, dynamic=False) for block in self.blocks]
 
     @contextlib.contextmanager
     def active(self):
+        """The compiled forwards for the block; a machine that cannot compile stops the run in one line."""
         for block, forward in zip(self.blocks, self._compiled):
             block.forward = forward          # an instance attribute: the module calls it instead of its class's
         try:
             yield
+        except torch._dynamo.exc.BackendCompilerFailed as exc:       # e.g. no C++ compiler, no triton
+            raise UserError(f"--compile: torch.compile cannot compile on this machine ({_reason(exc)}); "
+                            "run without --compile") from None
         finally:
-            for block in self.blocks:
-                del block.forward
+            for block, own in zip(self.blocks, self._own):
+                if own is None:
+                    del block.forward
+                else:
+                    block.forward = own
 
 
 def step_kernels(models, compile: bool, checkpointing: bool, device: torch.device, autocast: torch.dtype | None):
-    """A context-manager factory for the training step's forward and backward passes. With gradient
-    checkpointing attention keeps its precision: torch's checkpoint runs a block again outside any torch
-    function mode, and a block whose attention ran in fp32 and then in bf16 stops the run
-    (``CheckpointError``: the recomputed tensors' dtypes differ)."""
-    precision = contextlib.nullcontext if checkpointing else attention_precision(device, autocast, compile)
-    if not compile:
-        return precision
-    regions = CompiledRegions(models)
-
-    @contextlib.contextmanager
-    def both():
-        with precision(), regions.active():
-            try:
-                yield
-            except torch._dynamo.exc.BackendCompilerFailed as exc:   # e.g. no C++ compiler, no triton
-                raise UserError(f"--compile: torch.compile cannot compile on this machine ({_reason(exc)}); "
-                                "run without --compile") from None
-    return both
+    """A context-manager factory for the training step's forward and backward passes. Compiled blocks
+    trace their own attention. With gradient checkpointing attention keeps its precision: torch's
+    checkpoint runs a block again outside any torch function mode, and a block whose attention ran in
+    fp32 and then in bf16 stops the run (``CheckpointError``: the recomputed tensors' dtypes differ)."""
+    if compile:
+        return CompiledRegions(models).active
+    return contextlib.nullcontext if checkpointing else attention_precision(device, autocast, compiled=False)
 
 
 def _reason(exc: Exception) -> str:
