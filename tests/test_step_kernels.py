@@ -214,7 +214,7 @@ def test_compile_finds_the_repeated_blocks_and_swaps_them_only_within_the_step(t
         assert all(b.forward is f for b, f in zip(regions.blocks, regions._compiled))
     # outside the step each block runs its own forward again; nothing saved changes name
     assert te_blocks[0].forward is own
-    assert all("forward" not in vars(b) and b.forward.__func__ is type(b).forward 
+    assert all("forward" not in vars(b) and b.forward.__func__ is type(b).forward
                for b in regions.blocks if b is not te_blocks[0])
     assert set(unet.state_dict()) == keys
 

@@ -96,7 +96,7 @@ def test_the_unet_waits_while_the_frozen_parts_cache(tiny_sd1, dog_photos, tmp_p
     UNet's 5 GB): the UNet is parked while the text encoders and the VAE cache, and back for the steps."""
     from dreambooth.training import latents, trainer as trainer_module
     seen = {}
-    real_fill, real_encode = latents.LatentCache.fill, trainer_module.Trainer.conditioning
+    real_fill, real_conditioning = latents.LatentCache.fill, trainer_module.Trainer.conditioning
 
     def fill(cache, pictures):
         seen["latents"] = [type(m).__name__ for m in trainer.parking.parked]
@@ -104,7 +104,7 @@ def test_the_unet_waits_while_the_frozen_parts_cache(tiny_sd1, dog_photos, tmp_p
 
     def conditioning(self, prompts):
         seen.setdefault("prompts", [type(m).__name__ for m in self.parking.parked])
-        return real_encode(self, prompts)
+        return real_conditioning(self, prompts)
 
     monkeypatch.setattr(latents.LatentCache, "fill", fill)
     monkeypatch.setattr(trainer_module.Trainer, "conditioning", conditioning)
