@@ -69,7 +69,7 @@ def _qkv(seed=0):
 
 
 def test_cpu_bf16_attention_runs_in_fp32_within_the_forward():
-    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
+    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16)
     q, k, v = _qkv()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         native = F.scaled_dot_product_attention(q, k, v)
@@ -87,7 +87,7 @@ def test_cpu_bf16_attention_runs_in_fp32_within_the_forward():
 def test_long_attention_keeps_bf16():
     """Past ``FP32_UP_TO`` positions bf16 is the faster kernel on the CPU (SD1.5 at 512 px: 4096 x 4096)."""
     from dreambooth.training.cpu_attention import FP32_UP_TO
-    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
+    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16)
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 1, 512, 8, generator=g).bfloat16() for _ in range(3))
     assert 512 * 512 > FP32_UP_TO
@@ -100,7 +100,7 @@ def test_long_attention_keeps_bf16():
 
 def test_other_threads_keep_their_attention():
     """Generation in another thread (the server) while a CPU trains keeps the bf16 kernel's numbers."""
-    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16, compiled=False)
+    fp32_attention = attention_precision(torch.device("cpu"), torch.bfloat16)
     q, k, v = (t.detach() for t in _qkv(1))
     native = F.scaled_dot_product_attention(q, k, v)
     seen = []
@@ -111,11 +111,16 @@ def test_other_threads_keep_their_attention():
     assert torch.equal(seen[0], native)
 
 
-@pytest.mark.parametrize("device,dtype,compiled", [("cuda", torch.bfloat16, False), ("cpu", torch.float16, False),
-                                                    ("cpu", None, False), ("cpu", torch.bfloat16, True)])
-def test_attention_left_alone_elsewhere(device, dtype, compiled):
-    assert attention_precision(torch.device(device), dtype, compiled) is not attention_precision(
-        torch.device("cpu"), torch.bfloat16, False)
+@pytest.mark.parametrize("device,dtype,compile,checkpointing", [
+    ("cuda", torch.bfloat16, False, False), ("cpu", torch.float16, False, False), ("cpu", None, False, False),
+    ("cpu", torch.bfloat16, True, False), ("cpu", torch.bfloat16, False, True)])
+def test_attention_left_alone_elsewhere(device, dtype, compile, checkpointing):
+    """Not on a GPU, not without bf16 autocast, not in compiled blocks (they trace their own), not with
+    gradient checkpointing (its recomputation runs outside the mode)."""
+    from dreambooth.training.step_kernels import step_kernels
+    fp32_attention = step_kernels([], False, False, torch.device("cpu"), torch.bfloat16)
+    assert fp32_attention is attention_precision(torch.device("cpu"), torch.bfloat16)
+    assert step_kernels([], compile, checkpointing, torch.device(device), dtype) is not fp32_attention
 
 
 class _Copies(TorchDispatchMode):

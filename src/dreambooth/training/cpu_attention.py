@@ -44,9 +44,9 @@ class _FP32Attention(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def attention_precision(device: torch.device, autocast: torch.dtype | None, compiled: bool):
+def attention_precision(device: torch.device, autocast: torch.dtype | None):
     """A context-manager factory for the training step: short attention in fp32 on a CPU training under
-    bf16 autocast; else nothing (a compiled model traces its own kernels)."""
-    if device.type == "cpu" and autocast == torch.bfloat16 and not compiled:
+    bf16 autocast; else nothing."""
+    if device.type == "cpu" and autocast == torch.bfloat16:
         return _FP32Attention
     return contextlib.nullcontext

@@ -69,7 +69,7 @@ def step_kernels(models, compile: bool, checkpointing: bool, device: torch.devic
     fp32 and then in bf16 stops the run (``CheckpointError``: the recomputed tensors' dtypes differ)."""
     if compile:
         return CompiledRegions(models).active
-    return contextlib.nullcontext if checkpointing else attention_precision(device, autocast, compiled=False)
+    return contextlib.nullcontext if checkpointing else attention_precision(device, autocast)
 
 
 def _reason(exc: Exception) -> str:
