@@ -9,6 +9,12 @@ class UserError(Exception):
     file or flag and says what to do."""
 
 
+def exception_line(exc: BaseException) -> str:
+    """Any exception as one line: its type and the first line of its message ("ValueError: bad shape")."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def os_error_line(exc: OSError) -> str:
     """An OSError as one line naming the path and what went wrong ("/out: cannot write: read-only file system")."""
     path = exc.filename if exc.filename is not None else ""

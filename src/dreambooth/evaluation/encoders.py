@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..devices import default_device
-from ..errors import UserError
+from ..errors import UserError, exception_line
 from ..models.specs import resolve_folder_or_hub
 
 DEFAULT_DINO = "facebook/dino-vits16"
@@ -109,7 +109,7 @@ class DinoEncoder:
                 else:
                     model = AutoModel.from_pretrained(path)
         except Exception as exc:
-            raise UserError(f"{flag} {spec}: cannot load ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+            raise UserError(f"{flag} {spec}: cannot load ({exception_line(exc)})") from exc
         self.model = model.eval().to(self.device)
         self.interpolate = self.model_type == "vit" and getattr(config, "image_size", DINO_CROP) != DINO_CROP
 
@@ -135,7 +135,7 @@ class ClipEncoder:
             with _quiet_loading():
                 model = CLIPModel.from_pretrained(path)
         except Exception as exc:
-            raise UserError(f"{flag} {spec}: cannot load ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+            raise UserError(f"{flag} {spec}: cannot load ({exception_line(exc)})") from exc
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..devices import generation_dtype, pick_device
-from ..errors import UserError
+from ..errors import UserError, exception_line
 from ..host_memory import keep_freed_host_memory
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
@@ -115,8 +115,8 @@ class GenerationPipeline:
                 try:
                     self.pipe.load_lora_weights(str(lora.load.parent), weight_name=lora.load.name, adapter_name=adapter)
                 except Exception as exc:
-                    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-                    raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({msg})") from None
+                    raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model "
+                                    f"({exception_line(exc)[:200]})") from None
                 self._adapters[lora.load] = adapter
             names.append(self._adapters[lora.load])
             weights.append(weight)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import progress
-from ..errors import UserError
+from ..errors import UserError, exception_line
 from ..training.callbacks import CheckpointSaved, StepEnd, TrainingCallback, ValidationEnd
 from ..training.config import TrainConfig, build_config
 from ..training.trainer import train
@@ -245,7 +245,7 @@ class JobRunner:
             self.store.update(job.id, state="failed", error=str(exc), finished=time.time())
             record(progress.ProgressEvent("message", "", 0, message=str(exc), level="error"))
         except Exception as exc:      # a bug: the job fails, the server goes on
-            message = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            message = f"unexpected {exception_line(exc)}"
             self.store.update(job.id, state="failed", error=message, finished=time.time())
             record(progress.ProgressEvent("message", "", 0, message=message, level="error"))
         finally:

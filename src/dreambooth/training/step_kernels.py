@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, exception_line
 from .cpu_attention import attention_precision
 
 TEXT_BLOCKS = ("CLIPEncoderLayer",)     # transformers' CLIP names no repeated blocks
@@ -52,7 +52,8 @@ class CompiledRegions:
         try:
             yield
         except torch._dynamo.exc.BackendCompilerFailed as exc:       # e.g. no C++ compiler, no triton
-            raise UserError(f"--compile: torch.compile cannot compile on this machine ({_reason(exc)}); "
+            reason = exception_line(getattr(exc, "inner_exception", None) or exc)
+            raise UserError(f"--compile: torch.compile cannot compile on this machine ({reason}); "
                             "run without --compile") from None
         finally:
             for block, own in zip(self.blocks, self._own):
@@ -70,9 +71,3 @@ def step_kernels(models, compile: bool, checkpointing: bool, device: torch.devic
     if compile:
         return CompiledRegions(models).active
     return contextlib.nullcontext if checkpointing else attention_precision(device, autocast)
-
-
-def _reason(exc: Exception) -> str:
-    inner = getattr(exc, "inner_exception", None) or exc
-    lines = str(inner).strip().splitlines() or [""]
-    return f"{type(inner).__name__}: {lines[0]}"

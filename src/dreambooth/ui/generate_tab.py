@@ -14,7 +14,7 @@ import gradio as gr
 
 from .errors import ui_error
 
-from ..errors import UserError
+from ..errors import UserError, exception_line
 from ..generation.grammar import extract_loras
 from ..generation.params import GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
@@ -102,7 +102,7 @@ def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: 
         except UserError as exc:
             box["error"] = str(exc)
         except Exception as exc:   # one line in the UI, never a traceback
-            box["error"] = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            box["error"] = f"unexpected {exception_line(exc)}"
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
