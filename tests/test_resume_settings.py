@@ -1,0 +1,63 @@
+"""Exact resume in every setting (issue 30, item 6): a run stopped after its step-3 checkpoint and
+resumed ends with the losses and the weights, bit for bit, of the same run never stopped.
+
+Each setting below keeps state of its own across a checkpoint: the loss read a step late with fused
+AdamW, gradient accumulation's counters, class images, two text encoders, a learning-rate warm-up,
+the data stream's flips, the identifier's own learning rate, v-prediction, compiled blocks."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreambooth.training.callbacks import TrainingCallback
+from dreambooth.training.config import build_config
+from dreambooth.training.trainer import train
+
+SETTINGS = {
+    "full + text encoder, bf16": dict(method="full", train_text_encoder=True, mixed_precision="bf16"),
+    "full, gradient accumulation 2": dict(method="full", gradient_accumulation=2),
+    "LoRA + text encoder, bf16, prior": dict(method="lora", train_text_encoder=True, mixed_precision="bf16",
+                                             class_prompt="a photo of dog", num_class_images=2, class_steps=2),
+    "SDXL LoRA + both text encoders, bf16": dict(family="sdxl", method="lora", train_text_encoder=True,
+                                                 mixed_precision="bf16"),
+    "full, bf16, checkpointing, SNR weighting, offset noise": dict(
+        method="full", mixed_precision="bf16", gradient_checkpointing=True, snr_gamma=5.0, offset_noise=0.1),
+    "LoRA, cosine after warm-up, batch 2, flips": dict(method="lora", lr_scheduler="cosine", lr_warmup_steps=2,
+                                                       batch_size=2, random_flip=True),
+    "full, the identifier's own learning rate": dict(method="full", identifier_lr=1e-4),
+    "SD2 full, v-prediction": dict(family="sd2", method="full"),
+    "LoRA, bf16, --compile": dict(method="lora", mixed_precision="bf16", compile=True),
+}
+
+
+class StopAfterStep4(TrainingCallback):
+    def on_step_end(self, run, step):
+        if step.step == 4:
+            raise KeyboardInterrupt
+
+
+def _weights(folder):
+    return {str(f.relative_to(folder)): load_file(str(f)) for f in folder.glob("*/*.safetensors")} | \
+        {f.name: load_file(str(f)) for f in folder.glob("*.safetensors")}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_stopped_and_resumed_ends_bit_for_bit(name, tiny_sd1, tiny_sd2, tiny_sdxl, dog_photos, tmp_path):
+    setting = dict(SETTINGS[name])
+    model = {"sd1": tiny_sd1, "sd2": tiny_sd2, "sdxl": tiny_sdxl}[setting.pop("family", "sd1")]
+    common = dict(model=str(model), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                  resolution=32, max_steps=6, checkpoint_every=3, keep_checkpoints=0, export_kohya=False,
+                  learning_rate=1e-3 if setting["method"] == "lora" else 1e-4, **setting)
+    straight = train(build_config(None, dict(common, output=str(tmp_path / "straight"))), callbacks=[])
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config(None, dict(common, output=str(stopped))), callbacks=[StopAfterStep4()])
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["checkpoint-000003"]
+    assert not _weights(stopped)                      # nothing of step 4 was written as the output
+    resumed = train(build_config(None, dict(common, output=str(stopped), resume="latest")), callbacks=[])
+
+    assert resumed.losses == straight.losses and len(straight.losses) == 6
+    a, b = _weights(tmp_path / "straight"), _weights(stopped)
+    assert a and a.keys() == b.keys()
+    for file in a:
+        assert a[file].keys() == b[file].keys()
+        assert all(torch.equal(a[file][k], b[file][k]) for k in a[file]), f"{file} differs after the resume"
