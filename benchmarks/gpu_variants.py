@@ -1,6 +1,6 @@
 """The in-process GPU measurements still owed to issue 30, most wanted first, within a time budget.
 
-    python benchmarks/gpu_variants.py --budget 480          # on a GPU: one line of figures per case
+    python benchmarks/gpu_variants.py --budget 540          # on a GPU: one line of figures per case
     python benchmarks/gpu_variants.py --tiny --budget 120   # the same commands on tiny models, any machine
 
 Each training case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 
 # (name, seconds it may take, train_step.py arguments, or "SIDE_BY_SIDE" and a side_by_side.py case, or
@@ -27,11 +29,15 @@ HERE = Path(__file__).resolve().parent
 # SD1.5 first, so its model exists for the rest.
 CASES = [
     ("SD1.5 LoRA 512 px", 90, "--size full --method lora --resolution 512 --steps 40 --warmup 5"),
-    ("SD1.5 LoRA 512 px, --compile (the lever for a host-bound step)", 300,
-     "--size full --method lora --resolution 512 --steps 40 --warmup 20 --compile"),
+    ("SD1.5 LoRA 512 px, --cuda-graphs (the UNet's passes replayed: the lever for a host-bound step)", 90,
+     "--size full --method lora --resolution 512 --steps 40 --warmup 5 --cuda-graphs"),
     ("SDXL full 1024 px, checkpointing, 8-bit Adam, --fused-backward-pass (goal <= 20 GB)", 180,
      "--family sdxl --size full --method full --resolution 1024 --steps 4 --warmup 2 --gradient-checkpointing "
      "--use-8bit-adam --fused-backward-pass"),
+    ("SDXL LoRA 1024 px, --cuda-graphs (no checkpointing: graphs cannot record it)", 120,
+     "--family sdxl --size full --method lora --resolution 1024 --steps 10 --warmup 3 --cuda-graphs"),
+    ("SD1.5 LoRA 512 px, --compile (the other lever for a host-bound step)", 300,
+     "--size full --method lora --resolution 512 --steps 40 --warmup 20 --compile"),
     # not train_step.py: a tiny SDXL under configs/accelerate/fsdp.yaml on CUDA, checkpointed and resumed
     ("FSDP on CUDA: trains, checkpoints and resumes (tiny SDXL, one process per GPU)", 90, "SCRIPT fsdp_check.py"),
     # not train_step.py: a tiny SD1 trained twice and killed-and-resumed, with and without --deterministic
@@ -42,10 +48,10 @@ CASES = [
      "SIDE_BY_SIDE generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 4, fp16"),
     ("SDXL LoRA 1024 px, checkpointing (the whole run's peak, goal <= 8 GB)", 90,
      "--family sdxl --size full --method lora --resolution 1024 --steps 10 --warmup 3 --gradient-checkpointing"),
+    ("SD1.5 full + text encoder 512 px, --cuda-graphs", 60,
+     "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 5 --cuda-graphs"),
     ("SD1.5 full + text encoder 512 px", 60,
      "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 5"),
-    ("SD1.5 full + text encoder 512 px, --compile", 300,
-     "--size full --method full --train-text-encoder --resolution 512 --steps 20 --warmup 10 --compile"),
     ("SD1.5 LoRA 512 px, profile", 90, "--size full --method lora --resolution 512 --steps 10 --warmup 5 --profile"),
 ]
 
@@ -90,6 +96,8 @@ def command(number: int, seconds: float, extra: str, args):
     if args.tiny:
         argv = ["tiny" if i and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]
         argv = [a for a in argv if a != "--use-8bit-adam"] + ["--resolution", "64"]
+        if not torch.cuda.is_available():        # graphs need CUDA: the dry run checks the rest of the command
+            argv = [a for a in argv if a != "--cuda-graphs"]
         seconds = 120 if "--compile" in argv else 60
     cmd = [sys.executable, str(HERE / "train_step.py"), "--cache", args.cache, "--output", f"{args.cache}/out-{number}",
            "--mixed-precision", "bf16", "--prior", *argv]

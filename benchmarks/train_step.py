@@ -3,9 +3,14 @@
     python benchmarks/train_step.py --family sd1 --size tiny            # any machine, seconds
     python benchmarks/train_step.py --family sd1 --size full --method lora --mixed-precision fp16   # a GPU
     python benchmarks/train_step.py --family sdxl --size full --gradient-checkpointing --mixed-precision bf16
+    python benchmarks/train_step.py --size narrow --prior --mixed-precision bf16 --resolution 64 --profile   # host cost
 
 Speed does not depend on weight values, so full-size SD1.5/SDXL layouts with random weights measure
-what a real checkpoint would cost. The pipeline is built once under --cache (a few GB at full size),
+what a real checkpoint would cost. ``--size narrow`` keeps a full-size UNet's layout (every block,
+layer and LoRA target) at a few channels: its step launches the same operations with almost no
+arithmetic, so on any machine it measures the host's share of a step, which bounds a GPU's LoRA
+step (the SD1.5 narrow LoRA step makes the 859 matrix products and 1,500 copies a step that the
+H200's profile counted). The pipeline is built once under --cache (a few GB at full size),
 then ``Trainer`` runs --warmup steps and --steps timed steps on generated photos. Prints one line
 of figures.
 """
@@ -33,6 +38,9 @@ SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, sample
 # The mid-size SD1 of the side-by-side benchmark: the SD1.5 layout at a quarter of the UNet's width (142M
 # parameters), with the full-size VAE and CLIP-L.
 SD1_MID_UNET = dict(SD15_UNET, block_out_channels=(128, 256, 512, 512))
+# The same layouts at a few channels (norm groups of 32 and SDXL's head counts still divide them).
+NARROW_UNET = {"sd1": dict(SD15_UNET, block_out_channels=(32, 32, 64, 64)),
+               "sdxl": dict(SDXL_UNET, block_out_channels=(160, 160, 160))}
 VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, hidden_act="quick_gelu")
@@ -66,7 +74,7 @@ def _full_pipeline(family: str, tok, ids: dict, unet: dict | None):
         pipe = StableDiffusionXLPipeline(
             vae=AutoencoderKL(**VAE, sample_size=1024), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **ids)), tokenizer=tok, tokenizer_2=tok,
-            unet=UNet2DConditionModel(**SDXL_UNET),
+            unet=UNet2DConditionModel(**(unet or SDXL_UNET)),
             scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
     return pipe
 
@@ -78,7 +86,8 @@ def build_mid(directory: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1")
-    ap.add_argument("--size", choices=["tiny", "mid", "full"], default="tiny")
+    ap.add_argument("--size", choices=["tiny", "mid", "full", "narrow"], default="tiny",
+                    help="narrow: a full-size UNet layout at a few channels, for the host's share of a step")
     ap.add_argument("--method", choices=["full", "lora"], default="lora")
     ap.add_argument("--train-text-encoder", action="store_true")
     ap.add_argument("--mixed-precision", default="no")
@@ -94,10 +103,13 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a diffusers folder to use instead of building one under --cache")
     ap.add_argument("--profile", action="store_true", help="profile the timed steps: top ops, and how busy the GPU was")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--fused-backward-pass", action="store_true")
     ap.add_argument("--sync-every-step", action="store_true",
                     help="read each step's loss at once (a host sync per step), as before the loss was read a step late")
     args = ap.parse_args()
+    if args.size in ("full", "narrow") and args.family not in NARROW_UNET:
+        ap.error(f"--size {args.size}: the full-size layouts are sd1 (SD1.5) and sdxl")
     os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
 
     from dreambooth.training.config import build_config
@@ -108,7 +120,8 @@ def main() -> None:
     if not (model / "model_index.json").exists():
         model.mkdir(parents=True, exist_ok=True)
         {"tiny": lambda: save_tiny(args.family, model), "mid": lambda: build_mid(model),
-         "full": lambda: build_full(args.family, model)}[args.size]()
+         "full": lambda: build_full(args.family, model),
+         "narrow": lambda: build_full(args.family, model, NARROW_UNET[args.family])}[args.size]()
     photos = Path(args.cache) / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -119,7 +132,7 @@ def main() -> None:
         class_prompt="a photo of dog" if args.prior else None, num_class_images=4, class_steps=2,
         method=args.method, train_text_encoder=args.train_text_encoder, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, use_8bit_adam=args.use_8bit_adam,
-        compile=args.compile, fused_backward_pass=args.fused_backward_pass,
+        compile=args.compile, cuda_graphs=args.cuda_graphs, fused_backward_pass=args.fused_backward_pass,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
     trainer = Trainer(cfg, []).setup()
@@ -163,7 +176,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "
           f"batch={args.batch_size}{'+prior' if args.prior else ''} mp={args.mixed_precision} gc={args.gradient_checkpointing} "
-          f"8bit={args.use_8bit_adam} compile={args.compile} fused={args.fused_backward_pass} sync={args.sync_every_step} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
+          f"8bit={args.use_8bit_adam} compile={args.compile} graphs={args.cuda_graphs} fused={args.fused_backward_pass} sync={args.sync_every_step} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
           f"peak GPU memory {peak:.2f} GiB (before the timed steps {getattr(clock, 'setup_peak', float('nan')):.2f}) | {device}")
 
 

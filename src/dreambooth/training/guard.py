@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from .. import progress
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
@@ -109,8 +111,14 @@ def check_distributed(cfg: TrainConfig) -> bool:
     return True
 
 
-def check_fused_backward(cfg: TrainConfig, processes: int, warn) -> None:
-    """``--fused-backward-pass`` steps each weight inside the backward pass (``fused_backward``)."""
+def check_one_process_options(cfg: TrainConfig, device, processes: int, sharded: bool, warn) -> None:
+    """What acts inside the backward pass and so runs on one process: ``--fused-backward-pass`` steps
+    each weight there (``fused_backward``); ``--cuda-graphs`` records it (``cuda_graphs``, CUDA only)."""
+    if cfg.cuda_graphs and torch.device(device).type != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA GPU (it replays the UNet's passes as CUDA graphs); drop it on this machine")
+    if cfg.cuda_graphs and (processes > 1 or sharded):
+        raise UserError("--cuda-graphs runs on one process (DDP and FSDP act inside the backward pass); "
+                        "drop it, or launch one process")
     if not cfg.fused_backward_pass:
         return
     if processes > 1:

@@ -24,6 +24,7 @@ from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
 from . import checkpoint as ckpt
 from .clipping import clip_gradients, fused_adamw
+from .cuda_graphs import UNetPass
 from .step_kernels import step_kernels
 from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
 from .loss import per_example_mse, prior_preserving_loss
@@ -33,7 +34,7 @@ from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .determinism import deterministic_kernels
 from .preflight import preflight
 from .prior import class_folder, ensure_class_images
-from .guard import OutputStage, check_distributed, check_fused_backward, check_inputs
+from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
 from .latents import LatentCache
 from .parking import Parking
 from .saving import keep_best, save_model, save_output
@@ -48,8 +49,7 @@ class Trainer:
                  transforms: Sequence[ExampleTransform] = ()):
         config.validate()
         self.config = config
-        self.callbacks = list(callbacks)
-        self.transforms = list(transforms)
+        self.callbacks, self.transforms = list(callbacks), list(transforms)
         self.output = Path(config.output).expanduser()
         self.step = 0
         self.losses: list[float] = []
@@ -80,7 +80,7 @@ class Trainer:
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
-        check_fused_backward(cfg, self.accelerator.num_processes, self._warn)
+        check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self._warn)
         self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output) if cfg.resume else None
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
         self.family = adapter_for(pipe)
@@ -127,6 +127,7 @@ class Trainer:
             self.accelerator.ddp_handler = DDPKwargs(find_unused_parameters=True)    # last layer gets no gradient
         *self.models, self.optimizer = self.accelerator.prepare(*self.trainables.values(), self.optimizer)
         self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
+        self.unet_pass = UNetPass(self.unet, self.accelerator, cfg.cuda_graphs)
         if is_sharded(self.accelerator):   # FSDP2 shards the modules in place
             progress.message(share(self.trainables, self.accelerator))
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
@@ -237,8 +238,7 @@ class Trainer:
         if self.family.needs_time_ids:
             ids = torch.stack([time_ids(o, c, (cfg.resolution, cfg.resolution)) for o, c in zip(batch.original_hw, batch.crop_top_left)])
             added = self.family.added_cond(cond, self._to_device(ids))
-        with self.accelerator.autocast():
-            pred = self.unet(noisy, timesteps, cond.embeds, added_cond_kwargs=added).sample
+        pred = self.unet_pass(noisy, timesteps, cond.embeds, added)
         target = noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
         per_example = per_example_mse(pred.float(), target.float(), batch.loss_weights)
         if cfg.snr_gamma:
