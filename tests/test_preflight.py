@@ -205,3 +205,15 @@ def _change(flag: str) -> tuple[str, object]:
     name, _, value = flag[2:].partition(" ")
     key = name.replace("-", "_")
     return key, (value if key in ("mixed_precision", "method") else True)
+
+
+def test_with_cuda_graphs_checkpointing_is_suggested_without_them():
+    """A graph cannot record gradient checkpointing (--cuda-graphs refuses it): the suggestion that
+    turns checkpointing on turns the graphs off, and what it names is a run the settings accept."""
+    sizes, cfg = sd15_sizes(), config(mixed_precision="bf16", cuda_graphs=True)
+    available = pf.estimate(sizes, cfg.replace(gradient_checkpointing=True), "cuda").total   # checkpointing fits
+    assert available < pf.estimate(sizes, cfg, "cuda").total
+    found = dict(pf.fixes(sizes, cfg, "cuda", available, limit=10))
+    assert "--gradient-checkpointing --no-cuda-graphs" in found
+    assert not any(flags == "--gradient-checkpointing" for flags in found)
+    cfg.replace(gradient_checkpointing=True, cuda_graphs=False).validate()

@@ -291,8 +291,9 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     def fits(c: TrainConfig) -> MemoryEstimate:
         return estimate(sizes, c, device, making_class_images, shards)
     changes: list[tuple[str, dict]] = []
-    if not cfg.gradient_checkpointing:
-        changes.append(("--gradient-checkpointing", {"gradient_checkpointing": True}))
+    if not cfg.gradient_checkpointing:         # a graph cannot record checkpointing (cuda_graphs)
+        changes.append(("--gradient-checkpointing --no-cuda-graphs", {"gradient_checkpointing": True, "cuda_graphs": False})
+                       if cfg.cuda_graphs else ("--gradient-checkpointing", {"gradient_checkpointing": True}))
     if device == "cuda" and not cfg.use_8bit_adam and shards == 1:
         changes.append(("--use-8bit-adam", {"use_8bit_adam": True}))
     if cfg.method == "full" and not cfg.fused_backward_pass and cfg.gradient_accumulation == 1 \
