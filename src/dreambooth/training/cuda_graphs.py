@@ -55,12 +55,13 @@ class UNetPass:
         self._graphed: torch.nn.Module | None = None
 
     def __call__(self, noisy, timesteps, embeds, added: dict | None):
-        keys = tuple(added) if added else ()
-        inputs = (noisy, timesteps, embeds, *(added[k] for k in keys))
-        if self.graphs and self.captured is None:
-            self._capture(keys, inputs)
-        if self._graphed is not None and _shapes(inputs) == self.captured:
-            return self._graphed(*inputs)
+        if self.graphs:
+            keys = tuple(added) if added else ()
+            inputs = (noisy, timesteps, embeds, *(added[k] for k in keys))
+            if self.captured is None:
+                self._capture(keys, inputs)
+            if _shapes(inputs) == self.captured:
+                return self._graphed(*inputs)
         with self.accelerator.autocast():
             return self.unet(noisy, timesteps, embeds, added_cond_kwargs=added).sample
 
