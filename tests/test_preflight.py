@@ -207,13 +207,17 @@ def _change(flag: str) -> tuple[str, object]:
     return key, (value if key in ("mixed_precision", "method") else True)
 
 
-def test_with_cuda_graphs_checkpointing_is_suggested_without_them():
-    """A graph cannot record gradient checkpointing (--cuda-graphs refuses it): the suggestion that
-    turns checkpointing on turns the graphs off, and what it names is a run the settings accept."""
-    sizes, cfg = sd15_sizes(), config(mixed_precision="bf16", cuda_graphs=True)
-    available = pf.estimate(sizes, cfg.replace(gradient_checkpointing=True), "cuda").total   # checkpointing fits
-    assert available < pf.estimate(sizes, cfg, "cuda").total
-    found = dict(pf.fixes(sizes, cfg, "cuda", available, limit=10))
-    assert "--gradient-checkpointing --no-cuda-graphs" in found
-    assert not any(flags == "--gradient-checkpointing" for flags in found)
-    cfg.replace(gradient_checkpointing=True, cuda_graphs=False).validate()
+def test_with_cuda_graphs_and_lora_dropout_checkpointing_is_suggested_without_the_graphs():
+    """A graph cannot record a recomputed dropout (--cuda-graphs refuses checkpointing with --lora-dropout):
+    there, the suggestion that turns checkpointing on turns the graphs off, and names a run the settings
+    accept. Without dropout, checkpointing goes with the graphs."""
+    sizes = sd15_sizes()
+    for dropout, suggested in ((0.1, "--gradient-checkpointing --no-cuda-graphs"), (0.0, "--gradient-checkpointing")):
+        cfg = config(method="lora", train_text_encoder=False, mixed_precision="bf16", cuda_graphs=True, lora_dropout=dropout)
+        with_checkpointing = cfg.replace(gradient_checkpointing=True)
+        available = pf.estimate(sizes, with_checkpointing, "cuda").total                     # checkpointing fits
+        assert available < pf.estimate(sizes, cfg, "cuda").total
+        found = dict(pf.fixes(sizes, cfg, "cuda", available, limit=10))
+        assert suggested in found and not any(f.startswith("--gradient-checkpointing") and f != suggested for f in found)
+        changes = {"gradient_checkpointing": True, **({"cuda_graphs": False} if "--no-cuda-graphs" in suggested else {})}
+        cfg.replace(**changes).validate()

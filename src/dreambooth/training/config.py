@@ -97,7 +97,7 @@ class TrainConfig:
     fused_backward_pass: bool = _opt(False, "Step each weight as soon as its gradient is complete and free the gradient: a full run holds no whole set of gradients (SDXL full: 10 GB less). One process; no --max-grad-norm clipping, no --gradient-accumulation.", group="memory")
     cache_latents: bool | None = _opt(None, "Encode each distinct training picture (image, crop, flip) once and keep its latents (default: on).", group="memory")
     compile: bool = _opt(False, "torch.compile the blocks the trained models repeat (the UNet's transformer blocks, the text encoders' layers): a minute or two of compiling before the first step; see docs/benchmarks.md.", group="memory")
-    cuda_graphs: bool = _opt(False, "Replay the UNet's forward and backward passes as CUDA graphs, captured at the first step: a GPU step launches hundreds of small kernels from Python, a graph launches them at once. One process; not with --gradient-checkpointing or --compile; see docs/benchmarks.md.", group="memory")
+    cuda_graphs: bool = _opt(False, "Replay the UNet's forward and backward passes as CUDA graphs, captured at the first step: a GPU step launches hundreds of small kernels from Python, a graph launches them at once. One process; not with --compile or --gradient-accumulation; see docs/benchmarks.md.", group="memory")
     deterministic: bool = _opt(False, "Deterministic GPU kernels (cuDNN, cuBLAS, attention), so that a resumed run, or the same run again, ends with the same weights bit for bit on a GPU too (always so on the CPU); slower.", group="memory")
     force: bool = _opt(False, "Start even when the memory preflight estimates the run will not fit in the device's free memory.", group="memory")
     # --- outputs ----------------------------------------------------------------------------
@@ -174,9 +174,9 @@ class TrainConfig:
                             "accumulate gradients: drop --gradient-accumulation or --fused-backward-pass")
         if self.fused_backward_pass and self.mixed_precision == "fp16":
             raise UserError("--fused-backward-pass cannot scale an fp16 loss: use --mixed-precision bf16 (or no)")
-        if self.cuda_graphs and self.gradient_checkpointing:
-            raise UserError("--cuda-graphs: not with --gradient-checkpointing (torch's checkpoint reads the RNG state, "
-                            "which capturing a graph forbids); drop one of them")
+        if self.cuda_graphs and self.gradient_checkpointing and self.method == "lora" and self.lora_dropout:
+            raise UserError("--cuda-graphs with --gradient-checkpointing needs --lora-dropout 0 (a graph cannot record "
+                            "the recomputed dropout drawing the same numbers again); drop one of them")
         if self.cuda_graphs and self.compile:
             raise UserError("--cuda-graphs: not with --compile (the graphs replay the eager kernels); choose one")
         if self.cuda_graphs and self.gradient_accumulation > 1:

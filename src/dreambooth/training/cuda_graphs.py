@@ -12,9 +12,9 @@ What a graph needs, and what the trainer guarantees for it:
   every step of a run of square pictures); a batch of other shapes runs eager;
 * fixed addresses: the weights stay where they were captured (the optimizer updates them in place;
   nothing is parked or moved once steps begin);
-* no host work inside: not with gradient checkpointing (torch's checkpoint reads the RNG state,
-  which capturing forbids) nor ``--compile``, and on one process (DDP reduces gradients from hooks
-  inside the backward pass);
+* no host work inside: gradient checkpointing without saving and restoring the RNG state
+  (``checkpoint_for_graphs``; reading it is what capturing forbids), not with ``--compile``, and on
+  one process (DDP reduces gradients from hooks inside the backward pass);
 * each step's gradients used before the next replay: the weights' gradients a replay returns are the
   graph's own buffers (the optimizer reads them, then they are dropped), so not with gradient
   accumulation, whose second replay would overwrite the first's;
@@ -78,3 +78,11 @@ class UNetPass:
             raise UserError(f"--cuda-graphs: the UNet's passes could not be captured ({exception_line(exc)}); "
                             "run without --cuda-graphs") from None
         self.captured = _shapes(inputs)
+
+
+def checkpoint_for_graphs(module, *args):
+    """Gradient checkpointing a graph can record: the UNet's blocks recomputed in the backward pass
+    without torch's checkpoint saving and restoring the random number generators' state, which
+    capturing a graph forbids. The same result only where the blocks draw no random numbers (no
+    dropout in the UNet, --lora-dropout 0): ``trainables`` uses it only then."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, preserve_rng_state=False)

@@ -291,9 +291,10 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     def fits(c: TrainConfig) -> MemoryEstimate:
         return estimate(sizes, c, device, making_class_images, shards)
     changes: list[tuple[str, dict]] = []
-    if not cfg.gradient_checkpointing:         # a graph cannot record checkpointing (cuda_graphs)
+    if not cfg.gradient_checkpointing:         # graphs record checkpointing only without dropout (config)
+        graphs_off = cfg.cuda_graphs and cfg.method == "lora" and cfg.lora_dropout > 0
         changes.append(("--gradient-checkpointing --no-cuda-graphs", {"gradient_checkpointing": True, "cuda_graphs": False})
-                       if cfg.cuda_graphs else ("--gradient-checkpointing", {"gradient_checkpointing": True}))
+                       if graphs_off else ("--gradient-checkpointing", {"gradient_checkpointing": True}))
     if device == "cuda" and not cfg.use_8bit_adam and shards == 1:
         changes.append(("--use-8bit-adam", {"use_8bit_adam": True}))
     if cfg.method == "full" and not cfg.fused_backward_pass and cfg.gradient_accumulation == 1 \

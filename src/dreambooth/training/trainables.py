@@ -15,6 +15,7 @@ from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
 from ..models.tokens import identifier_words
 from .config import TrainConfig
+from .cuda_graphs import checkpoint_for_graphs
 from .fused_backward import PerWeightOptimizer
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}      # --mixed-precision: what autocast runs in
@@ -87,7 +88,8 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
         for te in encoders.values():
             te.requires_grad_(True)
     if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        draws_no_random_numbers = not getattr(unet.config, "dropout", 0) and not (cfg.method == "lora" and cfg.lora_dropout)
+        unet.enable_gradient_checkpointing(checkpoint_for_graphs if cfg.cuda_graphs and draws_no_random_numbers else None)
         for te in encoders.values():
             te.gradient_checkpointing_enable()
     offsets = identifier_offsets(family, cfg, device, warn)
