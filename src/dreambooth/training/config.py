@@ -174,7 +174,7 @@ class TrainConfig:
                             "accumulate gradients: drop --gradient-accumulation or --fused-backward-pass")
         if self.fused_backward_pass and self.mixed_precision == "fp16":
             raise UserError("--fused-backward-pass cannot scale an fp16 loss: use --mixed-precision bf16 (or no)")
-        if self.cuda_graphs and self.gradient_checkpointing and self.method == "lora" and self.lora_dropout:
+        if self.cuda_graphs and self.gradient_checkpointing and self.adapters_draw_random_numbers:
             raise UserError("--cuda-graphs with --gradient-checkpointing needs --lora-dropout 0 (a graph cannot record "
                             "the recomputed dropout drawing the same numbers again); drop one of them")
         if self.cuda_graphs and self.compile:
@@ -184,6 +184,11 @@ class TrainConfig:
                             "buffers, which the next replay overwrites); use a larger --batch-size instead")
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
+
+    @property
+    def adapters_draw_random_numbers(self) -> bool:
+        """LoRA dropout: every pass draws new random numbers (a recorded recomputation cannot)."""
+        return self.method == "lora" and self.lora_dropout > 0
 
     @property
     def use_prior(self) -> bool:

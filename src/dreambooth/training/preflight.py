@@ -292,7 +292,7 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
         return estimate(sizes, c, device, making_class_images, shards)
     changes: list[tuple[str, dict]] = []
     if not cfg.gradient_checkpointing:         # graphs record checkpointing only without dropout (config)
-        graphs_off = cfg.cuda_graphs and cfg.method == "lora" and cfg.lora_dropout > 0
+        graphs_off = cfg.cuda_graphs and cfg.adapters_draw_random_numbers
         changes.append(("--gradient-checkpointing --no-cuda-graphs", {"gradient_checkpointing": True, "cuda_graphs": False})
                        if graphs_off else ("--gradient-checkpointing", {"gradient_checkpointing": True}))
     if device == "cuda" and not cfg.use_8bit_adam and shards == 1:

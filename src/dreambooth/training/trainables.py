@@ -88,7 +88,7 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
         for te in encoders.values():
             te.requires_grad_(True)
     if cfg.gradient_checkpointing:
-        draws_no_random_numbers = not getattr(unet.config, "dropout", 0) and not (cfg.method == "lora" and cfg.lora_dropout)
+        draws_no_random_numbers = not getattr(unet.config, "dropout", 0) and not cfg.adapters_draw_random_numbers
         unet.enable_gradient_checkpointing(checkpoint_for_graphs if cfg.cuda_graphs and draws_no_random_numbers else None)
         for te in encoders.values():
             te.gradient_checkpointing_enable()
