@@ -105,3 +105,22 @@ def run_cli(*args: str):
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return code, out.getvalue(), err.getvalue()
+
+
+def saved_weights(output: Path) -> dict:
+    """Every weights file a training run wrote to ``output`` (its checkpoints left out), loaded, by path within it."""
+    from safetensors.torch import load_file
+
+    from dreambooth.outputs import CHECKPOINTS_DIR
+    return {str(f.relative_to(output)): load_file(str(f)) for f in sorted(output.rglob("*.safetensors"))
+            if CHECKPOINTS_DIR not in f.relative_to(output).parts}
+
+
+def assert_same_weights(a: Path, b: Path, why: str = "") -> None:
+    """Two training outputs wrote the same weights files, bit for bit (and some)."""
+    wa, wb = saved_weights(a), saved_weights(b)
+    assert wa and wa.keys() == wb.keys()
+    for file in wa:
+        assert wa[file].keys() == wb[file].keys()
+        assert all(torch.equal(wa[file][k], wb[file][k]) for k in wa[file]), f"{file} differs {why}".rstrip()
+

@@ -8,9 +8,7 @@ captured shapes goes through the replay with the same results as eager, the eage
 shapes, and the refusals. The speed is measured on a GPU (benchmarks/gpu_variants.py)."""
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from conftest import run_cli
+from conftest import assert_same_weights, run_cli
 from dreambooth.errors import UserError
 from dreambooth.training import cuda_graphs, trainer as trainer_module
 from dreambooth.training.config import build_config
@@ -80,11 +78,6 @@ def _config(model, photos, out, **over):
     return build_config(None, dict(values, **over))
 
 
-def _weights(folder):
-    return {str(f.relative_to(folder)): load_file(str(f)) for f in folder.rglob("*.safetensors")
-            if "checkpoints" not in f.parts}
-
-
 @pytest.mark.parametrize("family, over", [
     ("sd1", dict(method="lora")),
     ("sdxl", dict(method="lora", train_text_encoder=True)),      # added conditioning; embeddings with gradients
@@ -103,9 +96,7 @@ def test_every_step_replays_what_was_captured_with_eager_results(family, over, c
     assert len(sample) == (5 if family == "sdxl" else 3)             # SDXL: text_embeds and time_ids as tensors
     assert sample[2].requires_grad == bool(over.get("train_text_encoder"))
     assert graphed.losses == eager.losses
-    a, b = _weights(tmp_path / "g"), _weights(tmp_path / "e")
-    assert a and a.keys() == b.keys()
-    assert all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f])
+    assert_same_weights(tmp_path / "g", tmp_path / "e", "replayed against eager")
 
 
 def test_other_shapes_run_eager(capture):

@@ -5,9 +5,8 @@ Each setting below keeps state of its own across a checkpoint: the loss read a s
 AdamW, gradient accumulation's counters, class images, two text encoders, a learning-rate warm-up,
 the data stream's flips, the identifier's own learning rate, v-prediction, compiled blocks."""
 import pytest
-import torch
-from safetensors.torch import load_file
 
+from conftest import assert_same_weights, saved_weights
 from dreambooth.training.callbacks import TrainingCallback
 from dreambooth.training.config import build_config
 from dreambooth.training.trainer import train
@@ -35,11 +34,6 @@ class StopAfterStep4(TrainingCallback):
             raise KeyboardInterrupt
 
 
-def _weights(folder):
-    return {str(f.relative_to(folder)): load_file(str(f)) for f in folder.glob("*/*.safetensors")} | \
-        {f.name: load_file(str(f)) for f in folder.glob("*.safetensors")}
-
-
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_stopped_and_resumed_ends_bit_for_bit(name, tiny_sd1, tiny_sd2, tiny_sdxl, dog_photos, tmp_path):
     setting = dict(SETTINGS[name])
@@ -52,12 +46,8 @@ def test_stopped_and_resumed_ends_bit_for_bit(name, tiny_sd1, tiny_sd2, tiny_sdx
     with pytest.raises(KeyboardInterrupt):
         train(build_config(None, dict(common, output=str(stopped))), callbacks=[StopAfterStep4()])
     assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["checkpoint-000003"]
-    assert not _weights(stopped)                      # nothing of step 4 was written as the output
+    assert not saved_weights(stopped)                 # nothing of step 4 was written as the output
     resumed = train(build_config(None, dict(common, output=str(stopped), resume="latest")), callbacks=[])
 
     assert resumed.losses == straight.losses and len(straight.losses) == 6
-    a, b = _weights(tmp_path / "straight"), _weights(stopped)
-    assert a and a.keys() == b.keys()
-    for file in a:
-        assert a[file].keys() == b[file].keys()
-        assert all(torch.equal(a[file][k], b[file][k]) for k in a[file]), f"{file} differs after the resume"
+    assert_same_weights(tmp_path / "straight", stopped, "after the resume")
