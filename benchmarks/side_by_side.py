@@ -131,6 +131,8 @@ def run(command: list[str], report: Path, log: Path, env: dict, timeout: float |
     if code != 0:
         raise RunFailed(f"failed ({code}): {' '.join(command)}\n--- {log}:\n" + log.read_text()[-3000:])
     figures = json.loads(report.read_text())
+    if figures.get("cuda_reserved_gib") is not None:
+        print(f"    (its GPU memory reserved at most {figures['cuda_reserved_gib']:.2f} GiB)", flush=True)
     return wall, figures["cuda_gib"] if figures["cuda_gib"] is not None else figures["rss_gib"]
 
 
@@ -211,6 +213,9 @@ def measure(case: Case, work: Path, peers: Path, env: dict, deadline: float, rep
                     print(f"  {side}: {exc}", flush=True)
                     continue
                 walls[side][i], peaks[side] = min(walls[side][i], wall), max(peaks[side], gib)
+                if case.e2e and side == "ours":      # where the run's time went (its summary's line)
+                    print("  ours: " + next((x for x in (work / f"{tag}.log").read_text().splitlines()
+                                             if x.startswith("time: ")), "no time line"), flush=True)
     figures = {}
     for side in sides:
         if side in failed:

@@ -173,11 +173,14 @@ def main() -> None:
             busy = sum(e.self_device_time_total for e in events) / 1e6 / elapsed
             print(f"GPU busy {busy:.0%} of the timed wall (profiled; the profiler itself slows the host)")
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    # replayed graphs allocate nothing: their activations show in what the allocator holds (reserved)
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "
           f"batch={args.batch_size}{'+prior' if args.prior else ''} mp={args.mixed_precision} gc={args.gradient_checkpointing} "
           f"8bit={args.use_8bit_adam} compile={args.compile} graphs={args.cuda_graphs} fused={args.fused_backward_pass} sync={args.sync_every_step} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
-          f"peak GPU memory {peak:.2f} GiB (before the timed steps {getattr(clock, 'setup_peak', float('nan')):.2f}) | {device}")
+          f"peak GPU memory {peak:.2f} GiB (before the timed steps {getattr(clock, 'setup_peak', float('nan')):.2f}), "
+          f"reserved {reserved:.2f} GiB | {device}")
 
 
 if __name__ == "__main__":

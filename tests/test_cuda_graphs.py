@@ -9,6 +9,7 @@ shapes, and the refusals. The speed is measured on a GPU (benchmarks/gpu_variant
 import pytest
 import torch
 from conftest import assert_same_weights, run_cli
+from dreambooth import progress
 from dreambooth.errors import UserError
 from dreambooth.training import cuda_graphs, trainer as trainer_module
 from dreambooth.training.config import build_config
@@ -119,7 +120,11 @@ def test_other_shapes_run_eager(capture):
     pass_ = cuda_graphs.UNetPass(Unet(), Accelerator(), graphs=True)
     small, large = torch.ones(2, 4, 8, 8), torch.ones(2, 4, 16, 16)
     t, e = torch.zeros(2, dtype=torch.long), torch.zeros(2, 77, 8)
-    assert torch.equal(pass_(small, t, e, None), small * 2)
+    said = []
+    with progress.subscribed(lambda event: said.append(event.message)):
+        assert torch.equal(pass_(small, t, e, None), small * 2)
+    assert said == ["--cuda-graphs: the UNet's passes captured for batch 2 of 4x8x8 latents; "
+                    "batches of other shapes run eager"]
     assert torch.equal(pass_(large, t, e, None), large * 2)         # not the captured shapes: eager
     assert torch.equal(pass_(small, t, e, None), small * 2)
     assert capture.captures == 1 and capture.replays == 2

@@ -116,6 +116,8 @@ def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
         names = [entry["name"] for entry in httpx.get(f"{base}/sdapi/v1/loras").json()]
         name = f"job-{lora['id']}"
         assert name in names and done["output"]["name"] == name, names
+        log = httpx.get(f"{base}/dreambooth/v1/jobs/{lora['id']}/log").text
+        assert "info: time: " in log and " training " in log and " saving " in log, log      # where its time went
         reply = httpx.post(f"{base}/sdapi/v1/txt2img", timeout=120,
                            json={"prompt": f"a sks square <lora:{name}:1>", "steps": 2, "width": 32, "height": 32})
         assert reply.status_code == 200, reply.text

@@ -1,5 +1,6 @@
 """The training loop end to end on tiny real-architecture models (issue 'core', done-when list)."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -35,11 +36,17 @@ def _differs(a, b):
 
 def test_full_with_text_encoder_and_prior(tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / "out"
-    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a photo of sks dog",
-                           "--class-prompt", "a photo of dog", "--num-class-images", "4", "--train-text-encoder",
-                           "--method", "full", "--resolution", "64", "--max-steps", "6", "--output", out,
-                           "--export-single-file", *FAST)
+    code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt",
+                                "a photo of sks dog", "--class-prompt", "a photo of dog", "--num-class-images", "4",
+                                "--train-text-encoder", "--method", "full", "--resolution", "64", "--max-steps", "6",
+                                "--output", out, "--export-single-file", *FAST)
     assert code == 0, err
+    # the summary says where the time went, each phase once, and the phases add up to the whole
+    line = next(x for x in stdout.splitlines() if x.startswith("time: "))
+    total = float(re.match(r"time: ([0-9.]+) s in all: ", line).group(1))
+    phases = dict((name.strip(), float(s)) for name, s in re.findall(r"([a-z ]+) ([0-9.]+) s", line.split(": ", 2)[2]))
+    assert [p for p in phases if p != "caching latents"] == ["loading and setup", "class images", "training", "saving"], line
+    assert phases["class images"] > 0 and phases["training"] > 0 and abs(sum(phases.values()) - total) < 0.3, line
     base, trained = _pipe(tiny_sd1), _pipe(out)
     from dreambooth.models import load_pipeline
     single = load_pipeline(str(out / "out.safetensors"), model_config=str(out))   # the A1111/ComfyUI file

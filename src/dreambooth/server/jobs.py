@@ -21,6 +21,7 @@ from .. import progress
 from ..errors import UserError, exception_line
 from ..training.callbacks import CheckpointSaved, StepEnd, TrainingCallback, ValidationEnd
 from ..training.config import TrainConfig, build_config
+from ..training.phases import phase_line
 from ..training.trainer import train
 from .engine import DeviceGate
 
@@ -235,7 +236,8 @@ class JobRunner:
             with progress.subscribed(record), self.gate.training():
                 record(progress.ProgressEvent("message", "", 0, message="resuming from the last checkpoint"
                                               if resumable else "started"))
-                train(config, callbacks=[callback], transforms=self.transforms(job.request.get("preset"), config.model))
+                result = train(config, callbacks=[callback], transforms=self.transforms(job.request.get("preset"), config.model))
+            record(progress.ProgressEvent("message", "", 0, message=phase_line(result.phases, result.phases_within)))
             self.store.update(job.id, state="done", finished=time.time(), eta=0.0)
             record(progress.ProgressEvent("message", "", 0, message="done"))
             self.on_done()

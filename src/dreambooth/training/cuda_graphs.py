@@ -19,12 +19,15 @@ What a graph needs, and what the trainer guarantees for it:
   graph's own buffers (the optimizer reads them, then they are dropped), so not with gradient
   accumulation, whose second replay would overwrite the first's;
 * no autocast context around the capture: each pass casts the weights anew, and the graph records it.
+Memory: the graphs keep one step's activations in a pool of their own between replays, which
+allocate nothing (``max_memory_reserved`` shows it, ``max_memory_allocated`` only at the capture).
 The returned prediction is the graph's own output buffer, overwritten by the next replay: the step
 reads it into its loss at once."""
 from __future__ import annotations
 
 import torch
 
+from .. import progress
 from ..errors import UserError, exception_line
 
 
@@ -72,12 +75,23 @@ class UNetPass:
         # the UNet's forward), so the weights' casts are made again in each pass and recorded in the
         # graph. A context around the warm-up passes and the capture would keep their casts in its cache
         # and the graph would replay the first weights forever (pytorch/pytorch#71631).
+        cuda = torch.cuda.is_available()
+        if cuda:      # what the allocator holds now, without blocks cached from before (class images)
+            torch.cuda.empty_cache()
+        held = torch.cuda.memory_reserved() if cuda else 0
         try:
             self._graphed = torch.cuda.make_graphed_callables(UNetCall(self.unet, keys), sample, allow_unused_input=True)
         except (RuntimeError, AssertionError) as exc:   # an operation a graph cannot hold, in this model or torch
             raise UserError(f"--cuda-graphs: the UNet's passes could not be captured ({exception_line(exc)}); "
                             "run without --cuda-graphs") from None
         self.captured = _shapes(inputs)
+        if cuda:      # the warm-up passes ran on a stream of their own: their cached blocks serve no one else now
+            torch.cuda.empty_cache()
+            held = torch.cuda.memory_reserved() - held
+        batch, *latent = inputs[0].shape
+        progress.message(f"--cuda-graphs: the UNet's passes captured for batch {batch} of {'x'.join(map(str, latent))} "
+                         "latents" + (f" (the graphs hold {held / 2**30:.2f} GiB)" if cuda else "")
+                         + "; batches of other shapes run eager")
 
 
 def checkpoint_for_graphs(module, *args):

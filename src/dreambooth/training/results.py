@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .phases import phase_line
 
 
 @dataclass
@@ -21,6 +22,8 @@ class TrainResult:
     skipped_steps: int = 0
     warnings: list[str] = field(default_factory=list)
     main_process: bool = True        # False in the other processes of a multi-process run (they write nothing)
+    phases: dict[str, float] = field(default_factory=dict)       # phase → wall seconds, and "total" (phases.py)
+    phases_within: dict[str, dict[str, float]] = field(default_factory=dict)   # phases run inside another
 
 
 class TrainingStopped(UserError):
@@ -49,6 +52,8 @@ def summary(result: TrainResult) -> str:
              f"final loss {result.losses[-1]:.4f}" if result.losses else "no step ran"]
     if result.skipped_steps:
         lines.append(f"{result.skipped_steps} step(s) skipped for a non-finite loss")
+    if result.phases:
+        lines.append(phase_line(result.phases, result.phases_within))
     lines.append(f"output: {result.output}")
     lines += [f"  {p}" for p in result.files]
     lines += [f"warning: {w}" for w in dict.fromkeys(result.warnings)]

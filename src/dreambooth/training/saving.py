@@ -106,7 +106,9 @@ def save_output(run) -> list[Path]:
     """The run's output: the weights, ``training_args.json``; remembered as a training output."""
     if not (run.accelerator.is_main_process or is_sharded(run.accelerator)):
         return []
-    files = save_model(run, run.output)          # under FSDP every process takes part in gathering
+    with progress.task("saving", 1) as bar:        # a phase of the run's time (phases.py)
+        files = save_model(run, run.output)      # under FSDP every process takes part in gathering
+        bar.advance()
     if not run.accelerator.is_main_process:
         return []
     args = run.output / TRAINING_ARGS_FILE

@@ -37,6 +37,7 @@ from .prior import class_folder, ensure_class_images
 from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
 from .latents import LatentCache
 from .parking import Parking
+from .phases import PhaseClock
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
 from .trainables import AUTOCAST, choose_precision, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
@@ -95,10 +96,8 @@ class Trainer:
 
         # Frozen parts run in the autocast dtype; trainable weights always stay fp32.
         self.weight_dtype = AUTOCAST.get(cfg.mixed_precision, torch.float32)
-        pipe.vae.requires_grad_(False)
-        pipe.unet.requires_grad_(False)
-        for te in self.family.text_encoders:
-            te.requires_grad_(False)
+        for part in (pipe.vae, pipe.unet, *self.family.text_encoders):
+            part.requires_grad_(False)
         move(pipe.vae, self.device, vae_dtype(bool(getattr(pipe.vae.config, "force_upcast", False)), self.weight_dtype))
         # A LoRA's frozen base UNet may run in low precision; its adapters are added in fp32 below.
         move(pipe.unet, self.device, self.weight_dtype if cfg.method == "lora" else torch.float32)
@@ -390,10 +389,10 @@ def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
           transforms: Sequence[ExampleTransform] = ()) -> TrainResult:
     """Run DreamBooth with ``config``; the function the CLI, the demo and the server all call. A run
     that fails leaves an output it was to replace as it was (``guard.OutputStage``)."""
-    trainer = Trainer(config, callbacks, transforms)
+    trainer, clock = Trainer(config, callbacks, transforms), PhaseClock()
     try:
-        with deterministic_kernels(config.deterministic):
-            return trainer.setup().fit()
+        with deterministic_kernels(config.deterministic), progress.subscribed(clock):
+            return clock.stamped(trainer.setup().fit())
     except BaseException as exc:
         if trainer.stage is not None:                 # None: failed before the output was touched
             trainer.stage.abandon(isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None)
