@@ -4,13 +4,15 @@
     python benchmarks/train_step.py --family sd1 --size full --method lora --mixed-precision fp16   # a GPU
     python benchmarks/train_step.py --family sdxl --size full --gradient-checkpointing --mixed-precision bf16
     python benchmarks/train_step.py --size narrow --prior --mixed-precision bf16 --resolution 64 --profile   # host cost
+    python benchmarks/train_step.py --size narrow --prior --mixed-precision bf16 --resolution 64 --free-replay  # its rest
 
 Speed does not depend on weight values, so full-size SD1.5/SDXL layouts with random weights measure
 what a real checkpoint would cost. ``--size narrow`` keeps a full-size UNet's layout (every block,
 layer and LoRA target) at a few channels: its step launches the same operations with almost no
 arithmetic, so on any machine it measures the host's share of a step, which bounds a GPU's LoRA
 step (the SD1.5 narrow LoRA step makes the 859 matrix products and 1,500 copies a step that the
-H200's profile counted). The pipeline is built once under --cache (a few GB at full size),
+H200's profile counted). ``--free-replay`` stands in for ``--cuda-graphs`` with a replay that costs
+nothing: what is left is the host's work outside the UNet. The pipeline is built once under --cache (a few GB at full size),
 then ``Trainer`` runs --warmup steps and --steps timed steps on generated photos. Prints one line
 of figures.
 """
@@ -83,6 +85,35 @@ def build_mid(directory: Path) -> Path:
     return build_full("sd1", directory, SD1_MID_UNET)
 
 
+def stand_in_for_graphs() -> None:
+    """--free-replay: ``make_graphed_callables`` stood in for by a replay that runs nothing and returns
+    a fixed prediction and fixed weight gradients, as a CUDA graph's replay costs the host one launch.
+    What the step then takes is the host's work outside the UNet (noise, loss, clipping, optimizer),
+    on any machine. The trainer's one-process check is told it has a GPU; the losses are meaningless."""
+    from dreambooth.training import trainer as trainer_module
+
+    def capture(module, sample, allow_unused_input=False):
+        weights = [p for p in module.parameters() if p.requires_grad]
+        with torch.no_grad(), torch.autocast(sample[0].device.type, torch.bfloat16):
+            prediction = module(*sample).detach()
+        grads = [torch.zeros_like(p) for p in weights]
+
+        class Replay(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *tensors):
+                ctx.inputs = len(tensors) - len(weights)
+                return prediction.view_as(prediction)
+
+            @staticmethod
+            def backward(ctx, _):
+                return (None,) * ctx.inputs + tuple(g.detach() for g in grads)   # as torch's: no copy
+        return lambda *inputs: Replay.apply(*inputs, *weights)
+
+    torch.cuda.make_graphed_callables = capture
+    check = trainer_module.check_one_process_options
+    trainer_module.check_one_process_options = lambda cfg, *rest: check(cfg.replace(cuda_graphs=False), *rest)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1")
@@ -104,10 +135,16 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="profile the timed steps: top ops, and how busy the GPU was")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--cuda-graphs", action="store_true")
+    ap.add_argument("--free-replay", action="store_true",
+                    help="any machine: --cuda-graphs with a replay that costs nothing, for what the rest of the step "
+                         "costs the host once the UNet is a graph (use with --size narrow)")
     ap.add_argument("--fused-backward-pass", action="store_true")
     ap.add_argument("--sync-every-step", action="store_true",
                     help="read each step's loss at once (a host sync per step), as before the loss was read a step late")
     args = ap.parse_args()
+    if args.free_replay:
+        args.cuda_graphs = True
+        stand_in_for_graphs()
     if args.size in ("full", "narrow") and args.family not in NARROW_UNET:
         ap.error(f"--size {args.size}: the full-size layouts are sd1 (SD1.5) and sdxl")
     os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
