@@ -27,6 +27,9 @@ def clip_gradients(accelerator, optimizer, params: list[torch.nn.Parameter], max
     if inner is None or accelerator.scaler is not None or not plain:
         accelerator.clip_grad_norm_(params, max_norm)
         return
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0)
+    if hasattr(inner, "grad_norm"):       # some gradients are on bf16 copies (bf16_copies)
+        norm = inner.grad_norm(params)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0)
     # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6) when that is below 1: divide by its inverse
     inner.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)

@@ -23,6 +23,7 @@ import contextlib
 import torch
 
 from ..errors import UserError, exception_line
+from .clipping import fused_adamw
 from .cpu_attention import attention_precision
 
 TEXT_BLOCKS = ("CLIPEncoderLayer",)     # transformers' CLIP names no repeated blocks
@@ -63,11 +64,23 @@ class CompiledRegions:
                     block.forward = own
 
 
-def step_kernels(models, compile: bool, checkpointing: bool, device: torch.device, autocast: torch.dtype | None):
+def step_kernels(models, compile: bool, checkpointing: bool, device: torch.device, autocast: torch.dtype | None,
+                 optimizer=None):
     """A context-manager factory for the training step's forward and backward passes. Compiled blocks
     trace their own attention. With gradient checkpointing attention keeps its precision: torch's
     checkpoint runs a block again outside any torch function mode, and a block whose attention ran in
-    fp32 and then in bf16 stops the run (``CheckpointError``: the recomputed tensors' dtypes differ)."""
+    fp32 and then in bf16 stops the run (``CheckpointError``: the recomputed tensors' dtypes differ).
+    Where ``optimizer`` keeps bf16 copies of the weights (``bf16_copies``), the modules hold them for the step."""
     if compile:
-        return CompiledRegions(models).active
-    return contextlib.nullcontext if checkpointing else attention_precision(device, autocast)
+        kernels = CompiledRegions(models).active
+    else:
+        kernels = contextlib.nullcontext if checkpointing else attention_precision(device, autocast)
+    weights = getattr(fused_adamw(optimizer), "swapped", None) if optimizer is not None else None
+    if weights is None:
+        return kernels
+
+    @contextlib.contextmanager
+    def both():
+        with kernels(), weights():
+            yield
+    return both

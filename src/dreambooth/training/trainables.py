@@ -14,6 +14,7 @@ from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
 from ..models.tokens import identifier_words
+from .bf16_copies import AdamWWithBf16Copies, copied_models
 from .config import TrainConfig
 from .cuda_graphs import checkpoint_for_graphs
 from .fused_backward import PerWeightOptimizer
@@ -105,16 +106,23 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
     return {"unet": unet, **encoders}, groups
 
 
-def make_optimizer(groups: list[dict], cfg: TrainConfig):
+def make_optimizer(groups: list[dict], cfg: TrainConfig, models=(), device=torch.device("cpu"), processes: int = 1):
     """AdamW (fused) or bitsandbytes' 8-bit AdamW; with ``--fused-backward-pass`` one per weight,
-    stepped in the backward pass (``fused_backward``)."""
+    stepped in the backward pass (``fused_backward``); where it pays, AdamW training the linear and
+    convolution weights of the trained ``models`` through bf16 copies (``bf16_copies``)."""
     if cfg.fused_backward_pass:
         return PerWeightOptimizer(groups, lambda group: _adamw(group, cfg))
+    if copied := copied_models(models, cfg, device, processes):
+        return AdamWWithBf16Copies(groups, copied, **_adamw_settings(cfg))
     return _adamw(groups, cfg)
 
 
+def _adamw_settings(cfg: TrainConfig) -> dict:
+    return dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
+
+
 def _adamw(groups: list[dict], cfg: TrainConfig):
-    kwargs = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
+    kwargs = _adamw_settings(cfg)
     if not cfg.use_8bit_adam:
         # The fused kernel is one call for all parameters (the default loops over them): measured a
         # quarter off a toy-model step on CPU. It needs floating-point parameters on CPU or CUDA.

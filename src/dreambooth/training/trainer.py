@@ -119,7 +119,7 @@ class Trainer:
         self.memory.report()
         self._prepare_data(cfg, instance)
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
-        self.optimizer = make_optimizer(groups, cfg)
+        self.optimizer = make_optimizer(groups, cfg, self.trainables.values(), self.device, self.accelerator.num_processes)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
         if self.accelerator.num_processes > 1 and self.family.name == "sdxl" and self.trains_text:
             from accelerate.utils import DistributedDataParallelKwargs as DDPKwargs   # SDXL's first encoder's
@@ -263,7 +263,7 @@ class Trainer:
             cb.on_train_start(self)
         if self.validator:
             self._validate(self.validator.start)
-        kernels = step_kernels(self.trainables.values(), cfg.compile, cfg.gradient_checkpointing, self.device, self.autocast_dtype)
+        kernels = step_kernels(self.trainables.values(), cfg.compile, cfg.gradient_checkpointing, self.device, self.autocast_dtype, self.optimizer)
         # With fused AdamW a non-finite step is skipped on the device (its found_inf) and the loss read one step
         # late: no host sync in the step, so the GPU's queue never runs dry. Checkpoint, validation, last: at once.
         lagged = cfg.gradient_accumulation == 1 and (inner := fused_adamw(self.optimizer)) is not None
