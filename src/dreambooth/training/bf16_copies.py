@@ -57,13 +57,17 @@ def _kernels():
         return None
 
 
+def applies(cfg, device: str, processes: int) -> bool:
+    """Whether a run of ``cfg`` on a ``device`` of this type trains through bf16 copies, where inductor
+    can compile (see the module's docstring for why these conditions)."""
+    return (device == "cpu" and cfg.mixed_precision == "bf16" and cfg.method == "full" and processes == 1
+            and cfg.gradient_accumulation == 1 and not cfg.use_8bit_adam and not cfg.fused_backward_pass
+            and not cfg.compile)
+
+
 def copied_models(models, cfg, device: torch.device, processes: int) -> list | None:
-    """The trained models whose weights a run trains through bf16 copies, or None where it does not
-    (see the module's docstring for why these conditions)."""
-    applies = (device.type == "cpu" and cfg.mixed_precision == "bf16" and cfg.method == "full"
-               and processes == 1 and cfg.gradient_accumulation == 1 and not cfg.use_8bit_adam
-               and not cfg.fused_backward_pass and not cfg.compile)
-    return list(models) if applies and _kernels() is not None else None
+    """The trained models whose weights a run trains through bf16 copies, or None where it does not."""
+    return list(models) if applies(cfg, device.type, processes) and _kernels() is not None else None
 
 
 class AdamWWithBf16Copies(torch.optim.AdamW):

@@ -6,7 +6,8 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
 
 * weights, each part in the dtype ``Trainer.setup`` keeps it in: trainable weights fp32, a LoRA's
   frozen base UNet and frozen text encoders in the autocast dtype, the VAE fp32 unless fp16-safe;
-* gradients (fp32), and AdamW's two fp32 states per trainable weight (8-bit Adam: about 2 bytes);
+* gradients (fp32; bf16 where the run trains through bf16 copies), and AdamW's two fp32 states per
+  trainable weight (8-bit Adam: about 2 bytes);
 * activations of the UNet's forward and backward: the bytes each kind of block keeps for the
   backward pass per element of its input (measured with autograd's saved-tensor hooks; the same
   for SD1, SD2 and SDXL layouts) x the elements per latent pixel of this UNet's layout
@@ -32,6 +33,7 @@ import torch
 from .. import progress
 from ..devices import training_precision
 from ..errors import UserError
+from . import bf16_copies
 from .config import TrainConfig
 from .prior import class_folder, existing_class_images
 from .trainables import AUTOCAST, vae_dtype
@@ -213,7 +215,9 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     others = sizes.unet * 4 * (shards - 1) // shards
     weights -= others
     # --fused-backward-pass: one weight's gradient at a time (the largest, at worst)
-    gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * 4 // shards
+    # bf16 copies (bf16_copies): the gradients are the copies' (the estimate assumes inductor compiles)
+    grad_width = 2 if bf16_copies.applies(cfg, device, shards) else 4
+    gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * grad_width // shards
     optimizer = trainable * (2 if cfg.use_8bit_adam else 8) // shards
 
     batch = cfg.batch_size * (2 if cfg.use_prior else 1)
@@ -229,7 +233,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     if text_grad:
         text = sum(layers * hidden for layers, hidden in sizes.text_layers) * TEXT_TOKENS * TEXT_SAVED_PER_TOKEN * low
         kept += text * batch * (0.25 if cfg.gradient_checkpointing else 1.0)
-    if full and low == 2:               # autocast keeps a low-precision copy of each trainable weight
+    if full and low == 2:               # autocast keeps a low-precision copy of each trainable weight (or bf16_copies do)
         kept += 2 * trainable // shards
     factor, constant = ACTIVATION_FIT[(cfg.method, cfg.gradient_checkpointing)]
     act = factor * kept * (CUDA_ACTIVATION_SHARE if device == "cuda" else 1.0) + constant * GiB
