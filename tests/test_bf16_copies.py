@@ -3,6 +3,8 @@ convolution weights through bf16 copies that the optimizer keeps, instead of cas
 its gradient up every step. The gradients must be the plain path's, the updates AdamW's, and the state
 AdamW's, so that checkpoints resume either way."""
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -11,7 +13,13 @@ from dreambooth.training import bf16_copies
 from dreambooth.training.bf16_copies import AdamWWithBf16Copies
 from dreambooth.training.clipping import clip_gradients
 
-pytestmark = pytest.mark.skipif(bf16_copies._kernels() is None, reason="inductor cannot compile on this machine")
+# inductor writes the passes in C++: without a compiler a run trains as before (and these do not apply)
+COMPILER = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+pytestmark = pytest.mark.skipif(not COMPILER, reason="no C++ compiler for inductor on this machine")
+
+
+def test_the_passes_compile_where_there_is_a_compiler():
+    assert bf16_copies._kernels() is not None
 
 
 @pytest.fixture
