@@ -134,6 +134,7 @@ class AdamWWithBf16Copies(torch.optim.AdamW):
             lr = float(group["lr"])
             decay = torch.tensor(1.0 - lr * group["weight_decay"])
             b1, b2, eps = torch.tensor(beta1), torch.tensor(beta2), torch.tensor(group["eps"])
+            corrections = {}        # by step count: every weight of a group has the same one in practice
             for p in group["params"]:
                 copy = self.copies.get(p)
                 if copy is None or copy.grad is None:
@@ -145,8 +146,9 @@ class AdamWWithBf16Copies(torch.optim.AdamW):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = state["step"].item()
-                step_size = torch.tensor(lr / (1 - beta1 ** step))
-                inv_bc2_sqrt = torch.tensor((1 - beta2 ** step) ** -0.5)
+                if step not in corrections:     # AdamW's step size and second-moment correction
+                    corrections[step] = (torch.tensor(lr / (1 - beta1 ** step)), torch.tensor((1 - beta2 ** step) ** -0.5))
+                step_size, inv_bc2_sqrt = corrections[step]
                 self._update(p.detach().view(-1), copy.grad.reshape(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1),
                              copy.detach().view(-1), decay, b1, b2, step_size, inv_bc2_sqrt, eps, inv_scale)
                 self._versions[p] = p._version

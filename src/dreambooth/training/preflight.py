@@ -215,7 +215,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     others = sizes.unet * 4 * (shards - 1) // shards
     weights -= others
     # --fused-backward-pass: one weight's gradient at a time (the largest, at worst)
-    # bf16 copies (bf16_copies): the gradients are the copies' (the estimate assumes inductor compiles)
+    # bf16 copies (bf16_copies): the gradients are the copies' (the estimate assumes inductor compiles,
+    # and counts the processes of a DDP run, which keeps fp32 gradients, as one)
     grad_width = 2 if bf16_copies.applies(cfg, device, shards) else 4
     gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * grad_width // shards
     optimizer = trainable * (2 if cfg.use_8bit_adam else 8) // shards
