@@ -253,19 +253,20 @@ def test_gradient_checkpointing_trains_under_bf16_on_the_cpu(tiny_sd1, dog_photo
     assert result.steps == 2 and all(math.isfinite(v) for v in result.losses)
 
 
-def test_compile_that_cannot_compile_stops_in_one_line_and_writes_nothing(tiny_sd1, dog_photos, tmp_path, monkeypatch):
+def test_compile_that_cannot_compile_stops_in_one_line_and_writes_nothing(tiny_sd1, dog_photos, tmp_path):
     """A machine without a working C++ compiler (inductor's CPU code; triton needs one on a GPU too): the
     first step's compile fails, and the run says so in one line naming --compile."""
     import torch._dynamo
     import torch._inductor.config as inductor
     from dreambooth.errors import UserError
     from dreambooth.training.trainer import train
-    monkeypatch.setattr(inductor.cpp, "cxx", ("no-such-compiler",))
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)      # no compiled code from an earlier test
+    # inductor's own patch: pytest's monkeypatch deletes a config key on undo (its module hides them),
+    # which broke every later compile in the process. No compiled code from an earlier test either.
     torch._dynamo.reset()
-    with pytest.raises(UserError) as err:
+    with inductor.patch({"cpp.cxx": ("no-such-compiler",), "fx_graph_cache": False}), pytest.raises(UserError) as err:
         train(_compile_config(tiny_sd1, dog_photos, tmp_path / "o", method="lora", train_text_encoder=False, compile=True))
     torch._dynamo.reset()
+    assert inductor.fx_graph_cache is not None and inductor.cpp.cxx != ("no-such-compiler",)
     message = str(err.value)
     assert message.startswith("--compile: torch.compile cannot compile on this machine (") and "\n" not in message
     assert "no-such-compiler" in message and message.endswith("run without --compile")
