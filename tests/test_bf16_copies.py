@@ -137,7 +137,7 @@ def test_a_bf16_full_run_on_the_cpu_trains_through_copies_as_without(tiny_sd1, d
     expected = sum(1 for m in trainer.trainables.values() for mod in m.modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)))
     assert len(inner.copies) == expected > 0
     with_copies = trainer.fit()
-    monkeypatch.setattr(trainables, "copied_models", lambda *a: None)
+    monkeypatch.setattr(trainables, "keeps_copies", lambda *a: False)
     plain = Trainer(_config(tiny_sd1, dog_photos, tmp_path / "plain", max_steps=1)).setup()
     assert type(plain.optimizer.optimizer) is torch.optim.AdamW
     assert with_copies.losses == plain.fit().losses and math.isfinite(with_copies.losses[0])

@@ -116,8 +116,8 @@ def tight_memory(monkeypatch):
     """Free memory one byte short of what the run needs: the preflight must refuse it."""
     seen = {}
 
-    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1):
-        result = real(sizes, cfg, device, making_class_images, shards)
+    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1, processes=None):
+        result = real(sizes, cfg, device, making_class_images, shards, processes)
         seen.setdefault("first", result.total)     # the run's own estimate comes first
         return result
 
@@ -221,3 +221,15 @@ def test_with_cuda_graphs_and_lora_dropout_checkpointing_is_suggested_without_th
         assert suggested in found and not any(f.startswith("--gradient-checkpointing") and f != suggested for f in found)
         changes = {"gradient_checkpointing": True, **({"cuda_graphs": False} if "--no-cuda-graphs" in suggested else {})}
         cfg.replace(**changes).validate()
+
+
+def test_several_processes_count_fp32_gradients_and_are_not_offered_one_process_settings():
+    """One process of a bf16 full run on a CPU trains through bf16 copies (bf16_copies): half the gradient
+    bytes. DDP's processes keep fp32 gradients, and --fused-backward-pass (one process) is not for them."""
+    sizes, cfg = mid_sizes(), config(resolution=128, mixed_precision="bf16")
+    alone, ddp = pf.estimate(sizes, cfg, "cpu"), pf.estimate(sizes, cfg, "cpu", processes=2)
+    assert ddp.gradients == 2 * alone.gradients > 0
+    assert pf.estimate(sizes, cfg.replace(gradient_accumulation=2), "cpu").gradients == ddp.gradients
+    enough = pf.estimate(sizes, cfg.replace(fused_backward_pass=True), "cpu").total
+    assert "--fused-backward-pass" in dict(pf.fixes(sizes, cfg, "cpu", enough, limit=10))
+    assert "--fused-backward-pass" not in dict(pf.fixes(sizes, cfg, "cpu", enough, limit=10, processes=2))

@@ -65,9 +65,9 @@ def applies(cfg, device: str, processes: int) -> bool:
             and not cfg.compile)
 
 
-def copied_models(models, cfg, device: torch.device, processes: int) -> list | None:
-    """The trained models whose weights a run trains through bf16 copies, or None where it does not."""
-    return list(models) if applies(cfg, device.type, processes) and _kernels() is not None else None
+def keeps_copies(cfg, device: torch.device, processes: int) -> bool:
+    """Whether this run trains through bf16 copies: where they apply and this machine can compile."""
+    return applies(cfg, device.type, processes) and _kernels() is not None
 
 
 class AdamWWithBf16Copies(torch.optim.AdamW):

@@ -189,10 +189,11 @@ def model_sizes(pipe, family) -> ModelSizes:
 
 # ----- the estimate ---------------------------------------------------------------------------------
 def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_class_images: bool = True,
-             shards: int = 1) -> MemoryEstimate:
+             shards: int = 1, processes: int | None = None) -> MemoryEstimate:
     """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
     "cuda", "mps"), class images made first or not, in one process of ``shards`` that split the
-    trained weights, their gradients and AdamW's state (FSDP; 1: each holds all); see the module's notes."""
+    trained weights, their gradients and AdamW's state (FSDP; 1: each holds all), of ``processes`` in
+    all (default: ``shards``; DDP runs several that hold all); see the module's notes."""
     low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
     full, lora = cfg.method == "full", cfg.method == "lora"
     shards = shards if full else 1      # FSDP takes full fine-tuning only (guard.NOT_SHARDED)
@@ -215,9 +216,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     others = sizes.unet * 4 * (shards - 1) // shards
     weights -= others
     # --fused-backward-pass: one weight's gradient at a time (the largest, at worst)
-    # bf16 copies (bf16_copies): the gradients are the copies' (the estimate assumes inductor compiles,
-    # and counts the processes of a DDP run, which keeps fp32 gradients, as one)
-    grad_width = 2 if bf16_copies.applies(cfg, device, shards) else 4
+    # bf16 copies (bf16_copies): the gradients are the copies' (the estimate assumes inductor compiles)
+    grad_width = 2 if bf16_copies.applies(cfg, device, processes or shards) else 4
     gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * grad_width // shards
     optimizer = trainable * (2 if cfg.use_8bit_adam else 8) // shards
 
@@ -288,13 +288,16 @@ def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
 
 
 def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3,
-          making_class_images: bool = True, shards: int = 1) -> list[tuple[str, MemoryEstimate]]:
+          making_class_images: bool = True, shards: int = 1, processes: int | None = None) -> list[tuple[str, MemoryEstimate]]:
     """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
     in order of what they cost (speed first, then fidelity), else the cheapest of them that fit together,
     at the highest resolution any combination reaches.
-    Sharded (FSDP, ``shards`` > 1), only those FSDP takes (``guard.NOT_SHARDED``)."""
+    Sharded (FSDP, ``shards`` > 1), only those FSDP takes (``guard.NOT_SHARDED``); with several
+    ``processes`` (default: ``shards``), none that needs one process."""
+    processes = processes or shards
+
     def fits(c: TrainConfig) -> MemoryEstimate:
-        return estimate(sizes, c, device, making_class_images, shards)
+        return estimate(sizes, c, device, making_class_images, shards, processes)
     changes: list[tuple[str, dict]] = []
     if not cfg.gradient_checkpointing:         # graphs record checkpointing only without dropout (config)
         graphs_off = cfg.cuda_graphs and cfg.adapters_draw_random_numbers
@@ -303,7 +306,7 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     if device == "cuda" and not cfg.use_8bit_adam and shards == 1:
         changes.append(("--use-8bit-adam", {"use_8bit_adam": True}))
     if cfg.method == "full" and not cfg.fused_backward_pass and cfg.gradient_accumulation == 1 \
-            and cfg.mixed_precision != "fp16" and shards == 1:
+            and cfg.mixed_precision != "fp16" and processes == 1:
         changes.append(("--fused-backward-pass", {"fused_backward_pass": True}))
     if cfg.mixed_precision == "no":      # fp16 on a GPU without bf16 in hardware (emulated bf16 is slow)
         low = "fp16" if training_precision(torch.device(device)) == "fp16" else "bf16"
@@ -376,19 +379,19 @@ class Preflight:
                           f"{est.device}; going on (--force)")
 
 
-def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1) -> Preflight:
-    """Estimate this run's peak memory (in each of ``shards`` FSDP processes); raise a one-line
+def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes: int | None = None) -> Preflight:
+    """Estimate this run's peak memory (in each of ``shards`` FSDP processes, of ``processes``); raise a one-line
     UserError when it exceeds the device's free memory, naming the cheapest settings that would fit,
     unless ``cfg.force``. Prints nothing: ``report()`` does, once the run is past the checks that need no memory."""
     import torch
     kind = torch.device(device).type
     sizes = model_sizes(pipe, family)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
-    est = estimate(sizes, cfg, kind, making, shards)
+    est = estimate(sizes, cfg, kind, making, shards, processes)
     available = available_memory(device)
     if available is None or est.total <= available or cfg.force:
         return Preflight(est, available)
-    found = fixes(sizes, cfg, kind, available, making_class_images=making, shards=shards)
+    found = fixes(sizes, cfg, kind, available, making_class_images=making, shards=shards, processes=processes)
     if found:
         advice = "settings that fit: " + ", ".join(f"{flags} (about {gib(e.total)} GiB)" for flags, e in found)
     else:

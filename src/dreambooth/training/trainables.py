@@ -14,7 +14,7 @@ from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
 from ..models.tokens import identifier_words
-from .bf16_copies import AdamWWithBf16Copies, copied_models
+from .bf16_copies import AdamWWithBf16Copies, keeps_copies
 from .config import TrainConfig
 from .cuda_graphs import checkpoint_for_graphs
 from .fused_backward import PerWeightOptimizer
@@ -112,8 +112,8 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig, models=(), device=torch
     convolution weights of the trained ``models`` through bf16 copies (``bf16_copies``)."""
     if cfg.fused_backward_pass:
         return PerWeightOptimizer(groups, lambda group: _adamw(group, cfg))
-    if copied := copied_models(models, cfg, device, processes):
-        return AdamWWithBf16Copies(groups, copied, **_adamw_settings(cfg))
+    if keeps_copies(cfg, device, processes):
+        return AdamWWithBf16Copies(groups, models, **_adamw_settings(cfg))
     return _adamw(groups, cfg)
 
 

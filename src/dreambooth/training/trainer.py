@@ -111,7 +111,7 @@ class Trainer:
         instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
                                  warn=self._warn, masks=cfg.masked_loss)
         shards = shard_count(self.accelerator, fsdp, self._warn)
-        self.memory = preflight(pipe, self.family, cfg, self.device, shards)    # may refuse: nothing is written yet
+        self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
         self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
         if self.accelerator.is_main_process:
             self.stage.prepare()
