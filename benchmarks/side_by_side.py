@@ -63,6 +63,8 @@ class Case:
     ours_extra: list[str] = field(default_factory=list)
     e2e: int = 0                     # > 0: one end-to-end run of steps[1] steps that makes this many class images
     peer: bool = True                # False: ours alone (no peer script applies)
+    peer_extra: list[str] = field(default_factory=list)
+    batch: int = 4                   # images a batch, when generating
     estimate: float = 60.0           # seconds both sides take where the case is meant to run (for --budget)
 
 
@@ -78,7 +80,11 @@ CPU_FULL = [
     Case("SD1.5 LoRA rank 4, 512 px, fp32", "sd15", resolution=512, steps=(1, 3)),
     Case("SD1.5 LoRA rank 4, 512 px, bf16", "sd15", precision="bf16", resolution=512, steps=(1, 3)),
 ]
-CPU_GENERATE = [Case("generate mid 256 px, Euler a 20 steps, CFG 7, batch 4", "mid", "generate", resolution=256, steps=(1, 2))]
+# diffusers' pipeline in its default fp32 and in bf16 (a CPU with bf16 in hardware); ours at its default
+CPU_GENERATE = [Case(f"generate mid 256 px, Euler a 20 steps, CFG 7, batch 4, diffusers in {dtype}", "mid", "generate",
+                     resolution=256, steps=(1, 2), peer_extra=["--dtype", dtype]) for dtype in ("fp32", "bf16")]
+CPU_FULL += [Case(f"generate SD1.5 512 px, Euler a 20 steps, CFG 7, batch 1, diffusers in {dtype}", "sd15", "generate",
+                  resolution=512, steps=(1, 2), batch=1, peer_extra=["--dtype", dtype]) for dtype in ("fp32", "bf16")]
 # In order of importance: --budget drops the last ones first.
 GPU = [
     Case("SD1.5 LoRA rank 4, 512 px, bf16", "sd15", precision="bf16", resolution=512, steps=(20, 170), estimate=100),
@@ -142,10 +148,10 @@ def commands(case: Case, model: Path, work: Path, steps: int, peers: Path, side:
     if case.method == "generate":
         ours = ["-m", "dreambooth.cli.main", "generate", "--model", str(model), "--prompt", "a photo of a dog",
                 "--sampler", "Euler a", "--steps", "20", "--cfg", "7", "--seed", "0", "--width", str(case.resolution),
-                "--height", str(case.resolution), "--batch-size", "4", "--batch-count", str(steps),
+                "--height", str(case.resolution), "--batch-size", str(case.batch), "--batch-count", str(steps),
                 "--output", str(work / "generated"), *case.ours_extra]
         peer = [str(HERE / "diffusers_generate.py"), str(model), "--size", str(case.resolution), "--steps", "20",
-                "--cfg", "7", "--batch-size", "4", "--batches", str(steps)]
+                "--cfg", "7", "--batch-size", str(case.batch), "--batches", str(steps), *case.peer_extra]
         if gpu():                    # ours generates in fp16 on CUDA; so does a diffusers user
             peer += ["--dtype", "fp16"]
         return ours, peer

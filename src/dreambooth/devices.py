@@ -40,15 +40,24 @@ PRECISIONS = {dtype: name for name, dtype in DTYPES.items() if dtype is not None
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
     """The CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 sampling takes about two
     thirds of fp32's time (measured, docs/benchmarks.md); elsewhere bf16 is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """The CPU has AMX tiles for bf16 (Intel Xeon from Sapphire Rapids on)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def generation_dtype(device: torch.device) -> torch.dtype:

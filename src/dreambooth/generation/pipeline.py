@@ -18,6 +18,7 @@ from ..errors import UserError, exception_line
 from ..host_memory import keep_freed_host_memory
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
+from ..models.conv_layout import to_channels_last
 from ..models.loading import load_pipeline
 from ..models.specs import is_lora_output, lora_output_base, resolve_model
 from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
@@ -130,7 +131,11 @@ class GenerationPipeline:
         return resident + active
 
     def to(self, device) -> "GenerationPipeline":
+        """Moved to ``device`` for generation alone: the convolutions go channels-last there for good
+        where that pays (models/conv_layout.py); a trainer's pipeline is never moved here."""
         self.pipe.to(device)
+        for module in (self.pipe.unet, self.pipe.vae):
+            to_channels_last(module)
         return self
 
 

@@ -29,6 +29,7 @@ from .. import progress
 from ..devices import PRECISIONS
 from ..errors import file_operation
 from ..images import as_image, write_png
+from ..models.conv_layout import channels_last_convs
 from ..outputs import claim_numbered
 from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
@@ -220,7 +221,7 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
             call.update(mask_image=[mask] * n, width=params.width, height=params.height)
     previous, runner.scheduler = runner.scheduler, scheduler
     try:
-        with _without_grad(runner.unet):
+        with channels_last_convs(runner.unet, autocast), channels_last_convs(runner.vae), _without_grad(runner.unet):
             if autocast is None:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import progress
+from ..models.conv_layout import channels_last_convs
 from .data import Batch
 from .parking import Parking
 
@@ -32,7 +33,7 @@ class LatentCache:
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior's (mean, std) of ``pixels``, fp32."""
         vae = self.parking.ready(self.vae)
-        with torch.no_grad():
+        with torch.no_grad(), channels_last_convs(vae):
             dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 

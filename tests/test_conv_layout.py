@@ -1,0 +1,99 @@
+"""Sampling in bf16 on a CPU with AMX runs the UNet's and the VAE's convolutions channels-last
+(models/conv_layout.py), and so does the latent cache's encoding: a generation pipeline for good, a
+trainer's modules for each pass only, their weights coming back as they were, usable by autograd."""
+import pytest
+import torch
+from PIL import Image
+
+from dreambooth.generation.params import GenerationParams
+from dreambooth.generation.pipeline import load_generation_pipeline
+from dreambooth.generation.sampling import generate
+from dreambooth.models import conv_layout
+from dreambooth.models.conv_layout import channels_last_convs
+from dreambooth.training.latents import LatentCache
+
+
+def strided_channels_last(weight) -> bool:
+    return weight.stride() == weight.clone(memory_format=torch.channels_last).stride()
+
+
+def channels_last(module) -> list[bool]:
+    return [strided_channels_last(m.weight) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+@pytest.fixture
+def amx(monkeypatch):
+    monkeypatch.setattr(conv_layout, "cpu_has_amx", lambda: True)
+
+
+def convs_seen(vae) -> list[tuple[str, bool]]:
+    """(encoder or decoder, whether its first convolution's weight was channels-last) of each VAE pass."""
+    seen = []
+    for part in ("encoder", "decoder"):
+        getattr(vae, part).conv_in.register_forward_pre_hook(
+            lambda m, a, part=part: seen.append((part, strided_channels_last(m.weight))))
+    return seen
+
+
+def test_inside_channels_last_afterwards_as_before_and_trainable(amx):
+    # 1x1 convolutions too: their weights count as contiguous in either layout, but run as strided
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)).bfloat16()
+    before = [p.detach().clone() for p in net.parameters()]
+    with torch.inference_mode(), channels_last_convs(net):       # entered under inference mode, as sampling may be
+        assert all(channels_last(net))
+        net(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16))
+    assert not any(channels_last(net))
+    assert all(p.stride() == b.stride() and torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    net(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16)).sum().backward()      # not inference tensors
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_only_bf16_on_a_cpu_with_amx(monkeypatch):
+    net = torch.nn.Conv2d(4, 4, 3)
+    for amx_here, dtype, expected in [(True, torch.bfloat16, True), (True, torch.float32, False),
+                                      (False, torch.bfloat16, False)]:
+        monkeypatch.setattr(conv_layout, "cpu_has_amx", lambda: amx_here)
+        net.to(dtype)
+        with channels_last_convs(net):
+            assert channels_last(net) == [expected]
+
+
+def test_a_generation_pipeline_keeps_its_convolutions_channels_last(amx, tiny_sd1):
+    pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.bfloat16)
+    vae, unet = pipeline.pipe.vae, pipeline.pipe.unet
+    assert all(channels_last(vae)) and all(channels_last(unet))      # once, at loading
+    seen = convs_seen(vae)
+    made = generate(pipeline, GenerationParams("a dog", steps=2, width=16, height=16, seed=1))
+    assert seen == [("decoder", True)]
+    seen.clear()
+    generate(pipeline, GenerationParams("a dog", steps=2, width=16, height=16, seed=1, init_image=made[0].image))
+    assert seen == [("encoder", True), ("decoder", True)]       # img2img: encoded and decoded so
+    assert all(channels_last(vae)) and all(channels_last(unet))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_trainers_modules_only_during_each_pass(amx, tiny_sd1, autocast):
+    # a trainer's pipeline is not moved by GenerationPipeline.to: validation and the latent cache put
+    # its modules in channels-last for their passes only; under bf16 autocast its fp32 UNet too
+    from dreambooth.generation.pipeline import GenerationPipeline
+    from dreambooth.models.loading import load_pipeline
+    pipe = load_pipeline(str(tiny_sd1), dtype=torch.bfloat16)
+    if autocast:
+        pipe.unet.float()
+    seen = convs_seen(pipe.vae)
+    unet_seen = []
+    pipe.unet.conv_in.register_forward_pre_hook(lambda m, a: unet_seen.append(strided_channels_last(m.weight)))
+    generate(GenerationPipeline(pipe), GenerationParams("a dog", steps=2, width=16, height=16, seed=1),
+             autocast=torch.bfloat16 if autocast else None)
+    assert seen == [("decoder", True)] and unet_seen == [True, True]
+    assert not any(channels_last(pipe.vae)) and not any(channels_last(pipe.unet))
+    seen.clear()
+    LatentCache(pipe.vae, torch.device("cpu")).encode(torch.zeros(1, 3, 16, 16))
+    assert seen == [("encoder", True)] and not any(channels_last(pipe.vae))
+
+
+def test_fp32_sampling_leaves_the_layout(amx, tiny_sd1):
+    pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.float32)
+    seen = convs_seen(pipeline.pipe.vae)
+    generate(pipeline, GenerationParams("a dog", steps=2, width=16, height=16, seed=1))
+    assert seen == [("decoder", False)] and not any(channels_last(pipeline.pipe.unet))
