@@ -30,3 +30,14 @@ def keep_freed_host_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_freed_host_memory() -> None:
+    """Give freed heap memory back to the system now (glibc's malloc_trim), after a one-off burst of
+    frees such as a model's weights copied into another layout: with trimming off it would stay in the
+    process, out of reach of blocks of other sizes, and raise its peak. Elsewhere nothing happens."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass

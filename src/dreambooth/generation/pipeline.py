@@ -15,10 +15,10 @@ import torch
 
 from ..devices import generation_dtype, pick_device
 from ..errors import UserError, exception_line
-from ..host_memory import keep_freed_host_memory
+from ..host_memory import keep_freed_host_memory, release_freed_host_memory
+from ..models.conv_layout import to_channels_last
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
-from ..models.conv_layout import to_channels_last
 from ..models.loading import load_pipeline
 from ..models.specs import is_lora_output, lora_output_base, resolve_model
 from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
@@ -134,8 +134,8 @@ class GenerationPipeline:
         """Moved to ``device`` for generation alone: the convolutions go channels-last there for good
         where that pays (models/conv_layout.py); a trainer's pipeline is never moved here."""
         self.pipe.to(device)
-        for module in (self.pipe.unet, self.pipe.vae):
-            to_channels_last(module)
+        if [w for module in (self.pipe.unet, self.pipe.vae) for w in to_channels_last(module)]:
+            release_freed_host_memory()     # their old copies (mid-size model: 0.27 GiB held, 0.14 of the peak)
         return self
 
 
