@@ -17,17 +17,24 @@ MMAP_THRESHOLD = 32 << 20                         # glibc's own ceiling for it o
 TRIM_THRESHOLD = 2**31 - 1                        # mallopt takes an int: effectively never trim
 
 
+def _libc(symbol: str):
+    """``symbol`` of the C library when it has one (glibc's mallopt, malloc_trim), else None."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), symbol)
+    except (OSError, AttributeError):
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def keep_freed_host_memory() -> bool:
     """Blocks up to 32 MiB come from the heap and freed memory stays in the process for the next
     step. The cost: the process's RSS does not shrink after a peak. True when glibc took it; False
     elsewhere (macOS, Windows, musl), where nothing changes."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
@@ -36,8 +43,6 @@ def release_freed_host_memory() -> None:
     """Give freed heap memory back to the system now (glibc's malloc_trim), after a one-off burst of
     frees such as a model's weights copied into another layout: with trimming off it would stay in the
     process, out of reach of blocks of other sizes, and raise its peak. Elsewhere nothing happens."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
+    trim = _libc("malloc_trim")
+    if trim is not None:
+        trim(0)

@@ -33,7 +33,7 @@ def _channels_last(weight: torch.Tensor) -> bool:
     """Strided as channels-last. ``is_contiguous(memory_format=...)`` would not do: it ignores dims of
     size 1, so a 1x1 convolution's weight passes either way, and oneDNN then runs it, and converts its
     input, in the layout of its actual strides."""
-    out, inp, height, width = weight.shape
+    _, inp, height, width = weight.shape
     return weight.stride() == (inp * height * width, 1, width * inp, inp)
 
 
