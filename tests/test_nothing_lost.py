@@ -270,3 +270,27 @@ def test_an_unreadable_photo_folder_is_one_line(tiny_sd1, tmp_path, monkeypatch)
     monkeypatch.setattr(Path, "iterdir", refuse)
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", tmp_path / "o")
     one_line_error(code, err, "--instance-dir", str(photos), "cannot read the folder", "Permission denied")
+
+
+def test_saving_mid_run_leaves_the_weights_in_training_as_they_were(tiny_sd1, dog_photos, tmp_path):
+    """--keep-best saves the model mid-run; with --save-precision fp16 that once cast the trained UNet and
+    text encoder to fp16 in place, so the run went on from rounded weights (its losses changed)."""
+    import torch
+
+    from conftest import saved_weights
+    from dreambooth.training.config import build_config
+    from dreambooth.training.trainer import Trainer
+    cfg = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                                  method="full", train_text_encoder=True, resolution=32, max_steps=1,
+                                  save_precision="fp16", output=str(tmp_path / "out")))
+    trainer = Trainer(cfg, []).setup()
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in trainer.trainables.items()}
+    trainer.save_model(tmp_path / "best")
+    for name, module in trainer.trainables.items():
+        for key, value in module.state_dict().items():
+            assert value.dtype == torch.float32 and torch.equal(value, before[name][key]), f"{name}.{key}"
+    saved = saved_weights(tmp_path / "best")
+    for name, file in (("unet", "unet/diffusion_pytorch_model.safetensors"), ("text_encoder", "text_encoder/model.safetensors")):
+        assert saved[file].keys() <= before[name].keys() and len(saved[file]) > 10
+        for key, value in saved[file].items():
+            assert value.dtype == torch.float16 and torch.equal(value, before[name][key].half()), f"{file} {key}"

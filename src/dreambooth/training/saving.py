@@ -69,9 +69,10 @@ def _save_full(run, directory: Path, weights: dict[str, torch.Tensor] | None) ->
     cfg = run.config
     dtype = SAVE_DTYPES[cfg.save_precision]
     # Frozen parts are reloaded from the base so low-precision training copies never leak into the output;
-    # gathered weights go into the base's own modules (the trained ones hold shards).
-    trained = dict(run.trainables) if weights is None else {}
+    # gathered weights go into the base's own modules (the trained ones hold shards). The trained
+    # modules themselves are never cast: --keep-best saves mid-run, and the run goes on with them.
     with merged_identifier(run.family.text_encoders):   # a plain embedding matrix in the output
+        trained = {name: saving_copy(model, dtype) for name, model in run.trainables.items()} if weights is None else {}
         base = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config, components=trained)
         for name in run.trainables if weights is not None else ():
             getattr(base, name).load_state_dict(
@@ -80,13 +81,27 @@ def _save_full(run, directory: Path, weights: dict[str, torch.Tensor] | None) ->
             if getattr(base, name, None) is not None:
                 move(getattr(base, name), "cpu", dtype)
         base.save_pretrained(directory, safe_serialization=True)
-        for model in trained.values():
-            move(model, run.device, torch.float32)
     as_user_file(directory)
     files = [directory / "model_index.json"]
     if cfg.export_single_file:
         files.append(export_single_file(directory, named_weights_file(directory), run.family.name, dtype=dtype))
     return files
+
+
+def saving_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module``'s architecture holding its weights on the CPU in ``dtype``, for writing; ``module`` is
+    left as it is. Built on the meta device, so it holds nothing but the cast weights (none at all
+    where they already are CPU tensors of ``dtype``: those are shared)."""
+    from diffusers import ModelMixin
+    with torch.device("meta"):
+        copy = type(module).from_config(module.config) if isinstance(module, ModelMixin) else type(module)(module.config)
+    weights = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in module.state_dict().items()}
+    copy.load_state_dict(weights, strict=True, assign=True)
+    for name, buffer in module.named_buffers():     # those not in the state dict (non-persistent) too
+        owner, _, leaf = name.rpartition(".")
+        if copy.get_buffer(name).is_meta:
+            copy.get_submodule(owner)._buffers[leaf] = buffer.detach().to("cpu")
+    return copy.eval()
 
 
 def keep_best(output: Path, best: Path | None) -> None:
