@@ -153,3 +153,29 @@ def test_pictures_whose_latents_are_kept_are_not_made(dog_photos):
         for row, key in enumerate(a.cache_keys):
             want = a.pixels[row] if key[0] % 2 == 0 else torch.zeros_like(a.pixels[row])
             assert torch.equal(c.pixels[row], want)
+
+
+def test_a_part_reaches_the_device_in_its_own_precision():
+    """Every weight is cast on its way: the device never holds the part at the checkpoint's precision
+    (an SDXL LoRA's frozen UNet, moved in fp32 and cast there, put 9.6 GiB on the GPU, more than its
+    steps hold). The meta device stands in for the GPU: what is made there, and in which dtype."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dreambooth.training.trainables import move
+
+    class Made(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.is_meta:
+                self.dtypes.append(out.dtype)
+            return out
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv2d(4, 4, 1))
+    module.dtype = torch.float32          # as diffusers' and transformers' models tell theirs
+    with Made() as made:
+        move(module, "meta", torch.bfloat16)
+    assert made.dtypes == [torch.bfloat16] * 4 and all(p.is_meta and p.dtype == torch.bfloat16 for p in module.parameters())
