@@ -152,8 +152,17 @@ def test_load_pipeline_sd1_and_default_fp16(tiny_sd1, tmp_path):
     reference = _load_folder(tiny_sd1, False)
     pipe = load_pipeline(str(path), model_config=str(tiny_sd1))
     assert isinstance(pipe, StableDiffusionPipeline)
+    # parts stay in the file's fp16 (the trainer casts each as it places it), not upcast at loading;
+    # cast up afterwards, or loaded as fp32 when asked, they hold the same values
+    upcast = load_pipeline(str(path), model_config=str(tiny_sd1), dtype=torch.float32)
+    for name in ("unet", "vae", "text_encoder"):
+        part, wide = getattr(pipe, name), getattr(upcast, name)
+        assert part.dtype == torch.float16 and wide.dtype == torch.float32
+        wide_state = wide.state_dict()
+        for key, value in part.state_dict().items():
+            assert torch.equal(value.to(wide_state[key].dtype), wide_state[key]), f"{name}.{key}"
     for key, value in reference.unet.state_dict().items():
-        assert torch.equal(pipe.unet.state_dict()[key], value.half().float()), key
+        assert torch.equal(upcast.unet.state_dict()[key], value.half().float()), key
 
 
 def test_sd2_layout_and_v_prediction_marker(tiny_sd2, tmp_path):
@@ -234,3 +243,38 @@ def test_full_size_layout_is_what_diffusers_reads(kind):
         back = {k.removeprefix("text_model."): v for k, v in back.items()}
         assert set(back) == set(want), sorted(set(back) ^ set(want))[:5]
         assert all(back[k].shape == want[k].shape for k in want)
+
+
+def test_training_from_an_fp16_file_matches_training_from_it_upcast(tiny_sd1, dog_photos, tmp_path, monkeypatch):
+    """A single fp16 file loads as fp16 and the trainer casts each part where it places it (bf16 for the
+    frozen VAE, fp32 for the trained UNet and text encoder): the run is the one that upcast everything
+    while loading, bit for bit, without holding every part in fp32 at once."""
+    import json
+
+    from conftest import run_cli, saved_weights
+    from dreambooth.models import loading
+    path = export_single_file(tiny_sd1, tmp_path / "model.safetensors", "sd1")      # fp16
+    args = ["train", "--model", path, "--model-config", tiny_sd1, "--instance-dir", dog_photos,
+            "--instance-prompt", "a photo of sks dog", "--method", "full", "--train-text-encoder",
+            "--mixed-precision", "bf16", "--resolution", "32", "--max-steps", "2"]
+    from dreambooth.training import trainer
+    loaded, load = [], trainer.load_pipeline
+
+    def load_and_look(*a, **k):
+        pipe = load(*a, **k)
+        loaded.append({name: getattr(pipe, name).dtype for name in ("unet", "vae", "text_encoder")})
+        return pipe
+    monkeypatch.setattr(trainer, "load_pipeline", load_and_look)
+    code, _, err = run_cli(*args, "--output", tmp_path / "kept")
+    assert code == 0, err
+    assert loaded == [dict.fromkeys(("unet", "vae", "text_encoder"), torch.float16)]
+    real = loading._single_file_type
+    monkeypatch.setattr(loading, "_single_file_type", lambda p: (real(p)[0], None))    # upcast while loading
+    code, _, err = run_cli(*args, "--output", tmp_path / "upcast")
+    assert code == 0, err
+    losses = [json.loads((tmp_path / o / "training_args.json").read_text())["losses"] for o in ("kept", "upcast")]
+    assert losses[0] == losses[1]
+    kept, upcast = saved_weights(tmp_path / "kept"), saved_weights(tmp_path / "upcast")
+    assert kept.keys() == upcast.keys() and len(kept) >= 3
+    for file in kept:
+        assert all(torch.equal(kept[file][k], upcast[file][k]) for k in kept[file]), file
