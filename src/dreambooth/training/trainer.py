@@ -64,6 +64,7 @@ class Trainer:
     def setup(self) -> "Trainer":
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
+        from accelerate.utils import AutocastKwargs
         from diffusers import DDPMScheduler
 
         cpu = not torch.cuda.is_available()
@@ -76,8 +77,12 @@ class Trainer:
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
         fsdp = check_distributed(cfg)
+        # autocast's cache would keep a low-precision copy of every weight it casts until the model's
+        # forward pass returns: the trained weights' copies, dropped by checkpointing, all at once (SDXL
+        # full: 4.8 GiB). Each weight is cast once a pass either way, so nothing is cast twice without it.
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                                       cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp))
+                                       cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp),
+                                       kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
