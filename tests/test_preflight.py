@@ -233,3 +233,20 @@ def test_several_processes_count_fp32_gradients_and_are_not_offered_one_process_
     enough = pf.estimate(sizes, cfg.replace(fused_backward_pass=True), "cpu").total
     assert "--fused-backward-pass" in dict(pf.fixes(sizes, cfg, "cpu", enough, limit=10))
     assert "--fused-backward-pass" not in dict(pf.fixes(sizes, cfg, "cpu", enough, limit=10, processes=2))
+
+
+def test_on_a_gpu_frozen_text_encoders_wait_on_the_cpu_during_the_steps():
+    """The steps' peak leaves out the frozen text encoders the trainer parks on the CPU, and the run's
+    peak is at least setup's, when every part is on the device; a trained encoder stays, and on the
+    CPU nothing moves. Checkpointing's share of the activations is the smaller one on a GPU."""
+    sizes = sd15_sizes()
+    lora = config(method="lora", train_text_encoder=False, mixed_precision="bf16")
+    gpu, cpu = pf.estimate(sizes, lora, "cuda", False), pf.estimate(sizes, lora, "cpu", False)
+    assert gpu.parked == sum(sizes.text_encoders) * 2 > 0 and cpu.parked == 0
+    assert gpu.total == gpu.weights - gpu.parked + gpu.gradients + gpu.optimizer + gpu.activations + gpu.runtime
+    assert "of them on the CPU during the steps" in gpu.describe() and "CPU during" not in cpu.describe()
+    assert pf.estimate(sizes, lora.replace(train_text_encoder=True), "cuda", False).parked == 0
+    tiny = pf.MemoryEstimate(weights=10, gradients=0, optimizer=0, activations=1, runtime=2, device="cuda", parked=5)
+    assert tiny.total == 12                 # setup: all 10 on the device, more than the steps' 6
+    checkpointed = pf.estimate(sizes, lora.replace(gradient_checkpointing=True), "cuda", False)
+    assert checkpointed.activations < gpu.activations

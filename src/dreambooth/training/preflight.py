@@ -5,7 +5,9 @@ The estimate (:func:`estimate`) is a pure function of the model's sizes (:class:
 from the loaded pipeline by :func:`model_sizes`), the configuration and the device type:
 
 * weights, each part in the dtype ``Trainer.setup`` keeps it in: trainable weights fp32, a LoRA's
-  frozen base UNet and frozen text encoders in the autocast dtype, the VAE fp32 unless fp16-safe;
+  frozen base UNet and frozen text encoders in the autocast dtype, the VAE fp32 unless fp16-safe.
+  On a GPU frozen text encoders wait on the CPU during the steps, so the peak is the larger of the
+  steps' and setup's (every part on the device, nothing else yet);
 * gradients (fp32; bf16 where the run trains through bf16 copies), and AdamW's two fp32 states per
   trainable weight (8-bit Adam: about 2 bytes);
 * activations of the UNet's forward and backward: the bytes each kind of block keeps for the
@@ -15,7 +17,8 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
   the backward pass itself holds, calibrated against the measured peaks of real runs
   (``benchmarks/preflight_check.py``; ``docs/benchmarks.md``). With gradient checkpointing only each
   block's input is kept, plus one block's activations at a time. Under mixed precision, a full run
-  also keeps a low-precision copy of each trainable weight (autocast's cache);
+  also keeps a low-precision copy of each trainable weight (bf16 copies, or autocast's casts saved
+  for the backward pass; with checkpointing those are cast again as each block is recomputed);
 * class-image generation (inference with CFG, the VAE decoding at full size) and the VAE encoding a
   batch: transients that count when they are larger than what training holds at the time;
 * sharded (FSDP over N processes, ``shards``): 1/N of the trained weights, their gradients and AdamW's
@@ -57,9 +60,12 @@ TEXT_TOKENS = 77
 CPU_RUNTIME = int(0.45 * GiB)  # Python, torch, diffusers, transformers, tokenizers: RSS before any weight
 CUDA_RUNTIME = int(0.25 * GiB) # cuBLAS/cuDNN workspaces and the caching allocator's rounding (not calibrated)
 # A CUDA step holds less than a CPU one over what autograd keeps (flash attention; the caching
-# allocator frees as the backward goes): fitted to max_memory_allocated on an H200 (SD1.5 LoRA and
-# full + text encoder at 512 px, SDXL LoRA at 1024 px with checkpointing; docs/benchmarks.md).
-CUDA_ACTIVATION_SHARE = 0.45
+# allocator frees as the backward goes), by gradient checkpointing: fitted to the steps' peak
+# max_memory_allocated on an H200 (without: SD1.5 LoRA and full + text encoder at 512 px; with:
+# SD1.5 LoRA, SD1.5 full + text encoder with 8-bit Adam, SDXL LoRA and full at 1024 px;
+# docs/benchmarks.md). The first fit (0.45 for all) took whole-run peaks that parts moved to the
+# GPU in fp32 before their cast had set.
+CUDA_ACTIVATION_SHARE = {False: 0.45, True: 0.16}
 MIN_RESOLUTION = 256           # lower resolutions are not suggested
 
 
@@ -92,10 +98,13 @@ class MemoryEstimate:
     activations: int
     runtime: int
     device: str
+    parked: int = 0         # of the weights, what waits on the CPU during the steps
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+        """The larger of the steps' peak and setup's, when every part is on the device and nothing else."""
+        steps = self.weights - self.parked + self.gradients + self.optimizer + self.activations
+        return max(steps, self.weights) + self.runtime
 
     def describe(self, what: str = "") -> str:
         """``about 5.1 GiB peak (weights 3.4, gradients 0.0, ...)``: what ``what`` names, in GiB."""
@@ -103,7 +112,10 @@ class MemoryEstimate:
                  ("activations", self.activations)]
         if self.runtime:
             parts.append(("runtime", self.runtime))
-        return f"about {gib(self.total)} GiB{' ' + what if what else ''} ({', '.join(f'{name} {gib(v)}' for name, v in parts)})"
+        listed = ", ".join(f"{name} {gib(v)}" for name, v in parts)
+        if self.parked:
+            listed = listed.replace(", gradients", f" ({gib(self.parked)} of them on the CPU during the steps), gradients", 1)
+        return f"about {gib(self.total)} GiB{' ' + what if what else ''} ({listed})"
 
 
 def gib(n: float) -> str:
@@ -217,7 +229,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     weights -= others
     # --fused-backward-pass: one weight's gradient at a time (the largest, at worst)
     # bf16 copies (bf16_copies): the gradients are the copies' (the estimate assumes inductor compiles)
-    grad_width = 2 if bf16_copies.applies(cfg, device, processes or shards) else 4
+    copies = bf16_copies.applies(cfg, device, processes or shards)
+    grad_width = 2 if copies else 4
     gradients = (min(trainable, sizes.largest_weight) if cfg.fused_backward_pass else trainable) * grad_width // shards
     optimizer = trainable * (2 if cfg.use_8bit_adam else 8) // shards
 
@@ -234,10 +247,12 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     if text_grad:
         text = sum(layers * hidden for layers, hidden in sizes.text_layers) * TEXT_TOKENS * TEXT_SAVED_PER_TOKEN * low
         kept += text * batch * (0.25 if cfg.gradient_checkpointing else 1.0)
-    if full and low == 2:               # autocast keeps a low-precision copy of each trainable weight (or bf16_copies do)
+    # a low-precision copy of each trained weight: bf16 copies keep theirs; autocast's (its cache off:
+    # trainer) are kept by the backward pass, unless checkpointing drops them and casts again
+    if full and low == 2 and (copies or not cfg.gradient_checkpointing):
         kept += 2 * trainable // shards
     factor, constant = ACTIVATION_FIT[(cfg.method, cfg.gradient_checkpointing)]
-    act = factor * kept * (CUDA_ACTIVATION_SHARE if device == "cuda" else 1.0) + constant * GiB
+    act = factor * kept * (CUDA_ACTIVATION_SHARE[cfg.gradient_checkpointing] if device == "cuda" else 1.0) + constant * GiB
     # Transients of other phases, when larger than what training holds then: class images (the
     # weights alone; CFG doubles the UNet's batch; the VAE decodes one image at a time at full size)
     # and the VAE encoding a batch at the start of a step (no gradients then).
@@ -249,7 +264,10 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
     activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
-    return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device)
+    # On a GPU frozen text encoders wait on the CPU once every prompt is encoded (trainer's Parking);
+    # sharded, the whole weights' transient above holds them anyway
+    parked = te_params * low if device == "cuda" and not text_grad and shards == 1 else 0
+    return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device, int(parked))
 
 
 # ----- the device's free memory and the check ----------------------------------------------------------
