@@ -1,5 +1,5 @@
-"""The one device choice: CUDA when there is a GPU, then Apple's MPS, else the CPU; and the
-precisions generation and training run in on each."""
+"""The one device choice: CUDA when there is a GPU, then Apple's MPS, else the CPU; the precisions
+generation and training run in on each, and the memory a run may use on one."""
 from __future__ import annotations
 
 import functools
@@ -79,3 +79,32 @@ def training_precision(device: torch.device, fp16: bool = True) -> str:
             return "bf16"
         return "fp16" if fp16 else "no"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "no"
+
+
+def _meminfo_kib(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def available_memory(device) -> int | None:
+    """Bytes this run may use on ``device``: what is free plus what this process already holds
+    (the model is loaded). CPU: MemAvailable plus this process's anonymous memory (its file-backed
+    pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus this process's
+    reserved memory. None where unknown (the estimate is then only printed)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device))
+    if device.type == "cpu":
+        available = _meminfo_kib("/proc/meminfo", "MemAvailable")
+        held = _meminfo_kib("/proc/self/status", "RssAnon")
+        if held is None:
+            held = _meminfo_kib("/proc/self/status", "VmRSS")
+        return None if available is None else (available + (held or 0)) * 1024
+    return None

@@ -34,7 +34,7 @@ from itertools import combinations
 import torch
 
 from .. import progress
-from ..devices import training_precision
+from ..devices import available_memory, training_precision
 from ..errors import UserError
 from . import bf16_copies
 from .config import TrainConfig
@@ -270,37 +270,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device, int(parked))
 
 
-# ----- the device's free memory and the check ----------------------------------------------------------
-def _meminfo_kib(path: str, key: str) -> int | None:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def available_memory(device) -> int | None:
-    """Bytes this run may use on ``device``: what is free plus what this process already holds
-    (the model is loaded). CPU: MemAvailable plus this process's anonymous memory (its file-backed
-    pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus this process's
-    reserved memory. None where unknown (the estimate is then only printed)."""
-    import torch
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device))
-    if device.type == "cpu":
-        available = _meminfo_kib("/proc/meminfo", "MemAvailable")
-        held = _meminfo_kib("/proc/self/status", "RssAnon")
-        if held is None:
-            held = _meminfo_kib("/proc/self/status", "VmRSS")
-        return None if available is None else (available + (held or 0)) * 1024
-    return None
-
-
+# ----- the check against the device's free memory (devices.available_memory) ---------------------------
 def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
     return [r for r in range(cfg.resolution - step, MIN_RESOLUTION - 1, -step)]
 

@@ -33,6 +33,15 @@ def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> N
         module.to(device)
 
 
+def uncached_autocast():
+    """accelerate's autocast for the training passes, without its cache: the cache keeps a low-precision
+    copy of every weight it casts until the model's forward pass returns, so with checkpointing the
+    trained weights' copies were all held at once (SDXL full: 4.8 GiB). Each weight is cast once a pass
+    either way (checkpointing's recompute casts again with or without it): nothing is cast twice."""
+    from accelerate.utils import AutocastKwargs
+    return AutocastKwargs(cache_enabled=False)
+
+
 def choose_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """``--mixed-precision auto`` made definite for the device the run trains on
     (``devices.training_precision``) and said in one line; the run goes on, and records, the precision chosen."""

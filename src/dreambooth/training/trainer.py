@@ -40,7 +40,8 @@ from .parking import Parking
 from .phases import PhaseClock
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
-from .trainables import AUTOCAST, choose_precision, make_lr_scheduler, make_optimizer, make_trainable, move, vae_dtype
+from .trainables import (AUTOCAST, choose_precision, make_lr_scheduler, make_optimizer, make_trainable, move,
+                         uncached_autocast, vae_dtype)
 from .validation import Validator
 from .validation_follower import validator_for
 
@@ -64,7 +65,6 @@ class Trainer:
     def setup(self) -> "Trainer":
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
-        from accelerate.utils import AutocastKwargs
         from diffusers import DDPMScheduler
 
         cpu = not torch.cuda.is_available()
@@ -77,12 +77,8 @@ class Trainer:
         # web UI, tests) may ask for another precision, so reset all but the distributed part.
         AcceleratorState._reset_state(reset_partial_state=False)
         fsdp = check_distributed(cfg)
-        # autocast's cache would keep a low-precision copy of every weight it casts until the model's
-        # forward pass returns: the trained weights' copies, dropped by checkpointing, all at once (SDXL
-        # full: 4.8 GiB). Each weight is cast once a pass either way, so nothing is cast twice without it.
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                                       cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp),
-                                       kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+                                       cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp), kwargs_handlers=[uncached_autocast()])
         self.device = self.accelerator.device
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
