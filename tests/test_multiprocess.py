@@ -258,3 +258,18 @@ def test_the_shipped_accelerate_config_is_ddp_and_parses():
     from accelerate.commands.config.config_args import load_config_from_file
     config = load_config_from_file(str(ACCELERATE_CONFIG))
     assert config.distributed_type.name == "MULTI_GPU" and config.num_machines == 1 and not config.use_cpu
+
+
+def test_a_launch_of_one_process_trains_a_bf16_full_run(tiny_sd1, photos, tmp_path):
+    """Under a multi-process config accelerate wraps the models in DDP even for one process. The bf16
+    copies a full bf16 run trains through on a CPU stand in for fp32 weights DDP waits on: they stay
+    off in any process group (the run stopped at its second step: DDP's "Expected to have finished
+    reduction in the prior iteration")."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+               "--num_processes", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+               "-m", "dreambooth", "train", "--model", str(tiny_sd1), "--instance-dir", str(photos),
+               "--instance-prompt", "a sks square", "--method", "full", "--mixed-precision", "bf16",
+               "--resolution", "32", "--max-steps", "3", "--output", str(tmp_path / "out")]
+    run = subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(losses(tmp_path / "out")) == 3

@@ -66,8 +66,11 @@ def applies(cfg, device: str, processes: int) -> bool:
 
 
 def keeps_copies(cfg, device: torch.device, processes: int) -> bool:
-    """Whether this run trains through bf16 copies: where they apply and this machine can compile."""
-    return applies(cfg, device.type, processes) and _kernels() is not None
+    """Whether this run trains through bf16 copies: where they apply and this machine can compile. Not
+    in a process group, even of one process (``accelerate launch`` with a multi-process config): accelerate
+    wraps the models in DDP there, which waits for gradients of the fp32 weights the copies stand in for."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return applies(cfg, device.type, processes) and not distributed and _kernels() is not None
 
 
 class AdamWWithBf16Copies(torch.optim.AdamW):
