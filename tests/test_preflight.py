@@ -3,6 +3,8 @@ peaks it was calibrated on, is printed before training, and a run that cannot fi
 line naming a fix before anything is written (``--force`` goes on)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from conftest import run_cli
@@ -250,3 +252,18 @@ def test_on_a_gpu_frozen_text_encoders_wait_on_the_cpu_during_the_steps():
     assert tiny.total == 12                 # setup: all 10 on the device, more than the steps' 6
     checkpointed = pf.estimate(sizes, lora.replace(gradient_checkpointing=True), "cuda", False)
     assert checkpointed.activations < gpu.activations
+
+
+def test_class_images_on_a_cpu_with_amx_hold_channels_last_copies(monkeypatch):
+    """Sampling in bf16 on a CPU with AMX runs on channels-last copies of the UNet's and the VAE's
+    convolution weights (models.conv_layout): while class images are made, both layouts are held."""
+    sizes = dataclasses.replace(mid_sizes(), conv_weights=(100_000_000, 30_000_000))
+    lora = config(method="lora", train_text_encoder=False, mixed_precision="bf16", resolution=128)
+
+    def making(amx: bool, cfg=lora, device="cpu"):
+        monkeypatch.setattr(pf, "cpu_has_amx", lambda: amx)
+        return pf.estimate(sizes, cfg, device, making_class_images=True)
+    copies = 100_000_000 * 2 + 30_000_000 * 2          # bf16, the LoRA's frozen UNet and the VAE
+    assert making(True).activations >= copies > making(False).activations
+    assert making(True, lora.replace(mixed_precision="no")).total == making(False, lora.replace(mixed_precision="no")).total
+    assert making(True, device="cuda").total == making(False, device="cuda").total

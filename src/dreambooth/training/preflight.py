@@ -19,7 +19,8 @@ from the loaded pipeline by :func:`model_sizes`), the configuration and the devi
   block's input is kept, plus one block's activations at a time. Under mixed precision, a full run
   also keeps a low-precision copy of each trainable weight (bf16 copies, or autocast's casts saved
   for the backward pass; with checkpointing those are cast again as each block is recomputed);
-* class-image generation (inference with CFG, the VAE decoding at full size) and the VAE encoding a
+* class-image generation (inference with CFG, the VAE decoding at full size; on a CPU with AMX in
+  bf16, the channels-last copies of the convolution weights it samples with) and the VAE encoding a
   batch: transients that count when they are larger than what training holds at the time;
 * sharded (FSDP over N processes, ``shards``): 1/N of the trained weights, their gradients and AdamW's
   state per process, and the whole weights while loading and making class images, before sharding;
@@ -34,7 +35,7 @@ from itertools import combinations
 import torch
 
 from .. import progress
-from ..devices import available_memory, training_precision
+from ..devices import available_memory, cpu_has_amx, training_precision
 from ..errors import UserError
 from . import bf16_copies
 from .config import TrainConfig
@@ -87,6 +88,7 @@ class ModelSizes:
     vae_scale: int = 8
     latent_channels: int = 4
     largest_weight: int = 0                  # elements of the largest UNet or text-encoder tensor
+    conv_weights: tuple[int, int] = (0, 0)   # elements of the UNet's and the VAE's 2-d convolution weights
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,9 @@ def model_sizes(pipe, family) -> ModelSizes:
         text_layers=tuple((te.config.num_hidden_layers, te.config.hidden_size) for te in encoders),
         vae_fp32=bool(getattr(vae_cfg, "force_upcast", False)), vae_channels=vae_cfg.block_out_channels[0],
         vae_scale=getattr(pipe, "vae_scale_factor", 8), latent_channels=vae_cfg.latent_channels,
-        largest_weight=max(p.numel() for m in (pipe.unet, *encoders) for p in m.parameters()))
+        largest_weight=max(p.numel() for m in (pipe.unet, *encoders) for p in m.parameters()),
+        conv_weights=tuple(sum(c.weight.numel() for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+                           for m in (pipe.unet, pipe.vae)))
 
 
 # ----- the estimate ---------------------------------------------------------------------------------
@@ -261,6 +265,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     if cfg.use_prior and making_class_images:
         generation = max(8 * sizes.vae_channels * pixels * vae_width,
                          16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size)
+        if device == "cpu" and low == 2 and cpu_has_amx():     # sampling on channels-last copies (conv_layout)
+            generation += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
     activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
