@@ -2,7 +2,8 @@
 run that cannot fit with one line naming the cheapest settings that would (``--force`` goes on anyway).
 
 The estimate (:func:`estimate`) is a pure function of the model's sizes (:class:`ModelSizes`, read
-from the loaded pipeline by :func:`model_sizes`), the configuration and the device type:
+from the loaded pipeline by :func:`model_sizes`), the configuration and the device type (on a CPU,
+and whether it has AMX):
 
 * weights, each part in the dtype ``Trainer.setup`` keeps it in: trainable weights fp32, a LoRA's
   frozen base UNet and frozen text encoders in the autocast dtype, the VAE fp32 unless fp16-safe.
@@ -110,13 +111,12 @@ class MemoryEstimate:
 
     def describe(self, what: str = "") -> str:
         """``about 5.1 GiB peak (weights 3.4, gradients 0.0, ...)``: what ``what`` names, in GiB."""
-        parts = [("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
-                 ("activations", self.activations)]
+        weights = f"weights {gib(self.weights)}" + (f" ({gib(self.parked)} of them on the CPU during the steps)"
+                                                     if self.parked else "")
+        rest = [("gradients", self.gradients), ("optimizer", self.optimizer), ("activations", self.activations)]
         if self.runtime:
-            parts.append(("runtime", self.runtime))
-        listed = ", ".join(f"{name} {gib(v)}" for name, v in parts)
-        if self.parked:
-            listed = listed.replace(", gradients", f" ({gib(self.parked)} of them on the CPU during the steps), gradients", 1)
+            rest.append(("runtime", self.runtime))
+        listed = ", ".join([weights] + [f"{name} {gib(v)}" for name, v in rest])
         return f"about {gib(self.total)} GiB{' ' + what if what else ''} ({listed})"
 
 
