@@ -261,7 +261,7 @@ def test_class_images_on_a_cpu_with_amx_hold_channels_last_copies(monkeypatch):
     lora = config(method="lora", train_text_encoder=False, mixed_precision="bf16", resolution=128)
 
     def making(amx: bool, cfg=lora, device="cpu"):
-        monkeypatch.setattr(pf, "cpu_has_amx", lambda: amx)
+        monkeypatch.setattr(pf.conv_layout, "cpu_has_amx", lambda: amx)
         return pf.estimate(sizes, cfg, device, making_class_images=True)
     copies = 100_000_000 * 2 + 30_000_000 * 2          # bf16, the LoRA's frozen UNet and the VAE
     assert making(True).activations >= copies > making(False).activations

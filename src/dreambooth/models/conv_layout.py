@@ -21,12 +21,17 @@ import torch
 from ..devices import cpu_has_amx
 
 
+def applies(device: str, dtype: torch.dtype | None) -> bool:
+    """Whether computing in ``dtype`` on a ``device`` of this type runs convolutions channels-last: bf16
+    on a CPU with AMX (the memory preflight asks too: a pass holds both layouts)."""
+    return device == "cpu" and dtype == torch.bfloat16 and cpu_has_amx()
+
+
 def wanted(module, dtype: torch.dtype | None = None) -> bool:
-    """Whether ``module`` runs its convolutions channels-last: on a CPU with AMX, computing in bf16
-    (``dtype``, autocast's; by default its weights')."""
+    """Whether ``module`` runs its convolutions channels-last (``applies``), computing in ``dtype``
+    (autocast's; by default its weights')."""
     weight = next(module.parameters(), None) if module is not None else None
-    return weight is not None and weight.device.type == "cpu" and (dtype or weight.dtype) == torch.bfloat16 \
-        and cpu_has_amx()
+    return weight is not None and applies(weight.device.type, dtype or weight.dtype)
 
 
 def _channels_last(weight: torch.Tensor) -> bool:

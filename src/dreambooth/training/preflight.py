@@ -36,8 +36,9 @@ from itertools import combinations
 import torch
 
 from .. import progress
-from ..devices import available_memory, cpu_has_amx, training_precision
+from ..devices import available_memory, training_precision
 from ..errors import UserError
+from ..models import conv_layout
 from . import bf16_copies
 from .config import TrainConfig
 from .prior import class_folder, existing_class_images
@@ -265,7 +266,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     if cfg.use_prior and making_class_images:
         generation = max(8 * sizes.vae_channels * pixels * vae_width,
                          16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size)
-        if device == "cpu" and low == 2 and cpu_has_amx():     # sampling on channels-last copies (conv_layout)
+        if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies
             generation += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
     activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
