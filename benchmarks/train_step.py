@@ -139,6 +139,9 @@ def main() -> None:
                     help="any machine: --cuda-graphs with a replay that costs nothing, for what the rest of the step "
                          "costs the host once the UNet is a graph (use with --size narrow)")
     ap.add_argument("--fused-backward-pass", action="store_true")
+    ap.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
+                    help="act as a card of this size: torch's allocator refuses more (set_per_process_memory_fraction) "
+                         "and the preflight sees it as the card's memory")
     ap.add_argument("--sync-every-step", action="store_true",
                     help="read each step's loss at once (a host sync per step), as before the loss was read a step late")
     args = ap.parse_args()
@@ -172,6 +175,8 @@ def main() -> None:
         compile=args.compile, cuda_graphs=args.cuda_graphs, fused_backward_pass=args.fused_backward_pass,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
+    if args.gpu_memory and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(args.gpu_memory * 2**30 / torch.cuda.mem_get_info()[1])
     trainer = Trainer(cfg, []).setup()
     if args.sync_every_step:     # the trainer reads losses late only with fused AdamW
         getattr(trainer.optimizer, "optimizer", trainer.optimizer).defaults["fused"] = False
@@ -215,7 +220,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "
           f"batch={args.batch_size}{'+prior' if args.prior else ''} mp={args.mixed_precision} gc={args.gradient_checkpointing} "
-          f"8bit={args.use_8bit_adam} compile={args.compile} graphs={args.cuda_graphs} fused={args.fused_backward_pass} sync={args.sync_every_step} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
+          f"8bit={args.use_8bit_adam} compile={args.compile} graphs={args.cuda_graphs} fused={args.fused_backward_pass} sync={args.sync_every_step} "
+          f"card={(args.gpu_memory or 'all') if cuda else '-'} GiB class-parking={trainer.memory.class_parking} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
           f"peak GPU memory {peak:.2f} GiB (before the timed steps {getattr(clock, 'setup_peak', float('nan')):.2f}), "
           f"reserved {reserved:.2f} GiB | {device}")
 

@@ -118,8 +118,8 @@ def tight_memory(monkeypatch):
     """Free memory one byte short of what the run needs: the preflight must refuse it."""
     seen = {}
 
-    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1, processes=None):
-        result = real(sizes, cfg, device, making_class_images, shards, processes)
+    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1, processes=None, class_parking=False):
+        result = real(sizes, cfg, device, making_class_images, shards, processes, class_parking)
         seen.setdefault("first", result.total)     # the run's own estimate comes first
         return result
 
@@ -267,3 +267,60 @@ def test_class_images_on_a_cpu_with_amx_hold_channels_last_copies(monkeypatch):
     assert making(True).activations >= copies > making(False).activations
     assert making(True, lora.replace(mixed_precision="no")).total == making(False, lora.replace(mixed_precision="no")).total
     assert making(True, device="cuda").total == making(False, device="cuda").total
+
+
+def sdxl_sizes() -> pf.ModelSizes:
+    """SDXL base: its UNet's layout and parameter counts, CLIP-L and bigG, the SDXL VAE (fp32 under fp16)."""
+    return dataclasses.replace(sizes_of(SDXL_UNET, 2_567_463_684, 320, 1_400_000), family="sdxl",
+                               text_encoders=(123_060_480, 694_659_840), text_layers=((12, 768), (32, 1280)))
+
+
+def test_class_images_that_would_not_fit_on_a_gpu_are_made_with_the_parts_taking_turns(monkeypatch):
+    """SDXL LoRA in bf16 at 1024 px: making class images with every part on the GPU (6.6 GiB of weights
+    and the fp32 VAE decoding at full size, about 4 GiB) sets the run's peak, above its steps'. Where
+    that would not fit, the preflight has the text encoders wait while the UNet samples and the UNet
+    while the VAE decodes, instead of refusing; where it fits, or on the CPU, nothing moves."""
+    sizes = sdxl_sizes()
+    cfg = config(method="lora", train_text_encoder=False, mixed_precision="bf16", resolution=1024,
+                 gradient_checkpointing=True)
+    resident = pf.estimate(sizes, cfg, "cuda")
+    parked = pf.estimate(sizes, cfg, "cuda", class_parking=True)
+    steps = pf.estimate(sizes, cfg, "cuda", making_class_images=False)
+    assert resident.total > parked.total == steps.total      # the class images no longer set the peak
+    decoding = 8 * 128 * 1024 * 1024 * 2                      # the VAE in bf16 at 1024 px (2.4 GiB measured on a CPU)
+    assert resident.total >= resident.weights + decoding      # every part on the GPU, the frozen encoders too
+    # under fp32 the pipeline decodes inside its own call, with the UNet there: only the encoders wait
+    fp32 = cfg.replace(mixed_precision="no", class_batch_size=1)
+    assert pf.estimate(sizes, fp32, "cuda").total - pf.estimate(sizes, fp32, "cuda", class_parking=True).total \
+        == sum(sizes.text_encoders) * 4
+
+    monkeypatch.setattr(pf, "model_sizes", lambda pipe, family: sizes)
+    monkeypatch.setattr(pf, "existing_class_images", lambda folder: [])
+
+    def preflight(available: int, device: str = "cuda", force: bool = False) -> pf.Preflight:
+        monkeypatch.setattr(pf, "available_memory", lambda d: available)
+        return pf.preflight(None, None, cfg.replace(force=force), device)
+    tight = preflight((resident.total + parked.total) // 2)
+    assert tight.class_parking and tight.estimate == parked
+    roomy = preflight(resident.total)
+    assert not roomy.class_parking and roomy.estimate == resident
+    assert not preflight(parked.total, "cpu", force=True).class_parking       # on the CPU nothing moves
+    with pytest.raises(pf.UserError, match="memory preflight"):
+        preflight(parked.total - 1)                          # taking turns is not enough: refused
+    cfg = cfg.replace(prior_preservation=False)              # no class images: nothing to take turns for
+    assert not preflight(steps.total - 1, force=True).class_parking
+
+
+def test_free_gpu_memory_is_what_this_process_may_take(monkeypatch):
+    """Free plus what this process holds, within the share of the card torch allows it (a GPU shared
+    with set_per_process_memory_fraction, or a benchmark acting as a smaller card)."""
+    import torch
+
+    from dreambooth import devices
+    GB = 10 ** 9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * GB, 80 * GB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * GB)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
+    assert devices.available_memory("cuda") == 65 * GB
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.1)
+    assert devices.available_memory("cuda") == 8 * GB

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreambooth.training import parking as parking_module
+from dreambooth import parking as parking_module
 from dreambooth.training.callbacks import TrainingCallback
 from dreambooth.training.config import build_config
-from dreambooth.training.parking import Parking
+from dreambooth.parking import Parking
 from dreambooth.training.trainer import Trainer
 
 
@@ -179,3 +179,57 @@ def test_a_part_reaches_the_device_in_its_own_precision():
     with Made() as made:
         move(module, "meta", torch.bfloat16)
     assert made.dtypes == [torch.bfloat16] * 4 and all(p.is_meta and p.dtype == torch.bfloat16 for p in module.parameters())
+
+
+def test_class_images_made_with_the_parts_taking_turns_are_the_same(tiny_sd1, dog_photos, tmp_path, monkeypatch):
+    """Where the preflight finds that class images would not fit with every part on the GPU, the text
+    encoders wait while the UNet samples and the UNet while the VAE decodes (here the CPU is both
+    places: what is parked when each part runs is what is tested). The images are the same, and
+    every part is back for the steps."""
+    import dataclasses
+
+    from PIL import Image
+
+    from dreambooth.training import prior, trainer as trainer_module
+    real_preflight, real_generate = trainer_module.preflight, prior.generate
+    seen, making, used = [], [], []
+
+    def generate(pipeline, *args, **kwargs):
+        making.append(pipeline)
+        used.append(pipeline)
+        try:
+            return real_generate(pipeline, *args, **kwargs)
+        finally:
+            making.pop()
+
+    monkeypatch.setattr(prior, "generate", generate)
+
+    def config(out):
+        return _config(tiny_sd1, dog_photos, out, checkpoint_every=0, mixed_precision="bf16")
+
+    def made(out, parking: bool):
+        monkeypatch.setattr(trainer_module, "preflight", lambda *a, **k: dataclasses.replace(
+            real_preflight(*a, **k), class_parking=parking))
+        trainer = Trainer(config(out))
+        real_load = trainer_module.load_pipeline
+
+        def load(*a, **k):
+            pipe = real_load(*a, **k)
+            for name, module in (("text encoder", pipe.text_encoder), ("unet", pipe.unet), ("decoder", pipe.vae.decoder)):
+                module.register_forward_pre_hook(lambda m, args, name=name: seen.append(
+                    (name, sorted(type(p).__name__ for p in making[0].parking.parked))) if making else None)
+            return pipe
+        monkeypatch.setattr(trainer_module, "load_pipeline", load)
+        trainer.setup()
+        monkeypatch.setattr(trainer_module, "load_pipeline", real_load)
+        assert not trainer.parking.is_parked(trainer.trainables["unet"]) and used[-1].parking.parked == []
+        return [Image.open(p).tobytes() for p in sorted((out / "class_images").glob("*.png"))]
+
+    in_turns = made(tmp_path / "turns", True)
+    assert seen[0] == ("text encoder", [])
+    assert ("unet", ["CLIPTextModel"]) in seen and ("decoder", ["CLIPTextModel", "UNet2DConditionModel"]) in seen
+    assert all(parked == [] for name, parked in seen if name == "text encoder")
+    seen.clear()
+    all_there = made(tmp_path / "resident", False)
+    assert seen and all(parked == [] for _, parked in seen)
+    assert len(in_turns) == 2 and in_turns == all_there

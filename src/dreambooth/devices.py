@@ -96,11 +96,13 @@ def available_memory(device) -> int | None:
     """Bytes this run may use on ``device``: what is free plus what this process already holds
     (the model is loaded). CPU: MemAvailable plus this process's anonymous memory (its file-backed
     pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus this process's
-    reserved memory. None where unknown (the estimate is then only printed)."""
+    reserved memory, within the share of the card torch lets it take (``set_per_process_memory_fraction``:
+    a shared GPU, or a benchmark acting as a smaller card). None where unknown (the estimate is then only printed)."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device))
+        free, total = torch.cuda.mem_get_info(device)
+        share = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+        return int(min(free + torch.cuda.memory_reserved(device), share * total))
     if device.type == "cpu":
         available = _meminfo_kib("/proc/meminfo", "MemAvailable")
         held = _meminfo_kib("/proc/self/status", "RssAnon")

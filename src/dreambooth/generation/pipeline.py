@@ -22,6 +22,7 @@ from ..models.hashes import model_hash
 from ..models.loading import load_pipeline
 from ..models.specs import is_lora_output, lora_output_base, resolve_model
 from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
+from ..parking import Parking
 from .grammar import LoraTag
 from .loras import LoraFile, LoraLibrary, lora_from_path
 
@@ -74,6 +75,33 @@ class GenerationPipeline:
         self._adapters: dict[Path, str] = {}          # loaded LoRA file -> adapter name
         self._lora_enabled = False
         self._resident: dict[str, LoraFile] = {}      # LoRAs whose weights are in the modules already
+        self.parking: Parking | None = None           # set: the parts take turns on the device (place_for)
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [te for te in (getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None))
+                if te is not None]
+
+    def place_for(self, stage: str) -> None:
+        """With ``parking``, what ``stage`` needs on the device and what it does not in CPU memory:
+        "encode" brings the text encoders, "sample" parks them and brings the UNet, "decode" parks the
+        UNet (only where the sampling path decodes itself: under autocast). The VAE stays: img2img
+        encodes inside the pipeline call. Parking the largest part first keeps the peak at the larger part."""
+        parking = self.parking
+        if parking is None or not parking.enabled:
+            return
+        if stage == "encode":
+            for te in self.text_encoders:
+                parking.ready(te)
+        elif stage == "sample":
+            for te in self.text_encoders:
+                parking.park(te)
+            if self.pipe.device.type != parking.device.type:     # a diffusers that reports the first part's
+                for te in self.text_encoders:                     # device, not the accelerator's: it would
+                    parking.ready(te)                             # make the latents on the CPU
+            parking.ready(self.pipe.unet)
+        elif stage == "decode":
+            parking.park(self.pipe.unet)
 
     def add_resident_lora(self, output: Path) -> None:
         """A LoRA being trained in these very modules (validation): recorded in every infotext as

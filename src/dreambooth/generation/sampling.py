@@ -123,6 +123,7 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     runner = pipeline.for_task(mode)
     precision = PRECISIONS.get(autocast or runner.unet.dtype)
     encoder = PromptEncoder(pipeline.pipe)
+    pipeline.place_for("encode")
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
     if mask is not None and mask.size != init.size:
         progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
@@ -142,7 +143,7 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
             for call in calls:
                 if controls.stop() == "interrupt":
                     break
-                images += _call(runner, pipeline.scheduler_config, params, call, conditioning,
+                images += _call(runner, pipeline, params, call, conditioning,
                                 encoder.family == "sdxl", init, mask, bar, autocast, controls)
             batched = fast_batches and len(seeds) > 1
             for k, (seed, image) in enumerate(zip(seeds, images)):
@@ -173,11 +174,12 @@ def _embed_kwargs(pos, neg, batch: int, is_xl: bool, dtype, device) -> dict:
     return kwargs
 
 
-def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
+def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
           init, mask, bar: progress.Task, autocast: torch.dtype | None, controls: Controls) -> list[Image.Image]:
     """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler."""
-    scheduler = make_scheduler(scheduler_config, params.sampler, params.schedule, seeds)
+    scheduler = make_scheduler(pipeline.scheduler_config, params.sampler, params.schedule, seeds)
     order = max(1, int(getattr(scheduler, "order", 1)))
+    pipeline.place_for("sample")
     device = runner._execution_device
     n = len(seeds)
     pos, neg = conditioning.at(0)
@@ -226,6 +228,7 @@ def _call(runner, scheduler_config: dict, params: GenerationParams, seeds: list[
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast):
                 latents = runner(**call).images
+            pipeline.place_for("decode")
             return decode(runner, latents)
     finally:
         runner.scheduler = previous                      # leave the pipeline as we found it

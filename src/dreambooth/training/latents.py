@@ -15,7 +15,7 @@ import torch
 from .. import progress
 from ..models.conv_layout import channels_last_convs
 from .data import Batch
-from .parking import Parking
+from ..parking import Parking
 
 # Distinct pictures whose latents are kept (about 1 GiB at SDXL's 1024 px); random crops of
 # non-square photos beyond that are encoded every time.

@@ -22,7 +22,9 @@ and whether it has AMX):
   for the backward pass; with checkpointing those are cast again as each block is recomputed);
 * class-image generation (inference with CFG, the VAE decoding at full size; on a CPU with AMX in
   bf16, the channels-last copies of the convolution weights it samples with) and the VAE encoding a
-  batch: transients that count when they are larger than what training holds at the time;
+  batch: transients that count when they are larger than what training holds at the time. On a GPU
+  where that phase would not fit with every part on it, the parts take turns (``Preflight.class_parking``:
+  the text encoders wait in CPU memory while the UNet samples, the UNet while the VAE decodes);
 * sharded (FSDP over N processes, ``shards``): 1/N of the trained weights, their gradients and AdamW's
   state per process, and the whole weights while loading and making class images, before sharding;
 * on the CPU, the process itself (Python, torch and the libraries, about half a GiB), because the
@@ -41,15 +43,11 @@ from ..errors import UserError
 from ..models import conv_layout
 from . import bf16_copies
 from .config import TrainConfig
+from .model_sizes import SAVED_BYTES, ModelSizes, model_sizes, unet_layout  # noqa: F401 (re-exported)
 from .prior import class_folder, existing_class_images
 from .trainables import AUTOCAST, vae_dtype
 
 GiB = 2 ** 30
-# Bytes autograd keeps per element of a block's input, (resnet, transformer layer, transformer
-# model's own norm/projections), by method and activation width (fp32: 4, bf16/fp16: 2). Measured
-# on SD1, SD1.5 and SDXL layouts (they agree within 5%); a LoRA's frozen weights need fewer inputs.
-SAVED_BYTES = {("full", 4): (19.2, 117.0, 12.0), ("lora", 4): (17.0, 97.0, 10.0),
-               ("full", 2): (10.0, 70.0, 6.0), ("lora", 2): (8.8, 59.0, 5.5)}
 # What a step holds over what autograd keeps (the gradients of activations, temporaries, the
 # allocator's slack), as (factor, constant GiB), by (method, gradient checkpointing): fitted to the
 # measured peak RSS of real runs on the CPU (benchmarks/preflight_check.py; docs/benchmarks.md). The
@@ -70,27 +68,6 @@ CUDA_RUNTIME = int(0.25 * GiB) # cuBLAS/cuDNN workspaces and the caching allocat
 # GPU in fp32 before their cast had set.
 CUDA_ACTIVATION_SHARE = {False: 0.45, True: 0.16}
 MIN_RESOLUTION = 256           # lower resolutions are not suggested
-
-
-@dataclass(frozen=True)
-class ModelSizes:
-    """What the estimate needs to know about a model: parameter counts and the UNet's layout."""
-    family: str
-    unet: int                                # parameters
-    text_encoders: tuple[int, ...]
-    vae: int
-    unet_layout: tuple[float, float, float]  # elements per latent pixel: resnet inputs, transformer layers, transformer models
-    unet_largest_block: float                # fp32 bytes per latent pixel the largest single block keeps
-    unet_base_channels: int
-    lora_per_rank: int                       # LoRA parameters per unit of rank, UNet targets
-    text_lora_per_rank: tuple[int, ...]      # the same for each text encoder
-    text_layers: tuple[tuple[int, int], ...] # (layers, hidden size) of each text encoder
-    vae_fp32: bool                           # the VAE asks for fp32 under fp16 (force_upcast; trainables.vae_dtype)
-    vae_channels: int                        # the VAE's channels at full resolution
-    vae_scale: int = 8
-    latent_channels: int = 4
-    largest_weight: int = 0                  # elements of the largest UNet or text-encoder tensor
-    conv_weights: tuple[int, int] = (0, 0)   # elements of the UNet's and the VAE's 2-d convolution weights
 
 
 @dataclass(frozen=True)
@@ -125,92 +102,14 @@ def gib(n: float) -> str:
     return f"{n / GiB:.1f}" if n >= GiB else f"{n / GiB:.2f}"
 
 
-# ----- the model's sizes --------------------------------------------------------------------------
-def _per_block(value, count: int) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * count
-
-
-def unet_layout(config) -> tuple[tuple[float, float, float], float]:
-    """Elements per latent pixel (per example) entering the UNet's resnets, transformer layers and
-    transformer models, summed over the layout in ``config`` (a UNet2DConditionModel config), and
-    the fp32 bytes per latent pixel the largest single block keeps (one checkpointed unit).
-    Follows diffusers' construction: down blocks, the mid block at the lowest resolution, up blocks
-    taking the skip connections."""
-    ch = list(config["block_out_channels"])
-    levels = len(ch)
-    layers = _per_block(config.get("layers_per_block", 2), levels)
-    depth = _per_block(config.get("transformer_layers_per_block", 1) or 1, levels)
-    res = tr = models = largest = 0.0
-    skips, prev = [ch[0]], ch[0]
-    per_element = SAVED_BYTES[("full", 4)]
-
-    def block(i: int, c_in: int, attn: bool, d: int):
-        nonlocal res, tr, models, largest
-        f = 4.0 ** -i
-        res += c_in * f
-        largest = max(largest, c_in * f * per_element[0])
-        if attn:
-            tr += d * ch[i] * f
-            models += ch[i] * f
-            largest = max(largest, ch[i] * f * (d * per_element[1] + per_element[2]))
-
-    for i, kind in enumerate(config["down_block_types"]):
-        for _ in range(layers[i]):
-            block(i, prev, "CrossAttn" in kind, depth[i])
-            prev = ch[i]
-            skips.append(ch[i])
-        if i < levels - 1:
-            skips.append(ch[i])
-    block(levels - 1, ch[-1], True, depth[-1])          # mid block: resnet, transformer, resnet
-    res += ch[-1] * 4.0 ** -(levels - 1)
-    for k, kind in enumerate(config["up_block_types"]):
-        i = levels - 1 - k
-        for _ in range(layers[::-1][k] + 1):
-            block(i, prev + skips.pop(), "CrossAttn" in kind, depth[::-1][k])
-            prev = ch[i]
-    return (res, tr, models), largest
-
-
-def _lora_per_rank(model, targets) -> int:
-    import torch
-    total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
-            total += module.in_features + module.out_features
-    return total
-
-
-def model_sizes(pipe, family) -> ModelSizes:
-    """The sizes of a loaded pipeline (``family``: its ``models.families`` adapter)."""
-    from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS
-
-    def count(m) -> int:
-        return sum(p.numel() for p in m.parameters())
-
-    layout, largest = unet_layout(pipe.unet.config)
-    vae_cfg = pipe.vae.config
-    encoders = family.text_encoders
-    return ModelSizes(
-        family=family.name, unet=count(pipe.unet), text_encoders=tuple(count(te) for te in encoders),
-        vae=count(pipe.vae), unet_layout=layout, unet_largest_block=largest,
-        unet_base_channels=pipe.unet.config.block_out_channels[0],
-        lora_per_rank=_lora_per_rank(pipe.unet, UNET_TARGETS),
-        text_lora_per_rank=tuple(_lora_per_rank(te, TEXT_ENCODER_TARGETS) for te in encoders),
-        text_layers=tuple((te.config.num_hidden_layers, te.config.hidden_size) for te in encoders),
-        vae_fp32=bool(getattr(vae_cfg, "force_upcast", False)), vae_channels=vae_cfg.block_out_channels[0],
-        vae_scale=getattr(pipe, "vae_scale_factor", 8), latent_channels=vae_cfg.latent_channels,
-        largest_weight=max(p.numel() for m in (pipe.unet, *encoders) for p in m.parameters()),
-        conv_weights=tuple(sum(c.weight.numel() for c in m.modules() if isinstance(c, torch.nn.Conv2d))
-                           for m in (pipe.unet, pipe.vae)))
-
-
 # ----- the estimate ---------------------------------------------------------------------------------
 def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_class_images: bool = True,
-             shards: int = 1, processes: int | None = None) -> MemoryEstimate:
+             shards: int = 1, processes: int | None = None, class_parking: bool = False) -> MemoryEstimate:
     """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
-    "cuda", "mps"), class images made first or not, in one process of ``shards`` that split the
-    trained weights, their gradients and AdamW's state (FSDP; 1: each holds all), of ``processes`` in
-    all (default: ``shards``; DDP runs several that hold all); see the module's notes."""
+    "cuda", "mps"), class images made first or not (``class_parking``: with the parts taking turns on
+    the device), in one process of ``shards`` that split the trained weights, their gradients and
+    AdamW's state (FSDP; 1: each holds all), of ``processes`` in all (default: ``shards``; DDP runs
+    several that hold all); see the module's notes."""
     low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
     full, lora = cfg.method == "full", cfg.method == "lora"
     shards = shards if full else 1      # FSDP takes full fine-tuning only (guard.NOT_SHARDED)
@@ -258,22 +157,27 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
         kept += 2 * trainable // shards
     factor, constant = ACTIVATION_FIT[(cfg.method, cfg.gradient_checkpointing)]
     act = factor * kept * (CUDA_ACTIVATION_SHARE[cfg.gradient_checkpointing] if device == "cuda" else 1.0) + constant * GiB
-    # Transients of other phases, when larger than what training holds then: class images (the
-    # weights alone; CFG doubles the UNet's batch; the VAE decodes one image at a time at full size)
-    # and the VAE encoding a batch at the start of a step (no gradients then).
+    # On a GPU frozen text encoders wait on the CPU once every prompt is encoded (trainer's Parking);
+    # sharded, the whole weights' transient below holds them anyway
+    parked = te_params * low if device == "cuda" and not text_grad and shards == 1 else 0
+    # Transients of other phases, over the steps' weights, when larger than what training holds then:
+    # class images (every part on the device; CFG doubles the UNet's batch; the VAE decodes one image
+    # at a time at full size) and the VAE encoding a batch at the start of a step (no gradients then).
     pixels = cfg.resolution * cfg.resolution
     generation = 0
     if cfg.use_prior and making_class_images:
-        generation = max(8 * sizes.vae_channels * pixels * vae_width,
-                         16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size)
+        decoding = 8 * sizes.vae_channels * pixels * vae_width
+        sampling = 16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size
+        generation = max(decoding, sampling) + parked
         if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies
             generation += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
+        if class_parking:   # the text encoders wait while the UNet samples, the UNet while the VAE decodes (autocast)
+            unet_weights = sizes.unet * (4 if full else low) if low == 2 else 0
+            te_weights = te_params * (4 if te_fp32 else low)
+            generation = max(sampling, decoding - unet_weights) - te_weights + parked
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
     activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
-    # On a GPU frozen text encoders wait on the CPU once every prompt is encoded (trainer's Parking);
-    # sharded, the whole weights' transient above holds them anyway
-    parked = te_params * low if device == "cuda" and not text_grad and shards == 1 else 0
     return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device, int(parked))
 
 
@@ -283,7 +187,8 @@ def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
 
 
 def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3,
-          making_class_images: bool = True, shards: int = 1, processes: int | None = None) -> list[tuple[str, MemoryEstimate]]:
+          making_class_images: bool = True, shards: int = 1, processes: int | None = None,
+          class_parking: bool = False) -> list[tuple[str, MemoryEstimate]]:
     """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
     in order of what they cost (speed first, then fidelity), else the cheapest of them that fit together,
     at the highest resolution any combination reaches.
@@ -292,7 +197,7 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     processes = processes or shards
 
     def fits(c: TrainConfig) -> MemoryEstimate:
-        return estimate(sizes, c, device, making_class_images, shards, processes)
+        return estimate(sizes, c, device, making_class_images, shards, processes, class_parking)
     changes: list[tuple[str, dict]] = []
     if not cfg.gradient_checkpointing:         # graphs record checkpointing only without dropout (config)
         graphs_off = cfg.cuda_graphs and cfg.adapters_draw_random_numbers
@@ -361,10 +266,14 @@ class Preflight:
     """A run's estimate against the device's free memory (None: unknown)."""
     estimate: MemoryEstimate
     available: int | None
+    class_parking: bool = False     # class images made with the parts taking turns on the GPU
 
     def report(self) -> None:
         """The estimate as one progress message (a warning when it does not fit: ``--force``)."""
         est, available = self.estimate, self.available
+        if self.class_parking:
+            progress.message("memory preflight: class images are made with the parts taking turns on the GPU "
+                             "(the text encoders wait in CPU memory while the UNet samples, the UNet while the VAE decodes)")
         if available is None:
             progress.message(f"memory preflight: {est.describe('peak')}")
         elif est.total <= available:
@@ -378,15 +287,21 @@ def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes
     """Estimate this run's peak memory (in each of ``shards`` FSDP processes, of ``processes``); raise a one-line
     UserError when it exceeds the device's free memory, naming the cheapest settings that would fit,
     unless ``cfg.force``. Prints nothing: ``report()`` does, once the run is past the checks that need no memory."""
-    import torch
     kind = torch.device(device).type
     sizes = model_sizes(pipe, family)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
     est = estimate(sizes, cfg, kind, making, shards, processes)
     available = available_memory(device)
+    parking = False
+    if kind == "cuda" and making and available is not None and est.total > available:
+        # class images that would not fit with every part on the GPU: the parts take turns (moves each batch)
+        parked = estimate(sizes, cfg, kind, making, shards, processes, class_parking=True)
+        parking = parked.total < est.total
+        est = parked if parking else est
     if available is None or est.total <= available or cfg.force:
-        return Preflight(est, available)
-    found = fixes(sizes, cfg, kind, available, making_class_images=making, shards=shards, processes=processes)
+        return Preflight(est, available, parking)
+    found = fixes(sizes, cfg, kind, available, making_class_images=making, shards=shards, processes=processes,
+                  class_parking=parking)
     if found:
         advice = "settings that fit: " + ", ".join(f"{flags} (about {gib(e.total)} GiB)" for flags, e in found)
     else:

@@ -36,6 +36,12 @@ def class_folder(cfg) -> Path:
     return Path(cfg.class_dir).expanduser() if cfg.class_dir else Path(cfg.output).expanduser() / CLASS_IMAGES_DIR
 
 
+def class_params(cfg) -> GenerationParams:
+    """What makes a run's class images: its class prompt and sampling settings, image 0's seed."""
+    return GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler, steps=cfg.class_steps,
+                            cfg_scale=cfg.class_cfg, seed=cfg.seed, width=cfg.resolution, height=cfg.resolution)
+
+
 def existing_class_images(folder: Path) -> list[Path]:
     return list_images(folder, "--class-dir", allow_empty=True) if Path(folder).is_dir() else []
 

@@ -16,7 +16,6 @@ import torch
 
 from .. import progress
 from ..errors import UserError, file_operation
-from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, ModelInfo, model_info_for
 from ..host_memory import keep_freed_host_memory
 from ..models.families import Conditioning, adapter_for, time_ids
@@ -33,10 +32,10 @@ from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .determinism import deterministic_kernels
 from .preflight import preflight
-from .prior import class_folder, ensure_class_images
+from .prior import class_folder, class_params, ensure_class_images
 from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
 from .latents import LatentCache
-from .parking import Parking
+from ..parking import Parking
 from .phases import PhaseClock
 from .saving import keep_best, save_model, save_output
 from .sharding import first_nonfinite, fsdp_plugin, is_sharded, shard_count, share
@@ -158,12 +157,11 @@ class Trainer:
         prior, acc = [], self.accelerator
         if cfg.prior_preservation:
             class_dir = class_folder(cfg)
-            params = GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler,
-                                      steps=cfg.class_steps, cfg_scale=cfg.class_cfg, seed=cfg.seed,
-                                      width=cfg.resolution, height=cfg.resolution)
-            ensure_class_images(self.generation_pipeline(for_output=False), params, class_dir, cfg.num_class_images,
-                                self.autocast_dtype, (acc.process_index, acc.num_processes), acc.wait_for_everyone,
-                                cfg.class_batch_size)
+            pipeline = self.generation_pipeline(for_output=False)
+            pipeline.parking = Parking(self.device, self.memory.class_parking)    # parts take turns (preflight)
+            ensure_class_images(pipeline, class_params(cfg), class_dir, cfg.num_class_images, self.autocast_dtype,
+                                (acc.process_index, acc.num_processes), acc.wait_for_everyone, cfg.class_batch_size)
+            pipeline.parking.release()
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
         self.class_images, self.instance_images = len(prior), len(instance)
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop, cfg.random_flip,

@@ -1,12 +1,15 @@
-"""Frozen parts that wait in CPU memory while the UNet trains.
+"""Parts of a model that wait in CPU memory while others run on the GPU ("parked").
 
-Once every latent is cached the VAE has nothing to do until validation, and once every prompt's
-embedding is cached neither have frozen text encoders. On a GPU their weights are then memory the
-step could use: 0.6 GB for SD1.5 (VAE in fp32, CLIP-L), 2 GB for SDXL (CLIP-L and bigG). They are
-moved to the CPU ("parked"); whatever needs one again (a prompt or picture that missed the cache,
-validation) brings it back first. While they cache, the UNet waits there instead: the peak of an
-SDXL LoRA run on an H200 was set while its latents were cached (9.96 GiB, against 6.69 GiB in the
-steps). Where the training device is the CPU, nothing moves.
+Training: once every latent is cached the VAE has nothing to do until validation, and once every
+prompt's embedding is cached neither have frozen text encoders. On a GPU their weights are then memory
+the step could use: 0.6 GB for SD1.5 (VAE in fp32, CLIP-L), 2 GB for SDXL (CLIP-L and bigG). They are
+parked; whatever needs one again (a prompt or picture that missed the cache, validation) brings it back
+first. While they cache, the UNet waits there instead: the peak of an SDXL LoRA run on an H200 was set
+while its latents were cached (9.96 GiB, against 6.69 GiB in the steps).
+
+Generation (a pipeline given one: class images that would not fit otherwise, see training.preflight):
+the text encoders wait while the UNet samples, the UNet while the VAE decodes at full size. Moving
+weights changes no bits. Where the device is the CPU, nothing moves.
 """
 from __future__ import annotations
 
