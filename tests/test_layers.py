@@ -1,6 +1,6 @@
 """The house's rules, read from the code's own imports (DESIGN.md):
 
-    floor (errors, progress, terminal, images, grid, outputs, devices) < models < generation
+    floor (errors, progress, terminal, images, grid, outputs, devices, host_memory, parking) < models < generation
     < evaluation < training < server < toy, testing, cli
 
 A module imports only from its own layer or the layers below; the import graph has no circle; the
