@@ -175,7 +175,9 @@ def main() -> None:
         compile=args.compile, cuda_graphs=args.cuda_graphs, fused_backward_pass=args.fused_backward_pass,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
-    if args.gpu_memory and torch.cuda.is_available():
+    if args.gpu_memory and torch.cuda.is_available():     # the model built here, if it was, is gone: the run alone
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
         torch.cuda.set_per_process_memory_fraction(args.gpu_memory * 2**30 / torch.cuda.mem_get_info()[1])
     trainer = Trainer(cfg, []).setup()
     if args.sync_every_step:     # the trainer reads losses late only with fused AdamW
