@@ -19,6 +19,7 @@ of figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -176,6 +177,7 @@ def main() -> None:
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
     if args.gpu_memory and torch.cuda.is_available():     # the model built here, if it was, is gone: the run alone
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.set_per_process_memory_fraction(args.gpu_memory * 2**30 / torch.cuda.mem_get_info()[1])
