@@ -87,6 +87,8 @@ def test_a_trainers_modules_only_during_each_pass(amx, tiny_sd1, autocast):
              autocast=torch.bfloat16 if autocast else None)
     assert seen == [("decoder", True)] and unet_seen == [True, True]
     assert not any(channels_last(pipe.vae)) and not any(channels_last(pipe.unet))
+    # no prepacked copies kept between passes: the weights train in between
+    assert not any("_packed" in m.__dict__ or "forward" in m.__dict__ for m in [*pipe.unet.modules(), *pipe.vae.modules()])
     seen.clear()
     LatentCache(pipe.vae, torch.device("cpu")).encode(torch.zeros(1, 3, 16, 16))
     assert seen == [("encoder", True)] and not any(channels_last(pipe.vae))
@@ -97,3 +99,44 @@ def test_fp32_sampling_leaves_the_layout(amx, tiny_sd1):
     seen = convs_seen(pipeline.pipe.vae)
     generate(pipeline, GenerationParams("a dog", steps=2, width=16, height=16, seed=1))
     assert seen == [("decoder", False)] and not any(channels_last(pipeline.pipe.unet))
+
+
+def test_prepacked_weights_compute_the_same_bits_and_follow_the_weight(amx):
+    """Within the pass, a convolution whose weight is at least as large as its input runs from oneDNN's
+    prepacked copy of it: the same bits as the channels-last convolution, made once per input shape and
+    made again when the weight changes; a larger input (the VAE's maps) runs as ever."""
+    if not conv_layout._packing_works():
+        pytest.skip("torch's prepacked oneDNN convolutions are not available here")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).bfloat16()
+    conv_layout.to_channels_last(conv)                  # a generation pipeline's: channels-last for good
+    small, large = (torch.randn(2, 32, n, n, dtype=torch.bfloat16) for n in (4, 16))
+    with torch.inference_mode():
+        expected = torch.nn.functional.conv2d(small, conv.weight, conv.bias, padding=1)
+        with channels_last_convs(conv):
+            assert torch.equal(conv(small), expected)
+            (shape, *_), packed = conv._packed
+            assert shape == tuple(small.shape)
+            conv(large)
+            assert conv._packed[1] is packed                    # 32 x 16 x 16 inputs: not packed for
+        with channels_last_convs(conv):
+            conv(small)
+            assert conv._packed[1] is packed                    # kept for the next call
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    with torch.inference_mode(), channels_last_convs(conv):
+        out = conv(small)
+        assert conv._packed[1] is not packed and torch.equal(
+            out, torch.nn.functional.conv2d(small, conv.weight, conv.bias, padding=1))
+    assert "forward" not in conv.__dict__                        # outside a pass: the module's own forward
+
+
+def test_prepacked_sampling_makes_the_same_images(amx, tiny_sd1, monkeypatch):
+    if not conv_layout._packing_works():
+        pytest.skip("torch's prepacked oneDNN convolutions are not available here")
+    pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.bfloat16)
+    params = GenerationParams("a dog", steps=3, width=32, height=32, seed=1, batch_size=2)
+    packed = [img.image.tobytes() for img in generate(pipeline, params)]
+    assert any("_packed" in c.__dict__ for c in pipeline.pipe.unet.modules())
+    monkeypatch.setattr(conv_layout, "_prepacked", lambda conv, x: torch.nn.Conv2d.forward(conv, x))
+    assert [img.image.tobytes() for img in generate(pipeline, params)] == packed

@@ -169,8 +169,9 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
         decoding = 8 * sizes.vae_channels * pixels * vae_width
         sampling = 16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size
         generation = max(decoding, sampling) + parked
-        if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies
+        if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies,
             generation += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
+            generation += 0 if full else sizes.conv_weights[0] * low             # and a frozen UNet's prepacked
         if class_parking:   # the text encoders wait while the UNet samples, the UNet while the VAE decodes (autocast)
             unet_weights = sizes.unet * (4 if full else low) if low == 2 else 0
             te_weights = te_params * (4 if te_fp32 else low)
