@@ -140,3 +140,11 @@ def test_prepacked_sampling_makes_the_same_images(amx, tiny_sd1, monkeypatch):
     assert any("_packed" in c.__dict__ for c in pipeline.pipe.unet.modules())
     monkeypatch.setattr(conv_layout, "_prepacked", lambda conv, x: torch.nn.Conv2d.forward(conv, x))
     assert [img.image.tobytes() for img in generate(pipeline, params)] == packed
+
+
+def test_checking_the_prepacked_ops_draws_nothing_from_the_global_stream():
+    # it runs at a run's first sampling pass (class images): a draw there would move dropout's stream
+    conv_layout._packing_works.cache_clear()
+    state = torch.random.get_rng_state()
+    conv_layout._packing_works()
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -95,6 +95,8 @@ def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     weight = conv.weight
     if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) or conv.padding_mode != "zeros" \
             or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or hasattr(weight, "device_mesh") \
+            or (conv.bias is not None and conv.bias.dtype != torch.bfloat16) or x.dim() != 4 \
+            or not isinstance(conv.padding, tuple) \
             or weight.numel() < x.numel() or not _packing_works():
         return torch.nn.Conv2d.forward(conv, x)
     key = (tuple(x.shape), weight.data_ptr(), weight._version)
@@ -112,10 +114,11 @@ def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def _packing_works() -> bool:
     """torch's oneDNN ops for prepacked weights (inductor's, not public API) exist here and compute
     what ``F.conv2d`` does, bit for bit, on a small case; else convolutions run as ever."""
+    gen = torch.Generator().manual_seed(0)          # not the global stream: a run's draws stay as they were
     try:
-        x = torch.randn(2, 16, 8, 8).to(torch.bfloat16, memory_format=torch.channels_last)
-        w = torch.randn(32, 16, 3, 3).to(torch.bfloat16, memory_format=torch.channels_last)
-        b = torch.randn(32).to(torch.bfloat16)
+        x = torch.randn(2, 16, 8, 8, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last)
+        w = torch.randn(32, 16, 3, 3, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last)
+        b = torch.randn(32, generator=gen).to(torch.bfloat16)
         with torch.no_grad():
             packed = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
             out = torch.ops.mkldnn._convolution_pointwise(x, packed, b, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
