@@ -148,3 +148,22 @@ def test_checking_the_prepacked_ops_draws_nothing_from_the_global_stream():
     state = torch.random.get_rng_state()
     conv_layout._packing_works()
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_a_run_that_makes_its_class_images_trains_as_one_that_finds_them(amx, tiny_sd1, dog_photos, tmp_path):
+    """Sampling class images must not touch the global random stream that LoRA's initial weights and
+    dropout draw from: the same command trains the same whether its class images were there or not.
+    (The first check of the prepacked ops drew from it once, and runs differed from their second step.)"""
+    from dreambooth.training.config import build_config
+    from dreambooth.training.trainer import Trainer
+
+    def losses(out, class_dir=None):
+        cfg = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), instance_prompt="a photo of sks dog",
+                                      class_prompt="a photo of dog", num_class_images=2, class_steps=1, method="lora",
+                                      rank=4, resolution=32, max_steps=4, learning_rate=1e-3, mixed_precision="bf16",
+                                      checkpoint_every=0, output=str(out), class_dir=class_dir))
+        return Trainer(cfg).setup().fit().losses
+
+    conv_layout._packing_works.cache_clear()          # checked afresh, as in a new process: while making them
+    made = losses(tmp_path / "made")
+    assert losses(tmp_path / "found", str(tmp_path / "made" / "class_images")) == made
