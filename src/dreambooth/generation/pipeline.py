@@ -65,7 +65,8 @@ class GenerationPipeline:
     def __init__(self, pipe, info: ModelInfo | None = None, library: LoraLibrary | None = None,
                  default_loras: list[LoraTag] | None = None):
         self.pipe = pipe
-        self.max_side = adapter_for(pipe).max_side
+        self.family = adapter_for(pipe)
+        self.max_side = self.family.max_side
         pipe.set_progress_bar_config(disable=True)
         self.info = info or ModelInfo(name=type(pipe).__name__)
         self.library = library or LoraLibrary()
@@ -77,11 +78,6 @@ class GenerationPipeline:
         self._resident: dict[str, LoraFile] = {}      # LoRAs whose weights are in the modules already
         self.parking: Parking | None = None           # set: the parts take turns on the device (place_for)
 
-    @property
-    def text_encoders(self) -> list[torch.nn.Module]:
-        return [te for te in (getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None))
-                if te is not None]
-
     def place_for(self, stage: str) -> None:
         """With ``parking``, what ``stage`` needs on the device and what it does not in CPU memory:
         "encode" brings the text encoders, "sample" parks them and brings the UNet, "decode" parks the
@@ -91,13 +87,13 @@ class GenerationPipeline:
         if parking is None or not parking.enabled:
             return
         if stage == "encode":
-            for te in self.text_encoders:
+            for te in self.family.text_encoders:
                 parking.ready(te)
         elif stage == "sample":
-            for te in self.text_encoders:
+            for te in self.family.text_encoders:
                 parking.park(te)
             if self.pipe.device.type != parking.device.type:     # a diffusers that reports the first part's
-                for te in self.text_encoders:                     # device, not the accelerator's: it would
+                for te in self.family.text_encoders:                     # device, not the accelerator's: it would
                     parking.ready(te)                             # make the latents on the CPU
             parking.ready(self.pipe.unet)
         elif stage == "decode":

@@ -118,7 +118,8 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     text_grad = train_te or (full and bool(cfg.identifier_lr))         # the text encoder runs with grad
     te_params = sum(sizes.text_encoders)
 
-    weights = sizes.unet * (4 if full else low) + te_params * (4 if te_fp32 else low)
+    unet_weights, te_weights = sizes.unet * (4 if full else low), te_params * (4 if te_fp32 else low)
+    weights = unet_weights + te_weights
     vae_width = vae_dtype(sizes.vae_fp32, AUTOCAST.get(cfg.mixed_precision, torch.float32)).itemsize
     weights += sizes.vae * vae_width
     if full:
@@ -168,14 +169,14 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     if cfg.use_prior and making_class_images:
         decoding = 8 * sizes.vae_channels * pixels * vae_width
         sampling = 16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size
-        generation = max(decoding, sampling) + parked
+        present = parked                       # the frozen encoders are on the device for the class images,
+        if class_parking:                      # unless they wait while the UNet samples, and the UNet
+            present -= te_weights              # waits while the VAE decodes (under autocast: our decode)
+            decoding -= unet_weights if low == 2 else 0
+        generation = max(decoding, sampling) + present
         if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies,
             generation += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
             generation += 0 if full else sizes.conv_weights[0] * low             # and a frozen UNet's prepacked
-        if class_parking:   # the text encoders wait while the UNet samples, the UNet while the VAE decodes (autocast)
-            unet_weights = sizes.unet * (4 if full else low) if low == 2 else 0
-            te_weights = te_params * (4 if te_fp32 else low)
-            generation = max(sampling, decoding - unet_weights) - te_weights + parked
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
     activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
