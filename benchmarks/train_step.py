@@ -143,6 +143,9 @@ def main() -> None:
     ap.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
                     help="act as a card of this size: torch's allocator refuses more (set_per_process_memory_fraction) "
                          "and the preflight sees it as the card's memory")
+    ap.add_argument("--validate", action="store_true",
+                    help="validation images (one prompt, one seed, 10 sampling steps) before the first step and "
+                         "after the last, outside the timed steps; the line counts those made")
     ap.add_argument("--sync-every-step", action="store_true",
                     help="read each step's loss at once (a host sync per step), as before the loss was read a step late")
     args = ap.parse_args()
@@ -152,6 +155,7 @@ def main() -> None:
     if args.size in ("full", "narrow") and args.family not in NARROW_UNET:
         ap.error(f"--size {args.size}: the full-size layouts are sd1 (SD1.5) and sdxl")
     os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")            # random weights: nothing to fetch (validation's metrics off)
 
     from dreambooth.training.config import build_config
     from dreambooth.testing.tiny import save_tiny
@@ -175,7 +179,9 @@ def main() -> None:
         gradient_checkpointing=args.gradient_checkpointing, use_8bit_adam=args.use_8bit_adam,
         compile=args.compile, cuda_graphs=args.cuda_graphs, fused_backward_pass=args.fused_backward_pass,
         resolution=args.resolution, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-        output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False))
+        output=args.output or str(Path(args.cache) / "out"), overwrite=True, export_kohya=False,
+        **(dict(validate_every=args.warmup + args.steps, validation_prompts=["a photo of sks dog"], validation_seeds=[0],
+                validation_steps=10) if args.validate else {})))
     if args.gpu_memory and torch.cuda.is_available():     # the model built here, if it was, is gone: the run alone
         gc.collect()
         torch.cuda.empty_cache()
@@ -207,6 +213,11 @@ def main() -> None:
                     if args.profile:
                         self.profiler.__exit__(None, None, None)
 
+        validations = 0
+
+        def on_validation(self, run, validation):
+            self.validations += 1        # one skipped for want of memory is not counted
+
     clock = Clock()
     trainer.callbacks.append(clock)
     trainer.fit()
@@ -222,10 +233,13 @@ def main() -> None:
     # replayed graphs allocate nothing: their activations show in what the allocator holds (reserved)
     reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
+    validated = (f"validations={clock.validations} validation-parking={trainer.memory.validation_parking} "
+                 if args.validate else "")
     print(f"{args.family}-{args.size} {args.method} te={args.train_text_encoder} res={trainer.config.resolution} "
           f"batch={args.batch_size}{'+prior' if args.prior else ''} mp={args.mixed_precision} gc={args.gradient_checkpointing} "
           f"8bit={args.use_8bit_adam} compile={args.compile} graphs={args.cuda_graphs} fused={args.fused_backward_pass} sync={args.sync_every_step} "
-          f"card={(args.gpu_memory or 'all') if cuda else '-'} GiB class-parking={trainer.memory.class_parking} | {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
+          f"card={(args.gpu_memory or 'all') if cuda else '-'} GiB class-parking={trainer.memory.class_parking} "
+          f"{validated}| {elapsed / args.steps:.3f} s/step, {args.steps / elapsed:.2f} it/s, "
           f"peak GPU memory {peak:.2f} GiB (before the timed steps {getattr(clock, 'setup_peak', float('nan')):.2f}), "
           f"reserved {reserved:.2f} GiB | {device}")
 

@@ -118,8 +118,9 @@ def tight_memory(monkeypatch):
     """Free memory one byte short of what the run needs: the preflight must refuse it."""
     seen = {}
 
-    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1, processes=None, class_parking=False):
-        result = real(sizes, cfg, device, making_class_images, shards, processes, class_parking)
+    def estimate(sizes, cfg, device="cpu", making_class_images=True, shards=1, processes=None, class_parking=False,
+                 validation_parking=False):
+        result = real(sizes, cfg, device, making_class_images, shards, processes, class_parking, validation_parking)
         seen.setdefault("first", result.total)     # the run's own estimate comes first
         return result
 
@@ -309,6 +310,39 @@ def test_class_images_that_would_not_fit_on_a_gpu_are_made_with_the_parts_taking
         preflight(parked.total - 1)                          # taking turns is not enough: refused
     cfg = cfg.replace(prior_preservation=False)              # no class images: nothing to take turns for
     assert not preflight(steps.total - 1, force=True).class_parking
+
+
+def test_validation_that_would_not_fit_on_a_gpu_is_made_with_the_parts_taking_turns(monkeypatch):
+    """SDXL LoRA in bf16 at 1024 px with validation: every part back on the GPU beside the optimizer's
+    state, and the VAE decoding at full size, would pass the steps' peak (an 8 GB card skipped its
+    validation images). Where that would not fit, validation takes turns as class images do; not where
+    --cuda-graphs replays the UNet's weights at their addresses, nor with several processes."""
+    sizes = sdxl_sizes()
+    cfg = config(method="lora", train_text_encoder=False, mixed_precision="bf16", resolution=1024,
+                 gradient_checkpointing=True, prior_preservation=False, validate_every=100)
+    steps = pf.estimate(sizes, cfg.replace(validate_every=0), "cuda")
+    resident = pf.estimate(sizes, cfg, "cuda")
+    parked = pf.estimate(sizes, cfg, "cuda", validation_parking=True)
+    assert resident.total > parked.total == steps.total
+    decoding = 8 * 128 * 1024 * 1024 * 2
+    assert resident.total >= resident.weights + resident.optimizer + decoding
+
+    monkeypatch.setattr(pf, "model_sizes", lambda pipe, family: sizes)
+
+    def preflight(available: int, processes: int = 1, **changes) -> pf.Preflight:
+        monkeypatch.setattr(pf, "available_memory", lambda d: available)
+        return pf.preflight(None, None, cfg.replace(**changes), "cuda", processes=processes)
+    tight = preflight((resident.total + parked.total) // 2)
+    assert tight.validation_parking and not tight.class_parking and tight.estimate == parked
+    assert not preflight(resident.total).validation_parking
+    for pinned in ({"cuda_graphs": True}, {"processes": 2}):
+        assert not preflight(parked.total, force=True, **pinned).validation_parking
+    # in fp32 the pipeline decodes inside its own call, the UNet beside the VAE: turns are not enough
+    fp32 = cfg.replace(mixed_precision="no")
+    steps = pf.estimate(sizes, fp32.replace(validate_every=0), "cuda")
+    assert pf.estimate(sizes, fp32, "cuda", validation_parking=True).total > steps.total
+    with pytest.raises(pf.UserError, match="--validate-every 0"):     # the fix that names validation
+        preflight(steps.total, mixed_precision="no")
 
 
 def test_free_gpu_memory_is_what_this_process_may_take(monkeypatch):

@@ -7,9 +7,10 @@ parked; whatever needs one again (a prompt or picture that missed the cache, val
 first. While they cache, the UNet waits there instead: the peak of an SDXL LoRA run on an H200 was set
 while its latents were cached (9.96 GiB, against 6.69 GiB in the steps).
 
-Generation (a pipeline given one: class images that would not fit otherwise, see training.preflight):
-the text encoders wait while the UNet samples, the UNet while the VAE decodes at full size. Moving
-weights changes no bits. Where the device is the CPU, nothing moves.
+Generation (a pipeline given one: class images or validation that would not fit otherwise, see
+training.preflight): the text encoders wait while the UNet samples, the UNet while they encode and
+while the VAE decodes at full size. Moving weights changes no bits. Where the device is the CPU,
+nothing moves.
 """
 from __future__ import annotations
 
@@ -60,12 +61,21 @@ class Parking:
             self.ready(module)
 
     @contextlib.contextmanager
-    def all_back(self):
-        """Everything on the training device for the block (validation), parked again after."""
+    def kept(self, *ready: torch.nn.Module):
+        """``ready`` on the training device for the block, and each part where it was after, whatever
+        moved in between (validation: a generation pipeline taking turns with this parking)."""
         was = list(self.parked)
-        self.release()
+        for module in ready:
+            self.ready(module)
         try:
             yield
         finally:
+            for module in list(self.parked):
+                if not any(module is w for w in was):
+                    self.ready(module)
             for module in was:
                 self.park(module)
+
+    def all_back(self):
+        """Everything on the training device for the block (validation), parked again after."""
+        return self.kept(*self.parked)

@@ -80,14 +80,17 @@ class GenerationPipeline:
 
     def place_for(self, stage: str) -> None:
         """With ``parking``, what ``stage`` needs on the device and what it does not in CPU memory:
-        "encode" brings the text encoders, "sample" parks them and brings the UNet, "decode" parks the
-        UNet (only where the sampling path decodes itself: under autocast). The VAE stays: img2img
-        encodes inside the pipeline call. Parking the largest part first keeps the peak at the larger part."""
+        "encode" parks the UNet and brings the text encoders, "sample" parks them and brings the UNet,
+        "decode" parks the UNet (only where the sampling path decodes itself: under autocast). The VAE
+        stays: img2img encodes inside the pipeline call. Parking the largest part first keeps the peak
+        at the larger part. Under autocast the UNet is already away when the next batch encodes: the
+        moves are the UNet's once each way and the encoders' once each way, a batch."""
         parking = self.parking
         if parking is None or not parking.enabled:
             return
         if stage == "encode":
-            for te in self.family.text_encoders:
+            parking.park(self.pipe.unet)           # an optimizer's state beside it in validation: all
+            for te in self.family.text_encoders:   # the weights at once would pass the steps' peak
                 parking.ready(te)
         elif stage == "sample":
             for te in self.family.text_encoders:

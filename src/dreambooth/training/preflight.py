@@ -20,11 +20,12 @@ and whether it has AMX):
   block's input is kept, plus one block's activations at a time. Under mixed precision, a full run
   also keeps a low-precision copy of each trainable weight (bf16 copies, or autocast's casts saved
   for the backward pass; with checkpointing those are cast again as each block is recomputed);
-* class-image generation (inference with CFG, the VAE decoding at full size; on a CPU with AMX in
-  bf16, the channels-last copies of the convolution weights it samples with) and the VAE encoding a
-  batch: transients that count when they are larger than what training holds at the time. On a GPU
-  where that phase would not fit with every part on it, the parts take turns (``Preflight.class_parking``:
-  the text encoders wait in CPU memory while the UNet samples, the UNet while the VAE decodes);
+* class-image and validation generation (inference with CFG, the VAE decoding at full size; on a CPU
+  with AMX in bf16, the channels-last copies of the convolution weights it samples with) and the VAE
+  encoding a batch: transients that count when they are larger than what training holds at the time.
+  On a GPU where such a phase would not fit with every part on it, the parts take turns
+  (``Preflight.class_parking``, ``Preflight.validation_parking``: the text encoders wait in CPU memory
+  while the UNet samples, the UNet while they encode and while the VAE decodes);
 * sharded (FSDP over N processes, ``shards``): 1/N of the trained weights, their gradients and AdamW's
   state per process, and the whole weights while loading and making class images, before sharding;
 * on the CPU, the process itself (Python, torch and the libraries, about half a GiB), because the
@@ -104,10 +105,11 @@ def gib(n: float) -> str:
 
 # ----- the estimate ---------------------------------------------------------------------------------
 def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_class_images: bool = True,
-             shards: int = 1, processes: int | None = None, class_parking: bool = False) -> MemoryEstimate:
+             shards: int = 1, processes: int | None = None, class_parking: bool = False,
+             validation_parking: bool = False) -> MemoryEstimate:
     """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
     "cuda", "mps"), class images made first or not (``class_parking``: with the parts taking turns on
-    the device), in one process of ``shards`` that split the trained weights, their gradients and
+    the device; ``validation_parking``: validation images likewise), in one process of ``shards`` that split the trained weights, their gradients and
     AdamW's state (FSDP; 1: each holds all), of ``processes`` in all (default: ``shards``; DDP runs
     several that hold all); see the module's notes."""
     low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
@@ -165,20 +167,28 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     # class images (every part on the device; CFG doubles the UNet's batch; the VAE decodes one image
     # at a time at full size) and the VAE encoding a batch at the start of a step (no gradients then).
     pixels = cfg.resolution * cfg.resolution
-    generation = 0
-    if cfg.use_prior and making_class_images:
+
+    def making_images(batch: int, turns: bool) -> int:
+        """What sampling ``batch`` images at a time (CFG doubles the UNet's) and decoding each at full
+        size hold over the steps' weights: the frozen encoders are back on the device, unless the parts
+        take turns (they wait while the UNet samples, and the UNet, under autocast where the sampling
+        path decodes itself, while the VAE decodes)."""
         decoding = 8 * sizes.vae_channels * pixels * vae_width
-        sampling = 16 * sizes.unet_base_channels * latent_px * 2 * low * cfg.class_batch_size
-        present = parked                       # the frozen encoders are on the device for the class images,
-        if class_parking:                      # unless they wait while the UNet samples, and the UNet
-            present -= te_weights              # waits while the VAE decodes (under autocast: our decode)
+        sampling = 16 * sizes.unet_base_channels * latent_px * 2 * low * batch
+        present = parked
+        if turns:
+            present -= te_weights
             decoding -= unet_weights if low == 2 else 0
-        generation = max(decoding, sampling) + present
+        made = max(decoding, sampling) + present
         if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies,
-            generation += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
-            generation += 0 if full else sizes.conv_weights[0] * low             # and a frozen UNet's prepacked
+            made += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width
+            made += 0 if full else sizes.conv_weights[0] * low                  # and a frozen UNet's prepacked
+        return made
+    # class images come before the optimizer and its state; validation after, while no gradient is held
+    generation = making_images(cfg.class_batch_size, class_parking) if cfg.use_prior and making_class_images else 0
+    validation = making_images(1, validation_parking) if cfg.validate_every else 0
     encoding = 3 * sizes.vae_channels * pixels * vae_width * batch
-    activations = int(max(act, generation + others - gradients - optimizer, encoding - gradients))
+    activations = int(max(act, generation + others - gradients - optimizer, validation - gradients, encoding - gradients))
     runtime = CPU_RUNTIME if device == "cpu" else CUDA_RUNTIME if device == "cuda" else 0
     return MemoryEstimate(int(weights), int(gradients), int(optimizer), activations, runtime, device, int(parked))
 
@@ -190,7 +200,7 @@ def _lower_resolutions(cfg: TrainConfig, step: int) -> list[int]:
 
 def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limit: int = 3,
           making_class_images: bool = True, shards: int = 1, processes: int | None = None,
-          class_parking: bool = False) -> list[tuple[str, MemoryEstimate]]:
+          class_parking: bool = False, validation_parking: bool = False) -> list[tuple[str, MemoryEstimate]]:
     """The cheapest settings that fit in ``available`` bytes, each with its estimate: single changes
     in order of what they cost (speed first, then fidelity), else the cheapest of them that fit together,
     at the highest resolution any combination reaches.
@@ -199,7 +209,7 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     processes = processes or shards
 
     def fits(c: TrainConfig) -> MemoryEstimate:
-        return estimate(sizes, c, device, making_class_images, shards, processes, class_parking)
+        return estimate(sizes, c, device, making_class_images, shards, processes, class_parking, validation_parking)
     changes: list[tuple[str, dict]] = []
     if not cfg.gradient_checkpointing:         # graphs record checkpointing only without dropout (config)
         graphs_off = cfg.cuda_graphs and cfg.adapters_draw_random_numbers
@@ -213,6 +223,8 @@ def fixes(sizes: ModelSizes, cfg: TrainConfig, device: str, available: int, limi
     if cfg.mixed_precision == "no":      # fp16 on a GPU without bf16 in hardware (emulated bf16 is slow)
         low = "fp16" if training_precision(torch.device(device)) == "fp16" else "bf16"
         changes.append((f"--mixed-precision {low}", {"mixed_precision": low}))
+    if cfg.validate_every and not cfg.keep_best:      # where validation images set the peak
+        changes.append(("--validate-every 0", {"validate_every": 0}))
     if cfg.method == "full" and shards == 1:
         changes.append(("--method lora", {"method": "lora"}))
     found = []
@@ -268,14 +280,17 @@ class Preflight:
     """A run's estimate against the device's free memory (None: unknown)."""
     estimate: MemoryEstimate
     available: int | None
-    class_parking: bool = False     # class images made with the parts taking turns on the GPU
+    class_parking: bool = False         # class images made with the parts taking turns on the GPU
+    validation_parking: bool = False    # validation images likewise
 
     def report(self) -> None:
         """The estimate as one progress message (a warning when it does not fit: ``--force``)."""
         est, available = self.estimate, self.available
-        if self.class_parking:
-            progress.message("memory preflight: class images are made with the parts taking turns on the GPU "
-                             "(the text encoders wait in CPU memory while the UNet samples, the UNet while the VAE decodes)")
+        made = " and ".join(what for what, turns in (("class images", self.class_parking),
+                                                     ("validation images", self.validation_parking)) if turns)
+        if made:
+            progress.message(f"memory preflight: {made} are made with the parts taking turns on the GPU (the text "
+                             "encoders wait in CPU memory while the UNet samples, the UNet while the VAE decodes)")
         if available is None:
             progress.message(f"memory preflight: {est.describe('peak')}")
         elif est.total <= available:
@@ -292,18 +307,21 @@ def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes
     kind = torch.device(device).type
     sizes = model_sizes(pipe, family)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
-    est = estimate(sizes, cfg, kind, making, shards, processes)
+    options = [(estimate(sizes, cfg, kind, making, shards, processes), (False, False))]
     available = available_memory(device)
-    parking = False
-    if kind == "cuda" and making and available is not None and est.total > available:
-        # class images that would not fit with every part on the GPU: the parts take turns (moves each batch)
-        parked = estimate(sizes, cfg, kind, making, shards, processes, class_parking=True)
-        parking = parked.total < est.total
-        est = parked if parking else est
+    # Images that would not fit with every part on the GPU are made with the parts taking turns (moves
+    # each batch, hence only where needed): class images, and validation where nothing pins the
+    # weights' addresses (--cuda-graphs replays them) or shares the UNet with other processes.
+    if kind == "cuda" and available is not None and options[0][0].total > available:
+        validating = bool(cfg.validate_every) and not cfg.cuda_graphs and (processes or shards) == 1
+        options += [(estimate(sizes, cfg, kind, making, shards, processes, *t), t)
+                    for t in ((True, False), (False, True), (True, True)) if (making or not t[0]) and (validating or not t[1])]
+    fitting = [o for o in options if available is not None and o[0].total <= available]
+    est, (class_turns, validation_turns) = fitting[0] if fitting else min(options, key=lambda o: (o[0].total, sum(o[1])))
     if available is None or est.total <= available or cfg.force:
-        return Preflight(est, available, parking)
+        return Preflight(est, available, class_turns, validation_turns)
     found = fixes(sizes, cfg, kind, available, making_class_images=making, shards=shards, processes=processes,
-                  class_parking=parking)
+                  class_parking=class_turns, validation_parking=validation_turns)
     if found:
         advice = "settings that fit: " + ", ".join(f"{flags} (about {gib(e.total)} GiB)" for flags, e in found)
     else:

@@ -132,7 +132,8 @@ class Trainer:
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
-        self.parking = Parking(self.device)          # frozen parts wait on the CPU once all is cached
+        # frozen parts wait on the CPU once all is cached (on a GPU; or as the preflight says, for validation)
+        self.parking = Parking(self.device, self.device.type == "cuda" or self.memory.validation_parking)
         # and the UNet while they cache (one process: DDP and FSDP keep theirs in place)
         with self.parking.away(self.trainables["unet"], self.accelerator.num_processes == 1 and not is_sharded(self.accelerator)):
             if (prompts := self.stream.every_prompt()) is not None and not self.trains_text:
@@ -178,10 +179,13 @@ class Trainer:
         cfg = self.config
         if for_output and cfg.method == "full":
             info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=str(self.output.resolve()))
-            return GenerationPipeline(self.pipe, info)
-        pipeline = GenerationPipeline(self.pipe, model_info_for(cfg.model, cfg.vae))
-        if for_output:
-            pipeline.add_resident_lora(self.output)
+            pipeline = GenerationPipeline(self.pipe, info)
+        else:
+            pipeline = GenerationPipeline(self.pipe, model_info_for(cfg.model, cfg.vae))
+            if for_output:
+                pipeline.add_resident_lora(self.output)
+        if for_output and self.memory.validation_parking:     # validation takes turns with the steps' own
+            pipeline.parking = self.parking                    # parking (preflight); _validate puts all back
         return pipeline
 
     @property
@@ -356,7 +360,9 @@ class Trainer:
             raise TrainingInterrupted(self.step, found[-1] if found else None) from None
 
     def _validate(self, when, *args) -> None:
-        with self.parking.all_back():                  # validation generates: every part on the device
+        # validation generates: every part on the device, or the VAE and the rest in turns (preflight)
+        placed = self.parking.kept(self.pipe.vae) if self.memory.validation_parking else self.parking.all_back()
+        with placed:
             validation = when(*args)
         if validation is not None:
             for cb in self.callbacks:
