@@ -98,7 +98,7 @@ def test_validation_with_the_parts_taking_turns_changes_nothing(tiny_sd1, dog_ph
     """Validation images: the same parts take turns (the optimizer's state stays on the device beside
     them); the images, the losses and the trained weights are the same as with every part back, and
     each step finds the parts where the steps keep them."""
-    seen, validating = [], []
+    seen, validating, starts = [], [], []
 
     def run(out, turns: bool):
         _turns(monkeypatch, validation_parking=turns)
@@ -110,6 +110,7 @@ def test_validation_with_the_parts_taking_turns_changes_nothing(tiny_sd1, dog_ph
         real = trainer.validator.validate
 
         def validate(step):
+            starts.append(sorted(type(m).__name__ for m in trainer.parking.parked))
             validating.append(len(seen))                      # where in ``seen`` this validation starts
             try:
                 return real(step)
@@ -117,7 +118,8 @@ def test_validation_with_the_parts_taking_turns_changes_nothing(tiny_sd1, dog_ph
                 validating.append(len(seen))
         trainer.validator.validate = validate
         result = trainer.fit()
-        assert trainer.parking.parked == []                  # all back once the run is over, as before
+        # all back once the run is over, as before; taking turns, where the steps keep them
+        assert sorted(type(m).__name__ for m in trainer.parking.parked) == ([VAE, TE] if turns else [])
         grids = [Image.open(p).tobytes() for p in sorted((out / "validation").glob("step-*.png"))]
         weights = {k: v.clone() for k, v in trainer.trainables["unet"].state_dict().items() if "lora" in k}
         return result.losses, grids, weights
@@ -125,6 +127,8 @@ def test_validation_with_the_parts_taking_turns_changes_nothing(tiny_sd1, dog_ph
     losses, grids, weights = run(tmp_path / "turns", True)
     spans = [range(a, b) for a, b in zip(validating[::2], validating[1::2])]
     assert len(spans) == 3                                   # steps 0, 2 and 4
+    # the VAE comes back for it, the encoders not before they encode (not every weight at once)
+    assert starts == [[TE], [TE], [TE]]
     inside = {(seen[i][0], tuple(seen[i][1])) for span in spans for i in span}
     assert inside == {("text encoder", (UNET,)), ("unet", (TE,)), ("decoder", (TE, UNET))}
     steps = [parked for i, (name, parked) in enumerate(seen) if name == "unet" and not any(i in s for s in spans)]

@@ -300,7 +300,8 @@ class Trainer:
                     pending = seen
                 else:
                     self._step_done(seen)
-        self.parking.release()            # saving and validation as before: every part on the device
+        if not self.memory.validation_parking:     # saving and validation as before: every part on the device
+            self.parking.release()                 # (taking turns: not every weight beside the optimizer's state)
         with file_operation("write the trained model", "--output"):
             files = save_output(self)
         if self.accelerator.is_main_process:
