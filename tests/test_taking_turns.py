@@ -138,3 +138,65 @@ def test_validation_with_the_parts_taking_turns_changes_nothing(tiny_sd1, dog_ph
     assert len(grids) == 3 and grids == grids_all
     assert losses == losses_all
     assert weights.keys() == weights_all.keys() and all(torch.equal(weights[k], weights_all[k]) for k in weights)
+
+
+def _parked_when_run(pipe, parking_of) -> list:
+    """(part, the types parked) each time SDXL's or SD1's encoders, the UNet or the decoder run."""
+    seen = []
+    parts = [("text encoder", te) for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+    for name, module in parts + [("unet", pipe.unet), ("decoder", pipe.vae.decoder)]:
+        module.register_forward_pre_hook(lambda m, args, name=name: seen.append(
+            (name, tuple(sorted(type(p).__name__ for p in parking_of().parked)))))
+    return seen
+
+
+def test_generation_with_medvram_makes_the_same_images(tiny_sd1, tiny_sdxl, tmp_path, monkeypatch):
+    """``dreambooth generate --medvram`` (and ``serve --medvram``): the encoders wait while the UNet
+    samples, the UNet while they encode and while the VAE decodes: the pipeline's own decode without
+    autocast, ours under it, and a live preview between steps (the UNet comes back for the next step).
+    The images are the ones made with every part in place."""
+    from dreambooth.generation.params import GenerationParams
+    from dreambooth.generation.pipeline import load_generation_pipeline
+    from dreambooth.generation.sampling import Controls, decode, generate
+    from dreambooth import parking as parking_module
+    real_init = parking_module.Parking.__init__
+    monkeypatch.setattr(parking_module.Parking, "__init__", lambda self, device, enabled=None: real_init(self, device, True))
+    params = GenerationParams("a photo of sks dog", steps=3, width=32, height=32, seed=5, batch_size=2)
+    for model, encoders in ((tiny_sd1, (TE,)), (tiny_sdxl, tuple(sorted((TE, "CLIPTextModelWithProjection"))))):
+        every = load_generation_pipeline(str(model), dtype=torch.float32)
+        turns = load_generation_pipeline(str(model), dtype=torch.float32, medvram=True)
+        assert every.parking is None and turns.parking.enabled
+        seen = _parked_when_run(turns.pipe, lambda: turns.parking)
+        for autocast in (None, torch.bfloat16):
+            preview = Controls(preview=lambda latents, p=turns: decode(p.pipe, latents[:1]), preview_every=1)
+            made = generate(turns, params, autocast=autocast, controls=preview)
+            alike = generate(every, params, autocast=autocast)
+            assert [m.image.tobytes() for m in made] == [m.image.tobytes() for m in alike]
+        assert {p for name, p in seen if name == "text encoder"} == {(UNET,)}
+        assert {p for name, p in seen if name == "unet"} == {encoders}
+        assert {p for name, p in seen if name == "decoder"} == {tuple(sorted((*encoders, UNET)))}
+        # a preview after each of the 3 steps, then the batch decoded by the pipeline (fp32) or by image (ours)
+        assert sum(name == "decoder" for name, _ in seen) == 3 + 1 + 3 + 2
+
+
+def test_generate_medvram_from_the_command_line(tiny_sd1, tmp_path):
+    """On the CPU nothing moves; the flag is taken and the images are those made without it."""
+    from conftest import run_cli
+    made = {}
+    for name, extra in (("turns", ["--medvram"]), ("every", [])):
+        code, out, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a photo of sks dog", "--steps", "2",
+                                 "--width", "32", "--height", "32", "--seed", "3", "--output", tmp_path / name, *extra)
+        assert code == 0, err
+        made[name] = [Image.open(p.strip()).tobytes() for p in out.splitlines() if p.strip().endswith(".png")]
+    assert made["turns"] and made["turns"] == made["every"]
+
+
+def test_serve_medvram_gives_the_engine_parking(tiny_sd1, tmp_path, monkeypatch):
+    """``serve --medvram``: every model the server loads generates with the parts taking turns."""
+    from dreambooth import parking as parking_module
+    from dreambooth.server.app import ServerSettings, create_app
+    real_init = parking_module.Parking.__init__
+    monkeypatch.setattr(parking_module.Parking, "__init__", lambda self, device, enabled=None: real_init(self, device, True))
+    for medvram in (True, False):
+        engine = create_app(ServerSettings(model=str(tiny_sd1), data_dir=tmp_path / "data", medvram=medvram)).state.engine
+        assert (engine.pipeline.parking is not None) == medvram

@@ -67,10 +67,13 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--fast-batches/--one-by-one", default=True, show_default=True,
               help="A batch through the UNet at once, as diffusers and the WebUI do; each PNG records its place in "
               "the batch and --from-image replays the batch, bit for bit. --one-by-one: each image alone.")
+@click.option("--medvram", is_flag=True, help="For a GPU short of memory, as the WebUI's: the text encoders, the UNet "
+              "and the VAE take turns on it. The same images; each batch moves the parts.")
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
                      steps, cfg_scale, seed, width, height, batch_size, batch_count, output, init_image, strength,
-                     mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches):
+                     mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
+                     medvram):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
     if list_samplers:
         click.echo(sampler_table())
@@ -115,7 +118,8 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
             parse_axis(axis, flag)
 
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
-                                        dtype=DTYPES[dtype], model_config=model_config, library=library)
+                                        dtype=DTYPES[dtype], model_config=model_config, library=library,
+                                        medvram=medvram)
     if prompt_matrix:
         result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path

@@ -26,8 +26,11 @@ def _transforms(preset: str | None, model: str) -> list:
               help="Jobs, uploads and their outputs.")
 @click.option("--cors-allow-origin", "cors", multiple=True, help="Allow browser requests from this origin (off by default).")
 @click.option("--device", default=None, help="Device (cuda, cuda:1, cpu). Default: the best available.")
+@click.option("--medvram", is_flag=True, help="For a GPU short of memory: the text encoders, the UNet and the VAE "
+              "take turns on it while generating (the same images; each batch moves the parts).")
 @click.option("--no-ui", is_flag=True, help="Serve the APIs only, without the web UI at /.")
-def serve_command(host, port, listen, insecure, api_auth, model, models_dir, loras_dir, data_dir, cors, device, no_ui):
+def serve_command(host, port, listen, insecure, api_auth, model, models_dir, loras_dir, data_dir, cors, device, medvram,
+                  no_ui):
     """Serve the AUTOMATIC1111 API (/sdapi/v1) and training jobs (/dreambooth/v1/jobs)."""
     import uvicorn
 
@@ -39,9 +42,10 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, lor
                         "(or --insecure)")
     parse_auth(api_auth)
     flags = {"host": host, "port": port, "listen": listen, "api_auth": bool(api_auth), "model": model,
-             "models_dir": models_dir, "loras_dir": loras_dir, "data_dir": str(data_dir), "device": device}
+             "models_dir": models_dir, "loras_dir": loras_dir, "data_dir": str(data_dir), "device": device,
+             "medvram": medvram}
     app = create_app(ServerSettings(model=model, data_dir=data_dir, models_dir=models_dir, loras_dir=loras_dir,
-                                    api_auth=api_auth, cors_origins=list(cors), device=device,
+                                    api_auth=api_auth, cors_origins=list(cors), device=device, medvram=medvram,
                                     transforms=_transforms, flags=flags))
     if not no_ui:
         from ..ui.app import mount_ui

@@ -7,6 +7,7 @@ pipeline that is already in memory (the trainer's, for validation images).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,10 +82,9 @@ class GenerationPipeline:
     def place_for(self, stage: str) -> None:
         """With ``parking``, what ``stage`` needs on the device and what it does not in CPU memory:
         "encode" parks the UNet and brings the text encoders, "sample" parks them and brings the UNet,
-        "decode" parks the UNet (only where the sampling path decodes itself: under autocast). The VAE
-        stays: img2img encodes inside the pipeline call. Parking the largest part first keeps the peak
-        at the larger part. Under autocast the UNet is already away when the next batch encodes: the
-        moves are the UNet's once each way and the encoders' once each way, a batch."""
+        "decode" parks the UNet. The VAE stays: img2img encodes inside the pipeline call. Parking the
+        largest part first keeps the peak at the larger part. The UNet is already away when the next
+        batch encodes: the moves are the UNet's and the encoders' once each way, a batch."""
         parking = self.parking
         if parking is None or not parking.enabled:
             return
@@ -101,6 +101,23 @@ class GenerationPipeline:
             parking.ready(self.pipe.unet)
         elif stage == "decode":
             parking.park(self.pipe.unet)
+
+    @contextlib.contextmanager
+    def turns_inside(self, runner):
+        """With ``parking``, within a pipeline call too: the UNet waits whenever the VAE decodes (the
+        pipeline's own decode, outside autocast; a live preview between steps) and comes back whenever
+        it runs. Forward pre-hooks, removed after the call."""
+        if self.parking is None or not self.parking.enabled:
+            yield
+            return
+        decoder = getattr(runner.vae, "decoder", runner.vae)
+        hooks = [runner.unet.register_forward_pre_hook(lambda module, args: self.place_for("sample"), prepend=True),
+                 decoder.register_forward_pre_hook(lambda module, args: self.place_for("decode"), prepend=True)]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def add_resident_lora(self, output: Path) -> None:
         """A LoRA being trained in these very modules (validation): recorded in every infotext as
@@ -168,9 +185,10 @@ class GenerationPipeline:
 
 def load_generation_pipeline(model: str, loras=(), vae: str | None = None, device: str | torch.device | None = None,
                              dtype: torch.dtype | None = None, model_config: str | None = None,
-                             lora_dirs=(), library: LoraLibrary | None = None) -> GenerationPipeline:
+                             lora_dirs=(), library: LoraLibrary | None = None, medvram: bool = False) -> GenerationPipeline:
     """Load ``model`` for generation; ``loras`` are ``[(path, weight), ...]`` applied to every prompt
-    (as ``<lora:name:weight>`` tags appended to it). ``dtype``: default ``devices.generation_dtype``."""
+    (as ``<lora:name:weight>`` tags appended to it). ``dtype``: default ``devices.generation_dtype``.
+    ``medvram``: on a GPU the parts take turns on it (``place_for``; the WebUI's --medvram)."""
     library = library or LoraLibrary(lora_dirs)
     default: list[LoraTag] = []
     if is_lora_output(model):
@@ -189,7 +207,9 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
     pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
     generation = GenerationPipeline(pipe, info, library, default)
     generation.apply_loras(default)            # fail on a bad LoRA now, not at the first prompt
-    return generation.to(device)
+    generation.to(device)
+    generation.parking = Parking(device) if medvram else None
+    return generation
 
 
 def sources_from_infotext(info: dict) -> tuple[str | None, dict[str, str]]:

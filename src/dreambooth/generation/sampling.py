@@ -223,12 +223,12 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
             call.update(mask_image=[mask] * n, width=params.width, height=params.height)
     previous, runner.scheduler = runner.scheduler, scheduler
     try:
-        with channels_last_convs(runner.unet, autocast), channels_last_convs(runner.vae), _without_grad(runner.unet):
+        with channels_last_convs(runner.unet, autocast), channels_last_convs(runner.vae), _without_grad(runner.unet), \
+                pipeline.turns_inside(runner):
             if autocast is None:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast):
                 latents = runner(**call).images
-            pipeline.place_for("decode")
             return decode(runner, latents)
     finally:
         runner.scheduler = previous                      # leave the pipeline as we found it

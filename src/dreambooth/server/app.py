@@ -33,6 +33,7 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)
     device: str | None = None
     preview_every: int = 5
+    medvram: bool = False                # the parts take turns on the GPU (load_generation_pipeline)
     # what the toy preset passes in (given by the CLI, which may import the toy world: the library may not)
     transforms: Callable[[str | None, str], list] = lambda preset, model: []
     flags: dict = field(default_factory=dict)
@@ -78,7 +79,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir)
     catalog = Catalog(settings.model, settings.models_dir, settings.loras_dir, store.outputs)
-    engine = Engine(catalog, settings.device, settings.preview_every)
+    engine = Engine(catalog, settings.device, settings.preview_every, settings.medvram)
     engine.load(catalog.models()[0])
 
     def job_done() -> None:

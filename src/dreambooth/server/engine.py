@@ -21,6 +21,7 @@ from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..generation.sampling import Controls, GeneratedImage, decode, generate
 from ..models.loading import load_pipeline
+from ..parking import Parking
 from .catalog import Catalog, ModelEntry, VaeEntry
 
 
@@ -111,12 +112,13 @@ class Progress:
 
 
 class Engine:
-    def __init__(self, catalog: Catalog, device: str | None = None, preview_every: int = 5):
+    def __init__(self, catalog: Catalog, device: str | None = None, preview_every: int = 5, medvram: bool = False):
         self.catalog = catalog
         self.device = pick_device(device)
         self.gate = DeviceGate()
         self.state = Progress()
         self.preview_every = preview_every
+        self.medvram = medvram
         self._load_lock = threading.Lock()
         self.pipeline: GenerationPipeline | None = None
         self.entry: ModelEntry | None = None
@@ -131,6 +133,7 @@ class Engine:
             info = model_info_for(entry.spec, str(vae.path) if vae else None)
             info.name = entry.name
             self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device)
+            self.pipeline.parking = Parking(self.device) if self.medvram else None
             self.entry, self.vae = entry, vae
 
     def refresh_loras(self) -> None:

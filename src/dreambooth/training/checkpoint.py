@@ -14,12 +14,14 @@ the newest intact one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from safetensors.torch import save_file
 from .. import progress
 from ..errors import UserError
 from ..outputs import CHECKPOINTS_DIR, as_user_file, checkpoint_name, checkpoint_step
+from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
 # Settings a checkpoint's weights depend on: resuming with others would load the wrong tensors.
@@ -37,6 +40,18 @@ SHAPE_SETTINGS = ("model", "method", "rank", "train_text_encoder")
 
 def checkpoint_dir(output: Path) -> Path:
     return output / CHECKPOINTS_DIR
+
+
+@contextlib.contextmanager
+def interruptible(output: Path, step: Callable[[], int]):
+    """Ctrl-C becomes a TrainingInterrupted that names the last checkpoint (the CLI prints how to resume)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        found = list_checkpoints(output)
+        raise TrainingInterrupted(step(), found[-1] if found else None) from None
 
 
 def list_checkpoints(output: Path) -> list[Path]:

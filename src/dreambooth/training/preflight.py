@@ -171,14 +171,13 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     def making_images(batch: int, turns: bool) -> int:
         """What sampling ``batch`` images at a time (CFG doubles the UNet's) and decoding each at full
         size hold over the steps' weights: the frozen encoders are back on the device, unless the parts
-        take turns (they wait while the UNet samples, and the UNet, under autocast where the sampling
-        path decodes itself, while the VAE decodes)."""
+        take turns (they wait while the UNet samples, and the UNet while the VAE decodes)."""
         decoding = 8 * sizes.vae_channels * pixels * vae_width
         sampling = 16 * sizes.unet_base_channels * latent_px * 2 * low * batch
         present = parked
         if turns:
             present -= te_weights
-            decoding -= unet_weights if low == 2 else 0
+            decoding -= unet_weights
         made = max(decoding, sampling) + present
         if conv_layout.applies(device, AUTOCAST.get(cfg.mixed_precision)):     # sampling on channels-last copies,
             made += sizes.conv_weights[0] * (4 if full else low) + sizes.conv_weights[1] * vae_width

@@ -6,7 +6,6 @@ which parameters train (``trainables``) and how the output is written (``saving`
 goes out as events (``dreambooth.progress``), milestones to the callbacks (``callbacks``: a typed protocol)."""
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -176,14 +175,12 @@ class Trainer:
         """The weights in memory, ready for the one sampling path. Its infotext names the base model
         (class images) or, ``for_output``, what the output will be: the output folder for a full
         run, the base model plus the output's LoRA for a LoRA run (the weights being trained)."""
-        cfg = self.config
-        if for_output and cfg.method == "full":
-            info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=str(self.output.resolve()))
-            pipeline = GenerationPipeline(self.pipe, info)
-        else:
-            pipeline = GenerationPipeline(self.pipe, model_info_for(cfg.model, cfg.vae))
-            if for_output:
-                pipeline.add_resident_lora(self.output)
+        cfg, full = self.config, self.config.method == "full"
+        info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=str(self.output.resolve())) \
+            if for_output and full else model_info_for(cfg.model, cfg.vae)
+        pipeline = GenerationPipeline(self.pipe, info)
+        if for_output and not full:
+            pipeline.add_resident_lora(self.output)
         if for_output and self.memory.validation_parking:     # validation takes turns with the steps' own
             pipeline.parking = self.parking                    # parking (preflight); _validate puts all back
         return pipeline
@@ -272,7 +269,7 @@ class Trainer:
         lagged = cfg.gradient_accumulation == 1 and (inner := fused_adamw(self.optimizer)) is not None
         pending = None
         with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
-                self._interruptible():
+                ckpt.interruptible(self.output, lambda: self.step):
             while self.step + (pending is not None) < cfg.max_steps:
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
@@ -348,17 +345,6 @@ class Trainer:
             self._validate(self.validator.after_step, self.step)
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
             self.save_checkpoint()
-
-    @contextlib.contextmanager
-    def _interruptible(self):
-        """Ctrl-C becomes a TrainingInterrupted that names the last checkpoint (the CLI prints how to resume)."""
-        try:
-            yield
-        except KeyboardInterrupt as exc:
-            if isinstance(exc, TrainingInterrupted):
-                raise
-            found = ckpt.list_checkpoints(self.output)
-            raise TrainingInterrupted(self.step, found[-1] if found else None) from None
 
     def _validate(self, when, *args) -> None:
         # validation generates: every part on the device, or the VAE and the rest in turns (preflight)
