@@ -166,6 +166,8 @@ def test_generation_with_medvram_makes_the_same_images(tiny_sd1, tiny_sdxl, tmp_
         every = load_generation_pipeline(str(model), dtype=torch.float32)
         turns = load_generation_pipeline(str(model), dtype=torch.float32, medvram=True)
         assert every.parking is None and turns.parking.enabled
+        # loaded with the VAE alone on the device: the others come when first needed
+        assert tuple(sorted(type(m).__name__ for m in turns.parking.parked)) == tuple(sorted((*encoders, UNET)))
         seen = _parked_when_run(turns.pipe, lambda: turns.parking)
         for autocast in (None, torch.bfloat16):
             preview = Controls(preview=lambda latents, p=turns: decode(p.pipe, latents[:1]), preview_every=1)

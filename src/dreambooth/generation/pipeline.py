@@ -176,7 +176,13 @@ class GenerationPipeline:
 
     def to(self, device) -> "GenerationPipeline":
         """Moved to ``device`` for generation alone: the convolutions go channels-last there for good
-        where that pays (models/conv_layout.py); a trainer's pipeline is never moved here."""
+        where that pays (models/conv_layout.py); a trainer's pipeline is never moved here. With
+        ``parking`` (taking turns), only the VAE: the others come when they are first needed."""
+        if self.parking is not None and self.parking.enabled:
+            for module in (*self.family.text_encoders, self.pipe.unet):
+                self.parking.park(module)
+            self.pipe.vae.to(device)
+            return self
         self.pipe.to(device)
         if [w for module in (self.pipe.unet, self.pipe.vae) for w in to_channels_last(module)]:
             release_freed_host_memory()     # their old copies (mid-size model: 0.27 GiB held, 0.14 of the peak)
@@ -207,9 +213,8 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
     pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
     generation = GenerationPipeline(pipe, info, library, default)
     generation.apply_loras(default)            # fail on a bad LoRA now, not at the first prompt
-    generation.to(device)
     generation.parking = Parking(device) if medvram else None
-    return generation
+    return generation.to(device)
 
 
 def sources_from_infotext(info: dict) -> tuple[str | None, dict[str, str]]:

@@ -132,8 +132,9 @@ class Engine:
             pipe = load_pipeline(entry.spec, vae=str(vae.path) if vae else None, dtype=generation_dtype(self.device))
             info = model_info_for(entry.spec, str(vae.path) if vae else None)
             info.name = entry.name
-            self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device)
+            self.pipeline = GenerationPipeline(pipe, info, self.catalog.library())
             self.pipeline.parking = Parking(self.device) if self.medvram else None
+            self.pipeline.to(self.device)
             self.entry, self.vae = entry, vae
 
     def refresh_loras(self) -> None:
