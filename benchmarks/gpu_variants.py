@@ -5,8 +5,10 @@
 
 Each training case is one ``benchmarks/train_step.py`` process (full-size layouts, random weights, prior
 preservation, bf16); the models are built once under --cache by the first case of each family, so
-that case's "before the timed steps" peak includes the building. The generation case is one
-side_by_side.py case, ours against diffusers' pipeline per batch, with its own models; the FSDP case
+that case's "before the timed steps" peak includes the building. The generation cases are one
+side_by_side.py case, ours against diffusers' pipeline per batch, with its own models, and
+generate_memory.py (SDXL's peak with --medvram against every part on the card, as an 8 GB card, on
+the SDXL model the training cases built); the FSDP case
 is fsdp_check.py (a tiny SDXL trained, checkpointed and resumed under FSDP); the resume case is
 resume_check.py (a tiny SD1 trained twice and resumed, with the default kernels and --deterministic).
 A case that fails or runs out of its time is reported and the rest go on; a case that would not fit in
@@ -38,9 +40,12 @@ CASES = [
     # validation-parking=True in the line); an allocation past 8 GB fails the case, or, in validation
     # (which skips images for want of memory), shows as validations below 2
     ("SDXL LoRA 1024 px, checkpointing, as an 8 GB card (the whole run's peak, class and validation images made, "
-     "goal <= 8 GB)", 150,
+     "goal <= 8 GB)", 130,
      "--family sdxl --size full --method lora --resolution 1024 --steps 10 --warmup 3 --gradient-checkpointing "
      "--gpu-memory 7.45 --validate"),
+    # not train_step.py: generation's peak and time a batch, --medvram against every part on the card
+    ("SDXL generate 1024 px as an 8 GB card: --medvram (the parts taking turns) against every part", 100,
+     "SCRIPT generate_memory.py --family sdxl --gpu-memory 7.45 --cache {cache}"),
     ("SDXL full 1024 px, checkpointing, 8-bit Adam, --fused-backward-pass (goal <= 20 GB)", 180,
      "--family sdxl --size full --method full --resolution 1024 --steps 4 --warmup 2 --gradient-checkpointing "
      "--use-8bit-adam --fused-backward-pass"),
@@ -97,10 +102,11 @@ def command(number: int, seconds: float, extra: str, args):
                "--work", f"{args.cache}/side-by-side", *(["--tiny"] if args.tiny else [])]
         rows = lambda lines: [ln for ln in lines if ln.startswith("|") or "ours" in ln or "peer" in ln]
         return cmd, 240 if args.tiny else seconds, rows
-    if extra.startswith("SCRIPT "):              # a script of its own, on tiny models anyway: the lines it
-        script, *rest = extra.split()[1:]         # starts with its name, or its last line
-        stem = Path(script).stem
-        return [sys.executable, str(HERE / script), *rest, "--work", f"{args.cache}/{stem}"], \
+    if extra.startswith("SCRIPT "):              # a script of its own: the lines it starts with its name, or
+        script, *rest = extra.split()[1:]         # its last line; on tiny models anyway, in a --work folder
+        stem = Path(script).stem                  # of its own, or on the models of --cache ({cache})
+        place = ["--work", f"{args.cache}/{stem}"] if "{cache}" not in rest else ["--tiny"] if args.tiny else []
+        return [sys.executable, str(HERE / script), *[a.format(cache=args.cache) for a in rest], *place], \
             seconds, lambda lines: [ln for ln in lines if ln.startswith(stem)] or lines[-1:]
     argv = extra.split()
     if args.tiny:
