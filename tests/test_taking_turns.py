@@ -144,7 +144,7 @@ def _parked_when_run(pipe, parking_of) -> list:
     """(part, the types parked) each time SDXL's or SD1's encoders, the UNet or the decoder run."""
     seen = []
     parts = [("text encoder", te) for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
-    for name, module in parts + [("unet", pipe.unet), ("decoder", pipe.vae.decoder)]:
+    for name, module in parts + [("unet", pipe.unet), ("decoder", pipe.vae.decoder), ("vae encoder", pipe.vae.encoder)]:
         module.register_forward_pre_hook(lambda m, args, name=name: seen.append(
             (name, tuple(sorted(type(p).__name__ for p in parking_of().parked)))))
     return seen
@@ -174,11 +174,15 @@ def test_generation_with_medvram_makes_the_same_images(tiny_sd1, tiny_sdxl, tmp_
             made = generate(turns, params, autocast=autocast, controls=preview)
             alike = generate(every, params, autocast=autocast)
             assert [m.image.tobytes() for m in made] == [m.image.tobytes() for m in alike]
-        assert {p for name, p in seen if name == "text encoder"} == {(UNET,)}
-        assert {p for name, p in seen if name == "unet"} == {encoders}
-        assert {p for name, p in seen if name == "decoder"} == {tuple(sorted((*encoders, UNET)))}
         # a preview after each of the 3 steps, then the batch decoded by the pipeline (fp32) or by image (ours)
         assert sum(name == "decoder" for name, _ in seen) == 3 + 1 + 3 + 2
+        again = params.replace(init_image=made[0].image, strength=0.7, batch_size=1)       # img2img: the VAE encodes
+        assert generate(turns, again)[0].image.tobytes() == generate(every, again)[0].image.tobytes()
+        everything = tuple(sorted((*encoders, UNET)))
+        assert {p for name, p in seen if name == "text encoder"} == {(UNET,)}
+        assert {p for name, p in seen if name == "unet"} == {encoders}
+        assert {p for name, p in seen if name in ("decoder", "vae encoder")} == {everything}
+        assert any(name == "vae encoder" for name, _ in seen)
 
 
 def test_generate_medvram_from_the_command_line(tiny_sd1, tmp_path):

@@ -104,15 +104,16 @@ class GenerationPipeline:
 
     @contextlib.contextmanager
     def turns_inside(self, runner):
-        """With ``parking``, within a pipeline call too: the UNet waits whenever the VAE decodes (the
-        pipeline's own decode, outside autocast; a live preview between steps) and comes back whenever
-        it runs. Forward pre-hooks, removed after the call."""
+        """With ``parking``, within a pipeline call too: the UNet waits whenever the VAE runs at full
+        size (the pipeline's own decode, outside autocast; a live preview between steps; img2img's
+        encoding) and comes back whenever it runs. Forward pre-hooks, removed after the call."""
         if self.parking is None or not self.parking.enabled:
             yield
             return
-        decoder = getattr(runner.vae, "decoder", runner.vae)
-        hooks = [runner.unet.register_forward_pre_hook(lambda module, args: self.place_for("sample"), prepend=True),
-                 decoder.register_forward_pre_hook(lambda module, args: self.place_for("decode"), prepend=True)]
+        vae = [getattr(runner.vae, part) for part in ("encoder", "decoder") if hasattr(runner.vae, part)] or [runner.vae]
+        hooks = [runner.unet.register_forward_pre_hook(lambda module, args: self.place_for("sample"), prepend=True)]
+        hooks += [part.register_forward_pre_hook(lambda module, args: self.place_for("decode"), prepend=True)
+                  for part in vae]
         try:
             yield
         finally:
