@@ -81,6 +81,11 @@ def training_precision(device: torch.device, fp16: bool = True) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "no"
 
 
+def out_of_gpu_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an accelerator's allocator refusing (CUDA's out of memory), not a bug."""
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
 def _meminfo_kib(path: str, key: str) -> int | None:
     try:
         with open(path) as f:

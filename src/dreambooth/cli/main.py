@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from ..devices import out_of_gpu_memory
 from ..errors import UserError, os_error_line
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
@@ -23,6 +24,13 @@ def cli(debug: bool) -> None:
 
 for _module in (train, tokens, generate, evaluate, toy, serve):
     _module.register(cli)
+
+# What to try when a command runs out of GPU memory (training's preflight names its own before it starts)
+GPU_MEMORY_FIXES = {
+    "generate": "try --medvram, a smaller --batch-size, or a smaller --width/--height",
+    "train": "the memory preflight's estimate fell short: try --gradient-checkpointing, --use-8bit-adam, "
+             "a smaller --batch-size or --resolution",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:      # a bug of ours or a library's: still one line, and how to see more
         if debug:
             raise
+        if out_of_gpu_memory(exc):
+            command = next((a for a in argv if not a.startswith("-")), "")
+            click.echo(f"error: out of GPU memory ({str(exc).splitlines()[0][:160]}); "
+                       f"{GPU_MEMORY_FIXES.get(command, 'free GPU memory or use smaller sizes or batches')}", err=True)
+            sys.exit(2)
         what = str(exc).splitlines()[0][:200] if str(exc) else ""
         click.echo(f"error: unexpected {type(exc).__name__}: {what} (dreambooth --debug ... shows where; "
                    "please report it)", err=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -133,6 +134,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse({"detail": f"{where}: {kind}", "errors": exc.errors()[:5] and
                              [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:5]]},
                             status_code=422)
+
+    @app.exception_handler(torch.OutOfMemoryError)
+    async def out_of_memory(request: Request, exc: torch.OutOfMemoryError):
+        torch.cuda.empty_cache()              # what the failed request held, back for the next
+        return JSONResponse({"detail": "out of GPU memory for this request: a smaller width, height or batch_size, or "
+                                       "the server started with --medvram"}, status_code=503)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
