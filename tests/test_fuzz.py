@@ -135,7 +135,7 @@ def test_every_generate_option(world):
     assert snapshot(w["root"]) == before
     from dreambooth.cli.generate import generate_command
     options = {o for p in generate_command.params for o in p.opts if o.startswith("--")}
-    takes_no_bad_value = {"--list-samplers", "--fast-batches", "--one-by-one", "--negative-prompt", "--help"}
+    takes_no_bad_value = {"--list-samplers", "--fast-batches", "--one-by-one", "--medvram", "--negative-prompt", "--help"}
     assert options - takes_no_bad_value <= covered, options - covered - takes_no_bad_value
 
 
