@@ -109,9 +109,9 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
              validation_parking: bool = False) -> MemoryEstimate:
     """Peak memory of training ``cfg`` (resolution resolved) on a ``device`` of this type ("cpu",
     "cuda", "mps"), class images made first or not (``class_parking``: with the parts taking turns on
-    the device; ``validation_parking``: validation images likewise), in one process of ``shards`` that split the trained weights, their gradients and
-    AdamW's state (FSDP; 1: each holds all), of ``processes`` in all (default: ``shards``; DDP runs
-    several that hold all); see the module's notes."""
+    the device; ``validation_parking``: validation images likewise), in one process of ``shards`` that
+    split the trained weights, their gradients and AdamW's state (FSDP; 1: each holds all), of
+    ``processes`` in all (default: ``shards``; DDP runs several that hold all); see the module's notes."""
     low = 2 if cfg.mixed_precision in ("bf16", "fp16") else 4          # autocast width
     full, lora = cfg.method == "full", cfg.method == "lora"
     shards = shards if full else 1      # FSDP takes full fine-tuning only (guard.NOT_SHARDED)
@@ -289,7 +289,8 @@ class Preflight:
                                                      ("validation images", self.validation_parking)) if turns)
         if made:
             progress.message(f"memory preflight: {made} are made with the parts taking turns on the GPU (the text "
-                             "encoders wait in CPU memory while the UNet samples, the UNet while the VAE decodes)")
+                             "encoders wait in CPU memory while the UNet samples, the UNet while they encode and "
+                             "while the VAE runs)")
         if available is None:
             progress.message(f"memory preflight: {est.describe('peak')}")
         elif est.total <= available:
