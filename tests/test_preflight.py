@@ -126,7 +126,7 @@ def tight_memory(monkeypatch):
 
     real = pf.estimate
     monkeypatch.setattr(pf, "estimate", estimate)
-    monkeypatch.setattr(pf, "available_memory", lambda device: seen["first"] - 1)
+    monkeypatch.setattr(pf, "available_memory", lambda device, held=None: seen["first"] - 1)
     return seen
 
 
@@ -299,7 +299,7 @@ def test_class_images_that_would_not_fit_on_a_gpu_are_made_with_the_parts_taking
     monkeypatch.setattr(pf, "existing_class_images", lambda folder: [])
 
     def preflight(available: int, device: str = "cuda", force: bool = False) -> pf.Preflight:
-        monkeypatch.setattr(pf, "available_memory", lambda d: available)
+        monkeypatch.setattr(pf, "available_memory", lambda d, held=None: available)
         return pf.preflight(None, None, cfg.replace(force=force), device)
     tight = preflight((resident.total + parked.total) // 2)
     assert tight.class_parking and tight.estimate == parked
@@ -330,7 +330,7 @@ def test_validation_that_would_not_fit_on_a_gpu_is_made_with_the_parts_taking_tu
     monkeypatch.setattr(pf, "model_sizes", lambda pipe, family: sizes)
 
     def preflight(available: int, processes: int = 1, **changes) -> pf.Preflight:
-        monkeypatch.setattr(pf, "available_memory", lambda d: available)
+        monkeypatch.setattr(pf, "available_memory", lambda d, held=None: available)
         return pf.preflight(None, None, cfg.replace(**changes), "cuda", processes=processes)
     tight = preflight((resident.total + parked.total) // 2)
     assert tight.validation_parking and not tight.class_parking and tight.estimate == parked
@@ -355,3 +355,21 @@ def test_free_gpu_memory_is_what_this_process_may_take(monkeypatch):
     assert devices.available_memory("cuda") == 65 * GB
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.1)
     assert devices.available_memory("cuda") == 8 * GB
+    # in a server the process also holds its generation model (3 GB of the 4 allocated): not the run's
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 4 * GB)
+    assert devices.available_memory("cuda", held=1 * GB) == 62 * GB       # free, the cached 1, the run's 1
+
+
+def test_the_free_memory_asked_for_counts_only_the_runs_own_model(tiny_sd1, monkeypatch):
+    """What the process holds besides the run (a server's generation model) is not the run's: the
+    preflight tells the device's free memory how much of what is held is the run's own model."""
+    from dreambooth.models.families import adapter_for
+    from dreambooth.models.loading import load_pipeline
+    pipe = load_pipeline(str(tiny_sd1))
+    modules = [pipe.unet, pipe.vae, pipe.text_encoder]
+    own = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+    asked = []
+    monkeypatch.setattr(pf, "available_memory", lambda device, held=None: asked.append(held))
+    pf.preflight(pipe, adapter_for(pipe), config(method="lora", resolution=32, prior_preservation=False), "cpu")
+    assert asked == [own] and pf._held_by(pipe, "cuda") == 0

@@ -97,17 +97,21 @@ def _meminfo_kib(path: str, key: str) -> int | None:
     return None
 
 
-def available_memory(device) -> int | None:
+def available_memory(device, held: int | None = None) -> int | None:
     """Bytes this run may use on ``device``: what is free plus what this process already holds
     (the model is loaded). CPU: MemAvailable plus this process's anonymous memory (its file-backed
-    pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus this process's
-    reserved memory, within the share of the card torch lets it take (``set_per_process_memory_fraction``:
-    a shared GPU, or a benchmark acting as a smaller card). None where unknown (the estimate is then only printed)."""
+    pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus what this process's
+    allocator keeps cached unused plus ``held``, the run's own tensors there (what else the process
+    holds, such as a server's generation model, is not the run's to use; without ``held``, all it has
+    reserved), within the share of the card torch lets it take (``set_per_process_memory_fraction``: a
+    shared GPU, or a benchmark acting as a smaller card). None where unknown (the estimate is then only printed)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         share = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
-        return int(min(free + torch.cuda.memory_reserved(device), share * total))
+        reserved = torch.cuda.memory_reserved(device)
+        mine = reserved if held is None else reserved - torch.cuda.memory_allocated(device) + held
+        return int(min(free + mine, share * total))
     if device.type == "cpu":
         available = _meminfo_kib("/proc/meminfo", "MemAvailable")
         held = _meminfo_kib("/proc/self/status", "RssAnon")

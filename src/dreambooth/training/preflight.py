@@ -300,6 +300,14 @@ class Preflight:
                           f"{est.device}; going on (--force)")
 
 
+def _held_by(pipe, kind: str) -> int | None:
+    """Bytes of the run's own model already on a device of this type (None: unknown)."""
+    if pipe is None:
+        return None
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()) if t.device.type == kind)
+
+
 def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes: int | None = None) -> Preflight:
     """Estimate this run's peak memory (in each of ``shards`` FSDP processes, of ``processes``); raise a one-line
     UserError when it exceeds the device's free memory, naming the cheapest settings that would fit,
@@ -308,7 +316,7 @@ def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes
     sizes = model_sizes(pipe, family)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
     options = [(estimate(sizes, cfg, kind, making, shards, processes), (False, False))]
-    available = available_memory(device)
+    available = available_memory(device, _held_by(pipe, kind))
     # Images that would not fit with every part on the GPU are made with the parts taking turns (moves
     # each batch, hence only where needed): class images, and validation where nothing pins the
     # weights' addresses (--cuda-graphs replays them) or shares the UNet with other processes.
