@@ -111,7 +111,11 @@ class GenerationPipeline:
             yield
             return
         vae = [getattr(runner.vae, part) for part in ("encoder", "decoder") if hasattr(runner.vae, part)] or [runner.vae]
-        hooks = [runner.unet.register_forward_pre_hook(lambda module, args: self.place_for("sample"), prepend=True)]
+
+        def back(unet, args):                  # every step calls: only when something sent it away
+            if self.parking.is_parked(unet):
+                self.place_for("sample")
+        hooks = [runner.unet.register_forward_pre_hook(back, prepend=True)]
         hooks += [part.register_forward_pre_hook(lambda module, args: self.place_for("decode"), prepend=True)
                   for part in vae]
         try:
@@ -175,10 +179,12 @@ class GenerationPipeline:
             self._lora_enabled = False
         return resident + active
 
-    def to(self, device) -> "GenerationPipeline":
+    def to(self, device, medvram: bool = False) -> "GenerationPipeline":
         """Moved to ``device`` for generation alone: the convolutions go channels-last there for good
-        where that pays (models/conv_layout.py); a trainer's pipeline is never moved here. With
-        ``parking`` (taking turns), only the VAE: the others come when they are first needed."""
+        where that pays (models/conv_layout.py); a trainer's pipeline is never moved here. ``medvram``:
+        on a GPU the parts take turns (``place_for``; the WebUI's --medvram), so only the VAE moves now
+        and the others when they are first needed."""
+        self.parking = Parking(device) if medvram else None
         if self.parking is not None and self.parking.enabled:
             for module in (*self.family.text_encoders, self.pipe.unet):
                 self.parking.park(module)
@@ -195,7 +201,7 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
                              lora_dirs=(), library: LoraLibrary | None = None, medvram: bool = False) -> GenerationPipeline:
     """Load ``model`` for generation; ``loras`` are ``[(path, weight), ...]`` applied to every prompt
     (as ``<lora:name:weight>`` tags appended to it). ``dtype``: default ``devices.generation_dtype``.
-    ``medvram``: on a GPU the parts take turns on it (``place_for``; the WebUI's --medvram)."""
+    ``medvram``: see ``GenerationPipeline.to``."""
     library = library or LoraLibrary(lora_dirs)
     default: list[LoraTag] = []
     if is_lora_output(model):
@@ -214,8 +220,7 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
     pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
     generation = GenerationPipeline(pipe, info, library, default)
     generation.apply_loras(default)            # fail on a bad LoRA now, not at the first prompt
-    generation.parking = Parking(device) if medvram else None
-    return generation.to(device)
+    return generation.to(device, medvram)
 
 
 def sources_from_infotext(info: dict) -> tuple[str | None, dict[str, str]]:

@@ -21,7 +21,6 @@ from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..generation.sampling import Controls, GeneratedImage, decode, generate
 from ..models.loading import load_pipeline
-from ..parking import Parking
 from .catalog import Catalog, ModelEntry, VaeEntry
 
 
@@ -132,9 +131,7 @@ class Engine:
             pipe = load_pipeline(entry.spec, vae=str(vae.path) if vae else None, dtype=generation_dtype(self.device))
             info = model_info_for(entry.spec, str(vae.path) if vae else None)
             info.name = entry.name
-            self.pipeline = GenerationPipeline(pipe, info, self.catalog.library())
-            self.pipeline.parking = Parking(self.device) if self.medvram else None
-            self.pipeline.to(self.device)
+            self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device, self.medvram)
             self.entry, self.vae = entry, vae
 
     def refresh_loras(self) -> None:
