@@ -95,6 +95,27 @@ def test_batch_unet_runs_image_by_image(sdxl):
     assert [r.seed for r in fast] == [7, 8, 9]
 
 
+def test_the_vae_decodes_and_encodes_a_batch_image_by_image(sd1, sdxl):
+    """In a batch's one pipeline call the VAE still decodes (and img2img encodes) one image at a time,
+    as the WebUI does: the decoder at full size is a batch's peak, and a batch must fit where one image
+    does. Its own setting is as before afterwards."""
+    for pipeline in (sd1, sdxl):
+        vae = pipeline.pipe.vae
+        batches = []
+        hooks = [getattr(vae, part).register_forward_pre_hook(lambda m, a, part=part: batches.append((part, a[0].shape[0])))
+                 for part in ("encoder", "decoder")]
+        try:
+            made = gen(pipeline, batch_size=3)
+            assert batches == [("decoder", 1)] * 3
+            batches.clear()
+            gen(pipeline, batch_size=2, init_image=made[0].image, strength=0.6)
+            assert batches == [("encoder", 1)] * 2 + [("decoder", 1)] * 2
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert vae.use_slicing is False
+
+
 def test_random_seed_is_recorded(sd1):
     (r,) = gen(sd1, seed=-1)
     assert 0 <= r.seed < 2**32 and f"Seed: {r.seed}," in r.infotext
