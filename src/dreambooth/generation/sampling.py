@@ -261,8 +261,7 @@ def _without_grad(unet):
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
     """Latents to images with the VAE in its own precision, outside any autocast: the SDXL VAE
     overflows in fp16 (black images), so mixed-precision sampling never autocasts it down. One image
-    at a time, as the WebUI does: the decoder at full size is the peak of a batch (gigabytes per
-    SDXL image), and a batch must fit where one image does."""
+    at a time (``one_image_at_a_time``): a batch must fit where one image does."""
     vae = pipe.vae
     latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
     with torch.autocast(vae.device.type, enabled=False), one_image_at_a_time(vae):
