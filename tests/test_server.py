@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import run_cli
@@ -147,6 +148,52 @@ def test_progress_preview_and_interrupt(api, server):
     assert api.get_progress()["state"]["job"] == ""
 
 
+def test_live_previews_cost_nothing_unless_watched(api, server):
+    """An API client that only waits for its images gets no preview decoded; one that polls gets
+    them, by the method and period that ``/sdapi/v1/options`` sets, as the WebUI's options do."""
+    engine = server[0].state.engine
+    decoded = []
+    hook = engine.pipeline.pipe.vae.decoder.register_forward_hook(lambda *args: decoded.append(1))
+    before = api.get_options()
+    try:
+        api.set_options({"show_progress_every_n_steps": 1})
+        api.txt2img(prompt="a red ball", seed=3, steps=12, width=32, height=32)
+        assert len(decoded) == 1                                 # the image itself, no preview
+        api.set_options({"show_progress_type": "Approx cheap"})
+        seen = []
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (api.txt2img(prompt="a red ball", seed=3, steps=300, width=32,
+                                                                height=32), done.set()))
+        thread.start()
+        while not done.is_set() and len(seen) < 2:
+            image = api.get_progress()["current_image"]
+            if image:
+                seen.append(Image.open(io.BytesIO(base64.b64decode(image))))
+            time.sleep(0.1)
+        api.interrupt()
+        thread.join(60)
+        assert seen and seen[-1].size == (16, 16)                # the toy's latents: no decode
+        assert len(decoded) == 2
+        api.set_options({"live_previews_enable": False, "show_progress_type": "Full"})
+        assert engine._tracked(lambda controls: controls.preview, 1, 1) is None
+    finally:
+        hook.remove()
+        api.set_options({k: before[k] for k in ("live_previews_enable", "show_progress_every_n_steps",
+                                                "show_progress_type")})
+
+
+def test_a_failed_preview_costs_the_request_nothing(server, monkeypatch):
+    from dreambooth.server import engine as engine_module
+    engine = server[0].state.engine
+
+    def fail(*args):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(engine_module, "preview_image", fail)
+    engine.state.watched, engine.state.preview = True, None
+    engine._preview(torch.zeros(1, 4, 4, 4))                     # no exception: the sampling goes on
+    assert engine.state.preview is None
+
+
 # ----- bad input ---------------------------------------------------------------------------------
 
 BAD = [
@@ -169,6 +216,9 @@ BAD = [
     ("/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd"}, 400, "sd_model_checkpoint"),
     ("/sdapi/v1/options", {"sd_vae": "/etc/passwd"}, 400, "sd_vae"),
     ("/sdapi/v1/options", {"no_such_option": 1}, 400, "no_such_option"),
+    ("/sdapi/v1/options", {"show_progress_type": "TAESD"}, 400, "show_progress_type"),
+    ("/sdapi/v1/options", {"show_progress_every_n_steps": -5}, 400, "show_progress_every_n_steps"),
+    ("/sdapi/v1/options", {"show_progress_every_n_steps": "10"}, 400, "show_progress_every_n_steps"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),
 ]
 

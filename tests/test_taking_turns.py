@@ -170,9 +170,9 @@ def test_generation_with_medvram_makes_the_same_images(tiny_sd1, tiny_sdxl, tmp_
             made = generate(turns, params, autocast=autocast, controls=preview)
             alike = generate(every, params, autocast=autocast)
             assert [m.image.tobytes() for m in made] == [m.image.tobytes() for m in alike]
-        # a preview after each of the 3 steps, then the batch decoded image by image: by the pipeline (fp32)
-        # or by ours (autocast)
-        assert sum(name == "decoder" for name, _ in recorded) == 3 + 2 + 3 + 2
+        # a preview after each of the first 2 of 3 steps, then the batch decoded image by image: by the
+        # pipeline (fp32) or by ours (autocast)
+        assert sum(name == "decoder" for name, _ in recorded) == 2 + 2 + 2 + 2
         again = params.replace(init_image=made[0].image, strength=0.7, batch_size=1)       # img2img: the VAE encodes
         assert generate(turns, again)[0].image.tobytes() == generate(every, again)[0].image.tobytes()
         everything = tuple(sorted((*encoders, UNET)))

@@ -102,10 +102,11 @@ def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
 class Controls:
     """What a caller (a server) may do to a running generation: ``stop()`` returns "interrupt" (end
     the run after the current step, keeping what was made) or "skip" (end the current image) or None;
-    ``preview(latents)`` receives the latents every ``preview_every`` steps (a live preview)."""
+    ``preview(latents)`` receives the latents every ``preview_every`` steps (a live preview; not after
+    the last, whose image comes at once)."""
     stop: Callable[[], str | None] = lambda: None
     preview: Callable[[torch.Tensor], None] | None = None
-    preview_every: int = 5
+    preview_every: int = 10
 
 
 def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None, *,
@@ -192,7 +193,8 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
         bar.advance(n / max(1, pipe.num_timesteps))
         if controls.stop() is not None:
             pipe._interrupt = True               # diffusers' documented way to end the denoising loop early
-        if controls.preview is not None and (i + 1) % max(1, controls.preview_every) == 0:
+        # (not after the last iteration: the image itself comes next)
+        if controls.preview is not None and (i + 1) % max(1, controls.preview_every) == 0 and i + 1 < pipe.num_timesteps:
             controls.preview(tensors["latents"])
         step = (i + 1) // order
         if not conditioning.changes or step == state["step"]:

@@ -21,7 +21,7 @@ from ..generation.infotext import parse_generation_parameters
 from ..generation.params import GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
-from .engine import Engine
+from .engine import Engine, check_preview_option
 from .schemas import (NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
                       ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
 
@@ -180,6 +180,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         for key, value in body.items():
             if key in options and type(value) is not type(options[key]):
                 raise UserError(f"{key}: expected {type(options[key]).__name__}")
+            check_preview_option(key, value)
         with engine.gate.request():
             engine.load(entry, vae)
         options.update({k: v for k, v in body.items() if k in options})
@@ -227,7 +228,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
                      "job_timestamp": s.job_timestamp, "job_no": s.job_no, "sampling_step": s.sampling_step,
                      "sampling_steps": s.sampling_steps}
             return ProgressResponse(progress=s.fraction if s.job else 0.0, eta_relative=s.eta if s.job else 0.0,
-                                    state=state, current_image=None if skip_current_image else s.preview)
+                                    state=state, current_image=None if skip_current_image else s.take_preview())
 
     @api.post("/interrupt")
     def interrupt():

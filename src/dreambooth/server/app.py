@@ -33,7 +33,7 @@ class ServerSettings:
     api_auth: str | None = None          # "user:pass[,user2:pass2]"
     cors_origins: list[str] = field(default_factory=list)
     device: str | None = None
-    preview_every: int = 5
+    preview_every: int = 10             # steps between live previews (the WebUI's default)
     medvram: bool = False                # the parts take turns on the GPU (load_generation_pipeline)
     # what the toy preset passes in (given by the CLI, which may import the toy world: the library may not)
     transforms: Callable[[str | None, str], list] = lambda preset, model: []
@@ -101,8 +101,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="dreambooth", description="An AUTOMATIC1111-compatible API, and DreamBooth training jobs.",
                   lifespan=lifespan)
     app.state.engine, app.state.store, app.state.runner, app.state.catalog = engine, store, runner, catalog
-    options = {"samples_format": "png", "CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": settings.preview_every,
-               "live_previews_enable": True, "sd_checkpoint_cache": 0}
+    options = engine.options            # the live-preview ones steer the engine
+    options.update({"samples_format": "png", "CLIP_stop_at_last_layers": 1, "sd_checkpoint_cache": 0})
     app.include_router(a1111.router(engine, options, settings.flags))
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
 

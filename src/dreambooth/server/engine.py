@@ -19,7 +19,9 @@ from .. import progress
 from ..devices import generation_dtype, pick_device
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, model_info_for
-from ..generation.sampling import Controls, GeneratedImage, decode, generate
+from ..errors import UserError, exception_line
+from ..generation.previews import PREVIEW_METHODS, preview_image
+from ..generation.sampling import Controls, GeneratedImage, generate
 from ..models.loading import load_pipeline
 from .catalog import Catalog, ModelEntry, VaeEntry
 
@@ -90,7 +92,13 @@ class Progress:
     interrupted: bool = False
     skipped: bool = False
     preview: str | None = None
+    watched: bool = False            # someone asked for the preview during this request: keep making it
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_preview(self) -> str | None:
+        """The latest live preview (base64 PNG); asking is what makes the next ones (``Engine._preview``)."""
+        self.watched = True
+        return self.preview
 
     def __call__(self, event: progress.ProgressEvent) -> None:
         if event.kind == "message":
@@ -110,13 +118,25 @@ class Progress:
         return None
 
 
+def check_preview_option(key: str, value) -> None:
+    """A live-preview option as ``/sdapi/v1/options`` sets it: a one-line error naming it, if wrong."""
+    if key == "show_progress_type" and value not in PREVIEW_METHODS:
+        raise UserError(f"show_progress_type: {value!r} is not a preview method here; "
+                        f"expected one of {', '.join(PREVIEW_METHODS)}")
+    if key == "show_progress_every_n_steps" and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+        raise UserError("show_progress_every_n_steps: expected a whole number of steps, or -1 for no live preview")
+
+
 class Engine:
-    def __init__(self, catalog: Catalog, device: str | None = None, preview_every: int = 5, medvram: bool = False):
+    def __init__(self, catalog: Catalog, device: str | None = None, preview_every: int = 10, medvram: bool = False):
         self.catalog = catalog
         self.device = pick_device(device)
         self.gate = DeviceGate()
         self.state = Progress()
-        self.preview_every = preview_every
+        # The WebUI's live-preview options (its defaults, but the full VAE: we ship no "Approx NN"
+        # network); /sdapi/v1/options changes them for the next requests.
+        self.options = {"live_previews_enable": True, "show_progress_every_n_steps": preview_every,
+                        "show_progress_type": "Full"}
         self.medvram = medvram
         self._load_lock = threading.Lock()
         self.pipeline: GenerationPipeline | None = None
@@ -177,9 +197,12 @@ class Engine:
         with s.lock:
             s.job, s.job_count, s.job_no, s.fraction, s.eta = "txt2img", images, 0, 0.0, 0.0
             s.sampling_steps, s.sampling_step, s.interrupted, s.skipped, s.preview = steps, 0, False, False, None
+            s.watched = False
             s.started = time.time()
             s.job_timestamp = time.strftime("%Y%m%d%H%M%S")
-        controls = Controls(stop=self._stop, preview=self._preview, preview_every=self.preview_every)
+        every = self.options["show_progress_every_n_steps"]
+        wanted = self.options["live_previews_enable"] and every > 0
+        controls = Controls(stop=self._stop, preview=self._preview if wanted else None, preview_every=max(1, every))
         try:
             with progress.subscribed(s):
                 return work(controls)
@@ -194,8 +217,16 @@ class Engine:
         return answer
 
     def _preview(self, latents: torch.Tensor) -> None:
-        with torch.no_grad():
-            image = decode(self.pipeline.pipe, latents[:1])[0]
+        """The first image of the batch as it stands, made only while someone asks for it (a client
+        polling ``/progress``, the web UI): an API client that only waits for its images pays nothing.
+        On the sampling thread, between two steps, so its memory never adds to a step's."""
+        if not self.state.watched:
+            return
+        try:
+            image = preview_image(self.pipeline.pipe, latents, self.options["show_progress_type"])
+        except Exception as exc:       # (out of memory, say) a preview never costs the request its images
+            progress.warn(f"live preview skipped: {exception_line(exc)}")
+            return
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         self.state.preview = base64.b64encode(buffer.getvalue()).decode()

@@ -109,7 +109,8 @@ def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: 
     while thread.is_alive():
         s = engine.state
         text = f"{s.fraction:.0%}  ETA {s.eta:.1f} s" if s.job else "waiting for the device..."
-        preview = _b64_image(s.preview) if s.preview else None
+        shown = s.take_preview()
+        preview = _b64_image(shown) if shown else None
         yield gr.update(), preview, text, gr.update()
         time.sleep(0.4)
     if "error" in box:
