@@ -159,11 +159,11 @@ def test_live_previews_cost_nothing_unless_watched(api, server):
         api.set_options({"show_progress_every_n_steps": 1})
         api.txt2img(prompt="a red ball", seed=3, steps=12, width=32, height=32)
         assert len(decoded) == 1                                 # the image itself, no preview
-        api.set_options({"show_progress_type": "Approx cheap"})
         seen = []
         done = threading.Event()
-        thread = threading.Thread(target=lambda: (api.txt2img(prompt="a red ball", seed=3, steps=300, width=32,
-                                                                height=32), done.set()))
+        cheap = {"show_progress_type": "Approx cheap"}              # for this request alone
+        thread = threading.Thread(target=lambda: (api.txt2img(prompt="a red ball", seed=3, steps=300, width=32, height=32,
+                                                                override_settings=cheap), done.set()))
         thread.start()
         while not done.is_set() and len(seen) < 2:
             image = api.get_progress()["current_image"]
@@ -174,8 +174,10 @@ def test_live_previews_cost_nothing_unless_watched(api, server):
         thread.join(60)
         assert seen and seen[-1].size == (16, 16)                # the toy's latents: no decode
         assert len(decoded) == 2
-        api.set_options({"live_previews_enable": False, "show_progress_type": "Full"})
+        assert api.get_options()["show_progress_type"] == "Full"
+        api.set_options({"live_previews_enable": False})
         assert engine._tracked(lambda controls: controls.preview, 1, 1) is None
+        assert engine._tracked(lambda controls: controls.preview, 1, 1, {"live_previews_enable": True}) is not None
     finally:
         hook.remove()
         api.set_options({k: before[k] for k in ("live_previews_enable", "show_progress_every_n_steps",
@@ -219,6 +221,9 @@ BAD = [
     ("/sdapi/v1/options", {"show_progress_type": "TAESD"}, 400, "show_progress_type"),
     ("/sdapi/v1/options", {"show_progress_every_n_steps": -5}, 400, "show_progress_every_n_steps"),
     ("/sdapi/v1/options", {"show_progress_every_n_steps": "10"}, 400, "show_progress_every_n_steps"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"show_progress_type": "TAESD"}}, 400, "show_progress_type"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"live_previews_enable": "yes"}}, 400,
+     "live_previews_enable"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),
 ]
 

@@ -21,7 +21,7 @@ from ..generation.infotext import parse_generation_parameters
 from ..generation.params import GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
-from .engine import Engine, check_preview_option
+from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
 from .schemas import (NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
                       ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
 
@@ -96,6 +96,9 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         unknown = sorted(k for k in overrides if k not in options)
         if unknown:
             raise UserError(f"override_settings: {unknown[0]}: not an option of this server")
+        previews = {k: v for k, v in overrides.items() if k in PREVIEW_OPTIONS}
+        for key, value in previews.items():
+            check_preview_option(key, value)
         switch = None
         if model is not None or vae is not None:
             switch = (engine.catalog.find_model(model) if model else engine.entry,
@@ -108,7 +111,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
             values.update(init_image=init, mask=mask, strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
         params = GenerationParams(**values)
         params.check(engine.pipeline.max_side)
-        return params, switch
+        return params, switch, previews
 
     def respond(req: Txt2ImgRequest, params: GenerationParams, result) -> ImagesResponse:
         made, (entry, vae) = result
@@ -133,8 +136,8 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
 
     @api.post("/txt2img", response_model=ImagesResponse)
     def txt2img(req: Txt2ImgRequest):
-        params, switch = params_of(req)
-        return respond(req, params, engine.generate(params, switch))
+        params, switch, previews = params_of(req)
+        return respond(req, params, engine.generate(params, switch, options=previews))
 
     @api.post("/img2img", response_model=ImagesResponse)
     def img2img(req: Img2ImgRequest):
@@ -144,8 +147,8 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
             raise UserError("init_images: one image per request on this server")
         init = decode_image(req.init_images[0], "init_images[0]")
         mask = decode_image(req.mask, "mask", "L") if req.mask else None
-        params, switch = params_of(req, init, mask)
-        return respond(req, params, engine.generate(params, switch))
+        params, switch, previews = params_of(req, init, mask)
+        return respond(req, params, engine.generate(params, switch, options=previews))
 
     @api.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest):

@@ -118,8 +118,14 @@ class Progress:
         return None
 
 
+PREVIEW_OPTIONS = ("live_previews_enable", "show_progress_every_n_steps", "show_progress_type")
+
+
 def check_preview_option(key: str, value) -> None:
-    """A live-preview option as ``/sdapi/v1/options`` sets it: a one-line error naming it, if wrong."""
+    """A live-preview option as ``/sdapi/v1/options`` or a request's ``override_settings`` sets it: a
+    one-line error naming it, if wrong."""
+    if key == "live_previews_enable" and not isinstance(value, bool):
+        raise UserError("live_previews_enable: expected true or false")
     if key == "show_progress_type" and value not in PREVIEW_METHODS:
         raise UserError(f"show_progress_type: {value!r} is not a preview method here; "
                         f"expected one of {', '.join(PREVIEW_METHODS)}")
@@ -158,16 +164,17 @@ class Engine:
         if self.pipeline is not None:
             self.pipeline.library = self.catalog.library()
 
-    def generate(self, params: GenerationParams, switch: tuple | None = None, output_dir=None):
+    def generate(self, params: GenerationParams, switch: tuple | None = None, output_dir=None,
+                 options: dict | None = None):
         """One request: waits its turn on the device, reports progress, can be interrupted. ``switch``:
-        (model, VAE, restore afterwards) from the request's ``override_settings``. Returns the images
-        and the (model, VAE) that made them."""
+        (model, VAE, restore afterwards) and ``options`` (live-preview options for this request alone)
+        from the request's ``override_settings``. Returns the images and the (model, VAE) that made them."""
         with self.gate.request():
             before = (self.entry, self.vae)
             if switch is not None:
                 self.load(switch[0], switch[1])
             try:
-                return self._generate(params, output_dir), (self.entry, self.vae)
+                return self._generate(params, output_dir, options), (self.entry, self.vae)
             finally:
                 if switch is not None and switch[2]:
                     self.load(*before)
@@ -188,11 +195,11 @@ class Engine:
             finally:
                 self.load(*before)
 
-    def _generate(self, params: GenerationParams, output_dir=None) -> list[GeneratedImage]:
+    def _generate(self, params: GenerationParams, output_dir=None, options: dict | None = None) -> list[GeneratedImage]:
         return self._tracked(lambda controls: generate(self.pipeline, params, output_dir, controls=controls),
-                             params.batch_count * params.batch_size, params.steps)
+                             params.batch_count * params.batch_size, params.steps, options)
 
-    def _tracked(self, work, images: int, steps: int):
+    def _tracked(self, work, images: int, steps: int, options: dict | None = None):
         s = self.state
         with s.lock:
             s.job, s.job_count, s.job_no, s.fraction, s.eta = "txt2img", images, 0, 0.0, 0.0
@@ -200,9 +207,11 @@ class Engine:
             s.watched = False
             s.started = time.time()
             s.job_timestamp = time.strftime("%Y%m%d%H%M%S")
-        every = self.options["show_progress_every_n_steps"]
-        wanted = self.options["live_previews_enable"] and every > 0
-        controls = Controls(stop=self._stop, preview=self._preview if wanted else None, preview_every=max(1, every))
+        chosen = {**self.options, **(options or {})}
+        every, method = chosen["show_progress_every_n_steps"], chosen["show_progress_type"]
+        wanted = chosen["live_previews_enable"] and every > 0
+        controls = Controls(stop=self._stop, preview=(lambda latents: self._preview(latents, method)) if wanted else None,
+                            preview_every=max(1, every))
         try:
             with progress.subscribed(s):
                 return work(controls)
@@ -216,14 +225,14 @@ class Engine:
             self.state.skipped = False              # the skip ends one image only
         return answer
 
-    def _preview(self, latents: torch.Tensor) -> None:
+    def _preview(self, latents: torch.Tensor, method: str = "Full") -> None:
         """The first image of the batch as it stands, made only while someone asks for it (a client
         polling ``/progress``, the web UI): an API client that only waits for its images pays nothing.
         On the sampling thread, between two steps, so its memory never adds to a step's."""
         if not self.state.watched:
             return
         try:
-            image = preview_image(self.pipeline.pipe, latents, self.options["show_progress_type"])
+            image = preview_image(self.pipeline.pipe, latents, method)
         except Exception as exc:       # (out of memory, say) a preview never costs the request its images
             progress.warn(f"live preview skipped: {exception_line(exc)}")
             return
