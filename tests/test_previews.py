@@ -57,3 +57,31 @@ def test_no_preview_after_the_last_step(tiny_sd1):
         controls = Controls(preview=lambda latents: seen.append(latents.shape), preview_every=every)
         generate(pipeline, GenerationParams("a dog", steps=steps, width=32, height=32, seed=1), controls=controls)
         assert len(seen) == expected, (steps, every)
+
+
+def test_previews_show_the_denoised_estimate_and_change_no_step(toy, monkeypatch):
+    """The WebUI's previews show the model's estimate of the finished image, not the noisy latents:
+    from the scheduler's own step output (Euler a, DDIM), or its last model output (DPM++ 2M, UniPC).
+    PLMS has none, and shows the latents. The images are the same with and without previews."""
+    from dreambooth.generation import sampling
+    from dreambooth.generation.params import GenerationParams
+
+    def run(sampler):
+        seen = []
+        made = sampling.generate(toy, GenerationParams("a photo of a red ball", sampler=sampler, steps=6, width=32,
+                                                       height=32, seed=1),
+                                 controls=sampling.Controls(preview=lambda latents: seen.append(latents.float()),
+                                                            preview_every=1))
+        return seen, made[0].image.tobytes()
+
+    samplers = ("Euler a", "DDIM", "DPM++ 2M", "UniPC", "PLMS")
+    estimates = {s: run(s) for s in samplers}
+    monkeypatch.setattr(sampling, "denoised_estimates", lambda scheduler, state: None)
+    noisy = {s: run(s) for s in samplers}
+    for s in samplers:
+        assert estimates[s][1] == noisy[s][1], s                          # the same image either way
+        assert len(estimates[s][0]) == len(noisy[s][0]) >= 5              # (PLMS: 7 iterations for 6 steps)
+        same = all(torch.equal(a, b) for a, b in zip(estimates[s][0], noisy[s][0]))
+        assert same == (s == "PLMS"), s
+    # Euler a's first latents are noise at the largest sigma; its estimate is an image's latents
+    assert estimates["Euler a"][0][0].std() < noisy["Euler a"][0][0].std() / 3

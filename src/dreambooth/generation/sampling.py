@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,8 @@ def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
 class Controls:
     """What a caller (a server) may do to a running generation: ``stop()`` returns "interrupt" (end
     the run after the current step, keeping what was made) or "skip" (end the current image) or None;
-    ``preview(latents)`` receives the latents every ``preview_every`` steps (a live preview; not after
-    the last, whose image comes at once)."""
+    ``preview(latents)`` receives, every ``preview_every`` steps (not after the last, whose image comes
+    at once), the sampler's estimate of the finished latents (``denoised_estimates``): a live preview."""
     stop: Callable[[], str | None] = lambda: None
     preview: Callable[[torch.Tensor], None] | None = None
     preview_every: int = 10
@@ -185,6 +186,8 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
     n = len(seeds)
     pos, neg = conditioning.at(0)
     state = {"step": 0}
+    if controls.preview is not None:
+        denoised_estimates(scheduler, state)
 
     def on_step_end(pipe, i, t, tensors):
         # Called after denoising iteration i; the conditioning returned is used from iteration i+1.
@@ -195,7 +198,8 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
             pipe._interrupt = True               # diffusers' documented way to end the denoising loop early
         # (not after the last iteration: the image itself comes next)
         if controls.preview is not None and (i + 1) % max(1, controls.preview_every) == 0 and i + 1 < pipe.num_timesteps:
-            controls.preview(tensors["latents"])
+            estimate = state.get("denoised")
+            controls.preview(estimate if estimate is not None else tensors["latents"])
         step = (i + 1) // order
         if not conditioning.changes or step == state["step"]:
             return {}
@@ -234,6 +238,28 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
             return decode(runner, latents)
     finally:
         runner.scheduler = previous                      # leave the pipeline as we found it
+
+
+def denoised_estimates(scheduler, state: dict) -> None:
+    """After each step, ``state["denoised"]``: the model's estimate of the finished latents, as the
+    WebUI's live previews show it (the noisy latents at step 5 of 20 are mostly noise). The Euler,
+    Heun, LMS, DPM2, DDIM, DPM++ SDE and LCM schedulers return it; DPM-Solver++ and UniPC keep it as
+    their last model output; PLMS has none (None: the preview shows the latents). Wraps this call's
+    own scheduler; the steps are unchanged."""
+    step = scheduler.step
+    config = scheduler.config
+    x0_outputs = config.get("algorithm_type") in ("dpmsolver++", "sde-dpmsolver++") or config.get("predict_x0", False)
+
+    @functools.wraps(step)           # its signature: the pipeline passes ``generator`` and ``eta`` by it
+    def step_keeping_the_estimate(*args, **kwargs):
+        out = step(*args, **kwargs)
+        estimate = out[1] if isinstance(out, tuple) and len(out) > 1 else getattr(out, "pred_original_sample", None)
+        if estimate is None and x0_outputs and getattr(scheduler, "model_outputs", None):
+            estimate = scheduler.model_outputs[-1]
+        state["denoised"] = estimate
+        return out
+
+    scheduler.step = step_keeping_the_estimate
 
 
 @contextlib.contextmanager
