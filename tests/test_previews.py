@@ -36,6 +36,21 @@ def test_the_cheap_preview_shows_the_colours_at_the_latents_size(toy):
         assert full.size == (32, 32)
 
 
+def test_a_grid_of_the_batch_when_asked(toy):
+    from dreambooth.generation.previews import preview_image
+    latents = torch.cat([_latents_of(toy.pipe, c) for c in COLOURS[:3]])
+    h, w = latents.shape[-2:]
+    assert preview_image(toy.pipe, latents, "Approx cheap").size == (w, h)
+    grid = preview_image(toy.pipe, latents, "Approx cheap", grid=True)
+    assert grid.size == (2 * w, 2 * h)                                  # 3 images: 2 columns, 2 rows
+    cells = np.asarray(grid, dtype=np.float32)
+    for k, colour in enumerate(COLOURS[:3]):
+        r, c = divmod(k, 2)
+        mean = cells[r * h:(r + 1) * h, c * w:(c + 1) * w].reshape(-1, 3).mean(0)
+        assert min(COLOURS, key=lambda other: np.abs(mean - np.array(other)).sum()) == colour
+    assert preview_image(toy.pipe, latents, "Full", grid=True).size == (64, 64)
+
+
 def test_the_map_is_fitted_once_per_vae_and_the_same_every_time(toy):
     from dreambooth.generation import previews
     first = previews.rgb_map(toy.pipe)

@@ -161,9 +161,9 @@ def test_live_previews_cost_nothing_unless_watched(api, server):
         assert len(decoded) == 1                                 # the image itself, no preview
         seen = []
         done = threading.Event()
-        cheap = {"show_progress_type": "Approx cheap"}              # for this request alone
+        cheap = {"show_progress_type": "Approx cheap", "show_progress_grid": True}     # for this request alone
         thread = threading.Thread(target=lambda: (api.txt2img(prompt="a red ball", seed=3, steps=300, width=32, height=32,
-                                                                override_settings=cheap), done.set()))
+                                                                batch_size=2, override_settings=cheap), done.set()))
         thread.start()
         while not done.is_set() and len(seen) < 2:
             image = api.get_progress()["current_image"]
@@ -172,8 +172,8 @@ def test_live_previews_cost_nothing_unless_watched(api, server):
             time.sleep(0.1)
         api.interrupt()
         thread.join(60)
-        assert seen and seen[-1].size == (16, 16)                # the toy's latents: no decode
-        assert len(decoded) == 2
+        assert seen and seen[-1].size == (32, 16)                # the toy's latents, two side by side: no decode
+        assert len(decoded) == 3                                 # the two images themselves
         assert api.get_options()["show_progress_type"] == "Full"
         api.set_options({"live_previews_enable": False})
         assert engine._tracked(lambda controls: controls.preview, 1, 1) is None
@@ -224,6 +224,7 @@ BAD = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"show_progress_type": "TAESD"}}, 400, "show_progress_type"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"live_previews_enable": "yes"}}, 400,
      "live_previews_enable"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"show_progress_grid": 1}}, 400, "show_progress_grid"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),
 ]
 

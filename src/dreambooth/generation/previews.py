@@ -9,12 +9,14 @@
 """
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..grid import annotated_grid
 from .sampling import decode
 
 PREVIEW_METHODS = ("Full", "Approx cheap")
@@ -22,18 +24,22 @@ PREVIEW_METHODS = ("Full", "Approx cheap")
 _MAPS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
-def preview_image(pipe, latents: torch.Tensor, method: str = "Full") -> Image.Image:
-    """The first image of ``latents`` (the sampler's, scaled as the UNet sees them) by ``method``."""
+def preview_image(pipe, latents: torch.Tensor, method: str = "Full", grid: bool = False) -> Image.Image:
+    """The first image of ``latents`` (the sampler's, scaled as the UNet sees them) by ``method``; with
+    ``grid``, every image of the batch in a grid (the WebUI's ``show_progress_grid``)."""
+    if method not in PREVIEW_METHODS:
+        raise ValueError(f"show_progress_type: expected one of {', '.join(PREVIEW_METHODS)}, not {method!r}")
+    latents = latents if grid else latents[:1]
     if method == "Full":
         with torch.no_grad():
-            return decode(pipe, latents[:1])[0]
-    if method != "Approx cheap":
-        raise ValueError(f"show_progress_type: expected one of {', '.join(PREVIEW_METHODS)}, not {method!r}")
-    weight, bias = rgb_map(pipe)
-    z = _unscaled(pipe.vae, latents[0].detach().float().cpu())           # (C, h, w)
-    rgb = torch.einsum("rc,chw->rhw", weight, z) + bias[:, None, None]
-    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(pixels))
+            images = decode(pipe, latents)
+    else:
+        weight, bias = rgb_map(pipe)
+        z = _unscaled(pipe.vae, latents.detach().float().cpu())                 # (B, C, h, w)
+        rgb = torch.einsum("rc,bchw->bhwr", weight, z) + bias
+        pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        images = [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
+    return images[0] if len(images) == 1 else annotated_grid(images, math.ceil(math.sqrt(len(images))))
 
 
 def rgb_map(pipe) -> tuple[torch.Tensor, torch.Tensor]:

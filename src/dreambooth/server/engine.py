@@ -118,14 +118,14 @@ class Progress:
         return None
 
 
-PREVIEW_OPTIONS = ("live_previews_enable", "show_progress_every_n_steps", "show_progress_type")
+PREVIEW_OPTIONS = ("live_previews_enable", "show_progress_every_n_steps", "show_progress_type", "show_progress_grid")
 
 
 def check_preview_option(key: str, value) -> None:
     """A live-preview option as ``/sdapi/v1/options`` or a request's ``override_settings`` sets it: a
     one-line error naming it, if wrong."""
-    if key == "live_previews_enable" and not isinstance(value, bool):
-        raise UserError("live_previews_enable: expected true or false")
+    if key in ("live_previews_enable", "show_progress_grid") and not isinstance(value, bool):
+        raise UserError(f"{key}: expected true or false")
     if key == "show_progress_type" and value not in PREVIEW_METHODS:
         raise UserError(f"show_progress_type: {value!r} is not a preview method here; "
                         f"expected one of {', '.join(PREVIEW_METHODS)}")
@@ -139,10 +139,11 @@ class Engine:
         self.device = pick_device(device)
         self.gate = DeviceGate()
         self.state = Progress()
-        # The WebUI's live-preview options (its defaults, but the full VAE: we ship no "Approx NN"
-        # network); /sdapi/v1/options changes them for the next requests.
+        # The WebUI's live-preview options, with its defaults but two: the full VAE (we ship no "Approx
+        # NN" network), and so the first image alone (a grid would decode every image of the batch);
+        # /sdapi/v1/options changes them for the next requests.
         self.options = {"live_previews_enable": True, "show_progress_every_n_steps": preview_every,
-                        "show_progress_type": "Full"}
+                        "show_progress_type": "Full", "show_progress_grid": False}
         self.medvram = medvram
         self._load_lock = threading.Lock()
         self.pipeline: GenerationPipeline | None = None
@@ -208,10 +209,11 @@ class Engine:
             s.started = time.time()
             s.job_timestamp = time.strftime("%Y%m%d%H%M%S")
         chosen = {**self.options, **(options or {})}
-        every, method = chosen["show_progress_every_n_steps"], chosen["show_progress_type"]
-        wanted = chosen["live_previews_enable"] and every > 0
-        controls = Controls(stop=self._stop, preview=(lambda latents: self._preview(latents, method)) if wanted else None,
-                            preview_every=max(1, every))
+        every = chosen["show_progress_every_n_steps"]
+        method, grid = chosen["show_progress_type"], chosen["show_progress_grid"]
+        preview = (lambda latents: self._preview(latents, method, grid)) \
+            if chosen["live_previews_enable"] and every > 0 else None
+        controls = Controls(stop=self._stop, preview=preview, preview_every=max(1, every))
         try:
             with progress.subscribed(s):
                 return work(controls)
@@ -225,14 +227,14 @@ class Engine:
             self.state.skipped = False              # the skip ends one image only
         return answer
 
-    def _preview(self, latents: torch.Tensor, method: str = "Full") -> None:
+    def _preview(self, latents: torch.Tensor, method: str = "Full", grid: bool = False) -> None:
         """The first image of the batch as it stands, made only while someone asks for it (a client
         polling ``/progress``, the web UI): an API client that only waits for its images pays nothing.
         On the sampling thread, between two steps, so its memory never adds to a step's."""
         if not self.state.watched:
             return
         try:
-            image = preview_image(self.pipeline.pipe, latents, method)
+            image = preview_image(self.pipeline.pipe, latents, method, grid)
         except Exception as exc:       # (out of memory, say) a preview never costs the request its images
             progress.warn(f"live preview skipped: {exception_line(exc)}")
             return
