@@ -1,7 +1,8 @@
-"""Live previews of the latents while sampling, as the WebUI's "Live preview method" names them.
+"""Live previews while sampling (of the sampler's estimate of the finished latents: ``sampling.
+denoised_estimates``), by the methods the WebUI's "Live preview method" names:
 
-* ``Full``: the VAE decodes the first image of the batch: faithful, and as slow as a decode (SD1.5 at
-  512 px on a 2-core CPU: about two seconds, as long as a step).
+* ``Full``: the VAE decodes the first image of the batch (or each, for a grid): faithful, and as slow
+  as a decode (SD1.5 at 512 px on a 2-core CPU: about two seconds, as long as a step).
 * ``Approx cheap``: one linear map from the latent channels to RGB, at the latents' size: no network
   runs. The WebUI ships fixed coefficients for SD1 and SDXL; ours are fitted to the model's own VAE
   (its encoder's mean for flat colour patches, least squares), once per VAE, so a custom VAE, SD2, a

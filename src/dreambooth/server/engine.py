@@ -228,8 +228,8 @@ class Engine:
         return answer
 
     def _preview(self, latents: torch.Tensor, method: str = "Full", grid: bool = False) -> None:
-        """The first image of the batch as it stands, made only while someone asks for it (a client
-        polling ``/progress``, the web UI): an API client that only waits for its images pays nothing.
+        """The batch as it stands (its first image, or a grid), made only while someone asks for it (a
+        client polling ``/progress``, the web UI): an API client that only waits for its images pays nothing.
         On the sampling thread, between two steps, so its memory never adds to a step's."""
         if not self.state.watched:
             return
