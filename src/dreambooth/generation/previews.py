@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..grid import annotated_grid
-from .sampling import decode
+from .sampling import decode, unscaled
 
 PREVIEW_METHODS = ("Full", "Approx cheap")
 
@@ -36,7 +36,7 @@ def preview_image(pipe, latents: torch.Tensor, method: str = "Full", grid: bool 
             images = decode(pipe, latents)
     else:
         weight, bias = rgb_map(pipe)
-        z = _unscaled(pipe.vae, latents.detach().float().cpu())                 # (B, C, h, w)
+        z = unscaled(pipe.vae, latents.detach().float().cpu())                 # (B, C, h, w)
         rgb = torch.einsum("rc,bchw->bhwr", weight, z) + bias
         pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         images = [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
@@ -49,11 +49,6 @@ def rgb_map(pipe) -> tuple[torch.Tensor, torch.Tensor]:
     if vae not in _MAPS:
         _MAPS[vae] = _fit(vae, int(getattr(pipe, "vae_scale_factor", 8)))
     return _MAPS[vae]
-
-
-def _unscaled(vae, latents: torch.Tensor) -> torch.Tensor:
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return latents / vae.config.scaling_factor + shift
 
 
 def _fit(vae, factor: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -286,12 +286,17 @@ def _without_grad(unet):
     return torch.no_grad() if sharded else torch.inference_mode()
 
 
+def unscaled(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The sampler's latents (scaled for the UNet) as the VAE's decoder takes them."""
+    return latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+
+
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
     """Latents to images with the VAE in its own precision, outside any autocast: the SDXL VAE
     overflows in fp16 (black images), so mixed-precision sampling never autocasts it down. One image
     at a time (``one_image_at_a_time``): a batch must fit where one image does."""
     vae = pipe.vae
-    latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    latents = unscaled(vae, latents.to(vae.device, vae.dtype))
     with torch.autocast(vae.device.type, enabled=False), one_image_at_a_time(vae):
         images = vae.decode(latents).sample
     return pipe.image_processor.postprocess(images.float(), output_type="pil")

@@ -118,7 +118,11 @@ class Progress:
         return None
 
 
-PREVIEW_OPTIONS = ("live_previews_enable", "show_progress_every_n_steps", "show_progress_type", "show_progress_grid")
+# The WebUI's live-preview options, with its defaults but two: the full VAE (we ship no "Approx NN"
+# network), and so the first image alone (a grid would decode every image of the batch).
+PREVIEW_DEFAULTS = {"live_previews_enable": True, "show_progress_every_n_steps": 10, "show_progress_type": "Full",
+                    "show_progress_grid": False}
+PREVIEW_OPTIONS = tuple(PREVIEW_DEFAULTS)
 
 
 def check_preview_option(key: str, value) -> None:
@@ -139,11 +143,8 @@ class Engine:
         self.device = pick_device(device)
         self.gate = DeviceGate()
         self.state = Progress()
-        # The WebUI's live-preview options, with its defaults but two: the full VAE (we ship no "Approx
-        # NN" network), and so the first image alone (a grid would decode every image of the batch);
-        # /sdapi/v1/options changes them for the next requests.
-        self.options = {"live_previews_enable": True, "show_progress_every_n_steps": preview_every,
-                        "show_progress_type": "Full", "show_progress_grid": False}
+        # (/sdapi/v1/options changes them for the next requests)
+        self.options = {**PREVIEW_DEFAULTS, "show_progress_every_n_steps": preview_every}
         self.medvram = medvram
         self._load_lock = threading.Lock()
         self.pipeline: GenerationPipeline | None = None
