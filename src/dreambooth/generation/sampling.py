@@ -31,6 +31,7 @@ from ..devices import PRECISIONS
 from ..errors import file_operation
 from ..images import as_image, write_png
 from ..models.conv_layout import channels_last_convs
+from ..models.lean_ops import lean_ops
 from ..outputs import claim_numbered
 from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
@@ -229,7 +230,8 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
             call.update(mask_image=[mask] * n, width=params.width, height=params.height)
     previous, runner.scheduler = runner.scheduler, scheduler
     try:
-        with channels_last_convs(runner.unet, autocast), channels_last_convs(runner.vae), _without_grad(runner.unet), \
+        with channels_last_convs(runner.unet, autocast), lean_ops(runner.unet, autocast), \
+                channels_last_convs(runner.vae, prepack=False), _without_grad(runner.unet), \
                 pipeline.turns_inside(runner), one_image_at_a_time(runner.vae):
             if autocast is None:
                 return runner(**call).images

@@ -7,9 +7,11 @@ instead of 4.9-5.2 and encodes one in 1.1-1.2 s instead of 2.4-2.5. Elsewhere ch
 (an AMD EPYC without AMX) or is unmeasured (CUDA), and fp32 gained a tenth: the layout is left as it
 is there. Training steps keep their layout too (SD1.5 LoRA gained nothing measurable).
 
-Within a pass, a convolution whose weight outweighs its input also runs from oneDNN's own prepacked
-copy of the weight (``_prepacked``), instead of reordering it at every call: the same bits, SD1.5's UNet
-about a tenth faster at 512 px, for one more copy of those weights (a generation pipeline keeps it).
+Within a UNet's pass, a convolution whose weight outweighs its input also runs from oneDNN's own
+prepacked copy of the weight (``_prepacked``), instead of reordering it at every call: the same bits,
+SD1.5's UNet about a tenth faster at 512 px, for one more copy of those weights (a generation pipeline
+keeps it). Not the VAE's: its decoder was no faster from copies (the mid-size model, one image at 256
+or 512 px) and they raised a batch's peak by 0.15 GiB.
 
 Every sampling call (and the training's latent cache) goes through here, so a validation image and
 its remake from the PNG run the same kernels and stay bit for bit. A trainer's weights are put back
@@ -63,13 +65,14 @@ def to_channels_last(module, dtype: torch.dtype | None = None) -> list[torch.Ten
 
 
 @contextlib.contextmanager
-def channels_last_convs(module, dtype: torch.dtype | None = None):
-    """Within: the 2-d convolution weights of ``module`` in channels-last, where ``wanted``, and run from
-    oneDNN's own copies of them (``_prepacked``); then as they were. A module already in channels-last
-    (a generation pipeline's) keeps its copies for the next call; a trainer's, whose weights change, not."""
+def channels_last_convs(module, dtype: torch.dtype | None = None, prepack: bool = True):
+    """Within: the 2-d convolution weights of ``module`` in channels-last, where ``wanted``, and, with
+    ``prepack`` (a UNet's), run from oneDNN's own copies of them (``_prepacked``); then as they were. A
+    module already in channels-last (a generation pipeline's) keeps its copies for the next call; a
+    trainer's, whose weights change, not."""
     moved = to_channels_last(module, dtype)
     convs = [c for c in module.modules() if isinstance(c, torch.nn.Conv2d) and "forward" not in c.__dict__] \
-        if wanted(module, dtype) else []          # (not those an enclosing call set up)
+        if prepack and wanted(module, dtype) else []          # (not those an enclosing call set up)
     for conv in convs:
         conv.forward = _prepacked.__get__(conv)
     try:

@@ -33,7 +33,7 @@ class LatentCache:
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior's (mean, std) of ``pixels``, fp32."""
         vae = self.parking.ready(self.vae)
-        with torch.no_grad(), channels_last_convs(vae):
+        with torch.no_grad(), channels_last_convs(vae, prepack=False):
             dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 

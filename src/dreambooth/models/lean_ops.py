@@ -1,0 +1,121 @@
+"""Fewer passes over memory in a UNet's bf16 pass on a CPU with AMX, the same bits.
+
+Outside attention and convolutions, a UNet call at low resolution on a 2-core CPU is bound by memory
+traffic: each operation reads and writes its whole activation. Within a sampling pass (``lean_ops``):
+
+* a linear layer with a bias runs as oneDNN's linear with the bias fused (``_linear``); torch's
+  ``addmm`` first writes the bias into the whole output, a pass of its own;
+* an attention layer in diffusers' plain form (no norms, no mask, no residual, output factor 1)
+  skips the division by 1.0 that ``AttnProcessor2_0`` always makes (``PlainAttention``).
+
+Each computes what diffusers' own does, bit for bit (checked on a small case before first use,
+``_exact``; a test on the tiny pipeline's images), so a PNG remade from its infotext stays the same.
+The mid-size SD1 UNet, batch 8 at 32 x 32 latents, on a 2-core Xeon with AMX: 617-624 -> 591-600 ms
+a call (docs/benchmarks.md, session 36). Only without gradients, in bf16 throughout, where the
+weights are not FSDP's, as the prepacked convolutions (``conv_layout``)."""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .conv_layout import wanted
+
+
+# torch's addmm leaves products of at most 16 x 16 x 16 multiply-adds to its own kernel (not oneDNN's)
+ONEDNN_FROM = 16 * 16 * 16
+
+
+def _plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether this product may run as oneDNN's fused linear with ``F.linear``'s bits: inference, bf16
+    throughout, not FSDP's, a contiguous input (torch multiplies and then adds the bias to any other,
+    rounding twice), large enough that torch would run it on oneDNN too."""
+    return bias is not None and x.dtype == weight.dtype == bias.dtype == torch.bfloat16 and x.dim() >= 2 \
+        and x.is_contiguous() and x.numel() * weight.shape[0] > ONEDNN_FROM \
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)) \
+        and not hasattr(weight, "device_mesh")
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if _plain(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def _linear_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _linear(x, layer.weight, layer.bias)
+
+
+def _attention_processor():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class PlainAttention(AttnProcessor2_0):
+        """``AttnProcessor2_0`` without its division by ``rescale_output_factor`` where that is 1 and
+        nothing else applies; anything else goes to diffusers' own."""
+
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                     *args, **kwargs):
+            if args or kwargs or attention_mask is not None or hidden_states.ndim != 3 \
+                    or attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection \
+                    or attn.rescale_output_factor != 1.0 or attn.norm_q is not None or attn.norm_k is not None \
+                    or (encoder_hidden_states is not None and attn.norm_cross):
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                        *args, **kwargs)
+            batch = hidden_states.shape[0]
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+            head_dim = key.shape[-1] // attn.heads
+            query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+            out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+            out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+            return attn.to_out[1](attn.to_out[0](out))
+
+    return PlainAttention, AttnProcessor2_0
+
+
+@contextlib.contextmanager
+def lean_ops(module, dtype: torch.dtype | None = None):
+    """Within: ``module``'s linear layers and plain attention layers as the module doc says,
+    where ``conv_layout.wanted`` (bf16 on a CPU with AMX); then as they were."""
+    if module is None or not wanted(module, dtype) or not _exact():
+        yield
+        return
+    from diffusers.models.attention_processor import Attention
+    plain, original = _attention_processor()
+    shared = plain()
+    patched, swapped = [], []
+    for layer in module.modules():
+        if "forward" in layer.__dict__:            # set up by an enclosing call, or by someone else
+            continue
+        if type(layer) is torch.nn.Linear:
+            layer.forward = _linear_forward.__get__(layer)
+            patched.append(layer)
+        elif isinstance(layer, Attention) and type(layer.processor) is original:
+            swapped.append((layer, layer.processor))
+            layer.processor = shared
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+        for layer, processor in swapped:
+            layer.processor = processor
+
+
+@functools.cache
+def _exact() -> bool:
+    """torch's oneDNN linear (inductor's op, not public API) exists here and gives ``F.linear``'s bits
+    on a small case; else everything runs as ever."""
+    gen = torch.Generator().manual_seed(0)          # not the global stream: a run's draws stay as they were
+    try:
+        x = torch.randn(2, 40, 64, generator=gen).bfloat16()
+        weight = torch.randn(96, 64, generator=gen).bfloat16()
+        bias = torch.randn(96, generator=gen).bfloat16()
+        with torch.no_grad():
+            whole = F.linear(x, weight, bias)
+            fused = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+            return torch.equal(fused, whole)
+    except (AttributeError, RuntimeError):
+        return False

@@ -1,0 +1,97 @@
+"""Sampling in bf16 on a CPU with AMX runs the UNet's linear layers with their bias fused and plain
+attention without its division by one (models/lean_ops.py): the same images, bit for bit, and the
+modules as they were afterwards. The VAE runs without prepacked copies."""
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from dreambooth.generation.params import GenerationParams
+from dreambooth.generation.pipeline import load_generation_pipeline
+from dreambooth.generation.sampling import generate
+from dreambooth.models import conv_layout, lean_ops
+
+
+@pytest.fixture
+def amx(monkeypatch):
+    monkeypatch.setattr(conv_layout, "cpu_has_amx", lambda: True)
+    if not lean_ops._exact():
+        pytest.skip("torch's oneDNN linear is not available here")
+
+
+def images(pipeline, **kw):
+    params = GenerationParams("a dog", steps=3, width=32, height=32, seed=1, batch_size=2, **kw)
+    return [img.image.tobytes() for img in generate(pipeline, params)]
+
+
+@pytest.mark.parametrize("family", ["tiny_sd1", "tiny_sdxl"])
+def test_the_same_images_and_the_modules_as_they_were(amx, family, request, monkeypatch):
+    pipeline = load_generation_pipeline(str(request.getfixturevalue(family)), dtype=torch.bfloat16)
+    unet = pipeline.pipe.unet
+    processors = dict(unet.attn_processors)
+    seen = {"fused": 0, "plain": 0}
+    fused, plain_class = lean_ops._linear, lean_ops._attention_processor()[0]
+
+    def counting(x, weight, bias):
+        seen["fused"] += lean_ops._plain(x, weight, bias)
+        return fused(x, weight, bias)
+    monkeypatch.setattr(lean_ops, "_linear", counting)
+    unet.mid_block.register_forward_pre_hook(
+        lambda m, a: seen.__setitem__("plain", sum(type(p).__name__ == plain_class.__name__
+                                                   for p in unet.attn_processors.values())))
+    lean = images(pipeline) + images(pipeline, sampler="DPM++ 2M")
+    assert seen["fused"] > 0 and seen["plain"] == len(processors)       # they ran
+    assert unet.attn_processors == processors
+    assert not any("forward" in m.__dict__ for m in unet.modules() if not isinstance(m, torch.nn.Conv2d))
+    monkeypatch.setattr(lean_ops, "wanted", lambda module, dtype=None: False)
+    assert images(pipeline) + images(pipeline, sampler="DPM++ 2M") == lean
+    assert not any("_packed" in m.__dict__ for m in pipeline.pipe.vae.modules())    # the VAE: no copies
+
+
+def test_each_op_gives_diffusers_bits_and_leaves_the_rest_to_it(amx):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 24, 32, generator=gen).bfloat16()
+    context = torch.randn(2, 7, 16, generator=gen).bfloat16()
+    linear = torch.nn.Linear(32, 48).bfloat16()
+    self_attn = Attention(32, heads=4, dim_head=8, bias=True).bfloat16()
+    cross_attn = Attention(32, cross_attention_dim=16, heads=2, dim_head=16).bfloat16()
+    scaled = Attention(32, heads=4, dim_head=8, rescale_output_factor=2.0, residual_connection=True).bfloat16()
+    mask = torch.ones(2, 24).bfloat16()
+    with torch.inference_mode():
+        cases = [(linear, (x,), {}), (linear, (x.transpose(0, 1),), {}), (self_attn, (x,), {}), (cross_attn, (x,), {"encoder_hidden_states": context}),
+                 (scaled, (x,), {}), (self_attn, (x,), {"attention_mask": mask})]
+        expected = [m(*a, **k) for m, a, k in cases]
+        with lean_ops.lean_ops(torch.nn.ModuleList([m for m, _, _ in cases])):
+            assert "forward" in linear.__dict__ and type(self_attn.processor) is not AttnProcessor2_0
+            assert all(torch.equal(m(*a, **k), e) for (m, a, k), e in zip(cases, expected))
+    assert type(self_attn.processor) is AttnProcessor2_0 and "forward" not in linear.__dict__
+
+
+def test_gradients_and_other_dtypes_run_as_ever(amx):
+    layer = torch.nn.Linear(8, 8).bfloat16()
+    x = torch.randn(3, 8).bfloat16()
+    with lean_ops.lean_ops(layer):
+        assert not lean_ops._plain(x.requires_grad_(), layer.weight, layer.bias)       # training: torch's own
+        layer(x).sum().backward()
+        assert layer.weight.grad is not None
+    assert not lean_ops._plain(torch.randn(3, 8), layer.weight.float(), layer.bias.float())
+    with torch.no_grad(), lean_ops.lean_ops(torch.nn.Linear(8, 8)):      # fp32 module: nothing patched
+        assert not lean_ops._plain(torch.randn(3, 8), torch.randn(8, 8), torch.randn(8))
+
+
+def test_a_lora_on_a_linear_layer_is_applied(amx, tiny_sd1):
+    """peft wraps the layer; its base layer runs fused, and the LoRA's own product beside it."""
+    from peft import LoraConfig
+    pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.bfloat16)
+    unet = pipeline.pipe.unet
+    unet.add_adapter(LoraConfig(r=4, target_modules=["ff.net.0.proj", "to_out.0"], init_lora_weights=False))
+    unet.to(torch.bfloat16)
+    with_lora = images(pipeline)
+    unet.disable_adapters()
+    assert images(pipeline) != with_lora
+
+
+def test_checking_the_ops_draws_nothing_from_the_global_stream():
+    lean_ops._exact.cache_clear()
+    state = torch.random.get_rng_state()
+    lean_ops._exact()
+    assert torch.equal(torch.random.get_rng_state(), state)
