@@ -225,6 +225,11 @@ BAD = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"live_previews_enable": "yes"}}, 400,
      "live_previews_enable"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"show_progress_grid": 1}}, 400, "show_progress_grid"),
+    # options the server has at one value: refused at another, not stored and ignored
+    ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 2}, 400, "CLIP_stop_at_last_layers"),
+    ("/sdapi/v1/options", {"samples_format": "jpg"}, 400, "samples_format"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 2}}, 400,
+     "override_settings: CLIP_stop_at_last_layers"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),
 ]
 

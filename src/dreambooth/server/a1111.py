@@ -22,7 +22,7 @@ from ..generation.params import GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
-from .schemas import (NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
+from .schemas import (FIXED_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
                       ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
 
 # Library flags in the library's messages, as the API's field names.
@@ -85,6 +85,13 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
             raise UserError(f"{name}: {value!r} is not supported by this server (only {allowed[0]!r})")
 
 
+def check_option(key: str, value, where: str = "") -> None:
+    """A UserError naming ``key`` where the server cannot do what ``value`` asks (see FIXED_OPTIONS)."""
+    check_preview_option(key, value)
+    if key in FIXED_OPTIONS and value != FIXED_OPTIONS[key]:
+        raise UserError(f"{where}{key}: {value!r} is not supported by this server (only {FIXED_OPTIONS[key]!r})")
+
+
 def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
     api = APIRouter(prefix="/sdapi/v1")
 
@@ -96,9 +103,9 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         unknown = sorted(k for k in overrides if k not in options)
         if unknown:
             raise UserError(f"override_settings: {unknown[0]}: not an option of this server")
+        for key, value in overrides.items():
+            check_option(key, value, "override_settings: ")
         previews = {k: v for k, v in overrides.items() if k in PREVIEW_OPTIONS}
-        for key, value in previews.items():
-            check_preview_option(key, value)
         switch = None
         if model is not None or vae is not None:
             switch = (engine.catalog.find_model(model) if model else engine.entry,
@@ -183,7 +190,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         for key, value in body.items():
             if key in options and type(value) is not type(options[key]):
                 raise UserError(f"{key}: expected {type(options[key]).__name__}")
-            check_preview_option(key, value)
+            check_option(key, value)
         with engine.gate.request():
             engine.load(entry, vae)
         options.update({k: v for k, v in body.items() if k in options})

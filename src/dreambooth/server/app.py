@@ -21,6 +21,7 @@ from ..errors import UserError
 from . import a1111, jobs_api
 from .catalog import Catalog
 from .engine import Engine
+from .schemas import FIXED_OPTIONS
 from .jobs import JobRunner, JobStore
 
 
@@ -102,7 +103,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.engine, app.state.store, app.state.runner, app.state.catalog = engine, store, runner, catalog
     options = engine.options            # the live-preview ones steer the engine
-    options.update({"samples_format": "png", "CLIP_stop_at_last_layers": 1, "sd_checkpoint_cache": 0})
+    options.update({**FIXED_OPTIONS, "sd_checkpoint_cache": 0})
     app.include_router(a1111.router(engine, options, settings.flags))
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
 

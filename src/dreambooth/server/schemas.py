@@ -104,6 +104,11 @@ NEUTRAL = {
     "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0), "infotext": (None, ""),
 }
 
+# A1111 options this server has at one value: set to another (``/sdapi/v1/options`` or a request's
+# ``override_settings``) they are refused, not stored and ignored. ``sd_checkpoint_cache`` changes no
+# image and takes any value.
+FIXED_OPTIONS = {"samples_format": "png", "CLIP_stop_at_last_layers": 1}
+
 
 class ImagesResponse(BaseModel):
     images: list[str] | None = None
