@@ -82,10 +82,12 @@ def test_a_trainers_modules_only_during_each_pass(amx, tiny_sd1, autocast):
         pipe.unet.float()
     seen = convs_seen(pipe.vae)
     unet_seen = []
-    pipe.unet.conv_in.register_forward_pre_hook(lambda m, a: unet_seen.append(strided_channels_last(m.weight)))
+    pipe.unet.conv_in.register_forward_pre_hook(lambda m, a: unet_seen.append(
+        "gave way" if m.weight.numel() == 0 else strided_channels_last(m.weight)))
     generate(GenerationPipeline(pipe), GenerationParams("a dog", steps=2, width=16, height=16, seed=1),
              autocast=torch.bfloat16 if autocast else None)
-    assert seen == [("decoder", True)] and unet_seen == [True, True]
+    # bf16: from the second call on, the prepacked copy stands in for the weight (fp32: not packed)
+    assert seen == [("decoder", True)] and unet_seen == [True, True if autocast else "gave way"]
     assert not any(channels_last(pipe.vae)) and not any(channels_last(pipe.unet))
     # no prepacked copies kept between passes: the weights train in between
     assert not any("_packed" in m.__dict__ or "forward" in m.__dict__ for m in [*pipe.unet.modules(), *pipe.vae.modules()])
@@ -101,34 +103,39 @@ def test_fp32_sampling_leaves_the_layout(amx, tiny_sd1):
     assert seen == [("decoder", False)] and not any(channels_last(pipeline.pipe.unet))
 
 
-def test_prepacked_weights_compute_the_same_bits_and_follow_the_weight(amx):
+def test_prepacked_weights_compute_the_same_bits_and_stand_in_for_the_weight(amx):
     """Within the pass, a convolution whose weight is at least as large as its input runs from oneDNN's
-    prepacked copy of it: the same bits as the channels-last convolution, made once per input shape and
-    made again when the weight changes; a larger input (the VAE's maps) runs as ever."""
+    prepacked copy of it, the same bits as the channels-last convolution; the copy takes the weight's
+    place until the pass ends (then any input runs from it), and the weight comes back bit for bit.
+    A layer that wraps the convolution (peft's) may read the weight: that one keeps it."""
     if not conv_layout._packing_works():
         pytest.skip("torch's prepacked oneDNN convolutions are not available here")
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(32, 32, 3, padding=1).bfloat16()
     conv_layout.to_channels_last(conv)                  # a generation pipeline's: channels-last for good
+    weight = conv.weight.detach().clone()
     small, large = (torch.randn(2, 32, n, n, dtype=torch.bfloat16) for n in (4, 16))
+    expected = [torch.nn.functional.conv2d(x, weight, conv.bias, padding=1) for x in (small, large)]
     with torch.inference_mode():
-        expected = torch.nn.functional.conv2d(small, conv.weight, conv.bias, padding=1)
+        for _ in range(2):                                   # a second pass packs afresh
+            with channels_last_convs(conv):
+                assert torch.equal(conv(small), expected[0])
+                assert conv.weight.numel() == 0 and "_packed" in conv.__dict__      # it gave way
+                assert torch.equal(conv(large), expected[1])
+            assert torch.equal(conv.weight, weight) and strided_channels_last(conv.weight)
+            assert not any(k in conv.__dict__ for k in ("_packed", "forward", "_keeps_weight"))
+        with torch.no_grad():
+            conv.weight.mul_(2)
         with channels_last_convs(conv):
-            assert torch.equal(conv(small), expected)
-            (shape, *_), packed = conv._packed
-            assert shape == tuple(small.shape)
-            conv(large)
-            assert conv._packed[1] is packed                    # 32 x 16 x 16 inputs: not packed for
-        with channels_last_convs(conv):
-            conv(small)
-            assert conv._packed[1] is packed                    # kept for the next call
-    with torch.no_grad():
-        conv.weight.mul_(2)
+            assert torch.equal(conv(small), torch.nn.functional.conv2d(small, 2 * weight, conv.bias, padding=1))
+        wrapper = torch.nn.Module()
+        wrapper.base_layer = conv
+        with channels_last_convs(wrapper):
+            assert torch.equal(conv(small), torch.nn.functional.conv2d(small, 2 * weight, conv.bias, padding=1))
+            assert torch.equal(conv.weight, 2 * weight)                   # kept: the wrapper may read it
     with torch.inference_mode(), channels_last_convs(conv):
-        out = conv(small)
-        assert conv._packed[1] is not packed and torch.equal(
-            out, torch.nn.functional.conv2d(small, conv.weight, conv.bias, padding=1))
-    assert "forward" not in conv.__dict__                        # outside a pass: the module's own forward
+        assert torch.equal(conv(large), torch.nn.functional.conv2d(large, 2 * weight, conv.bias, padding=1))
+        assert "_packed" not in conv.__dict__                    # a larger input first: not packed
 
 
 def test_prepacked_sampling_makes_the_same_images(amx, tiny_sd1, monkeypatch):
@@ -136,8 +143,14 @@ def test_prepacked_sampling_makes_the_same_images(amx, tiny_sd1, monkeypatch):
         pytest.skip("torch's prepacked oneDNN convolutions are not available here")
     pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.bfloat16)
     params = GenerationParams("a dog", steps=3, width=32, height=32, seed=1, batch_size=2)
+    unet = pipeline.pipe.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    during = []
+    unet.conv_out.register_forward_hook(lambda m, a, out: during.append(any("_packed" in c.__dict__ for c in unet.modules())))
     packed = [img.image.tobytes() for img in generate(pipeline, params)]
-    assert any("_packed" in c.__dict__ for c in pipeline.pipe.unet.modules())
+    assert during and all(during)
+    assert not any("_packed" in c.__dict__ for c in unet.modules())          # nothing held between calls
+    assert all(torch.equal(v, before[k]) and v.stride() == before[k].stride() for k, v in unet.state_dict().items())
     monkeypatch.setattr(conv_layout, "_prepacked", lambda conv, x: torch.nn.Conv2d.forward(conv, x))
     assert [img.image.tobytes() for img in generate(pipeline, params)] == packed
 

@@ -9,8 +9,8 @@ is there. Training steps keep their layout too (SD1.5 LoRA gained nothing measur
 
 Within a UNet's pass, a convolution whose weight outweighs its input also runs from oneDNN's own
 prepacked copy of the weight (``_prepacked``), instead of reordering it at every call: the same bits,
-SD1.5's UNet about a tenth faster at 512 px, for one more copy of those weights (a generation pipeline
-keeps it). Not the VAE's: its decoder was no faster from copies (the mid-size model, one image at 256
+SD1.5's UNet about a tenth faster at 512 px. The copy takes the weight's place for the pass, so no
+more memory is held. Not the VAE's: its decoder was no faster from copies (the mid-size model, one image at 256
 or 512 px) and they raised a batch's peak by 0.15 GiB.
 
 Every sampling call (and the training's latent cache) goes through here, so a validation image and
@@ -67,49 +67,68 @@ def to_channels_last(module, dtype: torch.dtype | None = None) -> list[torch.Ten
 @contextlib.contextmanager
 def channels_last_convs(module, dtype: torch.dtype | None = None, prepack: bool = True):
     """Within: the 2-d convolution weights of ``module`` in channels-last, where ``wanted``, and, with
-    ``prepack`` (a UNet's), run from oneDNN's own copies of them (``_prepacked``); then as they were. A
-    module already in channels-last (a generation pipeline's) keeps its copies for the next call; a
-    trainer's, whose weights change, not."""
+    ``prepack`` (a UNet's), run from oneDNN's own copies of them (``_prepacked``), which take the place
+    of the weights for the pass; then as they were, bit for bit."""
     moved = to_channels_last(module, dtype)
     convs = [c for c in module.modules() if isinstance(c, torch.nn.Conv2d) and "forward" not in c.__dict__] \
         if prepack and wanted(module, dtype) else []          # (not those an enclosing call set up)
+    # a layer that wraps a convolution (peft's LoRA) may read its weight (DoRA): that one keeps it
+    wrapped = {id(m.base_layer) for m in module.modules() if isinstance(getattr(m, "base_layer", None), torch.nn.Conv2d)}
     for conv in convs:
         conv.forward = _prepacked.__get__(conv)
+        conv.__dict__["_keeps_weight"] = id(conv) in wrapped
     try:
         yield
     finally:
-        for conv in convs:
-            del conv.forward
-            if moved:
-                conv.__dict__.pop("_packed", None)
+        back = {id(w) for w in moved}
         with torch.inference_mode(False), torch.no_grad():
+            for conv in convs:
+                del conv.forward
+                del conv.__dict__["_keeps_weight"]
+                packed = conv.__dict__.pop("_packed", None)
+                if packed is not None and packed[2]:        # the weight gave way to the copy: back, the same bits
+                    layout = torch.contiguous_format if id(conv.weight) in back else torch.channels_last
+                    conv.weight.data = packed[1].to_dense().clone(memory_format=layout)
             for weight in moved:
                 weight.data = weight.data.clone(memory_format=torch.contiguous_format)
 
 
 def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` from a copy of its weight in oneDNN's own blocked layout, made once per input shape
-    (and again if the weight changes) instead of at every call: the same kernel, so the same bits.
-    SD1.5's UNet at 512 px, batch 2, on a 2-core Xeon with AMX: 1.75 -> 1.57 s a call (its 8 x 8 and
-    16 x 16 convolutions over 1280-2560 channels spent most of their time reordering 30-60 MB
-    weights). Only where the weight is at least as large as the input: over large maps (the VAE's)
-    the prepacked kernel was slower (512 channels at 128 x 128: 28 -> 72 ms). Only without gradients,
-    in bf16 throughout (no cast for autocast to make), where the weight is not FSDP's; else as ever."""
-    weight = conv.weight
-    if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) or conv.padding_mode != "zeros" \
-            or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or hasattr(weight, "device_mesh") \
-            or (conv.bias is not None and conv.bias.dtype != torch.bfloat16) or x.dim() != 4 \
-            or not isinstance(conv.padding, tuple) \
-            or weight.numel() < x.numel() or not _packing_works():
-        return torch.nn.Conv2d.forward(conv, x)
-    key = (tuple(x.shape), weight.data_ptr(), weight._version)
+    """``conv(x)`` from a copy of its weight in oneDNN's own blocked layout, made at the pass's first
+    call instead of at every call: the same kernel, so the same bits. SD1.5's UNet at 512 px, batch 2,
+    on a 2-core Xeon with AMX: 1.75 -> 1.57 s a call (its 8 x 8 and 16 x 16 convolutions over 1280-2560
+    channels spent most of their time reordering 30-60 MB weights). Only where the weight is at least
+    as large as the input: over large maps (the VAE's) the prepacked kernel was slower (512 channels at
+    128 x 128: 28 -> 72 ms). Only without gradients, in bf16 throughout (no cast for autocast to make),
+    where the weight is not FSDP's; else as ever.
+
+    The copy takes the weight's place until the pass ends (``channels_last_convs`` puts the weight back
+    from it, bit for bit): both at once held 1.0 GB more than diffusers' pipeline through SD1.5's
+    sampling at 512 px. A weight that a wrapping layer may read stays."""
     cached = conv.__dict__.get("_packed")
-    if cached is None or cached[0] != key:
-        with torch.inference_mode(False), torch.no_grad():
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
-        conv.__dict__["_packed"] = cached = (key, packed)
-    return torch.ops.mkldnn._convolution_pointwise(x, cached[1], conv.bias, list(conv.padding), list(conv.stride),
+    if cached is not None and cached[2]:             # the copy in the weight's place: any input (same bits)
+        packed = cached[1]
+    else:
+        weight = conv.weight
+        if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) or conv.padding_mode != "zeros" \
+                or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or hasattr(weight, "device_mesh") \
+                or (conv.bias is not None and conv.bias.dtype != torch.bfloat16) or x.dim() != 4 \
+                or not isinstance(conv.padding, tuple) \
+                or weight.numel() < x.numel() or not _packing_works():
+            return torch.nn.Conv2d.forward(conv, x)
+        key = (tuple(x.shape), weight.data_ptr(), weight._version)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
+        else:
+            packed = cached[1]
+        gives_way = not conv.__dict__.get("_keeps_weight", True)
+        if gives_way:
+            with torch.inference_mode(False), torch.no_grad():
+                weight.data = weight.data.new_empty(0)
+        conv.__dict__["_packed"] = (key, packed, gives_way)
+    return torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, list(conv.padding), list(conv.stride),
                                                    list(conv.dilation), conv.groups, "none", [], "")
 
 
