@@ -10,8 +10,8 @@ is there. Training steps keep their layout too (SD1.5 LoRA gained nothing measur
 Within a UNet's pass, a convolution whose weight outweighs its input also runs from oneDNN's own
 prepacked copy of the weight (``_prepacked``), instead of reordering it at every call: the same bits,
 SD1.5's UNet about a tenth faster at 512 px. The copy takes the weight's place for the pass, so no
-more memory is held. Not the VAE's: its decoder was no faster from copies (the mid-size model, one image at 256
-or 512 px) and they raised a batch's peak by 0.15 GiB.
+more memory is held. Not the VAE's: its decoder was no faster from copies (the mid-size model, one
+image at 256 or 512 px) and they raised a batch's peak by 0.15 GiB.
 
 Every sampling call (and the training's latent cache) goes through here, so a validation image and
 its remake from the PNG run the same kernels and stay bit for bit. A trainer's weights are put back

@@ -10,9 +10,10 @@ traffic: each operation reads and writes its whole activation. Within a sampling
 
 Each computes what diffusers' own does, bit for bit (checked on a small case before first use,
 ``_exact``; a test on the tiny pipeline's images), so a PNG remade from its infotext stays the same.
-The mid-size SD1 UNet, batch 8 at 32 x 32 latents, on a 2-core Xeon with AMX: 617-624 -> 591-600 ms
-a call (docs/benchmarks.md, session 36). Only without gradients, in bf16 throughout, where the
-weights are not FSDP's, as the prepacked convolutions (``conv_layout``)."""
+On a 2-core Xeon with AMX, a UNet call (median, A/B interleaved): the mid-size SD1's at batch 8 over
+32 x 32 latents 533 -> 518 ms, SD1.5's at batch 2 over 64 x 64 1781 -> 1737 ms (docs/benchmarks.md).
+Only without gradients, in bf16 throughout, where the weights are not FSDP's, as the prepacked
+convolutions (``conv_layout``)."""
 from __future__ import annotations
 
 import contextlib

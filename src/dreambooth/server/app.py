@@ -21,8 +21,8 @@ from ..errors import UserError
 from . import a1111, jobs_api
 from .catalog import Catalog
 from .engine import Engine
-from .schemas import FIXED_OPTIONS
 from .jobs import JobRunner, JobStore
+from .schemas import FIXED_OPTIONS
 
 
 @dataclass
