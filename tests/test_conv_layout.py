@@ -151,7 +151,7 @@ def test_prepacked_sampling_makes_the_same_images(amx, tiny_sd1, monkeypatch):
     assert during and all(during)
     assert not any("_packed" in c.__dict__ for c in unet.modules())          # nothing held between calls
     assert all(torch.equal(v, before[k]) and v.stride() == before[k].stride() for k, v in unet.state_dict().items())
-    monkeypatch.setattr(conv_layout, "_prepacked", lambda conv, x: torch.nn.Conv2d.forward(conv, x))
+    monkeypatch.setattr(conv_layout, "_prepacked", lambda conv, x, **_: torch.nn.Conv2d.forward(conv, x))
     assert [img.image.tobytes() for img in generate(pipeline, params)] == packed
 
 

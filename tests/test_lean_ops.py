@@ -36,8 +36,7 @@ def test_the_same_images_and_the_modules_as_they_were(amx, family, request, monk
         return fused(x, weight, bias)
     monkeypatch.setattr(lean_ops, "_linear", counting)
     unet.mid_block.register_forward_pre_hook(
-        lambda m, a: seen.__setitem__("plain", sum(type(p).__name__ == plain_class.__name__
-                                                   for p in unet.attn_processors.values())))
+        lambda m, a: seen.__setitem__("plain", sum(type(p) is plain_class for p in unet.attn_processors.values())))
     lean = images(pipeline) + images(pipeline, sampler="DPM++ 2M")
     assert seen["fused"] > 0 and seen["plain"] == len(processors)       # they ran
     assert unet.attn_processors == processors

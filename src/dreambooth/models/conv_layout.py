@@ -76,12 +76,11 @@ def channels_last_convs(module, dtype: torch.dtype | None = None, prepack: bool 
     # a layer that wraps a convolution (peft's LoRA) may read its weight (DoRA): that one keeps it
     wrapped = {id(m.base_layer) for m in module.modules() if isinstance(getattr(m, "base_layer", None), torch.nn.Conv2d)}
     for conv in convs:
-        conv.forward = _prepacked.__get__(conv)
-        conv.__dict__["_keeps_weight"] = id(conv) in wrapped
+        conv.forward = functools.partial(_prepacked, conv, gives_way=id(conv) not in wrapped)
     try:
         yield
     finally:
-        back, restored = {id(w) for w in moved}, False
+        back, restored = {id(w) for w in moved}, set()
         # What the process keeps for reuse (host_memory) goes back to the system before the weights come
         # back and after: else they land beside the pass's freed activations and the copies, and the next
         # pass's activations above all of them (SD1.5 at 512 px: 0.2-0.6 GB over diffusers' peak).
@@ -90,19 +89,19 @@ def channels_last_convs(module, dtype: torch.dtype | None = None, prepack: bool 
         with torch.inference_mode(False), torch.no_grad():
             for conv in convs:
                 del conv.forward
-                del conv.__dict__["_keeps_weight"]
                 packed = conv.__dict__.pop("_packed", None)
                 if packed is not None and packed[2]:        # the weight gave way to the copy: back, the same bits
                     layout = torch.contiguous_format if id(conv.weight) in back else torch.channels_last
                     conv.weight.data = packed[1].to_dense().clone(memory_format=layout)
-                    restored = True
-            for weight in moved:
-                weight.data = weight.data.clone(memory_format=torch.contiguous_format)
+                    restored.add(id(conv.weight))
+            for weight in moved:                            # (those put back from a copy are so already)
+                if id(weight) not in restored:
+                    weight.data = weight.data.clone(memory_format=torch.contiguous_format)
         if restored:
             release_freed_host_memory()
 
 
-def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor, gives_way: bool = False) -> torch.Tensor:
     """``conv(x)`` from a copy of its weight in oneDNN's own blocked layout, made at the pass's first
     call instead of at every call: the same kernel, so the same bits. SD1.5's UNet at 512 px, batch 2,
     on a 2-core Xeon with AMX: 1.75 -> 1.57 s a call (its 8 x 8 and 16 x 16 convolutions over 1280-2560
@@ -113,7 +112,7 @@ def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
     The copy takes the weight's place until the pass ends (``channels_last_convs`` puts the weight back
     from it, bit for bit): both at once held 1.0 GB more than diffusers' pipeline through SD1.5's
-    sampling at 512 px. A weight that a wrapping layer may read stays."""
+    sampling at 512 px. ``gives_way`` False: a weight that a wrapping layer may read stays."""
     cached = conv.__dict__.get("_packed")
     if cached is not None and cached[2]:             # the copy in the weight's place: any input (same bits)
         packed = cached[1]
@@ -132,7 +131,6 @@ def _prepacked(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
                     weight, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
         else:
             packed = cached[1]
-        gives_way = not conv.__dict__.get("_keeps_weight", True)
         if gives_way:
             with torch.inference_mode(False), torch.no_grad():
                 weight.data = weight.data.new_empty(0)

@@ -49,6 +49,7 @@ def _linear_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return _linear(x, layer.weight, layer.bias)
 
 
+@functools.cache                 # one class: a processor's type says whether it is ours
 def _attention_processor():
     from diffusers.models.attention_processor import AttnProcessor2_0
 
