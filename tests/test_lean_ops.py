@@ -18,8 +18,8 @@ def amx(monkeypatch):
         pytest.skip("torch's oneDNN linear is not available here")
 
 
-def images(pipeline, **kw):
-    params = GenerationParams("a dog", steps=3, width=32, height=32, seed=1, batch_size=2, **kw)
+def images(pipeline, prompt="a dog", **kw):
+    params = GenerationParams(prompt, steps=3, width=32, height=32, seed=1, batch_size=2, **kw)
     return [img.image.tobytes() for img in generate(pipeline, params)]
 
 
@@ -37,13 +37,31 @@ def test_the_same_images_and_the_modules_as_they_were(amx, family, request, monk
     monkeypatch.setattr(lean_ops, "_linear", counting)
     unet.mid_block.register_forward_pre_hook(
         lambda m, a: seen.__setitem__("plain", sum(type(p) is plain_class for p in unet.attn_processors.values())))
-    lean = images(pipeline) + images(pipeline, sampler="DPM++ 2M")
+    lean = images(pipeline) + images(pipeline, sampler="DPM++ 2M") + images(pipeline, prompt="a [dog:cat:1]")
     assert seen["fused"] > 0 and seen["plain"] == len(processors)       # they ran
     assert unet.attn_processors == processors
     assert not any("forward" in m.__dict__ for m in unet.modules() if not isinstance(m, torch.nn.Conv2d))
     monkeypatch.setattr(lean_ops, "wanted", lambda module, dtype=None: False)
-    assert images(pipeline) + images(pipeline, sampler="DPM++ 2M") == lean
+    assert images(pipeline) + images(pipeline, sampler="DPM++ 2M") + images(pipeline, prompt="a [dog:cat:1]") == lean
     assert not any("_packed" in m.__dict__ for m in pipeline.pipe.vae.modules())    # the VAE: no copies
+
+
+def test_a_cross_attention_computes_its_keys_once_a_pass_and_again_for_a_new_prompt(amx, tiny_sd1):
+    """The prompt embeddings stay the same tensor through the steps, so their keys and values stay
+    the same; prompt editing gives new ones."""
+    pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.bfloat16)
+    unet = pipeline.pipe.unet
+    cross = [m for name, m in unet.named_modules() if name.endswith("attn2")]
+    calls, contexts = [], []
+    for layer in cross:
+        layer.to_k.register_forward_hook(lambda m, a, out: calls.append(m))
+    unet.register_forward_pre_hook(lambda m, a, kw: contexts.append(kw["encoder_hidden_states"]), with_kwargs=True)
+    images(pipeline)                                          # 3 steps, one UNet call each
+    assert len(contexts) == 3 and len(calls) == len(cross)
+    calls.clear(), contexts.clear()
+    images(pipeline, prompt="a [dog:cat:2]")                 # "cat" from step 2 on
+    changes = sum(a is not b for a, b in zip(contexts, contexts[1:]))
+    assert changes >= 1 and len(calls) == (1 + changes) * len(cross)
 
 
 def test_each_op_gives_diffusers_bits_and_leaves_the_rest_to_it(amx):
