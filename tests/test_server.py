@@ -91,6 +91,24 @@ def test_webuiapi_txt2img_equals_the_cli(api, tmp_path):
     assert parse_generation_parameters(result.image.info["parameters"]) == cli_info
 
 
+def test_clip_skip_from_options_and_override_settings_equals_the_cli(api, tmp_path):
+    cli = cli_pixels(tmp_path, "--prompt", "a red circle", "--seed", "4", "--steps", "3", "--width", "32",
+                     "--height", "32", "--clip-skip", "2")
+    result = api.txt2img(prompt="a red circle", seed=4, steps=3, width=32, height=32,
+                         override_settings={"CLIP_stop_at_last_layers": 2})
+    assert np.array_equal(np.asarray(result.image), cli) and result.info["clip_skip"] == 2
+    assert "Clip skip: 2" in result.info["infotexts"][0]
+    assert api.get_options()["CLIP_stop_at_last_layers"] == 1               # for that request alone
+    plain = api.txt2img(prompt="a red circle", seed=4, steps=3, width=32, height=32)
+    assert not np.array_equal(np.asarray(plain.image), cli) and plain.info["clip_skip"] == 1
+    api.set_options({"CLIP_stop_at_last_layers": 2})                        # for the requests after it
+    try:
+        again = api.txt2img(prompt="a red circle", seed=4, steps=3, width=32, height=32)
+        assert np.array_equal(np.asarray(again.image), cli)
+    finally:
+        api.set_options({"CLIP_stop_at_last_layers": 1})
+
+
 def test_batches_loras_in_prompts_and_img2img(api, tmp_path):
     result = api.txt2img(prompt="a green square", seed=5, steps=4, width=32, height=32, batch_size=2, n_iter=2)
     assert len(result.images) == 4 and result.info["all_seeds"] == [5, 6, 7, 8]
@@ -226,10 +244,12 @@ BAD = [
      "live_previews_enable"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"show_progress_grid": 1}}, 400, "show_progress_grid"),
     # options the server has at one value: refused at another, not stored and ignored
-    ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 2}, 400, "CLIP_stop_at_last_layers"),
     ("/sdapi/v1/options", {"samples_format": "jpg"}, 400, "samples_format"),
-    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 2}}, 400,
-     "override_settings: CLIP_stop_at_last_layers"),
+    # Clip skip: 1 to 12, as the WebUI's slider
+    ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 13}, 400, "CLIP_stop_at_last_layers 13: must be from 1 to 12"),
+    ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": "2"}, 400, "CLIP_stop_at_last_layers"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 0}}, 400,
+     "override_settings: CLIP_stop_at_last_layers 0"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),
 ]
 

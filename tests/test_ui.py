@@ -103,7 +103,7 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     from dreambooth.images import write_png
     png = write_png(Image.new("RGB", (32, 32), (10, 200, 10)), tmp_path / "a.png",
                     "a purple cross\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 5, "
-                    "Seed: 4242, Size: 32x32")
+                    "Seed: 4242, Size: 32x32, Clip skip: 2")
     page.click("button[role=tab][data-tab-id='pnginfo']")
     page.set_input_files("#pnginfo_image input[type=file]", str(png))
     page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('purple')", timeout=30_000)
@@ -114,6 +114,16 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     assert page.input_value("#txt2img_negative textarea") == "blurry"
     assert page.input_value("#txt2img_seed input") == "4242"
     assert page.input_value("#txt2img_steps input[type=number]") == "12"
+    assert page.input_value("#txt2img_clip_skip input[type=number]") == "2"
+    # generated as sent: the CLI's remake from the same infotext, pixel for pixel
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelectorAll('#txt2img_gallery img').length > 0 && "
+                           "document.querySelector('#txt2img_progress').innerText.startsWith('done')", timeout=120_000)
+    made = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+    code, stdout, err = run_cli("generate", "--from-image", png, "--model", "toy", "--output", tmp_path / "cli")
+    assert code == 0, err
+    assert "Clip skip: 2" in Image.open(io.BytesIO(made)).info["parameters"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(made))), np.asarray(Image.open(stdout.split()[-1])))
 
 
 def test_train_a_toy_subject_and_generate_it(page, site):

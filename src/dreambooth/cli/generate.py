@@ -45,6 +45,9 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--seed", default=-1, type=int, help="Seed of the first image (image i gets seed+i); -1: random.")
 @click.option("--width", type=int, help="Width in pixels (multiple of 8). Default: the model's size.")
 @click.option("--height", type=int, help="Height in pixels (multiple of 8). Default: the model's size.")
+@click.option("--clip-skip", default=1, type=int, help="The WebUI's Clip skip: the text encoder stops this many "
+              "layers from its end (2 for many anime SD1.5 models; 1 to 12). SD1 only: SD2 and SDXL, as in the WebUI, "
+              "are left as they are.")
 @click.option("--batch-size", default=1, type=int, help="Images per batch.")
 @click.option("--batch-count", default=1, type=int, help="Number of batches.")
 @click.option("--output", "-o", default="outputs", type=click.Path(file_okay=False, path_type=Path),
@@ -71,7 +74,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
               "and the VAE take turns on it. The same images; each batch moves the parts.")
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
-                     steps, cfg_scale, seed, width, height, batch_size, batch_count, output, init_image, strength,
+                     steps, cfg_scale, seed, width, height, clip_skip, batch_size, batch_count, output, init_image, strength,
                      mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
                      medvram):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
@@ -80,7 +83,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         return
 
     values = dict(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule, steps=steps,
-                  cfg_scale=cfg_scale, seed=seed, width=width, height=height, batch_size=batch_size,
+                  cfg_scale=cfg_scale, seed=seed, width=width, height=height, clip_skip=clip_skip, batch_size=batch_size,
                   batch_count=batch_count, init_image=init_image, strength=strength, mask=mask)
     library = LoraLibrary(lora_dirs)
     if from_image is not None:

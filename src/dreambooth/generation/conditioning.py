@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..models.families import Conditioning, adapter_for
 from .grammar import parse_prompt_attention, prompt_schedule
 
@@ -91,11 +92,16 @@ class PromptEncoder:
     """Encodes WebUI prompts for one pipeline, with a cache (prompt editing and batches re-use
     the same texts)."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, clip_skip: int = 1):
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
         self.family = self.adapter.name
         self.widths = [te.config.hidden_size for te in self.adapter.text_encoders]
+        self.clip_skip = clip_skip if self.adapter.honours_clip_skip else 1
+        layers = self.adapter.text_encoders[0].config.num_hidden_layers
+        if self.clip_skip > layers:
+            raise UserError(f"--clip-skip {clip_skip}: this model's text encoder has {layers} layers; "
+                            f"use 1 to {layers}")
         self.zero_empty_negative = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)) \
             if self.family == "sdxl" else False
         self._cache: dict[str, Conditioning] = {}
@@ -114,7 +120,7 @@ class PromptEncoder:
             rows = [chunk_ids(tok, c) for c in chunks]
             ids.append(torch.tensor([r[0] for r in rows], dtype=torch.long))
             weights.append(torch.tensor([r[1] for r in rows], dtype=torch.float32))
-        cond = self.adapter.encode(ids)                   # (chunks, 77, sum(widths)), pooled (chunks, d)
+        cond = self.adapter.encode(ids, clip_skip=self.clip_skip)   # (chunks, 77, sum(widths)), pooled (chunks, d)
         parts = torch.split(cond.embeds, self.widths, dim=-1) if len(self.widths) > 1 else (cond.embeds,)
         weighted = []
         for part, w in zip(parts, weights):

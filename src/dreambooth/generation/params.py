@@ -14,7 +14,7 @@ from ..errors import UserError
 from .samplers import resolve
 
 MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
-RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000)}   # documented in --help
+RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000), "clip_skip": (1, 12)}   # documented in --help
 
 
 def num_of(text: str, key: str) -> int:
@@ -41,6 +41,7 @@ class GenerationParams:
     init_image: object = None            # path or PIL image: img2img
     strength: float = 0.75               # img2img / inpainting denoising strength
     mask: object = None                  # path or PIL image, white = repaint: inpainting
+    clip_skip: int = 1                   # the WebUI's "Clip skip": SD1's text encoder stops N layers from its end
     keep: int | None = None              # a replay: make the one batch, keep only its image ``keep`` (0-based)
 
     def replace(self, **changes) -> "GenerationParams":
@@ -100,6 +101,7 @@ class GenerationParams:
             width=num("Size-1", int, None),
             height=num("Size-2", int, None),
             strength=num("Denoising strength", float, 0.75),
+            clip_skip=num("Clip skip", int, 1),
         )
         # "Batch: 3/4": made as the third image of a batch of 4; remade by replaying that batch, since a
         # batch's images differ from the same seeds made alone by rounding. Not when the seed or the

@@ -75,6 +75,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Model": info.name,
         "VAE": info.vae.name if info.vae else None,
         "Denoising strength": params.strength if img2img else None,
+        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
         # Ours, for --from-image: where the model and the LoRAs were.
         "Model path": info.spec,
@@ -125,7 +126,10 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     mode = "inpaint" if mask is not None else "img2img" if init is not None else "txt2img"
     runner = pipeline.for_task(mode)
     precision = PRECISIONS.get(autocast or runner.unet.dtype)
-    encoder = PromptEncoder(pipeline.pipe)
+    encoder = PromptEncoder(pipeline.pipe, params.clip_skip)
+    if params.clip_skip > 1 and not encoder.adapter.honours_clip_skip:
+        progress.warn(f"Clip skip {params.clip_skip}: no effect on {encoder.family.upper()} models, as in the WebUI "
+                      "(only SD1's text encoder stops early)")
     pipeline.place_for("encode")
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
     if mask is not None and mask.size != init.size:

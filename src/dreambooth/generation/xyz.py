@@ -110,6 +110,7 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Size", str, None),
     AxisType("Denoising", float, "strength", ("denoising strength", "strength")),
     AxisType("Batch size", int, "batch_size"),
+    AxisType("Clip skip", int, "clip_skip"),
 )
 _AXIS_BY_NAME = {}
 for _a in AXES:

@@ -56,6 +56,9 @@ class SD1Family:
     max_resolution = 1024       # training: beyond this an SD1/SD2 UNet learns nothing it can draw
     max_side = 2048             # generation: the WebUI's own limit
     needs_time_ids = False
+    # The WebUI's "Clip skip" (generation only): SD1's CLIP-L stops that many layers from its end. The
+    # WebUI leaves SD2's OpenCLIP and SDXL's encoders (already at their penultimate layer) as they are.
+    honours_clip_skip = True
 
     def __init__(self, pipe):
         self.tokenizers = [pipe.tokenizer]
@@ -71,11 +74,18 @@ class SD1Family:
         return [tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids for tok in self.tokenizers]
 
-    def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None) -> Conditioning:
+    def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None, clip_skip: int = 1) -> Conditioning:
         """``encoders``: what to call in place of ``text_encoders``, one for one (training on several
-        processes passes the same encoders wrapped for gradient sync)."""
+        processes passes the same encoders wrapped for gradient sync). ``clip_skip`` N > 1 (where
+        ``honours_clip_skip``): the output of the N-th layer from the end, through the final layer
+        norm, as the WebUI computes it."""
         te = self.text_encoders[0]
-        return Conditioning((encoders or self.text_encoders)[0](input_ids[0].to(te.device))[0])
+        call = (encoders or self.text_encoders)[0]
+        if clip_skip > 1 and self.honours_clip_skip:
+            hidden = call(input_ids[0].to(te.device), output_hidden_states=True).hidden_states
+            final_norm = getattr(te, "text_model", te).final_layer_norm    # (transformers 5 has no text_model)
+            return Conditioning(final_norm(hidden[-clip_skip]))
+        return Conditioning(call(input_ids[0].to(te.device))[0])
 
     def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict | None:
         return None
@@ -84,6 +94,7 @@ class SD1Family:
 class SD2Family(SD1Family):
     name = "sd2"
     default_resolution = 768   # SD 2.x 768-v; the 512 base is also fine at 512
+    honours_clip_skip = False
 
 
 class SDXLFamily(SD1Family):
@@ -92,6 +103,7 @@ class SDXLFamily(SD1Family):
     max_resolution = 2048
     max_side = 4096
     needs_time_ids = True
+    honours_clip_skip = False
 
     def __init__(self, pipe):
         self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
@@ -101,7 +113,7 @@ class SDXLFamily(SD1Family):
     def text_encoder_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"]
 
-    def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None) -> Conditioning:
+    def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None, clip_skip: int = 1) -> Conditioning:
         hidden, pooled = [], None
         for te, call, ids in zip(self.text_encoders, encoders or self.text_encoders, input_ids):
             out = call(ids.to(te.device), output_hidden_states=True)

@@ -16,13 +16,14 @@ import torch
 from fastapi import APIRouter, Request
 from PIL import Image
 
+from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters
 from ..generation.params import GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
-from .schemas import (FIXED_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
+from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
                       ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
 
 # Library flags in the library's messages, as the API's field names.
@@ -88,6 +89,8 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
 def check_option(key: str, value, where: str = "") -> None:
     """A UserError naming ``key`` where the server cannot do what ``value`` asks (see FIXED_OPTIONS)."""
     check_preview_option(key, value)
+    if key in GENERATION_OPTIONS:
+        check_value(f"{where}{key}", value, int, *GENERATION_OPTIONS[key][2])
     if key in FIXED_OPTIONS and value != FIXED_OPTIONS[key]:
         raise UserError(f"{where}{key}: {value!r} is not supported by this server (only {FIXED_OPTIONS[key]!r})")
 
@@ -110,7 +113,8 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         if model is not None or vae is not None:
             switch = (engine.catalog.find_model(model) if model else engine.entry,
                       engine.catalog.find_vae(vae) if vae is not None else engine.vae, req.override_settings_restore_afterwards)
-        values = dict(prompt=req.prompt, negative_prompt=req.negative_prompt,
+        steering = {field: overrides.get(key, options[key]) for key, (_, field, _) in GENERATION_OPTIONS.items()}
+        values = dict(steering, prompt=req.prompt, negative_prompt=req.negative_prompt,
                       sampler=req.sampler_name or req.sampler_index or "Euler a", schedule=req.scheduler or "Automatic",
                       steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
                       batch_size=req.batch_size, batch_count=req.n_iter)
@@ -135,7 +139,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
             "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.strength if params.init_image is not None else None,
             "extra_generation_params": {"Schedule type": params.schedule}, "index_of_first_image": 0,
             "infotexts": [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
-            "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "dreambooth",
+            "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": "dreambooth",
         }
         parameters = req.model_dump(exclude={"init_images", "mask"} if isinstance(req, Img2ImgRequest) else set())
         images = [encode_png(m.image, m.infotext) for m in made] if req.send_images else []

@@ -107,7 +107,10 @@ NEUTRAL = {
 # A1111 options this server has at one value: set to another (``/sdapi/v1/options`` or a request's
 # ``override_settings``) they are refused, not stored and ignored. ``sd_checkpoint_cache`` changes no
 # image and takes any value.
-FIXED_OPTIONS = {"samples_format": "png", "CLIP_stop_at_last_layers": 1}
+FIXED_OPTIONS = {"samples_format": "png"}
+# A1111 options that steer generation (the WebUI's defaults), with the GenerationParams field each sets
+# and its range: "Clip skip".
+GENERATION_OPTIONS = {"CLIP_stop_at_last_layers": (1, "clip_skip", (1, 12))}
 
 
 class ImagesResponse(BaseModel):

@@ -41,10 +41,12 @@ class Controls:
     x: gr.Textbox
     y: gr.Textbox
     z: gr.Textbox
+    clip_skip: gr.Slider
 
     def inputs(self) -> list:
         return [self.prompt, self.negative, self.sampler, self.schedule, self.steps, self.cfg, self.width,
-                self.height, self.batch_count, self.batch_size, self.seed, self.script, self.x, self.y, self.z]
+                self.height, self.batch_count, self.batch_size, self.seed, self.script, self.x, self.y, self.z,
+                self.clip_skip]
 
 
 def controls(prefix: str) -> Controls:
@@ -66,6 +68,7 @@ def controls(prefix: str) -> Controls:
         seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}_seed")
         random_seed = gr.Button("Random", size="sm", elem_id=f"{prefix}_random_seed")
         reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}_reuse_seed")
+        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip (SD1)", elem_id=f"{prefix}_clip_skip")
     with gr.Accordion("Script", open=False):
         script = gr.Dropdown(list(SCRIPTS), value="None", label="Script", elem_id=f"{prefix}_script")
         axes = ", ".join(a.label for a in AXES)
@@ -74,17 +77,17 @@ def controls(prefix: str) -> Controls:
         z = gr.Textbox(label="Z axis", placeholder="Steps: 10, 20", elem_id=f"{prefix}_z")
     random_seed.click(lambda: -1, outputs=seed)
     c = Controls(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
-                 script, x, y, z)
+                 script, x, y, z, clip_skip)
     c.reuse = reuse_seed
     return c
 
 
 def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
-              init=None, mask=None, strength=0.75) -> GenerationParams:
+              init=None, mask=None, strength=0.75, clip_skip=1) -> GenerationParams:
     return GenerationParams(prompt or "", negative or "", sampler, schedule, steps=int(steps), cfg_scale=float(cfg),
                             seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
                             batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
-                            strength=float(strength))
+                            strength=float(strength), clip_skip=int(clip_skip))
 
 
 def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
@@ -171,17 +174,17 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
             send = gr.Button("Send to img2img", elem_id=f"{prefix}_send") if mode == "txt2img" else None
 
     def go(*values):
-        base = values[:15]
-        script, x, y, z = base[11], base[12], base[13], base[14]
+        base = values[:16]
+        script, x, y, z, clip_skip = base[11:16]
         init = mask = None
         strength = 0.75
         if mode == "img2img":
-            editor, upload_mask, strength = values[15], values[16], values[17]
+            editor, upload_mask, strength = values[16], values[17], values[18]
             init, mask = _init_and_mask(editor, upload_mask)
             if init is None:
                 raise ui_error("Image: upload an image to start from")
         try:
-            params = params_of(*base[:11], init=init, mask=mask, strength=strength)
+            params = params_of(*base[:11], init=init, mask=mask, strength=strength, clip_skip=clip_skip)
             extract_loras(params.prompt)
         except UserError as exc:
             raise ui_error(str(exc)) from None

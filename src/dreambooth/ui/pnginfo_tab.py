@@ -35,7 +35,7 @@ def tab(txt2img: Controls, tabs: gr.Tabs):
         except UserError as exc:
             raise ui_error(str(exc)) from None
         return (p.prompt, p.negative_prompt, row.name, schedule, p.steps, p.cfg_scale, p.width or 512,
-                p.height or 512, p.seed, gr.Tabs(selected="txt2img"))
+                p.height or 512, p.seed, p.clip_skip, gr.Tabs(selected="txt2img"))
     c = txt2img
     send.click(to_txt2img, text, [c.prompt, c.negative, c.sampler, c.schedule, c.steps, c.cfg, c.width, c.height,
-                                  c.seed, tabs])
+                                  c.seed, c.clip_skip, tabs])
