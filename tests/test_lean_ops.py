@@ -28,19 +28,26 @@ def test_the_same_images_and_the_modules_as_they_were(amx, family, request, monk
     pipeline = load_generation_pipeline(str(request.getfixturevalue(family)), dtype=torch.bfloat16)
     unet = pipeline.pipe.unet
     processors = dict(unet.attn_processors)
-    seen = {"fused": 0, "plain": 0}
-    fused, plain_class = lean_ops._linear, lean_ops._attention_processor()[0]
+    seen = {"fused": 0, "plain": 0, "output": 0}
+    fused, plain_class, output = lean_ops._linear, lean_ops._attention_processor()[0], lean_ops._transformer_output
 
     def counting(x, weight, bias):
         seen["fused"] += lean_ops._plain(x, weight, bias)
         return fused(x, weight, bias)
+
+    def counting_output(layer, **kwargs):
+        seen["output"] += 1
+        return output(layer, **kwargs)
     monkeypatch.setattr(lean_ops, "_linear", counting)
+    monkeypatch.setattr(lean_ops, "_transformer_output", counting_output)
     unet.mid_block.register_forward_pre_hook(
         lambda m, a: seen.__setitem__("plain", sum(type(p) is plain_class for p in unet.attn_processors.values())))
     lean = images(pipeline) + images(pipeline, sampler="DPM++ 2M") + images(pipeline, prompt="a [dog:cat:1]")
     assert seen["fused"] > 0 and seen["plain"] == len(processors)       # they ran
+    assert (seen["output"] > 0) == (family == "tiny_sd1")               # SD1's 1x1-convolution projections
     assert unet.attn_processors == processors
-    assert not any("forward" in m.__dict__ for m in unet.modules() if not isinstance(m, torch.nn.Conv2d))
+    assert not any("forward" in m.__dict__ or "_get_output_for_continuous_inputs" in m.__dict__
+                   for m in unet.modules() if not isinstance(m, torch.nn.Conv2d))
     monkeypatch.setattr(lean_ops, "wanted", lambda module, dtype=None: False)
     assert images(pipeline) + images(pipeline, sampler="DPM++ 2M") + images(pipeline, prompt="a [dog:cat:1]") == lean
     assert not any("_packed" in m.__dict__ for m in pipeline.pipe.vae.modules())    # the VAE: no copies

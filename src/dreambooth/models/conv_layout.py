@@ -42,7 +42,7 @@ def wanted(module, dtype: torch.dtype | None = None) -> bool:
     return weight is not None and applies(weight.device.type, dtype or weight.dtype)
 
 
-def _channels_last(weight: torch.Tensor) -> bool:
+def strided_channels_last(weight: torch.Tensor) -> bool:
     """Strided as channels-last. ``is_contiguous(memory_format=...)`` would not do: it ignores dims of
     size 1, so a 1x1 convolution's weight passes either way, and oneDNN then runs it, and converts its
     input, in the layout of its actual strides."""
@@ -59,7 +59,7 @@ def to_channels_last(module, dtype: torch.dtype | None = None) -> list[torch.Ten
     with torch.inference_mode(False), torch.no_grad():
         for conv in module.modules():
             weight = getattr(conv, "weight", None)
-            if isinstance(conv, torch.nn.Conv2d) and not hasattr(weight, "device_mesh") and not _channels_last(weight):
+            if isinstance(conv, torch.nn.Conv2d) and not hasattr(weight, "device_mesh") and not strided_channels_last(weight):
                 weight.data = weight.data.clone(memory_format=torch.channels_last)
                 moved.append(weight)
     return moved

@@ -8,7 +8,10 @@ traffic: each operation reads and writes its whole activation. Within a sampling
 * an attention layer in diffusers' plain form (no norms, no mask, no residual, output factor 1)
   skips the division by 1.0 that ``AttnProcessor2_0`` always makes (``PlainAttention``), and a
   cross-attention computes the keys and values of the prompt's embeddings once a pass, not at every
-  step (``keys_values``): the mid-size SD1's 16 layers spend 10-20 ms a call on them, 2-3% of it.
+  step (``keys_values``): the mid-size SD1's 16 layers spend 10-20 ms a call on them, 2-3% of it;
+* a transformer block with a 1x1-convolution projection (SD1's) hands its tokens to that convolution
+  as they lie, channels-last, instead of copying them into NCHW first, which the convolution (its
+  weight channels-last) then copies back (``_transformer_output``): two passes over the activation.
 
 Each computes what diffusers' own does, bit for bit (checked on a small case before first use,
 ``_exact``; a test on the tiny pipeline's images), so a PNG remade from its infotext stays the same.
@@ -24,7 +27,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .conv_layout import wanted
+from .conv_layout import strided_channels_last, wanted
 
 
 # torch's addmm leaves products of at most 16 x 16 x 16 multiply-adds to its own kernel (not oneDNN's)
@@ -54,6 +57,14 @@ def _linear_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def _version(tensor: torch.Tensor) -> int:
     """How often ``tensor`` was changed in place; -1 for an inference tensor, which does not count."""
     return -1 if tensor.is_inference() else tensor._version
+
+
+def _transformer_output(self, hidden_states, residual, batch_size, height, width, inner_dim):
+    """``Transformer2DModel``'s output where ``proj_out`` is a 1x1 convolution with a channels-last
+    weight: diffusers makes the tokens contiguous in NCHW before it, and oneDNN copies them back to
+    channels-last for it. The same kernel on the same values, so the same bits (``lean_ops``'s test)."""
+    tokens = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
+    return self.proj_out(tokens) + residual
 
 
 @functools.cache                 # one class: a processor's type says whether it is ours
@@ -110,16 +121,22 @@ def lean_ops(module, dtype: torch.dtype | None = None):
         yield
         return
     from diffusers.models.attention_processor import Attention
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
     plain, original = _attention_processor()
     shared = plain()
     shared.kept = {}                               # attention layer -> its context's keys and values
-    patched, swapped = [], []
+    patched, swapped, outputs = [], [], []
     for layer in module.modules():
         if "forward" in layer.__dict__:            # set up by an enclosing call, or by someone else
             continue
         if type(layer) is torch.nn.Linear:
             layer.forward = _linear_forward.__get__(layer)
             patched.append(layer)
+        elif isinstance(layer, Transformer2DModel) and layer.is_input_continuous and not layer.use_linear_projection \
+                and type(layer.proj_out) is torch.nn.Conv2d and strided_channels_last(layer.proj_out.weight) \
+                and "_get_output_for_continuous_inputs" not in layer.__dict__:
+            layer._get_output_for_continuous_inputs = _transformer_output.__get__(layer)
+            outputs.append(layer)
         elif isinstance(layer, Attention) and type(layer.processor) is original:
             swapped.append((layer, layer.processor))
             layer.processor = shared
@@ -128,6 +145,8 @@ def lean_ops(module, dtype: torch.dtype | None = None):
     finally:
         for layer in patched:
             del layer.forward
+        for layer in outputs:
+            del layer._get_output_for_continuous_inputs
         for layer, processor in swapped:
             layer.processor = processor
 
