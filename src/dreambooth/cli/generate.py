@@ -74,8 +74,8 @@ def _explicit(ctx: click.Context, name: str) -> bool:
               "and the VAE take turns on it. The same images; each batch moves the parts.")
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
-                     steps, cfg_scale, seed, width, height, clip_skip, batch_size, batch_count, output, init_image, strength,
-                     mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
+                     steps, cfg_scale, seed, width, height, clip_skip, batch_size, batch_count, output, init_image,
+                     strength, mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
                      medvram):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
     if list_samplers:
@@ -83,8 +83,8 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         return
 
     values = dict(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule, steps=steps,
-                  cfg_scale=cfg_scale, seed=seed, width=width, height=height, clip_skip=clip_skip, batch_size=batch_size,
-                  batch_count=batch_count, init_image=init_image, strength=strength, mask=mask)
+                  cfg_scale=cfg_scale, seed=seed, width=width, height=height, clip_skip=clip_skip,
+                  batch_size=batch_size, batch_count=batch_count, init_image=init_image, strength=strength, mask=mask)
     library = LoraLibrary(lora_dirs)
     if from_image is not None:
         text = read_infotext(from_image, "--from-image")

@@ -14,7 +14,8 @@ from ..errors import UserError
 from .samplers import resolve
 
 MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
-RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000), "clip_skip": (1, 12)}   # documented in --help
+# documented in --help
+RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000), "clip_skip": (1, 12)}
 
 
 def num_of(text: str, key: str) -> int:

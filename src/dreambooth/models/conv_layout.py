@@ -59,7 +59,8 @@ def to_channels_last(module, dtype: torch.dtype | None = None) -> list[torch.Ten
     with torch.inference_mode(False), torch.no_grad():
         for conv in module.modules():
             weight = getattr(conv, "weight", None)
-            if isinstance(conv, torch.nn.Conv2d) and not hasattr(weight, "device_mesh") and not strided_channels_last(weight):
+            if isinstance(conv, torch.nn.Conv2d) and not hasattr(weight, "device_mesh") \
+                    and not strided_channels_last(weight):
                 weight.data = weight.data.clone(memory_format=torch.channels_last)
                 moved.append(weight)
     return moved

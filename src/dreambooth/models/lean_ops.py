@@ -133,7 +133,8 @@ def lean_ops(module, dtype: torch.dtype | None = None):
             layer.forward = _linear_forward.__get__(layer)
             patched.append(layer)
         elif isinstance(layer, Transformer2DModel) and layer.is_input_continuous and not layer.use_linear_projection \
-                and type(layer.proj_out) is torch.nn.Conv2d and strided_channels_last(layer.proj_out.weight) \
+                and type(layer.proj_out) is torch.nn.Conv2d and layer.proj_out.weight.dim() == 4 \
+                and not hasattr(layer.proj_out.weight, "device_mesh") and strided_channels_last(layer.proj_out.weight) \
                 and "_get_output_for_continuous_inputs" not in layer.__dict__:
             layer._get_output_for_continuous_inputs = _transformer_output.__get__(layer)
             outputs.append(layer)

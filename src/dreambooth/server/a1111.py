@@ -23,8 +23,8 @@ from ..generation.params import GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
-from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
-                      ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
+from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem,
+                      PNGInfoRequest, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
 
 # Library flags in the library's messages, as the API's field names.
 FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg": "cfg_scale", "--seed": "seed",
@@ -87,7 +87,8 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
 
 
 def check_option(key: str, value, where: str = "") -> None:
-    """A UserError naming ``key`` where the server cannot do what ``value`` asks (see FIXED_OPTIONS)."""
+    """A UserError naming ``key`` where the server cannot do what ``value`` asks: a value out of a
+    GENERATION_OPTIONS range, or other than a FIXED_OPTIONS one."""
     check_preview_option(key, value)
     if key in GENERATION_OPTIONS:
         check_value(f"{where}{key}", value, int, *GENERATION_OPTIONS[key][2])
