@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import progress
 from ..errors import UserError
 from ..models.families import Conditioning, adapter_for
 from .grammar import parse_prompt_attention, prompt_schedule
@@ -98,6 +99,9 @@ class PromptEncoder:
         self.family = self.adapter.name
         self.widths = [te.config.hidden_size for te in self.adapter.text_encoders]
         self.clip_skip = clip_skip if self.adapter.honours_clip_skip else 1
+        if clip_skip > 1 and not self.adapter.honours_clip_skip:
+            progress.warn(f"Clip skip {clip_skip}: no effect on {self.family.upper()} models, as in the WebUI "
+                          "(only SD1's text encoder stops early)")
         layers = self.adapter.text_encoders[0].config.num_hidden_layers
         if self.clip_skip > layers:
             raise UserError(f"--clip-skip {clip_skip}: this model's text encoder has {layers} layers; "

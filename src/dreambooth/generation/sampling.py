@@ -127,9 +127,6 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     runner = pipeline.for_task(mode)
     precision = PRECISIONS.get(autocast or runner.unet.dtype)
     encoder = PromptEncoder(pipeline.pipe, params.clip_skip)
-    if params.clip_skip > 1 and not encoder.adapter.honours_clip_skip:
-        progress.warn(f"Clip skip {params.clip_skip}: no effect on {encoder.family.upper()} models, as in the WebUI "
-                      "(only SD1's text encoder stops early)")
     pipeline.place_for("encode")
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
     if mask is not None and mask.size != init.size:

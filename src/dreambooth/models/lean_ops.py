@@ -75,6 +75,10 @@ def _attention_processor():
         """``AttnProcessor2_0`` without its division by ``rescale_output_factor`` where that is 1 and
         nothing else applies; anything else goes to diffusers' own."""
 
+        def __init__(self):
+            super().__init__()
+            self.kept = {}                 # attention layer -> (its context, stamp, keys, values)
+
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                      *args, **kwargs):
             if args or kwargs or attention_mask is not None or hidden_states.ndim != 3 \
@@ -123,8 +127,7 @@ def lean_ops(module, dtype: torch.dtype | None = None):
     from diffusers.models.attention_processor import Attention
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
     plain, original = _attention_processor()
-    shared = plain()
-    shared.kept = {}                               # attention layer -> its context's keys and values
+    shared = plain()                               # one a pass: the keys it keeps go with it
     patched, swapped, outputs = [], [], []
     for layer in module.modules():
         if "forward" in layer.__dict__:            # set up by an enclosing call, or by someone else

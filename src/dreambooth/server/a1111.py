@@ -19,7 +19,7 @@ from PIL import Image
 from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters
-from ..generation.params import GenerationParams
+from ..generation.params import RANGES, GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
@@ -91,7 +91,7 @@ def check_option(key: str, value, where: str = "") -> None:
     GENERATION_OPTIONS range, or other than a FIXED_OPTIONS one."""
     check_preview_option(key, value)
     if key in GENERATION_OPTIONS:
-        check_value(f"{where}{key}", value, int, *GENERATION_OPTIONS[key][2])
+        check_value(f"{where}{key}", value, int, *RANGES[GENERATION_OPTIONS[key][1]])
     if key in FIXED_OPTIONS and value != FIXED_OPTIONS[key]:
         raise UserError(f"{where}{key}: {value!r} is not supported by this server (only {FIXED_OPTIONS[key]!r})")
 
@@ -114,7 +114,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         if model is not None or vae is not None:
             switch = (engine.catalog.find_model(model) if model else engine.entry,
                       engine.catalog.find_vae(vae) if vae is not None else engine.vae, req.override_settings_restore_afterwards)
-        steering = {field: overrides.get(key, options[key]) for key, (_, field, _) in GENERATION_OPTIONS.items()}
+        steering = {field: overrides.get(key, options[key]) for key, (_, field) in GENERATION_OPTIONS.items()}
         values = dict(steering, prompt=req.prompt, negative_prompt=req.negative_prompt,
                       sampler=req.sampler_name or req.sampler_index or "Euler a", schedule=req.scheduler or "Automatic",
                       steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,

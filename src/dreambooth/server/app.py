@@ -103,7 +103,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.engine, app.state.store, app.state.runner, app.state.catalog = engine, store, runner, catalog
     options = engine.options            # the live-preview ones steer the engine
-    options.update({**FIXED_OPTIONS, **{k: default for k, (default, _, _) in GENERATION_OPTIONS.items()},
+    options.update({**FIXED_OPTIONS, **{k: default for k, (default, _) in GENERATION_OPTIONS.items()},
                     "sd_checkpoint_cache": 0})
     app.include_router(a1111.router(engine, options, settings.flags))
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))

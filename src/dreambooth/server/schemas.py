@@ -108,9 +108,9 @@ NEUTRAL = {
 # ``override_settings``) they are refused, not stored and ignored. ``sd_checkpoint_cache`` changes no
 # image and takes any value.
 FIXED_OPTIONS = {"samples_format": "png"}
-# A1111 options that steer generation (the WebUI's defaults), with the GenerationParams field each sets
-# and its range: "Clip skip".
-GENERATION_OPTIONS = {"CLIP_stop_at_last_layers": (1, "clip_skip", (1, 12))}
+# A1111 options that steer generation: the WebUI's default and the GenerationParams field each sets (its
+# range is the field's, ``params.RANGES``): "Clip skip".
+GENERATION_OPTIONS = {"CLIP_stop_at_last_layers": (1, "clip_skip")}
 
 
 class ImagesResponse(BaseModel):

@@ -16,7 +16,7 @@ from .errors import ui_error
 
 from ..errors import UserError, exception_line
 from ..generation.grammar import extract_loras
-from ..generation.params import GenerationParams
+from ..generation.params import RANGES, GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..generation.xyz import AXES, run_prompt_matrix, run_xyz
 from ..server.engine import Engine
@@ -68,7 +68,7 @@ def controls(prefix: str) -> Controls:
         seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}_seed")
         random_seed = gr.Button("Random", size="sm", elem_id=f"{prefix}_random_seed")
         reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}_reuse_seed")
-        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip (SD1)", elem_id=f"{prefix}_clip_skip")
+        clip_skip = gr.Slider(*RANGES["clip_skip"], value=1, step=1, label="Clip skip (SD1)", elem_id=f"{prefix}_clip_skip")
     with gr.Accordion("Script", open=False):
         script = gr.Dropdown(list(SCRIPTS), value="None", label="Script", elem_id=f"{prefix}_script")
         axes = ", ".join(a.label for a in AXES)
