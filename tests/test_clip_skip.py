@@ -72,3 +72,87 @@ def test_out_of_range_is_a_one_line_error_naming_the_flag(tiny_sd1):
         GenerationParams.from_infotext({"Prompt": "a dog", "Clip skip": "two"})
     axis = parse_axis("Clip skip: 1, 2", "--x")
     assert axis.type.field == "clip_skip" and axis.values == [1, 2]
+
+
+# ----- training (kohya's --clip_skip): the model learns on the conditioning it will be sampled with -----------
+
+def _config(model, photos, output, **kw):
+    from dreambooth.training.config import build_config
+    settings = dict(model=str(model), instance_dir=str(photos), instance_prompt="a photo of sks dog", resolution=32,
+                    max_steps=2, learning_rate=1e-3, output=str(output))
+    return build_config(None, {**settings, **kw})
+
+
+def test_training_conditions_on_the_layer_generation_samples_from(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.training.trainer import Trainer
+    run = Trainer(_config(tiny_sd1, dog_photos, tmp_path / "out", clip_skip=2)).setup()
+    with torch.no_grad():
+        trained_on = run.conditioning(["a photo of sks dog"]).embeds
+        sampled_with = PromptEncoder(run.pipe, clip_skip=2).encode("a photo of sks dog").embeds
+        plain = PromptEncoder(run.pipe).encode("a photo of sks dog").embeds
+    assert torch.equal(trained_on, sampled_with.to(trained_on.dtype)) and not torch.equal(trained_on, plain)
+
+
+def test_the_skipped_layers_train_nothing_and_the_run_records_it(tiny_sd1, dog_photos, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from dreambooth.models.families import text_layers
+    from dreambooth.models.loading import load_pipeline
+    from dreambooth.training.trainables import make_trainable
+    from dreambooth.training.trainer import train
+    # full: the text encoder's last layer (of 2) is out of the optimizer; so no process waits on its gradients
+    cfg = _config(tiny_sd1, dog_photos, tmp_path / "x", method="full", train_text_encoder=True, clip_skip=2)
+    pipe = load_pipeline(str(tiny_sd1))
+    from dreambooth.models.families import adapter_for
+    _, groups = make_trainable(pipe, adapter_for(pipe), cfg, torch.device("cpu"), print)
+    optimized = {id(p) for g in groups for p in g["params"]}
+    first, last = text_layers(pipe.text_encoder)
+    assert all(id(p) in optimized for p in first.parameters())
+    assert not any(id(p) in optimized for p in last.parameters())
+    # LoRA: the text encoder's adapters only where its output is read; the files say how it was trained
+    out = tmp_path / "lora"
+    result = train(_config(tiny_sd1, dog_photos, out, train_text_encoder=True, clip_skip=2))
+    with safe_open(str(out / "lora.safetensors"), "pt") as f:      # the kohya/A1111 file
+        te_keys = [k for k in f.keys() if k.startswith("lora_te_")]
+        assert f.metadata()["ss_clip_skip"] == "2"
+    assert te_keys and all("layers_0_" in k for k in te_keys), te_keys
+    assert json.loads((out / "training_args.json").read_text())["clip_skip"] == 2
+    assert not [w for w in result.warnings if "Clip skip" in w]
+
+
+def test_sdxl_trains_as_it_samples_and_a_layer_too_deep_writes_nothing(tiny_sdxl, tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.training.trainer import Trainer
+    run = Trainer(_config(tiny_sdxl, dog_photos, tmp_path / "xl", clip_skip=2)).setup()
+    assert run.config.clip_skip == 1 and any("Clip skip 2: no effect on SDXL" in w for w in run.warnings)
+    with pytest.raises(UserError, match=r"^--clip-skip 3: this model's text encoder has 2 layers; use 1 to 2$"):
+        Trainer(_config(tiny_sd1, dog_photos, tmp_path / "deep", clip_skip=3)).setup()
+    assert not (tmp_path / "deep").exists()
+
+
+def test_a_checkpoint_resumes_only_at_its_clip_skip(tiny_sd1, dog_photos, tmp_path):
+    import json
+
+    from dreambooth.training.trainer import train
+    from dreambooth.training.callbacks import TrainingCallback
+
+    class StopAfterStep3(TrainingCallback):
+        def on_step_end(self, run, step):
+            if step.step == 3:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_sd1, dog_photos, out, clip_skip=2, checkpoint_every=2, max_steps=4), callbacks=[StopAfterStep3()])
+    with pytest.raises(UserError, match="made with clip_skip=2, this run has clip_skip=1"):
+        train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=4))
+    # a checkpoint from before the setting existed was made at clip skip 1, and resumes so
+    settings = next((out / "checkpoints").glob("*/settings.json"))
+    saved = json.loads(settings.read_text())
+    del saved["clip_skip"]
+    settings.write_text(json.dumps(saved))
+    (settings.parent / "manifest.json").unlink()              # older checkpoints have none either
+    with pytest.raises(UserError, match="made with clip_skip=1, this run has clip_skip=2"):
+        train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=4, clip_skip=2))
+    assert train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=4)).steps == 4

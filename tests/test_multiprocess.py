@@ -265,11 +265,22 @@ def test_a_launch_of_one_process_trains_a_bf16_full_run(tiny_sd1, photos, tmp_pa
     copies a full bf16 run trains through on a CPU stand in for fp32 weights DDP waits on: they stay
     off in any process group (the run stopped at its second step: DDP's "Expected to have finished
     reduction in the prior iteration")."""
+    _one_ddp_process(tmp_path, tiny_sd1, photos, "--method", "full", "--mixed-precision", "bf16")
+
+
+def _one_ddp_process(tmp_path: Path, model: Path, photos: Path, *args: str) -> None:
+    """Three steps of a tiny run launched as one process under the DDP config: DDP wraps the models."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
                "--num_processes", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-               "-m", "dreambooth", "train", "--model", str(tiny_sd1), "--instance-dir", str(photos),
-               "--instance-prompt", "a sks square", "--method", "full", "--mixed-precision", "bf16",
-               "--resolution", "32", "--max-steps", "3", "--output", str(tmp_path / "out")]
+               "-m", "dreambooth", "train", "--model", str(model), "--instance-dir", str(photos),
+               "--instance-prompt", "a sks square", "--resolution", "32", "--max-steps", "3",
+               "--output", str(tmp_path / "out"), *args]
     run = subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert len(losses(tmp_path / "out")) == 3
+
+
+def test_a_text_encoder_trained_at_clip_skip_2_under_ddp(tiny_sd1, photos, tmp_path):
+    """Clip skip 2 never reads the text encoder's last layer: it stays out of training, else DDP waits
+    for its gradients (the run stopped at its second step, even as one process)."""
+    _one_ddp_process(tmp_path, tiny_sd1, photos, "--method", "full", "--train-text-encoder", "--clip-skip", "2")

@@ -83,19 +83,23 @@ def test_a_dreambench_image(tiny_sd1, dog_photos, tmp_path):
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_validation_and_class_images(method, tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / f"run-{method}"
+    # full: its text encoder trained at clip skip 2, so class and validation images are made at clip skip 2
+    extra = ["--train-text-encoder", "--clip-skip", "2"] if method == "full" else []
     code, _, err = run_cli(
         "train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a photo of sks dog",
         "--class-prompt", "a photo of dog", "--num-class-images", "2", "--class-steps", "2", "--method", method,
         "--resolution", "32", "--max-steps", "2", "--learning-rate", "1e-3", "--validate-every", "2",
         "--validation-seeds", "5", "--validation-steps", "2", "--validation-prompts", "a sks dog [on a beach:2]",
-        "--output", out)          # the default evaluation models are not cached here: grids only
+        "--output", out, *extra)          # the default evaluation models are not cached here: grids only
     assert code == 0, err
     class_image = out / "class_images" / "class-00001.png"
     info = parse_generation_parameters(read_infotext(class_image))
     assert info["Seed"] == "1" and info["Model path"] == str(tiny_sd1.resolve())      # made by the base model
+    assert info["Clip skip"] == ("2" if extra else "1")
     assert same(class_image, tmp_path)
     final = out / "validation" / "step-000002" / "00001-5.png"
     info = parse_generation_parameters(read_infotext(final))
+    assert info["Clip skip"] == ("2" if extra else "1")
     if method == "lora":        # the base model with the trained LoRA, as A1111 would write it
         assert info["Prompt"] == f"a sks dog [on a beach:2] <lora:{out.name}:1>" and out.name in info["Lora hashes"]
     else:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import progress
-from ..errors import UserError
 from ..models.families import Conditioning, adapter_for
 from .grammar import parse_prompt_attention, prompt_schedule
 
@@ -98,14 +97,9 @@ class PromptEncoder:
         self.adapter = adapter_for(pipe)
         self.family = self.adapter.name
         self.widths = [te.config.hidden_size for te in self.adapter.text_encoders]
-        self.clip_skip = clip_skip if self.adapter.honours_clip_skip else 1
-        if clip_skip > 1 and not self.adapter.honours_clip_skip:
-            progress.warn(f"Clip skip {clip_skip}: no effect on {self.family.upper()} models, as in the WebUI "
-                          "(only SD1's text encoder stops early)")
-        layers = self.adapter.text_encoders[0].config.num_hidden_layers
-        if self.clip_skip > layers:
-            raise UserError(f"--clip-skip {clip_skip}: this model's text encoder has {layers} layers; "
-                            f"use 1 to {layers}")
+        self.clip_skip, warning = self.adapter.clip_skip_for(clip_skip)
+        if warning:
+            progress.warn(warning)
         self.zero_empty_negative = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)) \
             if self.family == "sdxl" else False
         self._cache: dict[str, Conditioning] = {}

@@ -56,8 +56,9 @@ class SD1Family:
     max_resolution = 1024       # training: beyond this an SD1/SD2 UNet learns nothing it can draw
     max_side = 2048             # generation: the WebUI's own limit
     needs_time_ids = False
-    # The WebUI's "Clip skip" (generation only): SD1's CLIP-L stops that many layers from its end. The
-    # WebUI leaves SD2's OpenCLIP and SDXL's encoders (already at their penultimate layer) as they are.
+    # The WebUI's "Clip skip" (kohya's --clip_skip in training): SD1's CLIP-L stops that many layers from
+    # its end. The WebUI leaves SD2's OpenCLIP and SDXL's encoders (already at their penultimate layer) as
+    # they are, and so do we, so that a model is sampled as it was trained.
     honours_clip_skip = True
 
     def __init__(self, pipe):
@@ -83,12 +84,23 @@ class SD1Family:
         call = (encoders or self.text_encoders)[0]
         if clip_skip > 1 and self.honours_clip_skip:
             hidden = call(input_ids[0].to(te.device), output_hidden_states=True).hidden_states
-            final_norm = getattr(te, "text_model", te).final_layer_norm    # (transformers 5 has no text_model)
+            final_norm = _text_model(te).final_layer_norm
             return Conditioning(final_norm(hidden[-clip_skip]))
         return Conditioning(call(input_ids[0].to(te.device))[0])
 
     def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict | None:
         return None
+
+    def clip_skip_for(self, clip_skip: int, flag: str = "--clip-skip") -> tuple[int, str | None]:
+        """The clip skip this family applies when ``clip_skip`` is asked for, and a warning where it
+        applies none; one beyond the text encoder's depth is an error naming ``flag``."""
+        if not self.honours_clip_skip:
+            return 1, (f"Clip skip {clip_skip}: no effect on {self.name.upper()} models, as in the WebUI "
+                       "(only SD1's text encoder stops early)") if clip_skip > 1 else None
+        layers = len(text_layers(self.text_encoders[0]))
+        if clip_skip > layers:
+            raise UserError(f"{flag} {clip_skip}: this model's text encoder has {layers} layers; use 1 to {layers}")
+        return clip_skip, None
 
 
 class SD2Family(SD1Family):
@@ -123,6 +135,15 @@ class SDXLFamily(SD1Family):
 
     def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict:
         return {"text_embeds": cond.pooled, "time_ids": time_ids}
+
+
+def _text_model(te):
+    return getattr(te, "text_model", te)      # transformers 5's CLIPTextModel has no text_model wrapper
+
+
+def text_layers(te) -> torch.nn.ModuleList:
+    """A CLIP text encoder's transformer layers, first to last."""
+    return _text_model(te).encoder.layers
 
 
 def time_ids(original_hw: tuple[int, int], crop_top_left: tuple[int, int], target_hw: tuple[int, int]) -> torch.Tensor:

@@ -34,8 +34,10 @@ from ..outputs import CHECKPOINTS_DIR, as_user_file, checkpoint_name, checkpoint
 from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
-# Settings a checkpoint's weights depend on: resuming with others would load the wrong tensors.
-SHAPE_SETTINGS = ("model", "method", "rank", "train_text_encoder")
+# Settings a checkpoint's weights depend on: resuming with others would load the wrong tensors (clip
+# skip sets which text-encoder layers train, and what the trained weights were conditioned on).
+SHAPE_SETTINGS = ("model", "method", "rank", "train_text_encoder", "clip_skip")
+SETTINGS_BEFORE = {"clip_skip": 1}     # what a checkpoint written before a setting existed had
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -183,8 +185,8 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
     checkpoint (SDXL's: 31 GB) once, not 8 times."""
     saved = json.loads((path / "settings.json").read_text())
     for key in SHAPE_SETTINGS:
-        if str(saved.get(key)) != str(settings.get(key)):
-            raise UserError(f"--resume {path}: checkpoint was made with {key}={saved.get(key)}, "
+        if str(was := saved.get(key, SETTINGS_BEFORE.get(key))) != str(settings.get(key)):
+            raise UserError(f"--resume {path}: checkpoint was made with {key}={was}, "
                             f"this run has {key}={settings.get(key)}; use the same setting to resume")
 
     def read(name: str):

@@ -39,7 +39,8 @@ def class_folder(cfg) -> Path:
 def class_params(cfg) -> GenerationParams:
     """What makes a run's class images: its class prompt and sampling settings, image 0's seed."""
     return GenerationParams(cfg.class_prompt, cfg.class_negative_prompt, cfg.class_sampler, steps=cfg.class_steps,
-                            cfg_scale=cfg.class_cfg, seed=cfg.seed, width=cfg.resolution, height=cfg.resolution)
+                            cfg_scale=cfg.class_cfg, seed=cfg.seed, width=cfg.resolution, height=cfg.resolution,
+                            clip_skip=cfg.clip_skip)
 
 
 def existing_class_images(folder: Path) -> list[Path]:

@@ -38,6 +38,7 @@ def kohya_training_metadata(run, directory: Path) -> dict[str, str]:
         "ss_seed": cfg.seed, "ss_network_dropout": cfg.lora_dropout, "ss_noise_offset": cfg.offset_noise,
         "ss_min_snr_gamma": cfg.snr_gamma, "ss_max_grad_norm": cfg.max_grad_norm,
         "ss_caption_dropout_rate": cfg.caption_dropout, "ss_prior_loss_weight": cfg.prior_loss_weight,
+        "ss_clip_skip": cfg.clip_skip,
         "ss_gradient_checkpointing": cfg.gradient_checkpointing, "ss_cache_latents": cfg.cache_latents,
         "ss_optimizer": "bitsandbytes.optim.AdamW8bit" if cfg.use_8bit_adam else "torch.optim.AdamW",
         "ss_training_comment": f"dreambooth {cfg.method}: {cfg.instance_prompt}",

@@ -10,6 +10,7 @@ import torch
 from .. import progress
 from ..devices import training_precision
 from ..errors import UserError
+from ..models.families import text_layers
 from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
@@ -82,6 +83,22 @@ def identifier_offsets(family, cfg: TrainConfig, device, warn: Callable[[str], N
     return offsets
 
 
+def skipped_layers(te, clip_skip: int) -> list[torch.nn.Module]:
+    """The text-encoder layers whose output clip skip N never reads (the last N - 1): they stay as they
+    are, so that no process waits for gradients that never come (DDP fails on them)."""
+    layers = list(text_layers(te))
+    return layers[len(layers) - clip_skip + 1:] if clip_skip > 1 else []
+
+
+def text_encoder_targets(te, clip_skip: int) -> list[str]:
+    """The text encoder's LoRA targets (``TEXT_ENCODER_TARGETS``), by full name, outside the skipped layers."""
+    if clip_skip == 1:
+        return TEXT_ENCODER_TARGETS
+    skipped = {id(m) for layer in skipped_layers(te, clip_skip) for m in layer.modules()}
+    return [name for name, module in te.named_modules()
+            if name.rsplit(".", 1)[-1] in TEXT_ENCODER_TARGETS and id(module) not in skipped]
+
+
 def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str], None]):
     """Give the right weights gradients; returns ({name: module with trainable weights}, optimizer
     parameter groups: UNet, text encoders at their own rate, identifier offsets at theirs)."""
@@ -90,7 +107,7 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
     if cfg.method == "lora":
         add_adapters(unet, cfg.rank, cfg.alpha, UNET_TARGETS, cfg.lora_dropout)
         for te in encoders.values():
-            add_adapters(te, cfg.rank, cfg.alpha, TEXT_ENCODER_TARGETS, cfg.lora_dropout)
+            add_adapters(te, cfg.rank, cfg.alpha, text_encoder_targets(te, cfg.clip_skip), cfg.lora_dropout)
         for model in [unet, *encoders.values()]:
             for p in model.parameters():
                 if p.requires_grad:
@@ -101,6 +118,8 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
         unet.requires_grad_(True)
         for te in encoders.values():
             te.requires_grad_(True)
+            for layer in skipped_layers(te, cfg.clip_skip):
+                layer.requires_grad_(False)
     if cfg.gradient_checkpointing:
         draws_no_random_numbers = not getattr(unet.config, "dropout", 0) and not cfg.adapters_draw_random_numbers
         unet.enable_gradient_checkpointing(checkpoint_for_graphs if cfg.cuda_graphs and draws_no_random_numbers else None)

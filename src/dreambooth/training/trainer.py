@@ -88,6 +88,10 @@ class Trainer:
         self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution, self.family.max_resolution)
         if cfg.resolution % pipe.vae_scale_factor:
             raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
+        clip_skip, warning = self.family.clip_skip_for(cfg.clip_skip)
+        if warning:
+            self._warn(warning)
+        self.config = cfg = cfg.replace(clip_skip=clip_skip)    # what the run applies (and records)
         # Each process's own global RNGs (dropout); data, noise and timesteps: one stream all processes
         # draw for the global batch and slice (``ExampleStream``, ``Batch.drawn``; docs/multi-gpu.md)
         torch.manual_seed(cfg.seed + self.accelerator.process_index)
@@ -202,13 +206,13 @@ class Trainer:
         """Text conditioning; cached per prompt while the text encoders are frozen, each encoded alone
         (its numbers never depend on which prompts were missing with it: exact resume)."""
         if self.trains_text:
-            return self.family.encode(self.family.tokenize(prompts), self.text_encoders)
+            return self.family.encode(self.family.tokenize(prompts), self.text_encoders, self.config.clip_skip)
         for p in dict.fromkeys(prompts):
             if p not in self._text_cache:
                 for te in self.family.text_encoders:
                     self.parking.ready(te)
                 with torch.no_grad():
-                    cond = self.family.encode(self.family.tokenize([p]))
+                    cond = self.family.encode(self.family.tokenize([p]), clip_skip=self.config.clip_skip)
                 self._text_cache[p] = (cond.embeds, cond.pooled)
         embeds = torch.cat([self._text_cache[p][0] for p in prompts])
         pooled = None if self._text_cache[prompts[0]][1] is None else torch.cat([self._text_cache[p][1] for p in prompts])

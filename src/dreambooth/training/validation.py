@@ -118,7 +118,7 @@ class ValidationSettings:
         return cls(every=int(cfg.validate_every), prompts=prompts, seeds=tuple(int(s) for s in cfg.validation_seeds),
                    params=GenerationParams("", cfg.validation_negative_prompt, cfg.validation_sampler,
                                            steps=cfg.validation_steps, cfg_scale=cfg.validation_cfg,
-                                           width=cfg.resolution, height=cfg.resolution),
+                                           width=cfg.resolution, height=cfg.resolution, clip_skip=cfg.clip_skip),
                    keep_best=bool(cfg.keep_best), instance_dir=cfg.instance_dir,
                    identifier=infer_identifier(cfg.instance_prompt, cfg.class_prompt),
                    class_prompt=cfg.class_prompt if cfg.class_prompt in prompts else None,
