@@ -120,14 +120,19 @@ def test_the_skipped_layers_train_nothing_and_the_run_records_it(tiny_sd1, dog_p
     assert te_keys and all("layers_0_" in k for k in te_keys), te_keys
     assert json.loads((out / "training_args.json").read_text())["clip_skip"] == 2
     assert not [w for w in result.warnings if "Clip skip" in w]
-    # the output samples at its clip skip, its text encoder's adapters loaded (the LoRA moves the image)
-    common = ["--prompt", "a photo of sks dog", "--steps", "2", "--width", "32", "--height", "32", "--clip-skip", "2"]
-    images = []
-    for model in (out, tiny_sd1):
-        code, made, err = run_cli("generate", "--model", model, *common, "--output", tmp_path / f"g{len(images)}")
+    # the output samples at the clip skip it was trained at, unless told otherwise, its text encoder's
+    # adapters loaded (they move the image)
+    common = ["--prompt", "a photo of sks dog", "--steps", "2", "--width", "32", "--height", "32", "--seed", "3"]
+    made = {}
+    for name, model, extra in (("default", out, []), ("2", out, ["--clip-skip", "2"]), ("1", out, ["--clip-skip", "1"]),
+                               ("base", tiny_sd1, ["--clip-skip", "2"])):
+        code, stdout, err = run_cli("generate", "--model", model, *common, *extra, "--output", tmp_path / name)
         assert code == 0, err
-        images.append(Image.open(made.split()[-1]).tobytes())
-    assert images[0] != images[1]
+        assert ("Clip skip 2: as" in err) == (name == "default"), err
+        made[name] = Image.open(stdout.split()[-1])
+    assert "Clip skip: 2" in made["default"].info["parameters"] and "Clip skip" not in made["1"].info["parameters"]
+    assert made["default"].tobytes() == made["2"].tobytes() != made["1"].tobytes()
+    assert made["2"].tobytes() != made["base"].tobytes()
 
 
 def test_sdxl_trains_as_it_samples_and_a_layer_too_deep_writes_nothing(tiny_sdxl, tiny_sd1, dog_photos, tmp_path):

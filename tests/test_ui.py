@@ -146,6 +146,7 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.fill("#train_class_steps input", "2")
     page.fill("#train_validate_every input", "3")
     page.fill("#train_validation_steps input", "5")
+    page.fill("#train_clip_skip input", "2")        # the toy's text encoder is SD1's CLIP, 3 layers
     page.click("#train_start")
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('100%') && "
                            "document.querySelector('#train_status').innerText.includes('done')", timeout=120_000)
@@ -156,8 +157,10 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.click("#checkpoint input")
     page.click("[role=option]:has-text('ui_square')")
     page.wait_for_function("document.querySelector('#switching').innerText.includes('ui_square')", timeout=60_000)
+    assert "trained at Clip skip 2" in page.inner_text("#switching")
     png = txt2img(page, "a sks square on a yellow background", 3, steps=10)
-    assert "Model: ui_square" in Image.open(io.BytesIO(png)).info["parameters"]
+    info = Image.open(io.BytesIO(png)).info["parameters"]
+    assert "Model: ui_square" in info and "Clip skip: 2" in info     # the slider followed the model
 
 
 def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):

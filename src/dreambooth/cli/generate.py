@@ -15,6 +15,7 @@ from ..generation.pipeline import load_generation_pipeline, sources_from_infotex
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
 from ..generation.xyz import parse_axis, run_prompt_matrix, run_xyz
+from ..models.specs import trained_clip_skip
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -47,7 +48,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--height", type=int, help="Height in pixels (multiple of 8). Default: the model's size.")
 @click.option("--clip-skip", default=1, type=int, help="The WebUI's Clip skip: the text encoder stops this many "
               "layers from its end (2 for many anime SD1.5 models; 1 to 12). SD1 only: SD2 and SDXL, as in the WebUI, "
-              "are left as they are.")
+              "are left as they are. Default for a dreambooth training output: the clip skip it was trained at.")
 @click.option("--batch-size", default=1, type=int, help="Images per batch.")
 @click.option("--batch-count", default=1, type=int, help="Number of batches.")
 @click.option("--output", "-o", default="outputs", type=click.Path(file_okay=False, path_type=Path),
@@ -108,6 +109,10 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         if prompt is None:
             raise UserError("--prompt: required")
         params = GenerationParams(**values)
+        trained = trained_clip_skip(model)
+        if not _explicit(ctx, "clip_skip") and trained not in (None, params.clip_skip):   # sampled as it was trained
+            params = replace(params, clip_skip=trained)
+            click.echo(f"Clip skip {trained}: as {model} was trained (--clip-skip 1 samples without)", err=True)
 
     # Check what can be checked before the (slow) model load.
     if prompt_matrix and (x_axis or y_axis or z_axis):

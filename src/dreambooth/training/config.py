@@ -72,7 +72,7 @@ class TrainConfig:
     rank: int = _opt(4, "LoRA rank.", group="method", low=1, high=1024)
     alpha: float | None = _opt(None, "LoRA alpha (default: the rank, i.e. scale 1).", group="method", above=0, high=100_000)
     lora_dropout: float = _opt(0.0, "LoRA dropout.", group="method", low=0, high=0.99)
-    clip_skip: int = _opt(1, "SD1: condition on the text encoder's N-th layer from the end (kohya's --clip_skip; 2 for anime bases); sample the output with the same --clip-skip. SD2 and SDXL: no effect, as in the WebUI.", group="method", low=RANGES["clip_skip"][0], high=RANGES["clip_skip"][1])
+    clip_skip: int = _opt(1, "SD1: condition on the text encoder's N-th layer from the end (kohya's --clip_skip; 2 for anime bases); dreambooth generate and the web UI then sample the output at it. SD2 and SDXL: no effect, as in the WebUI.", group="method", low=RANGES["clip_skip"][0], high=RANGES["clip_skip"][1])
     # --- optimisation -----------------------------------------------------------------------
     max_steps: int = _opt(400, "Optimizer steps.", low=1, high=10_000_000)
     batch_size: int = _opt(1, "Instance images per step (class images add as many).", low=1, high=1024)

@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # nothing leaves 
 import gradio as gr  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
+from ..models.specs import trained_clip_skip  # noqa: E402
 from . import evaluate_tab, generate_tab, pnginfo_tab, train_tab  # noqa: E402
 from .errors import ui_error  # noqa: E402
 
@@ -71,7 +72,16 @@ def build(app) -> gr.Blocks:
             except UserError as exc:
                 raise ui_error(str(exc)) from None
             return f"loaded **{engine.entry.title}**"
-        checkpoint.input(switch, [checkpoint, vae], switching)
+
+        def switch_model(title, vae_name, progress=gr.Progress()):
+            """To a training output, the Clip skip sliders move to what it was trained at (the CLI's
+            default too); another model leaves them as they are, as the WebUI's setting stays."""
+            loaded = switch(title, vae_name, progress)
+            skip = trained_clip_skip(engine.entry.spec)
+            if skip is None:
+                return loaded, gr.update(), gr.update()
+            return f"{loaded} (trained at Clip skip {skip})", gr.update(value=skip), gr.update(value=skip)
+        checkpoint.input(switch_model, [checkpoint, vae], [switching, t2i.clip_skip, i2i.clip_skip])
         vae.input(switch, [checkpoint, vae], switching)
 
         def lists():
