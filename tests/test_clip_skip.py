@@ -133,6 +133,14 @@ def test_the_skipped_layers_train_nothing_and_the_run_records_it(tiny_sd1, dog_p
     assert "Clip skip: 2" in made["default"].info["parameters"] and "Clip skip" not in made["1"].info["parameters"]
     assert made["default"].tobytes() == made["2"].tobytes() != made["1"].tobytes()
     assert made["2"].tobytes() != made["base"].tobytes()
+    # and so does DreamBench
+    from dreambooth.testing.eval_models import save_tiny_eval_models
+    dino, clip = save_tiny_eval_models(tmp_path / "eval")
+    code, _, err = run_cli("bench", "--model", out, "--real", dog_photos, "--subject", "dog", "--images-per-prompt", "1",
+                           "--steps", "1", "--size", "32", "--dino-model", dino, "--clip-model", clip,
+                           "--output", tmp_path / "bench")
+    assert code == 0, err
+    assert "Clip skip: 2" in Image.open(next((tmp_path / "bench" / "images").glob("01-*/*.png"))).info["parameters"]
 
 
 def test_sdxl_trains_as_it_samples_and_a_layer_too_deep_writes_nothing(tiny_sdxl, tiny_sd1, dog_photos, tmp_path):

@@ -13,6 +13,7 @@ from ..generation.loras import parse_lora_spec
 from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline
 from ..images import list_images
+from ..models.specs import trained_clip_skip
 
 DINO_HELP = "DINO ViT: a folder or a hub id in the local cache (default facebook/dino-vits16)."
 CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai/clip-vit-base-patch32)."
@@ -72,6 +73,8 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
               help="First seed; image j of each prompt uses seed+j.")
 @click.option("--size", default=None, type=click.IntRange(min=8), help="Image size (default: the model's).")
 @click.option("--negative-prompt", default="", help="Negative prompt.")
+@click.option("--clip-skip", default=None, type=int,
+              help="The WebUI's Clip skip (SD1). Default: a training output's own, else 1.")
 @click.option("--fast-batches/--one-by-one", default=True, show_default=True,
               help="Each prompt's images through the UNet at once (--from-image replays the batch), or one by one.")
 @click.option("--pres", is_flag=True, help="Also generate class-prompt images ('a dog') and report PRES.")
@@ -84,14 +87,16 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
               help="Pipeline precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
 def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,
-              schedule, steps, cfg, seed, size, negative_prompt, fast_batches, pres, pres_images, div, dino_model,
+              schedule, steps, cfg, seed, size, negative_prompt, clip_skip, fast_batches, pres, pres_images, div, dino_model,
               clip_model, device, dtype, output):
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
     DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
     class_name, kind = subject_settings(subject, class_name, kind)
     real_files = list_images(real, "--real")
+    if clip_skip is None:                                   # a training output, sampled as it was trained
+        clip_skip = trained_clip_skip(model) or 1
     params = GenerationParams("", negative_prompt, sampler, schedule, steps=steps, cfg_scale=cfg, seed=seed,
-                              width=size, height=size).check()
+                              width=size, height=size, clip_skip=clip_skip).check()
     evaluator = Evaluator(dino_model, clip_model, device).load()
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae, device, DTYPES[dtype],
                                         model_config=model_config)

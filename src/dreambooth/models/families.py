@@ -97,7 +97,7 @@ class SD1Family:
         if not self.honours_clip_skip:
             return 1, (f"Clip skip {clip_skip}: no effect on {self.name.upper()} models, as in the WebUI "
                        "(only SD1's text encoder stops early)") if clip_skip > 1 else None
-        layers = len(text_layers(self.text_encoders[0]))
+        layers = self.text_encoders[0].config.num_hidden_layers
         if clip_skip > layers:
             raise UserError(f"{flag} {clip_skip}: this model's text encoder has {layers} layers; use 1 to {layers}")
         return clip_skip, None

@@ -15,6 +15,7 @@ from ..evaluation.dreambench import run_bench, subject_settings
 from ..evaluation.metrics import Evaluator
 from ..evaluation.report import PAPER_TABLE1
 from ..generation.params import GenerationParams
+from ..models.specs import trained_clip_skip
 from ..server.engine import Engine
 from ..training.curves import read_metrics_csv
 
@@ -63,9 +64,9 @@ def tab(engine: Engine, store, data_dir: Path):
                 raise UserError("photos: give real photos of the subject")
             cls, subject_kind = subject_settings(None, cls or None, subject_kind)
             evaluator = Evaluator().load()                 # a one-line error naming `hf download` when missing
-            params = GenerationParams("", steps=int(n_steps), seed=0)
-            out = Path(tempfile.mkdtemp(prefix="bench-", dir=data_dir))
             entry = engine.catalog.find_model(title, "model") if title else engine.entry
+            params = GenerationParams("", steps=int(n_steps), seed=0, clip_skip=trained_clip_skip(entry.spec) or 1)
+            out = Path(tempfile.mkdtemp(prefix="bench-", dir=data_dir))
             report = engine.run_on(entry, lambda pipeline: run_bench(
                 pipeline, params, [Path(f.name if hasattr(f, "name") else f) for f in files], cls, subject_kind, out,
                 ident or "sks", int(images), pres=bool(with_pres), evaluator=evaluator,
