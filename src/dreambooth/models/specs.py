@@ -128,7 +128,7 @@ def trained_clip_skip(model: str | Path) -> int | None:
     """The clip skip a ``dreambooth train`` output (full or LoRA) was trained at, from its
     ``training_args.json`` (1 before the setting existed); None for any other model, or an unreadable record."""
     try:
-        value = json.loads((Path(model).expanduser() / TRAINING_ARGS_FILE).read_text()).get("clip_skip", 1)
-    except (OSError, ValueError, AttributeError):
+        value = training_args(model).get("clip_skip", 1)
+    except UserError:
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
