@@ -156,8 +156,9 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.click("#refresh")
     page.click("#checkpoint input")
     page.click("[role=option]:has-text('ui_square')")
-    page.wait_for_function("document.querySelector('#switching').innerText.includes('ui_square')", timeout=60_000)
-    assert "trained at Clip skip 2" in page.inner_text("#switching")
+    # loaded (not "loading ui_square", gradio's progress line), and it says at which clip skip the model trained
+    page.wait_for_function("document.querySelector('#switching').innerText.includes('ui_square (trained at Clip skip 2)')",
+                           timeout=60_000)
     png = txt2img(page, "a sks square on a yellow background", 3, steps=10)
     info = Image.open(io.BytesIO(png)).info["parameters"]
     assert "Model: ui_square" in info and "Clip skip: 2" in info     # the slider followed the model
