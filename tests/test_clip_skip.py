@@ -136,8 +136,8 @@ def test_the_skipped_layers_train_nothing_and_the_run_records_it(tiny_sd1, dog_p
     # and so does DreamBench
     from dreambooth.testing.eval_models import save_tiny_eval_models
     dino, clip = save_tiny_eval_models(tmp_path / "eval")
-    code, _, err = run_cli("bench", "--model", out, "--real", dog_photos, "--subject", "dog", "--images-per-prompt", "1",
-                           "--steps", "1", "--size", "32", "--dino-model", dino, "--clip-model", clip,
+    code, _, err = run_cli("bench", "--model", out, "--real", dog_photos, "--subject", "dog",
+                           "--images-per-prompt", "1", "--steps", "1", "--size", "32", "--dino-model", dino, "--clip-model", clip,
                            "--output", tmp_path / "bench")
     assert code == 0, err
     assert "Clip skip: 2" in Image.open(next((tmp_path / "bench" / "images").glob("01-*/*.png"))).info["parameters"]
@@ -156,18 +156,14 @@ def test_a_checkpoint_resumes_only_at_its_clip_skip(tiny_sd1, dog_photos, tmp_pa
     import json
 
     from dreambooth.training.trainer import train
-    from dreambooth.training.callbacks import TrainingCallback
-
-    class StopAfterStep3(TrainingCallback):
-        def on_step_end(self, run, step):
-            if step.step == 3:
-                raise KeyboardInterrupt
+    from test_resume_settings import StopAfterStep4
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_sd1, dog_photos, out, clip_skip=2, checkpoint_every=2, max_steps=4), callbacks=[StopAfterStep3()])
+        train(_config(tiny_sd1, dog_photos, out, clip_skip=2, checkpoint_every=3, max_steps=5),
+              callbacks=[StopAfterStep4()])
     with pytest.raises(UserError, match="made with clip_skip=2, this run has clip_skip=1"):
-        train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=4))
+        train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=5))
     # a checkpoint from before the setting existed was made at clip skip 1, and resumes so
     settings = next((out / "checkpoints").glob("*/settings.json"))
     saved = json.loads(settings.read_text())
@@ -175,5 +171,5 @@ def test_a_checkpoint_resumes_only_at_its_clip_skip(tiny_sd1, dog_photos, tmp_pa
     settings.write_text(json.dumps(saved))
     (settings.parent / "manifest.json").unlink()              # older checkpoints have none either
     with pytest.raises(UserError, match="made with clip_skip=1, this run has clip_skip=2"):
-        train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=4, clip_skip=2))
-    assert train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=4)).steps == 4
+        train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=5, clip_skip=2))
+    assert train(_config(tiny_sd1, dog_photos, out, resume="latest", max_steps=5)).steps == 5

@@ -87,8 +87,8 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
               help="Pipeline precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
 def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,
-              schedule, steps, cfg, seed, size, negative_prompt, clip_skip, fast_batches, pres, pres_images, div, dino_model,
-              clip_model, device, dtype, output):
+              schedule, steps, cfg, seed, size, negative_prompt, clip_skip, fast_batches, pres, pres_images, div,
+              dino_model, clip_model, device, dtype, output):
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
     DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
     class_name, kind = subject_settings(subject, class_name, kind)

@@ -24,7 +24,8 @@ from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
 from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem,
-                      PNGInfoRequest, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
+                      PNGInfoRequest, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
+                      SDVaeItem, Txt2ImgRequest)
 
 # Library flags in the library's messages, as the API's field names.
 FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg": "cfg_scale", "--seed": "seed",

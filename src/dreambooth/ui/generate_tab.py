@@ -68,7 +68,8 @@ def controls(prefix: str) -> Controls:
         seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}_seed")
         random_seed = gr.Button("Random", size="sm", elem_id=f"{prefix}_random_seed")
         reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}_reuse_seed")
-        clip_skip = gr.Slider(*RANGES["clip_skip"], value=1, step=1, label="Clip skip (SD1)", elem_id=f"{prefix}_clip_skip")
+        clip_skip = gr.Slider(*RANGES["clip_skip"], value=1, step=1, label="Clip skip (SD1)",
+                              elem_id=f"{prefix}_clip_skip")
     with gr.Accordion("Script", open=False):
         script = gr.Dropdown(list(SCRIPTS), value="None", label="Script", elem_id=f"{prefix}_script")
         axes = ", ".join(a.label for a in AXES)
