@@ -1,11 +1,16 @@
 """Shared fixtures: tiny pipelines of the real architectures, built once per session, offline."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DREAMBOOTH_NO_PROGRESS", "1")
-# Hashes and the list of training outputs are cached: keep the tests' cache out of the user's home.
-os.environ["DREAMBOOTH_CACHE"] = __import__("tempfile").mkdtemp(prefix="dreambooth-test-cache-")
+# Hashes and the list of training outputs are cached: keep the tests' cache out of the user's home,
+# in a folder that goes when the session ends.
+os.environ["DREAMBOOTH_CACHE"] = tempfile.mkdtemp(prefix="dreambooth-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DREAMBOOTH_CACHE"], True)
 
 from pathlib import Path  # noqa: E402
 

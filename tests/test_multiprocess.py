@@ -76,9 +76,10 @@ def _free_port() -> int:
 
 def _env(tmp: Path, **extra) -> dict:
     # no accelerate config of the user's; the CPU and gloo even on a machine with one GPU (where two
-    # processes would share it, which NCCL refuses)
+    # processes would share it, which NCCL refuses); torch's launcher leaves its log folders in TMPDIR
+    (tmp / "tmp").mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", DREAMBOOTH_NO_PROGRESS="1", PYTHONUNBUFFERED="1",
-               HF_HOME=str(tmp / "hf-home"), CUDA_VISIBLE_DEVICES="", **extra)
+               HF_HOME=str(tmp / "hf-home"), CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp / "tmp"), **extra)
     env.pop("RANK", None)
     return env
 
