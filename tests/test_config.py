@@ -13,6 +13,12 @@ def test_precedence_defaults_preset_flags(tmp_path):
     assert cfg.rank == TrainConfig().rank and cfg.validation_seeds == [5, 6]
 
 
+def test_a_lora_run_on_the_toy_preset_drops_its_full_only_identifier_lr():
+    assert build_config("toy").identifier_lr > 0
+    assert build_config("toy", {"method": "lora"}).identifier_lr == 0   # no warning about a flag not given
+    assert build_config("toy", {"method": "lora", "identifier_lr": 0.01}).identifier_lr == 0.01   # given: warned
+
+
 def test_unknown_key_and_bad_value_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_stepz: 3\n")

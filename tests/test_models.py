@@ -78,6 +78,17 @@ def test_vae_runs_in_bf16_under_bf16_even_when_it_asks_for_fp32_under_fp16(tiny_
     trainer.fit()
 
 
+def test_loading_in_a_dtype_warns_nothing_and_loads_in_it(tiny_sd1, tmp_path):
+    """diffusers warns on ``torch_dtype`` (renamed ``dtype``) at every load: noise on every command."""
+    import warnings
+    from dreambooth.testing.tiny import _vae
+    _vae(seed=1).save_pretrained(tmp_path / "vae")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = load_pipeline(str(tiny_sd1), vae=str(tmp_path / "vae"), dtype=torch.bfloat16)
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.bfloat16}
+
+
 @pytest.mark.parametrize("force_upcast, weight_dtype, expected", [
     (True, torch.float16, torch.float32), (False, torch.float16, torch.float16),
     (True, torch.bfloat16, torch.bfloat16), (True, torch.float32, torch.float32)])

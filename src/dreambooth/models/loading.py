@@ -56,20 +56,29 @@ def _pipeline_class_for_folder(path: Path):
                     "use an SD 1.x, SD 2.x or SDXL model")
 
 
+def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
+    """diffusers' loaders took ``dtype`` for ``torch_dtype`` in 2026 and warn on the old name, on every
+    load; releases before that know only the old one."""
+    if dtype is None:
+        return {}
+    from diffusers.utils import deprecation_utils
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
 def load_vae(spec: str, dtype: torch.dtype | None = None):
     """A replacement VAE (``--vae``): a diffusers AutoencoderKL folder, a hub id or a single file."""
     from diffusers import AutoencoderKL
     path = Path(spec).expanduser()
     try:
         if path.is_file():
-            return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype)
+            return AutoencoderKL.from_single_file(str(path), **_dtype_kwargs(dtype))
         if path.is_dir():
             sub = "vae" if (path / "vae" / "config.json").exists() else None
             if sub is None and not (path / "config.json").exists():
                 raise UserError(f"--vae {spec}: folder has no config.json (nor vae/config.json)")
-            return AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype)
+            return AutoencoderKL.from_pretrained(path, subfolder=sub, **_dtype_kwargs(dtype))
         if is_hub_id(spec):
-            return AutoencoderKL.from_pretrained(hub_snapshot(spec, "--vae"), torch_dtype=dtype)
+            return AutoencoderKL.from_pretrained(hub_snapshot(spec, "--vae"), **_dtype_kwargs(dtype))
     except UserError:
         raise
     except Exception as exc:
@@ -95,13 +104,11 @@ def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None =
     quiet_libraries()
     ref = resolve_model(spec, flag)
     config_ref = resolve_model(model_config, "--model-config") if model_config else None   # checked even if unused
-    kwargs = dict(components or {})
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+    kwargs = {**(components or {}), **_dtype_kwargs(dtype)}
     if ref.kind == "file":
         kind, stored = _single_file_type(ref.path)
-        if dtype is None and stored is not None:
-            kwargs["torch_dtype"] = stored
+        if dtype is None:
+            kwargs.update(_dtype_kwargs(stored))
         if kind.startswith("xl_base"):
             cls = StableDiffusionXLPipeline
         elif kind in ("v1", "v2"):

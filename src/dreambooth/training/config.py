@@ -306,6 +306,8 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
         values.update(load_preset(preset))
     for source in (overrides or {}, kwargs):
         values.update({k: v for k, v in source.items() if v is not None})
+    if given.get("method") == "lora" and "identifier_lr" not in given:
+        values.pop("identifier_lr", None)   # a preset's, for its full fine-tuning: no warning about a flag not given
     known = {f.name for f in TrainConfig.fields()}
     unknown = set(values) - known
     if unknown:
