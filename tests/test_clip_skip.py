@@ -111,6 +111,18 @@ def test_the_skipped_layers_train_nothing_and_the_run_records_it(tiny_sd1, dog_p
     first, last = text_layers(pipe.text_encoder)
     assert all(id(p) in optimized for p in first.parameters())
     assert not any(id(p) in optimized for p in last.parameters())
+    # the memory preflight counts what trains, full and LoRA
+    from dreambooth.training.model_sizes import model_sizes
+    fresh = load_pipeline(str(tiny_sd1))
+    sizes, every_layer = model_sizes(fresh, adapter_for(fresh), 2), model_sizes(fresh, adapter_for(fresh))
+    assert sizes.text_encoders[0] - sizes.text_unread == sum(p.numel() for p in pipe.text_encoder.parameters()
+                                                             if id(p) in optimized)
+    lora_pipe = load_pipeline(str(tiny_sd1))
+    lora = cfg.replace(method="lora", rank=4, alpha=4)
+    make_trainable(lora_pipe, adapter_for(lora_pipe), lora, torch.device("cpu"), print)
+    adapters = sum(p.numel() for p in lora_pipe.text_encoder.parameters() if p.requires_grad)
+    assert adapters == 4 * sizes.text_lora_per_rank[0] < 4 * every_layer.text_lora_per_rank[0]
+    assert every_layer.text_unread == 0 < sizes.text_unread
     # LoRA: the text encoder's adapters only where its output is read; the files say how it was trained
     out = tmp_path / "lora"
     result = train(_config(tiny_sd1, dog_photos, out, train_text_encoder=True, clip_skip=2))

@@ -295,7 +295,7 @@ def test_class_images_that_would_not_fit_on_a_gpu_are_made_with_the_parts_taking
     assert pf.estimate(sizes, fp32, "cuda", class_parking=True).total == pf.estimate(
         sizes, fp32, "cuda", making_class_images=False).total < pf.estimate(sizes, fp32, "cuda").total
 
-    monkeypatch.setattr(pf, "model_sizes", lambda pipe, family: sizes)
+    monkeypatch.setattr(pf, "model_sizes", lambda pipe, family, clip_skip: sizes)
     monkeypatch.setattr(pf, "existing_class_images", lambda folder: [])
 
     def preflight(available: int, device: str = "cuda", force: bool = False) -> pf.Preflight:
@@ -327,7 +327,7 @@ def test_validation_that_would_not_fit_on_a_gpu_is_made_with_the_parts_taking_tu
     decoding = 8 * 128 * 1024 * 1024 * 2
     assert resident.total >= resident.weights + resident.optimizer + decoding
 
-    monkeypatch.setattr(pf, "model_sizes", lambda pipe, family: sizes)
+    monkeypatch.setattr(pf, "model_sizes", lambda pipe, family, clip_skip: sizes)
 
     def preflight(available: int, processes: int = 1, **changes) -> pf.Preflight:
         monkeypatch.setattr(pf, "available_memory", lambda d, held=None: available)

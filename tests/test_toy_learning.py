@@ -41,7 +41,8 @@ def runs(tmp_path_factory):
     prompts = [demo.context_prompt(subject, bg) for bg in NEW_BACKGROUNDS]
 
     def measure(pipe):
-        grid = demo.sample(pipe, prompts, SEEDS) + demo.sample(pipe, [demo.class_prompt(subject)], CLASS_SEEDS)
+        grid = [*demo.sample(pipe, prompts, SEEDS, fast_batches=True),      # a prompt's seeds in a batch
+                *demo.sample(pipe, [demo.class_prompt(subject)], CLASS_SEEDS, fast_batches=True)]
         return demo.score(grid, subject, NEW_BACKGROUNDS)
 
     torch.manual_seed(0)

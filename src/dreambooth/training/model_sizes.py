@@ -24,7 +24,7 @@ class ModelSizes:
     unet_largest_block: float                # fp32 bytes per latent pixel the largest single block keeps
     unet_base_channels: int
     lora_per_rank: int                       # LoRA parameters per unit of rank, UNet targets
-    text_lora_per_rank: tuple[int, ...]      # the same for each text encoder
+    text_lora_per_rank: tuple[int, ...]      # the same for each text encoder, outside the unread layers
     text_layers: tuple[tuple[int, int], ...] # (layers, hidden size) of each text encoder
     vae_fp32: bool                           # the VAE asks for fp32 under fp16 (force_upcast; trainables.vae_dtype)
     vae_channels: int                        # the VAE's channels at full resolution
@@ -32,6 +32,7 @@ class ModelSizes:
     latent_channels: int = 4
     largest_weight: int = 0                  # elements of the largest UNet or text-encoder tensor
     conv_weights: tuple[int, int] = (0, 0)   # elements of the UNet's and the VAE's 2-d convolution weights
+    text_unread: int = 0                     # parameters of the text-encoder layers clip skip never reads
 
 
 def _per_block(value, count: int) -> list:
@@ -87,9 +88,11 @@ def _lora_per_rank(model, targets) -> int:
     return total
 
 
-def model_sizes(pipe, family) -> ModelSizes:
-    """The sizes of a loaded pipeline (``family``: its ``models.families`` adapter)."""
-    from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS
+def model_sizes(pipe, family, clip_skip: int = 1) -> ModelSizes:
+    """The sizes of a loaded pipeline (``family``: its ``models.families`` adapter), trained at ``clip_skip``
+    (as applied: 1 for SD2 and SDXL)."""
+    from ..models.lora import UNET_TARGETS
+    from .trainables import skipped_layers, text_encoder_targets
 
     def count(m) -> int:
         return sum(p.numel() for p in m.parameters())
@@ -102,7 +105,8 @@ def model_sizes(pipe, family) -> ModelSizes:
         vae=count(pipe.vae), unet_layout=layout, unet_largest_block=largest,
         unet_base_channels=pipe.unet.config.block_out_channels[0],
         lora_per_rank=_lora_per_rank(pipe.unet, UNET_TARGETS),
-        text_lora_per_rank=tuple(_lora_per_rank(te, TEXT_ENCODER_TARGETS) for te in encoders),
+        text_lora_per_rank=tuple(_lora_per_rank(te, text_encoder_targets(te, clip_skip)) for te in encoders),
+        text_unread=sum(count(layer) for te in encoders for layer in skipped_layers(te, clip_skip)),
         text_layers=tuple((te.config.num_hidden_layers, te.config.hidden_size) for te in encoders),
         vae_fp32=bool(getattr(vae_cfg, "force_upcast", False)), vae_channels=vae_cfg.block_out_channels[0],
         vae_scale=getattr(pipe, "vae_scale_factor", 8), latent_channels=vae_cfg.latent_channels,

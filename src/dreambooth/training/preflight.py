@@ -125,7 +125,7 @@ def estimate(sizes: ModelSizes, cfg: TrainConfig, device: str = "cpu", making_cl
     vae_width = vae_dtype(sizes.vae_fp32, AUTOCAST.get(cfg.mixed_precision, torch.float32)).itemsize
     weights += sizes.vae * vae_width
     if full:
-        trainable = sizes.unet + (te_params if train_te else 0)
+        trainable = sizes.unet + (te_params - sizes.text_unread if train_te else 0)
     else:
         trainable = cfg.rank * (sizes.lora_per_rank + (sum(sizes.text_lora_per_rank) if train_te else 0))
     if lora:
@@ -313,7 +313,7 @@ def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes
     UserError when it exceeds the device's free memory, naming the cheapest settings that would fit,
     unless ``cfg.force``. Prints nothing: ``report()`` does, once the run is past the checks that need no memory."""
     kind = torch.device(device).type
-    sizes = model_sizes(pipe, family)
+    sizes = model_sizes(pipe, family, cfg.clip_skip)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
     options = [(estimate(sizes, cfg, kind, making, shards, processes), (False, False))]
     available = available_memory(device, _held_by(pipe, kind))
