@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .trainables import skipped_layers, text_encoder_targets
+
 # Bytes autograd keeps per element of a block's input, (resnet, transformer layer, transformer
 # model's own norm/projections), by method and activation width (fp32: 4, bf16/fp16: 2). Measured
 # on SD1, SD1.5 and SDXL layouts (they agree within 5%); a LoRA's frozen weights need fewer inputs.
@@ -92,7 +94,6 @@ def model_sizes(pipe, family, clip_skip: int = 1) -> ModelSizes:
     """The sizes of a loaded pipeline (``family``: its ``models.families`` adapter), trained at ``clip_skip``
     (as applied: 1 for SD2 and SDXL)."""
     from ..models.lora import UNET_TARGETS
-    from .trainables import skipped_layers, text_encoder_targets
 
     def count(m) -> int:
         return sum(p.numel() for p in m.parameters())
