@@ -60,6 +60,21 @@ def test_bad_files_are_skipped_with_a_warning_naming_each(tmp_path):
     assert len(warnings) == 3
 
 
+def test_photos_below_the_training_size_are_one_warning(tmp_path):
+    for i, side in enumerate((16, 20, 24, 28, 64)):
+        Image.new("RGB", (side, side), (i, 2, 3)).save(tmp_path / f"p{i}.png")
+    warnings = []
+    assert len(load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)) == 5
+    assert warnings == [f"4 photos in {tmp_path} are below the training size 32 and are upscaled (p0.png 16x16, "
+                        "p1.png 20x20, p2.png 24x24 and 1 more); photos at least that large train sharper"]
+    for name in ("p1.png", "p2.png", "p3.png"):
+        (tmp_path / name).unlink()
+    warnings.clear()
+    load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)
+    assert warnings == [f"{tmp_path / 'p0.png'}: 16x16, upscaled to the training size 32; a photo at least that "
+                        "large trains sharper"]
+
+
 def test_no_usable_image_is_a_one_line_error(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(UserError, match="no usable image"):

@@ -63,6 +63,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     ``masks`` each photo gets its loss mask (``masks.load_mask``) where it has one."""
     warn = warn or log.warning
     examples: list[Example] = []
+    small: list[tuple[Path, str]] = []      # photos below the training size: one line for them all
     files = list_files(folder, flag)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
     for path in files:
@@ -89,8 +90,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
         if captions and caption.is_file():
             text = caption.read_text(encoding="utf-8", errors="replace").strip() or prompt
         if min(image.size) < resolution:
-            warn(f"{path}: {image.width}x{image.height}, upscaled to the training size {resolution}; "
-                 "a photo at least that large trains sharper")
+            small.append((path, f"{image.width}x{image.height}"))
         resized = resize_short_side(image, resolution)
         mask = None
         if masks:
@@ -99,6 +99,14 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             except UserError as exc:
                 warn(f"no mask for {path}: {exc}")
         examples.append(Example(resized, text, (image.height, image.width), path, mask))
+    if len(small) == 1:
+        warn(f"{small[0][0]}: {small[0][1]}, upscaled to the training size {resolution}; "
+             "a photo at least that large trains sharper")
+    elif small:
+        named = ", ".join(f"{p.name} {size}" for p, size in small[:3])
+        named += f" and {len(small) - 3} more" if len(small) > 3 else ""
+        warn(f"{len(small)} photos in {folder} are below the training size {resolution} and are upscaled ({named}); "
+             "photos at least that large train sharper")
     if not examples:
         raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)})")
     if masks:
