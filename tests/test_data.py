@@ -60,19 +60,29 @@ def test_bad_files_are_skipped_with_a_warning_naming_each(tmp_path):
     assert len(warnings) == 3
 
 
-def test_photos_below_the_training_size_are_one_warning(tmp_path):
+def test_files_passed_over_for_one_reason_are_one_warning(tmp_path):
     for i, side in enumerate((16, 20, 24, 28, 64)):
         Image.new("RGB", (side, side), (i, 2, 3)).save(tmp_path / f"p{i}.png")
+        (tmp_path / f"p{i}.txt").write_text("a caption")
+    (tmp_path / "notes.md").write_text("x")
+    (tmp_path / "p0.mask.png").write_bytes(b"")
     warnings = []
     assert len(load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)) == 5
-    assert warnings == [f"4 photos in {tmp_path} are below the training size 32 and are upscaled (p0.png 16x16, "
-                        "p1.png 20x20, p2.png 24x24 and 1 more); photos at least that large train sharper"]
-    for name in ("p1.png", "p2.png", "p3.png"):
+    assert warnings == [
+        f"ignoring {tmp_path / 'p0.mask.png'}: mask files are used only with --masked-loss",
+        f"ignoring 5 caption files in {tmp_path} (p0.txt, p1.txt, p2.txt and 2 more): they are used only with --captions",
+        f"skipping {tmp_path / 'notes.md'}: not an image (.jpg, .jpeg, .png, .webp, .bmp)",
+        f"4 photos in {tmp_path} are below the training size 32 and are upscaled (p0.png 16x16, p1.png 20x20, "
+        "p2.png 24x24 and 1 more); photos at least that large train sharper"]
+    for name in ("p1.png", "p2.png", "p3.png", "p0.mask.png", "p0.txt", "p1.txt", "p2.txt", "p3.txt"):
         (tmp_path / name).unlink()
+    (tmp_path / "more.md").write_text("y")
     warnings.clear()
     load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)
-    assert warnings == [f"{tmp_path / 'p0.png'}: 16x16, upscaled to the training size 32; a photo at least that "
-                        "large trains sharper"]
+    assert warnings == [
+        f"ignoring {tmp_path / 'p4.txt'}: caption files are used only with --captions",
+        f"skipping 2 files in {tmp_path} that are not images (more.md, notes.md; images are .jpg, .jpeg, .png, .webp, .bmp)",
+        f"{tmp_path / 'p0.png'}: 16x16, upscaled to the training size 32; a photo at least that large trains sharper"]
 
 
 def test_no_usable_image_is_a_one_line_error(tmp_path):

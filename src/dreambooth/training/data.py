@@ -57,28 +57,38 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image if new == (w, h) else image.resize(new, Image.LANCZOS)
 
 
+def _first_three(items) -> str:
+    """'a, b, c and 4 more': a line's worth of names (files by their names alone)."""
+    names = [item.name if isinstance(item, Path) else str(item) for item in items]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bool = False,
                   flag: str = "--instance-dir", warn=None, masks: bool = False) -> list[Example]:
-    """Every usable image in ``folder``; unusable files are skipped with a warning naming them. With
+    """Every usable image in ``folder``; unusable files are skipped with a warning naming them (one
+    line for the files passed over for one reason). With
     ``masks`` each photo gets its loss mask (``masks.load_mask``) where it has one."""
     warn = warn or log.warning
     examples: list[Example] = []
-    small: list[tuple[Path, str]] = []      # photos below the training size: one line for them all
+    # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
+    # --captions would otherwise print 20)
+    unused_masks, unused_captions, not_images = [], [], []
+    small: list[tuple[Path, str]] = []      # photos below the training size
     files = list_files(folder, flag)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
     for path in files:
         if is_mask_file(path):          # never a photo of its own
             if not masks:
-                warn(f"ignoring {path}: mask files are used only with --masked-loss")
+                unused_masks.append(path)
             elif path.name[:-len(MASK_SUFFIX)] not in image_stems:
                 warn(f"ignoring {path}: no photo named {path.name[:-len(MASK_SUFFIX)]} beside it")
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             if path.suffix.lower() == ".txt" and path.stem in image_stems:
                 if not captions:
-                    warn(f"ignoring {path}: caption files are used only with --captions")
+                    unused_captions.append(path)
             else:
-                warn(f"skipping {path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
+                not_images.append(path)
             continue
         try:
             image = open_image(path)
@@ -99,14 +109,21 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             except UserError as exc:
                 warn(f"no mask for {path}: {exc}")
         examples.append(Example(resized, text, (image.height, image.width), path, mask))
+    for paths, one, several in (
+            (unused_masks, "ignoring {}: mask files are used only with --masked-loss",
+             "ignoring {} mask files in {} ({}): they are used only with --masked-loss"),
+            (unused_captions, "ignoring {}: caption files are used only with --captions",
+             "ignoring {} caption files in {} ({}): they are used only with --captions"),
+            (not_images, "skipping {}: not an image (" + ", ".join(IMAGE_SUFFIXES) + ")",
+             "skipping {} files in {} that are not images ({}; images are " + ", ".join(IMAGE_SUFFIXES) + ")")):
+        if paths:
+            warn(one.format(paths[0]) if len(paths) == 1 else several.format(len(paths), folder, _first_three(paths)))
     if len(small) == 1:
         warn(f"{small[0][0]}: {small[0][1]}, upscaled to the training size {resolution}; "
              "a photo at least that large trains sharper")
     elif small:
-        named = ", ".join(f"{p.name} {size}" for p, size in small[:3])
-        named += f" and {len(small) - 3} more" if len(small) > 3 else ""
-        warn(f"{len(small)} photos in {folder} are below the training size {resolution} and are upscaled ({named}); "
-             "photos at least that large train sharper")
+        warn(f"{len(small)} photos in {folder} are below the training size {resolution} and are upscaled "
+             f"({_first_three([f'{p.name} {size}' for p, size in small])}); photos at least that large train sharper")
     if not examples:
         raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)})")
     if masks:
