@@ -66,8 +66,8 @@ def _first_three(items) -> str:
 def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bool = False,
                   flag: str = "--instance-dir", warn=None, masks: bool = False) -> list[Example]:
     """Every usable image in ``folder``; unusable files are skipped with a warning naming them (one
-    line for the files passed over for one reason). With
-    ``masks`` each photo gets its loss mask (``masks.load_mask``) where it has one."""
+    line for the files passed over for one reason). With ``masks`` each photo gets its loss mask
+    (``masks.load_mask``) where it has one."""
     warn = warn or log.warning
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
