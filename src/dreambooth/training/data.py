@@ -57,10 +57,13 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image if new == (w, h) else image.resize(new, Image.LANCZOS)
 
 
-def _first_three(items) -> str:
-    """'a, b, c and 4 more': a line's worth of names (files by their names alone)."""
-    names = [item.name if isinstance(item, Path) else str(item) for item in items]
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+def _one_line(files: list[tuple[Path, str]], alone, together) -> str:
+    """One warning for files passed over for one reason: ``alone(path, detail)`` for a single file,
+    ``together(count, names)`` for several, naming the first three ('a.txt, b.txt, c.txt and 4 more')."""
+    if len(files) == 1:
+        return alone(*files[0])
+    names = [" ".join(filter(None, (path.name, detail))) for path, detail in files]
+    return together(len(files), ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
 
 
 def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bool = False,
@@ -72,23 +75,22 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
     # --captions would otherwise print 20)
-    unused_masks, unused_captions, not_images = [], [], []
-    small: list[tuple[Path, str]] = []      # photos below the training size
+    unused_masks, unused_captions, not_images, small = [], [], [], []     # (path, detail)
     files = list_files(folder, flag)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
     for path in files:
         if is_mask_file(path):          # never a photo of its own
             if not masks:
-                unused_masks.append(path)
+                unused_masks.append((path, ""))
             elif path.name[:-len(MASK_SUFFIX)] not in image_stems:
                 warn(f"ignoring {path}: no photo named {path.name[:-len(MASK_SUFFIX)]} beside it")
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             if path.suffix.lower() == ".txt" and path.stem in image_stems:
                 if not captions:
-                    unused_captions.append(path)
+                    unused_captions.append((path, ""))
             else:
-                not_images.append(path)
+                not_images.append((path, ""))
             continue
         try:
             image = open_image(path)
@@ -109,21 +111,20 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             except UserError as exc:
                 warn(f"no mask for {path}: {exc}")
         examples.append(Example(resized, text, (image.height, image.width), path, mask))
-    for paths, one, several in (
-            (unused_masks, "ignoring {}: mask files are used only with --masked-loss",
-             "ignoring {} mask files in {} ({}): they are used only with --masked-loss"),
-            (unused_captions, "ignoring {}: caption files are used only with --captions",
-             "ignoring {} caption files in {} ({}): they are used only with --captions"),
-            (not_images, "skipping {}: not an image (" + ", ".join(IMAGE_SUFFIXES) + ")",
-             "skipping {} files in {} that are not images ({}; images are " + ", ".join(IMAGE_SUFFIXES) + ")")):
-        if paths:
-            warn(one.format(paths[0]) if len(paths) == 1 else several.format(len(paths), folder, _first_three(paths)))
-    if len(small) == 1:
-        warn(f"{small[0][0]}: {small[0][1]}, upscaled to the training size {resolution}; "
-             "a photo at least that large trains sharper")
-    elif small:
-        warn(f"{len(small)} photos in {folder} are below the training size {resolution} and are upscaled "
-             f"({_first_three([f'{p.name} {size}' for p, size in small])}); photos at least that large train sharper")
+    suffixes = ", ".join(IMAGE_SUFFIXES)
+    for group, alone, together in (
+            (unused_masks, lambda p, _: f"ignoring {p}: mask files are used only with --masked-loss",
+             lambda n, names: f"ignoring {n} mask files in {folder} ({names}): they are used only with --masked-loss"),
+            (unused_captions, lambda p, _: f"ignoring {p}: caption files are used only with --captions",
+             lambda n, names: f"ignoring {n} caption files in {folder} ({names}): they are used only with --captions"),
+            (not_images, lambda p, _: f"skipping {p}: not an image ({suffixes})",
+             lambda n, names: f"skipping {n} files in {folder} that are not images ({names}; images are {suffixes})"),
+            (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; a photo at least "
+                                    "that large trains sharper",
+             lambda n, names: f"{n} photos in {folder} are below the training size {resolution} and are upscaled "
+                              f"({names}); photos at least that large train sharper")):
+        if group:
+            warn(_one_line(group, alone, together))
     if not examples:
         raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)})")
     if masks:
