@@ -128,6 +128,8 @@ def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
 @pytest.mark.parametrize("fields, overrides, needle", [
     ({}, '{"max_steps": 0}', "max_steps"),
     ({}, '{"learning_rate": "nan"}', "learning_rate"),
+    ({}, '{"max_steps": "abc"}', "max_steps"),
+    ({}, '{"keep_checkpoints": 1.5}', "keep_checkpoints"),
     ({}, '{"output": "/etc"}', "overrides.output"),
     ({}, '{"colour": 1}', "overrides.colour"),
     ({}, "not json", "overrides"),
@@ -148,7 +150,8 @@ def test_bad_jobs_are_4xx_and_nothing_is_stored(tmp_path, fields, overrides, nee
         assert httpx.get(f"{base}/dreambooth/v1/jobs").json() == []
         bad = httpx.post(f"{base}/dreambooth/v1/jobs", data=TOY_JOB, timeout=60,
                          files=[("photos", ("x.png", b"not an image", "image/png"))])
-        assert bad.status_code == 400 and "photos[0]" in bad.json()["detail"]
+        assert bad.status_code == 400 and "photos[0] x.png" in bad.json()["detail"]
+        assert ".upload-" not in bad.json()["detail"], bad.text      # no path of the server's own
         assert httpx.get(f"{base}/dreambooth/v1/jobs/nonexistent").status_code == 404
 
 
@@ -159,3 +162,15 @@ def test_a_damaged_job_store_is_one_line(tmp_path):
     (data / "jobs.sqlite").write_bytes(b"this is not a database, it was copied half-way" * 100)
     code, _, err = run_cli("serve", "--data-dir", data, "--port", "1")
     assert code == 2 and "jobs.sqlite" in err and "not a job store" in err and err.count("\n") == 1, err
+
+
+def test_a_jobs_own_checkpoint_settings_are_kept(tmp_path):
+    from dreambooth.server.jobs import job_config
+    request = {**TOY_JOB, "overrides": {"max_steps": 20}}
+    chosen = job_config(request, tmp_path / "out", tmp_path, "toy")
+    assert (chosen.checkpoint_every, chosen.keep_checkpoints) == (2, 2)       # the server's: every tenth, two kept
+    request["overrides"] = {"max_steps": 20, "keep_checkpoints": 5}
+    assert job_config(request, tmp_path / "out", tmp_path, "toy").keep_checkpoints == 5
+    request["overrides"] = {"max_steps": 20, "checkpoint_every": 7, "keep_checkpoints": 0}
+    asked = job_config(request, tmp_path / "out", tmp_path, "toy")
+    assert (asked.checkpoint_every, asked.keep_checkpoints) == (7, 0)

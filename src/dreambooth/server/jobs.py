@@ -124,7 +124,7 @@ class JobStore:
 
 def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> TrainConfig:
     """The TrainConfig of a job request: its preset and overrides, checked as the CLI checks them,
-    with the paths the server chooses."""
+    with the paths the server chooses, and a checkpoint every tenth of the run unless they choose."""
     overrides = dict(request.get("overrides") or {})
     for name in overrides:
         if name in SERVER_FIELDS:
@@ -140,9 +140,9 @@ def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> Tr
         config = build_config(preset, {k: v for k, v in values.items() if v is not None})
     except UserError as exc:
         raise UserError(str(exc).replace("--config ", "preset ")) from None
-    if "checkpoint_every" not in overrides:
-        config = config.replace(checkpoint_every=max(1, config.max_steps // 10), keep_checkpoints=2)
-    config.validate()
+    config.validate()                            # every value checked before any is used
+    if "checkpoint_every" not in overrides:      # the server's own choice, unless the client made one
+        config = config.replace(checkpoint_every=max(1, config.max_steps // 10))
     return config
 
 

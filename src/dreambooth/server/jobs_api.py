@@ -60,7 +60,8 @@ def _save_photos(uploads: list[tuple[str, bytes]], folder: Path) -> None:
         try:
             open_image(path)               # every file must decode, and stay under MAX_PIXELS
         except UserError as exc:
-            raise UserError(f"photos[{k}] {filename}: {str(exc).split(': ', 1)[-1]}") from None
+            why = str(exc).split(": ", 1)[-1].replace(str(path), filename)    # not the server's staging path
+            raise UserError(f"photos[{k}] {filename}: {why}") from None
 
 
 def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *, instance_prompt: str,
