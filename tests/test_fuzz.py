@@ -102,6 +102,13 @@ def generate_cases(w) -> list[list[str]]:
     init = str(w["root"] / "init.png")
     cases += [["--init-image", init, "--strength", v] for v in bad_numbers(float, 0, 1)]
     cases += [["--init-image", init, "--strength", "0.1", "--steps", "5"]]        # 0 denoising steps
+    inpaint = ["--init-image", init, "--mask", init]
+    cases += [[*inpaint, "--mask-blur", v] for v in bad_numbers(int, 0, 64)]
+    cases += [[*inpaint, "--masked-padding", v] for v in bad_numbers(int, 0, 256)]
+    cases += [[*inpaint, "--masked-content", v] for v in ("latent noise", "", "2")]
+    cases += [["--only-masked"], ["--masked-content", "fill"]]                    # inpainting settings need a mask
+    cases += [["--sampler", "DDIM", "--eta", v] for v in bad_numbers(float, 0, 1)]
+    cases += [["--eta", "0.5"], ["--sampler", "DPM++ SDE", "--eta", "0"]]       # the stochastic samplers draw at 1
     for path_flag in ("--init-image", "--mask", "--from-image"):
         cases += [[path_flag, str(w["root"] / "missing.png")], [path_flag, str(w["photos"])], [path_flag, str(w["file"])],
                   [path_flag, ""]]

@@ -287,15 +287,116 @@ def test_model_hash_of_a_folder(tiny_sd1, tmp_path):
 
 
 def test_inpaint_keeps_unmasked_pixels(sd1, sdxl):
+    """Beyond the mask and its feather (the WebUI's Mask blur, 2.5 standard deviations wide) every
+    pixel is the init image's; the feather blends; the PNG records the blur."""
     init = _noise_image(16, 16, seed=1)
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[:, :8] = 255
     for pipe in (sd1, sdxl):
-        (r,) = generate(pipe, GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask),
-                                                      strength=0.9, steps=3, seed=1))
-        out = pixels(r)
-        assert np.array_equal(out[:, 8:], pixels(init)[:, 8:])
-        assert not np.array_equal(out[:, :8], pixels(init)[:, :8])
+        for blur, kept in ((0, 8), (2, 13)):
+            (r,) = generate(pipe, GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask),
+                                                   strength=0.9, steps=3, seed=1, mask_blur=blur))
+            out = pixels(r)
+            assert np.array_equal(out[:, kept:], pixels(init)[:, kept:]), blur
+            assert not np.array_equal(out[:, :8], pixels(init)[:, :8])
+            assert f"Mask blur: {blur}," in r.infotext
+            if blur:
+                assert not np.array_equal(out[:, 8:kept], pixels(init)[:, 8:kept])       # feathered
+
+
+def test_only_masked_samples_the_masked_area_and_puts_it_back(sd1):
+    """The WebUI's "Inpaint area: Only masked": the box around the mask (with padding, in the sampling
+    size's proportions) is sampled at the full sampling size and put back; the image keeps the init
+    image's size, and every pixel outside the mask is the init image's."""
+    init = _noise_image(64, 48, seed=2)
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[8:16, 40:48] = 255
+    params = GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask), strength=0.9, steps=3, seed=1,
+                              width=32, height=32, mask_blur=0, only_masked=True, masked_padding=4)
+    (r,) = generate(sd1, params)
+    out, before = pixels(r), pixels(init)
+    assert r.image.size == (64, 48) and "Inpaint area: Only masked, Masked area padding: 4" in r.infotext
+    assert np.array_equal(out[mask == 0], before[mask == 0])
+    assert not np.array_equal(out[8:16, 40:48], before[8:16, 40:48])
+    (whole,) = generate(sd1, params.replace(only_masked=False))
+    assert whole.image.size == (32, 32) and "Inpaint area" not in whole.infotext
+    blank = params.replace(mask=Image.new("L", (64, 48), 0))
+    resized = pixels(init.resize((32, 32), resample=Image.BICUBIC))      # nothing masked: the whole picture,
+    assert np.array_equal(pixels(generate(sd1, blank)[0]), resized)       # with nothing repainted
+
+
+def test_fill_paints_the_masked_area_with_the_colours_around_it(sd1):
+    from dreambooth.generation.masks import fill
+    image = np.zeros((32, 64, 3), dtype=np.uint8)
+    image[:, :32] = (200, 30, 30)
+    image[:, 32:] = (30, 30, 200)
+    image[12:20, 12:20] = (30, 200, 30)                 # a green square in the red half, masked
+    mask = np.zeros((32, 64), dtype=np.uint8)
+    mask[10:22, 10:22] = 255
+    filled = np.asarray(fill(Image.fromarray(image), Image.fromarray(mask)))
+    assert np.array_equal(filled[mask == 0], image[mask == 0])
+    square = filled[12:20, 12:20].reshape(-1, 3).mean(axis=0)
+    assert square[0] > 150 and square[1] < 60, square   # red, as around it; no green left
+    init = Image.fromarray(image)
+    params = GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask), strength=0.5, steps=4, seed=1,
+                              width=64, height=32)
+    (original,), (filled_start,) = generate(sd1, params), generate(sd1, params.replace(masked_content="fill"))
+    assert "Masked content: fill" in filled_start.infotext and "Masked content" not in original.infotext
+    assert not np.array_equal(pixels(original)[12:20, 12:20], pixels(filled_start)[12:20, 12:20])
+
+
+def test_the_masked_region_is_the_webuis():
+    from dreambooth.generation.masks import masked_region
+
+    def region(box, size=(64, 48), padding=0, width=32, height=32):
+        mask = Image.new("L", size, 0)
+        mask.paste(255, box)
+        return masked_region(mask, padding, width, height)
+    assert region((10, 5, 20, 9)) == (10, 2, 20, 12)                   # grown to a square, centred
+    assert region((10, 5, 20, 9), padding=3) == (7, 0, 23, 16)          # padded, then kept inside
+    assert region((0, 0, 4, 30)) == (0, 0, 30, 30)                      # moved back inside at the border
+    assert region((60, 40, 64, 48)) == (56, 40, 64, 48)
+    assert region((28, 0, 36, 48), width=64, height=32) == (0, 0, 64, 48)   # wider than the image: all of it
+    assert masked_region(Image.new("L", (8, 8), 0), 4, 32, 32) is None
+
+
+def test_mask_blur_is_the_webuis_gaussian():
+    """Along x, then y: a Gaussian kernel of radius int(2.5 sigma + 0.5), mirrored at the borders
+    (OpenCV's default), rounded to 8 bits after each pass."""
+    from dreambooth.generation.masks import feather
+    rng = np.random.default_rng(0)
+    mask = (rng.random((20, 30)) > 0.7).astype(np.uint8) * 255
+    for sigma in (1, 4):
+        r = int(2.5 * sigma + 0.5)
+        kernel = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+        kernel /= kernel.sum()
+        values = mask.astype(np.float64)
+        for axis in (1, 0):
+            padded = np.pad(values, [(0, 0), (r, r)] if axis == 1 else [(r, r), (0, 0)], mode="reflect")
+            values = np.round(sum(w * np.take(padded, range(k, k + values.shape[axis]), axis=axis)
+                                  for k, w in enumerate(kernel)))
+        assert np.array_equal(np.asarray(feather(Image.fromarray(mask), sigma)), values.astype(np.uint8)), sigma
+    assert feather(Image.fromarray(mask), 0).tobytes() == mask.tobytes()
+
+
+def test_eta_is_ddims_and_recorded(sd1):
+    """The WebUI's eta: DDIM's noise (0, its default, is deterministic and unrecorded); a stochastic
+    sampler draws at 1 and refuses another; a deterministic one is unchanged by it."""
+    from dreambooth.generation.infotext import parse_generation_parameters
+
+    def made(**kw):
+        (r,) = generate(sd1, GenerationParams("a dog", steps=4, seed=3, width=32, height=32, **kw))
+        return r
+    plain, noisy = made(sampler="DDIM"), made(sampler="DDIM", eta=1.0)
+    assert not np.array_equal(pixels(plain), pixels(noisy)) and "Eta" not in plain.infotext
+    assert np.array_equal(pixels(noisy), pixels(made(sampler="DDIM", eta=1.0)))                 # seeded
+    assert np.array_equal(pixels(plain), pixels(made(sampler="DDIM", eta=0.0)))
+    again = GenerationParams.from_infotext(parse_generation_parameters(noisy.infotext))
+    assert again.eta == 1.0 and "Eta DDIM: 1," in noisy.infotext
+    assert np.array_equal(pixels(made(sampler="DPM++ 2M", eta=0.3)), pixels(made(sampler="DPM++ 2M")))
+    assert np.array_equal(pixels(made(sampler="Euler a", eta=1.0)), pixels(made(sampler="Euler a")))
+    with pytest.raises(UserError, match=r"--eta 0.5: Euler a draws its noise at eta 1"):
+        made(sampler="Euler a", eta=0.5)
 
 
 def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
@@ -308,6 +409,7 @@ def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
         (GenerationParams("x", seed=-2), "--seed -2"),
         (GenerationParams("x", seed=2**70), "--seed"),
         (GenerationParams("x", steps=0), "--steps 0"),
+        (GenerationParams("x", mask_blur=65), "--mask-blur 65: must be from 0 to 64"),
         (GenerationParams("x", sampler="DDIM", schedule="Karras"), "allowed: Automatic"),
     ]
     for params, message in cases:

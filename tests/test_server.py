@@ -91,6 +91,21 @@ def test_webuiapi_txt2img_equals_the_cli(api, tmp_path):
     assert parse_generation_parameters(result.image.info["parameters"]) == cli_info
 
 
+def test_info_says_what_the_infotext_says(api):
+    """A combined name ("DPM++ 2M Karras") and a lower-case scheduler are reported as the infotext
+    records them, and the model's hash is the infotext's, in the info and in ``/sd-models``."""
+    from dreambooth.generation.infotext import parse_generation_parameters
+    for fields in ({"sampler_name": "DPM++ 2M Karras"}, {"sampler_name": "DPM++ 2M", "scheduler": "karras"}):
+        result = api.txt2img(prompt="a red circle", seed=1, steps=2, width=32, height=32, **fields)
+        text = parse_generation_parameters(result.info["infotexts"][0])
+        assert (text["Sampler"], text["Schedule type"]) == ("DPM++ 2M", "Karras")
+        assert result.info["sampler_name"] == "DPM++ 2M"
+        assert result.info["extra_generation_params"]["Schedule type"] == "Karras"
+        assert result.info["sd_model_hash"] == text["Model hash"] and len(text["Model hash"]) == 10
+    listed = {m["title"]: m["hash"] for m in api.get_sd_models()}
+    assert listed["toy"] == text["Model hash"]
+
+
 def test_clip_skip_from_options_and_override_settings_equals_the_cli(api, tmp_path):
     cli = cli_pixels(tmp_path, "--prompt", "a red circle", "--seed", "4", "--steps", "3", "--width", "32",
                      "--height", "32", "--clip-skip", "2")
@@ -105,8 +120,25 @@ def test_clip_skip_from_options_and_override_settings_equals_the_cli(api, tmp_pa
     try:
         again = api.txt2img(prompt="a red circle", seed=4, steps=3, width=32, height=32)
         assert np.array_equal(np.asarray(again.image), cli)
+        api.set_options(api.get_options())                                  # a round trip changes nothing
+        assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+    finally:
+        api.set_options({"CLIP_stop_at_last_layers": 1.0})                  # a whole float is that number
+    assert api.get_options()["CLIP_stop_at_last_layers"] == 1
+    kept = api.txt2img(prompt="a red circle", seed=4, steps=3, width=32, height=32,     # not restored afterwards:
+                       override_settings={"CLIP_stop_at_last_layers": 2}, override_settings_restore_afterwards=False)
+    try:
+        assert np.array_equal(np.asarray(kept.image), cli) and api.get_options()["CLIP_stop_at_last_layers"] == 2
     finally:
         api.set_options({"CLIP_stop_at_last_layers": 1})
+
+
+def test_webuiapis_eta_is_ddims_as_in_the_cli(api, tmp_path):
+    """webuiapi sends A1111's eta 1.0 with every request: DDIM draws with it, as ``--eta 1``."""
+    cli = cli_pixels(tmp_path, "--prompt", "a red circle", "--seed", "4", "--steps", "3", "--width", "32",
+                     "--height", "32", "--sampler", "DDIM", "--eta", "1")
+    result = api.txt2img(prompt="a red circle", seed=4, steps=3, width=32, height=32, sampler_name="DDIM")
+    assert np.array_equal(np.asarray(result.image), cli) and "Eta DDIM: 1," in result.info["infotexts"][0]
 
 
 def test_batches_loras_in_prompts_and_img2img(api, tmp_path):
@@ -118,9 +150,52 @@ def test_batches_loras_in_prompts_and_img2img(api, tmp_path):
     out = api.img2img(images=[init], mask_image=mask, prompt="a blue circle", seed=3, steps=4, width=32, height=32,
                       denoising_strength=0.75, inpainting_fill=1)
     pixels = np.asarray(out.image)
-    assert np.array_equal(pixels[:, 16:], np.asarray(init)[:, 16:])          # outside the mask: untouched
+    # webuiapi sends A1111's mask_blur 4: beyond the mask and its feather (10 px), untouched
+    assert np.array_equal(pixels[:, 26:], np.asarray(init)[:, 26:])
+    assert not np.array_equal(pixels[:, 16:26], np.asarray(init)[:, 16:26])
+    assert "Mask blur: 4" in out.info["infotexts"][0]
+    hard = api.img2img(images=[init], mask_image=mask, prompt="a blue circle", seed=3, steps=4, width=32, height=32,
+                       denoising_strength=0.75, inpainting_fill=1, mask_blur=0)
+    assert np.array_equal(np.asarray(hard.image)[:, 16:], np.asarray(init)[:, 16:])
     info = api.png_info(out.image)
     assert info.info.startswith("a blue circle") and info.parameters["Seed"] == "3"
+
+
+def test_inpainting_as_a1111s_api_defaults_equals_the_cli(api, tmp_path):
+    """A1111's API inpaints "Only masked" unless told otherwise (``inpaint_full_res``, webuiapi's default
+    too), with a 4 px mask blur, from the masked area filled (``inpainting_fill`` 0): the image keeps the
+    init image's size, as ``--only-masked --masked-content fill``."""
+    rng = np.random.default_rng(1)
+    init = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (40, 8, 48, 16))
+    init.save(tmp_path / "init.png")
+    mask.save(tmp_path / "mask.png")
+    out = api.img2img(images=[init], mask_image=mask, prompt="a blue circle", seed=3, steps=4, width=32, height=32)
+    assert out.image.size == (64, 48)
+    assert "Inpaint area: Only masked, Masked area padding: 0, Masked content: fill" in out.info["infotexts"][0]
+    cli = cli_pixels(tmp_path / "cli", "--prompt", "a blue circle", "--seed", "3", "--steps", "4", "--width", "32",
+                     "--height", "32", "--init-image", tmp_path / "init.png", "--mask", tmp_path / "mask.png",
+                     "--only-masked", "--masked-padding", "0", "--masked-content", "fill")
+    assert np.array_equal(np.asarray(out.image), cli)
+
+
+def test_save_images_writes_them_and_init_images_are_echoed_when_asked(api, server):
+    """``save_images`` writes each PNG, with its infotext, under the data folder as A1111 lays out its
+    outputs; ``include_init_images`` echoes the init image in ``parameters`` (``null`` otherwise)."""
+    outputs = server[0].state.store.root.parent / "outputs"
+    result = api.txt2img(prompt="a red circle", seed=11, steps=2, width=32, height=32, save_images=True)
+    saved = sorted(outputs.glob("txt2img-images/*/*-11.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).info["parameters"] == result.info["infotexts"][0]
+    assert np.array_equal(np.asarray(Image.open(saved[0]).convert("RGB")), np.asarray(result.image.convert("RGB")))
+    api.txt2img(prompt="a red circle", seed=12, steps=2, width=32, height=32)           # not asked: nothing written
+    assert not list(outputs.glob("*/*/*-12.png"))
+    port = server[1]
+    for include in (False, True):
+        reply = http(port, "POST", "/sdapi/v1/img2img", json={
+            "prompt": "x", "init_images": [RED_PNG], "steps": 2, "width": 32, "height": 32,
+            "include_init_images": include}).json()
+        assert reply["parameters"]["init_images"] == ([RED_PNG] if include else None)
 
 
 def test_models_options_and_switching(api, server):
@@ -164,6 +239,33 @@ def test_progress_preview_and_interrupt(api, server):
     Image.open(io.BytesIO(base64.b64decode(seen[-1]["current_image"])))          # a live preview
     assert len(done["result"].images) == 1                   # interrupted: what was made so far
     assert api.get_progress()["state"]["job"] == ""
+
+
+def test_a_skip_moves_progress_to_the_next_batch(tiny_sd1):
+    """As in the WebUI, a job of ``/progress`` is a batch (``job_count`` is ``n_iter``), and after
+    ``/skip`` ends a batch early the next one's sampling steps count from 0."""
+    from dreambooth import progress
+    from dreambooth.generation.params import GenerationParams
+    from dreambooth.generation.pipeline import load_generation_pipeline
+    from dreambooth.generation.sampling import Controls, generate
+    from dreambooth.server.engine import Progress
+    pipeline = load_generation_pipeline(str(tiny_sd1), dtype=torch.float32)
+    state = Progress(job="txt2img", job_count=2, per_job=2, sampling_steps=10)
+    asked, seen = [], []
+
+    def stop():                     # asked before the batch, then after each step: skip after the third
+        asked.append(1)
+        return "skip" if len(asked) == 4 else None
+
+    def record(event):
+        state(event)
+        seen.append((state.job_no, state.sampling_step))
+    with progress.subscribed(record):
+        made = generate(pipeline, GenerationParams("a dog", steps=10, width=32, height=32, seed=1, batch_size=2,
+                                                   batch_count=2), controls=Controls(stop=stop))
+    assert len(made) == 4                                     # the skipped batch's images too, as the WebUI's
+    assert seen[seen.index((0, 3)) + 1:][:2] == [(1, 0), (1, 1)], seen
+    assert max(seen) == (2, 0) and all(step < 4 for job, step in seen if job == 0), seen
 
 
 def test_live_previews_cost_nothing_unless_watched(api, server):
@@ -216,6 +318,13 @@ def test_a_failed_preview_costs_the_request_nothing(server, monkeypatch):
 
 # ----- bad input ---------------------------------------------------------------------------------
 
+def _png64(colour) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+RED_PNG = _png64((200, 30, 30))
 BAD = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "width": 100000}, 400, "width"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "steps": 10**6}, 400, "steps"),
@@ -225,7 +334,12 @@ BAD = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "seed": -7}, 400, "seed"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "colour": "red"}, 422, "colour"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, 400, "enable_hr"),
-    ("/sdapi/v1/txt2img", {"prompt": "x <lora:nobody:1>", "steps": 1}, 400, "lora"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "s_noise": 0.5}, 400, "s_noise"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Euler a", "eta": 0.5}, 400, "eta 0.5: Euler a draws"),
+    ("/sdapi/v1/txt2img", {"prompt": "x <lora:nobody:1>", "steps": 1}, 400, "<lora:nobody>: no LoRA of that name; "
+     "this server's are listed by GET /sdapi/v1/loras"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "steps": 5, "denoising_strength": 0}, 400,
+     "steps 5 with denoising_strength 0: img2img"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}, 400,
      "sd_model_checkpoint"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["!!!not base64!!!"]}, 400, "init_images[0]"),
@@ -233,6 +347,11 @@ BAD = [
      "init_images[0]"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["http://127.0.0.1:1/cat.png"]}, 400, "URLs are not fetched"),
     ("/sdapi/v1/img2img", {"prompt": "x"}, 400, "init_images"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask": RED_PNG, "mask_blur": 65}, 400,
+     "mask_blur 65: must be from 0 to 64"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask": RED_PNG, "mask_blur_x": 2}, 400,
+     "mask_blur_x 2, mask_blur_y 4"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask_round": False}, 400, "mask_round"),
     ("/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd"}, 400, "sd_model_checkpoint"),
     ("/sdapi/v1/options", {"sd_vae": "/etc/passwd"}, 400, "sd_vae"),
     ("/sdapi/v1/options", {"no_such_option": 1}, 400, "no_such_option"),
@@ -248,6 +367,7 @@ BAD = [
     # Clip skip: 1 to 12, as the WebUI's slider
     ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 13}, 400, "CLIP_stop_at_last_layers 13: must be from 1 to 12"),
     ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": "2"}, 400, "CLIP_stop_at_last_layers"),
+    ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 2.5}, 400, "CLIP_stop_at_last_layers"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 0}}, 400,
      "override_settings: CLIP_stop_at_last_layers 0"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),

@@ -171,6 +171,9 @@ def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
     photos = write_instance_images(Subject("circle", "red", "dots", "white"), tmp_path / "photos", ("blue",) * 3)
     page.click("button[role=tab][data-tab-id='img2img']")
     page.wait_for_selector("#img2img_generate")
+    for control in ("#img2img_strength", "#img2img_mask_blur", "#img2img_masked_content", "#img2img_inpaint_area",
+                    "#img2img_padding"):
+        assert page.is_visible(control), control                 # the WebUI's inpainting settings
     shot(page, "img2img")
     page.click("button[role=tab][data-tab-id='evaluate']")
     page.wait_for_selector("#eval_run")
@@ -209,3 +212,12 @@ def test_login_when_auth_is_on(browser, tmp_path):
         png = txt2img(page, "a white circle", 1, steps=4)
         assert Image.open(io.BytesIO(png)).size == (32, 32)
         context.close()
+
+
+def test_the_img2img_tabs_inpainting_settings_reach_the_parameters():
+    from dreambooth.ui.generate_tab import params_of
+    base = ("a dog", "", "Euler a", "Automatic", 20, 7, 64, 64, 1, 1, 5)
+    params = params_of(*base, mask_blur=2, area="Only masked", padding=8, content="fill")
+    assert (params.mask_blur, params.only_masked, params.masked_padding, params.masked_content) == (2, True, 8, "fill")
+    plain = params_of(*base)                                                                  # the WebUI's defaults
+    assert (plain.mask_blur, plain.only_masked, plain.masked_padding, plain.masked_content) == (4, False, 32, "original")

@@ -56,6 +56,17 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--init-image", type=click.Path(path_type=Path), help="img2img: start from this image.")
 @click.option("--strength", default=0.75, type=float, help="img2img/inpaint denoising strength.")
 @click.option("--mask", type=click.Path(path_type=Path), help="Inpainting mask for --init-image (white = repaint).")
+@click.option("--mask-blur", default=4, type=int, show_default=True,
+              help="Inpainting: the mask's edge feathered by a Gaussian of this many pixels (the WebUI's Mask blur; "
+              "0: a hard edge).")
+@click.option("--only-masked", is_flag=True, help="Inpainting: sample only the masked area (with --masked-padding around "
+              "it) at the full --width x --height, then put it back: the WebUI's Inpaint area 'Only masked'.")
+@click.option("--masked-padding", default=32, type=int, show_default=True,
+              help="--only-masked: pixels of context around the masked area.")
+@click.option("--masked-content", type=click.Choice(["original", "fill"]), default="original", show_default=True,
+              help="Inpainting: start from what is under the mask, or from the colours around it (fill).")
+@click.option("--eta", type=float, help="DDIM's eta, as the WebUI's (0, its default: deterministic; 1: as much fresh "
+              "noise as DDPM). The stochastic samplers (Euler a, the SDE ones) draw at 1.")
 @click.option("--prompt-matrix", is_flag=True, help="Treat 'a|b|c' as a prompt matrix: every combination, one seed, "
               "and a labelled grid.")
 @click.option("--x", "x_axis", metavar="'NAME: V1, V2'", help="X/Y/Z plot axis, e.g. 'Sampler: Euler a, DDIM', "
@@ -76,7 +87,8 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
                      steps, cfg_scale, seed, width, height, clip_skip, batch_size, batch_count, output, init_image,
-                     strength, mask, prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
+                     strength, mask, mask_blur, only_masked, masked_padding, masked_content, eta,
+                     prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
                      medvram):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
     if list_samplers:
@@ -85,7 +97,9 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
 
     values = dict(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule, steps=steps,
                   cfg_scale=cfg_scale, seed=seed, width=width, height=height, clip_skip=clip_skip,
-                  batch_size=batch_size, batch_count=batch_count, init_image=init_image, strength=strength, mask=mask)
+                  batch_size=batch_size, batch_count=batch_count, init_image=init_image, strength=strength, mask=mask,
+                  mask_blur=mask_blur, only_masked=only_masked, masked_padding=masked_padding,
+                  masked_content=masked_content, eta=eta)
     library = LoraLibrary(lora_dirs)
     if from_image is not None:
         text = read_infotext(from_image, "--from-image")

@@ -70,8 +70,9 @@ def lora_from_path(spec: str, flag: str = "--lora") -> LoraFile:
 class LoraLibrary:
     """Where ``<lora:name>`` looks: explicit LoRAs, LoRA folders, remembered training outputs."""
 
-    def __init__(self, dirs=(), use_registry: bool = True):
+    def __init__(self, dirs=(), use_registry: bool = True, not_found: str | None = None):
         self.dirs = [Path(d).expanduser() for d in dirs]
+        self.not_found = not_found          # what to do about a name not found, where not the CLI's flags
         for d in self.dirs:
             if not d.is_dir():
                 raise UserError(f"--lora-dir {d}: no such folder")
@@ -112,6 +113,8 @@ class LoraLibrary:
         if name in self._explicit:
             return self._explicit[name]
         found = self.available().get(name)
+        if found is None and self.not_found:
+            raise UserError(f"<lora:{name}>: no LoRA of that name; {self.not_found}")
         if found is None:
             where = ", ".join(str(d) for d in self.dirs) or "no --lora-dir given"
             raise UserError(f"<lora:{name}>: no LoRA of that name ({where}; nor among the training outputs made "

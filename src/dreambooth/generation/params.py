@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
+from .masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
 from .samplers import resolve
 
 MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
@@ -42,6 +43,11 @@ class GenerationParams:
     init_image: object = None            # path or PIL image: img2img
     strength: float = 0.75               # img2img / inpainting denoising strength
     mask: object = None                  # path or PIL image, white = repaint: inpainting
+    mask_blur: int = 4                   # the WebUI's "Mask blur": the mask's edge feathered (px; 0: hard)
+    only_masked: bool = False            # the WebUI's "Inpaint area: Only masked" (else "Whole picture")
+    masked_padding: int = 32             # its "Only masked padding, pixels"
+    masked_content: str = "original"     # its "Masked content": "original", or "fill" (the colours around it)
+    eta: float | None = None             # the WebUI's eta: DDIM's (None: 0); the stochastic samplers draw at 1
     clip_skip: int = 1                   # the WebUI's "Clip skip": SD1's text encoder stops N layers from its end
     keep: int | None = None              # a replay: make the one batch, keep only its image ``keep`` (0-based)
 
@@ -56,6 +62,10 @@ class GenerationParams:
         check_seed("--seed", self.seed)
         check_value("--cfg", self.cfg_scale, float, 0, 100)
         check_value("--strength", self.strength, float, 0, 1)
+        check_value("--mask-blur", self.mask_blur, int, 0, MAX_MASK_BLUR)
+        check_value("--masked-padding", self.masked_padding, int, 0, MAX_MASKED_PADDING)
+        if self.masked_content not in MASKED_CONTENT:
+            raise UserError(f"--masked-content {self.masked_content!r}: one of {', '.join(MASKED_CONTENT)}")
         if self.init_image is not None and int(self.steps * self.strength) < 1:
             raise UserError(f"--steps {self.steps} with --strength {self.strength:g}: img2img denoises "
                             "steps x strength steps, none here; raise one of them")
@@ -71,8 +81,21 @@ class GenerationParams:
             raise UserError(f"infotext: Batch {self.keep + 1}/{self.batch_size}: not an image of one batch")
         if self.mask is not None and self.init_image is None:
             raise UserError("--mask needs --init-image (the image to inpaint)")
-        resolve(self.sampler, self.schedule)
+        if self.mask is None and (self.only_masked or self.masked_content != "original"):
+            raise UserError(f"--{'only-masked' if self.only_masked else 'masked-content'} is for inpainting: "
+                            "give --init-image and --mask (white = repaint)")
+        row, _ = resolve(self.sampler, self.schedule)
+        if self.eta is not None:
+            check_value("--eta", self.eta, float, 0, 1)
+            if row.eta == "one" and self.eta != 1:
+                raise UserError(f"--eta {self.eta:g}: {row.name} draws its noise at eta 1 here (diffusers' sampler has "
+                                "no other); DDIM takes any eta")
         return self
+
+    @property
+    def sampler_eta(self) -> float:
+        """The eta the scheduler is given: DDIM's (0 unless set); the others take none (0)."""
+        return (self.eta or 0.0) if resolve(self.sampler, self.schedule)[0].eta == "free" else 0.0
 
     def with_seed(self) -> "GenerationParams":
         """A random seed in place of -1 (the run's first seed, then fixed for every image)."""
@@ -102,6 +125,11 @@ class GenerationParams:
             width=num("Size-1", int, None),
             height=num("Size-2", int, None),
             strength=num("Denoising strength", float, 0.75),
+            mask_blur=num("Mask blur", int, 4),
+            only_masked=info.get("Inpaint area") == "Only masked",
+            masked_padding=num("Masked area padding", int, 32),
+            masked_content=info.get("Masked content", "original"),
+            eta=num("Eta DDIM", float, None),
             clip_skip=num("Clip skip", int, 1),
         )
         # "Batch: 3/4": made as the third image of a batch of 4; remade by replaying that batch, since a

@@ -49,6 +49,9 @@ class Sampler:
     schedules: tuple = _ALL           # schedule types this scheduler can do
     aliases: tuple = ()
     note: str = ""
+    # The WebUI's eta: "free" (DDIM's, 0 unless given), "one" (the stochastic samplers draw at 1:
+    # diffusers' have no other), "" (a deterministic sampler: eta changes nothing, as in the WebUI)
+    eta: str = ""
 
 
 _MULTISTEP = "DPMSolverMultistepScheduler"
@@ -59,28 +62,30 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2M", _MULTISTEP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "Karras",
             aliases=("k_dpmpp_2m",)),
     Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, "Karras", schedules=("Automatic", "Uniform", *_SIGMAS),
-            aliases=("k_dpmpp_sde",)),
+            aliases=("k_dpmpp_sde",), eta="one"),
     Sampler("DPM++ 2M SDE", _MULTISTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential",
-            aliases=("k_dpmpp_2m_sde",), note="Gaussian noise where the WebUI uses Brownian-tree noise"),
+            aliases=("k_dpmpp_2m_sde",), note="Gaussian noise where the WebUI uses Brownian-tree noise", eta="one"),
     Sampler("DPM++ 2M SDE Heun", _MULTISTEP,
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}, "Exponential",
-            aliases=("k_dpmpp_2m_sde_heun",), note="Gaussian noise where the WebUI uses Brownian-tree noise"),
+            aliases=("k_dpmpp_2m_sde_heun",), note="Gaussian noise where the WebUI uses Brownian-tree noise",
+            eta="one"),
     Sampler("DPM++ 2S a", _SINGLESTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
                                         "lower_order_final": True}, "Karras",
             schedules=("Automatic", "Uniform", *_SIGMAS), aliases=("k_dpmpp_2s_a",),
-            note="nearest equivalent: single-step 2nd-order SDE DPM-Solver++ (diffusers has no 2S ancestral)"),
+            note="nearest equivalent: single-step 2nd-order SDE DPM-Solver++ (diffusers has no 2S ancestral)",
+            eta="one"),
     Sampler("DPM++ 3M SDE", _MULTISTEP, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential",
-            aliases=("k_dpmpp_3m_sde",), note="Gaussian noise where the WebUI uses Brownian-tree noise"),
+            aliases=("k_dpmpp_3m_sde",), note="Gaussian noise where the WebUI uses Brownian-tree noise", eta="one"),
     Sampler("Euler a", _EULER_A, {}, "Uniform", schedules=("Automatic", *_SPACINGS, "Karras", "Exponential"),
             aliases=("k_euler_a", "k_euler_ancestral"),
-            note="Karras/Exponential sigmas applied by a thin subclass (diffusers' class has no option)"),
+            note="Karras/Exponential sigmas applied by a thin subclass (diffusers' class has no option)", eta="one"),
     Sampler("Euler", "EulerDiscreteScheduler", {}, "Uniform", aliases=("k_euler",)),
     Sampler("LMS", "LMSDiscreteScheduler", {}, "Uniform", aliases=("k_lms",)),
     Sampler("Heun", "HeunDiscreteScheduler", {}, "Uniform", aliases=("k_heun",)),
     Sampler("DPM2", "KDPM2DiscreteScheduler", {}, "Karras", aliases=("k_dpm_2",)),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "Karras", aliases=("k_dpm_2_a",)),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "Karras", aliases=("k_dpm_2_a",), eta="one"),
     Sampler("DDIM", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, None,
-            schedules=("Automatic", *_SPACINGS), aliases=("ddim",)),
+            schedules=("Automatic", *_SPACINGS), aliases=("ddim",), eta="free"),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False}, None,
             schedules=("Automatic", *_SPACINGS), aliases=("plms", "pndm")),
     Sampler("UniPC", "UniPCMultistepScheduler", {}, None, aliases=("unipc",)),

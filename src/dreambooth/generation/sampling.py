@@ -37,6 +37,7 @@ from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
 from .infotext import format_infotext
 from .loras import LoraFile
+from .masks import prepare
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import make_scheduler, resolve
@@ -75,6 +76,11 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Model": info.name,
         "VAE": info.vae.name if info.vae else None,
         "Denoising strength": params.strength if img2img else None,
+        "Mask blur": params.mask_blur if params.mask is not None else None,
+        "Inpaint area": "Only masked" if params.mask is not None and params.only_masked else None,
+        "Masked area padding": params.masked_padding if params.mask is not None and params.only_masked else None,
+        "Masked content": "fill" if params.mask is not None and params.masked_content == "fill" else None,
+        "Eta DDIM": params.sampler_eta or None,          # (0, DDIM's own, goes unrecorded, as in the WebUI)
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
         # Ours, for --from-image: where the model and the LoRAs were.
@@ -129,12 +135,17 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     encoder = PromptEncoder(pipeline.pipe, params.clip_skip)
     pipeline.place_for("encode")
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
-    if mask is not None and mask.size != init.size:
-        progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
-    if init is not None:
-        init = init.resize((params.width, params.height), resample=Image.BICUBIC)     # "Just resize"
+    inpainting = None
     if mask is not None:
-        mask = mask.resize((params.width, params.height), resample=Image.BICUBIC)
+        if mask.size != init.size:
+            progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
+        inpainting = prepare(init, mask, params.width, params.height, params.mask_blur, params.only_masked,
+                             params.masked_padding, params.masked_content == "fill")
+        if params.only_masked and inpainting.region is None:
+            progress.warn("--only-masked: the mask is blank, so there is no masked area; nothing is repainted")
+        init, mask = inpainting.init, inpainting.mask
+    elif init is not None:
+        init = init.resize((params.width, params.height), resample=Image.BICUBIC)     # "Just resize"
 
     opened = contextlib.nullcontext(task) if task is not None else \
         progress.task("generating", params.batch_size * params.batch_count)
@@ -147,14 +158,17 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
             for call in calls:
                 if controls.stop() == "interrupt":
                     break
+                done = bar.completed + len(call)
                 images += _call(runner, pipeline, params, call, conditioning,
                                 encoder.family == "sdxl", init, mask, bar, autocast, controls)
+                if bar.completed < done:     # ended early (skipped): the next images count from their first step
+                    bar.advance(done - bar.completed)
             batched = fast_batches and len(seeds) > 1
             for k, (seed, image) in enumerate(zip(seeds, images)):
                 if params.keep is not None and k != params.keep:
                     continue
-                if mask is not None:
-                    image = Image.composite(image, init, mask)        # keep the unmasked pixels exactly
+                if inpainting is not None:
+                    image = inpainting.finish(image)          # beyond the feather: the init's pixels
                 infotext = format_infotext(recorded_prompt, params.negative_prompt,
                                            infotext_params(params, seed, pipeline, loras, init is not None,
                                                            f"{k + 1}/{len(seeds)}" if batched else None, precision))
@@ -219,7 +233,7 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
         return out
 
     call = dict(_embed_kwargs(pos, neg, n, is_xl, runner.unet.dtype, device),
-                num_inference_steps=params.steps, guidance_scale=params.cfg_scale,
+                num_inference_steps=params.steps, guidance_scale=params.cfg_scale, eta=params.sampler_eta,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                 output_type="latent" if autocast else "pil", callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"] + (["add_text_embeds"] if is_xl else []))

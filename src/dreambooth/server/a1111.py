@@ -10,7 +10,10 @@ import binascii
 import io
 import json
 import os
+import re
 import resource
+import time
+from pathlib import Path
 
 import torch
 from fastapi import APIRouter, Request
@@ -20,7 +23,7 @@ from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters
 from ..generation.params import RANGES, GenerationParams
-from ..generation.samplers import SAMPLERS, SCHEDULES
+from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
 from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem,
@@ -31,16 +34,21 @@ from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest
 FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg": "cfg_scale", "--seed": "seed",
           "--batch-size": "batch_size", "--batch-count": "n_iter", "--strength": "denoising_strength",
           "--sampler": "sampler_name", "--schedule": "scheduler", "--prompt": "prompt", "--negative-prompt": "negative_prompt",
-          "--init-image": "init_images", "--mask": "mask"}
+          "--init-image": "init_images", "--mask": "mask",
+          "--mask-blur": "mask_blur", "--eta": "eta", "--only-masked": "inpaint_full_res",
+          "--masked-padding": "inpaint_full_res_padding",
+          "--masked-content": "inpainting_fill"}
+FILLS = {0: "fill", 1: "original"}      # A1111's inpainting_fill (its 2 and 3, latent noise and nothing, are refused)
 EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles",
                "hypernetworks", "script-info", "extensions")
 
 
+_FLAG = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, FIELDS)) + r")(?![\w-])")
+
+
 def api_field_message(message: str) -> str:
-    for flag, name in FIELDS.items():
-        if message.startswith(flag + " ") or message.startswith(flag + ":"):
-            return name + message[len(flag):]
-    return message
+    """The library's message with the API's field names for its flags, wherever they stand."""
+    return _FLAG.sub(lambda m: FIELDS[m.group(1)], message)
 
 
 def decode_image(data: str, field: str, mode: str = "RGB") -> Image.Image:
@@ -87,6 +95,25 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
             raise UserError(f"{name}: {value!r} is not supported by this server (only {allowed[0]!r})")
 
 
+def mask_blur(req: Img2ImgRequest) -> int:
+    """A1111's ``mask_blur`` sets both ways; without it, ``mask_blur_x`` and ``mask_blur_y`` (4 and 4)."""
+    if req.mask_blur is not None:
+        return req.mask_blur
+    if req.mask_blur_x != req.mask_blur_y:
+        raise UserError(f"mask_blur_x {req.mask_blur_x}, mask_blur_y {req.mask_blur_y}: this server feathers a mask "
+                        "alike both ways; give one mask_blur")
+    return req.mask_blur_x
+
+
+def option_value(key: str, value, options: dict):
+    """A whole number sent as a float (``2.0``: JSON from a client that has only floats) for an option
+    that holds whole numbers is that number."""
+    held = options.get(key)
+    if isinstance(held, int) and not isinstance(held, bool) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def check_option(key: str, value, where: str = "") -> None:
     """A UserError naming ``key`` where the server cannot do what ``value`` asks: a value out of a
     GENERATION_OPTIONS range, or other than a FIXED_OPTIONS one."""
@@ -97,12 +124,13 @@ def check_option(key: str, value, where: str = "") -> None:
         raise UserError(f"{where}{key}: {value!r} is not supported by this server (only {FIXED_OPTIONS[key]!r})")
 
 
-def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
+def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = None) -> APIRouter:
+    """``outputs``: where ``save_images`` writes, in A1111's layout (``txt2img-images/<date>/``)."""
     api = APIRouter(prefix="/sdapi/v1")
 
     def params_of(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None):
         _refuse_unsupported(req)
-        overrides = dict(req.override_settings)
+        overrides = {k: option_value(k, v, options) for k, v in req.override_settings.items()}
         model = overrides.pop("sd_model_checkpoint", None)
         vae = overrides.pop("sd_vae", None)
         unknown = sorted(k for k in overrides if k not in options)
@@ -119,38 +147,53 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
         values = dict(steering, prompt=req.prompt, negative_prompt=req.negative_prompt,
                       sampler=req.sampler_name or req.sampler_index or "Euler a", schedule=req.scheduler or "Automatic",
                       steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
-                      batch_size=req.batch_size, batch_count=req.n_iter)
+                      batch_size=req.batch_size, batch_count=req.n_iter, eta=req.eta)
         if init is not None:
-            values.update(init_image=init, mask=mask, strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
+            values.update(init_image=init, strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
+        if mask is not None:
+            values.update(mask=mask, mask_blur=mask_blur(req), only_masked=bool(req.inpaint_full_res),
+                          masked_padding=req.inpaint_full_res_padding, masked_content=FILLS[req.inpainting_fill])
         params = GenerationParams(**values)
         params.check(engine.pipeline.max_side)
-        return params, switch, previews
+        kept = {} if req.override_settings_restore_afterwards else {k: v for k, v in overrides.items() if k in options}
+        return params, switch, previews, kept
+
+    def run(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None) -> ImagesResponse:
+        params, switch, previews, kept = params_of(req, init, mask)
+        folder = None
+        if req.save_images and outputs is not None:
+            folder = outputs / f"{'txt2img' if init is None else 'img2img'}-images" / time.strftime("%Y-%m-%d")
+        response = respond(req, params, engine.generate(params, switch, output_dir=folder, options=previews))
+        options.update(kept)       # override_settings_restore_afterwards false: they stay set, as in A1111
+        return response
 
     def respond(req: Txt2ImgRequest, params: GenerationParams, result) -> ImagesResponse:
         made, (entry, vae) = result
         first = made[0] if made else None
+        sampler, schedule = resolve(params.sampler, params.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
         info = {
             "prompt": req.prompt, "all_prompts": [m.prompt for m in made], "negative_prompt": req.negative_prompt,
             "all_negative_prompts": [m.negative_prompt for m in made], "seed": first.seed if first else req.seed,
             "all_seeds": [m.seed for m in made], "subseed": -1, "all_subseeds": [-1] * len(made),
             "subseed_strength": 0, "width": params.width or req.width, "height": params.height or req.height,
-            "sampler_name": params.sampler, "cfg_scale": params.cfg_scale, "steps": params.steps,
+            "sampler_name": sampler.name, "cfg_scale": params.cfg_scale, "steps": params.steps,
             "batch_size": params.batch_size, "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": entry.name, "sd_model_hash": entry.hash,
             "sd_vae_name": vae.name if vae else None, "sd_vae_hash": None,
             "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.strength if params.init_image is not None else None,
-            "extra_generation_params": {"Schedule type": params.schedule}, "index_of_first_image": 0,
+            "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": 0,
             "infotexts": [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
             "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": "dreambooth",
         }
-        parameters = req.model_dump(exclude={"init_images", "mask"} if isinstance(req, Img2ImgRequest) else set())
+        parameters = req.model_dump()
+        if isinstance(req, Img2ImgRequest) and not req.include_init_images:
+            parameters.update(init_images=None, mask=None)          # echoed only when asked, as A1111 does
         images = [encode_png(m.image, m.infotext) for m in made] if req.send_images else []
         return ImagesResponse(images=images, parameters=parameters, info=json.dumps(info))
 
     @api.post("/txt2img", response_model=ImagesResponse)
     def txt2img(req: Txt2ImgRequest):
-        params, switch, previews = params_of(req)
-        return respond(req, params, engine.generate(params, switch, options=previews))
+        return run(req)
 
     @api.post("/img2img", response_model=ImagesResponse)
     def img2img(req: Img2ImgRequest):
@@ -160,8 +203,7 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
             raise UserError("init_images: one image per request on this server")
         init = decode_image(req.init_images[0], "init_images[0]")
         mask = decode_image(req.mask, "mask", "L") if req.mask else None
-        params, switch, previews = params_of(req, init, mask)
-        return respond(req, params, engine.generate(params, switch, options=previews))
+        return run(req, init, mask)
 
     @api.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest):
@@ -188,6 +230,8 @@ def router(engine: Engine, options: dict, flags: dict) -> APIRouter:
             raise UserError("options: the body is not JSON") from None
         if not isinstance(body, dict):
             raise UserError("options: expected a JSON object of option: value")
+        body = {k: option_value(k, v, options) for k, v in body.items()
+                if k != "sd_checkpoint_hash"}     # GET's hash of the loaded model: derived, so a round trip passes
         unknown = sorted(k for k in body if k not in options and k not in ("sd_model_checkpoint", "sd_vae"))
         if unknown:
             raise UserError(f"{unknown[0]}: not an option of this server")

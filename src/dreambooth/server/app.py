@@ -105,7 +105,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     options = engine.options            # the live-preview ones steer the engine
     options.update({**FIXED_OPTIONS, **{k: default for k, (default, _) in GENERATION_OPTIONS.items()},
                     "sd_checkpoint_cache": 0})
-    app.include_router(a1111.router(engine, options, settings.flags))
+    app.include_router(a1111.router(engine, options, settings.flags, data_dir / "outputs"))
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
 
     if users:

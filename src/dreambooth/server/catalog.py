@@ -27,9 +27,13 @@ class ModelEntry:
 
     @property
     def hash(self) -> str | None:
-        """The WebUI's short hash; computed on first use (a big checkpoint takes seconds), then cached."""
-        if self._hash is None and self.spec != "toy" and Path(self.spec).exists():
-            self._hash = model_hash(Path(self.spec))
+        """The WebUI's short hash, as the infotext's ``Model hash`` (the toy model's and a hub model's
+        too); computed on first use (a big checkpoint takes seconds), then cached."""
+        if self._hash is None:
+            try:
+                self._hash = model_hash(resolve_model(self.spec).path)
+            except (UserError, OSError):        # gone since it was listed: no hash, the request goes on
+                return None
         return self._hash
 
 
@@ -132,7 +136,8 @@ class Catalog:
 
     def library(self) -> LoraLibrary:
         """A LoRA library of exactly the listed LoRAs (never a path from a prompt)."""
-        library = LoraLibrary(use_registry=False)
+        library = LoraLibrary(use_registry=False, not_found="this server's are listed by GET /sdapi/v1/loras and "
+                              "in the web UI (refresh them after adding a file to its --loras-dir)")
         for lora in self.loras().values():
             library.add(lora)
         return library

@@ -79,9 +79,11 @@ class DeviceGate:
 
 @dataclass
 class Progress:
-    """What ``/sdapi/v1/progress`` reports, kept up to date by the progress events of the request."""
+    """What ``/sdapi/v1/progress`` reports, kept up to date by the progress events of the request. As
+    in the WebUI, a job is a batch (``job_count`` is ``n_iter``), and its sampling steps count from 0."""
     job: str = ""
     job_count: int = 0
+    per_job: int = 1                 # images a job makes: the batch size
     job_no: int = 0
     sampling_step: int = 0
     sampling_steps: int = 0
@@ -104,10 +106,10 @@ class Progress:
         if event.kind == "message":
             return
         with self.lock:
-            images = max(event.total, 1)
-            self.fraction = min(1.0, event.completed / images)
-            self.job_no = int(event.completed)
-            self.sampling_step = int(round((event.completed - int(event.completed)) * self.sampling_steps))
+            self.fraction = min(1.0, event.completed / max(event.total, 1))
+            jobs = event.completed / self.per_job + 1e-6         # (a sum of step fractions falls short of whole)
+            self.job_no = int(jobs)
+            self.sampling_step = int((jobs - int(jobs)) * self.sampling_steps)
             self.eta = event.eta or 0.0
 
     def stop(self) -> str | None:
@@ -199,12 +201,13 @@ class Engine:
 
     def _generate(self, params: GenerationParams, output_dir=None, options: dict | None = None) -> list[GeneratedImage]:
         return self._tracked(lambda controls: generate(self.pipeline, params, output_dir, controls=controls),
-                             params.batch_count * params.batch_size, params.steps, options)
+                             params.batch_count * params.batch_size, params.steps, options, params.batch_size)
 
-    def _tracked(self, work, images: int, steps: int, options: dict | None = None):
+    def _tracked(self, work, images: int, steps: int, options: dict | None = None, per_job: int = 1):
         s = self.state
         with s.lock:
-            s.job, s.job_count, s.job_no, s.fraction, s.eta = "txt2img", images, 0, 0.0, 0.0
+            s.job, s.job_count, s.per_job, s.job_no = "txt2img", max(1, images // per_job), per_job, 0
+            s.fraction, s.eta = 0.0, 0.0
             s.sampling_steps, s.sampling_step, s.interrupted, s.skipped, s.preview = steps, 0, False, False, None
             s.watched = False
             s.started = time.time()

@@ -16,6 +16,7 @@ from .errors import ui_error
 
 from ..errors import UserError, exception_line
 from ..generation.grammar import extract_loras
+from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
 from ..generation.params import RANGES, GenerationParams
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..generation.xyz import AXES, run_prompt_matrix, run_xyz
@@ -84,11 +85,13 @@ def controls(prefix: str) -> Controls:
 
 
 def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
-              init=None, mask=None, strength=0.75, clip_skip=1) -> GenerationParams:
+              init=None, mask=None, strength=0.75, clip_skip=1, mask_blur=4, area="Whole picture",
+              padding=32, content="original") -> GenerationParams:
     return GenerationParams(prompt or "", negative or "", sampler, schedule, steps=int(steps), cfg_scale=float(cfg),
                             seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
                             batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
-                            strength=float(strength), clip_skip=int(clip_skip))
+                            strength=float(strength), clip_skip=int(clip_skip), mask_blur=int(mask_blur),
+                            only_masked=area == "Only masked", masked_padding=int(padding), masked_content=content)
 
 
 def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
@@ -161,6 +164,15 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
                                           image_mode="L", elem_id="img2img_mask")
                 extras["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
                                                elem_id="img2img_strength")
+                with gr.Row():
+                    extras["mask_blur"] = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
+                                                    elem_id="img2img_mask_blur")
+                    extras["content"] = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content",
+                                                 elem_id="img2img_masked_content")
+                    extras["area"] = gr.Radio(["Whole picture", "Only masked"], value="Whole picture",
+                                              label="Inpaint area", elem_id="img2img_inpaint_area")
+                    extras["padding"] = gr.Slider(0, MAX_MASKED_PADDING, value=32, step=4,
+                                                  label="Only masked padding, pixels", elem_id="img2img_padding")
         with gr.Column(scale=2):
             with gr.Row():
                 generate_button = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
@@ -178,20 +190,23 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         base = values[:16]
         script, x, y, z, clip_skip = base[11:16]
         init = mask = None
+        inpainting = {}
         strength = 0.75
         if mode == "img2img":
-            editor, upload_mask, strength = values[16], values[17], values[18]
+            editor, upload_mask, strength, mask_blur, content, area, padding = values[16:23]
+            inpainting = dict(mask_blur=mask_blur, content=content, area=area, padding=padding)
             init, mask = _init_and_mask(editor, upload_mask)
             if init is None:
                 raise ui_error("Image: upload an image to start from")
         try:
-            params = params_of(*base[:11], init=init, mask=mask, strength=strength, clip_skip=clip_skip)
+            params = params_of(*base[:11], init=init, mask=mask, strength=strength, clip_skip=clip_skip, **inpainting)
             extract_loras(params.prompt)
         except UserError as exc:
             raise ui_error(str(exc)) from None
         yield from run(engine, params, output / f"{mode}-images", script, x, y, z)
 
-    inputs = c.inputs() + ([extras["init"], extras["mask"], extras["strength"]] if mode == "img2img" else [])
+    img2img = ("init", "mask", "strength", "mask_blur", "content", "area", "padding")
+    inputs = c.inputs() + ([extras[k] for k in img2img] if mode == "img2img" else [])
     generate_button.click(go, inputs=inputs, outputs=[gallery, preview, progress_text, info], concurrency_limit=None)
     interrupt.click(lambda: setattr(engine.state, "interrupted", True) if engine.state.job else None)
     skip.click(lambda: setattr(engine.state, "skipped", True) if engine.state.job else None)

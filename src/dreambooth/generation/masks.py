@@ -1,0 +1,125 @@
+"""Inpainting as the WebUI prepares it.
+
+* The mask's edge is feathered by a Gaussian ("Mask blur", 4 px by default) at the mask's own size.
+* "Whole picture": the init image and the feathered mask are resized to the sampling size; the
+  latents are repainted where the mask is at least half (diffusers' inpainting binarises it, as the
+  WebUI rounds it); the sample is laid over the init image through the feathered mask doubled, so the
+  inner half of the feather is wholly new.
+* "Only masked": the box around the feathered mask, widened by the padding and grown to the sampling
+  size's proportions within the image, is cut out and sampled at the sampling size; the sample is
+  scaled back into the box and laid over the whole init image through the feathered mask. The image
+  keeps the init image's size, and a small masked area gets all the sampling size's pixels.
+* Masked content "fill": the sampler starts from the masked area painted over by the colours around
+  it, not from what was there ("original").
+
+Beyond the feather every pixel is the init image's, exactly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import ndimage
+
+MAX_MASK_BLUR = 64              # the WebUI's sliders
+MAX_MASKED_PADDING = 256
+MASKED_CONTENT = ("original", "fill")      # the WebUI's first two (its latent noise / nothing are not here)
+
+
+def feather(mask: Image.Image, blur: int) -> Image.Image:
+    """``mask`` blurred along x, then y, by a Gaussian of standard deviation ``blur`` pixels, cut at
+    2.5 of them and mirrored at the borders, each pass rounded to 8 bits: the WebUI's OpenCV blur, to
+    within a level. ``blur`` 0: the mask as it is."""
+    if blur <= 0:
+        return mask
+    values = np.asarray(mask.convert("L"), dtype=np.float64)
+    for axis in (1, 0):
+        values = np.round(ndimage.gaussian_filter1d(values, blur, axis=axis, mode="mirror", truncate=2.5))
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+
+
+def overlay(mask: Image.Image) -> Image.Image:
+    """Where a whole-picture sample replaces the init image: the feathered mask, doubled."""
+    return mask.point(lambda v: min(255, 2 * v))
+
+
+def masked_region(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) around ``mask``'s non-zero pixels, widened by ``padding``
+    and grown to ``width:height`` within the image; None for a blank mask."""
+    box = mask.getbbox()
+    if box is None:
+        return None
+    x1, y1 = max(box[0] - padding, 0), max(box[1] - padding, 0)
+    x2, y2 = min(box[2] + padding, mask.width), min(box[3] + padding, mask.height)
+    ratio = width / height
+    if (x2 - x1) / (y2 - y1) > ratio:
+        y1, y2 = _grown(y1, y2, int((x2 - x1) / ratio - (y2 - y1)), mask.height)
+    else:
+        x1, x2 = _grown(x1, x2, int((y2 - y1) * ratio - (x2 - x1)), mask.width)
+    return x1, y1, x2, y2
+
+
+def _grown(low: int, high: int, more: int, size: int) -> tuple[int, int]:
+    """[low, high) with ``more`` added, half before and the rest after, moved back inside [0, size)."""
+    low, high = low - more // 2, high + more - more // 2
+    if high > size:
+        low, high = low - (high - size), size
+    if low < 0:
+        low, high = 0, high - low
+    return low, min(high, size)
+
+
+# The WebUI's "fill": layers of the unmasked pixels blurred ever less (radius, times laid on).
+FILL_LAYERS = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
+
+
+def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """``image`` with its masked area painted over by the colours around it (the WebUI's masked content
+    "fill"), for the sampler to start from there instead of the original's content."""
+    kept = image.convert("RGBA")
+    kept.putalpha(mask.convert("L").point(lambda v: 255 - v))
+    kept = kept.convert("RGBa")              # premultiplied: a blur weighs each colour by how unmasked it is
+    out = Image.new("RGBA", image.size)
+    for radius, times in FILL_LAYERS:
+        layer = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(times):
+            out.alpha_composite(layer)
+    return out.convert("RGB")
+
+
+@dataclass
+class Inpainting:
+    """An inpainting's init image and mask at the sampling size, and how a sample goes back."""
+    init: Image.Image                       # what the sampler starts from
+    mask: Image.Image                       # what it repaints (feathered)
+    base: Image.Image                       # what the sample is laid over: the init image (at the sampling size)
+    cover: Image.Image                      # where the sample replaces it
+    region: tuple[int, int, int, int] | None = None     # "Only masked": the box sampled
+
+    def finish(self, sample: Image.Image) -> Image.Image:
+        if self.region is None:
+            return Image.composite(sample, self.base, self.cover)
+        x1, y1, x2, y2 = self.region
+        placed = self.base.copy()
+        placed.paste(sample.resize((x2 - x1, y2 - y1), resample=Image.LANCZOS), (x1, y1))
+        return Image.composite(placed, self.base, self.cover)
+
+
+def prepare(init: Image.Image, mask: Image.Image, width: int, height: int, blur: int,
+            only_masked: bool = False, padding: int = 0, filled: bool = False) -> Inpainting:
+    """The :class:`Inpainting` of ``init`` under ``mask`` (stretched to the init image's size) sampled
+    at ``width`` x ``height``; ``filled``: starting from :func:`fill`. A blank mask has no "Only
+    masked" box: the whole picture is kept."""
+    if mask.size != init.size:
+        mask = mask.resize(init.size, resample=Image.BICUBIC)
+    feathered = feather(mask, blur)
+    region = masked_region(feathered, padding, width, height) if only_masked else None
+    if region is None:
+        base = init.resize((width, height), resample=Image.BICUBIC)
+        small = feathered.resize((width, height), resample=Image.BICUBIC)
+        start = fill(base, small) if filled else base
+        return Inpainting(start, small, base, overlay(small))
+    size = (width, height)
+    small = feathered.crop(region).resize(size, resample=Image.LANCZOS)
+    start = init.crop(region).resize(size, resample=Image.LANCZOS)
+    return Inpainting(fill(start, small) if filled else start, small, init, feathered, region)
