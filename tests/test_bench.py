@@ -97,6 +97,15 @@ def test_bench_end_to_end(tiny_sd1, dog_photos, tmp_path_factory):
     assert "| **this run** |" in md and "0.668" in md and "CC BY 4.0" in md and "raw cosine" in md
     assert "grids/00-a-dog-in-the-jungle.png" in md
     assert "DINO" in stdout
+    again = ("bench", "--model", tiny_sd1, "--real", dog_photos, "--subject", "dog", "--images-per-prompt", "1",
+             "--steps", "1", "--size", "32", "--dino-model", dino, "--clip-model", clip, "--output", out)
+    code, _, err = run_cli(*again)                          # an earlier run's results: kept unless asked
+    assert code == 2 and "holds report.json, report.md, grids, images, class_images from an earlier run" in err
+    assert json.loads((out / "report.json").read_text()) == report
+    code, _, err = run_cli(*again, "--overwrite")
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["counts"]["generated"] == 25
+    assert not (out / "class_images").exists() and len(list((out / "images").rglob("*.png"))) == 25
 
 
 def test_bench_needs_class_and_kind(tiny_sd1, dog_photos, tmp_path):

@@ -143,6 +143,29 @@ def test_evaluate_matches_independent_computation(models, folders, reference, tm
     assert "DINO" in stdout and "CLIP-T" in stdout
 
 
+def test_an_earlier_evaluation_is_replaced_only_when_asked(models, folders, tmp_path):
+    args = ("--real", folders["real"], "--generated", folders["generated"])
+    _evaluate(models, tmp_path, *args)
+    (tmp_path / "metrics.json").write_text("{}")                # (to tell it from a new one)
+    code, _, err = run_cli("evaluate", "--dino-model", models[0], "--clip-model", models[1], "--output", tmp_path, *args)
+    assert code == 2 and "holds metrics.json from an earlier run; pass --overwrite" in err and err.count("\n") == 1
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+    metrics, _ = _evaluate(models, tmp_path, *args, "--overwrite")
+    assert "dino" in metrics
+
+
+def test_grid_images_are_not_scored(models, folders, tmp_path):
+    """A prompt matrix's or a plot's folder holds its grid beside the images: the grid is not an image."""
+    import shutil
+    generated = tmp_path / "generated"
+    shutil.copytree(folders["generated"], generated)
+    first = sorted(generated.iterdir())[0]
+    shutil.copy(first, generated / "grid-00001-1.png")
+    with_grid, _ = _evaluate(models, tmp_path / "a", "--real", folders["real"], "--generated", generated)
+    plain, _ = _evaluate(models, tmp_path / "b", "--real", folders["real"], "--generated", folders["generated"])
+    assert with_grid["counts"] == plain["counts"] and with_grid["dino"] == plain["dino"]
+
+
 def test_identical_sets_give_mean_self_similarity(models, folders, reference, tmp_path):
     gen = folders["generated"]
     metrics, _ = _evaluate(models, tmp_path, "--real", gen, "--generated", gen)
@@ -256,6 +279,10 @@ def test_prompt_errors(folders, models, tmp_path):
     assert code == 2 and "1 prompts for 4 generated images" in err
     code, _, err = run_cli(*base, "--generated", tmp_path / "nowhere")
     assert code == 2 and "no such folder" in err
+    first = sorted(folders["plain"].iterdir())[0].name
+    (tmp_path / "map.json").write_text(json.dumps({first: 5}))
+    code, _, err = run_cli(*base, "--generated", folders["plain"], "--prompts", tmp_path / "map.json")
+    assert code == 2 and f"{first}: 5 is not a prompt" in err, err
 
 
 # ----- helpers -----------------------------------------------------------------------------------------

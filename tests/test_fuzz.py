@@ -123,7 +123,10 @@ def generate_cases(w) -> list[list[str]]:
               ["--prompt", "a dog <lora:nobody:1>"], ["--prompt", "a dog <hypernet:x:1>"],
               ["--prompt", "a dog <lora:x:heavy>"], ["--prompt", "a dog", "--prompt-matrix"],   # no '|' to vary
               ["--x", "Colour: red"], ["--x", "Steps: 0, 5"], ["--y", "CFG scale: nan"], ["--z", "Seed: x"],
-              ["--x", "Sampler: Foo"], ["--x", "Size: 12x12"], ["--prompt-matrix", "--x", "Steps: 1"]]
+              ["--x", "Sampler: Foo"], ["--x", "Size: 12x12"], ["--prompt-matrix", "--x", "Steps: 1"],
+              # plots past 10,000 images: refused before anything is made (a long range once took all the memory)
+              ["--x", "Seed: 1-100000000"], ["--x", "Seed: 1-5 [100000000]"], ["--x", "Seed: 1-200", "--y", "Steps: 1-60"],
+              ["--prompt", "|".join("abcdefghijklmnopqrstuvwxyz"), "--prompt-matrix"]]
     return cases
 
 

@@ -542,3 +542,17 @@ def test_progress_events_and_the_terminal_bar(sd1, monkeypatch, capsys):
     assert events[-1].rate and events[-1].eta == pytest.approx(0)
     err = capsys.readouterr().err
     assert "generating" in err and "2/2" in err
+
+
+def test_an_output_folder_it_cannot_write_fails_before_the_model_loads(tmp_path, monkeypatch):
+    """(A read-only file system, as root too.) One line, and nothing loaded or made."""
+    import os
+
+    from conftest import run_cli
+    from dreambooth.cli import generate as cli
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real(path, mode))
+    monkeypatch.setattr(cli, "load_generation_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    code, _, err = run_cli("generate", "--model", "toy", "--prompt", "a dog", "--output", tmp_path / "images")
+    assert code == 2 and f"--output {tmp_path / 'images'}: cannot write there" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "images").exists()

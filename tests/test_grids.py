@@ -104,6 +104,10 @@ def test_xyz_run(sd1, tmp_path):
     grid = Image.open(result.grid_path)
     assert grid.width > 4 * 16 and grid.height > 2 * 16
     assert len(list(tmp_path.glob("0000*-4.png"))) == 8
+    for x, message in (("CFG scale: 5, nan", "--x CFG scale: nan: "), ("Size: 16x16, 12x12", "--x Size: 12x12: ")):
+        with pytest.raises(UserError) as err:        # the axis value named, before anything is made
+            run_xyz(sd1, params, x=x, output_dir=tmp_path / "bad")
+        assert str(err.value).startswith(message) and not (tmp_path / "bad").exists(), str(err.value)
 
 
 def test_xyz_seed_axis_and_cli(tiny_sd1, tmp_path):

@@ -41,6 +41,14 @@ def test_bad_model_specs(spec, needle, tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(UserError, match="no model_index.json"):
         resolve_model(str(empty))
+    with pytest.raises(UserError, match="--model: empty; give a diffusers folder"):
+        resolve_model("  ")
+    lora = tmp_path / "my_lora"                 # a LoRA training output is named as one, with its base model
+    lora.mkdir()
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (lora / "training_args.json").write_text('{"model": "base/model"}')
+    with pytest.raises(UserError, match=r"a LoRA training output, not a model; give its base model \(base/model\)"):
+        resolve_model(str(lora))
 
 
 def test_families_are_read_from_components(tiny_sd1, tiny_sd2, tiny_sdxl):
@@ -62,6 +70,9 @@ def test_vae_replacement(tiny_sd1, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), vae.state_dict().values()))
     with pytest.raises(UserError, match="--vae"):
         load_pipeline(str(tiny_sd1), vae=str(tmp_path / "missing"))
+    (tmp_path / "model.txt").write_text("not a VAE")
+    with pytest.raises(UserError, match="model.txt: not a VAE file; expected .safetensors"):
+        load_pipeline(str(tiny_sd1), vae=str(tmp_path / "model.txt"))
 
 
 def test_vae_runs_in_bf16_under_bf16_even_when_it_asks_for_fp32_under_fp16(tiny_sdxl, dog_photos, tmp_path):

@@ -120,6 +120,26 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_resumes(tiny_sd1,
     assert code == 0 and "trained 5 steps" in stdout, err
 
 
+def test_a_checkpoint_past_max_steps_is_refused_and_the_finished_model_kept(tiny_sd1, dog_photos, old_model):
+    """(Its last checkpoint is at step 2.) A run resumed with --max-steps below the checkpoint's step
+    would train nothing and replace the finished model with it."""
+    before = snapshot(old_model)
+    for resume in ("latest", old_model / "checkpoints" / "checkpoint-000002"):
+        code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                               "--max-steps", "1", "--output", old_model, "--resume", resume)
+        one_line_error(code, err, "the checkpoint is at step 2, past --max-steps 1", "--max-steps 2 or more")
+    assert snapshot(old_model) == before
+
+
+def test_the_step_a_checkpoint_holds_is_checked_when_it_is_loaded():
+    """A checkpoint folder renamed (its name says no step) is checked by the step its state holds."""
+    from dreambooth.training.checkpoint import check_within_run
+    check_within_run(Path("renamed"), None, 2)
+    check_within_run(Path("renamed"), 2, 2)
+    with pytest.raises(UserError, match="at step 3, past --max-steps 2"):
+        check_within_run(Path("renamed"), 3, 2)
+
+
 # ----- damaged state -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("damage, name", [
@@ -142,6 +162,26 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_skipped_by_latest(damage, n
     assert code == 0, err
     assert f"skipping {newest}" in err and name.split(":")[0] in err
     assert "resumed from" in err and "checkpoint-000001" in err
+
+
+def test_class_images_of_another_class_prompt_are_refused(tiny_sd1, dog_photos, tmp_path):
+    """The class images an earlier run kept (its output's, kept on --overwrite) were made for its class
+    prompt: a run with another one stops before using them, and the old output is as it was."""
+    out = tmp_path / "run"
+    base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--output", out]
+    code, _, err = run_cli(*base, "--class-prompt", "a photo of dog")
+    assert code == 0, err
+    before = snapshot(out)
+    code, _, err = run_cli(*base, "--class-prompt", "a photo of cat", "--overwrite")
+    one_line_error(code, err, "--class-prompt 'a photo of cat'", "2 class image(s) made for 'a photo of dog'",
+                   "class-00000.png", "move them away")
+    assert snapshot(out) == before
+    own = tmp_path / "own"                                  # the user's own class photos carry no infotext: used
+    own.mkdir()
+    for k, path in enumerate(sorted((out / "class_images").iterdir())):
+        Image.open(path).save(own / f"cat{k}.png")
+    code, _, err = run_cli(*base, "--class-prompt", "a photo of cat", "--overwrite", "--class-dir", own)
+    assert code == 0, err
 
 
 def test_a_damaged_class_image_is_made_again(tiny_sd1, dog_photos, tmp_path):

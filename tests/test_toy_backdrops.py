@@ -129,9 +129,17 @@ def test_trainer_encodes_recoloured_pictures_without_caching_them(tiny_sd1, back
     assert {key[0] for key in trainer.latent_cache.kept} == {i for i in seen if i is not None}   # (index, crop, flip)
 
 
-def test_the_cli_passes_the_toy_transform_only_with_the_toy_preset():
+def test_the_cli_passes_the_toy_transform_only_with_the_toy_preset(tmp_path):
     from dreambooth.toy.backdrops import uses_toy_preset
+    from dreambooth.training.config import PRESET_DIR
     assert uses_toy_preset(None, "toy") and uses_toy_preset("toy", "other/model")
-    assert uses_toy_preset("/x/configs/toy.yaml", "m")
+    copy = tmp_path / "configs" / "toy.yaml"                  # the repository's configs/toy.yaml is a copy
+    copy.parent.mkdir()
+    copy.write_bytes((PRESET_DIR / "toy.yaml").read_bytes())
+    assert uses_toy_preset(str(copy), "m")
+    own = tmp_path / "myproject" / "toy.yaml"                 # a user's own file of that name is not the toy preset
+    own.parent.mkdir()
+    own.write_text("max_steps: 300\n")
+    assert not uses_toy_preset(str(own), "m")
     assert not uses_toy_preset(None, "stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert not uses_toy_preset("sd15-lora", "toy")

@@ -7,7 +7,8 @@
   ``training_args.json``, ``class_images/class-00012.png``, ``checkpoints/checkpoint-000100``,
   ``validation/step-000050.png`` (and its images in ``validation/step-000050/``), ``metrics.csv``,
   ``curve.png`` and ``best/`` beside them;
-* a DreamBench run: ``images/``, ``grids/``, ``report.json``, ``report.md``;
+* an evaluation: ``metrics.json``; a DreamBench run: ``images/``, ``grids/``, ``report.json``, ``report.md``
+  (an earlier run's are replaced only when asked: ``--overwrite``);
 * saved weights get the permissions of any file the user writes (0644 under the usual umask):
   safetensors writes 0600.
 """
@@ -18,14 +19,41 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UserError
+
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 TRAINING_ARGS_FILE = "training_args.json"
 CLASS_IMAGES_DIR = "class_images"
 CHECKPOINTS_DIR = "checkpoints"
 PREVIOUS_OUTPUT_DIR = ".previous"     # an output --overwrite replaces, until the new run has written its own
 VALIDATION_DIR = "validation"
+GRID_PREFIX = "grid-"                    # a prompt matrix's or a plot's grid image (the WebUI names its own so too)
+METRICS_FILE = "metrics.json"          # dreambooth evaluate's
 _NUMBERED = re.compile(r"^(\d+)-")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def check_output_folder(path: Path, flag: str = "--output") -> None:
+    """A one-line error, before any work, for an output folder that cannot be written: a file in its
+    place, or no writable folder to make it in. Nothing is created."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a folder")
+    parent = path.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise UserError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+
+
+def check_not_replacing(folder: Path, names: tuple[str, ...], overwrite: bool, flag: str = "--output") -> None:
+    """A one-line error where ``folder`` holds any of ``names`` (an earlier run's results) and the
+    user has not asked to replace them (``--overwrite``)."""
+    folder = Path(folder).expanduser()
+    held = [name for name in names if (folder / name).exists()]
+    if held and not overwrite:
+        raise UserError(f"{flag} {folder}: holds {', '.join(held)} from an earlier run; pass --overwrite to replace "
+                        f"{'it' if len(held) == 1 else 'them'}, or choose another {flag}")
 
 
 # ----- generated images ------------------------------------------------------------------------
@@ -92,6 +120,7 @@ VALIDATION_BEST_INFO = "best.json"
 # a DreamBench run's folder: images/NN-slug/, grids/NN-slug.png, class_images/, the reports
 BENCH_REPORT_JSON = "report.json"
 BENCH_REPORT_MD = "report.md"
+BENCH_RESULTS = (BENCH_REPORT_JSON, BENCH_REPORT_MD, "grids", "images", "class_images")     # all a run writes
 
 
 # ----- permissions -----------------------------------------------------------------------------

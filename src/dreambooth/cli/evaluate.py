@@ -14,6 +14,7 @@ from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline
 from ..images import list_images
 from ..models.specs import trained_clip_skip
+from ..outputs import BENCH_RESULTS, check_not_replacing
 
 DINO_HELP = "DINO ViT: a folder or a hub id in the local cache (default facebook/dino-vits16)."
 CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai/clip-vit-base-patch32)."
@@ -21,7 +22,8 @@ CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai
 
 @click.command("evaluate")
 @click.option("--real", required=True, type=click.Path(file_okay=False), help="Folder of real photos of the subject.")
-@click.option("--generated", required=True, type=click.Path(file_okay=False), help="Folder of generated images.")
+@click.option("--generated", required=True, type=click.Path(file_okay=False),
+              help="Folder of generated images (grid-*.png, the grids of a prompt matrix or a plot, are left out).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Prompts of the generated images: a text file, one line per image in sorted file-name order, "
                    "or a JSON object file name -> prompt (default: each PNG's infotext).")
@@ -35,8 +37,9 @@ CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for metrics.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the metrics.json an earlier evaluation left in --output.")
 def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, class_generated, div, dino_model,
-                 clip_model, device, batch_size, output):
+                 clip_model, device, batch_size, output, overwrite):
     """Score generated images against real photos of the subject, as the DreamBooth paper does.
 
     DINO and CLIP-I: mean cosine similarity over all (generated, real) pairs of image embeddings.
@@ -45,7 +48,8 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
     """
     result = evaluate_dirs(real, generated, output, prompts_file=prompts_file, identifier=identifier,
                            keep_identifier=keep_identifier, class_generated_dir=class_generated, div=div,
-                           dino_model=dino_model, clip_model=clip_model, device=device, batch_size=batch_size)
+                           dino_model=dino_model, clip_model=clip_model, device=device, batch_size=batch_size,
+                           overwrite=overwrite)
     click.echo(format_summary(result))
     click.echo(f"wrote {Path(output) / 'metrics.json'}")
 
@@ -86,12 +90,14 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto", show_default=True,
               help="Pipeline precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run's images, grids and reports in --output.")
 def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,
               schedule, steps, cfg, seed, size, negative_prompt, clip_skip, fast_batches, pres, pres_images, div,
-              dino_model, clip_model, device, dtype, output):
+              dino_model, clip_model, device, dtype, output, overwrite):
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
     DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
     class_name, kind = subject_settings(subject, class_name, kind)
+    check_not_replacing(output, BENCH_RESULTS, overwrite)          # before the models load
     real_files = list_images(real, "--real")
     if clip_skip is None:                                   # a training output, sampled as it was trained
         clip_skip = trained_clip_skip(model) or 1
@@ -102,7 +108,7 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
                                         model_config=model_config)
     settings = {"subject": subject, "model": model, "loras": list(loras), "vae": vae, "size": size, "real": str(real)}
     report = run_bench(pipeline, params, real_files, class_name, kind, output, identifier, images_per_prompt,
-                       pres, pres_images, div, evaluator, settings, fast_batches)
+                       pres, pres_images, div, evaluator, settings, fast_batches, overwrite=overwrite)
     click.echo(format_summary({**report["metrics"], "unavailable": report.get("unavailable", {})}))
     click.echo(f"wrote {Path(output) / 'report.md'}")
 

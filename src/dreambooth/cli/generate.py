@@ -1,6 +1,7 @@
 """``dreambooth generate``: the WebUI's txt2img / img2img on any model we can load or train."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,13 +15,27 @@ from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
-from ..generation.xyz import parse_axis, run_prompt_matrix, run_xyz
+from ..generation.xyz import check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
 from ..models.specs import trained_clip_skip
+from ..outputs import check_output_folder
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None) -> None:
+    """``params.check()``; a bad value that came from ``--from-image``'s infotext, not from a flag given,
+    is said to be the image's."""
+    try:
+        params.check()
+    except UserError as exc:
+        flag = str(exc).split(" ", 1)[0].rstrip(":")
+        option = next((p for p in ctx.command.params if flag in p.opts), None)
+        if from_image is None or (option is not None and _explicit(ctx, option.name)):
+            raise
+        raise UserError(f"--from-image {from_image}: its infotext gives {exc}") from None
 
 
 @click.command("generate", context_settings={"show_default": True})
@@ -108,12 +123,17 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         info = parse_generation_parameters(text)
         if dtype == "auto" and info.get("Precision") in DTYPES:      # remade in the precision it was made in
             dtype = info["Precision"]
-        params = GenerationParams.from_infotext(info, **{k: v for k, v in values.items() if _explicit(ctx, k)})
+        try:
+            params = GenerationParams.from_infotext(info, **{k: v for k, v in values.items() if _explicit(ctx, k)})
+        except UserError as exc:
+            raise UserError(f"--from-image {from_image}: {exc}") from None
         recorded_model, recorded_loras = sources_from_infotext(info)
         for name, path in recorded_loras.items():        # <lora:name> in the recorded prompt finds its file
             library.add(replace(lora_from_path(path), name=name))
         if model is None:
             model = recorded_model
+            if model is None and not ({"Model", "Model hash"} & set(info)):
+                raise UserError(f"--from-image {from_image}: its infotext names no model; pass --model")
             if model is None:
                 raise UserError(f"--from-image {from_image}: made with Model: {info.get('Model', '?')} "
                                 f"(hash {info.get('Model hash', '?')}), not found here; pass --model")
@@ -134,10 +154,13 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     for flag, path in (("--init-image", params.init_image), ("--mask", params.mask)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path}: no such file")
-    params.check()
-    for flag, axis in (("--x", x_axis), ("--y", y_axis), ("--z", z_axis)):
-        if axis:
-            parse_axis(axis, flag)
+    _check(ctx, params, from_image)
+    check_output_folder(output)                 # before the model loads and the images are made
+    axes = [parse_axis(axis, flag) for flag, axis in (("--x", x_axis), ("--y", y_axis), ("--z", z_axis)) if axis]
+    if axes:
+        check_plot_size(math.prod(len(axis.values) for axis in axes), params, "--x/--y/--z")
+    if prompt_matrix:
+        check_plot_size(len(prompt_matrix_prompts(params.prompt)[0]), params, "--prompt-matrix")
 
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
                                         dtype=DTYPES[dtype], model_config=model_config, library=library,

@@ -19,17 +19,18 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 from .. import progress
-from ..errors import UserError
+from ..errors import UserError, file_operation
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
 from ..grid import annotated_grid
 from ..images import open_image, write_png
-from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD
+from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, check_not_replacing
 from .metrics import Evaluator, finite
 from .prompts import DEFAULT_IDENTIFIER, strip_identifier
 from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
@@ -86,10 +87,12 @@ def subject_settings(subject: str | None, class_name: str | None, kind: str | No
 def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequence, class_name: str, kind: str,
               output: str | Path, identifier: str = DEFAULT_IDENTIFIER, images_per_prompt: int = 4,
               pres: bool = False, pres_images: int = 16, div: bool = False, evaluator: Evaluator | None = None,
-              settings: dict | None = None, fast_batches: bool = True, max_prompts: int | None = None) -> dict:
+              settings: dict | None = None, fast_batches: bool = True, max_prompts: int | None = None,
+              overwrite: bool = False) -> dict:
     """Generate the DreamBench images on ``pipeline`` with ``params`` (its prompt is ignored; its seed
     is the first seed of every prompt), score them against ``real`` (images or paths) and write the report.
-    ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol."""
+    ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol. An earlier
+    run's results in ``output`` are replaced (removed first) only with ``overwrite``."""
     if images_per_prompt < 1:
         raise UserError(f"--images-per-prompt {images_per_prompt}: must be at least 1")
     if div and images_per_prompt < 2:
@@ -97,8 +100,15 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
     if params.seed < 0:
         raise UserError(f"--seed {params.seed}: DreamBench needs a fixed first seed (0 or more)")
     output = Path(output).expanduser()
-    output.mkdir(parents=True, exist_ok=True)
+    check_not_replacing(output, BENCH_RESULTS, overwrite)
     evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing
+    for path in [output / name for name in BENCH_RESULTS] if overwrite else ():
+        with file_operation("replace an earlier run's results", "--output"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
     reference = evaluator.reference([im if not isinstance(im, (str, Path)) else open_image(im, "--real") for im in real])
     prompts = dreambench_prompts(kind, identifier, class_name)[:max_prompts]
     per_prompt = params.replace(batch_size=images_per_prompt, batch_count=1)

@@ -42,6 +42,7 @@ from PIL import Image
 from ..devices import pick_device
 from ..errors import UserError
 from ..images import as_image, list_images, open_image
+from ..outputs import GRID_PREFIX, METRICS_FILE, check_not_replacing
 from .encoders import DEFAULT_CLIP, DEFAULT_DINO, LPIPS_SIZE, ClipEncoder, DinoEncoder, resize_center_crop, resolve_encoder
 from .prompts import DEFAULT_IDENTIFIER, read_png_prompt, read_prompts_file, strip_identifier
 
@@ -242,10 +243,15 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
                   prompts_file: str | Path | None = None, identifier: str | None = DEFAULT_IDENTIFIER,
                   keep_identifier: bool = False, class_generated_dir: str | Path | None = None, div: bool = False,
                   dino_model: str | None = None, clip_model: str | None = None, device: str | None = None,
-                  batch_size: int = 16, evaluator: Evaluator | None = None) -> dict:
-    """The ``dreambooth evaluate`` command as a function: writes ``output_dir/metrics.json``."""
+                  batch_size: int = 16, evaluator: Evaluator | None = None, overwrite: bool = False) -> dict:
+    """The ``dreambooth evaluate`` command as a function: writes ``output_dir/metrics.json`` (one
+    there already only with ``overwrite``)."""
+    if output_dir is not None:
+        check_not_replacing(output_dir, (METRICS_FILE,), overwrite)
     real_files = list_images(real_dir, "--real")
-    gen_files = list_images(generated_dir, "--generated")
+    gen_files = [f for f in list_images(generated_dir, "--generated") if not f.name.startswith(GRID_PREFIX)]
+    if not gen_files:
+        raise UserError(f"--generated {generated_dir}: only grid images ({GRID_PREFIX}*.png), no generated images")
     class_files = list_images(class_generated_dir, "--class-generated") if class_generated_dir else None
     if prompts_file:
         prompts = read_prompts_file(prompts_file, gen_files)
@@ -267,7 +273,7 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
     if output_dir is not None:
         out = Path(output_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(finite(result), indent=2) + "\n")
+        (out / METRICS_FILE).write_text(json.dumps(finite(result), indent=2) + "\n")
     return result
 
 

@@ -47,8 +47,10 @@ def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
         prompts = []
         for f in files:
             value = mapping.get(f.name, mapping.get(f.stem))
-            if not isinstance(value, str):
+            if value is None:
                 raise UserError(f"--prompts {path}: no prompt for {f.name} (keys are file names)")
+            if not isinstance(value, str):
+                raise UserError(f"--prompts {path}: {f.name}: {json.dumps(value)} is not a prompt (give text)")
             prompts.append(value)
         return prompts
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -114,6 +114,8 @@ class GenerationParams:
                 return kind(info[key]) if key in info and info[key] != "" else default
             except (TypeError, ValueError):
                 raise UserError(f"infotext: {key}: {info[key]!r} is not a number") from None
+        if "Size" in info and "Size-1" not in info:          # (the parser splits only WIDTHxHEIGHT)
+            raise UserError(f"infotext: Size: {info['Size']!r} is not WIDTHxHEIGHT")
         params = cls(
             prompt=info.get("Prompt", ""),
             negative_prompt=info.get("Negative prompt", ""),

@@ -26,11 +26,23 @@ from .. import progress
 from ..errors import UserError
 from ..grid import annotated_grid
 from ..images import write_png
-from ..outputs import claim_numbered
+from ..outputs import GRID_PREFIX, claim_numbered
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import SCHEDULES, resolve
 from .sampling import GeneratedImage, generate, resolve_params
+
+# A plot or a matrix past this many images is a range or a '|' typed too long, not a plan: refused
+# before anything is made (a Seed range of 10**8 values once took the machine's whole memory, silently).
+MAX_PLOT_IMAGES = 10_000
+
+
+def check_plot_size(cells: int, params: GenerationParams, what: str) -> None:
+    images = cells * params.batch_size * params.batch_count
+    if images > MAX_PLOT_IMAGES:
+        raise UserError(f"{what}: {cells:,} cells x {params.batch_size * params.batch_count} images each is {images:,} "
+                        f"images; a plot makes at most {MAX_PLOT_IMAGES:,}")
+
 
 # ----------------------------------------------------------------------------------------------
 # Prompt matrix
@@ -43,6 +55,9 @@ def prompt_matrix_prompts(prompt: str) -> tuple[list[str], list[str]]:
     parts = prompt.split("|")
     base = parts[0].strip()
     variable = [p.strip().strip(",").strip() for p in parts[1:]]
+    if 2 ** len(variable) > MAX_PLOT_IMAGES:
+        raise UserError(f"--prompt-matrix: {len(variable)} '|' parts make {2 ** len(variable):,} prompts; "
+                        f"a matrix makes at most {MAX_PLOT_IMAGES:,} images ({MAX_PLOT_IMAGES.bit_length() - 1} parts)")
     prompts = []
     for k in range(2 ** len(variable)):
         chosen = [v for j, v in enumerate(variable) if k & (1 << j)]
@@ -61,7 +76,7 @@ def _save_grid(grid, output_dir: Path | None, first: GeneratedImage) -> Path | N
     """``grid-NNNNN-<seed>.png`` with the first cell's infotext."""
     if output_dir is None:
         return None
-    return write_png(grid, claim_numbered(output_dir, first.seed, prefix="grid-"), first.infotext)
+    return write_png(grid, claim_numbered(output_dir, first.seed, prefix=GRID_PREFIX), first.infotext)
 
 
 def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None,
@@ -69,6 +84,7 @@ def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, ou
     prompts, variable = prompt_matrix_prompts(params.prompt)
     if not variable:
         raise UserError("--prompt-matrix: the prompt has no '|'; write it as 'base|part 1|part 2'")
+    check_plot_size(len(prompts), params, "--prompt-matrix")
     params, _, _ = resolve_params(pipeline, params)            # one seed and size for every cell
     results, cells = [], []
     with progress.task("prompt matrix", len(prompts) * params.batch_size * params.batch_count) as bar:
@@ -145,12 +161,19 @@ def _number(text: str, kind: type, flag: str, label: str):
         raise UserError(f"{flag} {label}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
+def _check_count(count: int, item: str, flag: str, label: str) -> None:
+    if count > MAX_PLOT_IMAGES:              # before the values are made: a long range is refused at once
+        raise UserError(f"{flag} {label}: range {item!r} has {count:,} values; a plot makes at most "
+                        f"{MAX_PLOT_IMAGES:,} images")
+
+
 def _expand_numbers(items: list[str], kind: type, flag: str, label: str) -> list:
     values = []
     for item in items:
         m = _RANGE_COUNT.match(item)
         if m:
             a, b = (_number(x, float, flag, label) for x in m.group(1, 2))
+            _check_count(int(m.group(3)), item, flag, label)
             seq = np.linspace(a, b, int(m.group(3)))
             values += [int(round(x)) for x in seq] if kind is int else [float(round(x, 8)) for x in seq]
             continue
@@ -161,6 +184,7 @@ def _expand_numbers(items: list[str], kind: type, flag: str, label: str) -> list
             if step == 0 or (b - a) * step < 0:
                 raise UserError(f"{flag} {label}: range {item!r} never reaches its end")
             count = int(np.floor((b - a) / step + 1e-9)) + 1
+            _check_count(count, item, flag, label)
             values += [kind(round(a + k * step, 8)) if kind is float else a + k * step for k in range(count)]
             continue
         values.append(_number(item, kind, flag, label))
@@ -225,6 +249,7 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
     xs = ax_x.values if ax_x else [None]
     ys = ax_y.values if ax_y else [None]
     zs = ax_z.values if ax_z else [None]
+    check_plot_size(len(xs) * len(ys) * len(zs), params, "--x/--y/--z")
 
     # Build and check every cell before generating anything.
     cells = {}
@@ -233,7 +258,11 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         for flag, axis, value in (("--x", ax_x, vx), ("--y", ax_y, vy), ("--z", ax_z, vz)):
             if axis is not None:
                 p = apply_axis(p, axis, value, flag)
-        cells[iz, iy, ix] = p.check()
+                try:
+                    p.check()
+                except UserError as exc:         # name the axis value, not a flag the user did not give
+                    raise UserError(f"{flag} {axis.label_for(value)}: {exc}") from None
+        cells[iz, iy, ix] = p
 
     results, images = [], {}
     with progress.task("X/Y/Z plot", sum(p.batch_size * p.batch_count for p in cells.values())) as bar:

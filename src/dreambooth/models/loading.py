@@ -10,7 +10,7 @@ import torch
 
 from ..errors import UserError
 from .families import family_of
-from .specs import hub_snapshot, is_hub_id, offline, resolve_model
+from .specs import SINGLE_FILE_SUFFIXES, hub_snapshot, is_hub_id, offline, resolve_model
 
 
 def quiet_libraries() -> None:
@@ -71,6 +71,9 @@ def load_vae(spec: str, dtype: torch.dtype | None = None):
     path = Path(spec).expanduser()
     try:
         if path.is_file():
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise UserError(f"--vae {spec}: not a VAE file; expected {' or '.join(SINGLE_FILE_SUFFIXES)}, "
+                                "or a diffusers AutoencoderKL folder")
             return AutoencoderKL.from_single_file(str(path), **_dtype_kwargs(dtype))
         if path.is_dir():
             sub = "vae" if (path / "vae" / "config.json").exists() else None
@@ -82,7 +85,8 @@ def load_vae(spec: str, dtype: torch.dtype | None = None):
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"--vae {spec}: cannot load ({type(exc).__name__})") from exc
+        why = (str(exc).splitlines() or [""])[0][:160]
+        raise UserError(f"--vae {spec}: cannot load ({type(exc).__name__}{': ' + why if why else ''})") from exc
     raise UserError(f"--vae {spec}: no such folder or file, and not a hub id")
 
 

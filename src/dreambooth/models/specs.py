@@ -55,6 +55,8 @@ def hub_snapshot(repo_id: str, flag: str, patterns: tuple[str, ...] = ("*.json",
 def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
     """Turn what the user wrote into a folder or file on disk, or a one-line error."""
     spec = str(spec)
+    if not spec.strip():
+        raise UserError(f"{flag}: empty; give a diffusers folder, a .safetensors/.ckpt file, a hub id or toy")
     if spec == "toy":
         if not (TOY_MODEL_DIR / "model_index.json").exists():
             raise UserError(f"{flag} toy: the toy model's weights are not in this install "
@@ -64,6 +66,9 @@ def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
     if path.is_dir():
         if (path / "model_index.json").exists():
             return ModelRef(spec, "folder", path)
+        if is_lora_output(path):
+            raise UserError(f"{flag} {spec}: a LoRA training output, not a model; give its base model "
+                            f"({training_args(path, flag).get('model', '?')}) here, or --resume to go on training it")
         raise UserError(f"{flag} {spec}: folder has no model_index.json; give a diffusers pipeline folder, "
                         "a .safetensors/.ckpt file or a hub id")
     if path.is_file():

@@ -18,13 +18,13 @@ The measurements behind these values are in docs/toy-benchmark.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..training.config import PRESET_DIR, preset_file
 from ..training.data import Example
 from ..training.masks import find_backdrop
 from .world import PALETTE
@@ -125,10 +125,12 @@ class ToyBackdrops:
 
 
 def uses_toy_preset(preset: str | None, model: str | None) -> bool:
-    """The toy preset is in use: asked for (``--config toy``), or applied for ``--model toy``."""
+    """The toy preset is in use: asked for (``--config toy``, or a copy of its file, as the repository's
+    configs/toy.yaml), or applied for ``--model toy``. A file of the user's own that happens to be
+    called toy.yaml is not it."""
     if preset is None:
         return model == "toy"
-    return Path(preset).name in ("toy", "toy.yaml")
+    return preset_file(preset).read_bytes() == (PRESET_DIR / "toy.yaml").read_bytes()
 
 
 def toy_transforms() -> list[ToyBackdrops]:

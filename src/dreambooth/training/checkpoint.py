@@ -107,8 +107,24 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def find_checkpoint(resume: str, output: Path) -> Path:
-    """The checkpoint ``--resume`` names, intact: ``latest`` is the newest intact one of ``output``."""
+def check_within_run(path: Path, step: int | None, max_steps: int) -> None:
+    """A checkpoint past the run's last step (``--max-steps`` lowered) cannot be resumed: the run
+    would end at once with nothing trained and replace the finished output."""
+    if step is not None and step > max_steps:
+        raise UserError(f"--resume {path}: the checkpoint is at step {step}, past --max-steps {max_steps}; "
+                        f"give --max-steps {step} or more to go on from it")
+
+
+def find_checkpoint(resume: str, output: Path, max_steps: int | None = None) -> Path:
+    """The checkpoint ``--resume`` names, intact: ``latest`` is the newest intact one of ``output``;
+    with ``max_steps``, one within the run (by its name here; by its state when it is loaded)."""
+    path = _found_checkpoint(resume, output)
+    if max_steps is not None:
+        check_within_run(path, checkpoint_step(path), max_steps)
+    return path
+
+
+def _found_checkpoint(resume: str, output: Path) -> Path:
     if resume == "latest":
         found = list_checkpoints(output)
         if not found:
@@ -250,6 +266,7 @@ def resume_run(run, path: Path) -> None:
     acc = run.accelerator
     state = load_checkpoint(path, run.trainables, run.optimizer, run.settings(), (acc.process_index, acc.num_processes),
                             is_sharded(acc))
+    check_within_run(path, state["step"], run.config.max_steps)
     run.step, run.losses, run.skipped = state["step"], state["losses"], state["skipped"]
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
     run.stream.load_state_dict(state["stream"])

@@ -271,15 +271,21 @@ def _one(item: Any, typ: type) -> Any:
     return item if isinstance(item, str) else _INVALID
 
 
+def preset_file(path_or_name: str) -> Path:
+    """The YAML file of a preset: a file path, else the shipped preset of that name (``sd15-lora``)."""
+    path = Path(path_or_name).expanduser()
+    if path.is_file():
+        return path
+    shipped = PRESET_DIR / f"{path_or_name.removesuffix('.yaml')}.yaml"
+    if not shipped.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise UserError(f"--config {path_or_name}: no such file or shipped preset (shipped: {names})")
+    return shipped
+
+
 def load_preset(path_or_name: str) -> dict[str, Any]:
     """Read a YAML preset: a file path, or the name of a shipped preset (``sd15-lora``)."""
-    path = Path(path_or_name).expanduser()
-    if not path.is_file():
-        shipped = PRESET_DIR / f"{path_or_name.removesuffix('.yaml')}.yaml"
-        if not shipped.is_file():
-            names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-            raise UserError(f"--config {path_or_name}: no such file or shipped preset (shipped: {names})")
-        path = shipped
+    path = preset_file(path_or_name)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

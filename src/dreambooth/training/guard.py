@@ -25,9 +25,10 @@ from .. import progress
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
-from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR
+from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, check_output_folder
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .prior import class_folder, refuse_other_prompts
 
 KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
 
@@ -37,25 +38,15 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def _writable_parent(path: Path) -> Path | None:
-    """The nearest existing folder that would hold ``path``, if it is not writable."""
-    parent = path.expanduser().absolute()
-    while not parent.exists():
-        parent = parent.parent
-    return None if os.access(parent, os.W_OK | os.X_OK) and parent.is_dir() else parent
-
-
 def check_inputs(cfg: TrainConfig) -> None:
     """One-line errors for inputs and an output that cannot work, before anything is written."""
     output = Path(cfg.output).expanduser()
     list_files(cfg.instance_dir, "--instance-dir")            # a readable folder (or a one-line error)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output}: exists and is not a folder")
-    blocked = _writable_parent(output)
-    if blocked is not None:
-        raise UserError(f"--output {output}: cannot write there ({blocked} is not a writable folder)")
+    check_output_folder(output)
     if cfg.class_dir and Path(cfg.class_dir).expanduser().exists() and not Path(cfg.class_dir).expanduser().is_dir():
         raise UserError(f"--class-dir {cfg.class_dir}: exists and is not a folder")
+    if cfg.use_prior:
+        refuse_other_prompts(class_folder(cfg), cfg.class_prompt)
     if cfg.validate_every:       # models named explicitly must be there (the defaults may be missing: grids only)
         for flag, spec in (("--dino-model", cfg.dino_model), ("--clip-model", cfg.clip_model)):
             if spec:

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .. import progress
+from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
@@ -53,6 +54,26 @@ def _damaged(path: Path) -> str | None:
     except UserError as exc:
         return str(exc)
     return None
+
+
+def refuse_other_prompts(folder: Path, prompt: str) -> None:
+    """Class images made for another class prompt (their infotext says so; images without one are the
+    user's own) would teach the prior of the wrong class: a one-line error, before any is used."""
+    other = {}
+    for path in existing_class_images(folder):
+        try:
+            text = read_infotext(path)
+        except UserError:            # damaged: made again (or passed over) when the class images are made
+            continue
+        made_for = parse_generation_parameters(text).get("Prompt") if text else None
+        if made_for is not None and made_for.strip() != prompt.strip():
+            other.setdefault(made_for, []).append(path.name)
+    if other:
+        made_for, names = next(iter(other.items()))
+        count = sum(map(len, other.values()))
+        raise UserError(f"--class-prompt {prompt!r}: {folder} holds {count} class image(s) made for {made_for!r} "
+                        f"({', '.join(names[:3])}{' ...' if count > 3 else ''}); move them away, or give --class-dir "
+                        "another folder")
 
 
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,

@@ -81,7 +81,7 @@ class Trainer:
         # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
         check_inputs(cfg)
         check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self._warn)
-        self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output) if cfg.resume else None
+        self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output, cfg.max_steps) if cfg.resume else None
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
         self.family = adapter_for(pipe)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor

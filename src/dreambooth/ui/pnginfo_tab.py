@@ -29,8 +29,8 @@ def tab(txt2img: Controls, tabs: gr.Tabs):
 
     def to_txt2img(infotext: str):
         info = parse_generation_parameters(infotext or "")
-        p = GenerationParams.from_infotext(info)
         try:
+            p = GenerationParams.from_infotext(info)              # (a malformed number or size: one line)
             row, schedule = resolve(p.sampler, p.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
         except UserError as exc:
             raise ui_error(str(exc)) from None
