@@ -110,6 +110,21 @@ def test_xyz_run(sd1, tmp_path):
         assert str(err.value).startswith(message) and not (tmp_path / "bad").exists(), str(err.value)
 
 
+def test_an_interrupt_stops_a_plot_and_a_matrix(sd1, tmp_path):
+    """A server's Interrupt (``Controls``) reaches the scripts: what was made is kept, no more cells, no grid."""
+    from dreambooth.generation.sampling import Controls
+    params = GenerationParams("a dog|red|big", steps=2, width=16, height=16, seed=4)
+    for run in (lambda c: run_xyz(sd1, params, x="Seed: 1, 2, 3, 4, 5, 6", output_dir=tmp_path / "xyz", controls=c),
+                lambda c: run_prompt_matrix(sd1, params, tmp_path / "matrix", controls=c)):
+        asked = []
+
+        def stop():
+            asked.append(1)
+            return "interrupt" if len(asked) > 7 else None     # during the second cell
+        result = run(Controls(stop=stop))
+        assert len(result.images) == 2 and result.grid is None and result.grid_path is None
+
+
 def test_xyz_seed_axis_and_cli(tiny_sd1, tmp_path):
     code, out, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "a dog", "--steps", "1", "--width", "16",
                              "--height", "16", "--seed", "1", "--x", "Seed: 1-3", "--output", tmp_path)

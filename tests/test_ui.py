@@ -4,6 +4,7 @@ screenshot of each tab there (the README shows them)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -63,6 +64,14 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
+def toast(page, text: str) -> None:
+    """Wait for an error toast holding ``text``; no traceback in any."""
+    page.wait_for_function("t => Array.from(document.querySelectorAll('.toast-body')).some(e => e.textContent.includes(t))",
+                           arg=text, timeout=30_000)
+    shown = page.evaluate("Array.from(document.querySelectorAll('.toast-body')).map(e => e.textContent).join(' ')")
+    assert "Traceback" not in shown and "preprocess" not in shown, shown
+
+
 def number(page, selector: str, value) -> None:
     page.fill(f"{selector} input[type=number]", str(value))
     page.press(f"{selector} input[type=number]", "Enter")
@@ -97,6 +106,11 @@ def test_txt2img_equals_the_api_and_the_cli(page, site, tmp_path):
     assert code == 0, err
     cli = np.asarray(Image.open(stdout.split()[-1]))
     assert np.array_equal(np.asarray(image), cli) and np.array_equal(np.asarray(api.image), cli)
+    page.click("#txt2img_send")                    # as the WebUI: the image and its settings
+    page.wait_for_function("(document.querySelector('#img2img_prompt textarea') || {value: ''}).value"
+                           ".includes('a red circle')", timeout=30_000)
+    assert page.input_value("#img2img_seed input") == "7" and page.input_value("#img2img_width input[type=number]") == "32"
+    assert page.input_value("#img2img_steps input[type=number]") == "20"
 
 
 def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
@@ -104,7 +118,20 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     png = write_png(Image.new("RGB", (32, 32), (10, 200, 10)), tmp_path / "a.png",
                     "a purple cross\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 5, "
                     "Seed: 4242, Size: 32x32, Clip skip: 2")
+    page.click("button[role=tab][data-tab-id='txt2img']")
+    page.fill("#txt2img_prompt textarea", "my own prompt")
     page.click("button[role=tab][data-tab-id='pnginfo']")
+    (tmp_path / "garbage.png").write_text("not an image at all")
+    page.set_input_files("#pnginfo_image input[type=file]", str(tmp_path / "garbage.png"))
+    toast(page, "Image: not a readable image")                      # one line, not gradio's preprocessing error
+    bare = tmp_path / "bare.png"
+    Image.new("RGB", (32, 32)).save(bare)                           # no parameters: nothing is sent
+    page.set_input_files("#pnginfo_image input[type=file]", str(bare))
+    page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('no generation')",
+                           timeout=30_000)
+    page.click("#pnginfo_send")
+    toast(page, "no generation parameters to send")
+    assert page.input_value("#txt2img_prompt textarea") == "my own prompt"
     page.set_input_files("#pnginfo_image input[type=file]", str(png))
     page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('purple')", timeout=30_000)
     shot(page, "pnginfo")
@@ -162,6 +189,12 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     png = txt2img(page, "a sks square on a yellow background", 3, steps=10)
     info = Image.open(io.BytesIO(png)).info["parameters"]
     assert "Model: ui_square" in info and "Clip skip: 2" in info     # the slider followed the model
+    page.click("button[role=tab][data-tab-id='evaluate']")        # the model and the job are listed there too
+    page.click("#eval_model input")
+    page.wait_for_selector("[role=option]:has-text('ui_square')", timeout=30_000)
+    page.keyboard.press("Escape")
+    page.click("#eval_job input")
+    assert page.locator("[role=option]").count() == 1
 
 
 def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
@@ -221,3 +254,13 @@ def test_the_img2img_tabs_inpainting_settings_reach_the_parameters():
     assert (params.mask_blur, params.only_masked, params.masked_padding, params.masked_content) == (2, True, 8, "fill")
     plain = params_of(*base)                                                                  # the WebUI's defaults
     assert (plain.mask_blur, plain.only_masked, plain.masked_padding, plain.masked_content) == (4, False, 32, "original")
+
+
+def test_a_list_setting_that_is_not_numbers_is_one_line():
+    from dreambooth.errors import UserError
+    from dreambooth.ui.train_tab import advanced_fields, overrides_of
+    fields = advanced_fields()
+    values = [f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields]
+    values[[f.name for f in fields].index("validation_seeds")] = "a, b"
+    with pytest.raises(UserError, match="validation seeds: 'a, b': give int values separated by commas"):
+        overrides_of(values)

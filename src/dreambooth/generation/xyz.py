@@ -30,7 +30,7 @@ from ..outputs import GRID_PREFIX, claim_numbered
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import SCHEDULES, resolve
-from .sampling import GeneratedImage, generate, resolve_params
+from .sampling import Controls, GeneratedImage, generate, resolve_params
 
 # A plot or a matrix past this many images is a range or a '|' typed too long, not a plan: refused
 # before anything is made (a Seed range of 10**8 values once took the machine's whole memory, silently).
@@ -79,8 +79,14 @@ def _save_grid(grid, output_dir: Path | None, first: GeneratedImage) -> Path | N
     return write_png(grid, claim_numbered(output_dir, first.seed, prefix=GRID_PREFIX), first.infotext)
 
 
+def _interrupted(controls: Controls | None) -> bool:
+    return controls is not None and controls.stop() == "interrupt"
+
+
 def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None = None,
-                      fast_batches: bool = True) -> GridResult:
+                      fast_batches: bool = True, controls: Controls | None = None) -> GridResult:
+    """``controls``: a server's interrupt, skip and previews; an interrupted matrix keeps its images
+    and makes no grid."""
     prompts, variable = prompt_matrix_prompts(params.prompt)
     if not variable:
         raise UserError("--prompt-matrix: the prompt has no '|'; write it as 'base|part 1|part 2'")
@@ -89,7 +95,10 @@ def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, ou
     results, cells = [], []
     with progress.task("prompt matrix", len(prompts) * params.batch_size * params.batch_count) as bar:
         for prompt in prompts:
-            got = generate(pipeline, replace(params, prompt=prompt), output_dir, fast_batches=fast_batches, task=bar)
+            got = [] if _interrupted(controls) else generate(pipeline, replace(params, prompt=prompt), output_dir,
+                                                             fast_batches=fast_batches, task=bar, controls=controls)
+            if not got:
+                return GridResult(results, None, None)
             results += got
             cells.append(got[0].image)
     across = (len(variable) + 1) // 2
@@ -237,8 +246,10 @@ def apply_axis(params: GenerationParams, axis: Axis, value, flag: str = "--x") -
 
 
 def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | None = None, y: str | None = None,
-            z: str | None = None, output_dir: Path | None = None, fast_batches: bool = True) -> GridResult:
-    """An X/Y/Z plot: one cell per value combination, one seed for all (unless Seed is an axis)."""
+            z: str | None = None, output_dir: Path | None = None, fast_batches: bool = True,
+            controls: Controls | None = None) -> GridResult:
+    """An X/Y/Z plot: one cell per value combination, one seed for all (unless Seed is an axis).
+    ``controls``: as :func:`run_prompt_matrix`'s."""
     axes = []
     for flag, text in (("--x", x), ("--y", y), ("--z", z)):
         axes.append(parse_axis(text, flag) if text else None)
@@ -267,7 +278,10 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
     results, images = [], {}
     with progress.task("X/Y/Z plot", sum(p.batch_size * p.batch_count for p in cells.values())) as bar:
         for key, p in cells.items():
-            got = generate(pipeline, p, output_dir, fast_batches=fast_batches, task=bar)
+            got = [] if _interrupted(controls) else generate(pipeline, p, output_dir, fast_batches=fast_batches,
+                                                             task=bar, controls=controls)
+            if not got:
+                return GridResult(results, None, None)
             results += got
             images[key] = got[0].image
 

@@ -184,10 +184,10 @@ class Engine:
                     self.load(*before)
 
     def run(self, work):
-        """Any generation function ``work(pipeline)`` (prompt matrix, X/Y/Z) under the same rules as
-        ``generate``: its turn on the device, progress, interrupt."""
+        """Any generation function ``work(pipeline, controls)`` (prompt matrix, X/Y/Z) under the same
+        rules as ``generate``: its turn on the device, progress, interrupt, skip and live previews."""
         with self.gate.request():
-            return self._tracked(lambda controls: work(self.pipeline), 1, 0)
+            return self._tracked(lambda controls: work(self.pipeline, controls), 1, 0)
 
     def run_on(self, entry: ModelEntry, work):
         """``work(pipeline)`` on ``entry`` (its own VAE), then back to the model loaded before."""

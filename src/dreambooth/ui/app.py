@@ -19,6 +19,7 @@ from ..errors import UserError  # noqa: E402
 from ..models.specs import trained_clip_skip  # noqa: E402
 from . import evaluate_tab, generate_tab, pnginfo_tab, train_tab  # noqa: E402
 from .errors import ui_error  # noqa: E402
+from .pnginfo_tab import pasted, pasted_into  # noqa: E402
 
 # Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111.
 CTRL_ENTER = """
@@ -57,8 +58,8 @@ def build(app) -> gr.Blocks:
                 i2i, _, _, extras, _ = generate_tab.tab(engine, data_dir / "outputs", "img2img")
             with gr.Tab("Train", id="train"):
                 train_tab.tab(engine, store, runner, catalog)
-            with gr.Tab("Evaluate", id="evaluate"):
-                evaluate_tab.tab(engine, store, data_dir)
+            with gr.Tab("Evaluate", id="evaluate") as evaluate:
+                evaluate_lists, evaluate_dropdowns = evaluate_tab.tab(engine, store, data_dir)
             with gr.Tab("PNG Info", id="pnginfo"):
                 pnginfo_tab.tab(t2i, tabs)
 
@@ -103,7 +104,11 @@ def build(app) -> gr.Blocks:
             image = Image.open(path)
             return {"background": image, "layers": [], "composite": image}, gr.Tabs(selected="img2img")
         send.click(to_img2img, [gallery, info], [extras["init"], tabs])
-        send.click(lambda *v: v, [t2i.prompt, t2i.negative], [i2i.prompt, i2i.negative])
+        # as the WebUI: the selected image's settings too, from its infotext
+        send.click(lambda text: pasted(text) if text else [gr.update()] * len(pasted_into(i2i)), info, pasted_into(i2i))
+
+        evaluate.select(evaluate_lists, outputs=evaluate_dropdowns)      # models and jobs finished since
+        ui.load(evaluate_lists, outputs=evaluate_dropdowns)
 
         # the last prompt and settings survive a reload
         fields = [getattr(t2i, name) for name in REMEMBERED]

@@ -32,6 +32,8 @@ def table(metrics: dict) -> pd.DataFrame:
 
 
 def tab(engine: Engine, store, data_dir: Path):
+    """The tab's components; returns (a function that lists the models and finished jobs anew, the two
+    dropdowns it fills), for the page to call when it loads and when the tab is opened."""
     with gr.Row():
         with gr.Column():
             model = gr.Dropdown([m.title for m in engine.catalog.models()], label="Model", elem_id="eval_model")
@@ -86,4 +88,8 @@ def tab(engine: Engine, store, data_dir: Path):
                              for r in rows for k in ("dino", "clip_t") if r.get(k) is not None],
                             columns=["step", "value", "metric"])
     job.change(validation_curve, job, curve)
-    return model
+
+    def lists():
+        return (gr.Dropdown(choices=[m.title for m in engine.catalog.models()]),
+                gr.Dropdown(choices=[j.id for j in store.all() if j.state == "done"]))
+    return lists, [model, job]

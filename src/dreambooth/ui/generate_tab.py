@@ -101,9 +101,10 @@ def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: 
     def work() -> None:
         try:
             if script == "Prompt matrix":
-                box["result"] = engine.run(lambda p: run_prompt_matrix(p, params, output))
+                box["result"] = engine.run(lambda p, c: run_prompt_matrix(p, params, output, controls=c))
             elif script == "X/Y/Z plot":
-                box["result"] = engine.run(lambda p: run_xyz(p, params, x or None, y or None, z or None, output))
+                box["result"] = engine.run(lambda p, c: run_xyz(p, params, x or None, y or None, z or None, output,
+                                                                controls=c))
             else:
                 box["result"] = engine.generate(params, output_dir=output)
         except UserError as exc:

@@ -1,41 +1,63 @@
 """The PNG Info tab: any PNG's parameters (ours or A1111's), and a button that sends them to txt2img."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from .errors import ui_error
 
-from ..generation.infotext import parse_generation_parameters
+from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..errors import UserError
 from ..generation.params import GenerationParams
 from ..generation.samplers import resolve
 from .generate_tab import Controls
 
 
-def infotext_of(image) -> str:
-    if image is None:
-        return ""
-    text = image.info.get("parameters") if hasattr(image, "info") else None
-    return text or "(no generation parameters in this image)"
+NONE = "(no generation parameters in this image)"
+
+
+def infotext_of(path) -> tuple[str, str | None, None]:
+    """(the parameters, the image to show, an empty drop zone for the next file) of an uploaded file: a
+    PNG's chunk, or the EXIF comment the WebUI writes into JPEG and WebP. Read here, not by gradio, so
+    a file that is not an image is one line."""
+    if not path:
+        return "", None, None
+    try:
+        return read_infotext(path, "Image") or NONE, path, None
+    except UserError as exc:               # a warning, so the drop zone is emptied for the next file
+        gr.Warning(html.escape(str(exc).replace(f" {path}", "")))         # (the upload's temporary name)
+        return "", None, None
 
 
 def tab(txt2img: Controls, tabs: gr.Tabs):
     with gr.Row():
-        image = gr.Image(label="Drop a PNG here", type="pil", image_mode=None, elem_id="pnginfo_image")
+        with gr.Column():
+            upload = gr.File(label="Drop a PNG (or an A1111 JPEG / WebP) here", file_types=["image"],
+                             elem_id="pnginfo_image")
+            image = gr.Image(label="Image", interactive=False, elem_id="pnginfo_shown")
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, interactive=False, elem_id="pnginfo_text")
             send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send")
-    image.change(infotext_of, image, text)
+    upload.upload(infotext_of, upload, [text, image, upload])
 
     def to_txt2img(infotext: str):
-        info = parse_generation_parameters(infotext or "")
-        try:
-            p = GenerationParams.from_infotext(info)              # (a malformed number or size: one line)
-            row, schedule = resolve(p.sampler, p.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
-        except UserError as exc:
-            raise ui_error(str(exc)) from None
-        return (p.prompt, p.negative_prompt, row.name, schedule, p.steps, p.cfg_scale, p.width or 512,
-                p.height or 512, p.seed, p.clip_skip, gr.Tabs(selected="txt2img"))
-    c = txt2img
-    send.click(to_txt2img, text, [c.prompt, c.negative, c.sampler, c.schedule, c.steps, c.cfg, c.width, c.height,
-                                  c.seed, c.clip_skip, tabs])
+        if not infotext or infotext == NONE:       # nothing to send: the txt2img settings stay as they are
+            raise ui_error("PNG Info: no generation parameters to send; drop an image made by this studio or A1111")
+        return (*pasted(infotext), gr.Tabs(selected="txt2img"))
+    send.click(to_txt2img, text, [*pasted_into(txt2img), tabs])
+
+
+def pasted(infotext: str) -> tuple:
+    """An infotext's settings as the values of :func:`pasted_into`'s controls (the WebUI's paste)."""
+    try:
+        p = GenerationParams.from_infotext(parse_generation_parameters(infotext))   # (a malformed one: one line)
+        row, schedule = resolve(p.sampler, p.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
+    except UserError as exc:
+        raise ui_error(str(exc)) from None
+    return (p.prompt, p.negative_prompt, row.name, schedule, p.steps, p.cfg_scale, p.width or 512, p.height or 512,
+            p.seed, p.clip_skip)
+
+
+def pasted_into(c: Controls) -> list:
+    return [c.prompt, c.negative, c.sampler, c.schedule, c.steps, c.cfg, c.width, c.height, c.seed, c.clip_skip]

@@ -54,7 +54,12 @@ def overrides_of(values: list) -> dict:
         typ, is_list = field_type(f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if is_list:
-            value = [typ(v.strip()) for v in str(value or "").split(",") if v.strip()] or None
+            items = [v.strip() for v in str(value or "").split(",") if v.strip()]
+            try:
+                value = [typ(v) for v in items] or None
+            except ValueError:
+                raise UserError(f"{f.name.replace('_', ' ')}: {value!r}: give {typ.__name__} values separated by "
+                                "commas") from None
         elif typ is bool and default is None:
             value = {"true": True, "false": False}.get(value)
         elif typ in (int, float) and default is None and not value:
