@@ -161,9 +161,12 @@ def test_grid_images_are_not_scored(models, folders, tmp_path):
     shutil.copytree(folders["generated"], generated)
     first = sorted(generated.iterdir())[0]
     shutil.copy(first, generated / "grid-00001-1.png")
-    with_grid, _ = _evaluate(models, tmp_path / "a", "--real", folders["real"], "--generated", generated)
-    plain, _ = _evaluate(models, tmp_path / "b", "--real", folders["real"], "--generated", folders["generated"])
+    with_grid, _ = _evaluate(models, tmp_path / "a", "--real", folders["real"], "--generated", generated,
+                             "--class-generated", generated)
+    plain, _ = _evaluate(models, tmp_path / "b", "--real", folders["real"], "--generated", folders["generated"],
+                         "--class-generated", folders["generated"])
     assert with_grid["counts"] == plain["counts"] and with_grid["dino"] == plain["dino"]
+    assert with_grid["pres"] == plain["pres"]
 
 
 def test_identical_sets_give_mean_self_similarity(models, folders, reference, tmp_path):

@@ -410,6 +410,7 @@ def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
         (GenerationParams("x", seed=2**70), "--seed"),
         (GenerationParams("x", steps=0), "--steps 0"),
         (GenerationParams("x", mask_blur=65), "--mask-blur 65: must be from 0 to 64"),
+        (GenerationParams("x", only_masked="yes"), "--only-masked 'yes'"),
         (GenerationParams("x", sampler="DDIM", schedule="Karras"), "allowed: Automatic"),
     ]
     for params, message in cases:

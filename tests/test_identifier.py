@@ -52,6 +52,13 @@ def test_lora_ignores_it_with_a_warning(tiny_sd1, dog_photos, tmp_path):
     assert any("--identifier-lr" in w for w in result.warnings)
 
 
+def test_without_a_class_prompt_the_words_it_trains_are_named(tiny_sd1, dog_photos, tmp_path):
+    """No class prompt: no word is known to be the class noun, so 'dog' trains with the identifier. Said."""
+    result = train(_config(tiny_sd1, dog_photos, tmp_path / "o", class_prompt=None, max_steps=1), callbacks=[])
+    said = [w for w in result.warnings if "trains the embeddings of" in w]
+    assert said and "'sks', 'dog'" in said[0] and "--class-prompt (e.g. 'a dog')" in said[0], result.warnings
+
+
 def test_resume_keeps_the_identifier_offset(tiny_sd1, dog_photos, tmp_path):
     common = dict(max_steps=4, checkpoint_every=2, keep_checkpoints=0)
     straight = train(_config(tiny_sd1, dog_photos, tmp_path / "a", **common), callbacks=[])

@@ -239,6 +239,14 @@ class Evaluator:
         return result
 
 
+def generated_images(folder: str | Path, flag: str) -> list[Path]:
+    """A folder's generated images, without the grids a prompt matrix or a plot leaves beside them."""
+    files = [f for f in list_images(folder, flag) if not f.name.startswith(GRID_PREFIX)]
+    if not files:
+        raise UserError(f"{flag} {folder}: only grid images ({GRID_PREFIX}*.png), no generated images")
+    return files
+
+
 def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: str | Path | None = None,
                   prompts_file: str | Path | None = None, identifier: str | None = DEFAULT_IDENTIFIER,
                   keep_identifier: bool = False, class_generated_dir: str | Path | None = None, div: bool = False,
@@ -249,10 +257,8 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
     if output_dir is not None:
         check_not_replacing(output_dir, (METRICS_FILE,), overwrite)
     real_files = list_images(real_dir, "--real")
-    gen_files = [f for f in list_images(generated_dir, "--generated") if not f.name.startswith(GRID_PREFIX)]
-    if not gen_files:
-        raise UserError(f"--generated {generated_dir}: only grid images ({GRID_PREFIX}*.png), no generated images")
-    class_files = list_images(class_generated_dir, "--class-generated") if class_generated_dir else None
+    gen_files = generated_images(generated_dir, "--generated")
+    class_files = generated_images(class_generated_dir, "--class-generated") if class_generated_dir else None
     if prompts_file:
         prompts = read_prompts_file(prompts_file, gen_files)
     else:

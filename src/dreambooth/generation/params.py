@@ -64,6 +64,7 @@ class GenerationParams:
         check_value("--strength", self.strength, float, 0, 1)
         check_value("--mask-blur", self.mask_blur, int, 0, MAX_MASK_BLUR)
         check_value("--masked-padding", self.masked_padding, int, 0, MAX_MASKED_PADDING)
+        check_value("--only-masked", self.only_masked, bool)
         if self.masked_content not in MASKED_CONTENT:
             raise UserError(f"--masked-content {self.masked_content!r}: one of {', '.join(MASKED_CONTENT)}")
         if self.init_image is not None and int(self.steps * self.strength) < 1:

@@ -24,6 +24,7 @@ class TrainResult:
     main_process: bool = True        # False in the other processes of a multi-process run (they write nothing)
     phases: dict[str, float] = field(default_factory=dict)       # phase → wall seconds, and "total" (phases.py)
     phases_within: dict[str, dict[str, float]] = field(default_factory=dict)   # phases run inside another
+    first_step: int = 0              # where this run began: a resumed run's checkpoint step
 
 
 class TrainingStopped(UserError):
@@ -47,8 +48,11 @@ def peak_memory() -> int:
 
 def summary(result: TrainResult) -> str:
     mem = result.peak_memory_bytes / 2**30
-    lines = [f"trained {result.steps} steps in {result.seconds:.1f} s "
-             f"({result.steps / max(result.seconds, 1e-9):.2f} steps/s), peak memory {mem:.2f} GiB",
+    ran = result.steps - result.first_step
+    done = f"trained {result.steps} steps" if not result.first_step else \
+        f"trained to step {result.steps} ({ran} from step {result.first_step})"
+    lines = [f"{done} in {result.seconds:.1f} s ({ran / max(result.seconds, 1e-9):.2f} steps/s), "
+             f"peak memory {mem:.2f} GiB",
              f"final loss {result.losses[-1]:.4f}" if result.losses else "no step ran"]
     if result.skipped_steps:
         lines.append(f"{result.skipped_steps} step(s) skipped for a non-finite loss")

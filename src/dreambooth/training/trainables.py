@@ -69,9 +69,13 @@ def identifier_offsets(family, cfg: TrainConfig, device, warn: Callable[[str], N
     if cfg.method == "lora":
         warn("--identifier-lr is for full fine-tuning (a LoRA file has no place for an embedding); ignored")
         return []
-    if not identifier_words(cfg.instance_prompt, cfg.class_prompt):
+    words = identifier_words(cfg.instance_prompt, cfg.class_prompt)
+    if not words:
         warn("--identifier-lr: the instance prompt has no identifier beyond the class words; ignored")
         return []
+    if not cfg.class_prompt and len(words) > 1:       # without class words, the class noun is trained as well
+        warn(f"--identifier-lr trains the embeddings of {', '.join(repr(w) for w in words)}: without --class-prompt "
+             f"no word of the instance prompt is known to be the class; give --class-prompt (e.g. 'a {words[-1]}')")
     offsets = []
     for tok, te in zip(family.tokenizers, family.text_encoders):
         ids = identifier_token_ids(tok, cfg.instance_prompt, cfg.class_prompt)

@@ -259,7 +259,7 @@ class Trainer:
     # ----- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg, acc = self.config, self.accelerator
-        started, self._nonfinite_in_a_row = time.time(), 0
+        started, first_step, self._nonfinite_in_a_row = time.time(), self.step, 0     # (a resumed run: its step)
         params = [p for m in self.trainables.values() for p in m.parameters() if p.requires_grad]
         for m in self.models:
             m.train()
@@ -313,7 +313,7 @@ class Trainer:
                 keep_best(self.output, self.validator.best_weights())
         acc.wait_for_everyone()           # every process returns once the output is complete
         result = TrainResult(self.output, self.step, self.losses, time.time() - started, peak_memory(), files,
-                             self.skipped, self.warnings, acc.is_main_process)
+                             self.skipped, self.warnings, acc.is_main_process, first_step=first_step)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
