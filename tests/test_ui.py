@@ -250,8 +250,11 @@ def test_login_when_auth_is_on(browser, tmp_path):
 def test_the_img2img_tabs_inpainting_settings_reach_the_parameters():
     from dreambooth.ui.generate_tab import params_of
     base = ("a dog", "", "Euler a", "Automatic", 20, 7, 64, 64, 1, 1, 5)
-    params = params_of(*base, mask_blur=2, area="Only masked", padding=8, content="fill")
+    init, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64), 255)
+    params = params_of(*base, init=init, mask=mask, mask_blur=2, area="Only masked", padding=8, content="fill")
     assert (params.mask_blur, params.only_masked, params.masked_padding, params.masked_content) == (2, True, 8, "fill")
+    plain = params_of(*base, init=init, area="Only masked", content="fill").check()    # img2img without a mask:
+    assert (plain.only_masked, plain.masked_content) == (False, "original")            # the settings stay idle
     plain = params_of(*base)                                                                  # the WebUI's defaults
     assert (plain.mask_blur, plain.only_masked, plain.masked_padding, plain.masked_content) == (4, False, 32, "original")
 

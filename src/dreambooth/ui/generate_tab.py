@@ -91,7 +91,9 @@ def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, ba
                             seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
                             batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
                             strength=float(strength), clip_skip=int(clip_skip), mask_blur=int(mask_blur),
-                            only_masked=area == "Only masked", masked_padding=int(padding), masked_content=content)
+                            # the inpainting settings only where a mask is painted or given: plain img2img ignores them
+                            only_masked=mask is not None and area == "Only masked", masked_padding=int(padding),
+                            masked_content=content if mask is not None else "original")
 
 
 def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
