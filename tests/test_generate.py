@@ -379,6 +379,76 @@ def test_mask_blur_is_the_webuis_gaussian():
     assert feather(Image.fromarray(mask), 0).tobytes() == mask.tobytes()
 
 
+def test_resize_modes_are_the_webuis():
+    """Crop and resize: scaled to cover, the overhang cut evenly; Resize and fill: scaled to fit, centred,
+    the bars filled with the edge rows (columns) stretched out; Just resize: stretched."""
+    from dreambooth.generation.resizing import resized
+    wide = _noise_image(96, 32, seed=4)                     # 3:1 into a square
+    crop = pixels(resized(wide, 32, 32, "Crop and resize"))
+    assert np.array_equal(crop, pixels(wide.resize((96, 32), Image.BICUBIC))[:, 32:64])
+    fitted = pixels(resized(wide, 48, 48, "Resize and fill"))
+    scaled = pixels(wide.resize((48, 16), Image.BICUBIC))
+    assert np.array_equal(fitted[16:32], scaled)
+    assert (fitted[:16] == scaled[0]).all() and (fitted[32:] == scaled[-1]).all()
+    tall = wide.transpose(Image.Transpose.ROTATE_90)         # 1:3 into a square: bars left and right
+    fitted = pixels(resized(tall, 48, 48, "Resize and fill"))
+    scaled = pixels(tall.resize((16, 48), Image.BICUBIC))
+    assert np.array_equal(fitted[:, 16:32], scaled)
+    assert (fitted[:, :16] == scaled[:, :1]).all() and (fitted[:, 32:] == scaled[:, -1:]).all()
+    assert np.array_equal(pixels(resized(tall, 32, 32, "Crop and resize")), pixels(tall.resize((32, 96), Image.BICUBIC))[32:64])
+    assert np.array_equal(pixels(resized(wide, 40, 24)), pixels(wide.resize((40, 24), Image.BICUBIC)))
+
+
+def test_img2img_resize_modes_and_inverted_masks_are_recorded_and_replayed(sd1):
+    """``resize_mode`` meets an init image of other proportions as the WebUI's Resize mode; ``invert_mask``
+    repaints what the mask leaves (Mask mode "Inpaint not masked"). Both are in the infotext, and the
+    infotext makes the same image again."""
+    from dreambooth.generation.infotext import parse_generation_parameters
+    from dreambooth.generation.resizing import resized
+    wide = _noise_image(64, 32, seed=5)
+    base = GenerationParams("a dog", init_image=wide, strength=0.5, steps=3, seed=2, width=32, height=32)
+    (plain,) = generate(sd1, base)
+    assert "Resize mode" not in plain.infotext
+    made = {}
+    for mode in ("Crop and resize", "Resize and fill"):
+        (made[mode],) = generate(sd1, base.replace(resize_mode=mode))
+        assert f"Resize mode: {mode}," in made[mode].infotext
+        again = GenerationParams.from_infotext(parse_generation_parameters(made[mode].infotext), init_image=wide)
+        assert again.resize_mode == mode and np.array_equal(pixels(generate(sd1, again)[0]), pixels(made[mode]))
+    assert len({pixels(r).tobytes() for r in (plain, *made.values())}) == 3
+    # inpainting, the whole picture under a resize mode: beyond the mask and its feather, the init image
+    # as that mode resizes it; inverted, the other side is repainted
+    mask = np.zeros((32, 64), dtype=np.uint8)
+    mask[:, 32:] = 255                                      # the right half (of the crop's 16-48)
+    keep = pixels(resized(wide, 32, 32, "Crop and resize"))
+    painted = base.replace(mask=Image.fromarray(mask), resize_mode="Crop and resize", mask_blur=0, strength=0.9)
+    (right,), (left,) = generate(sd1, painted), generate(sd1, painted.replace(invert_mask=True))
+    assert np.array_equal(pixels(right)[:, :16], keep[:, :16]) and not np.array_equal(pixels(right)[:, 16:], keep[:, 16:])
+    assert np.array_equal(pixels(left)[:, 16:], keep[:, 16:]) and not np.array_equal(pixels(left)[:, :16], keep[:, :16])
+    assert "Mask mode: Inpaint not masked" in left.infotext and "Mask mode" not in right.infotext
+    assert GenerationParams.from_infotext(parse_generation_parameters(left.infotext)).invert_mask
+
+
+def test_an_only_masked_box_the_image_cannot_widen_is_fitted_not_stretched():
+    """The WebUI fits the "Only masked" box into the sampling size as "Resize and fill" (and the sample
+    back as "Crop and resize"): a box wider than the image allows is not stretched."""
+    from dreambooth.generation.masks import prepare
+    from dreambooth.generation.resizing import resized
+    init = _noise_image(64, 16, seed=6)
+    mask = Image.new("L", (64, 16), 0)
+    mask.paste(255, (20, 4, 44, 12))
+    job = prepare(init, mask, 32, 32, blur=0, only_masked=True, padding=0)
+    x1, y1, x2, y2 = job.region
+    assert (y1, y2) == (0, 16) and x2 - x1 == 24                   # as square as the image's 16 rows allow
+    start = pixels(job.init)
+    band = pixels(init.crop(job.region).resize((32, 21), Image.LANCZOS))
+    assert job.init.size == (32, 32) and np.array_equal(start[6:27], band)
+    assert (start[:6] == band[0]).all() and (start[27:] == band[-1]).all()
+    back = job.finish(job.init)                                     # the start image put back as it came
+    assert back.size == (64, 16)
+    assert np.array_equal(pixels(back)[4:12, 20:44], pixels(resized(job.init, 24, 16, "Crop and resize", Image.LANCZOS))[4:12])
+
+
 def test_eta_is_ddims_and_recorded(sd1):
     """The WebUI's eta: DDIM's noise (0, its default, is deterministic and unrecorded); a stochastic
     sampler draws at 1 and refuses another; a deterministic one is unchanged by it."""
@@ -411,6 +481,11 @@ def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
         (GenerationParams("x", steps=0), "--steps 0"),
         (GenerationParams("x", mask_blur=65), "--mask-blur 65: must be from 0 to 64"),
         (GenerationParams("x", only_masked="yes"), "--only-masked 'yes'"),
+        (GenerationParams("x", resize_mode="Stretch"), "--resize-mode 'Stretch': one of Just resize, Crop and resize"),
+        (GenerationParams("x", resize_mode="Crop and resize"), "--resize-mode is for img2img: give --init-image"),
+        (GenerationParams("x", init_image=_noise_image(8, 8), invert_mask=True), "--invert-mask is for inpainting"),
+        (GenerationParams("x", init_image=_noise_image(8, 8), mask=Image.new("L", (8, 8)), only_masked=True,
+                          resize_mode="Resize and fill"), "--resize-mode with --only-masked"),
         (GenerationParams("x", sampler="DDIM", schedule="Karras"), "allowed: Automatic"),
     ]
     for params, message in cases:

@@ -180,6 +180,27 @@ def test_inpainting_as_a1111s_api_defaults_equals_the_cli(api, tmp_path):
     assert np.array_equal(np.asarray(out.image), cli)
 
 
+def test_resize_mode_and_mask_mode_as_the_cli(api, tmp_path):
+    """A1111's ``resize_mode`` (1: Crop and resize) and ``inpainting_mask_invert`` (Inpaint not masked) are
+    the CLI's ``--resize-mode`` and ``--invert-mask``, pixel for pixel."""
+    rng = np.random.default_rng(2)
+    init = Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 32), 0)
+    mask.paste(255, (32, 0, 64, 32))
+    init.save(tmp_path / "init.png")
+    mask.save(tmp_path / "mask.png")
+    common = ("--prompt", "a blue circle", "--seed", "3", "--steps", "4", "--width", "32", "--height", "32",
+              "--init-image", tmp_path / "init.png")
+    out = api.img2img(images=[init], prompt="a blue circle", seed=3, steps=4, width=32, height=32, resize_mode=1)
+    assert "Resize mode: Crop and resize" in out.info["infotexts"][0]
+    assert np.array_equal(np.asarray(out.image), cli_pixels(tmp_path / "crop", *common, "--resize-mode", "crop and resize"))
+    out = api.img2img(images=[init], mask_image=mask, prompt="a blue circle", seed=3, steps=4, width=32, height=32,
+                      inpaint_full_res=False, inpainting_mask_invert=1, inpainting_fill=1)
+    assert "Mask mode: Inpaint not masked" in out.info["infotexts"][0]
+    assert np.array_equal(np.asarray(out.image), cli_pixels(tmp_path / "invert", *common, "--mask", tmp_path / "mask.png",
+                                                            "--invert-mask"))
+
+
 def test_save_images_writes_them_and_init_images_are_echoed_when_asked(api, server):
     """``save_images`` writes each PNG, with its infotext, under the data folder as A1111 lays out its
     outputs; ``include_init_images`` echoes the init image in ``parameters`` (``null`` otherwise)."""
@@ -352,6 +373,8 @@ BAD = [
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask": RED_PNG, "mask_blur_x": 2}, 400,
      "mask_blur_x 2, mask_blur_y 4"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask_round": False}, 400, "mask_round"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "resize_mode": 3}, 400,
+     "resize_mode: 3 is not supported by this server (only 0, 1, 2)"),
     ("/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd"}, 400, "sd_model_checkpoint"),
     ("/sdapi/v1/options", {"sd_vae": "/etc/passwd"}, 400, "sd_vae"),
     ("/sdapi/v1/options", {"no_such_option": 1}, 400, "no_such_option"),

@@ -205,7 +205,7 @@ def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
     page.click("button[role=tab][data-tab-id='img2img']")
     page.wait_for_selector("#img2img_generate")
     for control in ("#img2img_strength", "#img2img_mask_blur", "#img2img_masked_content", "#img2img_inpaint_area",
-                    "#img2img_padding"):
+                    "#img2img_padding", "#img2img_resize_mode", "#img2img_mask_mode"):
         assert page.is_visible(control), control                 # the WebUI's inpainting settings
     shot(page, "img2img")
     page.click("button[role=tab][data-tab-id='evaluate']")
@@ -257,6 +257,13 @@ def test_the_img2img_tabs_inpainting_settings_reach_the_parameters():
     assert (plain.only_masked, plain.masked_content) == (False, "original")            # the settings stay idle
     plain = params_of(*base)                                                                  # the WebUI's defaults
     assert (plain.mask_blur, plain.only_masked, plain.masked_padding, plain.masked_content) == (4, False, 32, "original")
+    assert (plain.resize_mode, plain.invert_mask) == ("Just resize", False)
+    turned = params_of(*base, init=init, mask=mask, resize_mode="Resize and fill", mask_mode="Inpaint not masked").check()
+    assert (turned.resize_mode, turned.invert_mask) == ("Resize and fill", True)
+    # "Only masked" keeps the init image's size whatever the resize mode, as in the WebUI; no mask: no inverting
+    boxed = params_of(*base, init=init, mask=mask, area="Only masked", resize_mode="Crop and resize").check()
+    assert boxed.resize_mode == "Just resize"
+    assert not params_of(*base, init=init, mask_mode="Inpaint not masked").check().invert_mask
 
 
 def test_a_list_setting_that_is_not_numbers_is_one_line():

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
 from ..generation.params import GenerationParams
+from ..generation.resizing import RESIZE_MODES
 from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
@@ -70,6 +71,10 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
               help="Folder for the images (NNNNN-<seed>.png, never overwritten).")
 @click.option("--init-image", type=click.Path(path_type=Path), help="img2img: start from this image.")
 @click.option("--strength", default=0.75, type=float, help="img2img/inpaint denoising strength.")
+@click.option("--resize-mode", type=click.Choice(RESIZE_MODES, case_sensitive=False), default="Just resize",
+              show_default=True, help="img2img, where --init-image's proportions differ from --width x --height: "
+              "stretch it, scale it to cover and crop the overhang, or scale it to fit and fill the bars with its edges "
+              "(the WebUI's Resize mode).")
 @click.option("--mask", type=click.Path(path_type=Path), help="Inpainting mask for --init-image (white = repaint).")
 @click.option("--mask-blur", default=4, type=int, show_default=True,
               help="Inpainting: the mask's edge feathered by a Gaussian of this many pixels (the WebUI's Mask blur; "
@@ -80,6 +85,8 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
               help="--only-masked: pixels of context around the masked area.")
 @click.option("--masked-content", type=click.Choice(["original", "fill"]), default="original", show_default=True,
               help="Inpainting: start from what is under the mask, or from the colours around it (fill).")
+@click.option("--invert-mask", is_flag=True, help="Inpainting: repaint what the mask leaves black and keep what it "
+              "paints white (the WebUI's Mask mode 'Inpaint not masked').")
 @click.option("--eta", type=float, help="DDIM's eta, as the WebUI's (0, its default: deterministic; 1: as much fresh "
               "noise as DDPM). The stochastic samplers (Euler a, the SDE ones) draw at 1.")
 @click.option("--prompt-matrix", is_flag=True, help="Treat 'a|b|c' as a prompt matrix: every combination, one seed, "
@@ -102,7 +109,7 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
                      steps, cfg_scale, seed, width, height, clip_skip, batch_size, batch_count, output, init_image,
-                     strength, mask, mask_blur, only_masked, masked_padding, masked_content, eta,
+                     strength, resize_mode, mask, mask_blur, only_masked, masked_padding, masked_content, invert_mask, eta,
                      prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
                      medvram):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
@@ -114,7 +121,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
                   cfg_scale=cfg_scale, seed=seed, width=width, height=height, clip_skip=clip_skip,
                   batch_size=batch_size, batch_count=batch_count, init_image=init_image, strength=strength, mask=mask,
                   mask_blur=mask_blur, only_masked=only_masked, masked_padding=masked_padding,
-                  masked_content=masked_content, eta=eta)
+                  masked_content=masked_content, eta=eta, resize_mode=resize_mode, invert_mask=invert_mask)
     library = LoraLibrary(lora_dirs)
     if from_image is not None:
         text = read_infotext(from_image, "--from-image")

@@ -11,6 +11,11 @@
   keeps the init image's size, and a small masked area gets all the sampling size's pixels.
 * Masked content "fill": the sampler starts from the masked area painted over by the colours around
   it, not from what was there ("original").
+* Mask mode "Inpaint not masked": the mask inverted first.
+* "Whole picture" takes img2img's resize mode (``resizing``) for the init image and the mask alike;
+  "Only masked" fits its box into the sampling size as "Resize and fill" and the sample back into the
+  box as "Crop and resize", as the WebUI does, so a box the image could not grow to the size's
+  proportions is not stretched.
 
 Beyond the feather every pixel is the init image's, exactly."""
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
+
+from .resizing import resized
 
 MAX_MASK_BLUR = 64              # the WebUI's sliders
 MAX_MASKED_PADDING = 256
@@ -101,25 +108,27 @@ class Inpainting:
             return Image.composite(sample, self.base, self.cover)
         x1, y1, x2, y2 = self.region
         placed = self.base.copy()
-        placed.paste(sample.resize((x2 - x1, y2 - y1), resample=Image.LANCZOS), (x1, y1))
+        placed.paste(resized(sample, x2 - x1, y2 - y1, "Crop and resize", Image.LANCZOS), (x1, y1))
         return Image.composite(placed, self.base, self.cover)
 
 
 def prepare(init: Image.Image, mask: Image.Image, width: int, height: int, blur: int,
-            only_masked: bool = False, padding: int = 0, filled: bool = False) -> Inpainting:
-    """The :class:`Inpainting` of ``init`` under ``mask`` (stretched to the init image's size) sampled
-    at ``width`` x ``height``; ``filled``: starting from :func:`fill`. A blank mask has no "Only
-    masked" box: the whole picture is kept."""
+            only_masked: bool = False, padding: int = 0, filled: bool = False, invert: bool = False,
+            resize_mode: str = "Just resize") -> Inpainting:
+    """The :class:`Inpainting` of ``init`` under ``mask`` (stretched to the init image's size; with
+    ``invert``, what is not masked) sampled at ``width`` x ``height``; ``filled``: starting from
+    :func:`fill`. A blank mask has no "Only masked" box: the whole picture is kept."""
     if mask.size != init.size:
         mask = mask.resize(init.size, resample=Image.BICUBIC)
+    if invert:
+        mask = ImageOps.invert(mask.convert("L"))
     feathered = feather(mask, blur)
     region = masked_region(feathered, padding, width, height) if only_masked else None
     if region is None:
-        base = init.resize((width, height), resample=Image.BICUBIC)
-        small = feathered.resize((width, height), resample=Image.BICUBIC)
+        base = resized(init, width, height, resize_mode)
+        small = resized(feathered, width, height, resize_mode)
         start = fill(base, small) if filled else base
         return Inpainting(start, small, base, overlay(small))
-    size = (width, height)
-    small = feathered.crop(region).resize(size, resample=Image.LANCZOS)
-    start = init.crop(region).resize(size, resample=Image.LANCZOS)
+    small = resized(feathered.crop(region), width, height, "Resize and fill", Image.LANCZOS)
+    start = resized(init.crop(region), width, height, "Resize and fill", Image.LANCZOS)
     return Inpainting(fill(start, small) if filled else start, small, init, feathered, region)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
 from .masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
+from .resizing import RESIZE_MODES
 from .samplers import resolve
 
 MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
@@ -42,11 +43,13 @@ class GenerationParams:
     batch_count: int = 1
     init_image: object = None            # path or PIL image: img2img
     strength: float = 0.75               # img2img / inpainting denoising strength
+    resize_mode: str = "Just resize"     # img2img: how an init image of other proportions meets the size (RESIZE_MODES)
     mask: object = None                  # path or PIL image, white = repaint: inpainting
     mask_blur: int = 4                   # the WebUI's "Mask blur": the mask's edge feathered (px; 0: hard)
     only_masked: bool = False            # the WebUI's "Inpaint area: Only masked" (else "Whole picture")
     masked_padding: int = 32             # its "Only masked padding, pixels"
     masked_content: str = "original"     # its "Masked content": "original", or "fill" (the colours around it)
+    invert_mask: bool = False            # its "Mask mode: Inpaint not masked": repaint what the mask leaves
     eta: float | None = None             # the WebUI's eta: DDIM's (None: 0); the stochastic samplers draw at 1
     clip_skip: int = 1                   # the WebUI's "Clip skip": SD1's text encoder stops N layers from its end
     keep: int | None = None              # a replay: make the one batch, keep only its image ``keep`` (0-based)
@@ -65,6 +68,9 @@ class GenerationParams:
         check_value("--mask-blur", self.mask_blur, int, 0, MAX_MASK_BLUR)
         check_value("--masked-padding", self.masked_padding, int, 0, MAX_MASKED_PADDING)
         check_value("--only-masked", self.only_masked, bool)
+        check_value("--invert-mask", self.invert_mask, bool)
+        if self.resize_mode not in RESIZE_MODES:
+            raise UserError(f"--resize-mode {self.resize_mode!r}: one of {', '.join(RESIZE_MODES)}")
         if self.masked_content not in MASKED_CONTENT:
             raise UserError(f"--masked-content {self.masked_content!r}: one of {', '.join(MASKED_CONTENT)}")
         if self.init_image is not None and int(self.steps * self.strength) < 1:
@@ -82,9 +88,15 @@ class GenerationParams:
             raise UserError(f"infotext: Batch {self.keep + 1}/{self.batch_size}: not an image of one batch")
         if self.mask is not None and self.init_image is None:
             raise UserError("--mask needs --init-image (the image to inpaint)")
-        if self.mask is None and (self.only_masked or self.masked_content != "original"):
-            raise UserError(f"--{'only-masked' if self.only_masked else 'masked-content'} is for inpainting: "
-                            "give --init-image and --mask (white = repaint)")
+        inpainting_only = [flag for flag, used in (("--only-masked", self.only_masked), ("--invert-mask", self.invert_mask),
+                                                   ("--masked-content", self.masked_content != "original")) if used]
+        if self.mask is None and inpainting_only:
+            raise UserError(f"{inpainting_only[0]} is for inpainting: give --init-image and --mask (white = repaint)")
+        if self.resize_mode != "Just resize" and self.init_image is None:
+            raise UserError("--resize-mode is for img2img: give --init-image")
+        if self.resize_mode != "Just resize" and self.mask is not None and self.only_masked:
+            raise UserError("--resize-mode with --only-masked: the image keeps the init image's size and proportions "
+                            "there; leave one of them out")
         row, _ = resolve(self.sampler, self.schedule)
         if self.eta is not None:
             check_value("--eta", self.eta, float, 0, 1)
@@ -128,10 +140,12 @@ class GenerationParams:
             width=num("Size-1", int, None),
             height=num("Size-2", int, None),
             strength=num("Denoising strength", float, 0.75),
+            resize_mode=info.get("Resize mode", "Just resize"),
             mask_blur=num("Mask blur", int, 4),
             only_masked=info.get("Inpaint area") == "Only masked",
             masked_padding=num("Masked area padding", int, 32),
             masked_content=info.get("Masked content", "original"),
+            invert_mask=info.get("Mask mode") == "Inpaint not masked",
             eta=num("Eta DDIM", float, None),
             clip_skip=num("Clip skip", int, 1),
         )

@@ -39,6 +39,7 @@ from .infotext import format_infotext
 from .loras import LoraFile
 from .masks import prepare
 from .params import GenerationParams
+from .resizing import resized
 from .pipeline import GenerationPipeline
 from .samplers import make_scheduler, resolve
 
@@ -76,6 +77,8 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Model": info.name,
         "VAE": info.vae.name if info.vae else None,
         "Denoising strength": params.strength if img2img else None,
+        "Resize mode": params.resize_mode if img2img and params.resize_mode != "Just resize" else None,
+        "Mask mode": "Inpaint not masked" if params.mask is not None and params.invert_mask else None,
         "Mask blur": params.mask_blur if params.mask is not None else None,
         "Inpaint area": "Only masked" if params.mask is not None and params.only_masked else None,
         "Masked area padding": params.masked_padding if params.mask is not None and params.only_masked else None,
@@ -140,12 +143,12 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
         if mask.size != init.size:
             progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
         inpainting = prepare(init, mask, params.width, params.height, params.mask_blur, params.only_masked,
-                             params.masked_padding, params.masked_content == "fill")
+                             params.masked_padding, params.masked_content == "fill", params.invert_mask, params.resize_mode)
         if params.only_masked and inpainting.region is None:
             progress.warn("--only-masked: the mask is blank, so there is no masked area; nothing is repainted")
         init, mask = inpainting.init, inpainting.mask
     elif init is not None:
-        init = init.resize((params.width, params.height), resample=Image.BICUBIC)     # "Just resize"
+        init = resized(init, params.width, params.height, params.resize_mode)
 
     opened = contextlib.nullcontext(task) if task is not None else \
         progress.task("generating", params.batch_size * params.batch_count)

@@ -23,6 +23,7 @@ from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters
 from ..generation.params import RANGES, GenerationParams
+from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
 from ..images import MAX_PIXELS, to_rgb
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
@@ -37,8 +38,11 @@ FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg":
           "--init-image": "init_images", "--mask": "mask",
           "--mask-blur": "mask_blur", "--eta": "eta", "--only-masked": "inpaint_full_res",
           "--masked-padding": "inpaint_full_res_padding",
-          "--masked-content": "inpainting_fill"}
+          "--masked-content": "inpainting_fill", "--resize-mode": "resize_mode",
+          "--invert-mask": "inpainting_mask_invert"}
 FILLS = {0: "fill", 1: "original"}      # A1111's inpainting_fill (its 2 and 3, latent noise and nothing, are refused)
+# A1111's resize_mode (its 3, "Just resize (latent upscale)", is refused)
+RESIZE = dict(enumerate(RESIZE_MODES))
 EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles",
                "hypernetworks", "script-info", "extensions")
 
@@ -92,7 +96,9 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
         value = getattr(req, name)
         allowed = neutral if isinstance(neutral, tuple) else (neutral,)
         if value not in allowed:
-            raise UserError(f"{name}: {value!r} is not supported by this server (only {allowed[0]!r})")
+            several = len(allowed) > 1 and all(type(v) is int for v in allowed)
+            shown = ", ".join(map(repr, allowed)) if several else repr(allowed[0])
+            raise UserError(f"{name}: {value!r} is not supported by this server (only {shown})")
 
 
 def mask_blur(req: Img2ImgRequest) -> int:
@@ -149,10 +155,14 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
                       steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
                       batch_size=req.batch_size, batch_count=req.n_iter, eta=req.eta)
         if init is not None:
-            values.update(init_image=init, strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
+            values.update(init_image=init, strength=req.denoising_strength if req.denoising_strength is not None else 0.75,
+                          resize_mode=RESIZE[req.resize_mode])
         if mask is not None:
             values.update(mask=mask, mask_blur=mask_blur(req), only_masked=bool(req.inpaint_full_res),
-                          masked_padding=req.inpaint_full_res_padding, masked_content=FILLS[req.inpainting_fill])
+                          masked_padding=req.inpaint_full_res_padding, masked_content=FILLS[req.inpainting_fill],
+                          invert_mask=bool(req.inpainting_mask_invert))
+            if req.inpaint_full_res:           # A1111 keeps the init image's size there, whatever the resize mode
+                values.update(resize_mode="Just resize")
         params = GenerationParams(**values)
         params.check(engine.pipeline.max_side)
         kept = {} if req.override_settings_restore_afterwards else {k: v for k, v in overrides.items() if k in options}

@@ -18,6 +18,7 @@ from ..errors import UserError, exception_line
 from ..generation.grammar import extract_loras
 from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
 from ..generation.params import RANGES, GenerationParams
+from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES
 from ..generation.xyz import AXES, run_prompt_matrix, run_xyz
 from ..server.engine import Engine
@@ -86,14 +87,18 @@ def controls(prefix: str) -> Controls:
 
 def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
               init=None, mask=None, strength=0.75, clip_skip=1, mask_blur=4, area="Whole picture",
-              padding=32, content="original") -> GenerationParams:
+              padding=32, content="original", resize_mode="Just resize", mask_mode="Inpaint masked") -> GenerationParams:
     return GenerationParams(prompt or "", negative or "", sampler, schedule, steps=int(steps), cfg_scale=float(cfg),
                             seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
                             batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
                             strength=float(strength), clip_skip=int(clip_skip), mask_blur=int(mask_blur),
                             # the inpainting settings only where a mask is painted or given: plain img2img ignores them
                             only_masked=mask is not None and area == "Only masked", masked_padding=int(padding),
-                            masked_content=content if mask is not None else "original")
+                            masked_content=content if mask is not None else "original",
+                            invert_mask=mask is not None and mask_mode == "Inpaint not masked",
+                            # as in the WebUI, "Only masked" keeps the init image's size whatever the resize mode
+                            resize_mode=resize_mode if init is not None and not (mask is not None and area == "Only masked")
+                            else "Just resize")
 
 
 def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
@@ -165,11 +170,15 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
                                                 elem_id="img2img_image")
                 extras["mask"] = gr.Image(label="Inpainting mask (white = repaint; optional)", type="pil",
                                           image_mode="L", elem_id="img2img_mask")
+                extras["resize_mode"] = gr.Radio(list(RESIZE_MODES), value="Just resize", label="Resize mode",
+                                                 elem_id="img2img_resize_mode")
                 extras["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
                                                elem_id="img2img_strength")
                 with gr.Row():
                     extras["mask_blur"] = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
                                                     elem_id="img2img_mask_blur")
+                    extras["mask_mode"] = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
+                                                   label="Mask mode", elem_id="img2img_mask_mode")
                     extras["content"] = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content",
                                                  elem_id="img2img_masked_content")
                     extras["area"] = gr.Radio(["Whole picture", "Only masked"], value="Whole picture",
@@ -196,8 +205,9 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         inpainting = {}
         strength = 0.75
         if mode == "img2img":
-            editor, upload_mask, strength, mask_blur, content, area, padding = values[16:23]
-            inpainting = dict(mask_blur=mask_blur, content=content, area=area, padding=padding)
+            editor, upload_mask, strength, mask_blur, content, area, padding, resize_mode, mask_mode = values[16:25]
+            inpainting = dict(mask_blur=mask_blur, content=content, area=area, padding=padding,
+                              resize_mode=resize_mode, mask_mode=mask_mode)
             init, mask = _init_and_mask(editor, upload_mask)
             if init is None:
                 raise ui_error("Image: upload an image to start from")
@@ -208,7 +218,7 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
             raise ui_error(str(exc)) from None
         yield from run(engine, params, output / f"{mode}-images", script, x, y, z)
 
-    img2img = ("init", "mask", "strength", "mask_blur", "content", "area", "padding")
+    img2img = ("init", "mask", "strength", "mask_blur", "content", "area", "padding", "resize_mode", "mask_mode")
     inputs = c.inputs() + ([extras[k] for k in img2img] if mode == "img2img" else [])
     generate_button.click(go, inputs=inputs, outputs=[gallery, preview, progress_text, info], concurrency_limit=None)
     interrupt.click(lambda: setattr(engine.state, "interrupted", True) if engine.state.job else None)
