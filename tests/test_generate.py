@@ -345,6 +345,29 @@ def test_fill_paints_the_masked_area_with_the_colours_around_it(sd1):
     assert not np.array_equal(pixels(original)[12:20, 12:20], pixels(filled_start)[12:20, 12:20])
 
 
+def test_latent_noise_and_latent_nothing_replace_the_latents_under_the_mask(sd1, sdxl):
+    """The WebUI's other two Masked content settings: the colours around it (as "fill"), then the latents
+    under the mask replaced by the seed's noise or by zeros. Each is recorded and made again from its
+    infotext; beyond the mask, the init image."""
+    from dreambooth.generation.infotext import parse_generation_parameters
+    init = _noise_image(32, 32, seed=7)
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 8:24] = 255
+    for pipe in (sd1, sdxl):
+        params = GenerationParams("a dog", init_image=init, mask=Image.fromarray(mask), strength=0.6, steps=3, seed=4,
+                                  mask_blur=0)
+        made = {content: generate(pipe, params.replace(masked_content=content))[0]
+                for content in ("fill", "latent noise", "latent nothing")}
+        assert len({pixels(r)[8:24, 8:24].tobytes() for r in made.values()}) == 3
+        for content, r in made.items():
+            assert f"Masked content: {content}" in r.infotext
+            assert np.array_equal(pixels(r)[mask == 0], pixels(init)[mask == 0])
+            again = GenerationParams.from_infotext(parse_generation_parameters(r.infotext), init_image=init,
+                                                   mask=Image.fromarray(mask))
+            assert again.masked_content == content and np.array_equal(pixels(generate(pipe, again)[0]), pixels(r))
+        assert "_encode_vae_image" not in vars(pipe.for_task("inpaint"))          # the pipeline as it was
+
+
 def test_the_masked_region_is_the_webuis():
     from dreambooth.generation.masks import masked_region
 

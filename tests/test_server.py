@@ -180,9 +180,10 @@ def test_inpainting_as_a1111s_api_defaults_equals_the_cli(api, tmp_path):
     assert np.array_equal(np.asarray(out.image), cli)
 
 
-def test_resize_mode_and_mask_mode_as_the_cli(api, tmp_path):
-    """A1111's ``resize_mode`` (1: Crop and resize) and ``inpainting_mask_invert`` (Inpaint not masked) are
-    the CLI's ``--resize-mode`` and ``--invert-mask``, pixel for pixel."""
+def test_resize_mode_mask_mode_and_latent_fills_as_the_cli(api, tmp_path):
+    """A1111's ``resize_mode`` (1: Crop and resize), ``inpainting_mask_invert`` (Inpaint not masked) and
+    ``inpainting_fill`` 2 (latent noise) are the CLI's ``--resize-mode``, ``--invert-mask`` and
+    ``--masked-content``, pixel for pixel."""
     rng = np.random.default_rng(2)
     init = Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 32), 0)
@@ -195,10 +196,10 @@ def test_resize_mode_and_mask_mode_as_the_cli(api, tmp_path):
     assert "Resize mode: Crop and resize" in out.info["infotexts"][0]
     assert np.array_equal(np.asarray(out.image), cli_pixels(tmp_path / "crop", *common, "--resize-mode", "crop and resize"))
     out = api.img2img(images=[init], mask_image=mask, prompt="a blue circle", seed=3, steps=4, width=32, height=32,
-                      inpaint_full_res=False, inpainting_mask_invert=1, inpainting_fill=1)
-    assert "Mask mode: Inpaint not masked" in out.info["infotexts"][0]
+                      inpaint_full_res=False, inpainting_mask_invert=1, inpainting_fill=2)
+    assert {"Mask mode: Inpaint not masked", "Masked content: latent noise"} < set(out.info["infotexts"][0].split(", "))
     assert np.array_equal(np.asarray(out.image), cli_pixels(tmp_path / "invert", *common, "--mask", tmp_path / "mask.png",
-                                                            "--invert-mask"))
+                                                            "--invert-mask", "--masked-content", "latent noise"))
 
 
 def test_save_images_writes_them_and_init_images_are_echoed_when_asked(api, server):
@@ -373,6 +374,8 @@ BAD = [
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask": RED_PNG, "mask_blur_x": 2}, 400,
      "mask_blur_x 2, mask_blur_y 4"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask_round": False}, 400, "mask_round"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "mask": RED_PNG, "inpainting_fill": 4}, 400,
+     "inpainting_fill: 4 is not supported by this server (only 0, 1, 2, 3)"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [RED_PNG], "resize_mode": 3}, 400,
      "resize_mode: 3 is not supported by this server (only 0, 1, 2)"),
     ("/sdapi/v1/options", {"sd_model_checkpoint": "../../etc/passwd"}, 400, "sd_model_checkpoint"),

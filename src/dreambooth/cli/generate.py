@@ -11,6 +11,7 @@ from ..devices import DTYPES
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
+from ..generation.masks import MASKED_CONTENT
 from ..generation.params import GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
@@ -83,8 +84,9 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
               "it) at the full --width x --height, then put it back: the WebUI's Inpaint area 'Only masked'.")
 @click.option("--masked-padding", default=32, type=int, show_default=True,
               help="--only-masked: pixels of context around the masked area.")
-@click.option("--masked-content", type=click.Choice(["original", "fill"]), default="original", show_default=True,
-              help="Inpainting: start from what is under the mask, or from the colours around it (fill).")
+@click.option("--masked-content", type=click.Choice(MASKED_CONTENT, case_sensitive=False), default="original",
+              show_default=True, help="Inpainting: start from what is under the mask, from the colours around it "
+              "(fill), or from the seed's noise or nothing in the latents under it (the WebUI's Masked content).")
 @click.option("--invert-mask", is_flag=True, help="Inpainting: repaint what the mask leaves black and keep what it "
               "paints white (the WebUI's Mask mode 'Inpaint not masked').")
 @click.option("--eta", type=float, help="DDIM's eta, as the WebUI's (0, its default: deterministic; 1: as much fresh "

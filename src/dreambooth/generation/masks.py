@@ -10,7 +10,8 @@
   scaled back into the box and laid over the whole init image through the feathered mask. The image
   keeps the init image's size, and a small masked area gets all the sampling size's pixels.
 * Masked content "fill": the sampler starts from the masked area painted over by the colours around
-  it, not from what was there ("original").
+  it, not from what was there ("original"); "latent noise" and "latent nothing" fill it so too, and
+  then replace its latents by the seed's noise or by zeros (``sampling.latent_fill``).
 * Mask mode "Inpaint not masked": the mask inverted first.
 * "Whole picture" takes img2img's resize mode (``resizing``) for the init image and the mask alike;
   "Only masked" fits its box into the sampling size as "Resize and fill" and the sample back into the
@@ -30,7 +31,8 @@ from .resizing import resized
 
 MAX_MASK_BLUR = 64              # the WebUI's sliders
 MAX_MASKED_PADDING = 256
-MASKED_CONTENT = ("original", "fill")      # the WebUI's first two (its latent noise / nothing are not here)
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")     # the WebUI's four
+LATENT_FILLS = ("latent noise", "latent nothing")          # where the latents under the mask are replaced
 
 
 def feather(mask: Image.Image, blur: int) -> Image.Image:

@@ -48,7 +48,7 @@ class GenerationParams:
     mask_blur: int = 4                   # the WebUI's "Mask blur": the mask's edge feathered (px; 0: hard)
     only_masked: bool = False            # the WebUI's "Inpaint area: Only masked" (else "Whole picture")
     masked_padding: int = 32             # its "Only masked padding, pixels"
-    masked_content: str = "original"     # its "Masked content": "original", or "fill" (the colours around it)
+    masked_content: str = "original"     # its "Masked content": "original", "fill" (the colours around it), "latent noise" or "latent nothing"
     invert_mask: bool = False            # its "Mask mode: Inpaint not masked": repaint what the mask leaves
     eta: float | None = None             # the WebUI's eta: DDIM's (None: 0); the stochastic samplers draw at 1
     clip_skip: int = 1                   # the WebUI's "Clip skip": SD1's text encoder stops N layers from its end

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -37,7 +38,7 @@ from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
 from .infotext import format_infotext
 from .loras import LoraFile
-from .masks import prepare
+from .masks import LATENT_FILLS, prepare
 from .params import GenerationParams
 from .resizing import resized
 from .pipeline import GenerationPipeline
@@ -82,7 +83,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Mask blur": params.mask_blur if params.mask is not None else None,
         "Inpaint area": "Only masked" if params.mask is not None and params.only_masked else None,
         "Masked area padding": params.masked_padding if params.mask is not None and params.only_masked else None,
-        "Masked content": "fill" if params.mask is not None and params.masked_content == "fill" else None,
+        "Masked content": params.masked_content if params.mask is not None and params.masked_content != "original" else None,
         "Eta DDIM": params.sampler_eta or None,          # (0, DDIM's own, goes unrecorded, as in the WebUI)
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
@@ -143,7 +144,7 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
         if mask.size != init.size:
             progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
         inpainting = prepare(init, mask, params.width, params.height, params.mask_blur, params.only_masked,
-                             params.masked_padding, params.masked_content == "fill", params.invert_mask, params.resize_mode)
+                             params.masked_padding, params.masked_content != "original", params.invert_mask, params.resize_mode)
         if params.only_masked and inpainting.region is None:
             progress.warn("--only-masked: the mask is blank, so there is no masked area; nothing is repainted")
         init, mask = inpainting.init, inpainting.mask
@@ -250,7 +251,8 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
     try:
         with channels_last_convs(runner.unet, autocast), lean_ops(runner.unet, autocast), \
                 channels_last_convs(runner.vae, prepack=False), _without_grad(runner.unet), \
-                pipeline.turns_inside(runner), one_image_at_a_time(runner.vae):
+                pipeline.turns_inside(runner), one_image_at_a_time(runner.vae), \
+                latent_fill(runner, params, mask, seeds):
             if autocast is None:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast):
@@ -297,6 +299,38 @@ def one_image_at_a_time(vae):
         yield
     finally:
         vae.use_slicing = before
+
+
+@contextlib.contextmanager
+def latent_fill(runner, params: GenerationParams, mask: Image.Image | None, seeds: list[int]):
+    """Within: Masked content "latent noise" / "latent nothing", as the WebUI's: the init image's latents
+    under the mask (binarised at half and taken to the latents' size as diffusers takes it) replaced by
+    each image's seed's own noise (the noise its txt2img image starts from) or by zeros, before the
+    sampler noises them. Only the pipeline's first encoding is the init image's (diffusers encodes it
+    before the masked image); an inpainting model (9 input channels) at full strength starts from
+    noise and encodes no init image."""
+    model_starts_from_noise = runner.unet.config.in_channels != 4 and params.strength >= 1
+    if mask is None or params.masked_content not in LATENT_FILLS or model_starts_from_noise:
+        yield
+        return
+    encode = runner._encode_vae_image
+
+    def encode_and_fill(image, generator):
+        del runner._encode_vae_image                # the next encoding (the masked image's) is the pipeline's own
+        latents = encode(image=image, generator=generator)
+        kept = torch.from_numpy(np.asarray(mask.convert("L")) < 128).float()[None, None]
+        kept = torch.nn.functional.interpolate(kept, size=latents.shape[-2:]).to(latents)       # nearest
+        if params.masked_content == "latent nothing":
+            return latents * kept
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
+                             for s in seeds]).to(latents)
+        return latents * kept + noise * (1 - kept)
+
+    runner._encode_vae_image = encode_and_fill
+    try:
+        yield
+    finally:
+        runner.__dict__.pop("_encode_vae_image", None)
 
 
 def _without_grad(unet):

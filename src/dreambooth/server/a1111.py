@@ -40,7 +40,7 @@ FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg":
           "--masked-padding": "inpaint_full_res_padding",
           "--masked-content": "inpainting_fill", "--resize-mode": "resize_mode",
           "--invert-mask": "inpainting_mask_invert"}
-FILLS = {0: "fill", 1: "original"}      # A1111's inpainting_fill (its 2 and 3, latent noise and nothing, are refused)
+FILLS = dict(enumerate(("fill", "original", "latent noise", "latent nothing")))     # A1111's inpainting_fill
 # A1111's resize_mode (its 3, "Just resize (latent upscale)", is refused)
 RESIZE = dict(enumerate(RESIZE_MODES))
 EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles",

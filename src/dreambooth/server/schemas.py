@@ -100,7 +100,7 @@ NEUTRAL = {
     "styles": [], "subseed_strength": 0.0, "restore_faces": (None, False), "tiling": (None, False),
     "enable_hr": False, "refiner_checkpoint": (None, "", "None"), "script_name": (None, "", "None"),
     "alwayson_scripts": {}, "firstpass_image": None, "resize_mode": (0, 1, 2), "latent_mask": None,
-    "inpainting_mask_invert": (0, 1), "inpainting_fill": (0, 1), "disable_extra_networks": False,
+    "inpainting_mask_invert": (0, 1), "inpainting_fill": (0, 1, 2, 3), "disable_extra_networks": False,
     "mask_round": True, "seed_resize_from_h": (-1, 0),
     # the samplers' noise settings at their WebUI defaults (webuiapi sends these); eta is honoured (params.eta)
     "s_churn": (None, 0.0), "s_noise": (None, 1.0), "s_min_uncond": (None, 0.0), "initial_noise_multiplier": (None, 1.0), "seed_resize_from_w": (-1, 0), "infotext": (None, ""),
