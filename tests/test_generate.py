@@ -472,6 +472,39 @@ def test_an_only_masked_box_the_image_cannot_widen_is_fitted_not_stretched():
     assert np.array_equal(pixels(back)[4:12, 20:44], pixels(resized(job.init, 24, 16, "Crop and resize", Image.LANCZOS))[4:12])
 
 
+def test_a_mask_with_transparency_is_read_by_its_alpha(tmp_path):
+    """As the WebUI reads a mask: a stroke painted on a clear layer repaints where it is opaque (whatever
+    its colour); a mask without transparency by its grey levels."""
+    from dreambooth.generation.masks import as_mask
+    stroke = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    stroke.paste((0, 0, 0, 255), (4, 4, 12, 12))                      # black, opaque
+    stroke.save(tmp_path / "stroke.png")
+    for given in (stroke, tmp_path / "stroke.png"):
+        mask = np.asarray(as_mask(given))
+        assert mask[4:12, 4:12].min() == 255 and mask.sum() == 255 * 64
+    grey = Image.new("RGB", (16, 16), (255, 255, 255))
+    assert np.asarray(as_mask(grey)).min() == 255
+    assert np.asarray(as_mask(grey.convert("RGBA"))).min() == 255      # opaque everywhere: its grey levels
+
+
+def test_seeds_never_run_past_the_largest(sd1):
+    """Image i gets seed + i, and must be made again from that seed alone: a run whose last seed would
+    pass 2**32 - 1 is refused; a random seed leaves room for every image."""
+    with pytest.raises(UserError, match=r"--seed 4294967295: its 2 images would run to seed 4294967296"):
+        GenerationParams("x", seed=2**32 - 1, batch_size=2).check()
+    GenerationParams("x", seed=2**32 - 2, batch_size=2).check()
+    assert all(GenerationParams("x", batch_count=10_000).with_seed().check() for _ in range(20))
+
+
+def test_an_xyz_cell_beyond_the_familys_size_is_refused_before_any_image(sd1, tmp_path):
+    from dreambooth.generation.xyz import run_xyz
+    too_wide = sd1.max_side + 8
+    with pytest.raises(UserError, match=rf"--x Width: {too_wide}: --width {too_wide}: must be from 8 to {sd1.max_side}"):
+        run_xyz(sd1, GenerationParams("a dog", steps=1, width=32, height=32, seed=1), f"Width: 32, {too_wide}",
+                output_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 def test_eta_is_ddims_and_recorded(sd1):
     """The WebUI's eta: DDIM's noise (0, its default, is deterministic and unrecorded); a stochastic
     sampler draws at 1 and refuses another; a deterministic one is unchanged by it."""

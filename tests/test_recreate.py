@@ -116,3 +116,37 @@ def test_a_demo_sample(tmp_path):
     assert info["Sampler"] == "DDIM" and info["Model path"] == str((out / "model").resolve())
     assert same(after, tmp_path)
     assert same(out / "samples" / "before" / "00003-2.png", tmp_path)
+
+
+def test_an_img2img_image_is_made_again_only_from_its_init_image(tiny_sd1, tmp_path):
+    """Its infotext cannot hold the init image (nor an inpainting's mask): without them a replay is a
+    one-line error naming the flags, not a txt2img image under the same name. With them, bit for bit."""
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(init)
+    Image.new("L", (32, 32), 255).save(mask)
+    common = ["--model", tiny_sd1, "--prompt", "a dog", "--steps", "2", "--seed", "5", "--init-image", init]
+    for name, extra, flags in (("img2img", [], "give its --init-image to make it again"),
+                               ("inpainted", ["--mask", mask], "give its --init-image and --mask to make it again")):
+        code, stdout, err = run_cli("generate", *common, *extra, "--output", tmp_path / name)
+        assert code == 0, err
+        (png,) = stdout.split()
+        code, _, err = run_cli("generate", "--from-image", png, "--output", tmp_path / f"{name}-again")
+        assert code != 0 and f"an {name} image (Denoising strength 0.75): {flags}" in err and "Traceback" not in err
+        assert same(Path(png), tmp_path, "--init-image", init, *extra)
+
+
+def test_a1111_settings_a_replay_cannot_make_are_named(tiny_sd1, tmp_path):
+    """An A1111 image made with its hires fix and its GPU noise: the replay says what it leaves out."""
+    from PIL.PngImagePlugin import PngInfo
+    meta = PngInfo()
+    meta.add_text("parameters", "a dog\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 32x32, "
+                                "Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent")
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (64, 64)).save(png, pnginfo=meta)
+    code, _, err = run_cli("generate", "--from-image", png, "--model", tiny_sd1, "--output", tmp_path / "out")
+    assert code == 0, err
+    assert "made with Hires upscale, Hires upscaler, RNG GPU, which this project does not make" in err
+    made = parse_generation_parameters(read_infotext(next((tmp_path / "out").glob("*.png"))))
+    assert made["RNG"] == "CPU" and "Hires upscale" not in made                 # what it is, said truly
+    code, _, err = run_cli("generate", "--from-image", next((tmp_path / "out").glob("*.png")), "--output", tmp_path / "o2")
+    assert code == 0 and "does not make" not in err                              # our own image: nothing left out

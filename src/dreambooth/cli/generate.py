@@ -7,14 +7,15 @@ from pathlib import Path
 
 import click
 
+from .. import progress
 from ..devices import DTYPES
 from ..errors import UserError
-from ..generation.infotext import parse_generation_parameters, read_infotext
+from ..generation.infotext import not_made_here, parse_generation_parameters, read_infotext
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
 from ..generation.masks import MASKED_CONTENT
 from ..generation.params import GenerationParams
-from ..generation.resizing import RESIZE_MODES
 from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
+from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
 from ..generation.xyz import check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
@@ -130,12 +131,18 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         if not text:
             raise UserError(f"--from-image {from_image}: the image carries no generation parameters")
         info = parse_generation_parameters(text)
+        written = parse_generation_parameters(text, defaults=False)      # without the WebUI's defaults
         if dtype == "auto" and info.get("Precision") in DTYPES:      # remade in the precision it was made in
             dtype = info["Precision"]
         try:
             params = GenerationParams.from_infotext(info, **{k: v for k, v in values.items() if _explicit(ctx, k)})
+            params.check_replayable(written)
         except UserError as exc:
             raise UserError(f"--from-image {from_image}: {exc}") from None
+        unmade = not_made_here(written)
+        if unmade:
+            progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
+                          "make; the image will differ")
         recorded_model, recorded_loras = sources_from_infotext(info)
         for name, path in recorded_loras.items():        # <lora:name> in the recorded prompt finds its file
             library.add(replace(lora_from_path(path), name=name))

@@ -27,12 +27,27 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 
+from ..images import open_image
 from .resizing import resized
 
 MAX_MASK_BLUR = 64              # the WebUI's sliders
 MAX_MASKED_PADDING = 256
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")     # the WebUI's four
 LATENT_FILLS = ("latent noise", "latent nothing")          # where the latents under the mask are replaced
+
+
+def as_mask(value, flag: str = "--mask") -> Image.Image | None:
+    """A mask given as an image or a path, read as the WebUI reads one: where it has transparency (a
+    stroke painted on a clear layer), its alpha, opaque above half = repaint; else its grey levels,
+    white = repaint."""
+    if value is None:
+        return None
+    image = value if isinstance(value, Image.Image) else open_image(value, flag, keep_alpha=True)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha.point(lambda v: 255 if v > 128 else 0)
+    return image.convert("L")
 
 
 def feather(mask: Image.Image, blur: int) -> Image.Image:

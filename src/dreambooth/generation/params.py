@@ -63,6 +63,10 @@ class GenerationParams:
         for name, (low, high) in RANGES.items():
             check_value(f"--{name.replace('_', '-')}", getattr(self, name), int, low, high)
         check_seed("--seed", self.seed)
+        last = self.seed + self.batch_size * self.batch_count - 1
+        if self.seed != -1 and last > MAX_SEED:        # image i gets seed + i, and must be made again from it alone
+            raise UserError(f"--seed {self.seed}: its {self.batch_size * self.batch_count} images would run to seed "
+                            f"{last}, past the largest, {MAX_SEED}; give a smaller --seed")
         check_value("--cfg", self.cfg_scale, float, 0, 100)
         check_value("--strength", self.strength, float, 0, 1)
         check_value("--mask-blur", self.mask_blur, int, 0, MAX_MASK_BLUR)
@@ -112,12 +116,23 @@ class GenerationParams:
 
     def with_seed(self) -> "GenerationParams":
         """A random seed in place of -1 (the run's first seed, then fixed for every image)."""
-        return self if self.seed != -1 else replace(self, seed=random.randrange(MAX_SEED))
+        return self if self.seed != -1 else replace(self, seed=random.randrange(MAX_SEED + 2 - self.batch_size * self.batch_count))
 
     def seeds(self) -> list[list[int]]:
         """The seeds of each batch: image i of the run gets ``seed + i``."""
         n = self.batch_size
         return [[self.seed + b * n + k for k in range(n)] for b in range(self.batch_count)]
+
+    def check_replayable(self, info: dict) -> None:
+        """An img2img or inpainted image is made again only from its init image (and mask), which its
+        infotext (``info``, parsed without the WebUI's defaults) cannot hold: a one-line error naming the
+        flags when they are not given."""
+        inpainted = any(key in info for key in ("Mask blur", "Mask mode", "Inpaint area", "Masked content"))
+        img2img = inpainted or ("Denoising strength" in info and not any(k.startswith("Hires") for k in info))
+        if img2img and (self.init_image is None or (inpainted and self.mask is None)):
+            flags = "--init-image and --mask" if inpainted else "--init-image"
+            raise UserError(f"an {'inpainted' if inpainted else 'img2img'} image (Denoising strength "
+                            f"{info.get('Denoising strength', '?')}): give its {flags} to make it again")
 
     @classmethod
     def from_infotext(cls, info: dict, **overrides) -> "GenerationParams":

@@ -38,7 +38,7 @@ from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
 from .infotext import format_infotext
 from .loras import LoraFile
-from .masks import LATENT_FILLS, prepare
+from .masks import LATENT_FILLS, as_mask, prepare
 from .params import GenerationParams
 from .resizing import resized
 from .pipeline import GenerationPipeline
@@ -86,6 +86,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Masked content": params.masked_content if params.mask is not None and params.masked_content != "original" else None,
         "Eta DDIM": params.sampler_eta or None,          # (0, DDIM's own, goes unrecorded, as in the WebUI)
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "RNG": "CPU",           # every noise is drawn by CPU generators (A1111's default is its GPU's)
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
         # Ours, for --from-image: where the model and the LoRAs were.
         "Model path": info.spec,
@@ -100,7 +101,7 @@ def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
     """``params`` checked, with its seed and size fixed: returns (params, init image, mask)."""
     params = params.check(pipeline.max_side).with_seed()
     init = as_image(params.init_image, "--init-image")
-    mask = as_image(params.mask, "--mask", "L")
+    mask = as_mask(params.mask)
     width, height = params.width, params.height
     if init is not None:
         width = width or max(8, init.width // 8 * 8)

@@ -270,7 +270,7 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
             if axis is not None:
                 p = apply_axis(p, axis, value, flag)
                 try:
-                    p.check()
+                    p.check(pipeline.max_side)
                 except UserError as exc:         # name the axis value, not a flag the user did not give
                     raise UserError(f"{flag} {axis.label_for(value)}: {exc}") from None
         cells[iz, iy, ix] = p

@@ -212,7 +212,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         if len(req.init_images) > 1:
             raise UserError("init_images: one image per request on this server")
         init = decode_image(req.init_images[0], "init_images[0]")
-        mask = decode_image(req.mask, "mask", "L") if req.mask else None
+        mask = decode_image(req.mask, "mask", "RGBA") if req.mask else None        # (its alpha, where it has any)
         return run(req, init, mask)
 
     @api.post("/png-info", response_model=PNGInfoResponse)

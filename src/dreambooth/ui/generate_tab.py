@@ -16,7 +16,7 @@ from .errors import ui_error
 
 from ..errors import UserError, exception_line
 from ..generation.grammar import extract_loras
-from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
+from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING, as_mask
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES
@@ -168,8 +168,8 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
             if mode == "img2img":
                 extras["init"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
                                                 elem_id="img2img_image")
-                extras["mask"] = gr.Image(label="Inpainting mask (white = repaint; optional)", type="pil",
-                                          image_mode="L", elem_id="img2img_mask")
+                extras["mask"] = gr.Image(label="Inpainting mask (white or opaque = repaint; optional)", type="pil",
+                                          image_mode="RGBA", elem_id="img2img_mask")
                 extras["resize_mode"] = gr.Radio(list(RESIZE_MODES), value="Just resize", label="Resize mode",
                                                  elem_id="img2img_resize_mode")
                 extras["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
@@ -249,5 +249,5 @@ def _init_and_mask(editor, upload_mask):
             mask = alpha.point(lambda v: 255 if v > 0 else 0) if mask is None else Image.composite(
                 Image.new("L", alpha.size, 255), mask, alpha.point(lambda v: 255 if v > 0 else 0))
     if upload_mask is not None:
-        mask = upload_mask.convert("L")
+        mask = as_mask(upload_mask)           # its alpha where it has transparency, as the WebUI reads it
     return init, mask
