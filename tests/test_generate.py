@@ -607,6 +607,35 @@ def test_loras(tiny_sd1, sd1, tmp_path):
     assert np.array_equal(pixels(Image.open(stdout.split()[0])), pixels(r))
 
 
+def test_a_lora_that_does_not_fit_is_one_line_and_leaves_the_model_as_it_was(tiny_sd1, sdxl, tmp_path, capfd):
+    """A LoRA for another family, or whose layers this model lacks (an SDXL second-text-encoder LoRA on
+    SD1): one line naming it and why, without diffusers' per-layer log; the model then works as before,
+    other LoRAs included."""
+    from safetensors.torch import save_file
+
+    from dreambooth.generation.loras import lora_from_path
+    _, kohya_file = _make_lora(tiny_sd1, tmp_path / "sks_lora")
+    te2 = tmp_path / "te2_only.safetensors"
+    name = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+    save_file({f"{name}.lora_down.weight": torch.ones(4, 32), f"{name}.lora_up.weight": torch.ones(32, 4),
+               f"{name}.alpha": torch.tensor(4.0)}, str(te2))
+    pipe = load_generation_pipeline(str(tiny_sd1))
+    for path in (te2, kohya_file):
+        pipe.library.add(lora_from_path(path))
+    capfd.readouterr()
+    with pytest.raises(UserError, match=r"^<lora:te2_only> \(.*\): none of its layers is one of this SD1 model's"):
+        generate(pipe, GenerationParams("a dog <lora:te2_only:1>", seed=1, **SMALL))
+    (fits,) = generate(pipe, GenerationParams("a dog <lora:sks_kohya:1>", seed=1, **SMALL))
+    (alone,) = generate(load_generation_pipeline(str(tiny_sd1), [(str(kohya_file), 1.0)]), GenerationParams("a dog", seed=1, **SMALL))
+    assert np.array_equal(pixels(fits), pixels(alone))
+    sdxl.library.add(lora_from_path(kohya_file))
+    with pytest.raises(UserError, match=r"^<lora:sks_kohya> \(.*\): (cannot apply to this model \(its layers' sizes are "
+                                        r"not this SDXL model's|none of its layers is one of this SDXL model's)") as err:
+        generate(sdxl, GenerationParams("a dog <lora:sks_kohya:1>", seed=1, **SMALL))
+    assert "\n" not in str(err.value) and "size mismatch" not in capfd.readouterr().err
+    generate(sdxl, GenerationParams("a dog", seed=1, **SMALL))
+
+
 def test_parse_lora_spec():
     assert parse_lora_spec("out/lora") == ("out/lora", 1.0)
     assert parse_lora_spec("out/lora:0.6") == ("out/lora", 0.6)

@@ -150,3 +150,25 @@ def test_a1111_settings_a_replay_cannot_make_are_named(tiny_sd1, tmp_path):
     assert made["RNG"] == "CPU" and "Hires upscale" not in made                 # what it is, said truly
     code, _, err = run_cli("generate", "--from-image", next((tmp_path / "out").glob("*.png")), "--output", tmp_path / "o2")
     assert code == 0 and "does not make" not in err                              # our own image: nothing left out
+
+
+def test_a_replay_loads_the_vae_and_model_config_it_was_made_with(tiny_sd1, tmp_path):
+    """A single-file model needs its --model-config, and a --vae changes every pixel: the infotext
+    records both (``Model config``, ``VAE path``), so --from-image needs neither again."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from dreambooth.models.single_file import export_single_file
+    single = export_single_file(tiny_sd1, tmp_path / "model.safetensors", "sd1", dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(tiny_sd1 / "vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(0.5)                 # another VAE: other pixels
+    vae.save_pretrained(tmp_path / "other-vae")
+    code, stdout, err = run_cli("generate", "--model", single, "--model-config", tiny_sd1, "--vae", tmp_path / "other-vae",
+                                "--prompt", "a dog", "--steps", "2", "--width", "32", "--height", "32", "--seed", "9",
+                                "--output", tmp_path / "made")
+    assert code == 0, err
+    (png,) = stdout.split()
+    info = parse_generation_parameters(read_infotext(png))
+    assert (info["Model config"], info["VAE path"]) == (str(tiny_sd1.resolve()), str((tmp_path / "other-vae").resolve()))
+    assert same(Path(png), tmp_path)

@@ -39,6 +39,9 @@ def test_unsupported_schedule_lists_the_allowed_ones():
     assert "\n" not in msg and "DDIM" in msg and "allowed: Automatic, Uniform, SGM Uniform" in msg
     with pytest.raises(UserError, match="unknown; valid"):
         resolve("Euler", "Wobbly")
+    for spacing in ("Uniform", "SGM Uniform"):         # LCM spaces its own steps: these would change nothing
+        with pytest.raises(UserError, match="allowed: Automatic$"):
+            resolve("LCM", spacing)
 
 
 def test_names_are_forgiving():

@@ -278,3 +278,32 @@ def test_training_from_an_fp16_file_matches_training_from_it_upcast(tiny_sd1, do
     assert kept.keys() == upcast.keys() and len(kept) >= 3
     for file in kept:
         assert all(torch.equal(kept[file][k], upcast[file][k]) for k in kept[file]), file
+
+
+def test_an_a1111_vae_file_takes_the_models_vae_config(tiny_sdxl, tmp_path):
+    """A VAE file as A1111 ships one (``sdxl_vae.safetensors``: original keys, no config) loads offline
+    with the model's own VAE config, its scaling factor included (SDXL's 0.13025, not SD1's 0.18215),
+    and makes the images the model's own VAE makes. A VAE of other latents is refused in one line."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from dreambooth.errors import UserError
+    from dreambooth.models.loading import load_pipeline
+    model = tmp_path / "sdxl"
+    shutil.copytree(tiny_sdxl, model)
+    config = json.loads((model / "vae" / "config.json").read_text())
+    (model / "vae" / "config.json").write_text(json.dumps({**config, "scaling_factor": 0.13025}))
+    own = AutoencoderKL.from_pretrained(model / "vae")
+    original = {k.removeprefix("first_stage_model."): v.contiguous()
+                for k, v in _convert_vae(own.state_dict(), own.config).items()}
+    save_file(original, tmp_path / "sdxl_vae.safetensors")
+    pipe = load_pipeline(str(model), vae=str(tmp_path / "sdxl_vae.safetensors"))
+    assert pipe.vae.config.scaling_factor == 0.13025
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), own.state_dict().values()))
+    other = AutoencoderKL(latent_channels=16, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4)
+    other.save_pretrained(tmp_path / "vae16")
+    with pytest.raises(UserError, match=r"--vae .*vae16: makes 16-channel latents at 1/2 .* a VAE of another family"):
+        load_pipeline(str(model), vae=str(tmp_path / "vae16"))

@@ -14,7 +14,7 @@ from ..generation.infotext import not_made_here, parse_generation_parameters, re
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
 from ..generation.masks import MASKED_CONTENT
 from ..generation.params import GenerationParams
-from ..generation.pipeline import load_generation_pipeline, sources_from_infotext
+from ..generation.pipeline import load_generation_pipeline, recorded_settings, sources_from_infotext
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
@@ -144,6 +144,9 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
             progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
                           "make; the image will differ")
         recorded_model, recorded_loras = sources_from_infotext(info)
+        recorded = recorded_settings(info)
+        vae = vae or recorded.get("vae")
+        model_config = model_config or recorded.get("model_config")
         for name, path in recorded_loras.items():        # <lora:name> in the recorded prompt finds its file
             library.add(replace(lora_from_path(path), name=name))
         if model is None:

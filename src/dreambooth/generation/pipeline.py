@@ -21,7 +21,7 @@ from ..models.conv_layout import to_channels_last
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
 from ..models.loading import load_pipeline
-from ..models.specs import is_lora_output, lora_output_base, resolve_model
+from ..models.specs import is_hub_id, is_lora_output, lora_output_base, resolve_model
 from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
 from ..parking import Parking
 from .grammar import LoraTag
@@ -35,6 +35,8 @@ class ModelInfo:
     path: Path | None = None       # the folder or file (None: nothing to hash)
     spec: str | None = None        # as recorded for --from-image: absolute path, hub id or 'toy'
     vae: Path | None = None
+    vae_spec: str | None = None    # as recorded for --from-image: the --vae given (absolute path or hub id)
+    config: str | None = None      # the same for --model-config
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -50,12 +52,13 @@ def _recorded(spec: str) -> str:
     return str(path.resolve()) if spec != "toy" and path.exists() else spec
 
 
-def model_info_for(spec: str, vae: str | None = None) -> ModelInfo:
+def model_info_for(spec: str, vae: str | None = None, model_config: str | None = None) -> ModelInfo:
     ref = resolve_model(spec)
     path = Path(spec).expanduser()
     name = spec if spec == "toy" or ref.kind == "hub" else (path.stem if path.is_file() else path.resolve().name)
     vae_path = Path(vae).expanduser() if vae and Path(vae).expanduser().exists() else None
-    return ModelInfo(name=name, path=ref.path, spec=_recorded(spec), vae=vae_path)
+    return ModelInfo(name=name, path=ref.path, spec=_recorded(spec), vae=vae_path, vae_spec=vae and _recorded(vae),
+                     config=model_config and _recorded(model_config))
 
 
 class GenerationPipeline:
@@ -162,11 +165,7 @@ class GenerationPipeline:
         for lora, weight in active:
             if lora.load not in self._adapters:
                 adapter = f"lora{len(self._adapters)}"
-                try:
-                    self.pipe.load_lora_weights(str(lora.load.parent), weight_name=lora.load.name, adapter_name=adapter)
-                except Exception as exc:
-                    raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model "
-                                    f"({exception_line(exc)[:200]})") from None
+                self._load_lora(lora, adapter)
                 self._adapters[lora.load] = adapter
             names.append(self._adapters[lora.load])
             weights.append(weight)
@@ -178,6 +177,30 @@ class GenerationPipeline:
             self.pipe.disable_lora()
             self._lora_enabled = False
         return resident + active
+
+    def _load_lora(self, lora: LoraFile, adapter: str) -> None:
+        """``lora`` loaded as ``adapter``; a one-line error where it does not fit this model (diffusers
+        logs each layer that does not fit: kept quiet, the message says what it means)."""
+        import diffusers
+        family = self.family.name.upper()
+        level = diffusers.utils.logging.get_verbosity()
+        diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
+        try:
+            self.pipe.load_lora_weights(str(lora.load.parent), weight_name=lora.load.name, adapter_name=adapter)
+        except Exception as exc:
+            self._forget_adapter(adapter)          # what it loaded before failing (a text encoder's part)
+            why = (f"its layers' sizes are not this {family} model's: a LoRA for another family?"
+                   if "size mismatch" in str(exc) else exception_line(exc)[:200])
+            raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({why})") from None
+        finally:
+            diffusers.utils.logging.set_verbosity(level)
+        if not any(adapter in names for names in self.pipe.get_list_adapters().values()):
+            raise UserError(f"<lora:{lora.name}> ({lora.source}): none of its layers is one of this {family} model's "
+                            "(a LoRA for another family, or for a part this model lacks)")
+
+    def _forget_adapter(self, adapter: str) -> None:
+        if any(adapter in names for names in self.pipe.get_list_adapters().values()):
+            self.pipe.delete_adapters(adapter)
 
     def to(self, device, medvram: bool = False) -> "GenerationPipeline":
         """Moved to ``device`` for generation alone: the convolutions go channels-last there for good
@@ -216,11 +239,22 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
     dtype = dtype or generation_dtype(device)
     if device.type == "cpu":
         keep_freed_host_memory()        # activations reused across steps, not faulted in afresh
-    info = model_info_for(str(model), vae)
+    info = model_info_for(str(model), vae, model_config)
     pipe = load_pipeline(str(model), vae=vae, dtype=dtype, model_config=model_config)
     generation = GenerationPipeline(pipe, info, library, default)
     generation.apply_loras(default)            # fail on a bad LoRA now, not at the first prompt
     return generation.to(device, medvram)
+
+
+def recorded_settings(info: dict) -> dict:
+    """The ``--vae`` and ``--model-config`` an image was made with (our ``VAE path`` and ``Model
+    config`` keys), where they still exist here: a replay loads them again."""
+    found = {}
+    for key, name in (("VAE path", "vae"), ("Model config", "model_config")):
+        value = info.get(key)
+        if value and (Path(value).expanduser().exists() or is_hub_id(value)):
+            found[name] = value
+    return found
 
 
 def sources_from_infotext(info: dict) -> tuple[str | None, dict[str, str]]:

@@ -8,8 +8,9 @@ Schedule types (the WebUI's "Schedule type"):
 
 * ``Automatic``: the sampler's WebUI default. For the k-diffusion samplers the WebUI uses either the
   model's own sigmas evenly spaced in time (Euler, Euler a, LMS, Heun: diffusers
-  ``timestep_spacing="linspace"``), or Karras / Exponential sigmas (see the table). DDIM, PLMS,
-  UniPC and LCM keep the timestep spacing of the model's scheduler config.
+  ``timestep_spacing="linspace"``), or Karras / Exponential sigmas (see the table). DDIM, PLMS
+  and UniPC keep the timestep spacing of the model's scheduler config; LCM spaces its own steps
+  (its distillation's), whatever the spacing, so it takes no other schedule type.
 * ``Uniform``: the model's sigmas evenly spaced in time (``timestep_spacing="linspace"``).
 * ``Karras``, ``Exponential``, ``Beta``: ``use_karras_sigmas`` / ``use_exponential_sigmas`` /
   ``use_beta_sigmas`` (Beta needs scipy).
@@ -89,7 +90,7 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False}, None,
             schedules=("Automatic", *_SPACINGS), aliases=("plms", "pndm")),
     Sampler("UniPC", "UniPCMultistepScheduler", {}, None, aliases=("unipc",)),
-    Sampler("LCM", "LCMScheduler", {}, None, schedules=("Automatic", *_SPACINGS), aliases=("lcm",),
+    Sampler("LCM", "LCMScheduler", {}, None, schedules=("Automatic",), aliases=("lcm",),      # (it spaces its own steps)
             note="meant for LCM-distilled models or an LCM LoRA: 4-8 steps, CFG 1-2"),
 )
 

@@ -90,6 +90,8 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
         # Ours, for --from-image: where the model and the LoRAs were.
         "Model path": info.spec,
+        "Model config": info.config,
+        "VAE path": info.vae_spec,
         "Lora paths": json.dumps({lo.name: lo.source for lo, _ in loras}, ensure_ascii=False) if loras else None,
         "Batch": batch,
         "Precision": precision,      # the dtype the UNet ran in: --from-image remakes it in the same

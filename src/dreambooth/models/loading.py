@@ -4,6 +4,7 @@ components (``families.family_of``), never from the name.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -65,8 +66,11 @@ def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
     return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
-def load_vae(spec: str, dtype: torch.dtype | None = None):
-    """A replacement VAE (``--vae``): a diffusers AutoencoderKL folder, a hub id or a single file."""
+def load_vae(spec: str, dtype: torch.dtype | None = None, like=None):
+    """A replacement VAE (``--vae``): a diffusers AutoencoderKL folder, a hub id or a single file.
+    ``like``: the model's own VAE. A single file (A1111's ``sdxl_vae.safetensors``) holds no config,
+    so it takes that VAE's, as the WebUI does (its scaling factor is the family's: SDXL's 0.13025, not
+    SD1's 0.18215); a VAE of other latents than the model's is refused."""
     from diffusers import AutoencoderKL
     path = Path(spec).expanduser()
     try:
@@ -74,20 +78,36 @@ def load_vae(spec: str, dtype: torch.dtype | None = None):
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise UserError(f"--vae {spec}: not a VAE file; expected {' or '.join(SINGLE_FILE_SUFFIXES)}, "
                                 "or a diffusers AutoencoderKL folder")
-            return AutoencoderKL.from_single_file(str(path), **_dtype_kwargs(dtype))
-        if path.is_dir():
+            if like is None:
+                vae = AutoencoderKL.from_single_file(str(path), **_dtype_kwargs(dtype))
+            else:
+                with tempfile.TemporaryDirectory() as config:
+                    like.save_config(config)
+                    vae = AutoencoderKL.from_single_file(str(path), config=config, local_files_only=True,
+                                                         **_dtype_kwargs(dtype))
+        elif path.is_dir():
             sub = "vae" if (path / "vae" / "config.json").exists() else None
             if sub is None and not (path / "config.json").exists():
                 raise UserError(f"--vae {spec}: folder has no config.json (nor vae/config.json)")
-            return AutoencoderKL.from_pretrained(path, subfolder=sub, **_dtype_kwargs(dtype))
-        if is_hub_id(spec):
-            return AutoencoderKL.from_pretrained(hub_snapshot(spec, "--vae"), **_dtype_kwargs(dtype))
+            vae = AutoencoderKL.from_pretrained(path, subfolder=sub, **_dtype_kwargs(dtype))
+        elif is_hub_id(spec):
+            vae = AutoencoderKL.from_pretrained(hub_snapshot(spec, "--vae"), **_dtype_kwargs(dtype))
+        else:
+            raise UserError(f"--vae {spec}: no such folder or file, and not a hub id")
     except UserError:
         raise
     except Exception as exc:
         why = (str(exc).splitlines() or [""])[0][:160]
-        raise UserError(f"--vae {spec}: cannot load ({type(exc).__name__}{': ' + why if why else ''})") from exc
-    raise UserError(f"--vae {spec}: no such folder or file, and not a hub id")
+        raise UserError(f"--vae {spec}: cannot load ({type(exc).__name__}{': ' + why if why else ''}); is it a "
+                        "VAE of this model's family?") from exc
+    if like is not None:
+        def shape(v):
+            return v.config.latent_channels, 2 ** (len(v.config.block_out_channels) - 1)
+        if shape(vae) != shape(like):
+            raise UserError(f"--vae {spec}: makes {shape(vae)[0]}-channel latents at 1/{shape(vae)[1]} of the image "
+                            f"size; this model's are {shape(like)[0]}-channel at 1/{shape(like)[1]}: a VAE of another "
+                            "family (SD3, Flux, ...)")
+    return vae
 
 
 def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None = None,
@@ -134,7 +154,7 @@ def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None =
         except Exception as exc:
             raise UserError(f"{flag} {spec}: cannot load pipeline ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     if vae:
-        pipe.vae = load_vae(vae, dtype)
+        pipe.vae = load_vae(vae, dtype, like=pipe.vae)
     family_of(pipe)  # raises a UserError for unsupported variants
     pipe.set_progress_bar_config(disable=True)
     return pipe
