@@ -593,6 +593,11 @@ def test_loras(tiny_sd1, sd1, tmp_path):
     kohya = load_generation_pipeline(str(tiny_sd1), [(str(kohya_file), 1.0)])
     assert np.array_equal(pixels(gen(kohya)[0]), pixels(r))        # same weights, other key format
 
+    # named twice: applied at the sum of its weights, in either order (as the WebUI applies it twice)
+    twice = [pixels(gen(kohya, f"a dog {tags}")[0]) for tags in ("<lora:sks_kohya:1> <lora:sks_kohya:0.5>",
+                                                                 "<lora:sks_kohya:0.5> <lora:sks_kohya:1>")]
+    assert np.array_equal(twice[0], twice[1]) and np.array_equal(twice[0], pixels(gen(kohya, "a dog <lora:sks_kohya:1.5>")[0]))
+
     zero = load_generation_pipeline(str(tiny_sd1), [parse_lora_spec(f"{lora_dir}:0")])
     assert np.array_equal(pixels(gen(zero)[0]), base)
 

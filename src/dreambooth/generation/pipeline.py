@@ -156,7 +156,12 @@ class GenerationPipeline:
         return self._tasks[task]
 
     def apply_loras(self, tags: list[LoraTag]) -> list[tuple[LoraFile, float]]:
-        """Make exactly ``tags`` active (loading files on first use); returns (file, weight) pairs."""
+        """Make exactly ``tags`` active (loading files on first use); returns (file, weight) pairs. A
+        LoRA named twice applies twice, as in the WebUI: once at the sum of its weights."""
+        summed: dict[str, float] = {}
+        for tag in tags:
+            summed[tag.name] = summed.get(tag.name, 0.0) + tag.weight
+        tags = [LoraTag(name, weight) for name, weight in summed.items()]
         resident = [(self._resident[t.name], t.weight) for t in tags if t.name in self._resident]
         if any(weight != 1 for _, weight in resident):
             raise UserError("<lora:...>: the LoRA being trained is in the model at weight 1; no other weight")
