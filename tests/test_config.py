@@ -29,6 +29,9 @@ def test_unknown_key_and_bad_value_name_the_file(tmp_path):
         load_preset(str(bad))
     with pytest.raises(UserError, match="no such file or shipped preset"):
         load_preset("nope")
+    bad.write_text("validation_seeds: 1 2 3\n")             # as --help shows the default: a list is wanted
+    with pytest.raises(UserError, match=r"validation_seeds = '1 2 3' is not a valid int; write a list, e.g. \[1, 2, 3\]"):
+        load_preset(str(bad))
 
 
 @pytest.mark.parametrize("name", ["sd15-full", "sd15-lora", "sd21-lora", "sdxl-lora"])
@@ -47,7 +50,9 @@ def test_shipped_presets_load_with_the_seeds_settings(name):
                                          ({"class_sampler": "Foo"}, "--class-sampler Foo: unknown"),
                                          ({"validation_cfg": float("nan")}, "--validation-cfg nan"),
                                          ({"model": None}, "--model toy"),
-                                         ({"caption_dropout": 1.5}, "--caption-dropout")])
+                                         ({"caption_dropout": 1.5}, "--caption-dropout"),
+                                         ({"class_prompt": "   "}, "--class-prompt: empty"),
+                                         ({"resume": ""}, "--resume: empty")])
 def test_validate_names_the_flag(change, flag):
     cfg = TrainConfig(model="m", instance_dir="x", instance_prompt="a sks dog", output="o").replace(**change)
     with pytest.raises(UserError, match=flag):
@@ -78,3 +83,12 @@ def test_help_shows_real_defaults_for_every_flag():
     flat = " ".join(out.split())
     assert "Seeds for validation images. [default: 0 1 2 3]" in flat
     assert "[default: DPM++ 2M]" in flat
+
+
+def test_settings_a_run_would_not_use_are_said():
+    from dreambooth.training.guard import idle_settings
+    cfg = TrainConfig(model="m", instance_dir="x", instance_prompt="a sks dog", output="o", max_steps=10)
+    assert idle_settings(cfg) == []
+    said = idle_settings(cfg.replace(keep_best=True, export_single_file=True, method="lora", lr_warmup_steps=10))
+    assert [line.split(" ")[0] for line in said] == ["--keep-best:", "--export-single-file", "--lr-warmup-steps"]
+    assert idle_settings(cfg.replace(keep_best=True, validate_every=5)) == []

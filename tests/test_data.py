@@ -102,6 +102,35 @@ def test_captions_only_when_asked(tmp_path):
     assert "a.txt" in warnings[0]
 
 
+def test_captions_as_editors_save_them(tmp_path):
+    """A byte-order mark (UTF-8 or UTF-16, as Notepad saves) is no part of the caption; NAME.TXT is
+    NAME's caption too; an empty caption trains the photo with the instance prompt, and says so."""
+    for name in ("a", "b", "c", "d"):
+        Image.new("RGB", (32, 32)).save(tmp_path / f"{name}.png")
+    (tmp_path / "a.txt").write_bytes("\ufeffa sks dog".encode("utf-8"))
+    (tmp_path / "b.txt").write_bytes("a sks dog on grass".encode("utf-16"))
+    (tmp_path / "c.TXT").write_text("a sks dog, upper case")
+    (tmp_path / "d.txt").write_text("  \n")
+    warnings = []
+    prompts = {e.path.stem: e.prompt for e in load_examples(tmp_path, "default", 32, captions=True, warn=warnings.append)}
+    assert prompts == {"a": "a sks dog", "b": "a sks dog on grass", "c": "a sks dog, upper case", "d": "default"}
+    assert warnings == [f"{tmp_path / 'd.txt'}: an empty caption; its photo is trained with --instance-prompt"]
+    (tmp_path / "a.txt").write_bytes(b"a sks \xff dog")
+    load_examples(tmp_path, "default", 32, captions=True, warn=warnings.append)
+    assert any("a.txt: not UTF-8 text" in w for w in warnings)
+
+
+def test_a_very_long_photo_trains_its_middle(tmp_path):
+    """A strip of 20000x4 would be 320,000 px long at a training size of 64: its middle 4:1 is kept."""
+    strip = np.zeros((4, 20000, 3), dtype=np.uint8)
+    strip[:, 9992:10008] = 255                            # a white middle
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    warnings = []
+    (ex,) = load_examples(tmp_path, "p", 64, warn=warnings.append)
+    assert ex.image.size == (256, 64) and np.asarray(ex.image)[:, 96:160].min() > 200
+    assert any("longer than 4:1; its middle 4:1 is trained" in w for w in warnings)
+
+
 def test_resize_short_side_and_keep_original_size(tmp_path):
     Image.new("RGB", (300, 200)).save(tmp_path / "a.png")
     ex = load_examples(tmp_path, "p", 64)[0]

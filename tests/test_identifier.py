@@ -15,6 +15,21 @@ def test_identifier_words_are_the_instance_words_the_class_lacks():
     assert identifier_words("a photo of sks dog", "a photo of dog") == ["sks"]
     assert identifier_words("a sks square", "a square") == ["sks"]
     assert identifier_words("a dog", "a dog") == []
+    # the class prompt's punctuation makes no class word an identifier (its embedding would be trained)
+    assert identifier_words("a sks square", "a square.") == ["sks"]
+    assert identifier_words("photo of sks dog sitting", "photo of dog, sitting") == ["sks"]
+    assert identifier_words("a (sks) dog", "a (dog)") == ["sks"]
+    assert identifier_words("a sks very very very dog", "a dog") == ["sks", "very"]      # each word once
+
+
+def test_identifier_warnings_say_what_is_wrong():
+    from dreambooth.models.tokens import identifier_warnings
+    from dreambooth.testing.tiny import _tokenizer
+    tokenizer = _tokenizer(None)
+    (same,) = identifier_warnings(tokenizer, "a sks square", "a sks square")
+    assert same.startswith("every word of the instance prompt is in --class-prompt too")
+    long = identifier_warnings(tokenizer, "a sks square " + "very " * 100, "a square")
+    assert any(w.startswith("--instance-prompt is ") and "tokens; training reads its first 75" in w for w in long)
 
 
 def _config(model, photos, out, **changes):

@@ -55,6 +55,24 @@ def test_masks_come_from_alpha_or_a_mask_file_and_mask_files_are_no_photos(tmp_p
     assert any("photo.mask.png" in w and "--masked-loss" in w for w in warnings)
 
 
+def test_black_and_misshapen_masks_are_said(tmp_path):
+    """A mask black all over trains nothing of its photo: said, and refused when every mask is; a mask
+    file of another size than its photo is stretched to it, and said."""
+    from dreambooth.errors import UserError
+    from dreambooth.training.data import load_examples
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / f"{name}.png")
+        Image.new("L", (64, 64), 0).save(tmp_path / f"{name}.mask.png")
+    with pytest.raises(UserError, match="--masked-loss: every mask in .* is black all over"):
+        load_examples(tmp_path, "p", 64, masks=True)
+    Image.new("L", (10, 30), 255).save(tmp_path / "b.mask.png")
+    warnings = []
+    examples = load_examples(tmp_path, "p", 64, masks=True, warn=warnings.append)
+    assert examples[1].mask.shape == (64, 64) and examples[1].mask.min() == 1.0
+    assert any("b.mask.png is 10x30, its photo 64x64; the mask is stretched" in w for w in warnings)
+    assert any("a.png's mask is black all over: nothing of it is trained" in w for w in warnings)
+
+
 def test_masked_loss_is_a_train_flag(tmp_path):
     from conftest import run_cli
     code, out, _ = run_cli("train", "--help")

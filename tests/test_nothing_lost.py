@@ -184,6 +184,45 @@ def test_class_images_of_another_class_prompt_are_refused(tiny_sd1, dog_photos, 
     assert code == 0, err
 
 
+def test_class_images_of_another_model_or_in_the_photo_folder_are_refused(tiny_sd1, dog_photos, tmp_path):
+    """Prior preservation learns from the model's own images: class images another model made are
+    refused (a folder of the same model moved elsewhere is the same model); so is a class folder that
+    is the photo folder, where class images would mix with the photos."""
+    import shutil
+    classes = tmp_path / "classes"
+    base = ["train", "--instance-dir", dog_photos, *FAST, "--class-prompt", "a photo of dog", "--class-dir", classes]
+    code, _, err = run_cli(*base, "--model", tiny_sd1, "--output", tmp_path / "a")
+    assert code == 0, err
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_sd1, other)
+    code, _, err = run_cli(*base, "--model", other, "--output", tmp_path / "b")
+    one_line_error(code, err, f"--model '{other}'", "2 class image(s) made by another model,", "move them away")
+    moved = tmp_path / "moved" / tiny_sd1.name
+    shutil.copytree(tiny_sd1, moved)
+    code, _, err = run_cli(*base, "--model", moved, "--output", tmp_path / "c")
+    assert code == 0, err
+    photos = tmp_path / "photos"
+    shutil.copytree(dog_photos, photos)
+    before = snapshot(photos)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--class-prompt", "a photo of dog",
+                           "--class-dir", photos, "--output", tmp_path / "d")
+    one_line_error(code, err, f"--class-dir {photos}: is the photo folder")
+    assert snapshot(photos) == before
+
+
+def test_a_resume_with_other_photos_or_settings_says_it_is_not_exact(tiny_sd1, dog_photos, tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--checkpoint-every", "1", "--output", out]
+    code, _, err = run_cli(*base, "--seed", "1")
+    assert code == 0, err
+    code, _, err = run_cli(*base[:-2], "--max-steps", "3", "--resume", "latest", "--seed", "1", "--output", out)
+    assert code == 0 and "differ from the checkpoint's" not in err, err
+    code, _, err = run_cli(*base[:-2], "--max-steps", "4", "--resume", "latest", "--seed", "5", "--resolution", "64",
+                           "--output", out)
+    assert code == 0, err
+    assert "this run's resolution 64 (was 32), seed 5 (was 1) differ from the checkpoint's" in err
+
+
 def test_a_damaged_class_image_is_made_again(tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--class-prompt", "a photo of dog",
@@ -275,9 +314,11 @@ def test_links_to_nothing_are_named(tiny_sd1, tmp_path):
     os.symlink(photos / "loop.jpg", photos / "loop.jpg")
     small = photos / "small.jpg"
     Image.new("RGB", (16, 16), (200, 100, 50)).save(small)
+    (photos / "more").mkdir()
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", tmp_path / "o")
     assert code == 0, err
-    assert "dangling.jpg: a link to nothing" in err and "loop.jpg: a link in a circle" in err
+    assert err.count("dangling.jpg: a link to nothing") == 1 and err.count("loop.jpg: a link in a circle") == 1
+    assert err.count("skipping 1 sub-folder(s) (more); only the files directly in it are read") == 1
     assert "small.jpg: 16x16, upscaled" in err
 
 

@@ -72,6 +72,19 @@ def open_image(path: str | Path, flag: str = "", mode: str = "RGB", keep_alpha: 
     return to_rgb(im) if mode == "RGB" else im.convert(mode)
 
 
+MAX_ASPECT = 4        # a longer photo trains its middle 4:1 (a 20000x1 strip would be 1,280,000 px long at 64)
+
+
+def middle(image: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """``image``, or its middle ``max_aspect``:1 where it is longer."""
+    w, h = image.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return image
+    long = max_aspect * min(w, h)
+    left, top = ((w - long) // 2, 0) if w > h else (0, (h - long) // 2)
+    return image.crop((left, top, left + min(w, long), top + min(h, long)))
+
+
 def as_image(value, flag: str = "", mode: str = "RGB") -> Image.Image | None:
     """A PIL image given as an image or as a path (None stays None)."""
     if value is None:
@@ -81,22 +94,25 @@ def as_image(value, flag: str = "", mode: str = "RGB") -> Image.Image | None:
     return open_image(value, flag, mode)
 
 
-def list_images(folder: str | Path, flag: str, allow_empty: bool = False) -> list[Path]:
+def list_images(folder: str | Path, flag: str, allow_empty: bool = False, quiet: bool = False) -> list[Path]:
     """Image files directly in ``folder`` (by suffix, hidden files left out), in sorted name order;
     a one-line error when there are none, unless ``allow_empty``."""
-    files = [p for p in list_files(folder, flag) if is_image_file(p)]
+    files = [p for p in list_files(folder, flag, quiet) if is_image_file(p)]
     if not files and not allow_empty:
         raise UserError(f"{flag} {folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     return files
 
 
-def list_files(folder: str | Path, flag: str) -> list[Path]:
-    """Every visible file directly in ``folder``, sorted; a one-line error when it is no folder."""
+def list_files(folder: str | Path, flag: str, quiet: bool = False) -> list[Path]:
+    """Every visible file directly in ``folder``, sorted; a one-line error when it is no folder.
+    What is passed over (links to nothing, sub-folders) is said, unless ``quiet`` (a check before
+    the folder is read)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: {'a file, not a folder' if folder.exists() else 'no such folder'}")
     with file_operation("read the folder", flag):
         entries = sorted(folder.iterdir())
+    said = []
     for p in entries:
         if p.is_symlink() and not p.exists():
             try:
@@ -104,7 +120,13 @@ def list_files(folder: str | Path, flag: str) -> list[Path]:
                 why = "a link to nothing"
             except OSError as exc:
                 why = "a link in a circle" if exc.errno == errno.ELOOP else "a link to nothing"
-            progress.warn(f"skipping {p}: {why}")
+            said.append(f"skipping {p}: {why}")
+    folders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
+    if folders:
+        said.append(f"{flag} {folder}: skipping {len(folders)} sub-folder(s) ({', '.join(folders[:3])}"
+                    f"{' ...' if len(folders) > 3 else ''}); only the files directly in it are read")
+    for message in said if not quiet else ():
+        progress.warn(message)
     return [p for p in entries if p.is_file() and not p.name.startswith(".")]
 
 

@@ -59,21 +59,34 @@ def rare_identifiers(tokenizer, count: int = 20, max_chars: int = 3) -> list[Can
 _FILLER = {"a", "an", "the", "photo", "of", "picture"}
 
 
+def _words(prompt: str | None) -> list[str]:
+    """The prompt's words, lower-case, without the punctuation around them, each once."""
+    words = (w.strip(",.;:!?()[]{}\"'") for w in (prompt or "").lower().split())
+    return list(dict.fromkeys(w for w in words if w))
+
+
 def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:
     """The instance prompt's words that are neither class words nor filler: the identifier(s)."""
-    class_words = set((class_prompt or "").lower().split())
-    words = [w.strip(",.;:!?()[]") for w in instance_prompt.lower().split()]
-    return [w for w in words if w and w not in class_words and w not in _FILLER]
+    class_words = set(_words(class_prompt))
+    return [w for w in _words(instance_prompt) if w not in class_words and w not in _FILLER]
 
 
 def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | None = None) -> list[str]:
     """Warnings about the identifier in the instance prompt: a word that is not in the class prompt
-    and not a plain common word is taken as the identifier."""
+    and not a plain common word is taken as the identifier; and about prompts the text encoder cuts."""
     common = common_words()
     candidates = identifier_words(instance_prompt, class_prompt)
     warnings = []
+    for flag, prompt in (("--instance-prompt", instance_prompt), ("--class-prompt", class_prompt)):
+        count = len(tokenizer(prompt or "", add_special_tokens=False).input_ids)
+        if count > tokenizer.model_max_length - 2:
+            warnings.append(f"{flag} is {count} tokens; training reads its first {tokenizer.model_max_length - 2}")
     if not candidates:
-        return ["the instance prompt has no identifier beyond the class words; add a rare token, e.g. 'a photo of sks dog'"]
+        if class_prompt and [w for w in _words(instance_prompt) if w not in _FILLER]:
+            return warnings + ["every word of the instance prompt is in --class-prompt too: the class prompt names the "
+                               "class alone, without the identifier (e.g. 'a photo of dog' for 'a photo of sks dog')"]
+        return warnings + ["the instance prompt has no identifier beyond the class words; add a rare token, "
+                           "e.g. 'a photo of sks dog'"]
     for word in candidates:
         pieces = tokenizer(word, add_special_tokens=False).input_ids
         if len(pieces) > 1:

@@ -38,6 +38,11 @@ from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimi
 # skip sets which text-encoder layers train, and what the trained weights were conditioned on).
 SHAPE_SETTINGS = ("model", "method", "rank", "train_text_encoder", "clip_skip")
 SETTINGS_BEFORE = {"clip_skip": 1}     # what a checkpoint written before a setting existed had
+# Settings an exact resume needs too: with others the run goes on, but not as the uninterrupted run
+# would have (the photos, the data stream's order and crops, the noise, the steps' sizes); a resume says so.
+EXACT_SETTINGS = ("instance_dir", "instance_prompt", "class_prompt", "resolution", "seed", "batch_size",
+                  "gradient_accumulation", "learning_rate", "lr_scheduler", "center_crop", "random_flip",
+                  "prior_loss_weight", "mixed_precision")
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -271,6 +276,12 @@ def resume_run(run, path: Path) -> None:
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
     run.stream.load_state_dict(state["stream"])
     run.noise_gen.set_state(state["noise_gen"])
+    saved = json.loads((path / "settings.json").read_text())
+    changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
+               if key in saved and str(saved[key]) != str(getattr(run.config, key))]
+    if changed:
+        progress.warn(f"--resume: this run's {', '.join(changed)} differ from the checkpoint's: training goes on "
+                      "from it, but not exactly as the run would have without the interruption")
     written_by = state.get("num_processes", 1)
     if written_by != acc.num_processes:
         progress.warn(f"--resume: {path} was written by {written_by} process(es), this run has {acc.num_processes}: "

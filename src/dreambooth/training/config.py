@@ -183,6 +183,11 @@ class TrainConfig:
         if self.cuda_graphs and self.gradient_accumulation > 1:
             raise UserError("--cuda-graphs: not with --gradient-accumulation (a replay's gradients are the graph's own "
                             "buffers, which the next replay overwrites); use a larger --batch-size instead")
+        if self.resume is not None and not str(self.resume).strip():
+            raise UserError("--resume: empty; give 'latest' or a checkpoint folder")
+        if self.class_prompt is not None and not str(self.class_prompt).strip():
+            raise UserError("--class-prompt: empty; give the class, e.g. --class-prompt 'a photo of dog', or leave it "
+                            "out (no prior preservation)")
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
 
@@ -238,7 +243,9 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
     for item in items:
         converted = _one(item, typ)
         if converted is _INVALID:
-            raise UserError(f"{source}: {f.name} = {value!r} is not a valid {typ.__name__}")
+            hint = f"; write a list, e.g. [{', '.join(str(value).split())}]" if is_list and isinstance(value, str) \
+                and len(str(value).split()) > 1 else ""
+            raise UserError(f"{source}: {f.name} = {value!r} is not a valid {typ.__name__}{hint}")
         out.append(converted)
     return out if is_list else out[0]
 

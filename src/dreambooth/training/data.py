@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..images import IMAGE_SUFFIXES, list_files, open_image
+from ..images import IMAGE_SUFFIXES, MAX_ASPECT, list_files, middle, open_image
 from .masks import MASK_SUFFIX, is_mask_file, load_mask
 
 log = logging.getLogger("dreambooth")
@@ -51,6 +51,7 @@ class ExampleTransform(Protocol):
 
 
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    image = middle(image)
     w, h = image.size
     scale = size / min(w, h)
     new = (max(size, round(w * scale)), max(size, round(h * scale)))
@@ -66,6 +67,19 @@ def _one_line(files: list[tuple[Path, str]], alone, together) -> str:
     return together(len(files), ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
 
 
+def read_caption(path: Path, warn) -> str:
+    """A caption file's text: UTF-8 (a byte-order mark dropped) or UTF-16 with its mark, as Windows'
+    Notepad saves it; other bytes are replaced, with a warning."""
+    raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16", errors="replace").strip()
+    try:
+        return raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        warn(f"{path}: not UTF-8 text; its undecodable bytes are replaced (save it as UTF-8)")
+        return raw.decode("utf-8-sig", errors="replace").strip()
+
+
 def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bool = False,
                   flag: str = "--instance-dir", warn=None, masks: bool = False) -> list[Example]:
     """Every usable image in ``folder``; unusable files are skipped with a warning naming them (one
@@ -75,9 +89,10 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
     # --captions would otherwise print 20)
-    unused_masks, unused_captions, not_images, small = [], [], [], []     # (path, detail)
+    unused_masks, unused_captions, not_images, small, empty, long, blank = [], [], [], [], [], [], []   # (path, detail)
     files = list_files(folder, flag)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
+    caption_files = {p.stem: p for p in files if p.suffix.lower() == ".txt"}       # NAME.txt or NAME.TXT
     for path in files:
         if is_mask_file(path):          # never a photo of its own
             if not masks:
@@ -98,18 +113,25 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             warn(f"skipping {exc}")
             continue
         text = prompt
-        caption = path.with_suffix(".txt")
-        if captions and caption.is_file():
-            text = caption.read_text(encoding="utf-8", errors="replace").strip() or prompt
+        caption = caption_files.get(path.stem)
+        if captions and caption is not None:
+            text = read_caption(caption, warn)
+            if not text:
+                empty.append((caption, ""))
+            text = text or prompt
         if min(image.size) < resolution:
             small.append((path, f"{image.width}x{image.height}"))
+        if max(image.size) > MAX_ASPECT * min(image.size):
+            long.append((path, f"{image.width}x{image.height}"))
         resized = resize_short_side(image, resolution)
         mask = None
         if masks:
             try:
-                mask = load_mask(path, resized.size)
+                mask = load_mask(path, resized.size, image.size, warn)
             except UserError as exc:
                 warn(f"no mask for {path}: {exc}")
+            if mask is not None and not mask.any():
+                blank.append((path, ""))
         examples.append(Example(resized, text, (image.height, image.width), path, mask))
     suffixes = ", ".join(IMAGE_SUFFIXES)
     for group, alone, together in (
@@ -122,13 +144,25 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; a photo at least "
                                     "that large trains sharper",
              lambda n, names: f"{n} photos in {folder} are below the training size {resolution} and are upscaled "
-                              f"({names}); photos at least that large train sharper")):
+                              f"({names}); photos at least that large train sharper"),
+            (empty, lambda p, _: f"{p}: an empty caption; its photo is trained with --instance-prompt",
+             lambda n, names: f"{n} empty caption files in {folder} ({names}): their photos are trained with "
+                              "--instance-prompt"),
+            (long, lambda p, size: f"{p}: {size}, longer than {MAX_ASPECT}:1; its middle {MAX_ASPECT}:1 is trained",
+             lambda n, names: f"{n} photos in {folder} are longer than {MAX_ASPECT}:1 ({names}); their middle "
+                              f"{MAX_ASPECT}:1 is trained"),
+            (blank, lambda p, _: f"--masked-loss: {p}'s mask is black all over: nothing of it is trained",
+             lambda n, names: f"--masked-loss: {n} photos' masks are black all over ({names}): nothing of them "
+                              "is trained")):
         if group:
             warn(_one_line(group, alone, together))
     if not examples:
         raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)})")
     if masks:
         with_mask = sum(e.mask is not None for e in examples)
+        if examples and len(blank) == len(examples):
+            raise UserError(f"--masked-loss: every mask in {folder} is black all over, so nothing would be trained; "
+                            "white (or opaque) marks what counts")
         if not with_mask:
             warn(f"--masked-loss: no photo in {folder} has an alpha channel or a NAME{MASK_SUFFIX} beside it; "
                  "every pixel counts")

@@ -41,16 +41,23 @@ def _within(inner: Path, outer: Path) -> bool:
 def check_inputs(cfg: TrainConfig) -> None:
     """One-line errors for inputs and an output that cannot work, before anything is written."""
     output = Path(cfg.output).expanduser()
-    list_files(cfg.instance_dir, "--instance-dir")            # a readable folder (or a one-line error)
+    list_files(cfg.instance_dir, "--instance-dir", quiet=True)      # a readable folder (or a one-line error)
     check_output_folder(output)
     if cfg.class_dir and Path(cfg.class_dir).expanduser().exists() and not Path(cfg.class_dir).expanduser().is_dir():
         raise UserError(f"--class-dir {cfg.class_dir}: exists and is not a folder")
     if cfg.use_prior:
-        refuse_other_prompts(class_folder(cfg), cfg.class_prompt)
+        classes, photos = class_folder(cfg), Path(cfg.instance_dir)
+        if _within(classes, photos) or _within(photos, classes):
+            raise UserError(f"--class-dir {classes}: {'is' if _within(classes, photos) and _within(photos, classes) else 'overlaps'}"
+                            f" the photo folder (--instance-dir {photos}): the class images would mix with the photos; "
+                            "give another folder (the default is OUTPUT/class_images)")
+        refuse_other_prompts(classes, cfg.class_prompt, cfg.model)
     if cfg.validate_every:       # models named explicitly must be there (the defaults may be missing: grids only)
         for flag, spec in (("--dino-model", cfg.dino_model), ("--clip-model", cfg.clip_model)):
             if spec:
                 resolve_encoder(spec, flag)
+    for message in idle_settings(cfg):
+        progress.warn(message)
     inputs = [("--instance-dir", cfg.instance_dir)]
     if cfg.class_dir and not _within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
         inputs.append(("--class-dir", cfg.class_dir))
@@ -64,6 +71,21 @@ def check_inputs(cfg: TrainConfig) -> None:
         if _within(path, output):
             raise UserError(f"--output {output}: holds {flag} {path}, which --overwrite would delete; "
                             "write the model somewhere else")
+
+
+def idle_settings(cfg: TrainConfig) -> list[str]:
+    """Settings given that this run would not use, each said in a line."""
+    idle = []
+    if cfg.keep_best and not cfg.validate_every:
+        idle.append("--keep-best: without --validate-every there is no validation to pick the best step by; "
+                    "the last step is the output")
+    if cfg.export_single_file and cfg.method == "lora":
+        idle.append("--export-single-file is for full fine-tuning; a LoRA run writes its LoRA file (kohya's, for "
+                    "A1111 and ComfyUI) instead")
+    if cfg.lr_warmup_steps >= cfg.max_steps:
+        idle.append(f"--lr-warmup-steps {cfg.lr_warmup_steps} with --max-steps {cfg.max_steps}: the learning rate "
+                    "never reaches --learning-rate")
+    return idle
 
 
 def _launched_with(env: str) -> bool:

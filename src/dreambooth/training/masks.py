@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..images import open_image
+from ..images import middle, open_image
 
 TOLERANCE = 40          # summed |RGB| difference still counted as the backdrop's colour
 BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (subjects may reach it)
@@ -36,17 +36,25 @@ def mask_file_for(photo: Path) -> Path:
     return photo.with_name(photo.stem + MASK_SUFFIX)
 
 
-def load_mask(photo: Path, size: tuple[int, int]) -> np.ndarray | None:
+def load_mask(photo: Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None,
+              warn=None) -> np.ndarray | None:
     """The weights of ``photo`` at ``size`` (width, height, after EXIF rotation): from
-    ``NAME.mask.png`` when there is one, else from the photo's alpha channel, else None."""
+    ``NAME.mask.png`` when there is one, else from the photo's alpha channel, else None. A mask
+    file of another size than the photo's (``photo_size``) is stretched to it, with a ``warn``."""
     side = mask_file_for(photo)
     if side.is_file():
         mask = open_image(side, "--masked-loss", mode="L")
+        if photo_size is not None and mask.size != tuple(photo_size):
+            if warn is not None:
+                warn(f"--masked-loss: {side} is {mask.width}x{mask.height}, its photo {photo_size[0]}x{photo_size[1]}; "
+                     "the mask is stretched to the photo")
+            mask = mask.resize(tuple(photo_size), Image.BILINEAR)
+        mask = middle(mask)                     # as its photo is cut
     else:
         rgba = open_image(photo, keep_alpha=True)
         if rgba.mode != "RGBA":
             return None
-        mask = rgba.getchannel("A")
+        mask = middle(rgba.getchannel("A"))
     if mask.size != size:
         mask = mask.resize(size, Image.BILINEAR)
     return np.asarray(mask, dtype=np.float32) / 255.0

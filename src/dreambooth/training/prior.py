@@ -25,7 +25,7 @@ import torch
 from .. import progress
 from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.params import GenerationParams
-from ..generation.pipeline import GenerationPipeline
+from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..generation.sampling import generate
 from ..errors import UserError, file_operation
 from ..images import list_images, open_image, write_png
@@ -45,7 +45,7 @@ def class_params(cfg) -> GenerationParams:
 
 
 def existing_class_images(folder: Path) -> list[Path]:
-    return list_images(folder, "--class-dir", allow_empty=True) if Path(folder).is_dir() else []
+    return list_images(folder, "--class-dir", allow_empty=True, quiet=True) if Path(folder).is_dir() else []
 
 
 def _damaged(path: Path) -> str | None:
@@ -56,24 +56,39 @@ def _damaged(path: Path) -> str | None:
     return None
 
 
-def refuse_other_prompts(folder: Path, prompt: str) -> None:
-    """Class images made for another class prompt (their infotext says so; images without one are the
-    user's own) would teach the prior of the wrong class: a one-line error, before any is used."""
-    other = {}
+def refuse_other_prompts(folder: Path, prompt: str, model: str | None = None) -> None:
+    """Class images made for another class prompt, or by another model than ``model`` (their infotext
+    says so; images without one are the user's own), would teach the prior of the wrong class, or
+    another model's: a one-line error, before any is used. A model is another when both its recorded
+    path and its name differ (a folder moved elsewhere is the same model)."""
+    current = None
+    if model is not None:
+        try:
+            info = model_info_for(model)
+            current = {info.spec, info.name}
+        except UserError:             # not loadable: the load says so, by the flag
+            current = None
+    other, other_model = {}, {}
     for path in existing_class_images(folder):
         try:
             text = read_infotext(path)
         except UserError:            # damaged: made again (or passed over) when the class images are made
             continue
-        made_for = parse_generation_parameters(text).get("Prompt") if text else None
+        written = parse_generation_parameters(text, defaults=False) if text else {}
+        made_for = written.get("Prompt") if text else None
         if made_for is not None and made_for.strip() != prompt.strip():
             other.setdefault(made_for, []).append(path.name)
-    if other:
-        made_for, names = next(iter(other.items()))
-        count = sum(map(len, other.values()))
-        raise UserError(f"--class-prompt {prompt!r}: {folder} holds {count} class image(s) made for {made_for!r} "
-                        f"({', '.join(names[:3])}{' ...' if count > 3 else ''}); move them away, or give --class-dir "
-                        "another folder")
+        made_by = {written.get("Model path"), written.get("Model")} - {None}
+        if current and made_by and not made_by & current:
+            other_model.setdefault(written.get("Model path") or written.get("Model"), []).append(path.name)
+    for flag, value, found, what in (("--class-prompt", prompt, other, "made for"),
+                                     ("--model", model, other_model, "made by another model,")):
+        if found:
+            made, names = next(iter(found.items()))
+            count = sum(map(len, found.values()))
+            raise UserError(f"{flag} {value!r}: {folder} holds {count} class image(s) {what} {made!r} "
+                            f"({', '.join(names[:3])}{' ...' if count > 3 else ''}); move them away, or give --class-dir "
+                            "another folder")
 
 
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,

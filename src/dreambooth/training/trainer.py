@@ -199,7 +199,7 @@ class Trainer:
         progress.warn(message)
 
     def settings(self) -> dict:
-        return {k: getattr(self.config, k) for k in ckpt.SHAPE_SETTINGS}
+        return {k: getattr(self.config, k) for k in ckpt.SHAPE_SETTINGS + ckpt.EXACT_SETTINGS}
 
     # ----- the math --------------------------------------------------------------------------
     def conditioning(self, prompts: list[str]):

@@ -169,7 +169,7 @@ class Validator:
         try:
             self.evaluator = (self.evaluator or Evaluator(s.dino_model, s.clip_model, "cpu")).load()
             real = []
-            for path in list_images(s.instance_dir, "--instance-dir"):
+            for path in list_images(s.instance_dir, "--instance-dir", quiet=True):
                 try:
                     real.append(open_image(path))
                 except UserError:
