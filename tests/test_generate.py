@@ -505,6 +505,42 @@ def test_an_xyz_cell_beyond_the_familys_size_is_refused_before_any_image(sd1, tm
     assert not list(tmp_path.iterdir())
 
 
+def test_the_hires_fix_upscales_and_denoises_again_as_recorded(sd1, sdxl):
+    """txt2img's Hires. fix: made at its size, upscaled (latents or picture), denoised again at the
+    larger size; the infotext says so as the WebUI's does, and remakes the image bit for bit."""
+    from dreambooth.generation.infotext import parse_generation_parameters
+    base = GenerationParams("a dog", steps=3, seed=5, width=16, height=16, hires=True, strength=0.6)
+    for pipe in (sd1, sdxl):
+        made = {}
+        for upscaler in ("Latent", "Latent (nearest-exact)", "Lanczos"):
+            (made[upscaler],) = generate(pipe, base.replace(hires_upscaler=upscaler))
+            r = made[upscaler]
+            assert r.image.size == (32, 32)
+            assert f"Size: 16x16, " in r.infotext and "Denoising strength: 0.6" in r.infotext
+            assert f"Hires upscale: 2, Hires upscaler: {upscaler}," in r.infotext
+            again = GenerationParams.from_infotext(parse_generation_parameters(r.infotext))
+            assert again.hires and again.hires_upscaler == upscaler
+            assert np.array_equal(pixels(generate(pipe, again)[0]), pixels(r))
+        assert len({pixels(r).tobytes() for r in made.values()}) == 3
+        (first,) = generate(pipe, base.replace(hires=False, strength=0.75))
+        upscaled = pixels(first.image.resize((32, 32), Image.LANCZOS))
+        assert not np.array_equal(pixels(made["Lanczos"]), upscaled)             # denoised again, not only resized
+    (cut,) = generate(sd1, base.replace(hires_width=48, hires_height=24, hires_steps=2))
+    assert cut.image.size == (48, 24) and "Hires resize: 48x24, Hires steps: 2," in cut.infotext
+    info = parse_generation_parameters(cut.infotext)
+    assert GenerationParams.from_infotext(info).replace(seed=5) == base.replace(hires_width=48, hires_height=24,
+                                                                                  hires_steps=2, width=16, height=16)
+
+
+def test_hires_targets_are_the_webuis():
+    from dreambooth.generation.hires import hires_target
+    assert hires_target(512, 512, 1.5).size == (768, 768)
+    assert hires_target(512, 768, 2, 1024, 0).size == (1024, 1536)       # one side: the other in proportion
+    assert hires_target(512, 768, 2, 0, 1024).size == (680, 1024)
+    wide = hires_target(512, 512, 2, 1024, 512)                           # other proportions: cover, then cut
+    assert wide.upscaled == (1024, 1024) and wide.size == (1024, 512) and wide.crop(8) == (0, 32, 128, 96)
+
+
 def test_eta_is_ddims_and_recorded(sd1):
     """The WebUI's eta: DDIM's noise (0, its default, is deterministic and unrecorded); a stochastic
     sampler draws at 1 and refuses another; a deterministic one is unchanged by it."""
@@ -538,6 +574,11 @@ def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
         (GenerationParams("x", mask_blur=65), "--mask-blur 65: must be from 0 to 64"),
         (GenerationParams("x", only_masked="yes"), "--only-masked 'yes'"),
         (GenerationParams("x", resize_mode="Stretch"), "--resize-mode 'Stretch': one of Just resize, Crop and resize"),
+        (GenerationParams("x", hires=True, init_image=_noise_image(8, 8)), "--hires is for txt2img"),
+        (GenerationParams("x", hires_scale=1.5), "--hires-scale is for the hires fix: give --hires too"),
+        (GenerationParams("x", hires=True, hires_scale=9), "--hires-scale 9"),
+        (GenerationParams("x", hires=True, hires_upscaler="ESRGAN_4x"), "--hires-upscaler 'ESRGAN_4x': one of Latent"),
+        (GenerationParams("x", hires=True, width=1024, height=1024, hires_scale=4), "--hires: 1024x1024 upscaled is 4096x4096"),
         (GenerationParams("x", resize_mode="Crop and resize"), "--resize-mode is for img2img: give --init-image"),
         (GenerationParams("x", init_image=_noise_image(8, 8), invert_mask=True), "--invert-mask is for inpainting"),
         (GenerationParams("x", init_image=_noise_image(8, 8), mask=Image.new("L", (8, 8)), only_masked=True,

@@ -136,18 +136,22 @@ def test_an_img2img_image_is_made_again_only_from_its_init_image(tiny_sd1, tmp_p
 
 
 def test_a1111_settings_a_replay_cannot_make_are_named(tiny_sd1, tmp_path):
-    """An A1111 image made with its hires fix and its GPU noise: the replay says what it leaves out."""
+    """An A1111 image made with its hires fix (made here too), a variation seed and its GPU noise: the
+    replay says what it leaves out."""
     from PIL.PngImagePlugin import PngInfo
     meta = PngInfo()
     meta.add_text("parameters", "a dog\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 32x32, "
-                                "Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent")
+                                "Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent, Variation seed: 9, "
+                                "Variation seed strength: 0.3")
     png = tmp_path / "a1111.png"
     Image.new("RGB", (64, 64)).save(png, pnginfo=meta)
     code, _, err = run_cli("generate", "--from-image", png, "--model", tiny_sd1, "--output", tmp_path / "out")
     assert code == 0, err
-    assert "made with Hires upscale, Hires upscaler, RNG GPU, which this project does not make" in err
+    assert "made with Variation seed, RNG GPU, which this project does not make" in err
     made = parse_generation_parameters(read_infotext(next((tmp_path / "out").glob("*.png"))))
-    assert made["RNG"] == "CPU" and "Hires upscale" not in made                 # what it is, said truly
+    assert made["RNG"] == "CPU" and "Variation seed" not in made                 # what it is, said truly
+    assert (made["Hires upscale"], made["Size-1"]) == ("2", "32")
+    assert Image.open(next((tmp_path / "out").glob("*.png"))).size == (64, 64)   # the hires fix, made
     code, _, err = run_cli("generate", "--from-image", next((tmp_path / "out").glob("*.png")), "--output", tmp_path / "o2")
     assert code == 0 and "does not make" not in err                              # our own image: nothing left out
 

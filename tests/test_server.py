@@ -202,6 +202,24 @@ def test_resize_mode_mask_mode_and_latent_fills_as_the_cli(api, tmp_path):
                                                             "--invert-mask", "--masked-content", "latent noise"))
 
 
+def test_the_hires_fix_as_the_cli(api, server, tmp_path):
+    """A1111's ``enable_hr`` with its upscaler, scale and steps (webuiapi's defaults: Latent, 2, and the
+    denoising strength it always sends) is the CLI's ``--hires``, pixel for pixel; a second pass with
+    its own sampler is refused, not ignored."""
+    import webuiapi
+    out = api.txt2img(prompt="a red circle", seed=6, steps=3, width=32, height=32, enable_hr=True,
+                      denoising_strength=0.6, hr_second_pass_steps=2, hr_upscaler=webuiapi.HiResUpscaler.LatentNearest)
+    assert out.image.size == (64, 64)
+    assert "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent (nearest)" in out.info["infotexts"][0]
+    cli = cli_pixels(tmp_path / "cli", "--prompt", "a red circle", "--seed", "6", "--steps", "3", "--width", "32",
+                     "--height", "32", "--hires", "--strength", "0.6", "--hires-steps", "2", "--hires-upscaler",
+                     "latent (nearest)")
+    assert np.array_equal(np.asarray(out.image), cli)
+    reply = http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "enable_hr": True,
+                                                               "hr_sampler_name": "DDIM", "sampler_name": "Euler a"})
+    assert reply.status_code == 400 and "hr_sampler_name: 'DDIM'" in reply.json()["detail"]
+
+
 def test_save_images_writes_them_and_init_images_are_echoed_when_asked(api, server):
     """``save_images`` writes each PNG, with its infotext, under the data folder as A1111 lays out its
     outputs; ``include_init_images`` echoes the init image in ``parameters`` (``null`` otherwise)."""
@@ -236,7 +254,9 @@ def test_models_options_and_switching(api, server):
     names = [s["name"] for s in api.get_samplers()]
     assert "Euler a" in names and "DPM++ 2M" in names
     assert {s["label"] for s in api.get_schedulers()} >= {"Automatic", "Karras"}
-    assert api.get_upscalers() == [] and api.get_face_restorers() == [] and api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_face_restorers() == [] and api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]       # the hires fix's
+    assert [m["name"] for m in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
     assert "ram" in api.get_memory() and api.get_cmd_flags() is not None
     assert api.refresh_checkpoints() is None
 
@@ -355,7 +375,9 @@ BAD = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "cfg_scale": "nan"}, 400, "cfg_scale"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "seed": -7}, 400, "seed"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "colour": "red"}, 422, "colour"),
-    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, 400, "enable_hr"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True, "hr_checkpoint_name": "other"}, 400, "hr_checkpoint_name"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, 400, "hr_upscaler"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "styles": ["s"]}, 400, "styles"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "s_noise": 0.5}, 400, "s_noise"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Euler a", "eta": 0.5}, 400, "eta 0.5: Euler a draws"),
     ("/sdapi/v1/txt2img", {"prompt": "x <lora:nobody:1>", "steps": 1}, 400, "<lora:nobody>: no LoRA of that name; "

@@ -113,6 +113,18 @@ def test_txt2img_equals_the_api_and_the_cli(page, site, tmp_path):
     assert page.input_value("#img2img_steps input[type=number]") == "20"
 
 
+def test_the_hires_fix_in_the_browser(page):
+    page.click("button[role=tab][data-tab-id='txt2img']")
+    page.click("#txt2img_hires_fix button:has-text('Hires. fix')")          # the accordion opens
+    page.check("#txt2img_enable_hr input[type=checkbox]")
+    number(page, "#txt2img_hires_steps", 2)
+    png = txt2img(page, "a white circle", 3, steps=4)
+    page.uncheck("#txt2img_enable_hr input[type=checkbox]")                   # as the next test expects it
+    image = Image.open(io.BytesIO(png))
+    assert image.size == (64, 64)
+    assert "Denoising strength: 0.7, Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent" in image.info["parameters"]
+
+
 def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     from dreambooth.images import write_png
     png = write_png(Image.new("RGB", (32, 32), (10, 200, 10)), tmp_path / "a.png",
@@ -264,6 +276,12 @@ def test_the_img2img_tabs_inpainting_settings_reach_the_parameters():
     boxed = params_of(*base, init=init, mask=mask, area="Only masked", resize_mode="Crop and resize").check()
     assert boxed.resize_mode == "Just resize"
     assert not params_of(*base, init=init, mask_mode="Inpaint not masked").check().invert_mask
+    # txt2img's Hires. fix: its settings only when it is on, as in the WebUI
+    hires = params_of(*base, hires=True, hires_upscaler="Lanczos", hires_steps=5, hires_scale=1.5, strength=0.6).check()
+    assert (hires.hires, hires.hires_upscaler, hires.hires_steps, hires.hires_scale, hires.strength) == \
+        (True, "Lanczos", 5, 1.5, 0.6)
+    off = params_of(*base, hires=False, hires_upscaler="Lanczos", hires_steps=5, hires_scale=1.5).check()
+    assert (off.hires, off.hires_upscaler, off.hires_steps) == (False, "Latent", 0)
 
 
 def test_a_list_setting_that_is_not_numbers_is_one_line():

@@ -10,6 +10,7 @@ import click
 from .. import progress
 from ..devices import DTYPES
 from ..errors import UserError
+from ..generation.hires import HIRES_UPSCALERS
 from ..generation.infotext import not_made_here, parse_generation_parameters, read_infotext
 from ..generation.loras import LoraLibrary, lora_from_path, parse_lora_spec
 from ..generation.masks import MASKED_CONTENT
@@ -72,7 +73,7 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
 @click.option("--output", "-o", default="outputs", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the images (NNNNN-<seed>.png, never overwritten).")
 @click.option("--init-image", type=click.Path(path_type=Path), help="img2img: start from this image.")
-@click.option("--strength", default=0.75, type=float, help="img2img/inpaint denoising strength.")
+@click.option("--strength", default=0.75, type=float, help="img2img/inpaint (and --hires) denoising strength.")
 @click.option("--resize-mode", type=click.Choice(RESIZE_MODES, case_sensitive=False), default="Just resize",
               show_default=True, help="img2img, where --init-image's proportions differ from --width x --height: "
               "stretch it, scale it to cover and crop the overhang, or scale it to fit and fill the bars with its edges "
@@ -90,6 +91,15 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
               "(fill), or from the seed's noise or nothing in the latents under it (the WebUI's Masked content).")
 @click.option("--invert-mask", is_flag=True, help="Inpainting: repaint what the mask leaves black and keep what it "
               "paints white (the WebUI's Mask mode 'Inpaint not masked').")
+@click.option("--hires", is_flag=True, help="txt2img's Hires. fix, as the WebUI's: each image is upscaled "
+              "(--hires-scale, or to --hires-width x --hires-height) and denoised again at --strength.")
+@click.option("--hires-scale", default=2.0, type=float, show_default=True, help="--hires: upscale by this much.")
+@click.option("--hires-width", default=0, type=int, help="--hires: upscale to this width (0: by --hires-scale; "
+              "one of width and height 0: the other in proportion).")
+@click.option("--hires-height", default=0, type=int, help="--hires: upscale to this height.")
+@click.option("--hires-steps", default=0, type=int, help="--hires: denoising steps of the second pass (0: --steps).")
+@click.option("--hires-upscaler", type=click.Choice(HIRES_UPSCALERS, case_sensitive=False), default="Latent",
+              show_default=True, help="--hires: resize the latents (Latent ...) or the picture (Lanczos, Nearest).")
 @click.option("--eta", type=float, help="DDIM's eta, as the WebUI's (0, its default: deterministic; 1: as much fresh "
               "noise as DDPM). The stochastic samplers (Euler a, the SDE ones) draw at 1.")
 @click.option("--prompt-matrix", is_flag=True, help="Treat 'a|b|c' as a prompt matrix: every combination, one seed, "
@@ -112,7 +122,8 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
 @click.pass_context
 def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, negative_prompt, sampler, schedule,
                      steps, cfg_scale, seed, width, height, clip_skip, batch_size, batch_count, output, init_image,
-                     strength, resize_mode, mask, mask_blur, only_masked, masked_padding, masked_content, invert_mask, eta,
+                     strength, resize_mode, mask, mask_blur, only_masked, masked_padding, masked_content, invert_mask,
+                     hires, hires_scale, hires_width, hires_height, hires_steps, hires_upscaler, eta,
                      prompt_matrix, x_axis, y_axis, z_axis, from_image, list_samplers, device, dtype, fast_batches,
                      medvram):
     """Generate images like the AUTOMATIC1111 WebUI's txt2img / img2img."""
@@ -124,7 +135,9 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
                   cfg_scale=cfg_scale, seed=seed, width=width, height=height, clip_skip=clip_skip,
                   batch_size=batch_size, batch_count=batch_count, init_image=init_image, strength=strength, mask=mask,
                   mask_blur=mask_blur, only_masked=only_masked, masked_padding=masked_padding,
-                  masked_content=masked_content, eta=eta, resize_mode=resize_mode, invert_mask=invert_mask)
+                  masked_content=masked_content, eta=eta, resize_mode=resize_mode, invert_mask=invert_mask, hires=hires,
+                  hires_scale=hires_scale, hires_width=hires_width, hires_height=hires_height, hires_steps=hires_steps,
+                  hires_upscaler=hires_upscaler)
     library = LoraLibrary(lora_dirs)
     if from_image is not None:
         text = read_infotext(from_image, "--from-image")

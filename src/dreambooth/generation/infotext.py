@@ -47,7 +47,8 @@ A1111_DEFAULTS = {
 
 
 # A1111 settings that change an image and that this project does not make: a replay says so.
-NOT_MADE_HERE = ("Hires upscale", "Hires resize-1", "Hires steps", "Hires upscaler", "Variation seed",
+NOT_MADE_HERE = ("Hires sampler", "Hires schedule type", "Hires CFG Scale", "Hires prompt", "Hires negative prompt",
+                 "Hires checkpoint", "Variation seed",
                  "Seed resize from-1", "Face restoration", "Tiling", "Noise multiplier", "ENSD", "Refiner", "Eta",
                  "Sigma churn", "Sigma noise", "Sigma tmin", "Sigma tmax", "Schedule rho", "Schedule max sigma",
                  "Schedule min sigma", "Token merging ratio", "NGMS", "Hypernet", "Pad conds")
@@ -56,7 +57,7 @@ NOT_MADE_HERE = ("Hires upscale", "Hires resize-1", "Hires steps", "Hires upscal
 def not_made_here(info: dict) -> list[str]:
     """The settings of an infotext (parsed without the WebUI's defaults) that change the image and that
     a replay here cannot make:
-    A1111's hires fix, variation seeds, ... and its GPU noise (A1111's default; ours is drawn on the CPU,
+    A1111's variation seeds, a hires fix's own sampler or prompt, ... and its GPU noise (A1111's default; ours is drawn on the CPU,
     and recorded "RNG: CPU"), so the same seed gives other noise."""
     keys = [key.removesuffix("-1") for key in NOT_MADE_HERE if key in info]
     ours = "Precision" in info or "Model path" in info

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
+from .hires import HIRES_UPSCALERS, MAX_HIRES_SCALE, hires_target
 from .masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
 from .resizing import RESIZE_MODES
 from .samplers import resolve
@@ -25,6 +26,9 @@ def num_of(text: str, key: str) -> int:
         return int(text.strip())
     except ValueError:
         raise UserError(f"infotext: {key}: {text!r} is not a number") from None
+
+
+HIRES_DEFAULTS = {"hires_scale": 2.0, "hires_width": 0, "hires_height": 0, "hires_steps": 0, "hires_upscaler": "Latent"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class GenerationParams:
     invert_mask: bool = False            # its "Mask mode: Inpaint not masked": repaint what the mask leaves
     eta: float | None = None             # the WebUI's eta: DDIM's (None: 0); the stochastic samplers draw at 1
     clip_skip: int = 1                   # the WebUI's "Clip skip": SD1's text encoder stops N layers from its end
+    hires: bool = False                  # txt2img's "Hires. fix" (``hires``): upscaled and denoised again at ``strength``
+    hires_scale: float = 2.0             # its "Upscale by"
+    hires_width: int = 0                 # its "Resize width to" / "height to" (0: by hires_scale)
+    hires_height: int = 0
+    hires_steps: int = 0                 # its "Hires steps" (0: as many as ``steps``)
+    hires_upscaler: str = "Latent"       # its "Upscaler" (HIRES_UPSCALERS)
     keep: int | None = None              # a replay: make the one batch, keep only its image ``keep`` (0-based)
 
     def replace(self, **changes) -> "GenerationParams":
@@ -101,6 +111,12 @@ class GenerationParams:
         if self.resize_mode != "Just resize" and self.mask is not None and self.only_masked:
             raise UserError("--resize-mode with --only-masked: the image keeps the init image's size and proportions "
                             "there; leave one of them out")
+        if self.hires:
+            self._check_hires(max_side)
+        else:
+            given = [f"--{name.replace('_', '-')}" for name, default in HIRES_DEFAULTS.items() if getattr(self, name) != default]
+            if given:
+                raise UserError(f"{given[0]} is for the hires fix: give --hires too")
         row, _ = resolve(self.sampler, self.schedule)
         if self.eta is not None:
             check_value("--eta", self.eta, float, 0, 1)
@@ -108,6 +124,28 @@ class GenerationParams:
                 raise UserError(f"--eta {self.eta:g}: {row.name} draws its noise at eta 1 here (diffusers' sampler has "
                                 "no other); DDIM takes any eta")
         return self
+
+    def _check_hires(self, max_side: int) -> None:
+        if self.init_image is not None:
+            raise UserError("--hires is for txt2img (the WebUI's Hires. fix); img2img gives its size by --width/--height")
+        check_value("--hires-scale", self.hires_scale, float, 1, MAX_HIRES_SCALE)
+        check_value("--hires-steps", self.hires_steps, int, 0, RANGES["steps"][1])
+        for name in ("hires_width", "hires_height"):
+            check_value(f"--{name.replace('_', '-')}", getattr(self, name), int, 0, max_side)
+        if self.hires_upscaler not in HIRES_UPSCALERS:
+            raise UserError(f"--hires-upscaler {self.hires_upscaler!r}: one of {', '.join(HIRES_UPSCALERS)}")
+        if self.strength <= 0:
+            raise UserError("--strength 0 with --hires: the second pass would change nothing; give it 0.3 to 0.8")
+        if self.width is not None and self.height is not None:
+            w, h = hires_target(self.width, self.height, self.hires_scale, self.hires_width, self.hires_height).size
+            if max(w, h) > max_side:
+                raise UserError(f"--hires: {self.width}x{self.height} upscaled is {w}x{h}, past this model's "
+                                f"{max_side} px; lower --hires-scale")
+
+    @property
+    def passes(self) -> int:
+        """Sampling passes an image takes: two with the hires fix."""
+        return 2 if self.hires else 1
 
     @property
     def sampler_eta(self) -> float:
@@ -163,6 +201,12 @@ class GenerationParams:
             invert_mask=info.get("Mask mode") == "Inpaint not masked",
             eta=num("Eta DDIM", float, None),
             clip_skip=num("Clip skip", int, 1),
+            hires="Hires upscaler" in info or "Hires upscale" in info or num("Hires resize-1", int, 0) > 0,
+            hires_scale=num("Hires upscale", float, 2.0),
+            hires_width=num("Hires resize-1", int, 0),
+            hires_height=num("Hires resize-2", int, 0),
+            hires_steps=num("Hires steps", int, 0),
+            hires_upscaler=info.get("Hires upscaler", "Latent"),
         )
         # "Batch: 3/4": made as the third image of a batch of 4; remade by replaying that batch, since a
         # batch's images differ from the same seeds made alone by rounding. Not when the seed or the

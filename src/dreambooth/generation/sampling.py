@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,7 @@ from ..models.lean_ops import lean_ops
 from ..outputs import claim_numbered
 from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
+from .hires import LATENT_MODES, hires_target, upscale_image, upscale_latents
 from .infotext import format_infotext
 from .loras import LoraFile
 from .masks import LATENT_FILLS, as_mask, prepare
@@ -77,7 +79,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Model hash": info.hash,
         "Model": info.name,
         "VAE": info.vae.name if info.vae else None,
-        "Denoising strength": params.strength if img2img else None,
+        "Denoising strength": params.strength if img2img or params.hires else None,
         "Resize mode": params.resize_mode if img2img and params.resize_mode != "Just resize" else None,
         "Mask mode": "Inpaint not masked" if params.mask is not None and params.invert_mask else None,
         "Mask blur": params.mask_blur if params.mask is not None else None,
@@ -86,6 +88,11 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Masked content": params.masked_content if params.mask is not None and params.masked_content != "original" else None,
         "Eta DDIM": params.sampler_eta or None,          # (0, DDIM's own, goes unrecorded, as in the WebUI)
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "Hires upscale": params.hires_scale if params.hires and not (params.hires_width or params.hires_height) else None,
+        "Hires resize": f"{params.hires_width}x{params.hires_height}" if params.hires and (params.hires_width or
+                                                                                         params.hires_height) else None,
+        "Hires steps": params.hires_steps if params.hires and params.hires_steps else None,
+        "Hires upscaler": params.hires_upscaler if params.hires else None,
         "RNG": "CPU",           # every noise is drawn by CPU generators (A1111's default is its GPU's)
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
         # Ours, for --from-image: where the model and the LoRAs were.
@@ -154,8 +161,9 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     elif init is not None:
         init = resized(init, params.width, params.height, params.resize_mode)
 
+    second = _second_pass(pipeline, params, encoder, text) if params.hires else None
     opened = contextlib.nullcontext(task) if task is not None else \
-        progress.task("generating", params.batch_size * params.batch_count)
+        progress.task("generating", params.batch_size * params.batch_count * params.passes)
     results: list[GeneratedImage] = []
     controls = controls or Controls()
     with opened as bar:
@@ -165,9 +173,14 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
             for call in calls:
                 if controls.stop() == "interrupt":
                     break
-                done = bar.completed + len(call)
-                images += _call(runner, pipeline, params, call, conditioning,
-                                encoder.family == "sdxl", init, mask, bar, autocast, controls)
+                done = bar.completed + len(call) * params.passes
+                if second is None:
+                    images += _call(runner, pipeline, params, call, conditioning,
+                                    encoder.family == "sdxl", init, mask, bar, autocast, controls)
+                else:
+                    first = _call(runner, pipeline, params, call, conditioning, encoder.family == "sdxl", None, None,
+                                  bar, autocast, controls, keep_latents=True)
+                    images += second(first, call, bar, autocast, controls)
                 if bar.completed < done:     # ended early (skipped): the next images count from their first step
                     bar.advance(done - bar.completed)
             batched = fast_batches and len(seeds) > 1
@@ -199,9 +212,34 @@ def _embed_kwargs(pos, neg, batch: int, is_xl: bool, dtype, device) -> dict:
     return kwargs
 
 
+def _second_pass(pipeline: GenerationPipeline, params: GenerationParams, encoder: PromptEncoder, text: str):
+    """The hires fix's second pass (``hires``): a function of the first pass's latents and its seeds,
+    like ``_call``, returning the images."""
+    target = hires_target(params.width, params.height, params.hires_scale, params.hires_width, params.hires_height)
+    steps = params.hires_steps or params.steps
+    # diffusers' img2img denoises int(total x strength) steps of a schedule of ``total``: ``steps`` of them
+    upscaled = params.replace(steps=math.ceil(steps / params.strength - 1e-9), width=target.size[0], height=target.size[1])
+    conditioning = schedule_conditioning(encoder, text, params.negative_prompt, steps)
+    runner = pipeline.for_task("img2img")
+
+    def second(latents: torch.Tensor, seeds: list[int], bar, autocast, controls: Controls) -> list[Image.Image]:
+        if controls.stop() is not None:         # interrupted or skipped in the first pass: its images, as they are
+            return decode(runner, latents)
+        if params.hires_upscaler in LATENT_MODES:
+            start = upscale_latents(latents, params.hires_upscaler, target, runner.vae_scale_factor)
+        else:
+            start = [upscale_image(image, params.hires_upscaler, target) for image in decode(runner, latents)]
+        return _call(runner, pipeline, upscaled, seeds, conditioning, encoder.family == "sdxl", start, None, bar,
+                     autocast, controls)
+    return second
+
+
 def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
-          init, mask, bar: progress.Task, autocast: torch.dtype | None, controls: Controls) -> list[Image.Image]:
-    """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler."""
+          init, mask, bar: progress.Task, autocast: torch.dtype | None, controls: Controls,
+          keep_latents: bool = False) -> list[Image.Image] | torch.Tensor:
+    """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler. ``init``:
+    an image for all, or a list of one per seed, or their latents; ``keep_latents``: the latents made,
+    not the images."""
     scheduler = make_scheduler(pipeline.scheduler_config, params.sampler, params.schedule, seeds)
     order = max(1, int(getattr(scheduler, "order", 1)))
     pipeline.place_for("sample")
@@ -242,12 +280,12 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
     call = dict(_embed_kwargs(pos, neg, n, is_xl, runner.unet.dtype, device),
                 num_inference_steps=params.steps, guidance_scale=params.cfg_scale, eta=params.sampler_eta,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                output_type="latent" if autocast else "pil", callback_on_step_end=on_step_end,
+                output_type="latent" if autocast or keep_latents else "pil", callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"] + (["add_text_embeds"] if is_xl else []))
     if init is None:
         call.update(width=params.width, height=params.height)
     else:
-        call.update(image=[init] * n, strength=params.strength)
+        call.update(image=init if isinstance(init, (list, torch.Tensor)) else [init] * n, strength=params.strength)
         if mask is not None:
             call.update(mask_image=[mask] * n, width=params.width, height=params.height)
     previous, runner.scheduler = runner.scheduler, scheduler
@@ -256,11 +294,11 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
                 channels_last_convs(runner.vae, prepack=False), _without_grad(runner.unet), \
                 pipeline.turns_inside(runner), one_image_at_a_time(runner.vae), \
                 latent_fill(runner, params, mask, seeds):
-            if autocast is None:
+            if autocast is None and not keep_latents:
                 return runner(**call).images
-            with torch.autocast(device.type, dtype=autocast):
+            with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
                 latents = runner(**call).images
-            return decode(runner, latents)
+            return latents if keep_latents else decode(runner, latents)
     finally:
         runner.scheduler = previous                      # leave the pipeline as we found it
 
@@ -354,6 +392,6 @@ def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
     at a time (``one_image_at_a_time``): a batch must fit where one image does."""
     vae = pipe.vae
     latents = unscaled(vae, latents.to(vae.device, vae.dtype))
-    with torch.autocast(vae.device.type, enabled=False), one_image_at_a_time(vae):
+    with torch.autocast(vae.device.type, enabled=False), one_image_at_a_time(vae), torch.no_grad():
         images = vae.decode(latents).sample
     return pipe.image_processor.postprocess(images.float(), output_type="pil")

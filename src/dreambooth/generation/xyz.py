@@ -93,7 +93,7 @@ def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, ou
     check_plot_size(len(prompts), params, "--prompt-matrix")
     params, _, _ = resolve_params(pipeline, params)            # one seed and size for every cell
     results, cells = [], []
-    with progress.task("prompt matrix", len(prompts) * params.batch_size * params.batch_count) as bar:
+    with progress.task("prompt matrix", len(prompts) * params.batch_size * params.batch_count * params.passes) as bar:
         for prompt in prompts:
             got = [] if _interrupted(controls) else generate(pipeline, replace(params, prompt=prompt), output_dir,
                                                              fast_batches=fast_batches, task=bar, controls=controls)
@@ -276,7 +276,7 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         cells[iz, iy, ix] = p
 
     results, images = [], {}
-    with progress.task("X/Y/Z plot", sum(p.batch_size * p.batch_count for p in cells.values())) as bar:
+    with progress.task("X/Y/Z plot", sum(p.batch_size * p.batch_count * p.passes for p in cells.values())) as bar:
         for key, p in cells.items():
             got = [] if _interrupted(controls) else generate(pipeline, p, output_dir, fast_batches=fast_batches,
                                                              task=bar, controls=controls)

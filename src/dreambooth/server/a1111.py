@@ -22,6 +22,7 @@ from PIL import Image
 from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters
+from ..generation.hires import HIRES_UPSCALERS, IMAGE_MODES, LATENT_MODES
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
@@ -39,11 +40,13 @@ FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg":
           "--mask-blur": "mask_blur", "--eta": "eta", "--only-masked": "inpaint_full_res",
           "--masked-padding": "inpaint_full_res_padding",
           "--masked-content": "inpainting_fill", "--resize-mode": "resize_mode",
-          "--invert-mask": "inpainting_mask_invert"}
+          "--invert-mask": "inpainting_mask_invert", "--hires": "enable_hr", "--hires-scale": "hr_scale",
+          "--hires-width": "hr_resize_x", "--hires-height": "hr_resize_y", "--hires-steps": "hr_second_pass_steps",
+          "--hires-upscaler": "hr_upscaler"}
 FILLS = dict(enumerate(("fill", "original", "latent noise", "latent nothing")))     # A1111's inpainting_fill
 # A1111's resize_mode (its 3, "Just resize (latent upscale)", is refused)
 RESIZE = dict(enumerate(RESIZE_MODES))
-EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles",
+EMPTY_LISTS = ("face-restorers", "realesrgan-models", "prompt-styles",
                "hypernetworks", "script-info", "extensions")
 
 
@@ -99,6 +102,25 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
             several = len(allowed) > 1 and all(type(v) is int for v in allowed)
             shown = ", ".join(map(repr, allowed)) if several else repr(allowed[0])
             raise UserError(f"{name}: {value!r} is not supported by this server (only {shown})")
+
+
+def hires_fix(req: Txt2ImgRequest) -> dict:
+    """A1111's ``enable_hr`` and its fields as GenerationParams' hires settings; a second pass with its
+    own checkpoint, sampler or prompts is refused (this server runs the first pass's)."""
+    same = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler",
+            req.sampler_name), "hr_scheduler": (None, "", "Use same scheduler", req.scheduler),
+            "hr_prompt": ("", req.prompt), "hr_negative_prompt": ("", req.negative_prompt)}
+    for name, allowed in same.items():
+        if getattr(req, name) not in allowed:
+            raise UserError(f"{name}: {getattr(req, name)!r}: this server's hires pass uses the first pass's "
+                            f"{name.removeprefix('hr_').replace('_name', '')}; leave it out")
+    upscaler = {None: "Latent", "": "Latent", "None": "Lanczos"}.get(req.hr_upscaler, req.hr_upscaler)
+    named = {u.lower(): u for u in HIRES_UPSCALERS}
+    if upscaler.lower() not in named:
+        raise UserError(f"hr_upscaler {upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")
+    return dict(hires=True, hires_scale=req.hr_scale, hires_width=req.hr_resize_x, hires_height=req.hr_resize_y,
+                hires_steps=req.hr_second_pass_steps, hires_upscaler=named[upscaler.lower()],
+                strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
 
 
 def mask_blur(req: Img2ImgRequest) -> int:
@@ -157,6 +179,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         if init is not None:
             values.update(init_image=init, strength=req.denoising_strength if req.denoising_strength is not None else 0.75,
                           resize_mode=RESIZE[req.resize_mode])
+        elif req.enable_hr:
+            values.update(hires_fix(req))
         if mask is not None:
             values.update(mask=mask, mask_blur=mask_blur(req), only_masked=bool(req.inpaint_full_res),
                           masked_padding=req.inpaint_full_res_padding, masked_content=FILLS[req.inpainting_fill],
@@ -339,6 +363,15 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     for name in EMPTY_LISTS:
         api.add_api_route(f"/{name}", lambda: [], methods=["GET"], name=name)
+
+    @api.get("/latent-upscale-modes")
+    def latent_upscale_modes():
+        return [{"name": name} for name in LATENT_MODES]
+
+    @api.get("/upscalers")
+    def upscalers():          # for the hires fix's image path (A1111's "None" resizes with Lanczos too)
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                for name in ("None", *IMAGE_MODES)]
 
     for name in ("extra-single-image", "extra-batch-images", "interrogate"):
         def unavailable(name=name):

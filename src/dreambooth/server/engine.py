@@ -200,8 +200,10 @@ class Engine:
                 self.load(*before)
 
     def _generate(self, params: GenerationParams, output_dir=None, options: dict | None = None) -> list[GeneratedImage]:
+        steps = params.steps + ((params.hires_steps or params.steps) if params.hires else 0)   # the hires pass's too
         return self._tracked(lambda controls: generate(self.pipeline, params, output_dir, controls=controls),
-                             params.batch_count * params.batch_size, params.steps, options, params.batch_size)
+                             params.batch_count * params.batch_size * params.passes, steps, options,
+                             params.batch_size * params.passes)
 
     def _tracked(self, work, images: int, steps: int, options: dict | None = None, per_job: int = 1):
         s = self.state

@@ -98,7 +98,7 @@ class Img2ImgRequest(Txt2ImgRequest):
 # not use them), refused otherwise.
 NEUTRAL = {
     "styles": [], "subseed_strength": 0.0, "restore_faces": (None, False), "tiling": (None, False),
-    "enable_hr": False, "refiner_checkpoint": (None, "", "None"), "script_name": (None, "", "None"),
+    "refiner_checkpoint": (None, "", "None"), "script_name": (None, "", "None"),
     "alwayson_scripts": {}, "firstpass_image": None, "resize_mode": (0, 1, 2), "latent_mask": None,
     "inpainting_mask_invert": (0, 1), "inpainting_fill": (0, 1, 2, 3), "disable_extra_networks": False,
     "mask_round": True, "seed_resize_from_h": (-1, 0),

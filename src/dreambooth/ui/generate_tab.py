@@ -16,6 +16,7 @@ from .errors import ui_error
 
 from ..errors import UserError, exception_line
 from ..generation.grammar import extract_loras
+from ..generation.hires import HIRES_UPSCALERS, MAX_HIRES_SCALE
 from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING, as_mask
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
@@ -87,7 +88,9 @@ def controls(prefix: str) -> Controls:
 
 def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
               init=None, mask=None, strength=0.75, clip_skip=1, mask_blur=4, area="Whole picture",
-              padding=32, content="original", resize_mode="Just resize", mask_mode="Inpaint masked") -> GenerationParams:
+              padding=32, content="original", resize_mode="Just resize", mask_mode="Inpaint masked",
+              hires=False, hires_upscaler="Latent", hires_steps=0, hires_scale=2.0, hires_width=0,
+              hires_height=0) -> GenerationParams:
     return GenerationParams(prompt or "", negative or "", sampler, schedule, steps=int(steps), cfg_scale=float(cfg),
                             seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
                             batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
@@ -98,7 +101,11 @@ def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, ba
                             invert_mask=mask is not None and mask_mode == "Inpaint not masked",
                             # as in the WebUI, "Only masked" keeps the init image's size whatever the resize mode
                             resize_mode=resize_mode if init is not None and not (mask is not None and area == "Only masked")
-                            else "Just resize")
+                            else "Just resize",
+                            # the hires fix's settings only when it is on (and for txt2img), as in the WebUI
+                            **(dict(hires=True, hires_upscaler=hires_upscaler, hires_steps=int(hires_steps),
+                                    hires_scale=float(hires_scale), hires_width=int(hires_width),
+                                    hires_height=int(hires_height)) if hires and init is None else {}))
 
 
 def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
@@ -165,6 +172,23 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         with gr.Column(scale=3):
             c = controls(prefix)
             extras = {}
+            if mode == "txt2img":
+                with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
+                    extras["hires"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_enable_hr")
+                    with gr.Row():
+                        extras["hires_upscaler"] = gr.Dropdown(list(HIRES_UPSCALERS), value="Latent", label="Upscaler",
+                                                               elem_id="txt2img_hr_upscaler")
+                        extras["hires_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                          elem_id="txt2img_hires_steps")
+                        extras["hires_strength"] = gr.Slider(0.01, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                             elem_id="txt2img_denoising_strength")
+                    with gr.Row():
+                        extras["hires_scale"] = gr.Slider(1, MAX_HIRES_SCALE, value=2, step=0.05, label="Upscale by",
+                                                          elem_id="txt2img_hr_scale")
+                        extras["hires_width"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                                          elem_id="txt2img_hr_resize_x")
+                        extras["hires_height"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                           elem_id="txt2img_hr_resize_y")
             if mode == "img2img":
                 extras["init"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
                                                 elem_id="img2img_image")
@@ -202,24 +226,29 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         base = values[:16]
         script, x, y, z, clip_skip = base[11:16]
         init = mask = None
-        inpainting = {}
+        extra = {}
         strength = 0.75
         if mode == "img2img":
             editor, upload_mask, strength, mask_blur, content, area, padding, resize_mode, mask_mode = values[16:25]
-            inpainting = dict(mask_blur=mask_blur, content=content, area=area, padding=padding,
-                              resize_mode=resize_mode, mask_mode=mask_mode)
+            extra = dict(mask_blur=mask_blur, content=content, area=area, padding=padding,
+                         resize_mode=resize_mode, mask_mode=mask_mode)
             init, mask = _init_and_mask(editor, upload_mask)
             if init is None:
                 raise ui_error("Image: upload an image to start from")
+        else:
+            hires, upscaler, hires_steps, strength, scale, to_width, to_height = values[16:23]
+            extra = dict(hires=hires, hires_upscaler=upscaler, hires_steps=hires_steps, hires_scale=scale,
+                         hires_width=to_width, hires_height=to_height)
         try:
-            params = params_of(*base[:11], init=init, mask=mask, strength=strength, clip_skip=clip_skip, **inpainting)
+            params = params_of(*base[:11], init=init, mask=mask, strength=strength, clip_skip=clip_skip, **extra)
             extract_loras(params.prompt)
         except UserError as exc:
             raise ui_error(str(exc)) from None
         yield from run(engine, params, output / f"{mode}-images", script, x, y, z)
 
     img2img = ("init", "mask", "strength", "mask_blur", "content", "area", "padding", "resize_mode", "mask_mode")
-    inputs = c.inputs() + ([extras[k] for k in img2img] if mode == "img2img" else [])
+    txt2img = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_scale", "hires_width", "hires_height")
+    inputs = c.inputs() + [extras[k] for k in (img2img if mode == "img2img" else txt2img)]
     generate_button.click(go, inputs=inputs, outputs=[gallery, preview, progress_text, info], concurrency_limit=None)
     interrupt.click(lambda: setattr(engine.state, "interrupted", True) if engine.state.job else None)
     skip.click(lambda: setattr(engine.state, "skipped", True) if engine.state.job else None)
