@@ -105,8 +105,16 @@ def generate_cases(w) -> list[list[str]]:
     inpaint = ["--init-image", init, "--mask", init]
     cases += [[*inpaint, "--mask-blur", v] for v in bad_numbers(int, 0, 64)]
     cases += [[*inpaint, "--masked-padding", v] for v in bad_numbers(int, 0, 256)]
-    cases += [[*inpaint, "--masked-content", v] for v in ("latent noise", "", "2")]
-    cases += [["--only-masked"], ["--masked-content", "fill"]]                    # inpainting settings need a mask
+    cases += [[*inpaint, "--masked-content", v] for v in ("latent fog", "", "2")]
+    cases += [["--only-masked"], ["--masked-content", "fill"], ["--invert-mask"]]  # inpainting settings need a mask
+    cases += [["--resize-mode", "stretch"], ["--resize-mode", "crop and resize"],    # (an img2img setting)
+              [*inpaint, "--only-masked", "--resize-mode", "resize and fill"]]
+    hires = ["--hires"]
+    cases += [[*hires, "--hires-scale", v] for v in bad_numbers(float, 1, 8)]
+    cases += [[*hires, side, v] for side in ("--hires-width", "--hires-height") for v in bad_numbers(int, 0, 2048)]
+    cases += [[*hires, "--hires-steps", v] for v in bad_numbers(int, 0, 1000)]
+    cases += [[*hires, "--hires-upscaler", "ESRGAN_4x"], [*hires, "--init-image", init], [*hires, "--strength", "0"],
+              ["--hires-scale", "1.5"], ["--hires-steps", "3"], [*hires, "--hires-scale", "8", "--width", "512"]]
     cases += [["--sampler", "DDIM", "--eta", v] for v in bad_numbers(float, 0, 1)]
     cases += [["--eta", "0.5"], ["--sampler", "DPM++ SDE", "--eta", "0"]]       # the stochastic samplers draw at 1
     for path_flag in ("--init-image", "--mask", "--from-image"):

@@ -152,10 +152,6 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
             params.check_replayable(written)
         except UserError as exc:
             raise UserError(f"--from-image {from_image}: {exc}") from None
-        unmade = not_made_here(written)
-        if unmade:
-            progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
-                          "make; the image will differ")
         recorded_model, recorded_loras = sources_from_infotext(info)
         recorded = recorded_settings(info)
         vae = vae or recorded.get("vae")
@@ -194,6 +190,10 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     if prompt_matrix:
         check_plot_size(len(prompt_matrix_prompts(params.prompt)[0]), params, "--prompt-matrix")
 
+    unmade = not_made_here(written) if from_image is not None else []
+    if unmade:                               # (said once every check has passed)
+        progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
+                      "make; the image will differ")
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
                                         dtype=DTYPES[dtype], model_config=model_config, library=library,
                                         medvram=medvram)

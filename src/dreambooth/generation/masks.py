@@ -11,7 +11,7 @@
   keeps the init image's size, and a small masked area gets all the sampling size's pixels.
 * Masked content "fill": the sampler starts from the masked area painted over by the colours around
   it, not from what was there ("original"); "latent noise" and "latent nothing" fill it so too, and
-  then replace its latents by the seed's noise or by zeros (``sampling.latent_fill``).
+  then replace its latents by the seed's noise or by zeros (``latent_fill``).
 * Mask mode "Inpaint not masked": the mask inverted first.
 * "Whole picture" takes img2img's resize mode (``resizing``) for the init image and the mask alike;
   "Only masked" fits its box into the sampling size as "Resize and fill" and the sample back into the
@@ -21,9 +21,11 @@
 Beyond the feather every pixel is the init image's, exactly."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 
@@ -149,3 +151,35 @@ def prepare(init: Image.Image, mask: Image.Image, width: int, height: int, blur:
     small = resized(feathered.crop(region), width, height, "Resize and fill", Image.LANCZOS)
     start = resized(init.crop(region), width, height, "Resize and fill", Image.LANCZOS)
     return Inpainting(fill(start, small) if filled else start, small, init, feathered, region)
+
+
+@contextlib.contextmanager
+def latent_fill(runner, params, mask: Image.Image | None, seeds: list[int]):
+    """Within: Masked content "latent noise" / "latent nothing", as the WebUI's: the init image's latents
+    under the mask (binarised at half and taken to the latents' size as diffusers takes it) replaced by
+    each image's seed's own noise (the noise its txt2img image starts from) or by zeros, before the
+    sampler noises them. Only the pipeline's first encoding is the init image's (diffusers encodes it
+    before the masked image); an inpainting model (9 input channels) at full strength starts from
+    noise and encodes no init image."""
+    model_starts_from_noise = runner.unet.config.in_channels != 4 and params.strength >= 1
+    if mask is None or params.masked_content not in LATENT_FILLS or model_starts_from_noise:
+        yield
+        return
+    encode = runner._encode_vae_image
+
+    def encode_and_fill(image, generator):
+        del runner._encode_vae_image                # the next encoding (the masked image's) is the pipeline's own
+        latents = encode(image=image, generator=generator)
+        kept = torch.from_numpy(np.asarray(mask.convert("L")) < 128).float()[None, None]
+        kept = torch.nn.functional.interpolate(kept, size=latents.shape[-2:]).to(latents)       # nearest
+        if params.masked_content == "latent nothing":
+            return latents * kept
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
+                             for s in seeds]).to(latents)
+        return latents * kept + noise * (1 - kept)
+
+    runner._encode_vae_image = encode_and_fill
+    try:
+        yield
+    finally:
+        runner.__dict__.pop("_encode_vae_image", None)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -40,7 +39,7 @@ from .grammar import LoraTag, extract_loras
 from .hires import LATENT_MODES, hires_target, upscale_image, upscale_latents
 from .infotext import format_infotext
 from .loras import LoraFile
-from .masks import LATENT_FILLS, as_mask, prepare
+from .masks import as_mask, latent_fill, prepare
 from .params import GenerationParams
 from .resizing import resized
 from .pipeline import GenerationPipeline
@@ -340,38 +339,6 @@ def one_image_at_a_time(vae):
         yield
     finally:
         vae.use_slicing = before
-
-
-@contextlib.contextmanager
-def latent_fill(runner, params: GenerationParams, mask: Image.Image | None, seeds: list[int]):
-    """Within: Masked content "latent noise" / "latent nothing", as the WebUI's: the init image's latents
-    under the mask (binarised at half and taken to the latents' size as diffusers takes it) replaced by
-    each image's seed's own noise (the noise its txt2img image starts from) or by zeros, before the
-    sampler noises them. Only the pipeline's first encoding is the init image's (diffusers encodes it
-    before the masked image); an inpainting model (9 input channels) at full strength starts from
-    noise and encodes no init image."""
-    model_starts_from_noise = runner.unet.config.in_channels != 4 and params.strength >= 1
-    if mask is None or params.masked_content not in LATENT_FILLS or model_starts_from_noise:
-        yield
-        return
-    encode = runner._encode_vae_image
-
-    def encode_and_fill(image, generator):
-        del runner._encode_vae_image                # the next encoding (the masked image's) is the pipeline's own
-        latents = encode(image=image, generator=generator)
-        kept = torch.from_numpy(np.asarray(mask.convert("L")) < 128).float()[None, None]
-        kept = torch.nn.functional.interpolate(kept, size=latents.shape[-2:]).to(latents)       # nearest
-        if params.masked_content == "latent nothing":
-            return latents * kept
-        noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
-                             for s in seeds]).to(latents)
-        return latents * kept + noise * (1 - kept)
-
-    runner._encode_vae_image = encode_and_fill
-    try:
-        yield
-    finally:
-        runner.__dict__.pop("_encode_vae_image", None)
 
 
 def _without_grad(unet):
