@@ -39,6 +39,9 @@ def test_prompt_matrix_prompts():
     ("Prompt S/R: dog, cat, \"red, fox\"", "Prompt S/R", ["dog", "cat", "red, fox"]),
     ("Schedule type: karras, sgm_uniform", "Schedule type", ["Karras", "SGM Uniform"]),
     ("Size: 16x16, 24x16", "Size", ["16x16", "24x16"]),
+    ("Hires steps: 0-10 (+5)", "Hires steps", [0, 5, 10]),
+    ("Hires upscaler: latent, Latent (nearest-exact), lanczos", "Hires upscaler",
+     ["Latent", "Latent (nearest-exact)", "Lanczos"]),
 ])
 def test_parse_axis(text, label, values):
     axis = parse_axis(text)
@@ -53,6 +56,7 @@ def test_parse_axis(text, label, values):
     ("Sampler: Foo", "--sampler Foo: unknown"),
     ("Size: 16", "WIDTHxHEIGHT"),
     ("CFG scale:", "no values"),
+    ("Hires upscaler: ESRGAN_4x", "Hires upscaler: 'ESRGAN_4x' unknown; valid: Latent"),
 ])
 def test_bad_axes(text, message):
     with pytest.raises(UserError) as err:
@@ -108,6 +112,19 @@ def test_xyz_run(sd1, tmp_path):
         with pytest.raises(UserError) as err:        # the axis value named, before anything is made
             run_xyz(sd1, params, x=x, output_dir=tmp_path / "bad")
         assert str(err.value).startswith(message) and not (tmp_path / "bad").exists(), str(err.value)
+
+
+def test_a_hires_plot(sd1, tmp_path):
+    """The hires fix's steps and upscaler as axes; without --hires they are refused before any image."""
+    params = GenerationParams("a dog", steps=2, width=16, height=16, seed=4, hires=True, strength=0.5)
+    result = run_xyz(sd1, params, x="Hires upscaler: Latent, Lanczos", y="Hires steps: 1, 2", output_dir=tmp_path)
+    infos = [parse_generation_parameters(r.infotext) for r in result.images]
+    assert [(i["Hires upscaler"], i.get("Hires steps")) for i in infos] == [
+        ("Latent", "1"), ("Lanczos", "1"), ("Latent", "2"), ("Lanczos", "2")]
+    assert {r.image.size for r in result.images} == {(32, 32)}
+    with pytest.raises(UserError, match="--x Hires steps: 1: --hires-steps is for the hires fix: give --hires too"):
+        run_xyz(sd1, params.replace(hires=False), x="Hires steps: 1, 2", output_dir=tmp_path / "no")
+    assert not (tmp_path / "no").exists()
 
 
 def test_an_interrupt_stops_a_plot_and_a_matrix(sd1, tmp_path):

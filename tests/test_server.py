@@ -161,16 +161,22 @@ def test_batches_loras_in_prompts_and_img2img(api, tmp_path):
     assert info.info.startswith("a blue circle") and info.parameters["Seed"] == "3"
 
 
+def init_and_mask(folder, seed: int, size: tuple[int, int], box: tuple[int, int, int, int]):
+    """A noise init image of ``size`` and a mask white over ``box``, saved as init.png and mask.png."""
+    w, h = size
+    init = Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    init.save(folder / "init.png")
+    mask.save(folder / "mask.png")
+    return init, mask
+
+
 def test_inpainting_as_a1111s_api_defaults_equals_the_cli(api, tmp_path):
     """A1111's API inpaints "Only masked" unless told otherwise (``inpaint_full_res``, webuiapi's default
     too), with a 4 px mask blur, from the masked area filled (``inpainting_fill`` 0): the image keeps the
     init image's size, as ``--only-masked --masked-content fill``."""
-    rng = np.random.default_rng(1)
-    init = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    mask = Image.new("L", (64, 48), 0)
-    mask.paste(255, (40, 8, 48, 16))
-    init.save(tmp_path / "init.png")
-    mask.save(tmp_path / "mask.png")
+    init, mask = init_and_mask(tmp_path, 1, (64, 48), (40, 8, 48, 16))
     out = api.img2img(images=[init], mask_image=mask, prompt="a blue circle", seed=3, steps=4, width=32, height=32)
     assert out.image.size == (64, 48)
     assert "Inpaint area: Only masked, Masked area padding: 0, Masked content: fill" in out.info["infotexts"][0]
@@ -184,12 +190,7 @@ def test_resize_mode_mask_mode_and_latent_fills_as_the_cli(api, tmp_path):
     """A1111's ``resize_mode`` (1: Crop and resize), ``inpainting_mask_invert`` (Inpaint not masked) and
     ``inpainting_fill`` 2 (latent noise) are the CLI's ``--resize-mode``, ``--invert-mask`` and
     ``--masked-content``, pixel for pixel."""
-    rng = np.random.default_rng(2)
-    init = Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8))
-    mask = Image.new("L", (64, 32), 0)
-    mask.paste(255, (32, 0, 64, 32))
-    init.save(tmp_path / "init.png")
-    mask.save(tmp_path / "mask.png")
+    init, mask = init_and_mask(tmp_path, 2, (64, 32), (32, 0, 64, 32))
     common = ("--prompt", "a blue circle", "--seed", "3", "--steps", "4", "--width", "32", "--height", "32",
               "--init-image", tmp_path / "init.png")
     out = api.img2img(images=[init], prompt="a blue circle", seed=3, steps=4, width=32, height=32, resize_mode=1)

@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..grid import annotated_grid
 from ..images import write_png
 from ..outputs import GRID_PREFIX, claim_numbered
+from .hires import HIRES_UPSCALERS
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import SCHEDULES, resolve
@@ -136,6 +137,8 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Denoising", float, "strength", ("denoising strength", "strength")),
     AxisType("Batch size", int, "batch_size"),
     AxisType("Clip skip", int, "clip_skip"),
+    AxisType("Hires steps", int, "hires_steps"),
+    AxisType("Hires upscaler", str, "hires_upscaler"),
 )
 _AXIS_BY_NAME = {}
 for _a in AXES:
@@ -221,6 +224,12 @@ def parse_axis(text: str, flag: str = "--x") -> Axis:
         if bad:
             raise UserError(f"{flag} Schedule type: {bad[0]!r} unknown; valid: {', '.join(SCHEDULES)}")
         values = [canon[v.lower().replace("_", " ")] for v in items]
+    elif label == "Hires upscaler":
+        canon = {u.lower(): u for u in HIRES_UPSCALERS}
+        bad = [v for v in items if v.lower() not in canon]
+        if bad:
+            raise UserError(f"{flag} Hires upscaler: {bad[0]!r} unknown; valid: {', '.join(HIRES_UPSCALERS)}")
+        values = [canon[v.lower()] for v in items]
     elif label == "Size":
         for v in items:
             if not _SIZE.match(v):
