@@ -29,6 +29,12 @@ def test_unknown_key_and_bad_value_name_the_file(tmp_path):
         load_preset(str(bad))
     with pytest.raises(UserError, match="no such file or shipped preset"):
         load_preset("nope")
+    bad.write_text("max_steps: 3\nlearning_rate: 1e-4\nmax_steps: 5\n")       # YAML would keep the last, silently
+    with pytest.raises(UserError, match=r"bad.yaml: cannot read YAML \('max_steps' is given twice"):
+        load_preset(str(bad))
+    bad.write_text("max_steps: 3\nmax-steps: 5\n")
+    with pytest.raises(UserError, match="'max_steps' is given twice"):
+        load_preset(str(bad))
     bad.write_text("validation_seeds: 1 2 3\n")             # as --help shows the default: a list is wanted
     with pytest.raises(UserError, match=r"validation_seeds = '1 2 3' is not a valid int; write a list, e.g. \[1, 2, 3\]"):
         load_preset(str(bad))

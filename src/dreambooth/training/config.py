@@ -290,11 +290,28 @@ def preset_file(path_or_name: str) -> Path:
     return shipped
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice (YAML itself keeps the last, silently)."""
+
+
+def _mapping_of_unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_of_unique_keys)
+
+
 def load_preset(path_or_name: str) -> dict[str, Any]:
     """Read a YAML preset: a file path, or the name of a shipped preset (``sd15-lora``)."""
     path = preset_file(path_or_name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"--config {path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -305,6 +322,8 @@ def load_preset(path_or_name: str) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise UserError(f"--config {path}: unknown setting '{key}'")
+        if name in out:
+            raise UserError(f"--config {path}: '{name}' is given twice (as '{key}' too); keep one")
         out[name] = _coerce(known[name], value, f"--config {path}")
     return out
 
