@@ -223,6 +223,15 @@ def test_a_resume_with_other_photos_or_settings_says_it_is_not_exact(tiny_sd1, d
     assert "this run's resolution 64 (was 32), seed 5 (was 1) differ from the checkpoint's" in err
 
 
+def test_overwrite_with_a_class_folder_still_to_be_made_inside_the_output(tiny_sd1, dog_photos, old_model):
+    """Nothing of a class folder that does not exist yet can be lost: --overwrite goes on (it said the
+    folder 'would be deleted')."""
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--class-prompt",
+                           "a photo of dog", "--class-dir", old_model / "cls", "--output", old_model, "--overwrite")
+    assert code == 0, err
+    assert len(list((old_model / "cls").glob("*.png"))) == 2
+
+
 def test_a_damaged_class_image_is_made_again(tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--class-prompt", "a photo of dog",

@@ -65,6 +65,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         inputs.append(("--resume", cfg.resume))
     for flag, path in inputs if cfg.overwrite else ():
         path = Path(path)
+        if not path.expanduser().exists():        # a class folder still to be made: nothing of it to lose
+            continue
         if _within(output, path):
             raise UserError(f"--output {output}: lies inside {flag} {path}, which --overwrite would change; "
                             "write the model somewhere else")
