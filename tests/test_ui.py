@@ -113,9 +113,15 @@ def test_txt2img_equals_the_api_and_the_cli(page, site, tmp_path):
     assert page.input_value("#img2img_steps input[type=number]") == "20"
 
 
+def open_hires_fix(page) -> None:
+    if not page.is_visible("#txt2img_enable_hr input[type=checkbox]"):
+        page.click("#txt2img_hires_fix button:has-text('Hires. fix')")      # the accordion opens
+    page.wait_for_selector("#txt2img_enable_hr input[type=checkbox]", state="visible")
+
+
 def test_the_hires_fix_in_the_browser(page):
     page.click("button[role=tab][data-tab-id='txt2img']")
-    page.click("#txt2img_hires_fix button:has-text('Hires. fix')")          # the accordion opens
+    open_hires_fix(page)
     page.check("#txt2img_enable_hr input[type=checkbox]")
     number(page, "#txt2img_hires_steps", 2)
     png = txt2img(page, "a white circle", 3, steps=4)
@@ -129,7 +135,8 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     from dreambooth.images import write_png
     png = write_png(Image.new("RGB", (32, 32), (10, 200, 10)), tmp_path / "a.png",
                     "a purple cross\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 5, "
-                    "Seed: 4242, Size: 32x32, Clip skip: 2")
+                    "Seed: 4242, Size: 32x32, Clip skip: 2, Denoising strength: 0.5, Hires upscale: 1.5, "
+                    "Hires steps: 3, Hires upscaler: Lanczos")
     page.click("button[role=tab][data-tab-id='txt2img']")
     page.fill("#txt2img_prompt textarea", "my own prompt")
     page.click("button[role=tab][data-tab-id='pnginfo']")
@@ -154,6 +161,9 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     assert page.input_value("#txt2img_seed input") == "4242"
     assert page.input_value("#txt2img_steps input[type=number]") == "12"
     assert page.input_value("#txt2img_clip_skip input[type=number]") == "2"
+    open_hires_fix(page)
+    assert page.is_checked("#txt2img_enable_hr input[type=checkbox]")            # the hires fix, as the image had it
+    assert page.input_value("#txt2img_hires_steps input[type=number]") == "3"
     # generated as sent: the CLI's remake from the same infotext, pixel for pixel
     page.click("#txt2img_generate")
     page.wait_for_function("document.querySelectorAll('#txt2img_gallery img').length > 0 && "
@@ -161,7 +171,9 @@ def test_png_info_sends_parameters_to_txt2img(page, tmp_path):
     made = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
     code, stdout, err = run_cli("generate", "--from-image", png, "--model", "toy", "--output", tmp_path / "cli")
     assert code == 0, err
+    page.uncheck("#txt2img_enable_hr input[type=checkbox]")                   # as the next test expects it
     assert "Clip skip: 2" in Image.open(io.BytesIO(made)).info["parameters"]
+    assert Image.open(io.BytesIO(made)).size == (48, 48)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(made))), np.asarray(Image.open(stdout.split()[-1])))
 
 

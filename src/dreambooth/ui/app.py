@@ -53,7 +53,7 @@ def build(app) -> gr.Blocks:
         switching = gr.Markdown("", elem_id="switching")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                t2i, gallery, info, _, send = generate_tab.tab(engine, data_dir / "outputs", "txt2img")
+                t2i, gallery, info, t2i_extras, send = generate_tab.tab(engine, data_dir / "outputs", "txt2img")
             with gr.Tab("img2img", id="img2img"):
                 i2i, _, _, extras, _ = generate_tab.tab(engine, data_dir / "outputs", "img2img")
             with gr.Tab("Train", id="train"):
@@ -61,7 +61,7 @@ def build(app) -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate") as evaluate:
                 evaluate_lists, evaluate_dropdowns = evaluate_tab.tab(engine, store, data_dir)
             with gr.Tab("PNG Info", id="pnginfo"):
-                pnginfo_tab.tab(t2i, tabs)
+                pnginfo_tab.tab(t2i, tabs, t2i_extras)
 
         def switch(title, vae_name, progress=gr.Progress()):
             progress(0, desc=f"loading {title}")

@@ -30,7 +30,9 @@ def infotext_of(path) -> tuple[str, str | None, None]:
         return "", None, None
 
 
-def tab(txt2img: Controls, tabs: gr.Tabs):
+def tab(txt2img: Controls, tabs: gr.Tabs, hires: dict | None = None):
+    """``hires``: txt2img's Hires. fix controls, which a hires image's infotext sets too."""
+    hires_controls = [hires[k] for k in HIRES_CONTROLS] if hires else []
     with gr.Row():
         with gr.Column():
             upload = gr.File(label="Drop a PNG (or an A1111 JPEG / WebP) here", file_types=["image"],
@@ -44,8 +46,8 @@ def tab(txt2img: Controls, tabs: gr.Tabs):
     def to_txt2img(infotext: str):
         if not infotext or infotext == NONE:       # nothing to send: the txt2img settings stay as they are
             raise ui_error("PNG Info: no generation parameters to send; drop an image made by this studio or A1111")
-        return (*pasted(infotext), gr.Tabs(selected="txt2img"))
-    send.click(to_txt2img, text, [*pasted_into(txt2img), tabs])
+        return (*pasted(infotext), *(pasted_hires(infotext) if hires_controls else ()), gr.Tabs(selected="txt2img"))
+    send.click(to_txt2img, text, [*pasted_into(txt2img), *hires_controls, tabs])
 
 
 def pasted(infotext: str) -> tuple:
@@ -57,6 +59,18 @@ def pasted(infotext: str) -> tuple:
         raise ui_error(str(exc)) from None
     return (p.prompt, p.negative_prompt, row.name, schedule, p.steps, p.cfg_scale, p.width or 512, p.height or 512,
             p.seed, p.clip_skip)
+
+
+HIRES_CONTROLS = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_scale", "hires_width", "hires_height")
+
+
+def pasted_hires(infotext: str) -> tuple:
+    """The Hires. fix controls' values (``HIRES_CONTROLS``) from an infotext: set by a hires image's,
+    switched off by another's."""
+    p = GenerationParams.from_infotext(parse_generation_parameters(infotext))
+    if not p.hires:
+        return (False, *[gr.update()] * (len(HIRES_CONTROLS) - 1))
+    return True, p.hires_upscaler, p.hires_steps, p.strength, p.hires_scale, p.hires_width, p.hires_height
 
 
 def pasted_into(c: Controls) -> list:
