@@ -64,6 +64,17 @@ def test_bad_axes(text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_label_wider_than_its_cell_is_broken_to_fit():
+    """A word wider than a small cell ("Automatic" over 64 px) is broken, not cut at the grid's edge."""
+    from PIL import ImageDraw
+
+    from dreambooth.grid import _font, _wrap
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), _font(12)
+    lines = _wrap(draw, "Schedule type: Automatic-Uniform-Karras", font, 40)
+    assert all(draw.textlength(line, font=font) <= 40 for line in lines)
+    assert "".join(lines).replace(" ", "") == "Scheduletype:Automatic-Uniform-Karras"
+
+
 def test_prompt_sr_replaces_in_both_prompts():
     axis = parse_axis("Prompt S/R: dog, cat")
     p = apply_axis(GenerationParams("a dog", negative_prompt="dog hair"), axis, "cat")

@@ -12,8 +12,19 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _pieces(draw, word: str, font, width: int) -> list[str]:
+    """``word``, or pieces of it that fit ``width`` where it alone does not (a label over a small cell)."""
+    pieces, piece = [], ""
+    for ch in word:
+        if piece and draw.textlength(piece + ch, font=font) > width:
+            pieces.append(piece)
+            piece = ""
+        piece += ch
+    return pieces + [piece]
+
+
 def _wrap(draw, text: str, font, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
+    words, lines, line = [p for w in text.split() for p in _pieces(draw, w, font, width)], [], ""
     for word in words:
         trial = f"{line} {word}".strip()
         if line and draw.textlength(trial, font=font) > width:
