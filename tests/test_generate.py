@@ -304,7 +304,7 @@ def test_inpaint_keeps_unmasked_pixels(sd1, sdxl):
                 assert not np.array_equal(out[:, 8:kept], pixels(init)[:, 8:kept])       # feathered
 
 
-def test_only_masked_samples_the_masked_area_and_puts_it_back(sd1):
+def test_only_masked_samples_the_masked_area_and_puts_it_back(sd1, monkeypatch):
     """The WebUI's "Inpaint area: Only masked": the box around the mask (with padding, in the sampling
     size's proportions) is sampled at the full sampling size and put back; the image keeps the init
     image's size, and every pixel outside the mask is the init image's."""
@@ -322,7 +322,10 @@ def test_only_masked_samples_the_masked_area_and_puts_it_back(sd1):
     assert whole.image.size == (32, 32) and "Inpaint area" not in whole.infotext
     blank = params.replace(mask=Image.new("L", (64, 48), 0))
     resized = pixels(init.resize((32, 32), resample=Image.BICUBIC))      # nothing masked: the whole picture,
-    assert np.array_equal(pixels(generate(sd1, blank)[0]), resized)       # with nothing repainted
+    said = []
+    monkeypatch.setattr("dreambooth.progress.warn", said.append)
+    assert np.array_equal(pixels(generate(sd1, blank)[0]), resized)       # with nothing repainted, and said
+    assert said == ["--mask: black all over, so nothing is repainted"]
 
 
 def test_fill_paints_the_masked_area_with_the_colours_around_it(sd1):

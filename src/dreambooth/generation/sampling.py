@@ -154,8 +154,9 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
             progress.warn(f"--mask: {mask.width}x{mask.height}, stretched to the init image's {init.width}x{init.height}")
         inpainting = prepare(init, mask, params.width, params.height, params.mask_blur, params.only_masked,
                              params.masked_padding, params.masked_content != "original", params.invert_mask, params.resize_mode)
-        if params.only_masked and inpainting.region is None:
-            progress.warn("--only-masked: the mask is blank, so there is no masked area; nothing is repainted")
+        if inpainting.mask.getbbox() is None:
+            progress.warn(f"--mask: black all over{' once inverted' if params.invert_mask else ''}, so nothing is "
+                          "repainted")
         init, mask = inpainting.init, inpainting.mask
     elif init is not None:
         init = resized(init, params.width, params.height, params.resize_mode)
