@@ -581,6 +581,7 @@ def test_bad_inputs_are_one_line_errors(sd1, tmp_path):
         (GenerationParams("x", hires_scale=1.5), "--hires-scale is for the hires fix: give --hires too"),
         (GenerationParams("x", hires=True, hires_scale=9), "--hires-scale 9"),
         (GenerationParams("x", hires=True, hires_upscaler="ESRGAN_4x"), "--hires-upscaler 'ESRGAN_4x': one of Latent"),
+        (GenerationParams("x", hires=True, hires_width=33), "--hires-width 33: must be a multiple of 8 (or 0)"),
         (GenerationParams("x", hires=True, width=1024, height=1024, hires_scale=4), "--hires: 1024x1024 upscaled is 4096x4096"),
         (GenerationParams("x", resize_mode="Crop and resize"), "--resize-mode is for img2img: give --init-image"),
         (GenerationParams("x", init_image=_noise_image(8, 8), invert_mask=True), "--invert-mask is for inpainting"),

@@ -5,8 +5,8 @@ again at the larger size, as img2img from the upscaled one (``sampling.generate`
   kept in the image's proportions; both, in other proportions: the image is upscaled to cover the
   target and the overhang cut off evenly, as the WebUI does), in multiples of 8.
 * "Latent" upscalers resize the first pass's latents (torch's interpolate: bilinear, bicubic, nearest
-  or nearest-exact, antialiased or not), as the WebUI's "Latent (...)" ones; "Lanczos" and "Nearest"
-  decode the first pass, resize the picture and encode it again. (The WebUI's ESRGAN-style upscaler
+  or nearest-exact, antialiased or not), as the WebUI's "Latent (...)" ones; "Lanczos", "Nearest" and
+  "None" (a Lanczos resize, as the WebUI's) decode the first pass, resize the picture and encode it again. (The WebUI's ESRGAN-style upscaler
   models are not here.)
 * The second pass takes ``hires_steps`` denoising steps (0: as many as the first) at ``strength``,
   with the same seeds (its noise is drawn afresh from them, at the larger size), sampler, prompts
@@ -23,7 +23,7 @@ from PIL import Image
 LATENT_MODES = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
                 "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
                 "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False)}
-IMAGE_MODES = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
+IMAGE_MODES = {"None": Image.LANCZOS, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}   # (A1111's "None": Lanczos)
 HIRES_UPSCALERS = (*LATENT_MODES, *IMAGE_MODES)
 MAX_HIRES_SCALE = 8
 

@@ -132,6 +132,8 @@ class GenerationParams:
         check_value("--hires-steps", self.hires_steps, int, 0, RANGES["steps"][1])
         for name in ("hires_width", "hires_height"):
             check_value(f"--{name.replace('_', '-')}", getattr(self, name), int, 0, max_side)
+            if getattr(self, name) % 8:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be a multiple of 8 (or 0)")
         if self.hires_upscaler not in HIRES_UPSCALERS:
             raise UserError(f"--hires-upscaler {self.hires_upscaler!r}: one of {', '.join(HIRES_UPSCALERS)}")
         if self.strength <= 0:

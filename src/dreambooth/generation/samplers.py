@@ -20,6 +20,7 @@ A pair the scheduler cannot do is a one-line error that lists the schedules it c
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,7 +201,24 @@ def make_scheduler(base_config, sampler: str, schedule: str = "Automatic", seeds
     cls = getattr(diffusers, class_name)
     config = {k: v for k, v in dict(base_config).items()
               if not k.startswith("use_") or k in ("use_dynamic_shifting",)}
-    return cls.from_config(config, **options)
+    return _refusing_nan_steps(cls.from_config(config, **options), row.name)
+
+
+def _refusing_nan_steps(scheduler, name: str):
+    """A scheduler whose steps hold NaN (diffusers' DPM2 a at 2 steps: its ancestral step leaves no
+    sigma to interpolate to, and log(0) becomes NaN) would make a black picture: a one-line error."""
+    set_timesteps = scheduler.set_timesteps
+
+    @functools.wraps(set_timesteps)
+    def checked(num_inference_steps=None, *args, **kwargs):
+        set_timesteps(num_inference_steps, *args, **kwargs)
+        steps = [getattr(scheduler, k, None) for k in ("timesteps", "sigmas")]
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and torch.isnan(t).any() for t in steps):
+            raise UserError(f"--sampler {name} at {num_inference_steps} steps: diffusers' scheduler has no valid "
+                            "steps for so few (they come out NaN, a black picture); give more steps")
+
+    scheduler.set_timesteps = checked
+    return scheduler
 
 
 def sampler_table() -> str:

@@ -114,7 +114,7 @@ def hires_fix(req: Txt2ImgRequest) -> dict:
         if getattr(req, name) not in allowed:
             raise UserError(f"{name}: {getattr(req, name)!r}: this server's hires pass uses the first pass's "
                             f"{name.removeprefix('hr_').replace('_name', '')}; leave it out")
-    upscaler = {None: "Latent", "": "Latent", "None": "Lanczos"}.get(req.hr_upscaler, req.hr_upscaler)
+    upscaler = req.hr_upscaler or "Latent"
     named = {u.lower(): u for u in HIRES_UPSCALERS}
     if upscaler.lower() not in named:
         raise UserError(f"hr_upscaler {upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")
@@ -371,7 +371,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     @api.get("/upscalers")
     def upscalers():          # for the hires fix's image path (A1111's "None" resizes with Lanczos too)
         return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                for name in ("None", *IMAGE_MODES)]
+                for name in IMAGE_MODES]
 
     for name in ("extra-single-image", "extra-batch-images", "interrogate"):
         def unavailable(name=name):
