@@ -6,8 +6,8 @@ again at the larger size, as img2img from the upscaled one (``sampling.generate`
   target and the overhang cut off evenly, as the WebUI does), in multiples of 8.
 * "Latent" upscalers resize the first pass's latents (torch's interpolate: bilinear, bicubic, nearest
   or nearest-exact, antialiased or not), as the WebUI's "Latent (...)" ones; "Lanczos", "Nearest" and
-  "None" (a Lanczos resize, as the WebUI's) decode the first pass, resize the picture and encode it again. (The WebUI's ESRGAN-style upscaler
-  models are not here.)
+  "None" (a Lanczos resize, as the WebUI's) decode the first pass, resize the picture and encode it
+  again. (The WebUI's ESRGAN-style upscaler models are not here.)
 * The second pass takes ``hires_steps`` denoising steps (0: as many as the first) at ``strength``,
   with the same seeds (its noise is drawn afresh from them, at the larger size), sampler, prompts
   and CFG.
@@ -26,6 +26,11 @@ LATENT_MODES = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinea
 IMAGE_MODES = {"None": Image.LANCZOS, "Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}   # (A1111's "None": Lanczos)
 HIRES_UPSCALERS = (*LATENT_MODES, *IMAGE_MODES)
 MAX_HIRES_SCALE = 8
+
+
+def upscaler_named(name: str) -> str | None:
+    """The upscaler called ``name`` in any case ("lanczos" is "Lanczos"), or None."""
+    return {u.lower(): u for u in HIRES_UPSCALERS}.get(str(name).lower())
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,9 @@ NOT_MADE_HERE = ("Hires sampler", "Hires schedule type", "Hires CFG Scale", "Hir
 
 def not_made_here(info: dict) -> list[str]:
     """The settings of an infotext (parsed without the WebUI's defaults) that change the image and that
-    a replay here cannot make:
-    A1111's variation seeds, a hires fix's own sampler or prompt, ... and its GPU noise (A1111's default; ours is drawn on the CPU,
-    and recorded "RNG: CPU"), so the same seed gives other noise."""
+    a replay here cannot make: A1111's variation seeds, a hires fix's own sampler or prompt, ... and
+    its GPU noise (A1111's default; ours is drawn on the CPU and recorded "RNG: CPU"), with which the
+    same seed gives other noise."""
     keys = [key.removesuffix("-1") for key in NOT_MADE_HERE if key in info]
     ours = "Precision" in info or "Model path" in info
     if info.get("RNG", "CPU" if ours else "GPU") != "CPU":

@@ -28,9 +28,6 @@ def num_of(text: str, key: str) -> int:
         raise UserError(f"infotext: {key}: {text!r} is not a number") from None
 
 
-HIRES_DEFAULTS = {"hires_scale": 2.0, "hires_width": 0, "hires_height": 0, "hires_steps": 0, "hires_upscaler": "Latent"}
-
-
 @dataclass(frozen=True)
 class GenerationParams:
     """One WebUI generation: everything but the model."""
@@ -114,7 +111,9 @@ class GenerationParams:
         if self.hires:
             self._check_hires(max_side)
         else:
-            given = [f"--{name.replace('_', '-')}" for name, default in HIRES_DEFAULTS.items() if getattr(self, name) != default]
+            fields = self.__dataclass_fields__
+            given = [f"--{name.replace('_', '-')}" for name in fields
+                     if name.startswith("hires_") and getattr(self, name) != fields[name].default]
             if given:
                 raise UserError(f"{given[0]} is for the hires fix: give --hires too")
         row, _ = resolve(self.sampler, self.schedule)

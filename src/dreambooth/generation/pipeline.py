@@ -199,12 +199,15 @@ class GenerationPipeline:
             raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({why})") from None
         finally:
             diffusers.utils.logging.set_verbosity(level)
-        if not any(adapter in names for names in self.pipe.get_list_adapters().values()):
+        if not self._has_adapter(adapter):
             raise UserError(f"<lora:{lora.name}> ({lora.source}): none of its layers is one of this {family} model's "
                             "(a LoRA for another family, or for a part this model lacks)")
 
+    def _has_adapter(self, adapter: str) -> bool:
+        return any(adapter in names for names in self.pipe.get_list_adapters().values())
+
     def _forget_adapter(self, adapter: str) -> None:
-        if any(adapter in names for names in self.pipe.get_list_adapters().values()):
+        if self._has_adapter(adapter):
             self.pipe.delete_adapters(adapter)
 
     def to(self, device, medvram: bool = False) -> "GenerationPipeline":

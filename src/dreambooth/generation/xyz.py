@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..grid import annotated_grid
 from ..images import write_png
 from ..outputs import GRID_PREFIX, claim_numbered
-from .hires import HIRES_UPSCALERS
+from .hires import HIRES_UPSCALERS, upscaler_named
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import SCHEDULES, resolve
@@ -225,11 +225,10 @@ def parse_axis(text: str, flag: str = "--x") -> Axis:
             raise UserError(f"{flag} Schedule type: {bad[0]!r} unknown; valid: {', '.join(SCHEDULES)}")
         values = [canon[v.lower().replace("_", " ")] for v in items]
     elif label == "Hires upscaler":
-        canon = {u.lower(): u for u in HIRES_UPSCALERS}
-        bad = [v for v in items if v.lower() not in canon]
+        bad = [v for v in items if upscaler_named(v) is None]
         if bad:
             raise UserError(f"{flag} Hires upscaler: {bad[0]!r} unknown; valid: {', '.join(HIRES_UPSCALERS)}")
-        values = [canon[v.lower()] for v in items]
+        values = [upscaler_named(v) for v in items]
     elif label == "Size":
         for v in items:
             if not _SIZE.match(v):

@@ -22,7 +22,7 @@ from PIL import Image
 from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import parse_generation_parameters
-from ..generation.hires import HIRES_UPSCALERS, IMAGE_MODES, LATENT_MODES
+from ..generation.hires import HIRES_UPSCALERS, IMAGE_MODES, LATENT_MODES, upscaler_named
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
@@ -114,12 +114,11 @@ def hires_fix(req: Txt2ImgRequest) -> dict:
         if getattr(req, name) not in allowed:
             raise UserError(f"{name}: {getattr(req, name)!r}: this server's hires pass uses the first pass's "
                             f"{name.removeprefix('hr_').replace('_name', '')}; leave it out")
-    upscaler = req.hr_upscaler or "Latent"
-    named = {u.lower(): u for u in HIRES_UPSCALERS}
-    if upscaler.lower() not in named:
-        raise UserError(f"hr_upscaler {upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")
+    upscaler = upscaler_named(req.hr_upscaler or "Latent")
+    if upscaler is None:
+        raise UserError(f"hr_upscaler {req.hr_upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")
     return dict(hires=True, hires_scale=req.hr_scale, hires_width=req.hr_resize_x, hires_height=req.hr_resize_y,
-                hires_steps=req.hr_second_pass_steps, hires_upscaler=named[upscaler.lower()],
+                hires_steps=req.hr_second_pass_steps, hires_upscaler=upscaler,
                 strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
 
 
