@@ -6,7 +6,7 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import DATA, run_cli
+from conftest import DATA, make_photos, run_cli
 
 OBJECT_CONTEXTS = [
     "in the jungle", "in the snow", "on the beach", "on a cobblestone street", "on top of pink fabric",
@@ -140,3 +140,48 @@ def test_a_lora_output_folder_stands_for_base_plus_lora(tmp_path):
     assert not is_lora_output(full)
     assert parse_lora_spec("a/b.safetensors:0.7") == ("a/b.safetensors", 0.7)
     assert parse_lora_spec("a/b.safetensors") == ("a/b.safetensors", 1.0)
+
+
+def test_bench_never_replaces_what_no_run_of_it_wrote(tiny_sd1, tmp_path):
+    project = tmp_path / "project"
+    photos = make_photos(project / "images")                # the user's photos, in a folder called images
+    for args in ((), ("--overwrite",)):
+        code, _, err = run_cli("bench", "--model", tiny_sd1, "--real", photos, "--subject", "dog",
+                               "--output", project, *args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "no dreambooth bench run wrote" in err or "lies in --output" in err, err
+    assert len(list(photos.iterdir())) == 5
+    (project / "report.json").write_text("{}")              # an earlier run's output, the photos inside it
+    code, _, err = run_cli("bench", "--model", tiny_sd1, "--real", photos, "--subject", "dog", "--output", project,
+                           "--overwrite")
+    assert code == 2 and "lies in --output" in err and len(list(photos.iterdir())) == 5, err
+
+
+def test_a_failed_run_puts_the_earlier_results_back(tmp_path):
+    from dreambooth.evaluation.dreambench import BENCH_MARK, _replacing
+    out = tmp_path / "bench"
+    (out / "images" / "00-a-dog").mkdir(parents=True)
+    (out / "images" / "00-a-dog" / "00001-0.png").write_bytes(b"old")
+    (out / "report.json").write_text('{"old": 1}')
+    with pytest.raises(KeyboardInterrupt):
+        with _replacing(out):
+            assert not (out / "report.json").exists()
+            (out / "images").mkdir()
+            (out / "images" / "new.png").write_bytes(b"new")
+            raise KeyboardInterrupt
+    assert (out / "report.json").read_text() == '{"old": 1}'
+    assert [p.name for p in (out / "images").rglob("*.png")] == ["00001-0.png"]
+    assert sorted(p.name for p in out.iterdir()) == [BENCH_MARK, "images", "report.json"]
+    with _replacing(out):
+        (out / "report.json").write_text('{"new": 1}')
+    assert (out / "report.json").read_text() == '{"new": 1}' and not (out / "images").exists()
+
+
+def test_bench_settings_are_checked_before_any_model_loads(tiny_sd1, dog_photos, tmp_path):
+    base = ("bench", "--model", tiny_sd1, "--real", dog_photos, "--dino-model", "nobody/missing", "--output", tmp_path)
+    code, _, err = run_cli(*base, "--subject", "dog", "--div", "--images-per-prompt", "1")
+    assert code == 2 and "--div needs --images-per-prompt 2" in err, err
+    code, _, err = run_cli(*base, "--subject", "dog", "--size", "33")
+    assert code == 2 and "--size 33: must be a multiple of 8" in err, err
+    code, _, err = run_cli(*base, "--subject", "Dog")         # a subject's name in any case
+    assert code == 2 and "hf download" in err, err

@@ -310,3 +310,65 @@ def test_preprocessing_shape_and_orientation(folders):
     assert upright.size == (240, 320)  # EXIF orientation applied
     assert resize_center_crop(upright, 256, 224).size == (224, 224)
     assert not math.isnan(float(np.asarray(resize_center_crop(upright, 256, 224)).mean()))
+
+
+# ----- what users hand it ------------------------------------------------------------------------------
+
+def test_webui_syntax_and_identifier_case_are_taken_out_for_clip_t():
+    from dreambooth.evaluation.prompts import plain_text, strip_identifier
+    cases = {"a (sks:1.3) dog": "a dog", "a ((SKS)) dog": "a dog", "a [cat:dog:0.5] BREAK on grass": "a dog on grass",
+             "a Sks dog, (oil painting:1.2)": "a dog, oil painting", "a [sks] dog": "a dog"}
+    for prompt, want in cases.items():
+        assert strip_identifier(plain_text(prompt), "sks") == want, prompt
+
+
+def test_prompt_files_as_editors_write_them(models, folders, tmp_path):
+    lines = ["a zwx cat", "a zwx cat on the beach", "a blue zwx cat", "a zwx cat in the snow"]
+    args = ("--real", folders["real"], "--generated", folders["plain"], "--identifier", "zwx")
+    (tmp_path / "p.txt").write_text("\n".join(lines))
+    want, _ = _evaluate(models, tmp_path / "txt", *args, "--prompts", tmp_path / "p.txt")
+    (tmp_path / "list.json").write_text(json.dumps(lines, indent=0))           # a JSON list, in file order
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())   # Notepad's UTF-8
+    (tmp_path / "utf16.txt").write_bytes("\n".join(lines).encode("utf-16"))          # PowerShell's >
+    for name in ("list.json", "bom.txt", "utf16.txt"):
+        got, _ = _evaluate(models, tmp_path / name.replace(".", "-"), *args, "--prompts", tmp_path / name)
+        assert [e["clip_t_prompt"] for e in got["per_image"]] == [e["clip_t_prompt"] for e in want["per_image"]], name
+        assert got["clip_t"] == pytest.approx(want["clip_t"], abs=1e-9), name
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 zwx\n".encode("latin-1") * 4)
+    code, _, err = run_cli("evaluate", *args, "--dino-model", models[0], "--clip-model", models[1],
+                           "--output", tmp_path / "l1", "--prompts", tmp_path / "latin1.txt")
+    assert code == 2 and "save it as UTF-8" in err and err.count("\n") == 1, err
+
+
+def test_masks_beside_the_photos_are_not_real_photos(models, folders, tmp_path):
+    import shutil
+    real = tmp_path / "real"
+    shutil.copytree(folders["real"], real)
+    for photo in sorted(real.iterdir()):
+        Image.new("L", (64, 64), 255).save(real / f"{photo.stem}.mask.png")      # the --masked-loss layout
+    want, _ = _evaluate(models, tmp_path / "plain", "--real", folders["real"], "--generated", folders["generated"])
+    got, _ = _evaluate(models, tmp_path / "masked", "--real", real, "--generated", folders["generated"])
+    assert got["counts"]["real"] == want["counts"]["real"] == 4
+    assert got["dino"] == pytest.approx(want["dino"], abs=1e-12)
+
+
+def test_a_broken_image_is_said_as_such_and_a_missing_identifier_is_said(models, folders, tmp_path):
+    import shutil
+    gen = tmp_path / "gen"
+    shutil.copytree(folders["generated"], gen)
+    (gen / "zz.png").write_text("not a picture")
+    code, _, err = run_cli("evaluate", "--real", folders["real"], "--generated", gen, "--dino-model", models[0],
+                           "--clip-model", models[1], "--output", tmp_path / "o")
+    assert code == 2 and "zz.png: not a readable image" in err, err
+    code, _, err = run_cli("evaluate", "--real", folders["real"], "--generated", folders["generated"],
+                           "--identifier", "ohwx", "--dino-model", models[0], "--clip-model", models[1],
+                           "--output", tmp_path / "o2")
+    assert code == 0 and "--identifier ohwx: in none of the prompts" in err, err
+
+
+def test_one_real_photo_says_why_there_is_no_real_images_row(models, folders, tmp_path):
+    real = tmp_path / "one"
+    real.mkdir()
+    Image.open(sorted(folders["real"].iterdir())[0]).save(real / "a.jpg")
+    got, stdout = _evaluate(models, tmp_path / "o", "--real", real, "--generated", folders["generated"])
+    assert "two real photos" in got["unavailable"]["real_reference"] and got["real_reference"]["dino"] is None

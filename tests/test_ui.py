@@ -239,6 +239,9 @@ def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
     assert "photos" in page.inner_text("#eval_message") and "Traceback" not in page.content()
     page.set_input_files("#eval_photos input[type=file]", [str(p) for p in photos])
     page.fill("#eval_class textarea", "circle")
+    page.click("#eval_run")                        # the kind picks the paper's prompts: asked, not assumed
+    page.wait_for_function("document.querySelector('#eval_message').innerText.includes('Kind')", timeout=30_000)
+    page.click("#eval_kind label:has-text('object')")
     page.click("#eval_run")                        # no evaluation models cached here: the tab names the download
     page.wait_for_function("document.querySelector('#eval_message').innerText.includes('hf download')", timeout=30_000)
     shot(page, "evaluate")

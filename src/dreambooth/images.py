@@ -130,6 +130,13 @@ def list_files(folder: str | Path, flag: str, quiet: bool = False) -> list[Path]
     return [p for p in entries if p.is_file() and not p.name.startswith(".")]
 
 
+MASK_SUFFIX = ".mask.png"      # NAME.mask.png beside NAME.jpg: a training photo's mask, not a photo
+
+
+def is_mask_file(path: Path) -> bool:
+    return path.name.lower().endswith(MASK_SUFFIX)
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 

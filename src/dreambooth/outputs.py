@@ -46,6 +46,12 @@ def check_output_folder(path: Path, flag: str = "--output") -> None:
         raise UserError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
 
 
+def within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies inside it (links and ``..`` resolved)."""
+    inner, outer = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()
+    return inner == outer or outer in inner.parents
+
+
 def check_not_replacing(folder: Path, names: tuple[str, ...], overwrite: bool, flag: str = "--output") -> None:
     """A one-line error where ``folder`` holds any of ``names`` (an earlier run's results) and the
     user has not asked to replace them (``--overwrite``)."""

@@ -7,14 +7,13 @@ from pathlib import Path
 import click
 
 from ..devices import DTYPES
-from ..evaluation.dreambench import PROTOCOL, run_bench, subject_settings
-from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary
+from ..errors import UserError
+from ..evaluation.dreambench import PROTOCOL, check_bench_output, check_bench_settings, run_bench, subject_settings
+from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary, real_photos
 from ..generation.loras import parse_lora_spec
 from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline
-from ..images import list_images
 from ..models.specs import trained_clip_skip
-from ..outputs import BENCH_RESULTS, check_not_replacing
 
 DINO_HELP = "DINO ViT: a folder or a hub id in the local cache (default facebook/dino-vits16)."
 CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai/clip-vit-base-patch32)."
@@ -26,8 +25,8 @@ CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai
               help="Folder of generated images (grid-*.png, the grids of a prompt matrix or a plot, are left out).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Prompts of the generated images: a text file, one line per image in sorted file-name order, "
-                   "or a JSON object file name -> prompt (default: each PNG's infotext).")
-@click.option("--identifier", default="sks", show_default=True, help="Identifier token removed from prompts for CLIP-T.")
+                   "a JSON list in that order, or a JSON object file name -> prompt (default: each image's infotext).")
+@click.option("--identifier", default="sks", show_default=True, help="Identifier token removed from prompts for CLIP-T (any case).")
 @click.option("--keep-identifier", is_flag=True, help="Keep the identifier in the prompt for CLIP-T.")
 @click.option("--class-generated", type=click.Path(file_okay=False),
               help="Generations of the class prompt (e.g. 'a dog') by the fine-tuned model: adds PRES (lower is better).")
@@ -97,8 +96,11 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
     DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
     class_name, kind = subject_settings(subject, class_name, kind)
-    check_not_replacing(output, BENCH_RESULTS, overwrite)          # before the models load
-    real_files = list_images(real, "--real")
+    check_bench_settings(images_per_prompt, div, seed)             # before the models load
+    if size is not None and size % 8:
+        raise UserError(f"--size {size}: must be a multiple of 8")
+    check_bench_output(output, overwrite, [real])
+    real_files = real_photos(real)
     if clip_skip is None:                                   # a training output, sampled as it was trained
         clip_skip = trained_clip_skip(model) or 1
     params = GenerationParams("", negative_prompt, sampler, schedule, steps=steps, cfg_scale=cfg, seed=seed,

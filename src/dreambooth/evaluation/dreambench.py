@@ -16,8 +16,10 @@ The prompts and classes come from the DreamBooth dataset's ``prompts_and_classes
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -30,13 +32,14 @@ from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
 from ..grid import annotated_grid
 from ..images import open_image, write_png
-from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, check_not_replacing
-from .metrics import Evaluator, finite
+from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, PREVIOUS_OUTPUT_DIR, check_not_replacing, within
+from .metrics import Evaluator, finite, load_lpips
 from .prompts import DEFAULT_IDENTIFIER, strip_identifier
 from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "dreambench.json"
 KINDS = ("object", "live")
+BENCH_MARK = ".dreambench"      # written before the results: what lies beside it is a bench run's
 PROTOCOL = {"steps": 50, "cfg_scale": 7.5, "images_per_prompt": 4, "seed": 0}   # our reading of the paper
 
 
@@ -73,6 +76,7 @@ def subject_settings(subject: str | None, class_name: str | None, kind: str | No
     """(class, kind) from a DreamBench subject name or given directly; one-line errors otherwise."""
     if subject:
         subjects = dreambench_subjects()
+        subject = {name.lower(): name for name in subjects}.get(subject.lower(), subject)
         if subject not in subjects:
             raise UserError(f"--subject {subject}: not a DreamBench subject; one of {', '.join(sorted(subjects))}")
         class_name = class_name or subjects[subject]["class"]
@@ -84,6 +88,55 @@ def subject_settings(subject: str | None, class_name: str | None, kind: str | No
     return class_name, kind
 
 
+def check_bench_output(output: str | Path, overwrite: bool, real: Sequence[str | Path] = ()) -> None:
+    """One-line errors, before anything loads, for an output whose results a run could not replace:
+    results there that no bench run wrote (a folder of photos called images/, say), results holding
+    the real photos, or an earlier run's results without ``--overwrite``."""
+    output = Path(output).expanduser()
+    held = [name for name in BENCH_RESULTS if (output / name).exists()]
+    if (output / PREVIOUS_OUTPUT_DIR).exists():
+        raise UserError(f"--output {output}: {output / PREVIOUS_OUTPUT_DIR} holds the results an interrupted "
+                        "--overwrite run replaced; move them back or delete them")
+    if held and not ((output / BENCH_MARK).exists() or (output / BENCH_REPORT_JSON).is_file()):
+        raise UserError(f"--output {output}: holds {', '.join(held)} that no dreambooth bench run wrote; "
+                        "choose another --output")
+    for path in real:
+        for name in held:
+            if within(Path(path), output / name):
+                raise UserError(f"--real {path}: lies in --output {output / name}, which a run replaces; "
+                                "choose another --output")
+    check_not_replacing(output, BENCH_RESULTS, overwrite)
+
+
+@contextlib.contextmanager
+def _replacing(output: Path):
+    """An earlier run's results are moved aside while this run writes its own: deleted when it has
+    finished, put back when it fails or is interrupted."""
+    previous = output / PREVIOUS_OUTPUT_DIR
+    moved = [name for name in BENCH_RESULTS if (output / name).exists()]
+    with file_operation("move an earlier run's results aside", "--output"):
+        output.mkdir(parents=True, exist_ok=True)
+        (output / BENCH_MARK).touch()
+        if moved:
+            previous.mkdir()
+            for name in moved:
+                os.replace(output / name, previous / name)
+    try:
+        yield
+    except BaseException:
+        for name in BENCH_RESULTS:
+            path = output / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        for name in moved:
+            os.replace(previous / name, output / name)
+        if moved:
+            previous.rmdir()
+            progress.message(f"{output}: the earlier run's results are back as they were")
+        raise
+    if moved:
+        shutil.rmtree(previous)
+
+
 def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequence, class_name: str, kind: str,
               output: str | Path, identifier: str = DEFAULT_IDENTIFIER, images_per_prompt: int = 4,
               pres: bool = False, pres_images: int = 16, div: bool = False, evaluator: Evaluator | None = None,
@@ -92,24 +145,35 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
     """Generate the DreamBench images on ``pipeline`` with ``params`` (its prompt is ignored; its seed
     is the first seed of every prompt), score them against ``real`` (images or paths) and write the report.
     ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol. An earlier
-    run's results in ``output`` are replaced (removed first) only with ``overwrite``."""
+    run's results in ``output`` are replaced only with ``overwrite``, and kept until this run has finished."""
+    check_bench_settings(images_per_prompt, div, params.seed)
+    output = Path(output).expanduser()
+    check_bench_output(output, overwrite, [p for p in real if isinstance(p, (str, Path))])
+    evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing
+    real = [im if not isinstance(im, (str, Path)) else open_image(im, "--real") for im in real]
+    lpips_distance = None
+    if div:                  # said before the images are made, not after
+        lpips_distance, why = load_lpips()
+        if why:
+            progress.warn(f"--div: DIV unavailable ({why}); the run goes on without it")
+    with _replacing(output):
+        return _bench(pipeline, params, real, class_name, kind, output, identifier, images_per_prompt, pres,
+                      pres_images, div, evaluator, settings, fast_batches, max_prompts, lpips_distance)
+
+
+def check_bench_settings(images_per_prompt: int, div: bool, seed: int) -> None:
+    """One-line errors for settings the protocol cannot run with (before any model loads)."""
     if images_per_prompt < 1:
         raise UserError(f"--images-per-prompt {images_per_prompt}: must be at least 1")
     if div and images_per_prompt < 2:
         raise UserError("--div needs --images-per-prompt 2 or more (LPIPS is between generations of one prompt)")
-    if params.seed < 0:
-        raise UserError(f"--seed {params.seed}: DreamBench needs a fixed first seed (0 or more)")
-    output = Path(output).expanduser()
-    check_not_replacing(output, BENCH_RESULTS, overwrite)
-    evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing
-    for path in [output / name for name in BENCH_RESULTS] if overwrite else ():
-        with file_operation("replace an earlier run's results", "--output"):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
-    reference = evaluator.reference([im if not isinstance(im, (str, Path)) else open_image(im, "--real") for im in real])
+    if seed < 0:
+        raise UserError(f"--seed {seed}: DreamBench needs a fixed first seed (0 or more)")
+
+
+def _bench(pipeline, params, real, class_name, kind, output, identifier, images_per_prompt, pres, pres_images,
+           div, evaluator, settings, fast_batches, max_prompts, lpips_distance) -> dict:
+    reference = evaluator.reference(real)
     prompts = dreambench_prompts(kind, identifier, class_name)[:max_prompts]
     per_prompt = params.replace(batch_size=images_per_prompt, batch_count=1)
 
@@ -136,7 +200,7 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
             class_images = [m.image for m in made]
 
     scores = evaluator.score(reference, generated, gen_prompts, identifier=identifier, class_generated=class_images,
-                             div=div)
+                             div=div, lpips_distance=lpips_distance)
     per_image = scores.pop("per_image")
     k = images_per_prompt
     for row in rows:

@@ -39,12 +39,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import progress
 from ..devices import pick_device
 from ..errors import UserError
-from ..images import as_image, list_images, open_image
+from ..images import MASK_SUFFIX, as_image, is_mask_file, list_images, open_image
 from ..outputs import GRID_PREFIX, METRICS_FILE, check_not_replacing
 from .encoders import DEFAULT_CLIP, DEFAULT_DINO, LPIPS_SIZE, ClipEncoder, DinoEncoder, resize_center_crop, resolve_encoder
-from .prompts import DEFAULT_IDENTIFIER, read_png_prompt, read_prompts_file, strip_identifier
+from .prompts import DEFAULT_IDENTIFIER, identifier_pattern, plain_text, read_png_prompt, read_prompts_file, strip_identifier
 
 CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and not x2.5 (CLIPScore's w)"
 
@@ -200,7 +201,11 @@ class Evaluator:
         text_prompts = None
         clip_t_each = None
         if prompts is not None:
-            text_prompts = [p if keep_identifier else strip_identifier(p, identifier) for p in prompts]
+            text_prompts = [plain_text(p) if keep_identifier else strip_identifier(plain_text(p), identifier)
+                            for p in prompts]
+            if identifier and not keep_identifier and not any(identifier_pattern(identifier).search(p) for p in prompts):
+                progress.warn(f"--identifier {identifier}: in none of the prompts, so nothing is taken out for CLIP-T; "
+                              "give the identifier the model was trained with")
             t_clip = self.clip.embed_texts(text_prompts)
             clip_t_each = (torch.nn.functional.normalize(g_clip.double(), dim=-1)
                            * torch.nn.functional.normalize(t_clip.double(), dim=-1)).sum(-1)
@@ -222,6 +227,8 @@ class Evaluator:
             "dino": mean_pairwise_cosine(r_dino), "clip_i": mean_pairwise_cosine(r_clip),
             "about": "mean cosine over pairs of distinct real images (the paper's 'Real Images' row)",
         }
+        if ref.count < 2:
+            unavailable["real_reference"] = "the real images' row needs two real photos or more"
         result["counts"] = {"real": ref.count, "generated": len(generated)}
         if class_generated is not None:
             result["counts"]["class_generated"] = len(class_images)
@@ -237,6 +244,18 @@ class Evaluator:
                     if prompts is not None else {})}
                 for i in range(len(generated))]
         return result
+
+
+def real_photos(folder: str | Path, flag: str = "--real") -> list[Path]:
+    """The subject's photos in ``folder``, without the masks (``NAME.mask.png``) a training folder for
+    ``--masked-loss`` keeps beside them."""
+    files = list_images(folder, flag)
+    photos = [f for f in files if not is_mask_file(f)]
+    if not photos:
+        raise UserError(f"{flag} {folder}: only masks (*{MASK_SUFFIX}), no photos")
+    if len(photos) < len(files):
+        progress.message(f"{flag} {folder}: leaving out {len(files) - len(photos)} mask file(s) (*{MASK_SUFFIX})")
+    return photos
 
 
 def generated_images(folder: str | Path, flag: str) -> list[Path]:
@@ -256,21 +275,23 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
     there already only with ``overwrite``)."""
     if output_dir is not None:
         check_not_replacing(output_dir, (METRICS_FILE,), overwrite)
-    real_files = list_images(real_dir, "--real")
+    real_files = real_photos(real_dir)
     gen_files = generated_images(generated_dir, "--generated")
     class_files = generated_images(class_generated_dir, "--class-generated") if class_generated_dir else None
+    generated = [open_image(f, "--generated") for f in gen_files]      # an unreadable file said as such, first
     if prompts_file:
         prompts = read_prompts_file(prompts_file, gen_files)
     else:
         prompts = [read_png_prompt(f) for f in gen_files]
         missing = [f.name for f, p in zip(gen_files, prompts) if p is None]
         if missing:
-            raise UserError(f"--generated {generated_dir}: no prompt in the PNG infotext of {len(missing)} image(s) "
+            raise UserError(f"--generated {generated_dir}: no prompt in the infotext of {len(missing)} image(s) "
                             f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); pass --prompts FILE")
     evaluator = (evaluator or Evaluator(dino_model, clip_model, device, batch_size)).load()
-    result = evaluator.score([open_image(f) for f in real_files], [open_image(f) for f in gen_files], prompts,
+    result = evaluator.score([open_image(f, "--real") for f in real_files], generated, prompts,
                              identifier=identifier, keep_identifier=keep_identifier,
-                             class_generated=[open_image(f) for f in class_files] if class_files else None, div=div)
+                             class_generated=[open_image(f, "--class-generated") for f in class_files]
+                             if class_files else None, div=div)
     for entry in result.get("per_image", []):
         entry["file"] = gen_files[entry["index"]].name
     result["inputs"] = {"real": str(real_dir), "generated": str(generated_dir),

@@ -1,5 +1,5 @@
-"""Which prompt each generated image had, for CLIP-T: from its PNG infotext, or a prompts file; the
-identifier and ``<lora:...>`` tags taken out."""
+"""Which prompt each generated image had, for CLIP-T: from its infotext, or a prompts file; the
+identifier, ``<lora:...>`` tags and the WebUI's prompt syntax taken out."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
-from ..generation.grammar import extract_loras
+from ..generation.grammar import extract_loras, parse_prompt_attention, prompt_schedule
 from ..generation.infotext import parse_generation_parameters, read_infotext
+from ..text_files import decode_text
 
 DEFAULT_IDENTIFIER = "sks"
 
@@ -30,27 +31,39 @@ def read_png_prompt(path: str | Path) -> str | None:
     return re.sub(r"\s+", " ", prompt).strip()
 
 
-def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
-    """Prompts for ``files`` from a JSON object (file name -> prompt) or a text file with one prompt
-    per image, in the files' sorted order."""
-    path = Path(path).expanduser()
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return decode_text(path.read_bytes())
     except OSError as exc:
         raise UserError(f"--prompts {path}: cannot read ({exc.strerror or type(exc).__name__})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--prompts {path}: not UTF-8 or UTF-16 text; save it as UTF-8") from exc
+
+
+def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
+    """Prompts for ``files`` from a JSON object (file name -> prompt), a JSON list or a text file
+    with one prompt per image, in the files' sorted order."""
+    path = Path(path).expanduser()
+    text = _read_text(path)
     stripped = text.lstrip()
-    if stripped.startswith("{"):
+    if stripped.startswith(("{", "[")):
         try:
-            mapping = json.loads(text)
+            parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"--prompts {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if isinstance(parsed, list):
+            if len(parsed) != len(files):
+                raise UserError(f"--prompts {path}: a list of {len(parsed)} prompts for {len(files)} generated images; "
+                                "give one per image in sorted file-name order, or a JSON object file name -> prompt")
+            named = list(zip((f.name for f in files), parsed))
+        else:
+            named = [(f.name, parsed.get(f.name, parsed.get(f.stem))) for f in files]
         prompts = []
-        for f in files:
-            value = mapping.get(f.name, mapping.get(f.stem))
+        for name, value in named:
             if value is None:
-                raise UserError(f"--prompts {path}: no prompt for {f.name} (keys are file names)")
+                raise UserError(f"--prompts {path}: no prompt for {name} (keys are file names)")
             if not isinstance(value, str):
-                raise UserError(f"--prompts {path}: {f.name}: {json.dumps(value)} is not a prompt (give text)")
+                raise UserError(f"--prompts {path}: {name}: {json.dumps(value)} is not a prompt (give text)")
             prompts.append(value)
         return prompts
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -60,13 +73,24 @@ def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
     return lines
 
 
+def plain_text(prompt: str) -> str:
+    """What a WebUI prompt says, as CLIP should read it for CLIP-T: the text of its last sampling
+    step (``[from:to:when]`` gives ``to``), emphasis and weights dropped (``(dog:1.3)`` is ``dog``),
+    ``BREAK`` a space."""
+    final = prompt_schedule(prompt, 1000)[-1][1]
+    pieces = [" " if weight == -1 and text == "BREAK" else text for text, weight in parse_prompt_attention(final)]
+    return re.sub(r"\s+", " ", "".join(pieces)).strip()
+
+
+def identifier_pattern(identifier: str) -> re.Pattern:
+    """The identifier as a whole word, in any case (CLIP's tokenizer lower-cases prompts)."""
+    return re.compile(rf"(?<![\w]){re.escape(identifier)}(?![\w])", re.IGNORECASE)
+
+
 def strip_identifier(prompt: str, identifier: str | None) -> str:
-    """``prompt`` without whole-word occurrences of ``identifier``, spaces tidied."""
+    """``prompt`` without whole-word occurrences of ``identifier`` (any case), spaces tidied."""
     if not identifier:
         return prompt
-    out = re.sub(rf"(?<![\w]){re.escape(identifier)}(?![\w])", " ", prompt)
+    out = identifier_pattern(identifier).sub(" ", prompt)
     out = re.sub(r"\s+", " ", out).strip()
     return re.sub(r"\s+([,.;:!?])", r"\1", out)
-
-
-# ----- models ------------------------------------------------------------------------------------

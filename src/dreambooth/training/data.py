@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..images import IMAGE_SUFFIXES, MAX_ASPECT, list_files, middle, open_image
-from .masks import MASK_SUFFIX, is_mask_file, load_mask
+from ..images import IMAGE_SUFFIXES, MASK_SUFFIX, MAX_ASPECT, is_mask_file, list_files, middle, open_image
+from ..text_files import decode_text
+from .masks import load_mask
 
 log = logging.getLogger("dreambooth")
 
@@ -68,16 +69,13 @@ def _one_line(files: list[tuple[Path, str]], alone, together) -> str:
 
 
 def read_caption(path: Path, warn) -> str:
-    """A caption file's text: UTF-8 (a byte-order mark dropped) or UTF-16 with its mark, as Windows'
-    Notepad saves it; other bytes are replaced, with a warning."""
+    """A caption file's text (``decode_text``); other bytes are replaced, with a warning."""
     raw = path.read_bytes()
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16", errors="replace").strip()
     try:
-        return raw.decode("utf-8-sig").strip()
+        return decode_text(raw).strip()
     except UnicodeDecodeError:
         warn(f"{path}: not UTF-8 text; its undecodable bytes are replaced (save it as UTF-8)")
-        return raw.decode("utf-8-sig", errors="replace").strip()
+        return decode_text(raw, errors="replace").strip()
 
 
 def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bool = False,

@@ -25,17 +25,12 @@ from .. import progress
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
-from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, check_output_folder
+from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, check_output_folder, within
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .prior import class_folder, refuse_other_prompts
 
 KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
-
-
-def _within(inner: Path, outer: Path) -> bool:
-    inner, outer = inner.expanduser().resolve(), outer.expanduser().resolve()
-    return inner == outer or outer in inner.parents
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -47,8 +42,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise UserError(f"--class-dir {cfg.class_dir}: exists and is not a folder")
     if cfg.use_prior:
         classes, photos = class_folder(cfg), Path(cfg.instance_dir)
-        if _within(classes, photos) or _within(photos, classes):
-            raise UserError(f"--class-dir {classes}: {'is' if _within(classes, photos) and _within(photos, classes) else 'overlaps'}"
+        if within(classes, photos) or within(photos, classes):
+            raise UserError(f"--class-dir {classes}: {'is' if within(classes, photos) and within(photos, classes) else 'overlaps'}"
                             f" the photo folder (--instance-dir {photos}): the class images would mix with the photos; "
                             "give another folder (the default is OUTPUT/class_images)")
         refuse_other_prompts(classes, cfg.class_prompt, cfg.model)
@@ -59,7 +54,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     for message in idle_settings(cfg):
         progress.warn(message)
     inputs = [("--instance-dir", cfg.instance_dir)]
-    if cfg.class_dir and not _within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
+    if cfg.class_dir and not within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
         inputs.append(("--class-dir", cfg.class_dir))
     if cfg.resume and cfg.resume != "latest":
         inputs.append(("--resume", cfg.resume))
@@ -67,10 +62,10 @@ def check_inputs(cfg: TrainConfig) -> None:
         path = Path(path)
         if not path.expanduser().exists():        # a class folder still to be made: nothing of it to lose
             continue
-        if _within(output, path):
+        if within(output, path):
             raise UserError(f"--output {output}: lies inside {flag} {path}, which --overwrite would change; "
                             "write the model somewhere else")
-        if _within(path, output):
+        if within(path, output):
             raise UserError(f"--output {output}: holds {flag} {path}, which --overwrite would delete; "
                             "write the model somewhere else")
 
@@ -158,7 +153,7 @@ class OutputStage:
 
     def prepare(self) -> None:
         """Refuse to clobber what is there unless asked; with ``--overwrite`` move it aside."""
-        own_resume = self.resume_from is not None and _within(self.resume_from, self.output / CHECKPOINTS_DIR)
+        own_resume = self.resume_from is not None and within(self.resume_from, self.output / CHECKPOINTS_DIR)
         entries = _entries(self.output)
         if self.previous.exists() and not own_resume:
             raise UserError(f"--output {self.output}: {self.previous} holds the output an interrupted --overwrite "

@@ -20,15 +20,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..images import middle, open_image
+from ..images import MASK_SUFFIX, middle, open_image
 
 TOLERANCE = 40          # summed |RGB| difference still counted as the backdrop's colour
 BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (subjects may reach it)
-MASK_SUFFIX = ".mask.png"
-
-
-def is_mask_file(path: Path) -> bool:
-    return path.name.lower().endswith(MASK_SUFFIX)
 
 
 def mask_file_for(photo: Path) -> Path:

@@ -4,6 +4,7 @@ curve across its checkpoints. Without the evaluation models in the local cache, 
 ``hf download`` to run."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import UserError
-from ..evaluation.dreambench import run_bench, subject_settings
+from ..evaluation.dreambench import run_bench
 from ..evaluation.metrics import Evaluator
 from ..evaluation.report import PAPER_TABLE1
 from ..generation.params import GenerationParams
+from ..images import open_image
 from ..models.specs import trained_clip_skip
 from ..server.engine import Engine
 from ..training.curves import read_metrics_csv
@@ -41,7 +43,8 @@ def tab(engine: Engine, store, data_dir: Path):
                              elem_id="eval_photos")
             with gr.Row():
                 class_name = gr.Textbox(label="Class", placeholder="dog", elem_id="eval_class")
-                kind = gr.Radio(["live", "object"], value="object", label="Kind", elem_id="eval_kind")
+                kind = gr.Radio(["live", "object"], value=None, label="Kind (live: pets and other animals)",
+                                elem_id="eval_kind")
                 identifier = gr.Textbox(value="sks", label="Identifier", elem_id="eval_identifier")
             with gr.Row():
                 protocol = gr.Radio(list(PROTOCOLS), value="Quick (first 5 prompts)", label="Protocol",
@@ -61,21 +64,30 @@ def tab(engine: Engine, store, data_dir: Path):
             curve = gr.LinePlot(x="step", y="value", color="metric", height=240, label="DINO and CLIP-T by step")
 
     def evaluate(title, files, cls, subject_kind, ident, chosen, with_pres, images, n_steps):
+        out = None
         try:
             if not files:
-                raise UserError("photos: give real photos of the subject")
-            cls, subject_kind = subject_settings(None, cls or None, subject_kind)
+                raise UserError("Real photos: give photos of the subject")
+            if not (cls or "").strip():
+                raise UserError("Class: give the subject's class noun (dog, backpack, ...)")
+            if subject_kind not in ("live", "object"):
+                raise UserError("Kind: choose live (pets and other animals) or object; it picks the paper's prompts")
+            real = [open_image(Path(f.name if hasattr(f, "name") else f), "Real photos:") for f in files]
             evaluator = Evaluator().load()                 # a one-line error naming `hf download` when missing
             entry = engine.catalog.find_model(title, "model") if title else engine.entry
             params = GenerationParams("", steps=int(n_steps), seed=0, clip_skip=trained_clip_skip(entry.spec) or 1)
             out = Path(tempfile.mkdtemp(prefix="bench-", dir=data_dir))
             report = engine.run_on(entry, lambda pipeline: run_bench(
-                pipeline, params, [Path(f.name if hasattr(f, "name") else f) for f in files], cls, subject_kind, out,
-                ident or "sks", int(images), pres=bool(with_pres), evaluator=evaluator,
-                max_prompts=PROTOCOLS.get(chosen)))
+                pipeline, params, real, cls.strip(), subject_kind, out, (ident or "").strip() or "sks", int(images),
+                pres=bool(with_pres), evaluator=evaluator, max_prompts=PROTOCOLS.get(chosen)))
         except UserError as exc:
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)    # nothing of a failed run is kept
             return f"**{exc}**", table({})
-        return f"report: `{out / 'report.md'}`", table(report["metrics"])
+        quick = PROTOCOLS.get(chosen)
+        note = (f" (a quick check: the first {quick} prompts, at {int(n_steps)} steps; the paper's rows are the whole "
+                "protocol, so compare with care)") if quick else ""
+        return f"report: `{out / 'report.md'}`{note}", table(report["metrics"])
     run.click(evaluate, [model, photos, class_name, kind, identifier, protocol, pres, per_prompt, steps],
               [message, metrics])
 
