@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 from . import progress
 from .errors import UserError, file_operation
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+UNREAD_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".psd", ".raw", ".dng", ".cr2", ".nef")   # said, not read
 MAX_PIXELS = int(os.environ.get("DREAMBOOTH_MAX_IMAGE_PIXELS") or Image.MAX_IMAGE_PIXELS)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS        # PIL warns above it (refused here) and fails above twice it
 
@@ -97,7 +98,12 @@ def as_image(value, flag: str = "", mode: str = "RGB") -> Image.Image | None:
 def list_images(folder: str | Path, flag: str, allow_empty: bool = False, quiet: bool = False) -> list[Path]:
     """Image files directly in ``folder`` (by suffix, hidden files left out), in sorted name order;
     a one-line error when there are none, unless ``allow_empty``."""
-    files = [p for p in list_files(folder, flag, quiet) if is_image_file(p)]
+    everything = list_files(folder, flag, quiet)
+    files = [p for p in everything if is_image_file(p)]
+    unread = [p.name for p in everything if p.suffix.lower() in UNREAD_SUFFIXES]
+    if unread and not quiet:
+        progress.warn(f"{flag} {folder}: skipping {len(unread)} picture(s) in formats not read here "
+                      f"({', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}); convert them to PNG or JPEG")
     if not files and not allow_empty:
         raise UserError(f"{flag} {folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     return files
