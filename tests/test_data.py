@@ -71,7 +71,7 @@ def test_files_passed_over_for_one_reason_are_one_warning(tmp_path):
     assert warnings == [
         f"ignoring {tmp_path / 'p0.mask.png'}: mask files are used only with --masked-loss",
         f"ignoring 5 caption files in {tmp_path} (p0.txt, p1.txt, p2.txt and 2 more): they are used only with --captions",
-        f"skipping {tmp_path / 'notes.md'}: not an image (.jpg, .jpeg, .png, .webp, .bmp)",
+        f"skipping {tmp_path / 'notes.md'}: not an image (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff)",
         f"4 photos in {tmp_path} are below the training size 32 and are upscaled (p0.png 16x16, p1.png 20x20, "
         "p2.png 24x24 and 1 more); photos at least that large train sharper"]
     for name in ("p1.png", "p2.png", "p3.png", "p0.mask.png", "p0.txt", "p1.txt", "p2.txt", "p3.txt"):
@@ -81,7 +81,7 @@ def test_files_passed_over_for_one_reason_are_one_warning(tmp_path):
     load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)
     assert warnings == [
         f"ignoring {tmp_path / 'p4.txt'}: caption files are used only with --captions",
-        f"skipping 2 files in {tmp_path} that are not images (more.md, notes.md; images are .jpg, .jpeg, .png, .webp, .bmp)",
+        f"skipping 2 files in {tmp_path} that are not images (more.md, notes.md; images are .jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff)",
         f"{tmp_path / 'p0.png'}: 16x16, upscaled to the training size 32; a photo at least that large trains sharper"]
 
 
