@@ -420,6 +420,11 @@ BAD = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": 0}}, 400,
      "override_settings: CLIP_stop_at_last_layers 0"),
     ("/sdapi/v1/png-info", {"image": "%%%"}, 400, "image"),
+    # what strangers sent: each named as it is
+    ("/sdapi/v1/txt2img", {"prompt": "x", "restore_faces": True}, 400, "restore_faces: true is not supported by this "
+     "server (only null, false)"),
+    ("/sdapi/v1/options", {"sd_model_checkpoint": None}, 400, "sd_model_checkpoint: None names no model"),
+    ("/sdapi/v1/options", {"sd_model_checkpoint": "toy [0123456789]"}, 400, "hash is ["),
 ]
 
 
@@ -440,7 +445,22 @@ def test_a_decompression_bomb_is_refused(server):
         from pathlib import Path
         bomb = base64.b64encode(_png_header(Path(tmp) / "b.png", 20_000, 20_000).read_bytes()).decode()
     reply = http(server[1], "POST", "/sdapi/v1/img2img", json={"prompt": "x", "init_images": [bomb]})
-    assert reply.status_code == 400 and "init_images[0]" in reply.json()["detail"]
+    assert reply.status_code == 400 and "init_images[0]: over" in reply.json()["detail"], reply.text
+    reply = http(server[1], "POST", "/sdapi/v1/png-info", json={"image": bomb})
+    assert reply.status_code == 400 and "image: over" in reply.json()["detail"], reply.text
+
+
+def test_bodies_of_the_wrong_kind_say_what_to_send(server):
+    reply = http(server[1], "POST", "/sdapi/v1/txt2img", content=b'{"prompt": "x",,}',
+                 headers={"content-type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["detail"].startswith("body: not valid JSON"), reply.text
+    reply = http(server[1], "POST", "/sdapi/v1/txt2img", data={"prompt": "x"})
+    assert reply.status_code == 422 and "application/json" in reply.json()["detail"], reply.text
+    reply = http(server[1], "POST", "/dreambooth/v1/jobs", json={"instance_prompt": "a sks dog"})
+    assert reply.status_code == 422 and "multipart form" in reply.json()["detail"], reply.text
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    reply = http(server[1], "POST", "/sdapi/v1/options", content=deep, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and "nested too deeply" in reply.json()["detail"], reply.text
 
 
 # ----- security ----------------------------------------------------------------------------------

@@ -137,6 +137,12 @@ def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
     ({"model": "../../etc/passwd"}, "{}", "model"),
     ({"instance_prompt": ""}, "{}", "instance_prompt"),
     ({"name": "../up"}, "{}", "name"),
+    ({}, '{"class_prompt": "a square"}', "overrides.class_prompt: a field of the request itself"),
+    ({}, '{"max_steps": null}', "overrides.max_steps: null"),
+    ({"name": "photos"}, "{}", "name: 'photos' is a folder of the job itself"),
+    ({"name": "toy"}, "{}", "name: 'toy' is a listed model"),
+    ({"name": "x" * 65}, "{}", "name: 65 characters; at most 64"),
+    ({}, "[" * 100_000 + "]" * 100_000, "overrides"),
 ])
 def test_bad_jobs_are_4xx_and_nothing_is_stored(tmp_path, fields, overrides, needle):
     from dreambooth.server.app import ServerSettings
@@ -174,3 +180,67 @@ def test_a_jobs_own_checkpoint_settings_are_kept(tmp_path):
     request["overrides"] = {"max_steps": 20, "checkpoint_every": 7, "keep_checkpoints": 0}
     asked = job_config(request, tmp_path / "out", tmp_path, "toy")
     assert (asked.checkpoint_every, asked.keep_checkpoints) == (7, 0)
+
+
+def test_class_images_let_requests_in_and_a_cancel_outlives_a_restart(tmp_path):
+    from dreambooth.server.app import ServerSettings
+    from dreambooth.server.jobs import JobRunner, JobStore
+    pictures = photos(tmp_path / "photos")
+    with served(ServerSettings(model="toy", data_dir=tmp_path / "data")) as (app, port):
+        base = f"http://127.0.0.1:{port}"
+        job = submit(base, pictures, '{"max_steps": 10, "num_class_images": 40, "class_steps": 8}', name="twin")
+        reply = httpx.post(f"{base}/dreambooth/v1/jobs", data={**TOY_JOB, "name": "twin"}, timeout=60,
+                           files=[("photos", (p.name, p.read_bytes(), "image/png")) for p in pictures])
+        assert reply.status_code == 400 and f"is job {job['id']}'s already" in reply.json()["detail"], reply.text
+        store = app.state.store
+        classes = store.output(store.get(job["id"])) / "class_images"
+        deadline = time.time() + 120
+        while len(list(classes.glob("class-*.png"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        reply = httpx.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 32,
+                                                            "height": 32}, timeout=120)
+        made = len(list(classes.glob("class-*.png")))
+        assert reply.status_code == 200 and made < 40, made          # served while the class images were made
+        assert app.state.engine.gate.last_wait < 5, app.state.engine.gate.last_wait
+        httpx.post(f"{base}/dreambooth/v1/jobs/{job['id']}/cancel")
+        done = wait(base, job["id"], lambda j: j["state"] in ("cancelled", "cancelling"), timeout=60)
+        wait(base, job["id"], lambda j: j["state"] == "cancelled", timeout=60) if done["state"] != "cancelled" else None
+        assert len(list(classes.glob("class-*.png"))) < 40             # stopped between two batches, not at the end
+        assert "cancelled" in httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
+    # a cancel the server could not finish before it died is finished when it starts again
+    store = JobStore(tmp_path / "data2")
+    queued = store.add({"instance_prompt": "x"}, "lora", 10)
+    store.update(queued.id, state="cancelling")
+    runner = JobRunner(store, None, lambda r: "toy", lambda p, m: [], lambda: None)
+    runner.start()
+    runner.shutdown()
+    assert store.get(queued.id).state == "cancelled"
+
+
+def test_a_clean_stop_checkpoints_the_step_and_a_second_server_is_refused(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    server = start_server(data, port)
+    try:
+        env = {**os.environ, "DREAMBOOTH_NO_PROGRESS": "1"}
+        for flags, needle in ((["--port", str(free_port()), "--data-dir", str(data)], "--data-dir"),
+                              (["--port", str(port), "--data-dir", str(tmp_path / "other")], f"--port {port}")):
+            second = subprocess.run([sys.executable, "-m", "dreambooth", "serve", "--model", "toy", *flags], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and needle in second.stderr and second.stderr.count("\n") == 1, second.stderr
+        job = submit(base, photos(tmp_path / "photos"), '{"max_steps": 60, "checkpoint_every": 50, '
+                     '"num_class_images": 2, "class_steps": 2}')
+        wait(base, job["id"], lambda j: j["step"] >= 5)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(90) in (0, -signal.SIGTERM)         # uvicorn raises the signal again once shut down
+        stopped = [p.name for p in (data / "jobs" / job["id"] / f"job-{job['id']}" / "checkpoints").iterdir()]
+        assert len(stopped) == 1 and stopped[0] != "checkpoint-50", stopped       # the step it stopped at
+        server = start_server(data, port)
+        done = wait(base, job["id"], lambda j: j["state"] == "done")
+        assert done["step"] == 60 and len(done["losses"]) == 60
+        log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
+        assert "stopped with the server at step" in log and "resuming from the last checkpoint" in log, log
+    finally:
+        server.kill()
+        server.wait(30)

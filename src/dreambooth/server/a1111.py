@@ -78,6 +78,8 @@ def decode_image(data: str, field: str, mode: str = "RGB") -> Image.Image:
             return to_rgb(im) if mode == "RGB" else im.convert(mode)
     except UserError:
         raise
+    except Image.DecompressionBombError:          # PIL refuses at open what is over twice its limit
+        raise UserError(f"{field}: over {MAX_PIXELS:,} pixels") from None
     except Exception as exc:
         raise UserError(f"{field}: not a readable image ({type(exc).__name__})") from None
 
@@ -99,9 +101,8 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
         value = getattr(req, name)
         allowed = neutral if isinstance(neutral, tuple) else (neutral,)
         if value not in allowed:
-            several = len(allowed) > 1 and all(type(v) is int for v in allowed)
-            shown = ", ".join(map(repr, allowed)) if several else repr(allowed[0])
-            raise UserError(f"{name}: {value!r} is not supported by this server (only {shown})")
+            shown = ", ".join(dict.fromkeys(json.dumps(v) for v in allowed))     # as the client writes them
+            raise UserError(f"{name}: {json.dumps(value)} is not supported by this server (only {shown})")
 
 
 def hires_fix(req: Txt2ImgRequest) -> dict:
@@ -245,6 +246,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
             data = base64.b64decode(raw, validate=True)
             with Image.open(io.BytesIO(data)) as im:
                 items = {k: v for k, v in im.info.items() if isinstance(v, str)}
+        except Image.DecompressionBombError:
+            raise UserError(f"image: over {MAX_PIXELS:,} pixels") from None
         except Exception:
             raise UserError("image: not a base64-encoded image") from None
         text = items.pop("parameters", "")

@@ -8,6 +8,7 @@ import base64
 import binascii
 import contextlib
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,6 +76,18 @@ def _field_of(message: str) -> str:
     return message
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error, before the model loads, when something already listens on the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"--port {port}: {host}:{port} cannot be served ({exc.strerror or exc}); another "
+                            "server there? Stop it, or choose another --port") from None
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     users = parse_auth(settings.api_auth)
     data_dir = Path(settings.data_dir).expanduser()
@@ -133,9 +146,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         kind = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
-        return JSONResponse({"detail": f"{where}: {kind}", "errors": exc.errors()[:5] and
+        detail = f"{where}: {kind}"
+        sent = request.headers.get("content-type", "").split(";")[0].strip() or "no Content-Type"
+        if first.get("type") == "json_invalid":          # its loc names a character, not a field
+            detail = f"body: not valid JSON ({first.get('ctx', {}).get('error', 'invalid')} at character {where})"
+        elif request.url.path.rstrip("/").endswith("/dreambooth/v1/jobs") and not sent.startswith("multipart/"):
+            detail = f"body: this route takes multipart form fields (curl -F instance_prompt=..., photos as files), not {sent}"
+        elif where == "body" and first.get("type") in ("dict_type", "model_attributes_type"):
+            detail = f"body: send a JSON object (Content-Type: application/json), not {sent}"
+        return JSONResponse({"detail": detail, "errors": exc.errors()[:5] and
                              [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:5]]},
                             status_code=422)
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError):     # JSON nested thousands deep
+        return JSONResponse({"detail": "body: nested too deeply to read"}, status_code=400)
 
     @app.exception_handler(torch.OutOfMemoryError)
     async def out_of_memory(request: Request, exc: torch.OutOfMemoryError):

@@ -118,10 +118,19 @@ class Catalog:
 
     def find_model(self, title: str, field: str = "sd_model_checkpoint") -> ModelEntry:
         """A listed model by its title, its name, or its title without the ``[hash]`` A1111 appends."""
-        wanted = str(title).strip()
-        base = wanted.split(" [", 1)[0]
+        if not isinstance(title, str) or not title.strip():
+            raise UserError(f"{field}: {title!r} names no model; give a title of GET /sdapi/v1/sd-models")
+        wanted = title.strip()
+        base, _, given = wanted.partition(" [")
         for entry in self.models():
-            if wanted in (entry.title, entry.name) or base in (entry.title, entry.name):
+            if wanted in (entry.title, entry.name):
+                return entry
+        for entry in self.models():
+            if base in (entry.title, entry.name):
+                known = entry.hash if given else None
+                if known and not (given.rstrip("]").startswith(known) or known.startswith(given.rstrip("]"))):
+                    raise UserError(f"{field}: {wanted!r}: {entry.title}'s hash is [{known}], not that one "
+                                    "(another file of that name?); send its title as listed")
                 return entry
         raise UserError(f"{field}: no model named {wanted!r}; GET /sdapi/v1/sd-models lists them")
 

@@ -9,6 +9,8 @@ generation requests are served while a job runs."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -22,19 +24,56 @@ from ..errors import UserError, exception_line
 from ..training.callbacks import CheckpointSaved, StepEnd, TrainingCallback, ValidationEnd
 from ..training.config import TrainConfig, build_config
 from ..training.phases import phase_line
+from ..training.results import TrainingInterrupted
 from ..training.trainer import train
 from .engine import DeviceGate
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+try:
+    import fcntl
+except ImportError:          # Windows: no lock (one server per data folder is then the user's to keep)
+    fcntl = None
+
+STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
+ENDED = ("done", "failed", "cancelled")
 COLUMNS = ("id", "created", "state", "request", "step", "max_steps", "losses", "eta", "error", "started", "finished",
            "validations", "method")
 # Paths a client may not choose: the server puts the photos and the output in the job's own folder.
 SERVER_FIELDS = ("instance_dir", "output", "class_dir", "resume", "overwrite", "model_config", "dino_model",
                  "clip_model", "vae", "model")
+FORM_FIELDS = ("instance_prompt", "class_prompt")     # fields of the request itself, not overrides
+LOCK_FILE = "server.lock"
+_held: dict[Path, object] = {}
+
+
+def hold_data_dir(data_dir: Path) -> None:
+    """One server per data folder: a second would run the same jobs into the same folders. The lock
+    (an ``flock`` on ``DATA/server.lock``, which names the holder's pid) lasts as long as the process;
+    taking it again in the same process is a no-op."""
+    folder = Path(data_dir).expanduser().resolve()
+    if folder in _held or fcntl is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise UserError(f"--data-dir {data_dir}: another dreambooth serve uses it"
+                        f"{f' (pid {holder})' if holder else ''}; stop it, or give another --data-dir") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held[folder] = handle
 
 
 class JobCancelled(Exception):
     pass
+
+
+class JobStopped(Exception):
+    """The server stops while the job makes its class images: back to the queue (those made are kept)."""
 
 
 @dataclass
@@ -122,11 +161,28 @@ class JobStore:
         return Job(**values)
 
 
+def in_api_words(message: str) -> str:
+    """A training message names the CLI's flags; a job's client sent fields: ``--batch-size`` is its
+    ``overrides.batch_size``, ``--class-prompt`` its ``class_prompt``."""
+    fields = {f.name for f in TrainConfig.fields()}
+
+    def field(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        if name in FORM_FIELDS:
+            return name
+        return f"overrides.{name}" if name in fields and name not in SERVER_FIELDS else match.group(0)
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", field, message)
+
+
 def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> TrainConfig:
     """The TrainConfig of a job request: its preset and overrides, checked as the CLI checks them,
     with the paths the server chooses, and a checkpoint every tenth of the run unless they choose."""
     overrides = dict(request.get("overrides") or {})
     for name in overrides:
+        if name in FORM_FIELDS:
+            raise UserError(f"overrides.{name}: a field of the request itself; send it as {name}, not in overrides")
+        if overrides[name] is None:
+            raise UserError(f"overrides.{name}: null; leave it out for the preset's value")
         if name in SERVER_FIELDS:
             raise UserError(f"overrides.{name}: set by the server; not a job setting")
         if name not in {f.name for f in TrainConfig.fields()}:
@@ -149,13 +205,16 @@ def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> Tr
 class JobCallback(TrainingCallback):
     """Records a job's progress, lets generation requests in between steps, and stops on cancel."""
 
-    def __init__(self, store: JobStore, job_id: str, gate: DeviceGate, cancelled: Callable[[], bool]):
-        self.store, self.job_id, self.gate, self.cancelled = store, job_id, gate, cancelled
+    def __init__(self, store: JobStore, job_id: str, gate: DeviceGate, cancelled: Callable[[], bool],
+                 stopping: Callable[[], bool] = lambda: False):
+        self.store, self.job_id, self.gate, self.cancelled, self.stopping = store, job_id, gate, cancelled, stopping
         self.losses: list[float] = []
         self.validations: list[dict] = []
         self.started = time.monotonic()
+        self.training = False
 
     def on_train_start(self, run) -> None:
+        self.training = True
         self.losses = list(run.losses)
         self.first_step = run.step
         self.started = time.monotonic()
@@ -165,8 +224,17 @@ class JobCallback(TrainingCallback):
         done = step.step - self.first_step
         eta = (time.monotonic() - self.started) / max(done, 1) * (step.max_steps - step.step)
         self.store.update(self.job_id, step=step.step, losses=self.losses, eta=eta)
+        self.on_pause_point(run)
+
+    def on_pause_point(self, run) -> None:
+        """After a step, a batch of class images or a validation image: stop when cancelled, else let
+        waiting generation requests run."""
         if self.cancelled():
             raise JobCancelled()
+        if self.stopping():
+            if not self.training:                  # class images: those made are kept, the rest made later
+                raise JobStopped()
+            run.request_stop()                     # a checkpoint before the next step: no step is lost
         self.gate.between_steps()
 
     def on_validation(self, run, validation: ValidationEnd) -> None:
@@ -187,26 +255,38 @@ class JobRunner:
         self._wake = threading.Event()
         self._cancel: set[str] = set()
         self._stop = False
-        for job in store.all():                   # a server killed mid-job: resume it
-            if job.state == "running":
-                store.update(job.id, state="queued")
         self.thread = threading.Thread(target=self._loop, name="dreambooth-jobs", daemon=True)
 
     def start(self) -> None:
+        """Run the queue. A job a killed server left running resumes; one it was cancelling is cancelled."""
+        hold_data_dir(self.store.root.parent)
+        for job in self.store.all():
+            if job.state == "running":
+                self.store.update(job.id, state="queued")
+            elif job.state == "cancelling":
+                self.store.update(job.id, state="cancelled", finished=time.time(), eta=None)
         self.thread.start()
 
     def wake(self) -> None:
         self._wake.set()
 
     def cancel(self, job_id: str) -> None:
+        """A queued job is cancelled now; a running one is "cancelling" (kept across a restart) until
+        the run stops at its next step, class-image batch or validation image."""
         job = self.store.get(job_id)
         if job is not None and job.state == "queued":
-            self.store.update(job_id, state="cancelled", finished=time.time())
+            self.store.update(job_id, state="cancelled", finished=time.time(), eta=None)
+        elif job is not None and job.state == "running":
+            self.store.update(job_id, state="cancelling")
         self._cancel.add(job_id)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: float = 120.0) -> None:
+        """Stop taking jobs; a running one stops at its next step (checkpointed there) or pause point,
+        waited for up to ``wait`` seconds, and runs on when the server starts again."""
         self._stop = True
         self._wake.set()
+        if self.thread.is_alive():
+            self.thread.join(wait)
 
     def _loop(self) -> None:
         while not self._stop:
@@ -225,10 +305,10 @@ class JobRunner:
         def record(event: progress.ProgressEvent) -> None:
             if event.kind == "message":
                 with log.open("a") as fh:
-                    fh.write(f"{time.strftime('%H:%M:%S')} {event.level}: {event.message}\n")
+                    fh.write(f"{time.strftime('%H:%M:%S')} {event.level}: {in_api_words(event.message)}\n")
 
         self.store.update(job.id, state="running", started=job.started or time.time(), error=None)
-        callback = JobCallback(self.store, job.id, self.gate, lambda: job.id in self._cancel)
+        callback = JobCallback(self.store, job.id, self.gate, lambda: job.id in self._cancel, lambda: self._stop)
         try:
             config = job_config(job.request, output, folder / "photos", self.model_spec(job.request))
             resumable = any((output / "checkpoints").glob("checkpoint-*"))
@@ -241,10 +321,16 @@ class JobRunner:
             self.store.update(job.id, state="done", finished=time.time(), eta=0.0)
             record(progress.ProgressEvent("message", "", 0, message="done"))
             self.on_done()
+        except (JobStopped, TrainingInterrupted):
+            self.store.update(job.id, state="queued")
+            step = self.store.get(job.id).step
+            record(progress.ProgressEvent("message", "", 0, message=f"stopped with the server at step {step}; "
+                                          "it goes on when the server starts again"))
         except JobCancelled:
-            self.store.update(job.id, state="cancelled", finished=time.time())
+            self.store.update(job.id, state="cancelled", finished=time.time(), eta=None)
+            record(progress.ProgressEvent("message", "", 0, message="cancelled"))
         except UserError as exc:
-            self.store.update(job.id, state="failed", error=str(exc), finished=time.time())
+            self.store.update(job.id, state="failed", error=in_api_words(str(exc)), finished=time.time())
             record(progress.ProgressEvent("message", "", 0, message=str(exc), level="error"))
         except Exception as exc:      # a bug: the job fails, the server goes on
             message = f"unexpected {exception_line(exc)}"

@@ -26,6 +26,7 @@ MAX_PHOTOS = 50
 MAX_PHOTO_BYTES = 25 * 2**20
 PRESETS = ("sd15-full", "sd15-lora", "sd21-lora", "sdxl-lora", "toy")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RESERVED_NAMES = ("photos", "log.txt")        # what the job's folder holds beside its output
 
 
 class NotFound(UserError):
@@ -64,6 +65,23 @@ def _save_photos(uploads: list[tuple[str, bytes]], folder: Path) -> None:
             raise UserError(f"photos[{k}] {filename}: {why}") from None
 
 
+def check_name(name: str, store: JobStore, catalog: Catalog) -> None:
+    """A job's name becomes its model's (or LoRA's) name in the lists, where clients pick by name: a
+    name listed already, or another job's, would leave one of the two out of reach."""
+    if len(name) > 64:
+        raise UserError(f"name: {len(name)} characters; at most 64")
+    if not NAME.fullmatch(name):
+        raise UserError(f"name: {name!r}: letters, digits, '.', '_' and '-' only, starting with a letter or digit "
+                        "(the model's or LoRA's name)")
+    if name in RESERVED_NAMES:
+        raise UserError(f"name: {name!r} is a folder of the job itself; choose another")
+    for job in store.all():
+        if job.request.get("name") == name and job.state not in ("failed", "cancelled"):
+            raise UserError(f"name: {name!r} is job {job.id}'s already; choose another (clients pick models by name)")
+    if any(name in (entry.title, entry.name) for entry in catalog.models()) or name in catalog.loras():
+        raise UserError(f"name: {name!r} is a listed model or LoRA already; choose another (clients pick by name)")
+
+
 def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *, instance_prompt: str,
                class_prompt: str = "", preset: str = "", model: str = "", overrides: dict | None = None,
                name: str = "", uploads: list[tuple[str, bytes]] | None = None, photos_dir: str = "") -> Job:
@@ -75,12 +93,14 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
     if preset and preset not in PRESETS:
         raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
     entry = catalog.find_model(model, "model") if model else current
-    if name and not NAME.fullmatch(name):
-        raise UserError(f"name: {name!r}: letters, digits, '.', '_' and '-' only (the model's or LoRA's name)")
+    if name:
+        check_name(name, store, catalog)
     request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,
                "overrides": values, "model": entry.title, "name": name or None}
-    if bool(uploads) == bool(photos_dir):
+    if uploads and photos_dir:
         raise UserError("photos: upload photos, or give photos_dir (a folder on the server), not both")
+    if not uploads and not photos_dir:
+        raise UserError("photos: upload the subject's photos (or give photos_dir, a folder on the server)")
     with tempfile.TemporaryDirectory() as check:       # every setting checked before anything is stored
         config = job_config(request, Path(check) / "output", Path(check), entry.spec)
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
@@ -89,7 +109,9 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
             _save_photos(uploads, staging)
         else:
             found = list_images(Path(photos_dir).expanduser(), "photos_dir")
-            for path in found[:MAX_PHOTOS]:
+            if len(found) > MAX_PHOTOS:
+                raise UserError(f"photos_dir {photos_dir}: {len(found)} images; at most {MAX_PHOTOS}")
+            for path in found:
                 open_image(path, "photos_dir")
                 shutil.copy2(path, staging / path.name)
         job = store.add(request, config.method, config.max_steps)
@@ -116,7 +138,7 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
                photos: list[UploadFile] = File(default=[])):
         try:
             values = json.loads(overrides or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UserError("overrides: not a JSON object") from None
         uploads = [(upload.filename or f"{k}.png", upload.file.read(MAX_PHOTO_BYTES + 1)) for k, upload in enumerate(photos)]
         job = submit_job(store, runner, catalog, current_model(), instance_prompt=instance_prompt,

@@ -5,6 +5,8 @@ The trainer calls every callback at these points, in this order, with typed argu
 * ``on_train_start(run)``: set up, resumed if asked; nothing trained yet this session.
 * ``on_step_end(run, step)``: after each optimizer step (:class:`StepEnd`: step, loss, learning
   rate). Raising here stops the run (a server cancels a job this way).
+* ``on_pause_point(run)``: between two pieces of work that are not steps (a batch of class images,
+  a validation image): a server lets generation requests in here. Raising here stops the run.
 * ``on_validation(run, validation)``: validation images were made (:class:`ValidationEnd`:
   step, grid, image files, metrics when the evaluation models load).
 * ``on_checkpoint(run, checkpoint)``: a resumable checkpoint was written (:class:`CheckpointSaved`).
@@ -69,6 +71,7 @@ class CheckpointSaved:
 class TrainingCallbackProtocol(Protocol):
     def on_train_start(self, run: TrainingRun) -> None: ...
     def on_step_end(self, run: TrainingRun, step: StepEnd) -> None: ...
+    def on_pause_point(self, run: TrainingRun) -> None: ...
     def on_validation(self, run: TrainingRun, validation: ValidationEnd) -> None: ...
     def on_checkpoint(self, run: TrainingRun, checkpoint: CheckpointSaved) -> None: ...
     def on_train_end(self, run: TrainingRun, result: TrainResult) -> None: ...
@@ -81,6 +84,9 @@ class TrainingCallback:
         pass
 
     def on_step_end(self, run: TrainingRun, step: StepEnd) -> None:
+        pass
+
+    def on_pause_point(self, run: TrainingRun) -> None:
         pass
 
     def on_validation(self, run: TrainingRun, validation: ValidationEnd) -> None:

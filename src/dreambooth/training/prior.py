@@ -93,10 +93,12 @@ def refuse_other_prompts(folder: Path, prompt: str, model: str | None = None) ->
 
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,
                         autocast: torch.dtype | None = None, shard: tuple[int, int] = (0, 1),
-                        barrier: Callable[[], None] | None = None, batch: int = 1) -> list[Path]:
+                        barrier: Callable[[], None] | None = None, batch: int = 1,
+                        between: Callable[[], None] | None = None) -> list[Path]:
     """Make sure ``folder`` holds at least ``count`` images of ``params`` (its seed is image 0's);
     return the first ``count``. ``autocast``: the training's mixed precision, if any. ``shard=(rank,
-    world)`` and ``barrier`` (waits for every process): this process's share of the work, see the module doc."""
+    world)`` and ``barrier`` (waits for every process): this process's share of the work, see the module doc.
+    ``between`` is called after each batch is written (a server's pause point)."""
     folder = Path(folder)
     rank, world = shard
     barrier = barrier or (lambda: None)
@@ -136,5 +138,7 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
                     with file_operation("write a class image", "--class-dir"):
                         write_png(image.image, tmp, image.infotext)
                         os.replace(tmp, folder / class_image_name(i))     # never a half-written image
+                if between is not None:
+                    between()
     barrier()              # every share is written
     return [p for p in existing_class_images(folder) if _damaged(p) is None][:count]

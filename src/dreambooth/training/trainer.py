@@ -51,7 +51,7 @@ class Trainer:
         self.config = config
         self.callbacks, self.transforms = list(callbacks), list(transforms)
         self.output = Path(config.output).expanduser()
-        self.step = 0
+        self.step, self.stop_requested = 0, False     # request_stop: a checkpoint, then stop
         self.losses: list[float] = []
         self.skipped = 0
         self.warnings: list[str] = []
@@ -163,8 +163,8 @@ class Trainer:
             class_dir = class_folder(cfg)
             pipeline = self.generation_pipeline(for_output=False)
             pipeline.parking = Parking(self.device, self.memory.class_parking)    # parts take turns (preflight)
-            ensure_class_images(pipeline, class_params(cfg), class_dir, cfg.num_class_images, self.autocast_dtype,
-                                (acc.process_index, acc.num_processes), acc.wait_for_everyone, cfg.class_batch_size)
+            ensure_class_images(pipeline, class_params(cfg), class_dir, cfg.num_class_images, self.autocast_dtype, (
+                acc.process_index, acc.num_processes), acc.wait_for_everyone, cfg.class_batch_size, self.pause_point)
             pipeline.parking.release()
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
         self.class_images, self.instance_images = len(prior), len(instance)
@@ -275,6 +275,8 @@ class Trainer:
         with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
                 ckpt.interruptible(self.output, lambda: self.step):
             while self.step + (pending is not None) < cfg.max_steps:
+                if self.stop_requested and pending is None:      # every step so far resolved, no batch drawn
+                    raise TrainingInterrupted(self.step, self.save_checkpoint())
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
                     with kernels():       # forward and backward (checkpointing runs blocks again in it)
@@ -321,7 +323,7 @@ class Trainer:
     def _seen_at_once(self, step: int) -> bool:
         cfg = self.config
         return step >= cfg.max_steps or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) \
-            or bool(self.validator and step % cfg.validate_every == 0)
+            or bool(self.validator and step % cfg.validate_every == 0) or self.stop_requested
 
     def _skipped(self) -> None:
         self.skipped += 1
@@ -350,10 +352,16 @@ class Trainer:
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
             self.save_checkpoint()
 
+    def request_stop(self) -> None:     # a server shutting down: a checkpoint before the next step, then stop
+        self.stop_requested = True
+
+    def pause_point(self) -> None:     # between two pieces of work that are not steps: callbacks' on_pause_point
+        for cb in self.callbacks:
+            getattr(cb, "on_pause_point", lambda run: None)(self)
+
     def _validate(self, when, *args) -> None:
         # validation generates: every part on the device, or the VAE and the rest in turns (preflight)
-        placed = self.parking.kept(self.pipe.vae) if self.memory.validation_parking else self.parking.all_back()
-        with placed:
+        with self.parking.kept(self.pipe.vae) if self.memory.validation_parking else self.parking.all_back():
             validation = when(*args)
         if validation is not None:
             for cb in self.callbacks:
@@ -364,18 +372,14 @@ class Trainer:
         """Every process calls it; the main process writes (the others get None)."""
         with file_operation("write a checkpoint", "--output"):
             path = ckpt.save_run(self)
-        if path is None:
-            return None
-        for cb in self.callbacks:
+        for cb in self.callbacks if path is not None else ():
             cb.on_checkpoint(self, CheckpointSaved(self.step, path))
         return path
 
-    def save_model(self, directory: Path) -> list[Path]:
-        """Write the current weights in the output format to ``directory``."""
+    def save_model(self, directory: Path) -> list[Path]:      # the current weights, in the output format
         return save_model(self, directory)
 
-    def assert_finite(self) -> None:
-        """Sharded (FSDP), every process calls it: the check spans every process's shard."""
+    def assert_finite(self) -> None:     # sharded (FSDP), every process calls it: the check spans every shard
         bad = first_nonfinite(self.trainables, is_sharded(self.accelerator))
         if bad is not None:
             raise TrainingStopped(f"trainable weight {bad} is not finite at step {self.step}; nothing was saved")

@@ -362,6 +362,7 @@ def sample(run: TrainingRun, s: ValidationSettings, folder: Path | None) -> list
                 for seed in s.seeds:
                     made += generate(pipeline, s.params.replace(prompt=prompt, seed=seed), folder,
                                      autocast=run.autocast_dtype, task=bar)
+                    getattr(run, "pause_point", lambda: None)()     # a server's requests may go first
     finally:
         for module, training in modes:
             module.train(training)
