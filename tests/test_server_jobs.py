@@ -123,6 +123,10 @@ def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
         assert reply.status_code == 200, reply.text
         jobs = httpx.get(f"{base}/dreambooth/v1/jobs").json()
         assert [j["state"] for j in jobs] == ["cancelled", "done"]
+        gone = httpx.delete(f"{base}/dreambooth/v1/jobs/{lora['id']}")           # asked: its LoRA goes too
+        assert gone.status_code == 200 and not app.state.store.folder(lora["id"]).exists(), gone.text
+        assert name not in [entry["name"] for entry in httpx.get(f"{base}/sdapi/v1/loras").json()]
+        assert [j["id"] for j in httpx.get(f"{base}/dreambooth/v1/jobs").json()] == [slow["id"]]
 
 
 @pytest.mark.parametrize("fields, overrides, needle", [

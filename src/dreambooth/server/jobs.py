@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -140,6 +141,12 @@ class JobStore:
         with self._lock:
             rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created").fetchall()
         return [self._job(r) for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        """An ended job: its row, photos, log and output (its model leaves the lists)."""
+        with self._lock:
+            self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
 
     def outputs(self) -> list[Path]:
         return [self.output(j) for j in self.all() if j.state == "done"]

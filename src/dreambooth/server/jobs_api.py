@@ -1,5 +1,6 @@
 """``/dreambooth/v1/jobs``: submit, list, watch, cancel training jobs and read their logs.
 
+``DELETE /dreambooth/v1/jobs/<id>`` removes an ended job with its photos and model.
 ``POST /dreambooth/v1/jobs`` takes multipart form fields: ``photos`` (files; or ``photos_dir``, a
 folder on the server), ``instance_prompt``, ``class_prompt``, ``preset`` (a shipped preset's name),
 ``model`` (a title from ``/sdapi/v1/sd-models``; default: the loaded one) and ``overrides`` (a JSON
@@ -20,7 +21,7 @@ from ..errors import UserError
 from ..images import list_images, open_image
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
-from .jobs import Job, JobRunner, JobStore, job_config
+from .jobs import ENDED, Job, JobRunner, JobStore, job_config
 
 MAX_PHOTOS = 50
 MAX_PHOTO_BYTES = 25 * 2**20
@@ -161,6 +162,17 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
             raise UserError(f"job {job_id}: already {job.state}")
         runner.cancel(job_id)
         return public(job_of(job_id), store)
+
+    @api.delete("/jobs/{job_id}")
+    def delete(job_id: str):
+        job = job_of(job_id)
+        if job.state not in ENDED:
+            raise UserError(f"job {job_id}: {job.state}; cancel it first")
+        if Path(current_model().spec) == store.output(job):
+            raise UserError(f"job {job_id}: its model is the one loaded; load another first")
+        store.delete(job_id)
+        runner.on_done()                   # its model or LoRA leaves the lists
+        return {"deleted": job_id}
 
     @api.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
     def log(job_id: str):
