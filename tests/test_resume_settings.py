@@ -51,3 +51,63 @@ def test_stopped_and_resumed_ends_bit_for_bit(name, tiny_sd1, tiny_sd2, tiny_sdx
 
     assert resumed.losses == straight.losses and len(straight.losses) == 6
     assert_same_weights(tmp_path / "straight", stopped, "after the resume")
+
+
+class StopAsked(TrainingCallback):
+    """A server shutting down: asks at step 4, the run checkpoints that step and stops."""
+    def on_step_end(self, run, step):
+        if step.step == 4:
+            run.request_stop()
+
+
+def _common(model, photos, **more):
+    return dict(model=str(model), instance_dir=str(photos), instance_prompt="a photo of sks dog", resolution=32,
+                max_steps=6, checkpoint_every=3, keep_checkpoints=0, export_kohya=False, method="lora",
+                learning_rate=1e-3, **more)
+
+
+def test_a_requested_stop_checkpoints_its_step_and_resumes_bit_for_bit(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.training.results import TrainingInterrupted
+    common = _common(tiny_sd1, dog_photos)
+    straight = train(build_config(None, dict(common, output=str(tmp_path / "straight"))))
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(build_config(None, dict(common, output=str(stopped))), callbacks=[StopAsked()])
+    step = interrupted.value.step          # 4, or 5 where step 4's loss is read a step late (fused AdamW)
+    assert step in (4, 5) and interrupted.value.checkpoint.name == f"checkpoint-{step:06d}"
+    resumed = train(build_config(None, dict(common, output=str(stopped), resume="latest")))
+    assert resumed.losses == straight.losses
+    assert_same_weights(tmp_path / "straight", stopped, "after the requested stop")
+
+
+def test_a_resume_takes_a_new_learning_rate_and_says_a_new_seed_is_not_used(tiny_sd1, dog_photos, tmp_path):
+    import json
+
+    from dreambooth import progress
+    common = _common(tiny_sd1, dog_photos)
+    outputs = {}
+    for name, more in (("same", {}), ("faster", {"learning_rate": 1e-2}), ("reseeded", {"seed": 7})):
+        out = tmp_path / name
+        with pytest.raises(KeyboardInterrupt):
+            train(build_config(None, dict(common, output=str(out))), callbacks=[StopAfterStep4()])
+        said = []
+        with progress.subscribed(said.append):
+            outputs[name] = train(build_config(None, dict(common, **more, output=str(out), resume="latest")))
+        outputs[name].said = " ".join(e.message for e in said if e.kind == "message")
+    assert outputs["faster"].losses[:3] == outputs["same"].losses[:3]
+    assert outputs["faster"].losses[4:] != outputs["same"].losses[4:]                # the new rate trains
+    assert json.loads((tmp_path / "faster" / "training_args.json").read_text())["learning_rate"] == 1e-2
+    assert outputs["reseeded"].losses == outputs["same"].losses                      # the streams are the checkpoint's
+    assert "--seed 7 is not used" in outputs["reseeded"].said
+    assert json.loads((tmp_path / "reseeded" / "training_args.json").read_text())["seed"] == 0
+
+
+def test_a_resume_whose_identifier_has_other_words_is_one_line(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.errors import UserError
+    common = dict(_common(tiny_sd1, dog_photos), method="full", identifier_lr=1e-4, learning_rate=1e-4)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config(None, dict(common, output=str(out))), callbacks=[StopAfterStep4()])
+    with pytest.raises(UserError, match="--instance-prompt or --class-prompt names other words"):
+        train(build_config(None, dict(common, instance_prompt="a photo of sks zwx olis dog", output=str(out),
+                                      resume="latest")))

@@ -233,6 +233,12 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
                 value = weights.get_tensor(key)
             except Exception as exc:
                 raise _damaged(path, exc) from None
+            want = tuple(params[comp][pname].shape)
+            if tuple(value.shape) != want and not hasattr(params[comp][pname], "device_mesh"):
+                hint = (" (the identifier's embedding: --instance-prompt or --class-prompt names other words than "
+                        "the checkpoint's run)") if key.endswith("token_embedding.delta") else ""
+                raise UserError(f"--resume {path}: weight {key} is {list(value.shape)} there and {list(want)} in this "
+                                f"run{hint}; resume with that run's settings, or start afresh")
             copy_whole(params[comp][pname], value)
     try:
         load_optimizer_state(models, optimizer, lambda: read("optimizer.pt"), sharded, process[0] == 0)
@@ -273,10 +279,21 @@ def resume_run(run, path: Path) -> None:
                             is_sharded(acc))
     check_within_run(path, state["step"], run.config.max_steps)
     run.step, run.losses, run.skipped = state["step"], state["losses"], state["skipped"]
+    asked = list(run.lr_scheduler.base_lrs)          # this run's --learning-rate (a resume may change it)
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    scheduler = run.lr_scheduler
+    if hasattr(scheduler, "lr_lambdas"):              # diffusers' schedules: base rate x a rule of the step
+        scheduler.base_lrs = asked
+        scheduler._last_lr = [base * rule(scheduler.last_epoch) for base, rule in zip(asked, scheduler.lr_lambdas)]
+        for group, lr in zip(run.optimizer.param_groups, scheduler._last_lr):
+            group["lr"] = lr                          # the same numbers when nothing changed
     run.stream.load_state_dict(state["stream"])
     run.noise_gen.set_state(state["noise_gen"])
     saved = json.loads((path / "settings.json").read_text())
+    if "seed" in saved and saved["seed"] != run.config.seed:      # the streams are the checkpoint's
+        progress.warn(f"--resume: --seed {run.config.seed} is not used; the random streams go on from the "
+                      f"checkpoint's (--seed {saved['seed']}), which the output records")
+        run.config = run.config.replace(seed=saved["seed"])
     changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
                if key in saved and str(saved[key]) != str(getattr(run.config, key))]
     if changed:
