@@ -120,6 +120,31 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_resumes(tiny_sd1,
     assert code == 0 and "trained to step 5 (3 from step 2) in " in stdout, err     # its speed: of those 3
 
 
+def test_the_resume_command_of_a_launched_run_keeps_the_launcher(monkeypatch):
+    from dreambooth.cli.main import resume_command
+    argv = ["train", "--model", "toy", "--output", "out", "--overwrite"]
+    assert resume_command(argv) == "dreambooth train --model toy --output out --resume latest"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resume_command(argv) == ("accelerate launch (its options as before: 2 processes) -m "
+                                    "dreambooth train --model toy --output out --resume latest")
+
+
+def test_a_second_run_on_an_output_being_written_is_refused(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.outputs import RUN_LOCK, take_lock
+    out = tmp_path / "run"
+    out.mkdir()
+    held, _ = take_lock(out / RUN_LOCK)          # as the run that writes it holds it
+    try:
+        code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--max-steps", "1",
+                               "--output", out)
+        assert code == 2 and "another dreambooth train is writing it" in err and err.count("\n") == 1, err
+    finally:
+        held.close()
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--max-steps", "1",
+                           "--output", out)
+    assert code == 0, err                        # the lock file alone is no earlier output
+
+
 def test_a_checkpoint_past_max_steps_is_refused_and_the_finished_model_kept(tiny_sd1, dog_photos, old_model):
     """(Its last checkpoint is at step 2.) A run resumed with --max-steps below the checkpoint's step
     would train nothing and replace the finished model with it."""
@@ -216,11 +241,12 @@ def test_a_resume_with_other_photos_or_settings_says_it_is_not_exact(tiny_sd1, d
     code, _, err = run_cli(*base, "--seed", "1")
     assert code == 0, err
     code, _, err = run_cli(*base[:-2], "--max-steps", "3", "--resume", "latest", "--seed", "1", "--output", out)
-    assert code == 0 and "differ from the checkpoint's" not in err, err
+    assert code == 0 and "from the checkpoint's: training goes on" not in err, err
     code, _, err = run_cli(*base[:-2], "--max-steps", "4", "--resume", "latest", "--seed", "5", "--resolution", "64",
                            "--output", out)
     assert code == 0, err
-    assert "this run's resolution 64 (was 32), seed 5 (was 1) differ from the checkpoint's" in err
+    assert "this run's resolution 64 (was 32) differs from the checkpoint's" in err
+    assert "--seed 5 is not used; the random streams go on from the checkpoint's (--seed 1)" in err
 
 
 def test_overwrite_with_a_class_folder_still_to_be_made_inside_the_output(tiny_sd1, dog_photos, old_model):

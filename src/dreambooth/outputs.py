@@ -25,6 +25,7 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 TRAINING_ARGS_FILE = "training_args.json"
 CLASS_IMAGES_DIR = "class_images"
 CHECKPOINTS_DIR = "checkpoints"
+RUN_LOCK = ".writing.lock"     # held by the run that writes the output (one at a time)
 PREVIOUS_OUTPUT_DIR = ".previous"     # an output --overwrite replaces, until the new run has written its own
 VALIDATION_DIR = "validation"
 GRID_PREFIX = "grid-"                    # a prompt matrix's or a plot's grid image (the WebUI names its own so too)
@@ -44,6 +45,28 @@ def check_output_folder(path: Path, flag: str = "--output") -> None:
         parent = parent.parent
     if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
         raise UserError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+
+
+def take_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (made if missing) for this process: (the open file, which
+    holds the lock until closed and names this pid, None) or, held elsewhere, (None, the holder's
+    pid as that file says, or ""). Without ``fcntl`` (Windows) nothing is locked: (None, None)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None, None
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        return None, holder
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle, None
 
 
 def within(inner: Path, outer: Path) -> bool:

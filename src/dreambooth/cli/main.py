@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort as exc:   # click's name for Ctrl-C
         interrupted = exc.__cause__ if isinstance(exc.__cause__, TrainingInterrupted) else None
         click.echo(str(interrupted) if interrupted else "aborted", err=True)
-        if interrupted and interrupted.checkpoint is not None:
+        if interrupted and interrupted.checkpoint is not None and os.environ.get("RANK", "0") in ("", "0"):
             click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
@@ -99,7 +99,11 @@ def resume_command(argv: list[str]) -> str:
             skip = arg == "--resume"
             continue
         kept.append(arg)
-    return shlex.join(["dreambooth", *kept, "--resume", "latest"])
+    command = shlex.join(["dreambooth", *kept, "--resume", "latest"])
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world not in ("", "1"):       # launched by accelerate: relaunched the same way, on as many processes
+        return f"accelerate launch (its options as before: {world} processes) -m {command}"
+    return command
 
 
 if __name__ == "__main__":

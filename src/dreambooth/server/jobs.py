@@ -9,7 +9,6 @@ generation requests are served while a job runs."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -22,17 +21,13 @@ from typing import Callable
 
 from .. import progress
 from ..errors import UserError, exception_line
+from ..outputs import take_lock
 from ..training.callbacks import CheckpointSaved, StepEnd, TrainingCallback, ValidationEnd
 from ..training.config import TrainConfig, build_config
 from ..training.phases import phase_line
 from ..training.results import TrainingInterrupted
 from ..training.trainer import train
 from .engine import DeviceGate
-
-try:
-    import fcntl
-except ImportError:          # Windows: no lock (one server per data folder is then the user's to keep)
-    fcntl = None
 
 STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
 ENDED = ("done", "failed", "cancelled")
@@ -48,24 +43,15 @@ _held: dict[Path, object] = {}
 
 def hold_data_dir(data_dir: Path) -> None:
     """One server per data folder: a second would run the same jobs into the same folders. The lock
-    (an ``flock`` on ``DATA/server.lock``, which names the holder's pid) lasts as long as the process;
-    taking it again in the same process is a no-op."""
+    (on ``DATA/server.lock``) lasts as long as the process; taking it again in the same process is a no-op."""
     folder = Path(data_dir).expanduser().resolve()
-    if folder in _held or fcntl is None:
+    if folder in _held:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
+    handle, holder = take_lock(folder / LOCK_FILE)
+    if holder is not None:
         raise UserError(f"--data-dir {data_dir}: another dreambooth serve uses it"
-                        f"{f' (pid {holder})' if holder else ''}; stop it, or give another --data-dir") from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+                        f"{f' (pid {holder})' if holder else ''}; stop it, or give another --data-dir")
     _held[folder] = handle
 
 

@@ -297,7 +297,8 @@ def resume_run(run, path: Path) -> None:
     changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
                if key in saved and str(saved[key]) != str(getattr(run.config, key))]
     if changed:
-        progress.warn(f"--resume: this run's {', '.join(changed)} differ from the checkpoint's: training goes on "
+        progress.warn(f"--resume: this run's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} "
+                      "from the checkpoint's: training goes on "
                       "from it, but not exactly as the run would have without the interruption")
     written_by = state.get("num_processes", 1)
     if written_by != acc.num_processes:

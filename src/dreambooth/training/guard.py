@@ -15,6 +15,7 @@ does :class:`OutputStage` touch the output:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -25,12 +26,13 @@ from .. import progress
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
-from ..outputs import CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, check_output_folder, within
+from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, RUN_LOCK, check_output_folder, take_lock,
+                       within)
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .prior import class_folder, refuse_other_prompts
 
-KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
+KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR, RUN_LOCK)
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -151,8 +153,22 @@ class OutputStage:
         self.previous = self.output / PREVIOUS_OUTPUT_DIR
         self.moved: list[str] = []
 
-    def prepare(self) -> None:
-        """Refuse to clobber what is there unless asked; with ``--overwrite`` move it aside."""
+    def _hold(self, cleanup) -> None:
+        """One run writes an output at a time: a second (a resume started while the first still runs, the
+        workers a killed ``accelerate launch`` left) is refused; the lock goes when ``cleanup`` closes."""
+        with file_operation("create the output folder", "--output"):
+            self.output.mkdir(parents=True, exist_ok=True)
+        handle, holder = take_lock(self.output / RUN_LOCK)
+        if holder is not None:
+            raise UserError(f"--output {self.output}: another dreambooth train is writing it"
+                            f"{f' (pid {holder})' if holder else ''}; wait for it or stop it, or choose another --output")
+        if handle is not None:
+            cleanup.callback(handle.close)
+
+    def prepare(self, cleanup: contextlib.ExitStack) -> None:
+        """Refuse to clobber what is there unless asked; with ``--overwrite`` move it aside. The output
+        is this run's until ``cleanup`` closes."""
+        self._hold(cleanup)
         own_resume = self.resume_from is not None and within(self.resume_from, self.output / CHECKPOINTS_DIR)
         entries = _entries(self.output)
         if self.previous.exists() and not own_resume:

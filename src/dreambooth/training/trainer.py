@@ -6,6 +6,7 @@ which parameters train (``trainables``) and how the output is written (``saving`
 goes out as events (``dreambooth.progress``), milestones to the callbacks (``callbacks``: a typed protocol)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -58,13 +59,13 @@ class Trainer:
         self.started_at = time.time()
         self.validator: Validator | None = None
         self.stage: OutputStage | None = None
+        self.cleanup = contextlib.ExitStack()      # what the run holds until it ends (the output's lock)
 
     # ----- setup ---------------------------------------------------------------------------
     def setup(self) -> "Trainer":
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from diffusers import DDPMScheduler
-
         cpu = not torch.cuda.is_available()
         cfg = self.config = choose_precision(self.config, torch.device("cpu" if cpu else "cuda"))   # the device accelerate gets
         if cfg.mixed_precision == "fp16" and cpu:
@@ -96,7 +97,6 @@ class Trainer:
         # draw for the global batch and slice (``ExampleStream``, ``Batch.drawn``; docs/multi-gpu.md)
         torch.manual_seed(cfg.seed + self.accelerator.process_index)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-
         # Frozen parts run in the autocast dtype; trainable weights always stay fp32.
         self.weight_dtype = AUTOCAST.get(cfg.mixed_precision, torch.float32)
         for part in (pipe.vae, pipe.unet, *self.family.text_encoders):
@@ -117,7 +117,7 @@ class Trainer:
         self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
         self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
         if self.accelerator.is_main_process:
-            self.stage.prepare()
+            self.stage.prepare(self.cleanup)
         self.accelerator.wait_for_everyone()
         self.memory.report()
         self._prepare_data(cfg, instance)
@@ -391,7 +391,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
     that fails leaves an output it was to replace as it was (``guard.OutputStage``)."""
     trainer, clock = Trainer(config, callbacks, transforms), PhaseClock()
     try:
-        with deterministic_kernels(config.deterministic), progress.subscribed(clock):
+        with trainer.cleanup, deterministic_kernels(config.deterministic), progress.subscribed(clock):
             return clock.stamped(trainer.setup().fit())
     except BaseException as exc:
         if trainer.stage is not None:                 # None: failed before the output was touched
