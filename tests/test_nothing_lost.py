@@ -156,6 +156,12 @@ def test_a_checkpoint_past_max_steps_is_refused_and_the_finished_model_kept(tiny
     assert snapshot(old_model) == before
 
 
+def test_a_resume_folder_that_is_not_there_is_said_so(tiny_sd1, dog_photos, tmp_path):
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--max-steps", "2",
+                           "--output", tmp_path / "o", "--resume", tmp_path / "nowhere")
+    one_line_error(code, err, "--resume", "no such folder")
+
+
 def test_the_step_a_checkpoint_holds_is_checked_when_it_is_loaded():
     """A checkpoint folder renamed (its name says no step) is checked by the step its state holds."""
     from dreambooth.training.checkpoint import check_within_run
@@ -167,9 +173,17 @@ def test_the_step_a_checkpoint_holds_is_checked_when_it_is_loaded():
 
 # ----- damaged state -------------------------------------------------------------------------------
 
+def _cut_without_manifest(checkpoint: Path, name: str, keep: int) -> None:
+    """An older checkpoint (no manifest of sizes and checksums) with one file cut short."""
+    (checkpoint / "manifest.json").unlink()
+    (checkpoint / name).write_bytes((checkpoint / name).read_bytes()[:keep])
+
+
 @pytest.mark.parametrize("damage, name", [
     (lambda c: (c / "trainable.safetensors").write_bytes((c / "trainable.safetensors").read_bytes()[:100]),
      "trainable.safetensors"),
+    (lambda c: _cut_without_manifest(c, "trainable.safetensors", 1000), "trainable.safetensors"),
+    (lambda c: _cut_without_manifest(c, "optimizer.pt", 1000), "optimizer.pt"),
     (lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:-10]), "optimizer.pt"),
     (lambda c: (c / "state.pt").write_bytes(b"\0" * (c / "state.pt").stat().st_size), "state.pt"),
     (lambda c: (c / "settings.json").write_text("{not json"), "settings.json"),

@@ -373,3 +373,24 @@ def test_the_free_memory_asked_for_counts_only_the_runs_own_model(tiny_sd1, monk
     monkeypatch.setattr(pf, "available_memory", lambda device, held=None: asked.append(held))
     pf.preflight(pipe, adapter_for(pipe), config(method="lora", resolution=32, prior_preservation=False), "cpu")
     assert asked == [own] and pf._held_by(pipe, "cuda") == 0
+
+
+def test_free_host_memory_is_shared_by_a_runs_processes_and_bounded_by_a_container(monkeypatch):
+    from dreambooth import devices
+    alone = devices.available_memory("cpu")
+    held = devices._meminfo_kib("/proc/self/status", "RssAnon") * 1024
+    two = devices.available_memory("cpu", sharers=2)
+    assert abs((two - held) - (alone - held) / 2) < 256 * 2**20       # each of two processes: half of what is free
+    limits = {"/sys/fs/cgroup/memory.max": 3 * 2**30, "/sys/fs/cgroup/memory.current": 2**30}
+    monkeypatch.setattr(devices, "_read_int", lambda path: limits.get(path))
+    assert devices.cgroup_free_kib() == 2**30 // 1024 * 2
+    assert devices.available_memory("cpu") <= 2 * 2**30 + held + 2**20   # a container's 2 GiB left, not the machine's
+
+
+def test_a_launchers_other_mixed_precision_is_said(tiny_sd1, dog_photos, tmp_path, monkeypatch):
+    from conftest import run_cli
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt",
+                           "a photo of sks dog", "--resolution", "32", "--max-steps", "1", "--mixed-precision", "no",
+                           "--output", tmp_path / "o")
+    assert code == 0 and "accelerate launch's mixed precision bf16 is not used: this run trains in no" in err, err

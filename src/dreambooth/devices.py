@@ -97,14 +97,36 @@ def _meminfo_kib(path: str, key: str) -> int | None:
     return None
 
 
-def available_memory(device, held: int | None = None) -> int | None:
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):        # missing, or "max" (no limit)
+        return None
+
+
+def cgroup_free_kib() -> int | None:
+    """What a memory-limited container (Docker ``--memory``, a notebook service) leaves this process's
+    group: its limit less its use; None without a limit. /proc/meminfo speaks for the whole machine."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, used = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and used is not None and limit < 2**60:     # v1 writes "no limit" as a huge number
+            return max(0, limit - used) // 1024
+    return None
+
+
+def available_memory(device, held: int | None = None, sharers: int = 1) -> int | None:
     """Bytes this run may use on ``device``: what is free plus what this process already holds
     (the model is loaded). CPU: MemAvailable plus this process's anonymous memory (its file-backed
     pages, e.g. memory-mapped weights, are already in MemAvailable); CUDA: free plus what this process's
     allocator keeps cached unused plus ``held``, the run's own tensors there (what else the process
     holds, such as a server's generation model, is not the run's to use; without ``held``, all it has
     reserved), within the share of the card torch lets it take (``set_per_process_memory_fraction``: a
-    shared GPU, or a benchmark acting as a smaller card). None where unknown (the estimate is then only printed)."""
+    shared GPU, or a benchmark acting as a smaller card). On a CPU, within a container's memory limit, and
+    ``sharers``: the run's processes on this machine, which share its memory. None where unknown (the
+    estimate is then only printed)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
@@ -114,8 +136,12 @@ def available_memory(device, held: int | None = None) -> int | None:
         return int(min(free + mine, share * total))
     if device.type == "cpu":
         available = _meminfo_kib("/proc/meminfo", "MemAvailable")
+        limited = cgroup_free_kib()
+        if available is not None and limited is not None:
+            available = min(available, limited)
         held = _meminfo_kib("/proc/self/status", "RssAnon")
         if held is None:
             held = _meminfo_kib("/proc/self/status", "VmRSS")
-        return None if available is None else (available + (held or 0)) * 1024
+        # ``sharers`` processes of one run on this machine's memory: each may count on its share of what is free
+        return None if available is None else (available // max(1, sharers) + (held or 0)) * 1024
     return None

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -96,6 +97,9 @@ def damage(path: Path) -> str | None:
         if not file.is_file():
             return f"{name}: missing"
         if recorded is None:
+            why = _whole(file)
+            if why is not None:
+                return f"{name}: {why}"
             continue
         entry = recorded.get(name)
         if not isinstance(entry, dict):
@@ -109,6 +113,27 @@ def damage(path: Path) -> str | None:
         json.loads((path / "settings.json").read_text())
     except (OSError, ValueError):
         return "settings.json: not valid JSON"
+    return None
+
+
+def _whole(file: Path) -> str | None:
+    """Without a manifest's sizes: whether a file of the checkpoint is cut short (a safetensors file's
+    header names more bytes than there are; torch's zip archives keep their directory at the end)."""
+    size = file.stat().st_size
+    if file.suffix == ".safetensors":
+        try:
+            with open(file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length)) if 0 < length <= size - 8 else None
+        except (OSError, ValueError):
+            header = None
+        if not isinstance(header, dict):
+            return "its header is unreadable"
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+                   and isinstance(v.get("data_offsets"), list)), default=0)
+        return f"cut short ({size} bytes of {8 + length + end})" if 8 + length + end > size else None
+    if file.suffix == ".pt" and not zipfile.is_zipfile(file):
+        return "cut short or not torch's format"
     return None
 
 
@@ -142,6 +167,8 @@ def _found_checkpoint(resume: str, output: Path) -> Path:
         raise UserError(f"--resume latest: every checkpoint in {checkpoint_dir(output)} is damaged; "
                         "start again without --resume")
     path = Path(resume).expanduser()
+    if not path.exists():
+        raise UserError(f"--resume {resume}: no such folder; use a checkpoints/checkpoint-N folder or 'latest'")
     if not path.is_dir() or not any((path / name).exists() for name in FILES):
         raise UserError(f"--resume {resume}: not a checkpoint folder (no state.pt); use a checkpoints/checkpoint-N "
                         "folder or 'latest'")
@@ -193,8 +220,10 @@ def save_checkpoint(output: Path, step: int, weights: dict[str, torch.Tensor], o
 
 def _damaged(path: Path, exc: Exception) -> UserError:
     """Damaged in a way sizes did not show (an older checkpoint: no checksums)."""
-    return UserError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}: "
-                     f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    said = str(exc).splitlines()[0] if str(exc) else ""
+    if len(said) > 120:
+        said = said[:120].rsplit(" ", 1)[0] + " ..."
+    return UserError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}: {said})")
 
 
 def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, settings: dict,
@@ -290,18 +319,18 @@ def resume_run(run, path: Path) -> None:
     run.stream.load_state_dict(state["stream"])
     run.noise_gen.set_state(state["noise_gen"])
     saved = json.loads((path / "settings.json").read_text())
+    warn = progress.warn if acc.is_main_process else (lambda message: None)      # said once, not per process
     if "seed" in saved and saved["seed"] != run.config.seed:      # the streams are the checkpoint's
-        progress.warn(f"--resume: --seed {run.config.seed} is not used; the random streams go on from the "
-                      f"checkpoint's (--seed {saved['seed']}), which the output records")
+        warn(f"--resume: --seed {run.config.seed} is not used; the random streams go on from the "
+             f"checkpoint's (--seed {saved['seed']}), which the output records")
         run.config = run.config.replace(seed=saved["seed"])
     changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
                if key in saved and str(saved[key]) != str(getattr(run.config, key))]
     if changed:
-        progress.warn(f"--resume: this run's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} "
-                      "from the checkpoint's: training goes on "
-                      "from it, but not exactly as the run would have without the interruption")
+        warn(f"--resume: this run's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the "
+             "checkpoint's: training goes on from it, but not exactly as the run would have without the interruption")
     written_by = state.get("num_processes", 1)
     if written_by != acc.num_processes:
-        progress.warn(f"--resume: {path} was written by {written_by} process(es), this run has {acc.num_processes}: "
-                      "the global batch and the random streams differ, so training goes on, not exactly as before")
+        warn(f"--resume: {path} was written by {written_by} process(es), this run has {acc.num_processes}: "
+             "the global batch and the random streams differ, so training goes on, not exactly as before")
     progress.message(f"resumed from {path} at step {run.step}")

@@ -109,6 +109,10 @@ def check_distributed(cfg: TrainConfig) -> bool:
     """Before anything is written: DeepSpeed is refused; FSDP (``accelerate launch`` with an FSDP
     config) must be FSDP2 and a full fine-tune of the UNet alone. DDP (``--multi_gpu``) takes anything.
     True when launched with FSDP."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")         # accelerate's flag or config file
+    if launched not in ("", "no", cfg.mixed_precision) and os.environ.get("RANK", "0") in ("", "0"):
+        progress.warn(f"accelerate launch's mixed precision {launched} is not used: this run trains in "
+                      f"{cfg.mixed_precision} (pass --mixed-precision {launched} to dreambooth train for it)")
     if _launched_with("ACCELERATE_USE_DEEPSPEED"):
         raise UserError("accelerate launch with DeepSpeed: dreambooth train does not run under DeepSpeed; shard "
                         "with FSDP (configs/accelerate/fsdp.yaml) or launch with --multi_gpu (DDP), see docs/multi-gpu.md")

@@ -33,6 +33,7 @@ and whether it has AMX):
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -283,7 +284,10 @@ class Preflight:
     validation_parking: bool = False    # validation images likewise
 
     def report(self) -> None:
-        """The estimate as one progress message (a warning when it does not fit: ``--force``)."""
+        """The estimate as one progress message (a warning when it does not fit: ``--force``); said by
+        the first of several processes (``accelerate launch``) only."""
+        if os.environ.get("RANK", "0") not in ("", "0"):
+            return
         est, available = self.estimate, self.available
         made = " and ".join(what for what, turns in (("class images", self.class_parking),
                                                      ("validation images", self.validation_parking)) if turns)
@@ -316,7 +320,8 @@ def preflight(pipe, family, cfg: TrainConfig, device, shards: int = 1, processes
     sizes = model_sizes(pipe, family, cfg.clip_skip)
     making = cfg.use_prior and len(existing_class_images(class_folder(cfg))) < cfg.num_class_images
     options = [(estimate(sizes, cfg, kind, making, shards, processes), (False, False))]
-    available = available_memory(device, _held_by(pipe, kind))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or processes or shards)     # processes on this machine
+    available = available_memory(device, _held_by(pipe, kind), sharers=local if kind == "cpu" else 1)
     # Images that would not fit with every part on the GPU are made with the parts taking turns (moves
     # each batch, hence only where needed): class images, and validation where nothing pins the
     # weights' addresses (--cuda-graphs replays them) or shares the UNet with other processes.
