@@ -130,10 +130,10 @@ def test_the_resume_command_of_a_launched_run_keeps_the_launcher(monkeypatch):
 
 
 def test_a_second_run_on_an_output_being_written_is_refused(tiny_sd1, dog_photos, tmp_path):
-    from dreambooth.outputs import RUN_LOCK, take_lock
+    from dreambooth.outputs import output_lock, take_lock
     out = tmp_path / "run"
     out.mkdir()
-    held, _ = take_lock(out / RUN_LOCK)          # as the run that writes it holds it
+    held, _ = take_lock(output_lock(out))        # as the run that writes it holds it
     try:
         code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--max-steps", "1",
                                "--output", out)
@@ -142,7 +142,8 @@ def test_a_second_run_on_an_output_being_written_is_refused(tiny_sd1, dog_photos
         held.close()
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--max-steps", "1",
                            "--output", out)
-    assert code == 0, err                        # the lock file alone is no earlier output
+    assert code == 0, err                        # once it is free
+    assert not list(out.glob(".*lock*"))         # the lock lives in the cache, not among the user's files
 
 
 def test_a_checkpoint_past_max_steps_is_refused_and_the_finished_model_kept(tiny_sd1, dog_photos, old_model):

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,6 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 TRAINING_ARGS_FILE = "training_args.json"
 CLASS_IMAGES_DIR = "class_images"
 CHECKPOINTS_DIR = "checkpoints"
-RUN_LOCK = ".writing.lock"     # held by the run that writes the output (one at a time)
 PREVIOUS_OUTPUT_DIR = ".previous"     # an output --overwrite replaces, until the new run has written its own
 VALIDATION_DIR = "validation"
 GRID_PREFIX = "grid-"                    # a prompt matrix's or a plot's grid image (the WebUI names its own so too)
@@ -55,7 +55,11 @@ def take_lock(path: Path):
         import fcntl
     except ImportError:
         return None, None
-    handle = open(path, "a+")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError:                  # nowhere to keep a lock (a read-only cache): nothing locked
+        return None, None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -179,6 +183,13 @@ def user_cache_dir() -> Path:
     root = os.environ.get("DREAMBOOTH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dreambooth")
     return Path(root)
+
+
+def output_lock(output: Path) -> Path:
+    """The lock file of a training output, in the cache folder (not among the user's files): one per
+    resolved path."""
+    key = hashlib.sha256(str(Path(output).expanduser().resolve()).encode()).hexdigest()[:24]
+    return user_cache_dir() / "writing" / f"{key}.lock"
 
 
 def read_cache(name: str) -> dict:

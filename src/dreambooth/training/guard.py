@@ -26,13 +26,13 @@ from .. import progress
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
-from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, RUN_LOCK, check_output_folder, take_lock,
-                       within)
+from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, check_output_folder, output_lock,
+                       take_lock, within)
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .prior import class_folder, refuse_other_prompts
 
-KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR, RUN_LOCK)
+KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -160,9 +160,7 @@ class OutputStage:
     def _hold(self, cleanup) -> None:
         """One run writes an output at a time: a second (a resume started while the first still runs, the
         workers a killed ``accelerate launch`` left) is refused; the lock goes when ``cleanup`` closes."""
-        with file_operation("create the output folder", "--output"):
-            self.output.mkdir(parents=True, exist_ok=True)
-        handle, holder = take_lock(self.output / RUN_LOCK)
+        handle, holder = take_lock(output_lock(self.output))
         if holder is not None:
             raise UserError(f"--output {self.output}: another dreambooth train is writing it"
                             f"{f' (pid {holder})' if holder else ''}; wait for it or stop it, or choose another --output")
