@@ -126,7 +126,7 @@ def tight_memory(monkeypatch):
 
     real = pf.estimate
     monkeypatch.setattr(pf, "estimate", estimate)
-    monkeypatch.setattr(pf, "available_memory", lambda device, held=None: seen["first"] - 1)
+    monkeypatch.setattr(pf, "available_memory", lambda device, held=None, sharers=1: seen["first"] - 1)
     return seen
 
 
@@ -299,7 +299,7 @@ def test_class_images_that_would_not_fit_on_a_gpu_are_made_with_the_parts_taking
     monkeypatch.setattr(pf, "existing_class_images", lambda folder: [])
 
     def preflight(available: int, device: str = "cuda", force: bool = False) -> pf.Preflight:
-        monkeypatch.setattr(pf, "available_memory", lambda d, held=None: available)
+        monkeypatch.setattr(pf, "available_memory", lambda d, held=None, sharers=1: available)
         return pf.preflight(None, None, cfg.replace(force=force), device)
     tight = preflight((resident.total + parked.total) // 2)
     assert tight.class_parking and tight.estimate == parked
@@ -330,7 +330,7 @@ def test_validation_that_would_not_fit_on_a_gpu_is_made_with_the_parts_taking_tu
     monkeypatch.setattr(pf, "model_sizes", lambda pipe, family, clip_skip: sizes)
 
     def preflight(available: int, processes: int = 1, **changes) -> pf.Preflight:
-        monkeypatch.setattr(pf, "available_memory", lambda d, held=None: available)
+        monkeypatch.setattr(pf, "available_memory", lambda d, held=None, sharers=1: available)
         return pf.preflight(None, None, cfg.replace(**changes), "cuda", processes=processes)
     tight = preflight((resident.total + parked.total) // 2)
     assert tight.validation_parking and not tight.class_parking and tight.estimate == parked
@@ -370,7 +370,7 @@ def test_the_free_memory_asked_for_counts_only_the_runs_own_model(tiny_sd1, monk
     modules = [pipe.unet, pipe.vae, pipe.text_encoder]
     own = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
     asked = []
-    monkeypatch.setattr(pf, "available_memory", lambda device, held=None: asked.append(held))
+    monkeypatch.setattr(pf, "available_memory", lambda device, held=None, sharers=1: asked.append(held))
     pf.preflight(pipe, adapter_for(pipe), config(method="lora", resolution=32, prior_preservation=False), "cpu")
     assert asked == [own] and pf._held_by(pipe, "cuda") == 0
 
