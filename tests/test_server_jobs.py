@@ -62,35 +62,52 @@ def start_server(data: Path, port: int) -> subprocess.Popen:
     raise AssertionError("the server did not start: " + process.stderr.read().decode()[-2000:])
 
 
-def test_a_job_survives_kill_9_and_its_model_generates(tmp_path):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    data = tmp_path / "data"
-    server = start_server(data, port)
-    try:
-        job = submit(base, photos(tmp_path / "photos"),
-                     '{"max_steps": 40, "checkpoint_every": 5, "num_class_images": 4, "class_steps": 5}', name="my_square")
-        assert job["state"] in ("queued", "running") and job["max_steps"] == 40
-        wait(base, job["id"], lambda j: j["step"] >= 12)
-        server.send_signal(signal.SIGKILL)
-        server.wait(30)
-        server = start_server(data, port)
-        done = wait(base, job["id"], lambda j: j["state"] == "done")
-        assert done["step"] == 40 and len(done["losses"]) == 40
-        log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
-        assert "resuming from the last checkpoint" in log
-        models = httpx.get(f"{base}/sdapi/v1/sd-models").json()
-        assert done["output"]["name"] == "my_square"
-        title = next(m["title"] for m in models if m["filename"] == done["output"]["path"])
-        assert title == "my_square"
-        reply = httpx.post(f"{base}/sdapi/v1/txt2img", timeout=120, json={
-            "prompt": "a sks square on a yellow background", "steps": 5, "width": 32, "height": 32, "seed": 1,
-            "override_settings": {"sd_model_checkpoint": title}})
-        assert reply.status_code == 200, reply.text
-        assert '"sd_model_name": "my_square"' in reply.json()["info"]
-    finally:
-        server.kill()
-        server.wait(30)
+class ServerProcess:
+    """``dreambooth serve`` on the toy model in a process of its own, stopped and started again on the
+    same port and data folder as a user would."""
+
+    def __init__(self, data: Path):
+        self.data, self.port = data, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = start_server(data, self.port)
+
+    def stop(self, sig: int) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(90)
+
+    def start(self) -> None:
+        self.process = start_server(self.data, self.port)
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    served_here = ServerProcess(tmp_path / "data")
+    yield served_here
+    served_here.process.kill()
+    served_here.process.wait(30)
+
+
+def test_a_job_survives_kill_9_and_its_model_generates(tmp_path, server_process):
+    base = server_process.base
+    job = submit(base, photos(tmp_path / "photos"),
+                 '{"max_steps": 40, "checkpoint_every": 5, "num_class_images": 4, "class_steps": 5}', name="my_square")
+    assert job["state"] in ("queued", "running") and job["max_steps"] == 40
+    wait(base, job["id"], lambda j: j["step"] >= 12)
+    server_process.stop(signal.SIGKILL)
+    server_process.start()
+    done = wait(base, job["id"], lambda j: j["state"] == "done")
+    assert done["step"] == 40 and len(done["losses"]) == 40
+    log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
+    assert "resuming from the last checkpoint" in log
+    models = httpx.get(f"{base}/sdapi/v1/sd-models").json()
+    assert done["output"]["name"] == "my_square"
+    title = next(m["title"] for m in models if m["filename"] == done["output"]["path"])
+    assert title == "my_square"
+    reply = httpx.post(f"{base}/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a sks square on a yellow background", "steps": 5, "width": 32, "height": 32, "seed": 1,
+        "override_settings": {"sd_model_checkpoint": title}})
+    assert reply.status_code == 200, reply.text
+    assert '"sd_model_name": "my_square"' in reply.json()["info"]
 
 
 def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
@@ -221,30 +238,22 @@ def test_class_images_let_requests_in_and_a_cancel_outlives_a_restart(tmp_path):
     assert store.get(queued.id).state == "cancelled"
 
 
-def test_a_clean_stop_checkpoints_the_step_and_a_second_server_is_refused(tmp_path):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    data = tmp_path / "data"
-    server = start_server(data, port)
-    try:
-        env = {**os.environ, "DREAMBOOTH_NO_PROGRESS": "1"}
-        for flags, needle in ((["--port", str(free_port()), "--data-dir", str(data)], "--data-dir"),
-                              (["--port", str(port), "--data-dir", str(tmp_path / "other")], f"--port {port}")):
-            second = subprocess.run([sys.executable, "-m", "dreambooth", "serve", "--model", "toy", *flags], env=env,
-                                    capture_output=True, text=True, timeout=120)
-            assert second.returncode == 2 and needle in second.stderr and second.stderr.count("\n") == 1, second.stderr
-        job = submit(base, photos(tmp_path / "photos"), '{"max_steps": 60, "checkpoint_every": 50, '
-                     '"num_class_images": 2, "class_steps": 2}')
-        wait(base, job["id"], lambda j: j["step"] >= 5)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(90) in (0, -signal.SIGTERM)         # uvicorn raises the signal again once shut down
-        stopped = [p.name for p in (data / "jobs" / job["id"] / f"job-{job['id']}" / "checkpoints").iterdir()]
-        assert len(stopped) == 1 and stopped[0] != "checkpoint-50", stopped       # the step it stopped at
-        server = start_server(data, port)
-        done = wait(base, job["id"], lambda j: j["state"] == "done")
-        assert done["step"] == 60 and len(done["losses"]) == 60
-        log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
-        assert "stopped with the server at step" in log and "resuming from the last checkpoint" in log, log
-    finally:
-        server.kill()
-        server.wait(30)
+def test_a_clean_stop_checkpoints_the_step_and_a_second_server_is_refused(tmp_path, server_process):
+    base, port, data = server_process.base, server_process.port, server_process.data
+    env = {**os.environ, "DREAMBOOTH_NO_PROGRESS": "1"}
+    for flags, needle in ((["--port", str(free_port()), "--data-dir", str(data)], "--data-dir"),
+                          (["--port", str(port), "--data-dir", str(tmp_path / "other")], f"--port {port}")):
+        second = subprocess.run([sys.executable, "-m", "dreambooth", "serve", "--model", "toy", *flags], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and needle in second.stderr and second.stderr.count("\n") == 1, second.stderr
+    job = submit(base, photos(tmp_path / "photos"), '{"max_steps": 60, "checkpoint_every": 50, '
+                 '"num_class_images": 2, "class_steps": 2}')
+    wait(base, job["id"], lambda j: j["step"] >= 5)
+    assert server_process.stop(signal.SIGTERM) in (0, -signal.SIGTERM)    # uvicorn raises it again once shut down
+    stopped = [p.name for p in (data / "jobs" / job["id"] / f"job-{job['id']}" / "checkpoints").iterdir()]
+    assert len(stopped) == 1 and stopped[0] != "checkpoint-50", stopped       # the step it stopped at
+    server_process.start()
+    done = wait(base, job["id"], lambda j: j["state"] == "done")
+    assert done["step"] == 60 and len(done["losses"]) == 60
+    log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
+    assert "stopped with the server at step" in log and "resuming from the last checkpoint" in log, log
