@@ -33,11 +33,13 @@ class ProgressEvent:
     fields: dict = field(default_factory=dict)   # e.g. {"loss": 0.12, "lr": 1e-4}
     message: str = ""
     level: str = "info"            # info | warning (messages)
+    started_from: float = 0.0      # ``completed`` when the task started (a resumed run starts part-way)
 
     @property
     def rate(self) -> float | None:
-        """Units per second since the task started (None before the first unit)."""
-        return self.completed / self.elapsed if self.completed and self.elapsed > 0 else None
+        """Units per second done since the task started (None before the first unit)."""
+        done = self.completed - self.started_from
+        return done / self.elapsed if done > 0 and self.elapsed > 0 else None
 
     @property
     def eta(self) -> float | None:
@@ -107,7 +109,8 @@ class Task:
     def _event(self, kind: str) -> ProgressEvent:
         # the rate counts only what this run did (a resumed run starts part-way)
         elapsed = time.monotonic() - self.started
-        return ProgressEvent(kind, self.name, self.id, self.completed, self.total, elapsed, dict(self.fields))
+        return ProgressEvent(kind, self.name, self.id, self.completed, self.total, elapsed, dict(self.fields),
+                             started_from=self._start_completed)
 
     def advance(self, n: float = 1, **fields) -> None:
         self.completed += n

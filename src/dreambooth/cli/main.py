@@ -11,6 +11,7 @@ import click
 
 from ..devices import out_of_gpu_memory
 from ..errors import UserError, os_error_line
+from ..models.loading import quiet_libraries
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
 from . import evaluate, generate, serve, tokens, toy, train
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]   # accepted anywhere on the line, not only before the command
     # accelerate launch starts one such process per device: bars from the first only (messages from all)
     show_progress(bars=False if os.environ.get("RANK", "0") not in ("", "0") else None)
+    quiet_libraries()                 # the libraries' own bars and advice: ours say what matters
     try:
         cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -33,7 +33,7 @@ from ..generation.sampling import generate
 from ..grid import annotated_grid
 from ..images import open_image, write_png
 from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, PREVIOUS_OUTPUT_DIR, check_not_replacing, within
-from .metrics import Evaluator, finite, load_lpips
+from .metrics import Evaluator, finite, load_lpips, real_photos
 from .prompts import DEFAULT_IDENTIFIER, strip_identifier
 from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
 
@@ -147,6 +147,11 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
     ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol. An earlier
     run's results in ``output`` are replaced only with ``overwrite``, and kept until this run has finished."""
     check_bench_settings(images_per_prompt, div, params.seed)
+    dreambench_prompts(kind)                      # a kind the protocol has, before anything is written
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"max_prompts {max_prompts}: at least 1 (None: all 25)")
+    if isinstance(real, (str, os.PathLike)):      # a folder of photos, as the CLI takes it
+        real = real_photos(real)
     output = Path(output).expanduser()
     check_bench_output(output, overwrite, [p for p in real if isinstance(p, (str, Path))])
     evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and
 
 
 def _as_images(items: Iterable) -> list[Image.Image]:
+    """Images, paths, or a folder's path (its images, in name order)."""
+    if isinstance(items, (str, os.PathLike)):
+        items = list_images(items, str(items))
     return [as_image(item) for item in items]
 
 
@@ -187,8 +191,10 @@ class Evaluator:
         generated = _as_images(generated)
         if not generated:
             raise UserError("evaluation needs at least one real and one generated image")
+        if isinstance(prompts, str):
+            raise UserError("prompts: one per generated image (a list), not one text")
         if prompts is not None and len(prompts) != len(generated):
-            raise ValueError(f"{len(prompts)} prompts for {len(generated)} generated images")
+            raise UserError(f"prompts: {len(prompts)} for {len(generated)} generated images; give one per image")
         r_dino, g_dino = ref.dino, self.dino.embed(generated, self.batch_size)
         r_clip, g_clip = ref.clip, self.clip.embed_images(generated, self.batch_size)
         dino_pairs, clip_pairs = cosine_matrix(g_dino, r_dino), cosine_matrix(g_clip, r_clip)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..devices import generation_dtype, pick_device
+from ..devices import DTYPES, generation_dtype, pick_device
 from ..errors import UserError, exception_line
 from ..host_memory import keep_freed_host_memory, release_freed_host_memory
 from ..models.conv_layout import to_channels_last
@@ -81,6 +82,8 @@ class GenerationPipeline:
         self._lora_enabled = False
         self._resident: dict[str, LoraFile] = {}      # LoRAs whose weights are in the modules already
         self.parking: Parking | None = None           # set: the parts take turns on the device (place_for)
+        self.lock = threading.RLock()                 # one generate() at a time: a call swaps the scheduler,
+                                                      # applies LoRAs and relays out weights while it runs
 
     def place_for(self, stage: str) -> None:
         """With ``parking``, what ``stage`` needs on the device and what it does not in CPU memory:
@@ -231,7 +234,8 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
                              dtype: torch.dtype | None = None, model_config: str | None = None,
                              lora_dirs=(), library: LoraLibrary | None = None, medvram: bool = False) -> GenerationPipeline:
     """Load ``model`` for generation; ``loras`` are ``[(path, weight), ...]`` applied to every prompt
-    (as ``<lora:name:weight>`` tags appended to it). ``dtype``: default ``devices.generation_dtype``.
+    (as ``<lora:name:weight>`` tags appended to it). ``dtype``: a torch dtype or a name ("fp16", "bf16",
+    "fp32", "auto"); default ``devices.generation_dtype``.
     ``medvram``: see ``GenerationPipeline.to``."""
     library = library or LoraLibrary(lora_dirs)
     default: list[LoraTag] = []
@@ -244,6 +248,12 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
         lora = library.add(lora_from_path(str(spec)))
         default.append(LoraTag(lora.name, float(weight)))
     device = pick_device(device)
+    if isinstance(dtype, str):                # the CLI's names, as --dtype takes them
+        if dtype not in DTYPES:
+            raise UserError(f"dtype {dtype!r}: one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    elif dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"load_generation_pipeline: dtype must be a torch.dtype or one of {', '.join(DTYPES)}")
     dtype = dtype or generation_dtype(device)
     if device.type == "cpu":
         keep_freed_host_memory()        # activations reused across steps, not faulted in afresh

@@ -137,7 +137,15 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     """Make the images ``params`` describe (see the module doc). ``autocast`` runs the denoising in
     that dtype (mixed-precision training: fp32 trainable and low-precision frozen weights); ``task``
     is a progress task shared with other calls (otherwise one is opened: "generating"); ``controls``
-    let a server interrupt, skip and preview."""
+    let a server interrupt, skip and preview. Calls on one pipeline from several threads take turns."""
+    if not isinstance(params, GenerationParams):
+        raise TypeError(f"generate: params must be a GenerationParams, not {type(params).__name__}")
+    with pipeline.lock:
+        return _generate(pipeline, params, output_dir, fast_batches, autocast, task, controls)
+
+
+def _generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir: Path | None, fast_batches: bool,
+              autocast: torch.dtype | None, task: progress.Task | None, controls: Controls | None) -> list[GeneratedImage]:
     params, init, mask = resolve_params(pipeline, params)
     text, _ = extract_loras(params.prompt)
     recorded_prompt = with_default_loras(params.prompt, pipeline.default_loras)

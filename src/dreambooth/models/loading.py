@@ -3,6 +3,7 @@ components (``families.family_of``), never from the name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -15,19 +16,44 @@ from .specs import SINGLE_FILE_SUFFIXES, hub_snapshot, is_hub_id, offline, resol
 
 
 def quiet_libraries() -> None:
-    """diffusers/transformers/hub print loading bars and advice on every load; our own bars say
-    what matters."""
-    import diffusers
-    import transformers
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    """For our entry points (the CLI, the server): diffusers/transformers/hub print loading bars and
+    advice on every load and call; our own bars say what matters."""
+    for name, level in _LIBRARY_SETTINGS.items():
+        _library_setting(name, level)
+
+
+_LIBRARY_SETTINGS = {"diffusers": "error", "transformers": "error", "hub": "off"}
+
+
+def _library_setting(name: str, value=None):
+    """A library's verbosity and progress bars: set to ``value`` ("error", "off" or what an earlier call
+    returned); returns what it was."""
+    if name == "hub":
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        was = "off" if are_progress_bars_disabled() else "on"
+        if value is not None:
+            disable_progress_bars() if value == "off" else enable_progress_bars()
+        return was
+    logging = __import__(name).utils.logging
+    was = (logging.get_verbosity(), logging.is_progress_bar_enabled())
+    if value == "error":
+        value = (logging.ERROR, False)
+    if value is not None:
+        logging.set_verbosity(value[0])
+        logging.enable_progress_bar() if value[1] else logging.disable_progress_bar()
+    return was
+
+
+@contextlib.contextmanager
+def quietly():
+    """The libraries quiet while we load, and as they were after (a notebook's own loads keep their
+    bars and warnings)."""
+    was = {name: _library_setting(name, level) for name, level in _LIBRARY_SETTINGS.items()}
     try:
-        from huggingface_hub.utils import disable_progress_bars
-        disable_progress_bars()
-    except ImportError:
-        pass
+        yield
+    finally:
+        for name, value in was.items():
+            _library_setting(name, value)
 
 
 def _single_file_type(path: Path) -> tuple[str, torch.dtype | None]:
@@ -124,8 +150,12 @@ def load_pipeline(spec: str, vae: str | None = None, dtype: torch.dtype | None =
     same bits as from fp32. Upcast while loading, an fp16 SDXL file held all 14 GB of its fp32 parts
     in host memory at once (the SD1.5 layout: 4.3 GiB of fresh memory where 2.2 are needed).
     """
+    with quietly():
+        return _load_pipeline(spec, flag, vae, dtype, model_config, components)
+
+
+def _load_pipeline(spec, flag, vae, dtype, model_config, components):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    quiet_libraries()
     ref = resolve_model(spec, flag)
     config_ref = resolve_model(model_config, "--model-config") if model_config else None   # checked even if unused
     kwargs = {**(components or {}), **_dtype_kwargs(dtype)}

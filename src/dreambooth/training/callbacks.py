@@ -97,3 +97,27 @@ class TrainingCallback:
 
     def on_train_end(self, run: TrainingRun, result: TrainResult) -> None:
         pass
+
+
+HOOKS = ("on_train_start", "on_step_end", "on_pause_point", "on_validation", "on_checkpoint", "on_train_end")
+
+
+class _Completed:
+    """A callback that defines only some hooks (duck-typed): the others do nothing."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def __getattr__(self, name):
+        if name in HOOKS and not hasattr(self.callback, name):
+            return lambda *args: None
+        return getattr(self.callback, name)
+
+
+def as_callbacks(callbacks) -> list:
+    """The trainer's list of callbacks: one given alone is a list of one; each has every hook."""
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        callbacks = [callbacks]
+    return [cb if all(hasattr(cb, h) for h in HOOKS) else _Completed(cb) for cb in callbacks]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,11 @@ class TrainConfig:
     dino_model: str | None = _opt(None, "DINO model for validation metrics (folder or cached hub id).", group="validation")
     clip_model: str | None = _opt(None, "CLIP model for validation metrics (folder or cached hub id).", group="validation")
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):        # a pathlib.Path where a path goes is the path's text
+            if isinstance(getattr(self, f.name), os.PathLike):
+                setattr(self, f.name, os.fspath(getattr(self, f.name)))
+
     # ------------------------------------------------------------------------------------------
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:
@@ -133,7 +139,14 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> None:
+    @staticmethod
+    def checked(config) -> "TrainConfig":
+        """``config`` validated, or a TypeError naming what it is (a dict: ``build_config`` makes one)."""
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"train: config must be a TrainConfig (build_config(...)), not {type(config).__name__}")
+        return config.validate()
+
+    def validate(self) -> "TrainConfig":
         """Check values that need no model: each field's type, choices and range (NaN and infinity
         are never numbers here), then what must be given. Each failure is one line naming the flag."""
         hints = get_type_hints(TrainConfig)
@@ -190,6 +203,7 @@ class TrainConfig:
                             "out (no prior preservation)")
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
+        return self
 
     @property
     def adapters_draw_random_numbers(self) -> bool:
@@ -330,6 +344,9 @@ def load_preset(path_or_name: str) -> dict[str, Any]:
 
 def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None, **kwargs) -> TrainConfig:
     """defaults < preset < overrides (``None`` values in overrides mean 'not given')."""
+    if preset is not None and not isinstance(preset, (str, os.PathLike)):
+        raise TypeError("build_config: preset is a shipped preset's name or a YAML file's path; give settings as "
+                        "build_config(preset, {...}) or as keywords")
     values: dict[str, Any] = {}
     given = {k: v for k, v in {**(overrides or {}), **kwargs}.items() if v is not None}
     if preset is None and given.get("model") == "toy" and (PRESET_DIR / "toy.yaml").is_file():

@@ -51,3 +51,22 @@ def deterministic_kernels(on: bool) -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory = was_cudnn
         if was_workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def caller_random_state_kept() -> Iterator[None]:
+    """A run seeds torch's global generators (dropout) and a resume sets Python's and NumPy's too: the
+    caller's (a notebook's) are as they were once the run ends."""
+    import random
+
+    import numpy as np
+    saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+        if saved[3] is not None:
+            torch.cuda.set_rng_state_all(saved[3])

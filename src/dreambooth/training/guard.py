@@ -156,6 +156,7 @@ class OutputStage:
         self.output, self.overwrite, self.resume_from = Path(output), overwrite, resume_from
         self.previous = self.output / PREVIOUS_OUTPUT_DIR
         self.moved: list[str] = []
+        self.committed = False
 
     def _hold(self, cleanup) -> None:
         """One run writes an output at a time: a second (a resume started while the first still runs, the
@@ -191,13 +192,15 @@ class OutputStage:
             self.output.mkdir(parents=True, exist_ok=True)
 
     def commit(self) -> None:
-        """The new output is written: the old one goes."""
+        """The new output is written: the old one goes, and the new one stays whatever happens next
+        (a failure in the final validation or a callback)."""
+        self.committed = True
         if self.previous.exists():
             shutil.rmtree(self.previous)
 
     def abandon(self, interrupted_with_checkpoint: bool) -> None:
         """The run failed: put the old output back (or, when the run can be resumed, keep both)."""
-        if not self.moved:
+        if not self.moved or self.committed:
             return
         if interrupted_with_checkpoint:
             progress.warn(f"the output this run replaces is kept in {self.previous} until the run finishes")

@@ -25,12 +25,12 @@ from . import checkpoint as ckpt
 from .clipping import clip_gradients, fused_adamw
 from .cuda_graphs import UNetPass
 from .step_kernels import step_kernels
-from .callbacks import CheckpointSaved, StepEnd, TrainingCallback
+from .callbacks import CheckpointSaved, StepEnd, TrainingCallback, as_callbacks
 from .loss import per_example_mse, prior_preserving_loss
 from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
-from .determinism import deterministic_kernels
+from .determinism import caller_random_state_kept, deterministic_kernels
 from .preflight import preflight
 from .prior import class_folder, class_params, ensure_class_images
 from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
@@ -48,9 +48,8 @@ from .validation_follower import validator_for
 class Trainer:
     def __init__(self, config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
                  transforms: Sequence[ExampleTransform] = ()):
-        config.validate()
-        self.config = config
-        self.callbacks, self.transforms = list(callbacks), list(transforms)
+        self.config = TrainConfig.checked(config)
+        self.callbacks, self.transforms = as_callbacks(callbacks), list(transforms)
         self.output = Path(config.output).expanduser()
         self.step, self.stop_requested = 0, False     # request_stop: a checkpoint, then stop
         self.losses: list[float] = []
@@ -357,7 +356,7 @@ class Trainer:
 
     def pause_point(self) -> None:     # between two pieces of work that are not steps: callbacks' on_pause_point
         for cb in self.callbacks:
-            getattr(cb, "on_pause_point", lambda run: None)(self)
+            cb.on_pause_point(self)
 
     def _validate(self, when, *args) -> None:
         # validation generates: every part on the device, or the VAE and the rest in turns (preflight)
@@ -391,7 +390,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
     that fails leaves an output it was to replace as it was (``guard.OutputStage``)."""
     trainer, clock = Trainer(config, callbacks, transforms), PhaseClock()
     try:
-        with trainer.cleanup, deterministic_kernels(config.deterministic), progress.subscribed(clock):
+        with trainer.cleanup, caller_random_state_kept(), deterministic_kernels(config.deterministic), \
+                progress.subscribed(clock):
             return clock.stamped(trainer.setup().fit())
     except BaseException as exc:
         if trainer.stage is not None:                 # None: failed before the output was touched
