@@ -27,7 +27,8 @@ def test_prompt_matrix_prompts():
 
 @pytest.mark.parametrize("text, label, values", [
     ("Sampler: Euler a, DDIM", "Sampler", ["Euler a", "DDIM"]),
-    ("sampler: dpm++ 2m karras", "Sampler", ["DPM++ 2M"]),
+    ("sampler: dpm++ 2m karras", "Sampler", ["DPM++ 2M Karras"]),     # an old combined name keeps its schedule
+    ("sampler: dpm++ 2m", "Sampler", ["DPM++ 2M"]),
     ("CFG scale: 3, 7, 11", "CFG scale", [3.0, 7.0, 11.0]),
     ("Steps: 10, 20", "Steps", [10, 20]),
     ("Steps: 10-30 (+10)", "Steps", [10, 20, 30]),
@@ -53,7 +54,7 @@ def test_parse_axis(text, label, values):
     ("Steps", "expected 'Name: v1, v2, ...'"),
     ("Steps: ten", "'ten' is not an integer"),
     ("Steps: 10-1 (+1)", "never reaches"),
-    ("Sampler: Foo", "--sampler Foo: unknown"),
+    ("Sampler: Foo", "--y Sampler: 'Foo' unknown"),
     ("Size: 16", "WIDTHxHEIGHT"),
     ("CFG scale:", "no values"),
     ("Hires upscaler: ESRGAN_4x", "Hires upscaler: 'ESRGAN_4x' unknown; valid: Latent"),
@@ -163,3 +164,28 @@ def test_xyz_seed_axis_and_cli(tiny_sd1, tmp_path):
                              "--steps", "1", "--width", "16", "--height", "16", "--seed", "2", "--output", tmp_path)
     assert code == 0, err
     assert out.split()[-1].endswith("grid-00002-2.png")
+
+
+def test_what_a_plot_cell_says_is_what_it_was_made_with(sd1, tmp_path):
+    params = GenerationParams("a dog", steps=2, width=16, height=16, seed=3)
+    result = run_xyz(sd1, params, x="Sampler: LMS Karras, Euler", y="Seed: -1, 4", output_dir=tmp_path)
+    info = [parse_generation_parameters(read_infotext(r.path)) for r in result.images]
+    assert [(i["Sampler"], i["Schedule type"]) for i in info] == [("LMS", "Karras"), ("Euler", "Automatic")] * 2
+    drawn = str(info[0]["Seed"])                     # -1 drawn once, before any cell, and labelled as drawn
+    assert drawn != "-1" and str(info[1]["Seed"]) == drawn and str(info[2]["Seed"]) == "4"
+    assert parse_axis("Sampler: LMS Karras").label_for("LMS Karras") == "Sampler: LMS Karras"
+    with pytest.raises(UserError, match="--y Steps: sets what --x Steps sets"):
+        run_xyz(sd1, params, x="Steps: 2, 3", y="Steps: 4")
+    with pytest.raises(UserError, match="--y Width: sets what --x Size sets"):
+        run_xyz(sd1, params, x="Size: 16x16", y="Width: 16, 24")
+    with pytest.raises(UserError, match="megapixels; at most 200"):
+        run_xyz(sd1, params.replace(width=1024, height=1024), x="Seed: 1-20", y="Steps: 1-20")
+    with pytest.raises(UserError, match="--x Sampler: 'Nonesuch' unknown"):
+        parse_axis("Sampler: Euler, Nonesuch")
+
+
+def test_a_replay_names_textual_inversions_and_an_a1111_vae():
+    from dreambooth.generation.infotext import not_made_here
+    info = parse_generation_parameters('a dog, easyneg\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64, RNG: CPU, '
+                                       'VAE: vae-ft-mse.safetensors, TI hashes: "easyneg: 0123abcd"', defaults=False)
+    assert not_made_here(info) == ["TI hashes", "VAE vae-ft-mse.safetensors (give --vae for it)"]

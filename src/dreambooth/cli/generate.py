@@ -190,7 +190,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     if prompt_matrix:
         check_plot_size(len(prompt_matrix_prompts(params.prompt)[0]), params, "--prompt-matrix")
 
-    unmade = not_made_here(written) if from_image is not None else []
+    unmade = [k for k in (not_made_here(written) if from_image is not None else []) if not (vae and k.startswith("VAE "))]
     if unmade:                               # (said once every check has passed)
         progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
                       "make; the image will differ")

@@ -51,7 +51,8 @@ NOT_MADE_HERE = ("Hires sampler", "Hires schedule type", "Hires CFG Scale", "Hir
                  "Hires checkpoint", "Variation seed",
                  "Seed resize from-1", "Face restoration", "Tiling", "Noise multiplier", "ENSD", "Refiner", "Eta",
                  "Sigma churn", "Sigma noise", "Sigma tmin", "Sigma tmax", "Schedule rho", "Schedule max sigma",
-                 "Schedule min sigma", "Token merging ratio", "NGMS", "Hypernet", "Pad conds")
+                 "Schedule min sigma", "Token merging ratio", "NGMS", "Hypernet", "Pad conds",
+                 "TI hashes")           # textual inversions: their names here are read as plain words
 
 
 def not_made_here(info: dict) -> list[str]:
@@ -61,6 +62,8 @@ def not_made_here(info: dict) -> list[str]:
     same seed gives other noise."""
     keys = [key.removesuffix("-1") for key in NOT_MADE_HERE if key in info]
     ours = "Precision" in info or "Model path" in info
+    if "VAE" in info and not ours:            # A1111's VAE by name: ours is the model's own unless --vae
+        keys.append(f"VAE {info['VAE']} (give --vae for it)")
     if info.get("RNG", "CPU" if ours else "GPU") != "CPU":
         keys.append(f"RNG {info.get('RNG', 'GPU')}")
     return keys

@@ -38,6 +38,28 @@ from .sampling import Controls, GeneratedImage, generate, resolve_params
 MAX_PLOT_IMAGES = 10_000
 
 
+# The WebUI's grid limit (its option "img_max_size_mp"): a grid past it would take gigabytes to write.
+MAX_GRID_PIXELS = 200_000_000
+
+
+def check_grid_pixels(columns: int, rows: int, params: GenerationParams, what: str) -> None:
+    pixels = columns * rows * (params.width or 512) * (params.height or 512) * (params.hires_scale if params.hires else 1) ** 2
+    if pixels > MAX_GRID_PIXELS:
+        raise UserError(f"{what}: a grid of {columns} x {rows} cells at this size is {pixels / 1e6:,.0f} megapixels; "
+                        f"at most {MAX_GRID_PIXELS // 1_000_000} (fewer values, or a smaller size)")
+
+
+def _settings(axis: "Axis") -> set[str]:
+    """The generation settings an axis sets."""
+    t = axis.type
+    if t.label == "Size":
+        return {"width", "height"}
+    if t.label == "Prompt S/R":
+        return {"prompt S/R " + str(axis.values[0])}      # two S/R axes on different words are fine
+    combined = t.label == "Sampler" and any(resolve(str(v))[1] != "Automatic" for v in axis.values)
+    return {t.field, *(["schedule"] if combined else [])}
+
+
 def check_plot_size(cells: int, params: GenerationParams, what: str) -> None:
     images = cells * params.batch_size * params.batch_count
     if images > MAX_PLOT_IMAGES:
@@ -217,7 +239,14 @@ def parse_axis(text: str, flag: str = "--x") -> Axis:
     if axis_type.kind in (int, float):
         values = _expand_numbers(items, axis_type.kind, flag, label)
     elif label == "Sampler":
-        values = [resolve(v)[0].name for v in items]
+        values = []
+        for v in items:
+            try:
+                row, schedule = resolve(v)
+            except UserError as exc:             # name the axis, not a --sampler flag not given
+                raise UserError(f"{flag} Sampler: {v!r} {str(exc).split(': ', 1)[-1]}") from None
+            # an old combined name ("LMS Karras") keeps its schedule: the cell is drawn as the name says
+            values.append(row.name if schedule == "Automatic" else f"{row.name} {schedule}")
     elif label == "Schedule type":
         canon = {s.lower().replace("_", " "): s for s in SCHEDULES}
         bad = [v for v in items if v.lower().replace("_", " ") not in canon]
@@ -263,12 +292,23 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         axes.append(parse_axis(text, flag) if text else None)
     if not any(axes):
         raise UserError("--x/--y/--z: give at least one axis, e.g. --x 'Sampler: Euler a, DDIM'")
+    given = [(flag, axis) for flag, axis in zip(("--x", "--y", "--z"), axes) if axis is not None]
+    for (flag_a, a), (flag_b, b) in itertools.combinations(given, 2):
+        if _settings(a) & _settings(b):          # the later axis would overwrite the earlier's value, unlabelled
+            raise UserError(f"{flag_b} {b.type.label}: sets what {flag_a} {a.type.label} sets; give each axis a "
+                            "setting of its own")
     params, _, _ = resolve_params(pipeline, params)       # fixes the seed (and default size) for all cells
+    for axis in axes:                  # Seed -1 drawn once, here, so the label says what the cell was made with
+        if axis is not None and axis.type.label == "Seed":
+            axis.values = [v if v != -1 else replace(params, seed=-1).with_seed().seed for v in axis.values]
     ax_x, ax_y, ax_z = axes
     xs = ax_x.values if ax_x else [None]
     ys = ax_y.values if ax_y else [None]
     zs = ax_z.values if ax_z else [None]
     check_plot_size(len(xs) * len(ys) * len(zs), params, "--x/--y/--z")
+    check_grid_pixels(len(xs) * len(zs), len(ys), params, "--x/--y/--z")
+    progress.message(f"X/Y/Z plot: {len(xs) * len(ys) * len(zs) * params.batch_size * params.batch_count} images "
+                     f"in {len(xs)} x {len(ys)} cells" + (f" x {len(zs)} grids" if ax_z else ""))
 
     # Build and check every cell before generating anything.
     cells = {}
