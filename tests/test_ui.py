@@ -188,11 +188,14 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.fill("#train_class textarea", "a square")
     page.click("#train_preset input")
     page.click("[role=option]:has-text('toy')")
-    page.click("#train_method label:has-text('full')")
+    # the form shows what the preset trains with (full, 1200 steps, batch 2), and sends only what is changed
+    page.wait_for_function("document.querySelector('#train_steps input').value === '1200'", timeout=30_000)
+    assert page.is_checked("#train_method input[value='full']")
     page.fill("#train_steps input", "6")
     page.fill("#train_name textarea", "ui_square")
     shot(page, "train")
     page.click("text=Advanced (every training setting)")
+    assert page.input_value("#train_batch_size input") == "2"          # the preset's, not the default 1
     page.fill("#train_num_class_images input", "2")
     page.fill("#train_class_steps input", "2")
     page.fill("#train_validate_every input", "3")
@@ -202,6 +205,8 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('100%') && "
                            "document.querySelector('#train_status').innerText.includes('done')", timeout=120_000)
     page.wait_for_function("document.querySelectorAll('#train_validation img').length >= 2", timeout=30_000)
+    sent = site[0].state.store.all()[-1].request["overrides"]
+    assert sent["max_steps"] == 6 and "method" not in sent and "batch_size" not in sent, sent   # the preset's stand
     page.click("text=Advanced (every training setting)")          # folded again for the screenshot
     shot(page, "train-done")
     page.click("#refresh")

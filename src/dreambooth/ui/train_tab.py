@@ -17,7 +17,7 @@ from ..models.tokens import rare_identifiers
 from ..server.engine import Engine
 from ..server.jobs import SERVER_FIELDS
 from ..server.jobs_api import PRESETS, submit_job
-from ..training.config import TrainConfig, field_type
+from ..training.config import TrainConfig, field_type, load_preset
 
 BASIC = ("method", "max_steps")     # shown outside the advanced section
 HIDDEN = set(SERVER_FIELDS) | set(BASIC) | {"instance_prompt", "class_prompt"}
@@ -27,10 +27,38 @@ def advanced_fields() -> list[dataclasses.Field]:
     return [f for f in TrainConfig.fields() if f.name not in HIDDEN]
 
 
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def base_values(preset: str | None, model_spec: str) -> dict:
+    """What a job would train with before the form's changes: the defaults under the preset (the toy
+    model's own preset when none is chosen, as ``build_config`` applies it)."""
+    values = {f.name: _default(f) for f in TrainConfig.fields()}
+    chosen = preset if preset and preset != "(none)" else ("toy" if model_spec == "toy" else None)
+    if chosen:
+        values.update(load_preset(chosen))
+    return values
+
+
+def shown(f: dataclasses.Field, value):
+    """A setting's value as its input shows it."""
+    typ, is_list = field_type(f)
+    if typ is bool and _default(f) is None and "choices" not in f.metadata:
+        return {True: "true", False: "false"}.get(value, "(default)")
+    if typ is bool:
+        return bool(value)
+    if is_list:
+        return ", ".join(str(v) for v in value or [])
+    if typ is str and "choices" not in f.metadata:
+        return value or ""
+    return value
+
+
 def component_for(f: dataclasses.Field):
     """One input per TrainConfig field, from its type, choices, default and help."""
     typ, is_list = field_type(f)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = _default(f)
     label, help_text, key = f.name.replace("_", " "), f.metadata.get("help", ""), f"train_{f.name}"
     if "choices" in f.metadata:
         return gr.Dropdown(list(f.metadata["choices"]), value=default, label=label, info=help_text, elem_id=key)
@@ -39,20 +67,20 @@ def component_for(f: dataclasses.Field):
     if typ is bool:
         return gr.Checkbox(value=bool(default), label=label, info=help_text, elem_id=key)
     if is_list:
-        return gr.Textbox(value=", ".join(str(v) for v in default or []), label=label,
-                          info=help_text + " (comma-separated)", elem_id=key)
+        return gr.Textbox(value=shown(f, default), label=label, info=help_text + " (comma-separated)", elem_id=key)
     if typ in (int, float):
         return gr.Number(value=default, label=label + (" (empty: the default)" if default is None else ""),
                          info=help_text, precision=0 if typ is int else None, elem_id=key)
     return gr.Textbox(value=default or "", label=label, info=help_text, elem_id=key)
 
 
-def overrides_of(values: list) -> dict:
-    """The advanced values that differ from the defaults, as TrainConfig names and types."""
+def overrides_of(values: list, base: dict | None = None) -> dict:
+    """The advanced values that differ from ``base`` (``base_values``; default: the defaults), as
+    TrainConfig names and types."""
     out = {}
     for f, value in zip(advanced_fields(), values):
         typ, is_list = field_type(f)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)
         if is_list:
             items = [v.strip() for v in str(value or "").split(",") if v.strip()]
             try:
@@ -68,7 +96,7 @@ def overrides_of(values: list) -> dict:
             value = typ(value)
         elif typ is str and value == "" and default is None:
             value = None
-        if value != default:
+        if value != (base or {}).get(f.name, default):
             out[f.name] = value
     return out
 
@@ -113,9 +141,18 @@ def tab(engine: Engine, store, runner, catalog):
         return "Rare tokens of this model's tokenizer: " + ", ".join(f"`{c.token}`" for c in found)
     suggest.click(suggest_token, outputs=suggestion)
 
+    def from_preset(preset_name):            # the form shows what the preset trains with
+        base = base_values(preset_name, engine.entry.spec)
+        return [base["method"], base["max_steps"], *[shown(f, base[f.name]) for f in advanced_fields()]]
+    preset.change(from_preset, preset, [method, steps, *advanced])
+
     def submit(files, instance_prompt, class_prompt, preset_name, method_name, max_steps, model_name, *values):
         try:
-            overrides = {**overrides_of(list(values)), "method": method_name, "max_steps": int(max_steps or 0)}
+            base = base_values(preset_name, engine.entry.spec)
+            overrides = overrides_of(list(values), base)
+            for key, value in (("method", method_name), ("max_steps", int(max_steps or 0))):
+                if value != base[key]:               # only what the form changed: the preset's stand
+                    overrides[key] = value
             uploads = [(Path(f.name if hasattr(f, "name") else f).name, Path(f.name if hasattr(f, "name") else f).read_bytes())
                        for f in files or []]
             if not uploads:
