@@ -4,6 +4,7 @@ generation request during a job is served between two training steps."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,3 +258,40 @@ def test_a_clean_stop_checkpoints_the_step_and_a_second_server_is_refused(tmp_pa
     assert done["step"] == 60 and len(done["losses"]) == 60
     log = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}/log").text
     assert "stopped with the server at step" in log and "resuming from the last checkpoint" in log, log
+
+
+def test_one_name_for_one_job_even_at_once_and_a_relative_data_folder(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dreambooth.server.app import ServerSettings
+    from dreambooth.server.jobs import JobStore
+    pictures = photos(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    # a job queued by a server started with another --model: it trains on the model it was queued with
+    store = JobStore(Path("data"))
+    queued = store.add({**TOY_JOB, "overrides": {"max_steps": 2, "num_class_images": 2, "class_steps": 2},
+                        "model": "a model no longer listed", "model_spec": "toy", "name": "old"}, "full", 2)
+    shutil.copytree(pictures[0].parent, store.folder(queued.id) / "photos")
+    with served(ServerSettings(model="toy", data_dir="data")) as (app, port):       # relative, as by default
+        base = f"http://127.0.0.1:{port}"
+        done = wait(base, queued.id, lambda j: j["state"] == "done")
+        assert done["name"] == "old"
+        titles = [m["title"] for m in httpx.get(f"{base}/sdapi/v1/sd-models").json()]
+        assert titles.count("old") == 1 and "old'" not in titles, titles         # listed once
+        httpx.post(f"{base}/sdapi/v1/options", json={"sd_model_checkpoint": "old"}, timeout=120)
+        refused = httpx.delete(f"{base}/dreambooth/v1/jobs/{queued.id}")
+        assert refused.status_code == 400 and "the one loaded" in refused.json()["detail"], refused.text
+        httpx.post(f"{base}/sdapi/v1/options", json={"sd_model_checkpoint": "toy"}, timeout=120)
+
+        def post(_):
+            return httpx.post(f"{base}/dreambooth/v1/jobs", timeout=60, data={
+                **TOY_JOB, "name": "twin", "overrides": '{"max_steps": 400, "num_class_images": 2, "class_steps": 2}'},
+                files=[("photos", (p.name, p.read_bytes(), "image/png")) for p in pictures])
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(post, range(4)))
+        assert sorted(r.status_code for r in replies) == [200, 400, 400, 400], [r.text for r in replies]
+        twin = next(r.json() for r in replies if r.status_code == 200)
+        assert twin["name"] == "twin" and twin["model"] == "toy"
+        httpx.post(f"{base}/dreambooth/v1/jobs/{twin['id']}/cancel")
+        wait(base, twin["id"], lambda j: j["state"] == "cancelled", timeout=120)
+        assert "cancel asked" in httpx.get(f"{base}/dreambooth/v1/jobs/{twin['id']}/log").text

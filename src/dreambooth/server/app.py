@@ -22,7 +22,7 @@ from ..errors import UserError
 from . import a1111, jobs_api
 from .catalog import Catalog
 from .engine import Engine
-from .jobs import JobRunner, JobStore
+from .jobs import JobRunner, JobStore, hold_data_dir
 from .schemas import FIXED_OPTIONS, GENERATION_OPTIONS
 
 
@@ -90,8 +90,8 @@ def check_port_free(host: str, port: int) -> None:
 
 def create_app(settings: ServerSettings) -> FastAPI:
     users = parse_auth(settings.api_auth)
-    data_dir = Path(settings.data_dir).expanduser()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(settings.data_dir).expanduser().resolve()    # job outputs as the model registry names them
+    hold_data_dir(data_dir)                  # before the model loads: another server's folder is one line
     store = JobStore(data_dir)
     catalog = Catalog(settings.model, settings.models_dir, settings.loras_dir, store.outputs)
     engine = Engine(catalog, settings.device, settings.preview_every, settings.medvram)
@@ -102,7 +102,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         engine.refresh_loras()
 
     def model_spec(request: dict) -> str:
-        return catalog.find_model(request["model"], "model").spec if request.get("model") else engine.entry.spec
+        """The model a job trains on: as listed at submission; the same model where a restarted server lists
+        it no longer (another --model), as long as it is there."""
+        if not request.get("model"):
+            return engine.entry.spec
+        try:
+            return catalog.find_model(request["model"], "model").spec
+        except UserError:
+            spec = request.get("model_spec")
+            if spec and (spec == "toy" or Path(spec).exists()):
+                return spec
+            raise
 
     runner = JobRunner(store, engine.gate, model_spec, settings.transforms, job_done)
 

@@ -88,6 +88,7 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = Path(data_dir) / "jobs.sqlite"
         self._lock = threading.Lock()
+        self.adding = threading.Lock()          # a name checked and its job added as one step
         try:
             self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -238,6 +239,15 @@ class JobCallback(TrainingCallback):
         progress.message(f"checkpoint at step {checkpoint.step}: {checkpoint.path.name}")
 
 
+def write_log(folder: Path, message: str, level: str = "info") -> None:
+    """A line of a job's log; a job deleted meanwhile (its folder gone) has none to write."""
+    try:
+        with (folder / "log.txt").open("a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {level}: {message}\n")
+    except OSError:
+        pass
+
+
 class JobRunner:
     """One thread that runs queued jobs in order, one at a time."""
 
@@ -258,6 +268,7 @@ class JobRunner:
                 self.store.update(job.id, state="queued")
             elif job.state == "cancelling":
                 self.store.update(job.id, state="cancelled", finished=time.time(), eta=None)
+                write_log(self.store.folder(job.id), "cancelled (asked before the server stopped)")
         self.thread.start()
 
     def wake(self) -> None:
@@ -271,6 +282,9 @@ class JobRunner:
             self.store.update(job_id, state="cancelled", finished=time.time(), eta=None)
         elif job is not None and job.state == "running":
             self.store.update(job_id, state="cancelling")
+        if job is not None and job.state in ("queued", "running"):
+            write_log(self.store.folder(job_id), "cancel asked" + (": cancelled" if job.state == "queued" else
+                                                                    "; the job stops at its next step"))
         self._cancel.add(job_id)
 
     def shutdown(self, wait: float = 120.0) -> None:
@@ -293,15 +307,14 @@ class JobRunner:
     def _run(self, job: Job) -> None:
         folder = self.store.folder(job.id)
         output = self.store.output(job)
-        log = folder / "log.txt"
 
         def record(event: progress.ProgressEvent) -> None:
             if event.kind == "message":
-                with log.open("a") as fh:
-                    fh.write(f"{time.strftime('%H:%M:%S')} {event.level}: {in_api_words(event.message)}\n")
+                write_log(folder, in_api_words(event.message), event.level)
 
         self.store.update(job.id, state="running", started=job.started or time.time(), error=None)
         callback = JobCallback(self.store, job.id, self.gate, lambda: job.id in self._cancel, lambda: self._stop)
+        callback.validations = list(job.validations or [])        # a resumed job's earlier ones stay listed
         try:
             config = job_config(job.request, output, folder / "photos", self.model_spec(job.request))
             resumable = any((output / "checkpoints").glob("checkpoint-*"))
@@ -312,7 +325,8 @@ class JobRunner:
                 result = train(config, callbacks=[callback], transforms=self.transforms(job.request.get("preset"), config.model))
             record(progress.ProgressEvent("message", "", 0, message=phase_line(result.phases, result.phases_within)))
             self.store.update(job.id, state="done", finished=time.time(), eta=0.0)
-            record(progress.ProgressEvent("message", "", 0, message="done"))
+            late = " (the cancel came after its last step)" if job.id in self._cancel else ""
+            record(progress.ProgressEvent("message", "", 0, message=f"done{late}"))
             self.on_done()
         except (JobStopped, TrainingInterrupted):
             self.store.update(job.id, state="queued")

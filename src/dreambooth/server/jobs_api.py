@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..images import list_images, open_image
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
-from .jobs import ENDED, Job, JobRunner, JobStore, job_config
+from .jobs import ENDED, Job, JobRunner, JobStore, in_api_words, job_config
 
 MAX_PHOTOS = 50
 MAX_PHOTO_BYTES = 25 * 2**20
@@ -39,7 +39,7 @@ def public(job: Job, store: JobStore) -> dict:
     return {
         "id": job.id, "state": job.state, "created": job.created, "started": job.started, "finished": job.finished,
         "step": job.step, "max_steps": job.max_steps, "eta_seconds": job.eta, "losses": job.losses,
-        "error": job.error, "method": job.method,
+        "error": job.error, "method": job.method, "name": store.output(job).name, "model": job.request.get("model"),
         "instance_prompt": job.request.get("instance_prompt"), "class_prompt": job.request.get("class_prompt"),
         "preset": job.request.get("preset"), "overrides": job.request.get("overrides"),
         "validations": [{**v, "url": f"/dreambooth/v1/jobs/{job.id}/validation/{v['grid']}"} for v in job.validations or []],
@@ -76,6 +76,8 @@ def check_name(name: str, store: JobStore, catalog: Catalog) -> None:
                         "(the model's or LoRA's name)")
     if name in RESERVED_NAMES:
         raise UserError(f"name: {name!r} is a folder of the job itself; choose another")
+    if re.fullmatch(r"job-[0-9a-f]{12}", name):
+        raise UserError(f"name: {name!r} is how jobs without a name are called; choose another")
     for job in store.all():
         if job.request.get("name") == name and job.state not in ("failed", "cancelled"):
             raise UserError(f"name: {name!r} is job {job.id}'s already; choose another (clients pick models by name)")
@@ -95,15 +97,18 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
         raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
     entry = catalog.find_model(model, "model") if model else current
     if name:
-        check_name(name, store, catalog)
+        check_name(name, store, catalog)          # again under the store's lock below: two at once
     request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,
-               "overrides": values, "model": entry.title, "name": name or None}
+               "overrides": values, "model": entry.title, "model_spec": entry.spec, "name": name or None}
     if uploads and photos_dir:
         raise UserError("photos: upload photos, or give photos_dir (a folder on the server), not both")
     if not uploads and not photos_dir:
         raise UserError("photos: upload the subject's photos (or give photos_dir, a folder on the server)")
     with tempfile.TemporaryDirectory() as check:       # every setting checked before anything is stored
-        config = job_config(request, Path(check) / "output", Path(check), entry.spec)
+        try:
+            config = job_config(request, Path(check) / "output", Path(check), entry.spec)
+        except UserError as exc:
+            raise UserError(in_api_words(str(exc))) from None
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
     try:
         if uploads:
@@ -115,7 +120,10 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
             for path in found:
                 open_image(path, "photos_dir")
                 shutil.copy2(path, staging / path.name)
-        job = store.add(request, config.method, config.max_steps)
+        with store.adding:
+            if name:
+                check_name(name, store, catalog)
+            job = store.add(request, config.method, config.max_steps)
         store.folder(job.id).mkdir(parents=True)
         staging.rename(store.folder(job.id) / "photos")
     finally:
@@ -166,10 +174,18 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
     @api.delete("/jobs/{job_id}")
     def delete(job_id: str):
         job = job_of(job_id)
+        if job.state == "cancelling":
+            raise UserError(f"job {job_id}: still stopping (cancelling); delete it once it is cancelled")
         if job.state not in ENDED:
             raise UserError(f"job {job_id}: {job.state}; cancel it first")
-        if Path(current_model().spec) == store.output(job):
+        output = store.output(job).resolve()
+        if Path(current_model().spec).expanduser().resolve() == output:
             raise UserError(f"job {job_id}: its model is the one loaded; load another first")
+        for other in store.all():
+            spec = other.request.get("model_spec")
+            if other.state not in ENDED and spec and Path(spec).expanduser().resolve() == output:
+                raise UserError(f"job {job_id}: job {other.id} ({other.state}) trains on its model; delete it "
+                                "once that job has ended")
         store.delete(job_id)
         runner.on_done()                   # its model or LoRA leaves the lists
         return {"deleted": job_id}
