@@ -182,6 +182,8 @@ def test_what_a_plot_cell_says_is_what_it_was_made_with(sd1, tmp_path):
         run_xyz(sd1, params.replace(width=1024, height=1024), x="Seed: 1-20", y="Steps: 1-20")
     with pytest.raises(UserError, match="--x Sampler: 'Nonesuch' unknown"):
         parse_axis("Sampler: Euler, Nonesuch")
+    with pytest.raises(UserError, match="every cell would be the same"):
+        run_xyz(sd1, params, x="Denoising: 0.2, 0.9")
 
 
 def test_a_replay_names_textual_inversions_and_an_a1111_vae():

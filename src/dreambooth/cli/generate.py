@@ -19,7 +19,7 @@ from ..generation.pipeline import load_generation_pipeline, recorded_settings, s
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
-from ..generation.xyz import check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
+from ..generation.xyz import AXES, check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
 from ..models.specs import trained_clip_skip
 from ..outputs import check_output_folder
 
@@ -105,7 +105,8 @@ def _check(ctx: click.Context, params: GenerationParams, from_image: Path | None
 @click.option("--prompt-matrix", is_flag=True, help="Treat 'a|b|c' as a prompt matrix: every combination, one seed, "
               "and a labelled grid.")
 @click.option("--x", "x_axis", metavar="'NAME: V1, V2'", help="X/Y/Z plot axis, e.g. 'Sampler: Euler a, DDIM', "
-              "'CFG scale: 3, 7, 11', 'Steps: 10-30 (+10)', 'Prompt S/R: dog, cat'.")
+              "'CFG scale: 3, 7, 11', 'Steps: 10-30 (+10)', 'Steps: 10-30 [5]', 'Prompt S/R: dog, cat'. NAME: "
+              + ", ".join(a.label for a in AXES) + ".")
 @click.option("--y", "y_axis", metavar="'NAME: V1, V2'", help="Y axis of the plot.")
 @click.option("--z", "z_axis", metavar="'NAME: V1, V2'", help="Z axis of the plot (one grid per value).")
 @click.option("--from-image", type=click.Path(path_type=Path), help="Re-create an image from the infotext in its "

@@ -192,7 +192,8 @@ def _number(text: str, kind: type, flag: str, label: str):
     try:
         return kind(text.replace(" ", "")) if kind is float else int(text.replace(" ", ""))
     except ValueError:
-        raise UserError(f"{flag} {label}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        raise UserError(f"{flag} {label}: {text!r} is not {'an integer' if kind is int else 'a number'} (values are "
+                        "separated by commas; a range is written 10-30 (+10) or 10-30 [5])") from None
 
 
 def _check_count(count: int, item: str, flag: str, label: str) -> None:
@@ -297,6 +298,9 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         if _settings(a) & _settings(b):          # the later axis would overwrite the earlier's value, unlabelled
             raise UserError(f"{flag_b} {b.type.label}: sets what {flag_a} {a.type.label} sets; give each axis a "
                             "setting of its own")
+    if any(a.type.label == "Denoising" for _, a in given) and not (params.hires or params.init_image):
+        raise UserError("--x/--y/--z Denoising: the denoising strength acts on img2img (--init-image) or a hires "
+                        "pass (--hires); every cell would be the same")
     params, _, _ = resolve_params(pipeline, params)       # fixes the seed (and default size) for all cells
     for axis in axes:                  # Seed -1 drawn once, here, so the label says what the cell was made with
         if axis is not None and axis.type.label == "Seed":
