@@ -311,8 +311,6 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
     zs = ax_z.values if ax_z else [None]
     check_plot_size(len(xs) * len(ys) * len(zs), params, "--x/--y/--z")
     check_grid_pixels(len(xs) * len(zs), len(ys), params, "--x/--y/--z")
-    progress.message(f"X/Y/Z plot: {len(xs) * len(ys) * len(zs) * params.batch_size * params.batch_count} images "
-                     f"in {len(xs)} x {len(ys)} cells" + (f" x {len(zs)} grids" if ax_z else ""))
 
     # Build and check every cell before generating anything.
     cells = {}
@@ -326,6 +324,9 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
                 except UserError as exc:         # name the axis value, not a flag the user did not give
                     raise UserError(f"{flag} {axis.label_for(value)}: {exc}") from None
         cells[iz, iy, ix] = p
+    count = sum(p.batch_size * p.batch_count for p in cells.values())      # said once every cell is checked
+    progress.message(f"X/Y/Z plot: {count} image{'s' if count != 1 else ''} in {len(xs)} x {len(ys)} cells"
+                     + (f" x {len(zs)} grids" if ax_z else ""))
 
     results, images = [], {}
     with progress.task("X/Y/Z plot", sum(p.batch_size * p.batch_count * p.passes for p in cells.values())) as bar:
