@@ -191,3 +191,11 @@ def test_a_replay_names_textual_inversions_and_an_a1111_vae():
     info = parse_generation_parameters('a dog, easyneg\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64, RNG: CPU, '
                                        'VAE: vae-ft-mse.safetensors, TI hashes: "easyneg: 0123abcd"', defaults=False)
     assert not_made_here(info) == ["TI hashes", "VAE vae-ft-mse.safetensors (give --vae for it)"]
+
+
+def test_a_replayed_batch_image_under_a_seed_or_batch_axis_is_the_image_alone(sd1, tmp_path):
+    replay = GenerationParams("a dog", steps=2, width=16, height=16, seed=12, batch_size=2, keep=1)   # "Batch: 2/2"
+    for axis, want in (("Seed: 100, 200", ["100", "200"]), ("Batch size: 1, 2", ["13", "13"])):
+        result = run_xyz(sd1, replay, x=axis, output_dir=tmp_path / axis[:4])
+        seeds = [str(parse_generation_parameters(read_infotext(r.path))["Seed"]) for r in result.images]
+        assert seeds[0] == want[0] and want[1] in seeds, (axis, seeds)        # the labels' seeds, from 13 alone

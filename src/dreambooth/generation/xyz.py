@@ -301,6 +301,9 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
     if any(a.type.label == "Denoising" for _, a in given) and not (params.hires or params.init_image):
         raise UserError("--x/--y/--z Denoising: the denoising strength acts on img2img (--init-image) or a hires "
                         "pass (--hires); every cell would be the same")
+    if params.keep is not None and any(_settings(a) & {"seed", "batch_size"} for _, a in given):
+        # a replayed batch image (--from-image) under new seeds or batches: the image alone, its own seed
+        params = replace(params, seed=params.seed + params.keep, batch_size=1, batch_count=1, keep=None)
     params, _, _ = resolve_params(pipeline, params)       # fixes the seed (and default size) for all cells
     for axis in axes:                  # Seed -1 drawn once, here, so the label says what the cell was made with
         if axis is not None and axis.type.label == "Seed":

@@ -168,8 +168,8 @@ def tab(engine: Engine, store, runner, catalog):
     def watch(current: str):
         job = store.get(current) if current else None
         table = jobs_table(store)
-        if job is None:
-            return gr.update(), gr.update(), gr.update(), table
+        if job is None:                       # none chosen yet, or deleted (DELETE /dreambooth/v1/jobs/<id>)
+            return (f"**deleted**: job {current}" if current else gr.update()), gr.update(), gr.update(), table
         share = job.step / job.max_steps if job.max_steps else 0
         eta = f", ETA {job.eta:.0f} s" if job.eta and job.state == "running" else ""
         text = f"**{job.state}**: step {job.step}/{job.max_steps} ({share:.0%}{eta})"
