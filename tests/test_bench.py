@@ -174,6 +174,12 @@ def test_a_failed_run_puts_the_earlier_results_back(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [BENCH_MARK, "images", "report.json"]
     with _replacing(out):
         (out / "report.json").write_text('{"new": 1}')
+    fresh = tmp_path / "fresh"                       # a first run that wrote nothing leaves no mark behind
+    fresh.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with _replacing(fresh):
+            raise KeyboardInterrupt
+    assert not (fresh / BENCH_MARK).exists()
     assert (out / "report.json").read_text() == '{"new": 1}' and not (out / "images").exists()
 
 

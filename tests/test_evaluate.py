@@ -317,7 +317,8 @@ def test_preprocessing_shape_and_orientation(folders):
 def test_webui_syntax_and_identifier_case_are_taken_out_for_clip_t():
     from dreambooth.evaluation.prompts import plain_text, strip_identifier
     cases = {"a (sks:1.3) dog": "a dog", "a ((SKS)) dog": "a dog", "a [cat:dog:0.5] BREAK on grass": "a dog on grass",
-             "a Sks dog, (oil painting:1.2)": "a dog, oil painting", "a [sks] dog": "a dog"}
+             "a Sks dog, (oil painting:1.2)": "a dog, oil painting", "a [sks] dog": "a dog",
+             "a sks dog <lora:my_dog:0.8>": "a dog", "a \\(sks\\) dog": "a dog"}
     for prompt, want in cases.items():
         assert strip_identifier(plain_text(prompt), "sks") == want, prompt
 

@@ -199,3 +199,13 @@ def test_a_replayed_batch_image_under_a_seed_or_batch_axis_is_the_image_alone(sd
         result = run_xyz(sd1, replay, x=axis, output_dir=tmp_path / axis[:4])
         seeds = [str(parse_generation_parameters(read_infotext(r.path))["Seed"]) for r in result.images]
         assert seeds[0] == want[0] and want[1] in seeds, (axis, seeds)        # the labels' seeds, from 13 alone
+
+
+def test_the_grid_limit_counts_a_hires_target_and_the_largest_cell():
+    from dreambooth.generation.xyz import check_grid_pixels
+    base = GenerationParams("a dog", width=512, height=512)
+    check_grid_pixels(20, 20, [base.replace(hires=True, hires_width=600, hires_height=600)], "--x")   # 144 MP
+    with pytest.raises(UserError, match="megapixels"):
+        check_grid_pixels(10, 10, [base.replace(hires=True, hires_width=2048)], "--x")              # 419 MP
+    with pytest.raises(UserError, match="megapixels"):
+        check_grid_pixels(20, 20, [base, base.replace(width=1024, height=1024)], "--x")             # 419 MP

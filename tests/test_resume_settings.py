@@ -111,3 +111,29 @@ def test_a_resume_whose_identifier_has_other_words_is_one_line(tiny_sd1, dog_pho
     with pytest.raises(UserError, match="--instance-prompt or --class-prompt names other words"):
         train(build_config(None, dict(common, instance_prompt="a photo of sks zwx olis dog", output=str(out),
                                       resume="latest")))
+
+
+class StopMidStep(TrainingCallback):
+    """A stop asked from outside (a notebook's button) while a step's first micro-batch is drawn."""
+    def on_train_start(self, run):
+        drawn, draw = [0], run.stream.next_batch
+
+        def counted():
+            drawn[0] += 1
+            if drawn[0] == 7:                 # the first half of step 4 at gradient accumulation 2
+                run.request_stop()
+            return draw()
+        run.stream.next_batch = counted
+
+
+def test_a_stop_asked_within_an_accumulated_step_waits_for_its_end(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.training.results import TrainingInterrupted
+    common = _common(tiny_sd1, dog_photos, gradient_accumulation=2)
+    straight = train(build_config(None, dict(common, output=str(tmp_path / "straight"))))
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(build_config(None, dict(common, output=str(stopped))), callbacks=[StopMidStep()])
+    assert interrupted.value.step == 4
+    resumed = train(build_config(None, dict(common, output=str(stopped), resume="latest")))
+    assert resumed.losses == straight.losses
+    assert_same_weights(tmp_path / "straight", stopped, "after a stop asked within a step")

@@ -132,6 +132,8 @@ def _replacing(output: Path):
         if moved:
             previous.rmdir()
             progress.message(f"{output}: the earlier run's results are back as they were")
+        else:                         # nothing of a bench run is here: no mark that says so
+            (output / BENCH_MARK).unlink(missing_ok=True)
         raise
     if moved:
         shutil.rmtree(previous)

@@ -74,9 +74,13 @@ def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
 
 
 def plain_text(prompt: str) -> str:
-    """What a WebUI prompt says, as CLIP should read it for CLIP-T: the text of its last sampling
-    step (``[from:to:when]`` gives ``to``), emphasis and weights dropped (``(dog:1.3)`` is ``dog``),
-    ``BREAK`` a space."""
+    """What a WebUI prompt says, as CLIP should read it for CLIP-T: without ``<lora:...>`` tags, the
+    text of its last sampling step (``[from:to:when]`` gives ``to``; an integer ``when`` counts steps
+    of a 1000-step run), emphasis and weights dropped (``(dog:1.3)`` is ``dog``), ``BREAK`` a space."""
+    try:
+        prompt = extract_loras(prompt)[0]      # <lora:name:weight> never reaches the text encoder
+    except UserError:
+        pass
     final = prompt_schedule(prompt, 1000)[-1][1]
     pieces = [" " if weight == -1 and text == "BREAK" else text for text, weight in parse_prompt_attention(final)]
     return re.sub(r"\s+", " ", "".join(pieces)).strip()
@@ -92,5 +96,6 @@ def strip_identifier(prompt: str, identifier: str | None) -> str:
     if not identifier:
         return prompt
     out = identifier_pattern(identifier).sub(" ", prompt)
+    out = re.sub(r"[(\[{]\s*[)\]}]", " ", out)      # brackets it stood alone in: "a (sks) dog"
     out = re.sub(r"\s+", " ", out).strip()
     return re.sub(r"\s+([,.;:!?])", r"\1", out)

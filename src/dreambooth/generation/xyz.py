@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..grid import annotated_grid
 from ..images import write_png
 from ..outputs import GRID_PREFIX, claim_numbered
-from .hires import HIRES_UPSCALERS, upscaler_named
+from .hires import HIRES_UPSCALERS, hires_target, upscaler_named
 from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import SCHEDULES, resolve
@@ -42,8 +42,18 @@ MAX_PLOT_IMAGES = 10_000
 MAX_GRID_PIXELS = 200_000_000
 
 
-def check_grid_pixels(columns: int, rows: int, params: GenerationParams, what: str) -> None:
-    pixels = columns * rows * (params.width or 512) * (params.height or 512) * (params.hires_scale if params.hires else 1) ** 2
+def cell_size(params: GenerationParams) -> tuple[int, int]:
+    """The size of a cell's image (size resolved): a hires pass's target, else the size."""
+    if params.hires:
+        return hires_target(params.width, params.height, params.hires_scale, params.hires_width,
+                            params.hires_height).size
+    return params.width, params.height
+
+
+def check_grid_pixels(columns: int, rows: int, cells: list[GenerationParams], what: str) -> None:
+    """A grid of ``columns`` x ``rows`` cells as large as the largest of ``cells``: past the limit, refused."""
+    width, height = (max(side) for side in zip(*map(cell_size, cells)))
+    pixels = columns * rows * width * height
     if pixels > MAX_GRID_PIXELS:
         raise UserError(f"{what}: a grid of {columns} x {rows} cells at this size is {pixels / 1e6:,.0f} megapixels; "
                         f"at most {MAX_GRID_PIXELS // 1_000_000} (fewer values, or a smaller size)")
@@ -313,7 +323,6 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
     ys = ax_y.values if ax_y else [None]
     zs = ax_z.values if ax_z else [None]
     check_plot_size(len(xs) * len(ys) * len(zs), params, "--x/--y/--z")
-    check_grid_pixels(len(xs) * len(zs), len(ys), params, "--x/--y/--z")
 
     # Build and check every cell before generating anything.
     cells = {}
@@ -327,6 +336,7 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
                 except UserError as exc:         # name the axis value, not a flag the user did not give
                     raise UserError(f"{flag} {axis.label_for(value)}: {exc}") from None
         cells[iz, iy, ix] = p
+    check_grid_pixels(len(xs) * len(zs), len(ys), list(cells.values()), "--x/--y/--z")
     count = sum(p.batch_size * p.batch_count for p in cells.values())      # said once every cell is checked
     progress.message(f"X/Y/Z plot: {count} image{'s' if count != 1 else ''} in {len(xs)} x {len(ys)} cells"
                      + (f" x {len(zs)} grids" if ax_z else ""))

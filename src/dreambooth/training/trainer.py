@@ -274,7 +274,7 @@ class Trainer:
         with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
                 ckpt.interruptible(self.output, lambda: self.step):
             while self.step + (pending is not None) < cfg.max_steps:
-                if self.stop_requested and pending is None:      # every step so far resolved, no batch drawn
+                if self.stop_requested and pending is None and acc.sync_gradients:   # between two steps
                     raise TrainingInterrupted(self.step, self.save_checkpoint())
                 batch = self.stream.next_batch()
                 with acc.accumulate(*self.models):
@@ -389,11 +389,11 @@ def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
     """Run DreamBooth with ``config``; the function the CLI, the demo and the server all call. A run
     that fails leaves an output it was to replace as it was (``guard.OutputStage``)."""
     trainer, clock = Trainer(config, callbacks, transforms), PhaseClock()
-    try:
-        with trainer.cleanup, caller_random_state_kept(), deterministic_kernels(config.deterministic), \
-                progress.subscribed(clock):
-            return clock.stamped(trainer.setup().fit())
-    except BaseException as exc:
-        if trainer.stage is not None:                 # None: failed before the output was touched
-            trainer.stage.abandon(isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None)
-        raise
+    with trainer.cleanup:             # the output is the run's (its lock) until it is written or put back
+        try:
+            with caller_random_state_kept(), deterministic_kernels(config.deterministic), progress.subscribed(clock):
+                return clock.stamped(trainer.setup().fit())
+        except BaseException as exc:
+            if trainer.stage is not None:                 # None: failed before the output was touched
+                trainer.stage.abandon(isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None)
+            raise
