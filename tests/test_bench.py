@@ -191,3 +191,6 @@ def test_bench_settings_are_checked_before_any_model_loads(tiny_sd1, dog_photos,
     assert code == 2 and "--size 33: must be a multiple of 8" in err, err
     code, _, err = run_cli(*base, "--subject", "Dog")         # a subject's name in any case
     assert code == 2 and "hf download" in err, err
+    code, _, err = run_cli("bench", "--model", tmp_path / "no_model", "--real", dog_photos, "--subject", "dog",
+                           "--dino-model", "nobody/missing", "--output", tmp_path / "o")
+    assert code == 2 and "--model" in err and "dino" not in err, err          # the missing model is named first

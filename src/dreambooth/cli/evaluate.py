@@ -13,7 +13,7 @@ from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary, real_
 from ..generation.loras import parse_lora_spec
 from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline
-from ..models.specs import trained_clip_skip
+from ..models.specs import is_lora_output, resolve_model, trained_clip_skip
 
 DINO_HELP = "DINO ViT: a folder or a hub id in the local cache (default facebook/dino-vits16)."
 CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai/clip-vit-base-patch32)."
@@ -100,6 +100,8 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
     if size is not None and size % 8:
         raise UserError(f"--size {size}: must be a multiple of 8")
     check_bench_output(output, overwrite, [real])
+    if not is_lora_output(model):                # a model that is not there, named before the evaluation models
+        resolve_model(model, "--model")
     real_files = real_photos(real)
     if clip_skip is None:                                   # a training output, sampled as it was trained
         clip_skip = trained_clip_skip(model) or 1

@@ -48,7 +48,7 @@ class TrainConfig:
     vae: str | None = _opt(None, "Replace the VAE: a diffusers folder, hub id or single file (e.g. an fp16-fix VAE).", group="model")
     model_config: str | None = _opt(None, "For a single-file --model: the diffusers folder or cached hub id holding its configs.", group="model")
     # --- data ----------------------------------------------------------------------------
-    instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp).", group="data")
+    instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp, tif).", group="data")
     instance_prompt: str | None = _opt(None, "Prompt naming the subject with a rare identifier, e.g. 'a photo of sks dog'.", group="data")
     captions: bool = _opt(False, "Use name.txt beside name.jpg as that image's prompt.", group="data")
     resolution: int | None = _opt(None, "Training size in pixels, a multiple of 8 (default: the family's, 512 SD1, 768 SD2, 1024 SDXL; at most 1024 for SD1 and SD2, 2048 for SDXL).", group="data", low=8, high=MAX_RESOLUTION)
