@@ -3,6 +3,7 @@ generation and training run in on each, and the memory a run may use on one."""
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -95,6 +96,12 @@ def _meminfo_kib(path: str, key: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def first_process() -> bool:
+    """This process is the first (or only) one ``accelerate launch`` started: what every process
+    would say alike, the first says."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def _read_int(path: str) -> int | None:

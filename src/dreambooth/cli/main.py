@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..devices import out_of_gpu_memory
+from ..devices import first_process, out_of_gpu_memory
 from ..errors import UserError, os_error_line
 from ..models.loading import quiet_libraries
 from ..training.trainer import TrainingInterrupted
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv or os.environ.get("DREAMBOOTH_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]   # accepted anywhere on the line, not only before the command
     # accelerate launch starts one such process per device: bars from the first only (messages from all)
-    show_progress(bars=False if os.environ.get("RANK", "0") not in ("", "0") else None)
+    show_progress(bars=None if first_process() else False)
     quiet_libraries()                 # the libraries' own bars and advice: ours say what matters
     try:
         cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort as exc:   # click's name for Ctrl-C
         interrupted = exc.__cause__ if isinstance(exc.__cause__, TrainingInterrupted) else None
         click.echo(str(interrupted) if interrupted else "aborted", err=True)
-        if interrupted and interrupted.checkpoint is not None and os.environ.get("RANK", "0") in ("", "0"):
+        if interrupted and interrupted.checkpoint is not None and first_process():
             click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -35,15 +35,13 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, lor
     import uvicorn
 
     from ..server.app import ServerSettings, check_port_free, create_app, parse_auth
-    from ..server.jobs import hold_data_dir
     if listen:
         host = "0.0.0.0"
     if host not in ("127.0.0.1", "localhost", "::1") and not api_auth and not insecure:
         raise UserError(f"--listen/--host {host}: refusing to serve other machines without --api-auth user:pass "
                         "(or --insecure)")
     parse_auth(api_auth)
-    check_port_free(host, port)            # both before the model loads or a job is touched
-    hold_data_dir(data_dir)
+    check_port_free(host, port)            # before the model loads (create_app holds --data-dir before it too)
     flags = {"host": host, "port": port, "listen": listen, "api_auth": bool(api_auth), "model": model,
              "models_dir": models_dir, "loras_dir": loras_dir, "data_dir": str(data_dir), "device": device,
              "medvram": medvram}

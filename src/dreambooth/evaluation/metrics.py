@@ -54,7 +54,7 @@ CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and
 def _as_images(items: Iterable) -> list[Image.Image]:
     """Images, paths, or a folder's path (its images, in name order)."""
     if isinstance(items, (str, os.PathLike)):
-        items = list_images(items, str(items))
+        items = list_images(items, "folder")
     return [as_image(item) for item in items]
 
 

@@ -262,7 +262,6 @@ class JobRunner:
 
     def start(self) -> None:
         """Run the queue. A job a killed server left running resumes; one it was cancelling is cancelled."""
-        hold_data_dir(self.store.root.parent)
         for job in self.store.all():
             if job.state == "running":
                 self.store.update(job.id, state="queued")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import progress
+from ..devices import first_process
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
@@ -110,7 +111,7 @@ def check_distributed(cfg: TrainConfig) -> bool:
     config) must be FSDP2 and a full fine-tune of the UNet alone. DDP (``--multi_gpu``) takes anything.
     True when launched with FSDP."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")         # accelerate's flag or config file
-    if launched not in ("", "no", cfg.mixed_precision) and os.environ.get("RANK", "0") in ("", "0"):
+    if launched not in ("", "no", cfg.mixed_precision) and first_process():
         progress.warn(f"accelerate launch's mixed precision {launched} is not used: this run trains in "
                       f"{cfg.mixed_precision} (pass --mixed-precision {launched} to dreambooth train for it)")
     if _launched_with("ACCELERATE_USE_DEEPSPEED"):

@@ -40,7 +40,7 @@ from itertools import combinations
 import torch
 
 from .. import progress
-from ..devices import available_memory, training_precision
+from ..devices import available_memory, first_process, training_precision
 from ..errors import UserError
 from ..models import conv_layout
 from . import bf16_copies
@@ -286,7 +286,7 @@ class Preflight:
     def report(self) -> None:
         """The estimate as one progress message (a warning when it does not fit: ``--force``); said by
         the first of several processes (``accelerate launch``) only."""
-        if os.environ.get("RANK", "0") not in ("", "0"):
+        if not first_process():
             return
         est, available = self.estimate, self.available
         made = " and ".join(what for what, turns in (("class images", self.class_parking),
