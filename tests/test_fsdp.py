@@ -102,7 +102,7 @@ def test_each_process_holds_half_the_unet_and_one_writes_the_output(sharded):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "class_images", "model_index.json", "scheduler",
                                                      "text_encoder", "tokenizer", "training_args.json", "unet",
                                                      "vae", "validation"]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000003", "checkpoint-000006"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000006", "checkpoint-000008"]
     # whole weights in the output and the checkpoints, the trained UNet's and the base's frozen rest
     base, trained = weights(TOY_MODEL_DIR), weights(out)
     assert base.keys() == trained.keys() and all(base[k].shape == trained[k].shape for k in base)
@@ -192,8 +192,8 @@ def test_a_damaged_optimizer_state_stops_every_process_with_one_line(sharded, ph
     """Under FSDP the first process alone reads the optimizer state: its failure must reach the
     others, or they would wait for its tensors for ever."""
     out = tmp_path / "out"
-    ckpt = out / "checkpoints" / "checkpoint-000003"
-    shutil.copytree(sharded[0] / "checkpoints" / "checkpoint-000003", ckpt)
+    ckpt = out / "checkpoints" / "checkpoint-000006"
+    shutil.copytree(sharded[0] / "checkpoints" / "checkpoint-000006", ckpt)
     (ckpt / "manifest.json").unlink()                 # an older checkpoint: no checksums to catch it first
     data = (ckpt / "optimizer.pt").read_bytes()
     (ckpt / "optimizer.pt").write_bytes(data[: len(data) // 2])

@@ -142,7 +142,7 @@ def test_two_processes_write_one_output_and_split_the_class_images(two):
     assert log.count("trained 8 steps") == 1, log
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "class_images", "model_index.json", "scheduler",
                                                      "text_encoder", "tokenizer", "training_args.json", "unet", "vae"]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000003", "checkpoint-000006"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000006", "checkpoint-000008"]
     args = json.loads((out / "training_args.json").read_text())
     assert args["num_processes"] == 2 and args["global_batch_size"] == 2 and len(args["losses"]) == 8
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]        # no temporary files left

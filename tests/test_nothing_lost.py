@@ -147,13 +147,13 @@ def test_a_second_run_on_an_output_being_written_is_refused(tiny_sd1, dog_photos
 
 
 def test_a_checkpoint_past_max_steps_is_refused_and_the_finished_model_kept(tiny_sd1, dog_photos, old_model):
-    """(Its last checkpoint is at step 2.) A run resumed with --max-steps below the checkpoint's step
-    would train nothing and replace the finished model with it."""
+    """(Its checkpoints are at steps 1, 2 and 3.) A run resumed with --max-steps below the checkpoint's
+    step would train nothing and replace the finished model with it."""
     before = snapshot(old_model)
-    for resume in ("latest", old_model / "checkpoints" / "checkpoint-000002"):
+    for resume, step in (("latest", 3), (old_model / "checkpoints" / "checkpoint-000002", 2)):
         code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
                                "--max-steps", "1", "--output", old_model, "--resume", resume)
-        one_line_error(code, err, "the checkpoint is at step 2, past --max-steps 1", "--max-steps 2 or more")
+        one_line_error(code, err, f"the checkpoint is at step {step}, past --max-steps 1", f"--max-steps {step} or more")
     assert snapshot(old_model) == before
 
 
@@ -191,17 +191,17 @@ def _cut_without_manifest(checkpoint: Path, name: str, keep: int) -> None:
     (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt: missing"),
 ])
 def test_a_damaged_checkpoint_is_refused_by_name_and_skipped_by_latest(damage, name, tiny_sd1, dog_photos, old_model):
-    newest = old_model / "checkpoints" / "checkpoint-000002"
+    newest = old_model / "checkpoints" / "checkpoint-000003"
     damage(newest)
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
                            "--checkpoint-every", "1", "--max-steps", "4", "--output", old_model, "--resume", newest)
     one_line_error(code, err, "--resume", "damaged", name)
     code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
                                 "--checkpoint-every", "1", "--max-steps", "4", "--output", old_model,
-                                "--resume", "latest")
+                                "--resume", "latest", "--overwrite")        # (the finished run's model goes)
     assert code == 0, err
     assert f"skipping {newest}" in err and name.split(":")[0] in err
-    assert "resumed from" in err and "checkpoint-000001" in err
+    assert "resumed from" in err and "checkpoint-000002" in err
 
 
 def test_class_images_of_another_class_prompt_are_refused(tiny_sd1, dog_photos, tmp_path):
@@ -255,10 +255,11 @@ def test_a_resume_with_other_photos_or_settings_says_it_is_not_exact(tiny_sd1, d
     base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--checkpoint-every", "1", "--output", out]
     code, _, err = run_cli(*base, "--seed", "1")
     assert code == 0, err
-    code, _, err = run_cli(*base[:-2], "--max-steps", "3", "--resume", "latest", "--seed", "1", "--output", out)
+    code, _, err = run_cli(*base[:-2], "--max-steps", "3", "--resume", "latest", "--seed", "1", "--output", out,
+                           "--overwrite")            # (trained on: the finished run's model is replaced)
     assert code == 0 and "from the checkpoint's: training goes on" not in err, err
     code, _, err = run_cli(*base[:-2], "--max-steps", "4", "--resume", "latest", "--seed", "5", "--resolution", "64",
-                           "--output", out)
+                           "--output", out, "--overwrite")
     assert code == 0, err
     assert "this run's resolution 64 (was 32) differs from the checkpoint's" in err
     assert "--seed 5 is not used; the random streams go on from the checkpoint's (--seed 1)" in err

@@ -137,3 +137,23 @@ def test_a_stop_asked_within_an_accumulated_step_waits_for_its_end(tiny_sd1, dog
     resumed = train(build_config(None, dict(common, output=str(stopped), resume="latest")))
     assert resumed.losses == straight.losses
     assert_same_weights(tmp_path / "straight", stopped, "after a stop asked within a step")
+
+
+def test_a_finished_run_is_trained_on_exactly_and_only_when_asked(tiny_sd1, dog_photos, tmp_path):
+    """Checkpoints include the last step, so a finished 4-step run trained on to 7 steps ends as a 7-step
+    run would. Its model is replaced only with --overwrite; the same --max-steps again is refused."""
+    from dreambooth.errors import UserError
+    common = dict(_common(tiny_sd1, dog_photos), max_steps=4)      # 4: not a multiple of --checkpoint-every 3
+    straight = train(build_config(None, dict(common, max_steps=7, output=str(tmp_path / "straight"))))
+    out = tmp_path / "run"
+    train(build_config(None, dict(common, output=str(out))))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000003", "checkpoint-000004"]
+    finished = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+    with pytest.raises(UserError, match="finished at step 4 .* give --max-steps above 4"):
+        train(build_config(None, dict(common, output=str(out), resume="latest")))
+    with pytest.raises(UserError, match="holds the model of a finished run \\(step 4\\); pass --overwrite"):
+        train(build_config(None, dict(common, max_steps=7, output=str(out), resume="latest")))
+    assert finished == {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
+    resumed = train(build_config(None, dict(common, max_steps=7, output=str(out), resume="latest", overwrite=True)))
+    assert resumed.losses == straight.losses and len(resumed.losses) == 7
+    assert_same_weights(tmp_path / "straight", out, "after training the finished run on")

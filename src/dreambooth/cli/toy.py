@@ -22,7 +22,8 @@ def demo_command(output: str, method: str | None, steps: int | None, seed: int) 
     metrics = run_demo(output, method=method, seed=seed, max_steps=steps, log=click.echo)
     b, a = metrics["before"], metrics["after"]
     click.echo(f"subject on new backgrounds: {b['subject_in_context']:.0%} before, {a['subject_in_context']:.0%} after; "
-               f"class prompt showing a pattern: {b['class_drift']:.0%} before, {a['class_drift']:.0%} after")
+               f"'a square' drawn as the subject: {b['class_shows_subject']:.0%} before, {a['class_shows_subject']:.0%} after "
+               f"(any pattern: {b['class_drift']:.0%}, {a['class_drift']:.0%})")
     click.echo(f"done in {metrics['total_seconds']:.0f} s")
     for name in ("before.png", "after.png", "metrics.json"):
         click.echo(f"  {output.rstrip('/')}/{name}")

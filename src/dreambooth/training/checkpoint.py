@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from .. import progress
 from ..errors import UserError
-from ..outputs import CHECKPOINTS_DIR, as_user_file, checkpoint_name, checkpoint_step
+from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
 from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
@@ -150,8 +150,20 @@ def find_checkpoint(resume: str, output: Path, max_steps: int | None = None) -> 
     with ``max_steps``, one within the run (by its name here; by its state when it is loaded)."""
     path = _found_checkpoint(resume, output)
     if max_steps is not None:
-        check_within_run(path, checkpoint_step(path), max_steps)
+        step = checkpoint_step(path)
+        check_within_run(path, step, max_steps)
+        if step == max_steps and within(path, checkpoint_dir(output)) and finished_at(output) == step:
+            raise UserError(f"--resume {resume}: the run finished at step {step} and {output} holds its model; "
+                            f"give --max-steps above {step} to train on from it")
     return path
+
+
+def finished_at(output: Path) -> int | None:
+    """The last step of the finished run whose model ``output`` holds (its training_args.json), or None."""
+    try:
+        return int(json.loads((output / TRAINING_ARGS_FILE).read_text(encoding="utf-8"))["steps_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _found_checkpoint(resume: str, output: Path) -> Path:

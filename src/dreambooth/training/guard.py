@@ -59,8 +59,8 @@ def check_inputs(cfg: TrainConfig) -> None:
     inputs = [("--instance-dir", cfg.instance_dir)]
     if cfg.class_dir and not within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
         inputs.append(("--class-dir", cfg.class_dir))
-    if cfg.resume and cfg.resume != "latest":
-        inputs.append(("--resume", cfg.resume))
+    if cfg.resume and cfg.resume != "latest" and not within(Path(cfg.resume), output / CHECKPOINTS_DIR):
+        inputs.append(("--resume", cfg.resume))      # (its own checkpoints: --overwrite moves nothing)
     for flag, path in inputs if cfg.overwrite else ():
         path = Path(path)
         if not path.expanduser().exists():        # a class folder still to be made: nothing of it to lose
@@ -178,6 +178,10 @@ class OutputStage:
         if self.previous.exists() and not own_resume:
             raise UserError(f"--output {self.output}: {self.previous} holds the output an interrupted --overwrite "
                             "run replaced; move it back or delete it, or --resume latest")
+        finished = ckpt.finished_at(self.output) if own_resume else None
+        if finished is not None and not self.overwrite:      # training a finished run on replaces its model
+            raise UserError(f"--output {self.output}: holds the model of a finished run (step {finished}); pass "
+                            "--overwrite to replace it with this run's, or copy it elsewhere first")
         if entries and not own_resume:
             if not self.overwrite:
                 hint = " or --resume latest to continue" if ckpt.list_checkpoints(self.output) else ""

@@ -348,8 +348,8 @@ class Trainer:
             cb.on_step_end(self, info)
         if self.validator and self.step < cfg.max_steps:
             self._validate(self.validator.after_step, self.step)
-        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
-            self.save_checkpoint()
+        if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps):
+            self.save_checkpoint()      # the last step too: a finished run can be trained on, exactly
 
     def request_stop(self) -> None:     # a server shutting down: a checkpoint before the next step, then stop
         self.stop_requested = True
