@@ -86,3 +86,10 @@ def annotated_grid(images: list, cols: int, col_labels=None, row_labels=None, pa
             cy = top_h + r * (cell_h + pad) + cell_h // 2
             draw_lines(lines, left_w // 2, cy - len(lines) * line_h // 2)
     return canvas
+
+
+def batch_grid(images: list):
+    """A batch's images in one picture, laid out as the WebUI lays out its grids by default:
+    round(sqrt(n)) rows, filled row by row."""
+    rows = max(1, round(len(images) ** 0.5))
+    return annotated_grid(images, -(-len(images) // rows))

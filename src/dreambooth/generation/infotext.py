@@ -149,17 +149,22 @@ def read_infotext(path, flag: str = "--from-image") -> str | None:
     from PIL import Image
     try:
         with Image.open(path) as image:
-            text = image.info.get("parameters")
-            if isinstance(text, str) and text:
-                return text
-            try:
-                comment = image.getexif().get_ifd(0x8769).get(0x9286)
-            except Exception:
-                comment = None
+            return image_infotext(image)
     except FileNotFoundError:
         raise UserError(f"{flag} {path}: no such file") from None
     except Exception as exc:      # not an image, or a damaged one
         raise UserError(f"{flag} {path}: not a readable image ({type(exc).__name__})") from None
+
+
+def image_infotext(image) -> str | None:
+    """The infotext of an open PIL image: its PNG ``parameters`` text, or its EXIF UserComment."""
+    text = image.info.get("parameters")
+    if isinstance(text, str) and text:
+        return text
+    try:
+        comment = image.getexif().get_ifd(0x8769).get(0x9286)
+    except Exception:
+        comment = None
     return _decode_user_comment(comment)
 
 

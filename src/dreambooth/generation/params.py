@@ -17,6 +17,7 @@ from .resizing import RESIZE_MODES
 from .samplers import resolve
 
 MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
+MAX_PROMPT_CHARS = 20_000        # a prompt or negative prompt: A1111 users write a few hundred tokens at most
 # documented in --help
 RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000), "clip_skip": (1, 12)}
 
@@ -95,6 +96,10 @@ class GenerationParams:
                     raise UserError(f"--{name} {value}: must be a multiple of 8")
         for name in ("prompt", "negative_prompt", "sampler", "schedule"):
             check_value(f"--{name.replace('_', '-')}", getattr(self, name), str)
+        for name in ("prompt", "negative_prompt"):      # memory grows with a prompt's length: megabytes of it
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:      # held gigabytes (a server's request, one line)
+                raise UserError(f"--{name.replace('_', '-')}: {len(getattr(self, name)):,} characters; at most "
+                                f"{MAX_PROMPT_CHARS:,} (the model reads 75 tokens at a time, a word or two each)")
         if self.keep is not None and not (self.batch_count == 1 and 0 <= self.keep < self.batch_size):
             raise UserError(f"infotext: Batch {self.keep + 1}/{self.batch_size}: not an image of one batch")
         if self.mask is not None and self.init_image is None:

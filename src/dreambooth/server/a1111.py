@@ -5,9 +5,6 @@ PNG carries the same infotext. Routes for features this server does not have (up
 restorers, ...) answer as A1111 does when it has none of them."""
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import os
 import re
@@ -21,12 +18,15 @@ from PIL import Image
 
 from ..checks import check_value
 from ..errors import UserError
-from ..generation.infotext import parse_generation_parameters
+from ..generation.infotext import image_infotext, parse_generation_parameters
 from ..generation.hires import HIRES_UPSCALERS, IMAGE_MODES, LATENT_MODES, upscaler_named
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
+from ..grid import batch_grid
+from ..images import write_png
+from ..outputs import GRID_PREFIX, claim_numbered
 from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
-from ..images import MAX_PIXELS, to_rgb
+from .base64_images import decode_base64, decode_image, encode_png, open_image
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
 from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem,
                       PNGInfoRequest, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
@@ -58,42 +58,6 @@ def api_field_message(message: str) -> str:
     return _FLAG.sub(lambda m: FIELDS[m.group(1)], message)
 
 
-def decode_image(data: str, field: str, mode: str = "RGB") -> Image.Image:
-    """A base64 image (``data:image/png;base64,...`` too); URLs are not fetched."""
-    if not isinstance(data, str) or not data:
-        raise UserError(f"{field}: expected a base64-encoded image")
-    if data.startswith(("http://", "https://", "file:", "ftp://")):
-        raise UserError(f"{field}: URLs are not fetched; send the image itself, base64-encoded")
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise UserError(f"{field}: not valid base64") from None
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise UserError(f"{field}: {im.width}x{im.height} is over {MAX_PIXELS:,} pixels")
-            im.load()
-            return to_rgb(im) if mode == "RGB" else im.convert(mode)
-    except UserError:
-        raise
-    except Image.DecompressionBombError:          # PIL refuses at open what is over twice its limit
-        raise UserError(f"{field}: over {MAX_PIXELS:,} pixels") from None
-    except Exception as exc:
-        raise UserError(f"{field}: not a readable image ({type(exc).__name__})") from None
-
-
-def encode_png(image: Image.Image, infotext: str | None = None) -> str:
-    from PIL.PngImagePlugin import PngInfo
-    buffer = io.BytesIO()
-    meta = PngInfo()
-    if infotext:
-        meta.add_text("parameters", infotext)
-    image.save(buffer, format="PNG", pnginfo=meta)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _refuse_unsupported(req: Txt2ImgRequest) -> None:
     for name, neutral in NEUTRAL.items():
         if not hasattr(req, name):
@@ -108,11 +72,20 @@ def _refuse_unsupported(req: Txt2ImgRequest) -> None:
 def hires_fix(req: Txt2ImgRequest) -> dict:
     """A1111's ``enable_hr`` and its fields as GenerationParams' hires settings; a second pass with its
     own checkpoint, sampler or prompts is refused (this server runs the first pass's)."""
-    same = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler",
-            req.sampler_name), "hr_scheduler": (None, "", "Use same scheduler", req.scheduler),
-            "hr_prompt": ("", req.prompt), "hr_negative_prompt": ("", req.negative_prompt)}
+    same = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
+            "hr_scheduler": (None, "", "Use same scheduler"), "hr_prompt": ("", req.prompt),
+            "hr_negative_prompt": ("", req.negative_prompt)}
+    first = _resolved(*first_pass_sampler(req))         # the hires pass may name it, in any of its names
+    given = {name: getattr(req, name) not in same[name] for name in ("hr_sampler_name", "hr_scheduler")}
+    sampler = req.hr_sampler_name if given["hr_sampler_name"] else first[0] if first else None
+    second = _resolved(sampler, req.hr_scheduler if given["hr_scheduler"] else first[1]) if first else None
+    if first is not None and second == first:
+        same.pop("hr_sampler_name"), same.pop("hr_scheduler")
+    elif given["hr_sampler_name"] and second is not None and second[0] == first[0]:
+        same.pop("hr_sampler_name")                       # the sampler is the same: the schedule is not
     for name, allowed in same.items():
-        if getattr(req, name) not in allowed:
+        value = getattr(req, name)
+        if value not in allowed:
             raise UserError(f"{name}: {getattr(req, name)!r}: this server's hires pass uses the first pass's "
                             f"{name.removeprefix('hr_').replace('_name', '')}; leave it out")
     upscaler = upscaler_named(req.hr_upscaler or "Latent")
@@ -121,6 +94,19 @@ def hires_fix(req: Txt2ImgRequest) -> dict:
     return dict(hires=True, hires_scale=req.hr_scale, hires_width=req.hr_resize_x, hires_height=req.hr_resize_y,
                 hires_steps=req.hr_second_pass_steps, hires_upscaler=upscaler,
                 strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
+
+
+def first_pass_sampler(req: Txt2ImgRequest) -> tuple[str, str]:
+    """The sampler and schedule a request's (first) pass runs: A1111's defaults where it names none."""
+    return req.sampler_name or req.sampler_index or "Euler a", req.scheduler or "Automatic"
+
+
+def _resolved(sampler, schedule) -> tuple[str, str] | None:
+    try:
+        row, label = resolve(sampler, schedule)
+    except UserError:
+        return None
+    return row.name, label
 
 
 def mask_blur(req: Img2ImgRequest) -> int:
@@ -140,6 +126,10 @@ def option_value(key: str, value, options: dict):
     if isinstance(held, int) and not isinstance(held, bool) and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def not_options(names: list[str]) -> str:
+    return "not an option of this server" if len(names) == 1 else "not options of this server"
 
 
 def check_option(key: str, value, where: str = "") -> None:
@@ -163,17 +153,18 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         vae = overrides.pop("sd_vae", None)
         unknown = sorted(k for k in overrides if k not in options)
         if unknown:
-            raise UserError(f"override_settings: {unknown[0]}: not an option of this server")
+            raise UserError(f"override_settings: {', '.join(unknown)}: {not_options(unknown)}")
         for key, value in overrides.items():
             check_option(key, value, "override_settings: ")
         previews = {k: v for k, v in overrides.items() if k in PREVIEW_OPTIONS}
         switch = None
         if model is not None or vae is not None:
-            switch = (engine.catalog.find_model(model) if model else engine.entry,
-                      engine.catalog.find_vae(vae) if vae is not None else engine.vae, req.override_settings_restore_afterwards)
+            switch = (engine.catalog.find_model(model, "override_settings: sd_model_checkpoint") if model else engine.entry,
+                      engine.catalog.find_vae(vae, "override_settings: sd_vae") if vae is not None else engine.vae,
+                      req.override_settings_restore_afterwards)
         steering = {field: overrides.get(key, options[key]) for key, (_, field) in GENERATION_OPTIONS.items()}
         values = dict(steering, prompt=req.prompt, negative_prompt=req.negative_prompt,
-                      sampler=req.sampler_name or req.sampler_index or "Euler a", schedule=req.scheduler or "Automatic",
+                      sampler=first_pass_sampler(req)[0], schedule=first_pass_sampler(req)[1],
                       steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
                       batch_size=req.batch_size, batch_count=req.n_iter, eta=req.eta)
         if init is not None:
@@ -194,14 +185,20 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     def run(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None) -> ImagesResponse:
         params, switch, previews, kept = params_of(req, init, mask)
-        folder = None
-        if req.save_images and outputs is not None:
-            folder = outputs / f"{'txt2img' if init is None else 'img2img'}-images" / time.strftime("%Y-%m-%d")
-        response = respond(req, params, engine.generate(params, switch, output_dir=folder, options=previews))
+        kind, day = "txt2img" if init is None else "img2img", time.strftime("%Y-%m-%d")
+        saving = req.save_images and outputs is not None
+        result = engine.generate(params, switch, output_dir=outputs / f"{kind}-images" / day if saving else None,
+                                 options=previews)
+        made, grid = result[0], None
+        if req.save_images and len(made) > 1:       # as A1111: a grid, first in the reply, and saved
+            grid = batch_grid([m.image for m in made])
+            if saving:
+                write_png(grid, claim_numbered(outputs / f"{kind}-grids" / day, made[0].seed, GRID_PREFIX), made[0].infotext)
+        response = respond(req, params, result, grid)
         options.update(kept)       # override_settings_restore_afterwards false: they stay set, as in A1111
         return response
 
-    def respond(req: Txt2ImgRequest, params: GenerationParams, result) -> ImagesResponse:
+    def respond(req: Txt2ImgRequest, params: GenerationParams, result, grid: Image.Image | None) -> ImagesResponse:
         made, (entry, vae) = result
         first = made[0] if made else None
         sampler, schedule = resolve(params.sampler, params.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
@@ -215,14 +212,15 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
             "sd_model_name": entry.name, "sd_model_hash": entry.hash,
             "sd_vae_name": vae.name if vae else None, "sd_vae_hash": None,
             "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.strength if params.init_image is not None else None,
-            "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": 0,
-            "infotexts": [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
+            "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": int(grid is not None),
+            "infotexts": [made[0].infotext] * (grid is not None) + [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
             "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": "dreambooth",
         }
         parameters = req.model_dump()
         if isinstance(req, Img2ImgRequest) and not req.include_init_images:
             parameters.update(init_images=None, mask=None)          # echoed only when asked, as A1111 does
-        images = [encode_png(m.image, m.infotext) for m in made] if req.send_images else []
+        shown = [(grid, made[0].infotext)] * (grid is not None) + [(m.image, m.infotext) for m in made]
+        images = [encode_png(image, text) for image, text in shown] if req.send_images else []
         return ImagesResponse(images=images, parameters=parameters, info=json.dumps(info))
 
     @api.post("/txt2img", response_model=ImagesResponse)
@@ -241,16 +239,9 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     @api.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest):
-        raw = req.image.split(",", 1)[-1] if req.image.startswith("data:") else req.image
-        try:
-            data = base64.b64decode(raw, validate=True)
-            with Image.open(io.BytesIO(data)) as im:
-                items = {k: v for k, v in im.info.items() if isinstance(v, str)}
-        except Image.DecompressionBombError:
-            raise UserError(f"image: over {MAX_PIXELS:,} pixels") from None
-        except Exception:
-            raise UserError("image: not a base64-encoded image") from None
-        text = items.pop("parameters", "")
+        with open_image(decode_base64(req.image, "image"), "image") as im:     # a JPEG's or WebP's EXIF too
+            items = {k: v for k, v in im.info.items() if isinstance(v, str) and k != "parameters"}
+            text = image_infotext(im) or ""
         return PNGInfoResponse(info=text, items=items, parameters=parse_generation_parameters(text) if text else {})
 
     @api.get("/options")
@@ -270,7 +261,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
                 if k != "sd_checkpoint_hash"}     # GET's hash of the loaded model: derived, so a round trip passes
         unknown = sorted(k for k in body if k not in options and k not in ("sd_model_checkpoint", "sd_vae"))
         if unknown:
-            raise UserError(f"{unknown[0]}: not an option of this server")
+            raise UserError(f"{', '.join(unknown)}: {not_options(unknown)}")
         entry = engine.catalog.find_model(body["sd_model_checkpoint"]) if "sd_model_checkpoint" in body else engine.entry
         vae = engine.catalog.find_vae(body["sd_vae"]) if "sd_vae" in body else engine.vae
         for key, value in body.items():
@@ -362,6 +353,10 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     @api.get("/embeddings")
     def embeddings():
         return {"loaded": {}, "skipped": {}}
+
+    @api.post("/refresh-embeddings")
+    def refresh_embeddings():          # none are loaded (textual inversions are not supported): nothing to do
+        return None
 
     for name in EMPTY_LISTS:
         api.add_api_route(f"/{name}", lambda: [], methods=["GET"], name=name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -88,6 +88,39 @@ def check_port_free(host: str, port: int) -> None:
                             "server there? Stop it, or choose another --port") from None
 
 
+MAX_JSON_BODY = 256 * 2**20     # bytes: a few large init images in base64; a body read whole into memory
+
+
+class TooLarge(HTTPException):
+    def __init__(self, size: str):
+        super().__init__(413, f"body: {size} bytes; at most {MAX_JSON_BODY:,} on this server")
+
+
+class JsonBodyLimit:
+    """The A1111 routes read their JSON body whole: one over MAX_JSON_BODY (by its Content-Length, or
+    as it arrives) is a 413, not a server out of memory. (Photos for jobs stream to files.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/sdapi/"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_JSON_BODY:
+            return await JSONResponse({"detail": TooLarge(f"{int(length):,}").detail}, 413)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_JSON_BODY:
+                raise TooLarge(f"over {MAX_JSON_BODY:,}")
+            return message
+        return await self.app(scope, counted, send)
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     users = parse_auth(settings.api_auth)
     data_dir = Path(settings.data_dir).expanduser().resolve()    # job outputs as the model registry names them
@@ -130,6 +163,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     "sd_checkpoint_cache": 0})
     app.include_router(a1111.router(engine, options, settings.flags, data_dir / "outputs"))
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
+    app.add_api_route("/internal/ping", lambda: {}, methods=["GET"], name="ping")     # A1111's liveness probe
 
     if users:
         @app.middleware("http")
@@ -139,6 +173,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                                     headers={"WWW-Authenticate": "Basic"})
             return await call_next(request)
 
+    app.add_middleware(JsonBodyLimit)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
@@ -157,6 +192,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         kind = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
         detail = f"{where}: {kind}"
+        unknown = [".".join(str(p) for p in e["loc"] if p != "body") for e in exc.errors() if e.get("type") == "extra_forbidden"]
+        if len(unknown) > 1 and first.get("type") == "extra_forbidden":       # every one at once, not one a try
+            detail = f"{', '.join(unknown)}: unknown fields"
         sent = request.headers.get("content-type", "").split(";")[0].strip() or "no Content-Type"
         if first.get("type") == "json_invalid":          # its loc names a character, not a field
             detail = f"body: not valid JSON ({first.get('ctx', {}).get('error', 'invalid')} at character {where})"

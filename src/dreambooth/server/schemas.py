@@ -3,17 +3,23 @@ and the parameters of its processing classes), as pydantic models.
 
 Every field A1111 takes is accepted, so its clients (``webuiapi``, plug-ins, bots) work unchanged; a
 field this server cannot honour is accepted at A1111's neutral default and refused (a 400 naming the
-field) otherwise. A field A1111 does not know is a 422 naming it. Numbers are checked where the
+field) otherwise; ``null`` is a field not given. A field A1111 does not know is a 422 naming it. Numbers are checked where the
 library checks them (``GenerationParams.check``), so the limits are the CLI's."""
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """A1111 takes ``null`` for any field (its fields are all Optional) as "not given": its default."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 class Txt2ImgRequest(Strict):
