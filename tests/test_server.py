@@ -296,9 +296,11 @@ def test_a_skip_moves_progress_to_the_next_batch(tiny_sd1):
     state = Progress(job="txt2img", job_count=2, per_job=2, sampling_steps=10)
     asked, seen = [], []
 
-    def stop():                     # asked before the batch, then after each step: skip after the third
-        asked.append(1)
-        return "skip" if len(asked) == 4 else None
+    def stop():                     # skip once the third step is done (asked within the fourth, at its first block)
+        if state.job_no == 0 and state.sampling_step == 3 and not asked:
+            asked.append(1)
+            return "skip"
+        return None
 
     def record(event):
         state(event)

@@ -38,6 +38,7 @@ from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
 from .hires import LATENT_MODES, hires_target, upscale_image, upscale_latents
 from .infotext import format_infotext
+from .stopping import StoppedWithinStep, stoppable_within_steps
 from .loras import LoraFile
 from .masks import as_mask, latent_fill, prepare
 from .params import GenerationParams
@@ -120,13 +121,17 @@ def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
                           schedule=schedule).check(pipeline.max_side), init, mask
 
 
+def never() -> None:          # Controls' default stop: nothing asks within a step (stopping.py)
+    return None
+
+
 @dataclass
 class Controls:
     """What a caller (a server) may do to a running generation: ``stop()`` returns "interrupt" (end
     the run after the current step, keeping what was made) or "skip" (end the current image) or None;
     ``preview(latents)`` receives, every ``preview_every`` steps (not after the last, whose image comes
     at once), the sampler's estimate of the finished latents (``denoised_estimates``): a live preview."""
-    stop: Callable[[], str | None] = lambda: None
+    stop: Callable[[], str | None] = never
     preview: Callable[[torch.Tensor], None] | None = None
     preview_every: int = 10
 
@@ -230,7 +235,9 @@ def _second_pass(pipeline: GenerationPipeline, params: GenerationParams, encoder
     conditioning = schedule_conditioning(encoder, text, params.negative_prompt, steps)
     runner = pipeline.for_task("img2img")
 
-    def second(latents: torch.Tensor, seeds: list[int], bar, autocast, controls: Controls) -> list[Image.Image]:
+    def second(latents: torch.Tensor | None, seeds: list[int], bar, autocast, controls: Controls) -> list[Image.Image]:
+        if latents is None:                     # stopped before the first pass's first step ended
+            return []
         if controls.stop() is not None:         # interrupted or skipped in the first pass: its images, as they are
             return decode(runner, latents)
         if params.hires_upscaler in LATENT_MODES:
@@ -244,7 +251,7 @@ def _second_pass(pipeline: GenerationPipeline, params: GenerationParams, encoder
 
 def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds: list[int], conditioning, is_xl: bool,
           init, mask, bar: progress.Task, autocast: torch.dtype | None, controls: Controls,
-          keep_latents: bool = False) -> list[Image.Image] | torch.Tensor:
+          keep_latents: bool = False) -> list[Image.Image] | torch.Tensor | None:
     """One pipeline call for the images of ``seeds``, with a fresh scheduler for the sampler. ``init``:
     an image for all, or a list of one per seed, or their latents; ``keep_latents``: the latents made,
     not the images."""
@@ -255,6 +262,7 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
     n = len(seeds)
     pos, neg = conditioning.at(0)
     state = {"step": 0}
+    stop = None if controls.stop is never else controls.stop       # a caller that may stop asks within steps too
     if controls.preview is not None:
         denoised_estimates(scheduler, state)
 
@@ -263,6 +271,7 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
         # Steps count as in the WebUI (0-based); second-order schedulers (Heun, DPM2) take two
         # iterations per step.
         bar.advance(n / max(1, pipe.num_timesteps))
+        state["latents"] = tensors["latents"] if stop is not None else None   # what a stop within the next keeps
         if controls.stop() is not None:
             pipe._interrupt = True               # diffusers' documented way to end the denoising loop early
         # (not after the last iteration: the image itself comes next)
@@ -301,11 +310,17 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
         with channels_last_convs(runner.unet, autocast), lean_ops(runner.unet, autocast), \
                 channels_last_convs(runner.vae, prepack=False), _without_grad(runner.unet), \
                 pipeline.turns_inside(runner), one_image_at_a_time(runner.vae), \
-                latent_fill(runner, params, mask, seeds):
+                latent_fill(runner, params, mask, seeds), stoppable_within_steps(runner.unet, stop):
             if autocast is None and not keep_latents:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
                 latents = runner(**call).images
+            return latents if keep_latents else decode(runner, latents)
+    except StoppedWithinStep:             # the last finished step's images, or none before the first
+        latents = state.get("latents")
+        if latents is None:
+            return None if keep_latents else []
+        with _without_grad(runner.unet):
             return latents if keep_latents else decode(runner, latents)
     finally:
         runner.scheduler = previous                      # leave the pipeline as we found it
