@@ -98,3 +98,16 @@ def test_defaults_are_the_webuis():
     res = parse_generation_parameters("p\nSteps: 1, Seed: 2, Sampler: Euler")
     for key, value in A1111_DEFAULTS.items():
         assert res[key] == value
+
+
+def test_a_model_under_home_is_recorded_with_a_tilde_and_found_again(tiny_sd1, monkeypatch):
+    """A PNG someone shares does not carry their user name; --from-image still finds the model."""
+    from dreambooth.generation.infotext import parse_generation_parameters
+    from dreambooth.generation.params import GenerationParams
+    from dreambooth.generation.pipeline import load_generation_pipeline, sources_from_infotext
+    from dreambooth.generation.sampling import generate
+    monkeypatch.setenv("HOME", str(tiny_sd1.parent))
+    made = generate(load_generation_pipeline(str(tiny_sd1)), GenerationParams("a dog", steps=1, width=32, height=32, seed=1))
+    info = parse_generation_parameters(made[0].infotext)
+    assert info["Model path"] == f"~/{tiny_sd1.name}" and str(tiny_sd1.parent) not in made[0].infotext
+    assert sources_from_infotext(info)[0] == f"~/{tiny_sd1.name}"

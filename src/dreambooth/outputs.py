@@ -73,6 +73,13 @@ def take_lock(path: Path):
     return handle, None
 
 
+def recorded_path(path: str | Path) -> str:
+    """A local path as an infotext records it (``--from-image`` finds the model there): absolute, with
+    the home folder as ``~``, so that a PNG someone shares does not carry their user name."""
+    path, home = Path(path).expanduser().resolve(), Path.home().resolve()
+    return f"~/{path.relative_to(home).as_posix()}" if home in path.parents else str(path)
+
+
 def within(inner: Path, outer: Path) -> bool:
     """Whether ``inner`` is ``outer`` or lies inside it (links and ``..`` resolved)."""
     inner, outer = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()

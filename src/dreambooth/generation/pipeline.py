@@ -23,7 +23,7 @@ from ..models.families import adapter_for
 from ..models.hashes import model_hash
 from ..models.loading import load_pipeline
 from ..models.specs import is_hub_id, is_lora_output, lora_output_base, resolve_model
-from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
+from ..outputs import LORA_WEIGHTS_FILE, named_weights_file, recorded_path
 from ..parking import Parking
 from .grammar import LoraTag
 from .loras import LoraFile, LoraLibrary, lora_from_path
@@ -48,9 +48,8 @@ class ModelInfo:
 
 
 def _recorded(spec: str) -> str:
-    """A model as the infotext records it: local paths made absolute, hub ids and 'toy' as given."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if spec != "toy" and path.exists() else spec
+    """A model as the infotext records it: local paths absolute (``recorded_path``), hub ids and 'toy' as given."""
+    return recorded_path(spec) if spec != "toy" and Path(spec).expanduser().exists() else spec
 
 
 def model_info_for(spec: str, vae: str | None = None, model_config: str | None = None) -> ModelInfo:

@@ -33,7 +33,7 @@ from ..errors import file_operation
 from ..images import as_image, write_png
 from ..models.conv_layout import channels_last_convs
 from ..models.lean_ops import lean_ops
-from ..outputs import claim_numbered
+from ..outputs import claim_numbered, recorded_path
 from .conditioning import PromptEncoder, schedule_conditioning
 from .grammar import LoraTag, extract_loras
 from .hires import LATENT_MODES, hires_target, upscale_image, upscale_latents
@@ -99,7 +99,7 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Model path": info.spec,
         "Model config": info.config,
         "VAE path": info.vae_spec,
-        "Lora paths": json.dumps({lo.name: lo.source for lo, _ in loras}, ensure_ascii=False) if loras else None,
+        "Lora paths": json.dumps({lo.name: recorded_path(lo.source) for lo, _ in loras}, ensure_ascii=False) if loras else None,
         "Batch": batch,
         "Precision": precision,      # the dtype the UNet ran in: --from-image remakes it in the same
     }

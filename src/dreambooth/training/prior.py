@@ -29,7 +29,7 @@ from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..generation.sampling import generate
 from ..errors import UserError, file_operation
 from ..images import list_images, open_image, write_png
-from ..outputs import CLASS_IMAGES_DIR, class_image_name
+from ..outputs import CLASS_IMAGES_DIR, class_image_name, recorded_path
 
 
 def class_folder(cfg) -> Path:
@@ -79,6 +79,7 @@ def refuse_other_prompts(folder: Path, prompt: str, model: str | None = None) ->
         if made_for is not None and made_for.strip() != prompt.strip():
             other.setdefault(made_for, []).append(path.name)
         made_by = {written.get("Model path"), written.get("Model")} - {None}
+        made_by |= {recorded_path(m) for m in made_by if Path(m).expanduser().exists()}   # (recorded before '~' was)
         if current and made_by and not made_by & current:
             other_model.setdefault(written.get("Model path") or written.get("Model"), []).append(path.name)
     for flag, value, found, what in (("--class-prompt", prompt, other, "made for"),
