@@ -37,6 +37,7 @@ def world(tmp_path_factory, tiny_sd1):
     old = root / "old_model"
     old.mkdir()
     (old / "model_index.json").write_text("{}")
+    (old / "training_args.json").write_text("{}")      # a training output: what --overwrite may replace
     (old / "notes.txt").write_text("the user's")
     a_file = root / "a-file.txt"
     a_file.write_text("not an image, not a folder")

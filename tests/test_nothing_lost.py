@@ -54,6 +54,36 @@ def test_overwrite_never_deletes_the_photos_it_trains_on(tiny_sd1, tmp_path):
     assert snapshot(tmp_path / "p") == before
 
 
+def test_overwrite_never_deletes_the_model_it_trains_from(tiny_sd1, dog_photos, tmp_path):
+    """A stranger's kohya habit: the base model kept inside the folder given as --output."""
+    import shutil
+    shutil.copytree(tiny_sd1, tmp_path / "base" / "model")
+    before = snapshot(tmp_path / "base")
+    code, _, err = run_cli("train", "--model", tmp_path / "base" / "model", "--instance-dir", dog_photos, *FAST,
+                           "--method", "lora", "--output", tmp_path / "base", "--overwrite")
+    one_line_error(code, err, "--output", "holds --model")
+    assert snapshot(tmp_path / "base") == before
+
+
+def test_overwrite_replaces_only_a_training_output(tiny_sd1, dog_photos, old_model, tmp_path):
+    """--output models/Lora --overwrite wiped every other LoRA there: a folder no run wrote is refused,
+    naming what it holds; a finished output, or an unfinished run's leftovers, are replaced."""
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        (loras / name).write_bytes(b"mine")
+    before = snapshot(loras)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                           "--output", loras, "--overwrite")
+    one_line_error(code, err, "--output", "holds what no training run wrote (a.safetensors, b.safetensors)")
+    assert snapshot(loras) == before
+    for output in (old_model, tmp_path / "leftovers"):
+        (tmp_path / "leftovers" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                               "--output", output, "--overwrite")
+        assert code == 0, err
+
+
 def test_overwrite_checks_the_run_before_touching_the_old_output(tiny_sd1, old_model, tmp_path):
     before = snapshot(old_model)
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", tmp_path / "typo", *FAST,

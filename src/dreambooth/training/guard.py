@@ -27,8 +27,8 @@ from ..devices import first_process
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
-from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, check_output_folder, output_lock,
-                       take_lock, within)
+from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, TRAINING_ARGS_FILE, VALIDATION_DIR,
+                       check_output_folder, output_lock, take_lock, within)
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .prior import class_folder, refuse_other_prompts
@@ -57,6 +57,8 @@ def check_inputs(cfg: TrainConfig) -> None:
     for message in idle_settings(cfg):
         progress.warn(message)
     inputs = [("--instance-dir", cfg.instance_dir)]
+    inputs += [(flag, path) for flag, path in (("--model", cfg.model), ("--vae", cfg.vae), ("--model-config", cfg.model_config))
+               if path and path != "toy" and Path(path).expanduser().exists()]       # local ones (not hub ids)
     if cfg.class_dir and not within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
         inputs.append(("--class-dir", cfg.class_dir))
     if cfg.resume and cfg.resume != "latest" and not within(Path(cfg.resume), output / CHECKPOINTS_DIR):
@@ -71,6 +73,23 @@ def check_inputs(cfg: TrainConfig) -> None:
         if within(path, output):
             raise UserError(f"--output {output}: holds {flag} {path}, which --overwrite would delete; "
                             "write the model somewhere else")
+    foreign = not_written_by_training(output) if cfg.overwrite else []
+    if foreign:
+        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UserError(f"--output {output}: holds what no training run wrote ({names}); --overwrite replaces only "
+                        "a training output (one with training_args.json): choose another --output, or move them away")
+
+
+# What an unfinished run leaves in its output before its model and training_args.json are written.
+RUN_LEFTOVERS = (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, VALIDATION_DIR, PREVIOUS_OUTPUT_DIR)
+
+
+def not_written_by_training(output: Path) -> list[Path]:
+    """The entries of ``output`` that are not a training run's: none in a finished output (it has
+    training_args.json); in any other folder, all but an unfinished run's leftovers."""
+    if (output / TRAINING_ARGS_FILE).is_file():
+        return []
+    return [p for p in _entries(output) if p.name not in RUN_LEFTOVERS]
 
 
 def idle_settings(cfg: TrainConfig) -> list[str]:
