@@ -125,7 +125,7 @@ def test_a_lora_output_folder_stands_for_base_plus_lora(tmp_path):
     out.mkdir()
     (out / "training_args.json").write_text(json.dumps({"model": "org/base", "vae": None, "method": "lora"}))
     (out / "pytorch_lora_weights.safetensors").write_bytes(b"")
-    assert is_lora_output(out) and lora_output_base(out) == ("org/base", None)
+    assert is_lora_output(out) and lora_output_base(out) == ("org/base", None, None)
     lora = lora_from_path(str(out))
     assert lora.name == "run" and lora.load == out / "pytorch_lora_weights.safetensors"
     assert lora.shown == lora.load                                      # no kohya file beside it

@@ -132,3 +132,46 @@ def test_saved_weights_are_readable_by_others(tiny_sd1, dog_photos, tmp_path):
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     assert json.loads((full / "training_args.json").read_text())["method"] == "full"
+
+
+def test_a1111s_file_habits_upper_case_suffixes_and_sub_folders(trained_loras, tiny_sd1, tmp_path):
+    """Files a stranger's A1111 folders hold: ``My Lora.SAFETENSORS`` in ``models/Lora/people/``, and a
+    model of an upper-case suffix, load as their lower-case twins do."""
+    from dreambooth.models.single_file import export_single_file
+    out = trained_loras["sd1"]
+    people = tmp_path / "Lora" / "people"
+    people.mkdir(parents=True)
+    (people / "My Lora.SAFETENSORS").write_bytes((out / f"{out.name}.safetensors").read_bytes())
+    model = export_single_file(tiny_sd1, tmp_path / "models" / "Base.SAFETENSORS", "sd1")
+    common = ["--model", model, "--model-config", tiny_sd1, "--steps", "2", "--seed", "4", "--width", "32",
+              "--height", "32"]
+    code, stdout, err = run_cli("generate", *common, "--prompt", "a sks dog <lora:My Lora:1>", "--lora-dir",
+                                tmp_path / "Lora", "--output", tmp_path / "a")
+    assert code == 0, err
+    code, reference, err = run_cli("generate", *common, "--prompt", "a sks dog", "--lora", out / f"{out.name}.safetensors",
+                                   "--output", tmp_path / "b")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(stdout.split()[0])), np.asarray(Image.open(reference.split()[0])))
+
+
+def test_a_lora_a_damaged_file_or_another_file_as_a_model_says_what_it_is(trained_loras, tiny_sd1, tmp_path):
+    out = trained_loras["sd1"]
+    kohya = out / f"{out.name}.safetensors"
+    from safetensors.torch import save_file
+    save_file({"some.tensor": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    for model, needle in ((kohya, "a LoRA, not a model; give it as --lora"),
+                          (tmp_path / "other.safetensors", "holds no Stable Diffusion UNet")):
+        code, _, err = run_cli("generate", "--model", model, "--model-config", tiny_sd1, "--prompt", "x")
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(kohya.read_bytes()[:-100])
+    code, _, err = run_cli("generate", "--model", tiny_sd1, "--prompt", "x", "--lora", cut, "--steps", "1")
+    assert code == 2 and "the file is damaged or not a safetensors file" in err and err.count("\n") == 1, err
+
+
+def test_a_model_folder_missing_a_part_names_it(tiny_sd1, tmp_path):
+    import shutil
+    shutil.copytree(tiny_sd1, tmp_path / "novae")
+    shutil.rmtree(tmp_path / "novae" / "vae")
+    code, _, err = run_cli("generate", "--model", tmp_path / "novae", "--prompt", "x")
+    assert code == 2 and "names vae, but the folder has no vae/" in err and "--vae" in err, err

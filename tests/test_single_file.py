@@ -307,3 +307,31 @@ def test_an_a1111_vae_file_takes_the_models_vae_config(tiny_sdxl, tmp_path):
     other.save_pretrained(tmp_path / "vae16")
     with pytest.raises(UserError, match=r"--vae .*vae16: makes 16-channel latents at 1/2 .* a VAE of another family"):
         load_pipeline(str(model), vae=str(tmp_path / "vae16"))
+
+
+def test_a_lora_output_is_a_model_from_any_folder_even_on_a_single_file_base(tiny_sd1, dog_photos, tmp_path,
+                                                                              monkeypatch):
+    """Trained with a relative --model (a kohya user's models/base.safetensors with --model-config), the
+    output's training_args.json records where the base was: generate --model OUTPUT works from another
+    folder without --model-config; an older output naming a base not found here says so in one line."""
+    import json
+
+    from conftest import run_cli
+    work = tmp_path / "work"
+    export_single_file(tiny_sd1, work / "models" / "base.safetensors", "sd1")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli("train", "--model", "models/base.safetensors", "--model-config", tiny_sd1, "--instance-dir",
+                           dog_photos, "--instance-prompt", "a photo of sks dog", "--method", "lora", "--resolution",
+                           "32", "--max-steps", "1", "--output", "out")
+    assert code == 0, err
+    args = json.loads((work / "out" / "training_args.json").read_text())
+    assert args["model"] == str(work / "models" / "base.safetensors") and args["model_config"] == str(tiny_sd1)
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli("generate", "--model", work / "out", "-p", "a photo of sks dog", "--steps", "1",
+                                "--width", "32", "--height", "32", "--output", tmp_path / "images")
+    assert code == 0, err
+    args["model"] = "models/base.safetensors"            # as an older output recorded it
+    (work / "out" / "training_args.json").write_text(json.dumps(args))
+    code, _, err = run_cli("generate", "--model", work / "out", "-p", "x", "--steps", "1")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the base model its training_args.json names, 'models/base.safetensors', is not found here" in err

@@ -11,6 +11,7 @@ A1111 loads.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,13 +85,26 @@ class LoraLibrary:
         return lora
 
     def _scanned(self) -> dict[str, LoraFile]:
+        """Each folder's LoRA files and training outputs, in sub-folders too (A1111's ``models/Lora/people/``):
+        by name, the first in sorted order where two share one."""
         found: dict[str, LoraFile] = {}
         for folder in self.dirs:
-            for entry in sorted(folder.iterdir()):
-                if entry.is_dir() and is_lora_output(entry):
-                    found.setdefault(entry.name, lora_from_path(str(entry)))
-                elif entry.is_file() and entry.suffix.lower() in LORA_SUFFIXES and not entry.name.startswith("."):
-                    found.setdefault(entry.stem, LoraFile(entry.stem, entry, entry, str(entry.resolve())))
+            seen = set()
+            for root, subdirs, files in os.walk(folder, followlinks=True):
+                here = Path(root)
+                if os.path.realpath(here) in seen:          # a link back up: once is enough
+                    subdirs[:] = []
+                    continue
+                seen.add(os.path.realpath(here))
+                if here != folder and is_lora_output(here):
+                    found.setdefault(here.name, lora_from_path(str(here)))
+                    subdirs[:] = []                     # its own files are that LoRA
+                    continue
+                subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                for name in sorted(files):
+                    entry = here / name
+                    if entry.suffix.lower() in LORA_SUFFIXES and not name.startswith(".") and entry.is_file():
+                        found.setdefault(entry.stem, LoraFile(entry.stem, entry, entry, str(entry.resolve())))
         return found
 
     def _remembered(self) -> dict[str, LoraFile]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..host_memory import keep_freed_host_memory, release_freed_host_memory
 from ..models.conv_layout import to_channels_last
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
-from ..models.loading import load_pipeline
+from ..models.loading import damaged_file_line, load_pipeline, lower_case_suffix
 from ..models.specs import is_hub_id, is_lora_output, lora_output_base, resolve_model
 from ..outputs import LORA_WEIGHTS_FILE, named_weights_file, recorded_path
 from ..parking import Parking
@@ -193,11 +194,13 @@ class GenerationPipeline:
         level = diffusers.utils.logging.get_verbosity()
         diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
         try:
-            self.pipe.load_lora_weights(str(lora.load.parent), weight_name=lora.load.name, adapter_name=adapter)
+            with lower_case_suffix(lora.load) as readable, warnings.catch_warnings():
+                warnings.simplefilter("ignore")      # peft lists every layer that does not fit: said below, in a line
+                self.pipe.load_lora_weights(str(readable.parent), weight_name=readable.name, adapter_name=adapter)
         except Exception as exc:
             self._forget_adapter(adapter)          # what it loaded before failing (a text encoder's part)
             why = (f"its layers' sizes are not this {family} model's: a LoRA for another family?"
-                   if "size mismatch" in str(exc) else exception_line(exc)[:200])
+                   if "size mismatch" in str(exc) else damaged_file_line(lora.load) or exception_line(exc)[:200])
             raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({why})") from None
         finally:
             diffusers.utils.logging.set_verbosity(level)
@@ -241,8 +244,8 @@ def load_generation_pipeline(model: str, loras=(), vae: str | None = None, devic
     if is_lora_output(model):
         lora = library.add(lora_from_path(model, "--model"))
         default.append(LoraTag(lora.name, 1.0))
-        model, trained_vae = lora_output_base(model)
-        vae = vae or trained_vae
+        model, trained_vae, trained_config = lora_output_base(model)
+        vae, model_config = vae or trained_vae, model_config or trained_config     # (a single-file base needs it)
     for spec, weight in loras:
         lora = library.add(lora_from_path(str(spec)))
         default.append(LoraTag(lora.name, float(weight)))

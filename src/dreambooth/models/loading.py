@@ -56,13 +56,51 @@ def quietly():
             _library_setting(name, value)
 
 
+@contextlib.contextmanager
+def lower_case_suffix(path: Path):
+    """``path``, or where its suffix is not lower case (``Model.SAFETENSORS``, which A1111 loads) a link
+    to it named with one: diffusers picks a file's reader by its exact suffix (pickle otherwise)."""
+    path = Path(path)
+    if path.suffix == path.suffix.lower():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="dreambooth-") as folder:
+        link = Path(folder) / (path.stem + path.suffix.lower())
+        link.symlink_to(path.resolve())
+        yield link
+
+
+def damaged_file_line(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be read (cut short, or not safetensors at all), or None."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():
+                handle.get_slice(key)
+    except Exception as exc:
+        return f"the file is damaged or not a safetensors file: {type(exc).__name__}"
+    return None
+
+
+LORA_KEYS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down", "lora.up")
+
+
 def _single_file_type(path: Path) -> tuple[str, torch.dtype | None]:
     """(diffusers' model type, the low precision all its weights are stored in: fp16, bf16 or None)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
     try:
-        checkpoint = load_single_file_checkpoint(str(path))
+        with lower_case_suffix(path) as readable:
+            checkpoint = load_single_file_checkpoint(str(readable))
     except Exception as exc:
         raise UserError(f"--model {path}: cannot read checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    if not any(key.startswith("model.diffusion_model.") for key in checkpoint):
+        if any(part in key for key in checkpoint for part in LORA_KEYS):
+            raise UserError(f"--model {path}: a LoRA, not a model; give it as --lora {path} (or <lora:NAME> in the "
+                            "prompt) with the --model it was trained on")
+        raise UserError(f"--model {path}: holds no Stable Diffusion UNet (model.diffusion_model.*); not an "
+                        "SD 1.x, SD 2.x or SDXL checkpoint")
     stored = {t.dtype for t in checkpoint.values() if isinstance(t, torch.Tensor) and t.is_floating_point()}
     low = stored.pop() if len(stored) == 1 and stored <= {torch.float16, torch.bfloat16} else None
     return infer_diffusers_model_type(checkpoint), low
@@ -104,13 +142,14 @@ def load_vae(spec: str, dtype: torch.dtype | None = None, like=None):
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise UserError(f"--vae {spec}: not a VAE file; expected {' or '.join(SINGLE_FILE_SUFFIXES)}, "
                                 "or a diffusers AutoencoderKL folder")
-            if like is None:
-                vae = AutoencoderKL.from_single_file(str(path), **_dtype_kwargs(dtype))
-            else:
-                with tempfile.TemporaryDirectory() as config:
-                    like.save_config(config)
-                    vae = AutoencoderKL.from_single_file(str(path), config=config, local_files_only=True,
-                                                         **_dtype_kwargs(dtype))
+            with lower_case_suffix(path) as readable:
+                if like is None:
+                    vae = AutoencoderKL.from_single_file(str(readable), **_dtype_kwargs(dtype))
+                else:
+                    with tempfile.TemporaryDirectory() as config:
+                        like.save_config(config)
+                        vae = AutoencoderKL.from_single_file(str(readable), config=config, local_files_only=True,
+                                                             **_dtype_kwargs(dtype))
         elif path.is_dir():
             sub = "vae" if (path / "vae" / "config.json").exists() else None
             if sub is None and not (path / "config.json").exists():
@@ -172,12 +211,20 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
         if config_ref is not None:
             kwargs["config"] = str(config_ref.path)
         try:
-            pipe = cls.from_single_file(str(ref.path), local_files_only=offline() or bool(model_config), **kwargs)
+            with lower_case_suffix(ref.path) as readable:
+                pipe = cls.from_single_file(str(readable), local_files_only=offline() or bool(model_config), **kwargs)
         except Exception as exc:
             raise UserError(f"{flag} {spec}: cannot load single file ({type(exc).__name__}); pass --model-config "
                             "with the diffusers folder or cached hub id of its base model") from exc
     else:
         cls = _pipeline_class_for_folder(ref.path)
+        missing = [name for name, value in json.loads((ref.path / "model_index.json").read_text()).items()
+                   if not name.startswith("_") and isinstance(value, list) and value[0] is not None
+                   and not (ref.path / name).is_dir() and not (name == "vae" and vae)]
+        if missing:        # (diffusers: "no file named config.json found in directory <part>")
+            raise UserError(f"{flag} {spec}: its model_index.json names {', '.join(missing)}, but the folder has no "
+                            f"{', '.join(m + '/' for m in missing)}; copy the model whole"
+                            f"{' (or give --vae)' if missing == ['vae'] else ''}")
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
         try:
             pipe = cls.from_pretrained(ref.path, **extra, **kwargs)

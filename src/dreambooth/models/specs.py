@@ -33,7 +33,9 @@ def offline() -> bool:
 
 
 def is_hub_id(spec: str) -> bool:
-    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+    """``org/name``; not ``models/base.safetensors``, a file that is not there (no repo is named so)."""
+    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~")) \
+        and not spec.lower().endswith(SINGLE_FILE_SUFFIXES)
 
 
 def hub_snapshot(repo_id: str, flag: str, patterns: tuple[str, ...] = ("*.json", "*.txt", "*.safetensors", "*.model")) -> Path:
@@ -115,8 +117,9 @@ def training_args(folder: str | Path, flag: str = "--model") -> dict:
     return args
 
 
-def lora_output_base(folder: str | Path, flag: str = "--model") -> tuple[str, str | None]:
-    """(base model spec, VAE spec or None) a LoRA training output was trained on."""
+def lora_output_base(folder: str | Path, flag: str = "--model") -> tuple[str, str | None, str | None]:
+    """(base model spec, VAE spec or None, model config or None) a LoRA training output was trained on;
+    a base that is not here is one line naming the output and what to do."""
     folder = Path(folder).expanduser()
     args = training_args(folder, flag)
     base = args.get("model")
@@ -126,7 +129,11 @@ def lora_output_base(folder: str | Path, flag: str = "--model") -> tuple[str, st
     base = str(base)
     if not Path(base).expanduser().exists() and (folder / base).exists():
         base = str(folder / base)        # a path written relative to the output folder
-    return base, args.get("vae")
+    if not is_hub_id(base) and base != "toy" and not Path(base).expanduser().exists():
+        # (older outputs recorded a relative path as it was typed; a hub id says what to download where it loads)
+        raise UserError(f"{flag} {folder}: the base model its {TRAINING_ARGS_FILE} names, {base!r}, is not found "
+                        f"here; pass --model BASE --lora {folder}")
+    return base, args.get("vae"), args.get("model_config")
 
 
 def trained_clip_skip(model: str | Path) -> int | None:

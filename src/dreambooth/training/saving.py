@@ -129,7 +129,10 @@ def save_output(run) -> list[Path]:
         return []
     args = run.output / TRAINING_ARGS_FILE
     import diffusers
-    save_config(run.config, args, {
+    # where the model was, absolute: a LoRA output is a --model from any folder (specs.lora_output_base)
+    local = {key: str(Path(value).expanduser().resolve()) for key in ("model", "vae", "model_config")
+             if (value := getattr(run.config, key)) and value != "toy" and Path(value).expanduser().exists()}
+    save_config(run.config.replace(**local), args, {
         "family": run.family.name, "prediction_type": run.prediction_type, "steps_done": run.step,
         "instance_images": run.instance_images, "class_images": run.class_images,
         "num_processes": run.accelerator.num_processes,
