@@ -58,6 +58,17 @@ def test_full_with_text_encoder_and_prior(tiny_sd1, dog_photos, tmp_path):
     assert args["method"] == "full" and args["max_steps"] == 6 and args["class_images"] == 4
 
 
+def test_the_summary_says_how_to_use_the_lora(tiny_sd1, dog_photos, tmp_path):
+    out = tmp_path / "my dog"
+    code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt",
+                                "a photo of zwx dog", "--method", "lora", "--resolution", "32", "--max-steps", "1",
+                                "--output", out)
+    assert code == 0, err
+    assert f"use it: dreambooth generate --model '{out}' --prompt 'a photo of zwx dog, ...'" in stdout
+    assert f"copy {out / 'my dog.safetensors'} into models/Lora" in stdout and "<lora:my dog:1>" in stdout
+    assert "common word" not in err          # 'dog' is the class noun beside the identifier, not one
+
+
 def test_lora_changes_output_and_holds_text_encoder_keys(tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / "lora"
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a photo of sks dog",
@@ -101,6 +112,7 @@ def test_bad_files_train_and_are_named(tiny_sd1, dog_photos, tmp_path):
     (["--resolution", "abc"], "--resolution"),
     (["--no-such-flag"], "no-such-flag"),
     (["--config", "/no/such.yaml"], "--config"),
+    (["--output", "models/Lora/mydog.safetensors"], "give models/Lora/mydog instead"),     # kohya's habit
 ])
 def test_bad_input_is_one_line_exit_2(tiny_sd1, dog_photos, tmp_path, args, needle):
     base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a sks dog",

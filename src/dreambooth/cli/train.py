@@ -3,11 +3,13 @@ YAML presets and the Python API can never disagree about names, types or default
 from __future__ import annotations
 
 import dataclasses
+import shlex
+from pathlib import Path
 
 import click
 
 from ..checks import describe_range
-
+from ..outputs import LORA_WEIGHTS_FILE
 from ..toy.backdrops import toy_transforms, uses_toy_preset
 from ..training.config import TrainConfig, build_config, field_type, flag
 from ..training.results import summary
@@ -63,6 +65,20 @@ def train_command(preset, **values):
     result = train(config, transforms=transforms)
     if result.main_process:          # several processes (accelerate launch): one summary
         click.echo(summary(result))
+        for line in usage_lines(result.output, config.instance_prompt, result.files):
+            click.echo(line)
+
+
+def usage_lines(output: Path, prompt: str, files: list[Path]) -> list[str]:
+    """What to paste next: our generate, and where A1111 and ComfyUI take the single file, if one was written."""
+    lines = [f"use it: dreambooth generate --model {shlex.quote(str(output))} --prompt {shlex.quote(prompt + ', ...')}"]
+    single = [f for f in files if f.suffix == ".safetensors" and f.name != LORA_WEIGHTS_FILE and f.parent == output]
+    if single and (output / LORA_WEIGHTS_FILE).exists():
+        lines.append(f"  A1111/ComfyUI: copy {single[0]} into models/Lora (models/loras), then <lora:{single[0].stem}:1> "
+                     "in the prompt")
+    elif single:
+        lines.append(f"  A1111/ComfyUI: copy {single[0]} into models/Stable-diffusion (models/checkpoints)")
+    return lines
 
 
 def register(group: click.Group) -> None:

@@ -27,6 +27,7 @@ from ..devices import first_process
 from ..errors import UserError, file_operation
 from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
+from ..models.specs import SINGLE_FILE_SUFFIXES
 from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, TRAINING_ARGS_FILE, VALIDATION_DIR,
                        check_output_folder, output_lock, take_lock, within)
 from . import checkpoint as ckpt
@@ -41,6 +42,9 @@ def check_inputs(cfg: TrainConfig) -> None:
     output = Path(cfg.output).expanduser()
     list_files(cfg.instance_dir, "--instance-dir", quiet=True)      # a readable folder (or a one-line error)
     check_output_folder(output)
+    if output.suffix.lower() in SINGLE_FILE_SUFFIXES and not output.exists():
+        raise UserError(f"--output {output}: a folder (the files go in it, the A1111 one named after it); give "
+                        f"{output.with_suffix('')} instead")
     if cfg.class_dir and Path(cfg.class_dir).expanduser().exists() and not Path(cfg.class_dir).expanduser().is_dir():
         raise UserError(f"--class-dir {cfg.class_dir}: exists and is not a folder")
     if cfg.use_prior:
