@@ -175,3 +175,8 @@ def test_a_model_folder_missing_a_part_names_it(tiny_sd1, tmp_path):
     shutil.rmtree(tmp_path / "novae" / "vae")
     code, _, err = run_cli("generate", "--model", tmp_path / "novae", "--prompt", "x")
     assert code == 2 and "names vae, but the folder has no vae/" in err and "--vae" in err, err
+
+
+def test_tokens_reads_a_lora_outputs_base(trained_loras):
+    code, stdout, err = run_cli("tokens", "--model", trained_loras["sd1"], "--count", "3")
+    assert code == 0 and len(stdout.strip().splitlines()) == 5, err      # a header, 3 tokens, a note

@@ -58,6 +58,15 @@ def test_full_with_text_encoder_and_prior(tiny_sd1, dog_photos, tmp_path):
     assert args["method"] == "full" and args["max_steps"] == 6 and args["class_images"] == 4
 
 
+def test_kohyas_repeat_folders_are_named_as_the_folder_to_give(tiny_sd1, dog_photos, tmp_path):
+    import shutil
+    shutil.copytree(dog_photos, tmp_path / "img" / "10_zwx dog")
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", tmp_path / "img", "--instance-prompt",
+                           "a zwx dog", "--resolution", "32", "--max-steps", "1", "--output", tmp_path / "o")
+    assert code == 2 and err.splitlines()[-1].startswith("error: --instance-dir"), err
+    assert f"its sub-folders are not read: give one, e.g. --instance-dir '{tmp_path / 'img' / '10_zwx dog'}'" in err
+
+
 def test_the_summary_says_how_to_use_the_lora(tiny_sd1, dog_photos, tmp_path):
     out = tmp_path / "my dog"
     code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt",

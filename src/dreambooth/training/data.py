@@ -155,7 +155,10 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
         if group:
             warn(_one_line(group, alone, together))
     if not examples:
-        raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)})")
+        inner = sorted(d for d in Path(folder).expanduser().iterdir() if d.is_dir()
+                       and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
+        hint = f"; its sub-folders are not read: give one, e.g. {flag} '{inner[0]}'" if inner else ""
+        raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)}){hint}")
     if masks:
         with_mask = sum(e.mask is not None for e in examples)
         if examples and len(blank) == len(examples):
