@@ -239,3 +239,12 @@ def test_sd2_trains_on_the_velocity_target(tiny_sd2, dog_photos, tmp_path):
     trainer.fit()
     assert len(calls) == 2
     assert json.loads((tmp_path / "o" / "training_args.json").read_text())["prediction_type"] == "v_prediction"
+
+
+@pytest.mark.parametrize("habit, ours", [("--network_dim", "--rank"), ("--network-alpha", "--alpha"),
+                                         ("--pretrained_model_name_or_path", "--model"),
+                                         ("--train_data_dir", "--instance-dir")])
+def test_a_peers_flag_is_answered_with_ours(habit, ours):
+    code, _, err = run_cli("train", habit, "8")
+    assert code == 2 and err.strip() == f"error: dreambooth train: No such option: {habit}; dreambooth train calls it " \
+        f"{ours}" + (" (the folder of photos itself)" if habit == "--train_data_dir" else ""), err

@@ -15,6 +15,7 @@ from ..models.loading import quiet_libraries
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
 from . import evaluate, generate, serve, tokens, toy, train
+from .peer_flags import peer_hint
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         where = f"dreambooth {exc.ctx.command_path.split(' ', 1)[-1]}: " if exc.ctx and " " in exc.ctx.command_path else ""
-        click.echo(f"error: {where}{exc.format_message()}", err=True)
+        hint = peer_hint(exc.option_name) if isinstance(exc, click.NoSuchOption) and exc.ctx is not None \
+            and exc.ctx.command.name == "train" else None
+        message = f"No such option: {exc.option_name}{hint}" if hint else exc.format_message()
+        click.echo(f"error: {where}{message}", err=True)
         sys.exit(2)
     except UserError as exc:
         if debug:
