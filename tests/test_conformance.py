@@ -180,3 +180,12 @@ def test_a_model_folder_missing_a_part_names_it(tiny_sd1, tmp_path):
 def test_tokens_reads_a_lora_outputs_base(trained_loras):
     code, stdout, err = run_cli("tokens", "--model", trained_loras["sd1"], "--count", "3")
     assert code == 0 and len(stdout.strip().splitlines()) == 5, err      # a header, 3 tokens, a note
+
+
+def test_a_single_file_that_lacks_parts_its_config_names_is_one_line(tiny_sdxl, tmp_path):
+    """diffusers reads the tiny SDXL file as SD1 (its keys' shapes) and leaves SDXL's second text encoder
+    empty: a one-line error, not an AttributeError far later."""
+    from dreambooth.models.single_file import export_single_file
+    path = export_single_file(tiny_sdxl, tmp_path / "xl.safetensors", "sdxl")
+    code, _, err = run_cli("generate", "--model", path, "--model-config", tiny_sdxl, "--prompt", "x", "--steps", "1")
+    assert code == 2 and err.count("\n") == 1 and "unexpected" not in err and "--model-config" in err, err

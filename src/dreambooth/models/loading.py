@@ -208,6 +208,8 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
             cls = StableDiffusionPipeline
         else:
             raise UserError(f"{flag} {spec}: a '{kind}' checkpoint is not supported; use SD 1.x, SD 2.x or SDXL")
+        if config_ref is not None and (config_ref.path / "model_index.json").is_file():
+            cls = _pipeline_class_for_folder(config_ref.path)     # its config says which (diffusers guesses by keys)
         if config_ref is not None:
             kwargs["config"] = str(config_ref.path)
         try:
@@ -216,6 +218,11 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
         except Exception as exc:
             raise UserError(f"{flag} {spec}: cannot load single file ({type(exc).__name__}); pass --model-config "
                             "with the diffusers folder or cached hub id of its base model") from exc
+        empty = [name for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)
+                 and any(p.is_meta for p in part.parameters())]
+        if empty:       # weights the file lacks for the layout the pipeline took (another family's file?)
+            raise UserError(f"{flag} {spec}: holds no weights for parts of this {cls.__name__} ({', '.join(empty)}); "
+                            "is it of the family --model-config names?")
     else:
         cls = _pipeline_class_for_folder(ref.path)
         missing = [name for name, value in json.loads((ref.path / "model_index.json").read_text()).items()
