@@ -84,6 +84,31 @@ def test_every_unknown_field_is_named_at_once(server):
 def test_routes_a1111_clients_probe(server):
     assert http(server[1], "GET", "/internal/ping").json() == {}
     assert http(server[1], "POST", "/sdapi/v1/refresh-embeddings").status_code == 200
+    assert http(server[1], "POST", "/sdapi/v1/unload-checkpoint").status_code == 200
+    assert http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}).status_code == 200
+    assert http(server[1], "POST", "/sdapi/v1/reload-checkpoint").status_code == 200
+
+
+def test_unload_parks_the_model_until_the_next_request(monkeypatch):
+    """(On a GPU: there is no GPU here, so the device is pretended and the moves recorded.)"""
+    import torch
+
+    from dreambooth.server.engine import Engine
+    moves = []
+
+    class Pipeline:
+        def to(self, device, medvram=False):
+            moves.append(str(device))
+            return self
+    engine = Engine.__new__(Engine)
+    Engine.__init__(engine, catalog=None, device="cpu")
+    engine.device, engine.pipeline = torch.device("cuda"), Pipeline()
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: moves.append("freed"))
+    engine.unload()
+    engine.unload()                                   # once is enough
+    engine.reload()
+    engine.reload()
+    assert moves == ["cpu", "freed", "cuda"] and not engine.parked
 
 
 def test_save_images_returns_and_saves_a1111s_grid_first(server):

@@ -354,6 +354,14 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     def embeddings():
         return {"loaded": {}, "skipped": {}}
 
+    @api.post("/unload-checkpoint")
+    def unload_checkpoint():
+        engine.unload()
+
+    @api.post("/reload-checkpoint")
+    def reload_checkpoint():
+        engine.reload()
+
     @api.post("/refresh-embeddings")
     def refresh_embeddings():          # none are loaded (textual inversions are not supported): nothing to do
         return None

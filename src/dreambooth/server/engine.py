@@ -152,6 +152,7 @@ class Engine:
         self.pipeline: GenerationPipeline | None = None
         self.entry: ModelEntry | None = None
         self.vae: VaeEntry | None = None
+        self.parked = False                  # unload(): in host memory until a request or reload() wants it
 
     def load(self, entry: ModelEntry, vae: VaeEntry | None = None) -> None:
         """Make ``entry`` (with ``vae``, or its own) the model requests use."""
@@ -162,7 +163,25 @@ class Engine:
             info = model_info_for(entry.spec, str(vae.path) if vae else None)
             info.name = entry.name
             self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device, self.medvram)
-            self.entry, self.vae = entry, vae
+            self.entry, self.vae, self.parked = entry, vae, False
+
+    def unload(self) -> None:
+        """A1111's unload-checkpoint: the model leaves the GPU, its memory free for other programs, until
+        the next request or ``reload`` (on a CPU it stays where it is)."""
+        with self.gate.request():
+            if self.pipeline is not None and self.device.type != "cpu" and not self.parked:
+                self.pipeline.to(torch.device("cpu"))
+                torch.cuda.empty_cache()
+                self.parked = True
+
+    def reload(self) -> None:
+        with self.gate.request():
+            self._on_device()
+
+    def _on_device(self) -> None:
+        if self.parked and self.pipeline is not None:
+            self.pipeline.to(self.device, self.medvram)
+            self.parked = False
 
     def refresh_loras(self) -> None:
         if self.pipeline is not None:
@@ -175,6 +194,7 @@ class Engine:
         from the request's ``override_settings``. Returns the images and the (model, VAE) that made them."""
         with self.gate.request():
             before = (self.entry, self.vae)
+            self._on_device()
             if switch is not None:
                 self.load(switch[0], switch[1])
             try:
@@ -187,12 +207,14 @@ class Engine:
         """Any generation function ``work(pipeline, controls)`` (prompt matrix, X/Y/Z) under the same
         rules as ``generate``: its turn on the device, progress, interrupt, skip and live previews."""
         with self.gate.request():
+            self._on_device()
             return self._tracked(lambda controls: work(self.pipeline, controls), 1, 0)
 
     def run_on(self, entry: ModelEntry, work):
         """``work(pipeline)`` on ``entry`` (its own VAE), then back to the model loaded before."""
         with self.gate.request():
             before = (self.entry, self.vae)
+            self._on_device()
             self.load(entry, None)
             try:
                 return self._tracked(lambda controls: work(self.pipeline), 1, 0)
