@@ -8,6 +8,7 @@ import dataclasses
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,11 @@ def txt2img(page, prompt: str, seed: int, size: int = 32, steps: int = 20) -> Pa
 
 def test_txt2img_equals_the_api_and_the_cli(page, site, tmp_path):
     import webuiapi
+    assert page.input_value("#txt2img_width input[type=number]") == "32"      # the toy's own size, not 512
+    assert "Drop Media" not in page.inner_text("#txt2img_gallery")             # an output, not an upload
     png = txt2img(page, "a red circle on a blue background", 7)
+    saved = Path(site[0].state.store.root).parent / "outputs" / "txt2img-images" / time.strftime("%Y-%m-%d")
+    assert any(Image.open(p).tobytes() == Image.open(io.BytesIO(png)).tobytes() for p in saved.glob("*.png"))
     image = Image.open(io.BytesIO(png))
     assert "a red circle on a blue background" in image.info["parameters"] and "Seed: 7," in image.info["parameters"]
     shot(page, "txt2img")
@@ -183,6 +188,12 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     photos = write_instance_images(Subject("square", "green", "checker", "white"),
                                    Path(site[0].state.store.root).parent / "photos", ("red", "blue", "red"))
     page.click("button[role=tab][data-tab-id='train']")
+    page.click("#train_cancel")                           # no job yet: it says so
+    toast(page, "Job: none selected")
+    assert "3 to 20 work best" in page.inner_text("#train_photos")
+    page.fill("#train_instance textarea", "a sks square")
+    page.click("#train_start")                            # the real limits: 1 to 50 photos
+    toast(page, "Photos of the subject: none given; upload 1 to 50")
     page.set_input_files("#train_photos input[type=file]", [str(p) for p in photos])
     page.fill("#train_instance textarea", "a sks square")
     page.fill("#train_class textarea", "a square")
@@ -205,11 +216,23 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('100%') && "
                            "document.querySelector('#train_status').innerText.includes('done')", timeout=120_000)
     page.wait_for_function("document.querySelectorAll('#train_validation img').length >= 2", timeout=30_000)
+    assert "pick ui_square in the Stable Diffusion checkpoint list" in page.inner_text("#train_status")
     sent = site[0].state.store.all()[-1].request["overrides"]
     assert sent["max_steps"] == 6 and "method" not in sent and "batch_size" not in sent, sent   # the preset's stand
     page.click("text=Advanced (every training setting)")          # folded again for the screenshot
     shot(page, "train-done")
-    page.click("#refresh")
+    (done,) = [j.id for j in site[0].state.store.all() if j.state == "done"]
+    fresh = page.context.new_page()                 # a second tab: the trained model is listed, no Refresh
+    fresh.goto(site[1] + "/", wait_until="networkidle")
+    fresh.click("#checkpoint input")
+    fresh.wait_for_selector("[role=option]:has-text('ui_square')", timeout=30_000)
+    fresh.press("#checkpoint input", "Escape")
+    fresh.click("button[role=tab][data-tab-id='train']")        # and the job, as the page left it
+    fresh.wait_for_function(f"document.querySelector('#train_job textarea').value === '{done}'", timeout=30_000)
+    fresh.wait_for_function("document.querySelector('#train_status').innerText.includes('ui_square')", timeout=30_000)
+    fresh.click("#train_cancel")
+    toast(fresh, "done; nothing to cancel")
+    fresh.close()
     page.click("#checkpoint input")
     page.click("[role=option]:has-text('ui_square')")
     # loaded (not "loading ui_square", gradio's progress line), and it says at which clip skip the model trained
@@ -221,7 +244,6 @@ def test_train_a_toy_subject_and_generate_it(page, site):
     page.click("button[role=tab][data-tab-id='evaluate']")        # the model and the job are listed there too
     page.click("#eval_model input")
     page.wait_for_selector("[role=option]:has-text('ui_square')", timeout=30_000)
-    (done,) = [j.id for j in site[0].state.store.all() if j.state == "done"]
     page.click("#eval_job input")
     page.wait_for_selector(f"[role=option]:has-text('{done}')", timeout=30_000)
 
@@ -237,6 +259,8 @@ def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
                     "#img2img_padding", "#img2img_resize_mode", "#img2img_mask_mode"):
         assert page.is_visible(control), control                 # the WebUI's inpainting settings
     shot(page, "img2img")
+    assert page.input_value("#img2img_height input[type=number]") == "32"      # the model's own size
+    assert page.locator("#img2img_image").bounding_box()["y"] < page.locator("#img2img_steps").bounding_box()["y"]
     page.click("button[role=tab][data-tab-id='evaluate']")
     page.wait_for_selector("#eval_run")
     page.click("#eval_run")                        # no photos: a one-line message, no traceback
@@ -252,8 +276,17 @@ def test_img2img_and_evaluate_tabs_render(page, tmp_path, monkeypatch):
     shot(page, "evaluate")
 
 
-def test_errors_are_one_line(page):
-    page.click("button[role=tab][data-tab-id='txt2img']")
+def test_errors_are_one_line(page, capfd):
+    txt2img(page, "a white circle", 1, steps=4)
+    number(page, "#txt2img_width", 33)
+    page.click("#txt2img_generate")
+    toast(page, "Width 33: must be a multiple of 8")          # the field's label, not the CLI's --width
+    # the last run's image and info are gone: they are not this run's
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('error')", timeout=30_000)
+    assert page.locator("#txt2img_gallery img").count() == 0 and page.input_value("#txt2img_info textarea") == ""
+    number(page, "#txt2img_width", 4096)        # past the slider (as typed): one line, no traceback in the log
+    toast(page, "Width 4096: from 8 to 2048")
+    assert "Traceback" not in capfd.readouterr().err
     page.fill("#txt2img_prompt textarea", "a dog <lora:nobody:1>")
     number(page, "#txt2img_width", 32)
     number(page, "#txt2img_height", 32)
@@ -262,6 +295,84 @@ def test_errors_are_one_line(page):
                            "e => e.textContent.includes('<lora:nobody>'))", timeout=60_000)
     text = page.evaluate("Array.from(document.querySelectorAll('.toast-body')).map(e => e.textContent).join(' ')")
     assert "no LoRA of that name" in text and "Traceback" not in text
+    assert "the LoRA list above" in text and "/sdapi" not in text
+
+
+def test_a_fresh_page_shows_the_loaded_model_and_its_size(browser, tmp_path, tiny_sd1):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd1, models / "tiny-sd1")                 # made for 64 px, the toy for 32
+    with ui_server(tmp_path / "data", models_dir=str(models)) as (_, port):
+        first = browser.new_context().new_page()
+        first.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        assert first.input_value("#txt2img_width input[type=number]") == "32"
+        first.click("#checkpoint input")
+        first.click("[role=option]:has-text('tiny-sd1')")
+        first.wait_for_function("document.querySelector('#switching').innerText.includes('loaded tiny-sd1')",
+                                timeout=60_000)
+        for field in ("#txt2img_width", "#txt2img_height"):            # the size follows the model
+            first.wait_for_function(f"(document.querySelector('{field} input[type=number]') || {{}}).value === '64'",
+                                    timeout=30_000)
+        first.click("button[role=tab][data-tab-id='img2img']")
+        assert first.input_value("#img2img_width input[type=number]") == "64"
+        second = browser.new_context().new_page()                  # a reload, a second tab: the server's model
+        second.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        for field, value in (("#checkpoint input", "tiny-sd1"), ("#txt2img_width input[type=number]", "64")):
+            second.wait_for_function(f"(document.querySelector('{field}') || {{}}).value === '{value}'", timeout=30_000)
+        second.click("button[role=tab][data-tab-id='evaluate']")
+        second.wait_for_function("(document.querySelector('#eval_model input') || {}).value === 'tiny-sd1'",
+                                 timeout=30_000)
+        first.click("#checkpoint input")                         # switched in one tab: the other follows
+        first.click("[role=option]:has-text('toy')")
+        second.wait_for_function("(document.querySelector('#checkpoint input') || {}).value === 'toy'",
+                                 timeout=30_000)
+        first.context.close()
+        second.context.close()
+
+
+def test_saved_settings_keep_their_size_only_under_a_model_of_that_size():
+    from dreambooth.ui.app import REMEMBERED, restored
+    width, height = REMEMBERED.index("width"), REMEMBERED.index("height")
+    values = lambda updates: [u.get("value") if isinstance(u, dict) else None for u in updates]   # noqa: E731
+    kept = values(restored({"width": 48, "height": 40, "model_size": 32}, 32))
+    assert (kept[width], kept[height], kept[-2:]) == (48, 40, [32, 32])
+    reset = values(restored({"width": 512, "height": 512, "model_size": 512}, 32))       # saved under SD: the toy's
+    assert (reset[width], reset[height]) == (32, 32)
+    assert values(restored(None, 64))[width] == 64
+
+
+def test_messages_use_the_pages_labels():
+    from dreambooth.ui.errors import in_ui_words
+    assert in_ui_words("--width 33: must be a multiple of 8") == "Width 33: must be a multiple of 8"
+    assert in_ui_words("--seed 5: too large; give a smaller --seed") == "Seed 5: too large; give a smaller Seed"
+    assert in_ui_words("overrides.max_steps 0: at least 1") == "Steps (max_steps) 0: at least 1"
+    assert in_ui_words("overrides.batch_size 0: at least 1") == "batch size 0: at least 1"   # as Advanced shows it
+    assert in_ui_words("--x 'Foo: 1, 2': no such axis") == "X axis 'Foo: 1, 2': no such axis"
+    assert in_ui_words("Image: not a readable image (UnidentifiedImageError)") == "Image: not a readable image"
+    assert in_ui_words("photos[2] a.png: over 20 MB") == "Photos of the subject a.png: over 20 MB"
+    assert in_ui_words("instance_prompt: empty") == "Instance prompt: empty"
+    assert in_ui_words("--lora-dir x: no such folder") == "--lora-dir x: no such folder"      # no control: as it is
+    assert in_ui_words("named: x") == "named: x"
+
+
+def test_the_train_status_says_the_phase_and_how_to_use_the_model(tmp_path):
+    from dreambooth.server.jobs import JobStore
+    from dreambooth.ui.train_tab import status_text
+    store = JobStore(tmp_path)
+    request = {"instance_prompt": "a sks square", "class_prompt": "a square", "preset": "toy", "model_spec": "toy",
+               "overrides": {"num_class_images": 2, "max_steps": 6}, "name": "sq"}
+    job = store.add(request, "full", 6)
+    (store.folder(job.id) / "photos").mkdir(parents=True)
+    store.update(job.id, state="running")
+    assert "making class images (0 of 2)" in status_text(store, store.get(job.id), {})
+    made = store.output(job) / "class_images"
+    made.mkdir(parents=True)
+    for k in range(2):
+        Image.new("RGB", (8, 8)).save(made / f"class-{k:05d}.png")
+    assert "loading the model" in status_text(store, store.get(job.id), {})
+    store.update(job.id, state="done", step=6)
+    assert "pick **sq** in the Stable Diffusion checkpoint list" in status_text(store, store.get(job.id), {})
+    store.update(job.id, method="lora")
+    assert "`<lora:sq:1>`" in status_text(store, store.get(job.id), {})
 
 
 def test_login_when_auth_is_on(browser, tmp_path):

@@ -9,6 +9,7 @@ last prompt and settings survive a reload (the browser's local storage); errors 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")     # nothing leaves the machine
@@ -48,7 +49,8 @@ def build(app) -> gr.Blocks:
                                      label="Stable Diffusion checkpoint", elem_id="checkpoint", scale=3)
             vae = gr.Dropdown(["Automatic", *[v.name for v in catalog.vaes()]], value="Automatic", label="SD VAE",
                               elem_id="vae", scale=2)
-            lora = gr.Dropdown(list(catalog.loras()), label="Add a LoRA to the prompt", elem_id="lora", scale=2)
+            lora = gr.Dropdown(list(catalog.loras()), value=None, label="Add a LoRA to the prompt", elem_id="lora",
+                               scale=2)
             refresh = gr.Button("Refresh", size="sm", elem_id="refresh", scale=0)
         switching = gr.Markdown("", elem_id="switching")
         with gr.Tabs() as tabs:
@@ -57,14 +59,20 @@ def build(app) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img"):
                 i2i, _, _, extras, _ = generate_tab.tab(engine, data_dir / "outputs", "img2img")
             with gr.Tab("Train", id="train"):
-                train_tab.tab(engine, store, runner, catalog)
+                train_job = train_tab.tab(engine, store, runner, catalog)
             with gr.Tab("Evaluate", id="evaluate") as evaluate:
                 evaluate_lists, evaluate_dropdowns = evaluate_tab.tab(engine, store, data_dir)
             with gr.Tab("PNG Info", id="pnginfo"):
                 pnginfo_tab.tab(t2i, tabs, t2i_extras)
 
+        sizes = [t2i.width, t2i.height, i2i.width, i2i.height]
+        loading = [0]                                  # switches under way (the timer leaves the picker alone)
+        lock = threading.Lock()
+
         def switch(title, vae_name, progress=gr.Progress()):
             progress(0, desc=f"loading {title}")
+            with lock:
+                loading[0] += 1
             try:
                 entry = catalog.find_model(title)
                 chosen = catalog.find_vae(vae_name)
@@ -72,28 +80,49 @@ def build(app) -> gr.Blocks:
                     engine.load(entry, chosen)
             except UserError as exc:
                 raise ui_error(str(exc)) from None
+            finally:
+                with lock:
+                    loading[0] -= 1
             return f"loaded **{engine.entry.title}**"
 
         def switch_model(title, vae_name, progress=gr.Progress()):
             """To a training output, the Clip skip sliders move to what it was trained at (the CLI's
-            default too); another model leaves them as they are, as the WebUI's setting stays."""
+            default too); another model leaves them as they are, as the WebUI's setting stays. To a model
+            made for another size (the toy's 32 px, SD's 512), Width and Height follow it."""
+            before = engine.pipeline.default_size[0]
             loaded = switch(title, vae_name, progress)
+            size = engine.pipeline.default_size[0]
+            # one update each: gradio consumes the update it is given, so a repeated one sets the first alone
+            resized = [gr.update(value=size) if size != before else gr.update() for _ in sizes]
             skip = trained_clip_skip(engine.entry.spec)
             if skip is None:
-                return loaded, gr.update(), gr.update()
-            return f"{loaded} (trained at Clip skip {skip})", gr.update(value=skip), gr.update(value=skip)
-        checkpoint.input(switch_model, [checkpoint, vae], [switching, t2i.clip_skip, i2i.clip_skip])
+                return loaded, gr.update(), gr.update(), *resized
+            return f"{loaded} (trained at Clip skip {skip})", gr.update(value=skip), gr.update(value=skip), *resized
+        checkpoint.input(switch_model, [checkpoint, vae], [switching, t2i.clip_skip, i2i.clip_skip, *sizes])
         vae.input(switch, [checkpoint, vae], switching)
 
-        def lists():
-            catalog.refresh()
-            engine.refresh_loras()
+        def pickers(scan: bool = False):
+            """The model, VAE and LoRA lists as the server has them (``scan``: look at the folders again,
+            the Refresh button), showing the model loaded now."""
+            if scan:
+                catalog.refresh()
+                engine.refresh_loras()
+            vae_name = engine.vae.name if engine.vae else "Automatic"
             return (gr.Dropdown(choices=[m.title for m in catalog.models()], value=engine.entry.title),
-                    gr.Dropdown(choices=["Automatic", *[v.name for v in catalog.vaes()]]),
+                    gr.Dropdown(choices=["Automatic", *[v.name for v in catalog.vaes()]], value=vae_name),
                     gr.Dropdown(choices=list(catalog.loras()), value=None))
-        refresh.click(lists, outputs=[checkpoint, vae, lora])
-        timer = gr.Timer(5.0)                          # a finished job's model appears without a click
-        timer.tick(lambda: gr.Dropdown(choices=[m.title for m in catalog.models()]), outputs=checkpoint)
+        refresh.click(lambda: pickers(scan=True), outputs=[checkpoint, vae, lora])
+        ui.load(pickers, outputs=[checkpoint, vae, lora])        # a reload or a second tab: the server's state
+
+        def tick():
+            """A finished job's model appears without a click; a model another tab (or the API) loaded
+            shows here, so the picker never names one that generation does not use."""
+            models = [m.title for m in catalog.models()]
+            with lock:
+                shown = {} if loading[0] else {"value": engine.entry.title}
+            return gr.Dropdown(choices=models, **shown), gr.Dropdown(choices=list(catalog.loras()))
+        timer = gr.Timer(5.0)
+        timer.tick(tick, outputs=[checkpoint, lora])
         lora.input(lambda name, prompt: (f"{prompt} <lora:{name}:1>".strip(), None), [lora, t2i.prompt], [t2i.prompt, lora])
 
         def to_img2img(items, index_info):
@@ -108,16 +137,35 @@ def build(app) -> gr.Blocks:
         send.click(lambda text: pasted(text) if text else [gr.update()] * len(pasted_into(i2i)), info, pasted_into(i2i))
 
         evaluate.select(evaluate_lists, outputs=evaluate_dropdowns)      # models and jobs finished since
-        ui.load(evaluate_lists, outputs=evaluate_dropdowns)
+        ui.load(lambda: evaluate_lists(loaded=True), outputs=evaluate_dropdowns)
+        ui.load(train_tab.latest_job(store), outputs=train_job)          # a running job, after a reload too
 
-        # the last prompt and settings survive a reload
+        # the last prompt and settings survive a reload; the size only under a model of the same size
         fields = [getattr(t2i, name) for name in REMEMBERED]
-        ui.load(lambda data: [gr.update(value=data[k]) if k in (data or {}) else gr.update() for k in REMEMBERED],
-                saved, fields)
+        ui.load(lambda data: restored(data, engine.pipeline.default_size[0]), saved, [*fields, i2i.width, i2i.height])
+
+        def remember(data, *values):
+            """Raw values (``preprocess=False``): gradio's own range check would print a traceback in the
+            server's log for every number typed past a slider; ours is one line naming the control."""
+            for component, value in zip(fields, values):
+                if isinstance(component, gr.Slider) and isinstance(value, (int, float)) \
+                        and not component.minimum <= value <= component.maximum:
+                    raise ui_error(f"{component.label} {value:g}: from {component.minimum:g} to {component.maximum:g}")
+            return {**(data or {}), **dict(zip(REMEMBERED, values)), "model_size": engine.pipeline.default_size[0]}
         for component in fields:
-            component.change(lambda data, *values: {**(data or {}), **dict(zip(REMEMBERED, values))},
-                             [saved, *fields], saved)
+            component.change(remember, [saved, *fields], saved, preprocess=False)
     return ui
+
+
+def restored(data: dict | None, size: int) -> list:
+    """The remembered settings (``REMEMBERED``, then img2img's width and height) as updates. Width and
+    Height come back only if they were chosen under a model of the loaded one's own size; else they
+    are that size (a 512 px image of the 32 px toy is slow noise)."""
+    data = dict(data or {})
+    if data.get("model_size") != size:
+        data.update(width=size, height=size)
+    return [*[gr.update(value=data[k]) if k in data else gr.update() for k in REMEMBERED],
+            gr.update(value=size), gr.update(value=size)]
 
 
 def mount_ui(app, path: str = "/") -> None:

@@ -4,6 +4,7 @@ curve across its checkpoints. Without the evaluation models in the local cache, 
 ``hf download`` to run."""
 from __future__ import annotations
 
+import html
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import UserError
+from .errors import in_ui_words
 from ..evaluation.dreambench import run_bench
 from ..evaluation.metrics import Evaluator
 from ..evaluation.report import PAPER_TABLE1
@@ -38,7 +40,8 @@ def tab(engine: Engine, store, data_dir: Path):
     dropdowns it fills), for the page to call when it loads and when the tab is opened."""
     with gr.Row():
         with gr.Column():
-            model = gr.Dropdown([m.title for m in engine.catalog.models()], label="Model", elem_id="eval_model")
+            model = gr.Dropdown([m.title for m in engine.catalog.models()], value=engine.entry.title, label="Model",
+                                elem_id="eval_model")
             photos = gr.File(label="Real photos of the subject", file_count="multiple", file_types=["image"],
                              elem_id="eval_photos")
             with gr.Row():
@@ -83,7 +86,7 @@ def tab(engine: Engine, store, data_dir: Path):
         except UserError as exc:
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)    # nothing of a failed run is kept
-            return f"**{exc}**", table({})
+            return f"**{html.escape(in_ui_words(str(exc)))}**", table({})
         quick = PROTOCOLS.get(chosen)
         note = (f" (a quick check: the first {quick} prompts, at {int(n_steps)} steps; the paper's rows are the whole "
                 "protocol, so compare with care)") if quick else ""
@@ -101,7 +104,10 @@ def tab(engine: Engine, store, data_dir: Path):
                             columns=["step", "value", "metric"])
     job.change(validation_curve, job, curve)
 
-    def lists():
-        return (gr.Dropdown(choices=[m.title for m in engine.catalog.models()]),
+    def lists(loaded: bool = False):
+        """``loaded``: the model picker shows the model loaded now (when the page loads; when the tab is
+        opened, the user's choice stays)."""
+        return (gr.Dropdown(choices=[m.title for m in engine.catalog.models()],
+                            **({"value": engine.entry.title} if loaded else {})),
                 gr.Dropdown(choices=[j.id for j in store.all() if j.state == "done"]))
     return lists, [model, job]

@@ -52,17 +52,21 @@ class Controls:
                 self.clip_skip]
 
 
-def controls(prefix: str) -> Controls:
+def controls(prefix: str, size: int = 512, below_prompts=None) -> Controls:
+    """``size``: the loaded model's own (the page sets it again on load); ``below_prompts``: makes what
+    comes between the prompts and the settings (img2img's image, as the WebUI places it)."""
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
                         placeholder="a photo of sks dog in the snow, (oil painting:1.2), <lora:name:0.8>")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_negative")
+    if below_prompts is not None:
+        below_prompts()
     with gr.Row():
         sampler = gr.Dropdown([s.name for s in SAMPLERS], value="Euler a", label="Sampling method", elem_id=f"{prefix}_sampler")
         schedule = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id=f"{prefix}_schedule")
         steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
     with gr.Row():
-        width = gr.Slider(8, 2048, value=512, step=8, label="Width", elem_id=f"{prefix}_width")
-        height = gr.Slider(8, 2048, value=512, step=8, label="Height", elem_id=f"{prefix}_height")
+        width = gr.Slider(8, 2048, value=size, step=8, label="Width", elem_id=f"{prefix}_width")
+        height = gr.Slider(8, 2048, value=size, step=8, label="Height", elem_id=f"{prefix}_height")
     with gr.Row():
         batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
         batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
@@ -168,10 +172,17 @@ def last_seed(info: str):
 def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
     """The tab's components; returns (controls, gallery, info, extras) for wiring across tabs."""
     prefix = mode
+    size = engine.pipeline.default_size[0]
     with gr.Row():
         with gr.Column(scale=3):
-            c = controls(prefix)
             extras = {}
+
+            def image_inputs():           # as in the WebUI: the image first, under the prompts
+                extras["init"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
+                                                elem_id="img2img_image")
+                extras["mask"] = gr.Image(label="Inpainting mask (white or opaque = repaint; optional)", type="pil",
+                                          image_mode="RGBA", elem_id="img2img_mask")
+            c = controls(prefix, size, image_inputs if mode == "img2img" else None)
             if mode == "txt2img":
                 with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
                     extras["hires"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_enable_hr")
@@ -190,10 +201,6 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
                         extras["hires_height"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                            elem_id="txt2img_hr_resize_y")
             if mode == "img2img":
-                extras["init"] = gr.ImageEditor(label="Image (paint the area to repaint)", type="pil",
-                                                elem_id="img2img_image")
-                extras["mask"] = gr.Image(label="Inpainting mask (white or opaque = repaint; optional)", type="pil",
-                                          image_mode="RGBA", elem_id="img2img_mask")
                 extras["resize_mode"] = gr.Radio(list(RESIZE_MODES), value="Just resize", label="Resize mode",
                                                  elem_id="img2img_resize_mode")
                 extras["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
@@ -217,12 +224,19 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
             progress_text = gr.Markdown("", elem_id=f"{prefix}_progress")
             preview = gr.Image(label="Live preview", interactive=False, height=160, elem_id=f"{prefix}_preview")
             gallery = gr.Gallery(label="Output", columns=2, height="auto", elem_id=f"{prefix}_gallery",
-                                 buttons=["download"], object_fit="contain")
+                                 buttons=["download"], object_fit="contain", interactive=False)   # no drop zone
             info = gr.Textbox(label="Generation info (of the selected image)", lines=4, interactive=False,
                               elem_id=f"{prefix}_info", buttons=["copy"])
             send = gr.Button("Send to img2img", elem_id=f"{prefix}_send") if mode == "txt2img" else None
 
     def go(*values):
+        try:
+            yield from generate(*values)
+        except gr.Error as exc:        # the last run's images and info are not this one's: cleared
+            yield [], None, f"**error**: {exc.message}", ""
+            raise
+
+    def generate(*values):
         base = values[:16]
         script, x, y, z, clip_skip = base[11:16]
         init = mask = None
@@ -244,7 +258,8 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
             extract_loras(params.prompt)
         except UserError as exc:
             raise ui_error(str(exc)) from None
-        yield from run(engine, params, output / f"{mode}-images", script, x, y, z)
+        # dated folders, as the API's save_images and A1111 write them
+        yield from run(engine, params, output / f"{mode}-images" / time.strftime("%Y-%m-%d"), script, x, y, z)
 
     img2img = ("init", "mask", "strength", "mask_blur", "content", "area", "padding", "resize_mode", "mask_mode")
     txt2img = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_scale", "hires_width", "hires_height")

@@ -5,7 +5,7 @@ import html
 
 import gradio as gr
 
-from .errors import ui_error
+from .errors import in_ui_words, ui_error
 
 from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..errors import UserError
@@ -26,7 +26,7 @@ def infotext_of(path) -> tuple[str, str | None, None]:
     try:
         return read_infotext(path, "Image") or NONE, path, None
     except UserError as exc:               # a warning, so the drop zone is emptied for the next file
-        gr.Warning(html.escape(str(exc).replace(f" {path}", "")))         # (the upload's temporary name)
+        gr.Warning(html.escape(in_ui_words(str(exc).replace(f" {path}", ""))))    # (the upload's temporary name)
         return "", None, None
 
 

@@ -9,18 +9,21 @@ from pathlib import Path
 
 import gradio as gr
 
-from .errors import ui_error
 import pandas as pd
 
 from ..errors import UserError
 from ..models.tokens import rare_identifiers
 from ..server.engine import Engine
-from ..server.jobs import SERVER_FIELDS
-from ..server.jobs_api import PRESETS, submit_job
+from ..server.jobs import SERVER_FIELDS, job_config
+from ..server.jobs_api import MAX_PHOTOS, PRESETS, submit_job
 from ..training.config import TrainConfig, field_type, load_preset
+from ..training.prior import class_folder
+from .errors import in_ui_words, ui_error
 
 BASIC = ("method", "max_steps")     # shown outside the advanced section
 HIDDEN = set(SERVER_FIELDS) | set(BASIC) | {"instance_prompt", "class_prompt"}
+# DreamBooth learns from a handful of photos; the server takes 1 to MAX_PHOTOS.
+PHOTOS = f"Photos of the subject (3 to 20 work best; 1 to {MAX_PHOTOS})"
 
 
 def advanced_fields() -> list[dataclasses.Field]:
@@ -107,12 +110,73 @@ def jobs_table(store) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["job", "name", "state", "step", "prompt"])
 
 
+def latest_job(store):
+    """The job the page shows when it loads: the one running (or being cancelled), else the next
+    queued, else the newest; empty when there is none."""
+    def pick() -> str:
+        jobs = store.all()
+        for states in (("running", "cancelling"), ("queued",)):
+            found = [j for j in jobs if j.state in states]
+            if found:
+                return found[0].id
+        return jobs[-1].id if jobs else ""
+    return pick
+
+
+def class_images_wanted(store, job) -> tuple[Path, int] | None:
+    """(the folder, how many) of the class images a job makes before training, from its request as the
+    runner reads it; None without prior preservation."""
+    try:
+        config = job_config(job.request, store.output(job), store.folder(job.id) / "photos",
+                            job.request.get("model_spec") or "toy")
+    except UserError:
+        return None
+    return (class_folder(config), config.num_class_images) if config.use_prior else None
+
+
+def phase(store, job, wanted: dict) -> str:
+    """What a running job does before its first step: class images (counted in its folder) or loading.
+    ``wanted``: a cache of :func:`class_images_wanted` by job."""
+    if job.id not in wanted:
+        wanted[job.id] = class_images_wanted(store, job)
+    if wanted[job.id] is not None:
+        folder, count = wanted[job.id]
+        made = len(list(folder.glob("class-*.png"))) if folder.is_dir() else 0
+        if made < count:
+            return f"making class images ({made} of {count}), then training"
+    return "loading the model and the photos"
+
+
+def how_to_use(store, job) -> str:
+    """Where a finished job's model is, and how to pick it."""
+    out = store.output(job)
+    if job.method == "lora":
+        use = f"add `<lora:{out.name}:1>` to the prompt (the LoRA list above does it)"
+    else:
+        use = f"pick **{out.name}** in the Stable Diffusion checkpoint list"
+    return f"  \nmodel: {use}; saved in `{out}`"
+
+
+def status_text(store, job, wanted: dict) -> str:
+    share = job.step / job.max_steps if job.max_steps else 0
+    if job.state == "running" and not job.step:
+        text = f"**running**: {phase(store, job, wanted)}"
+    else:
+        eta = f", ETA {job.eta:.0f} s" if job.eta and job.state == "running" else ""
+        text = f"**{job.state}**: step {job.step}/{job.max_steps} ({share:.0%}{eta})"
+    if job.state == "done":
+        text += how_to_use(store, job)
+    if job.error:
+        text += f"  \nerror: {in_ui_words(job.error)}"
+    return text
+
+
 def tab(engine: Engine, store, runner, catalog):
     with gr.Row():
         with gr.Column():
-            photos = gr.File(label="Photos of the subject (3 to 20)", file_count="multiple", file_types=["image"],
-                             elem_id="train_photos")
-            thumbnails = gr.Gallery(label="Photos", columns=6, height=120, elem_id="train_thumbnails")
+            photos = gr.File(label=PHOTOS, file_count="multiple", file_types=["image"], elem_id="train_photos")
+            thumbnails = gr.Gallery(label="Photos", columns=6, height=120, elem_id="train_thumbnails",
+                                    interactive=False)
             instance = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog", elem_id="train_instance")
             suggest = gr.Button("Suggest a rare identifier", size="sm", elem_id="train_suggest")
             suggestion = gr.Markdown("", elem_id="train_suggestion")
@@ -130,9 +194,11 @@ def tab(engine: Engine, store, runner, catalog):
             job_id = gr.Textbox(label="Job", interactive=False, elem_id="train_job")
             status = gr.Markdown("", elem_id="train_status")
             loss = gr.LinePlot(x="step", y="loss", label="Loss", height=220, elem_id="train_loss")
-            grids = gr.Gallery(label="Validation", columns=1, height=240, elem_id="train_validation")
+            grids = gr.Gallery(label="Validation", columns=1, height=240, elem_id="train_validation",
+                               interactive=False)
             cancel = gr.Button("Cancel", elem_id="train_cancel")
-            jobs = gr.Dataframe(value=jobs_table(store), label="Jobs", interactive=False, elem_id="train_jobs")
+            jobs = gr.Dataframe(value=jobs_table(store), label="Jobs (click a row to show that job)", interactive=False,
+                                elem_id="train_jobs")
 
     photos.change(lambda files: [f.name if hasattr(f, "name") else f for f in files or []], photos, thumbnails)
 
@@ -155,8 +221,9 @@ def tab(engine: Engine, store, runner, catalog):
                     overrides[key] = value
             uploads = [(Path(f.name if hasattr(f, "name") else f).name, Path(f.name if hasattr(f, "name") else f).read_bytes())
                        for f in files or []]
-            if not uploads:
-                raise UserError("photos: upload 3 to 20 photos of the subject")
+            if not 1 <= len(uploads) <= MAX_PHOTOS:
+                raise UserError(f"Photos of the subject: {len(uploads) or 'none'} given; upload 1 to {MAX_PHOTOS} "
+                                "(3 to 20 work best)")
             job = submit_job(store, runner, catalog, engine.entry, instance_prompt=instance_prompt or "",
                              class_prompt=class_prompt or "", preset="" if preset_name == "(none)" else preset_name,
                              overrides=overrides, name=model_name or "", uploads=uploads)
@@ -165,16 +232,14 @@ def tab(engine: Engine, store, runner, catalog):
         return job.id, f"queued: {job.id}"
     start.click(submit, [photos, instance, klass, preset, method, steps, name, *advanced], [job_id, status])
 
+    wanted: dict = {}                         # each job's class images, read from its request once
+
     def watch(current: str):
         job = store.get(current) if current else None
         table = jobs_table(store)
         if job is None:                       # none chosen yet, or deleted (DELETE /dreambooth/v1/jobs/<id>)
             return (f"**deleted**: job {current}" if current else gr.update()), gr.update(), gr.update(), table
-        share = job.step / job.max_steps if job.max_steps else 0
-        eta = f", ETA {job.eta:.0f} s" if job.eta and job.state == "running" else ""
-        text = f"**{job.state}**: step {job.step}/{job.max_steps} ({share:.0%}{eta})"
-        if job.error:
-            text += f"  \nerror: {job.error}"
+        text = status_text(store, job, wanted)
         curve = pd.DataFrame({"step": list(range(1, len(job.losses or []) + 1)), "loss": job.losses or []})
         folder = store.output(job) / "validation"
         images = [str(p) for p in sorted(folder.glob("step-*.png"))] if folder.is_dir() else []
@@ -183,7 +248,17 @@ def tab(engine: Engine, store, runner, catalog):
     timer.tick(watch, inputs=job_id, outputs=[status, loss, grids, jobs])
 
     def cancel_job(current: str):
-        if current:
-            runner.cancel(current)
+        job = store.get(current) if current else None
+        if job is None:
+            raise ui_error("Job: none selected; click a row of the Jobs table to choose the job to cancel")
+        if job.state not in ("queued", "running"):
+            raise ui_error(f"Job {job.id}: {job.state}; nothing to cancel")
+        runner.cancel(job.id)
+        gr.Info(f"job {job.id}: cancel asked" + ("" if job.state == "queued" else "; it stops at its next step"))
     cancel.click(cancel_job, inputs=job_id)
+
+    def chosen(evt: gr.SelectData):
+        row = evt.row_value or []
+        return row[0] if row else gr.update()
+    jobs.select(chosen, outputs=job_id)
     return job_id
