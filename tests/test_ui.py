@@ -62,6 +62,7 @@ def page(browser, site):
 def shot(page, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.evaluate("document.querySelectorAll('.toast-wrap').forEach(e => e.remove())")   # earlier checks' toasts
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
