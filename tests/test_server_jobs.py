@@ -223,6 +223,8 @@ def test_class_images_let_requests_in_and_a_cancel_outlives_a_restart(tmp_path):
                                                             "height": 32}, timeout=120)
         made = len(list(classes.glob("class-*.png")))
         assert reply.status_code == 200 and made < 40, made          # served while the class images were made
+        seen = httpx.get(f"{base}/dreambooth/v1/jobs/{job['id']}").json()
+        assert seen["step"] == 0 and seen["phase"]["task"] == "class images" and seen["phase"]["of"] == 40, seen
         assert app.state.engine.gate.last_wait < 5, app.state.engine.gate.last_wait
         httpx.post(f"{base}/dreambooth/v1/jobs/{job['id']}/cancel")
         done = wait(base, job["id"], lambda j: j["state"] in ("cancelled", "cancelling"), timeout=60)

@@ -364,16 +364,16 @@ def test_the_train_status_says_the_phase_and_how_to_use_the_model(tmp_path):
     job = store.add(request, "full", 6)
     (store.folder(job.id) / "photos").mkdir(parents=True)
     store.update(job.id, state="running")
-    assert "making class images (0 of 2)" in status_text(store, store.get(job.id), {})
-    made = store.output(job) / "class_images"
-    made.mkdir(parents=True)
-    for k in range(2):
-        Image.new("RGB", (8, 8)).save(made / f"class-{k:05d}.png")
-    assert "loading the model" in status_text(store, store.get(job.id), {})
+
+    class Runner:
+        phases = {job.id: {"task": "class images", "done": 1, "of": 2}}
+    assert "making class images (1 of 2), then training" in status_text(store, store.get(job.id), Runner)
+    Runner.phases = {}
+    assert "loading the model" in status_text(store, store.get(job.id), Runner)
     store.update(job.id, state="done", step=6)
-    assert "pick **sq** in the Stable Diffusion checkpoint list" in status_text(store, store.get(job.id), {})
+    assert "pick **sq** in the Stable Diffusion checkpoint list" in status_text(store, store.get(job.id), Runner)
     store.update(job.id, method="lora")
-    assert "`<lora:sq:1>`" in status_text(store, store.get(job.id), {})
+    assert "`<lora:sq:1>`" in status_text(store, store.get(job.id), Runner)
 
 
 def test_login_when_auth_is_on(browser, tmp_path):

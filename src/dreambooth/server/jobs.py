@@ -258,6 +258,9 @@ class JobRunner:
         self._wake = threading.Event()
         self._cancel: set[str] = set()
         self._stop = False
+        # what the running job does now ("class images", "training", ...; its counts): before its first
+        # step a job reads step 0 for minutes; the phase says why
+        self.phases: dict[str, dict] = {}
         self.thread = threading.Thread(target=self._loop, name="dreambooth-jobs", daemon=True)
 
     def start(self) -> None:
@@ -310,6 +313,8 @@ class JobRunner:
         def record(event: progress.ProgressEvent) -> None:
             if event.kind == "message":
                 write_log(folder, in_api_words(event.message), event.level)
+            elif event.kind in ("start", "advance"):
+                self.phases[job.id] = {"task": event.task, "done": round(event.completed), "of": round(event.total)}
 
         self.store.update(job.id, state="running", started=job.started or time.time(), error=None)
         callback = JobCallback(self.store, job.id, self.gate, lambda: job.id in self._cancel, lambda: self._stop)
@@ -344,3 +349,4 @@ class JobRunner:
             record(progress.ProgressEvent("message", "", 0, message=message, level="error"))
         finally:
             self._cancel.discard(job.id)
+            self.phases.pop(job.id, None)

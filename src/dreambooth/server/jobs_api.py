@@ -34,10 +34,12 @@ class NotFound(UserError):
     """A job or file that does not exist (a 404)."""
 
 
-def public(job: Job, store: JobStore) -> dict:
+def public(job: Job, store: JobStore, runner: JobRunner | None = None) -> dict:
+    """A job as clients see it; ``phase``: while it runs, what it does now (class images before step 1)."""
     folder = store.folder(job.id)
     return {
         "id": job.id, "state": job.state, "created": job.created, "started": job.started, "finished": job.finished,
+        "phase": runner.phases.get(job.id) if runner is not None and job.state in ("running", "cancelling") else None,
         "step": job.step, "max_steps": job.max_steps, "eta_seconds": job.eta, "losses": job.losses,
         "error": job.error, "method": job.method, "name": store.output(job).name, "model": job.request.get("model"),
         "instance_prompt": job.request.get("instance_prompt"), "class_prompt": job.request.get("class_prompt"),
@@ -153,15 +155,15 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
         job = submit_job(store, runner, catalog, current_model(), instance_prompt=instance_prompt,
                          class_prompt=class_prompt, preset=preset, model=model, overrides=values, name=name,
                          uploads=uploads, photos_dir=photos_dir)
-        return public(job, store)
+        return public(job, store, runner)
 
     @api.get("/jobs")
     def jobs():
-        return [public(j, store) for j in store.all()]
+        return [public(j, store, runner) for j in store.all()]
 
     @api.get("/jobs/{job_id}")
     def one(job_id: str):
-        return public(job_of(job_id), store)
+        return public(job_of(job_id), store, runner)
 
     @api.post("/jobs/{job_id}/cancel")
     def cancel(job_id: str):
@@ -169,7 +171,7 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
         if job.state in ("done", "failed", "cancelled"):
             raise UserError(f"job {job_id}: already {job.state}")
         runner.cancel(job_id)
-        return public(job_of(job_id), store)
+        return public(job_of(job_id), store, runner)
 
     @api.delete("/jobs/{job_id}")
     def delete(job_id: str):

@@ -14,10 +14,9 @@ import pandas as pd
 from ..errors import UserError
 from ..models.tokens import rare_identifiers
 from ..server.engine import Engine
-from ..server.jobs import SERVER_FIELDS, job_config
+from ..server.jobs import SERVER_FIELDS
 from ..server.jobs_api import MAX_PHOTOS, PRESETS, submit_job
 from ..training.config import TrainConfig, field_type, load_preset
-from ..training.prior import class_folder
 from .errors import in_ui_words, ui_error
 
 BASIC = ("method", "max_steps")     # shown outside the advanced section
@@ -123,28 +122,14 @@ def latest_job(store):
     return pick
 
 
-def class_images_wanted(store, job) -> tuple[Path, int] | None:
-    """(the folder, how many) of the class images a job makes before training, from its request as the
-    runner reads it; None without prior preservation."""
-    try:
-        config = job_config(job.request, store.output(job), store.folder(job.id) / "photos",
-                            job.request.get("model_spec") or "toy")
-    except UserError:
-        return None
-    return (class_folder(config), config.num_class_images) if config.use_prior else None
-
-
-def phase(store, job, wanted: dict) -> str:
-    """What a running job does before its first step: class images (counted in its folder) or loading.
-    ``wanted``: a cache of :func:`class_images_wanted` by job."""
-    if job.id not in wanted:
-        wanted[job.id] = class_images_wanted(store, job)
-    if wanted[job.id] is not None:
-        folder, count = wanted[job.id]
-        made = len(list(folder.glob("class-*.png"))) if folder.is_dir() else 0
-        if made < count:
-            return f"making class images ({made} of {count}), then training"
-    return "loading the model and the photos"
+def phase(runner, job) -> str:
+    """What a running job does before its first step (class images, caching latents), as its runner
+    reports it (the API's job ``phase``)."""
+    now = runner.phases.get(job.id) if runner is not None else None
+    if now is None or now["task"] == "training":
+        return "loading the model and the photos"
+    what = "making class images" if now["task"] == "class images" else now["task"]
+    return f"{what} ({now['done']} of {now['of']}), then training"
 
 
 def how_to_use(store, job) -> str:
@@ -157,10 +142,10 @@ def how_to_use(store, job) -> str:
     return f"  \nmodel: {use}; saved in `{out}`"
 
 
-def status_text(store, job, wanted: dict) -> str:
+def status_text(store, job, runner) -> str:
     share = job.step / job.max_steps if job.max_steps else 0
     if job.state == "running" and not job.step:
-        text = f"**running**: {phase(store, job, wanted)}"
+        text = f"**running**: {phase(runner, job)}"
     else:
         eta = f", ETA {job.eta:.0f} s" if job.eta and job.state == "running" else ""
         text = f"**{job.state}**: step {job.step}/{job.max_steps} ({share:.0%}{eta})"
@@ -232,14 +217,12 @@ def tab(engine: Engine, store, runner, catalog):
         return job.id, f"queued: {job.id}"
     start.click(submit, [photos, instance, klass, preset, method, steps, name, *advanced], [job_id, status])
 
-    wanted: dict = {}                         # each job's class images, read from its request once
-
     def watch(current: str):
         job = store.get(current) if current else None
         table = jobs_table(store)
         if job is None:                       # none chosen yet, or deleted (DELETE /dreambooth/v1/jobs/<id>)
             return (f"**deleted**: job {current}" if current else gr.update()), gr.update(), gr.update(), table
-        text = status_text(store, job, wanted)
+        text = status_text(store, job, runner)
         curve = pd.DataFrame({"step": list(range(1, len(job.losses or []) + 1)), "loss": job.losses or []})
         folder = store.output(job) / "validation"
         images = [str(p) for p in sorted(folder.glob("step-*.png"))] if folder.is_dir() else []
