@@ -143,13 +143,19 @@ def test_an_interrupt_stops_a_plot_and_a_matrix(sd1, tmp_path):
     """A server's Interrupt (``Controls``) reaches the scripts: what was made is kept, no more cells, no grid."""
     from dreambooth.generation.sampling import Controls
     params = GenerationParams("a dog|red|big", steps=2, width=16, height=16, seed=4)
-    for run in (lambda c: run_xyz(sd1, params, x="Seed: 1, 2, 3, 4, 5, 6", output_dir=tmp_path / "xyz", controls=c),
-                lambda c: run_prompt_matrix(sd1, params, tmp_path / "matrix", controls=c)):
+    for cells, run in ((6, lambda c: run_xyz(sd1, params, x="Seed: 1, 2, 3, 4, 5, 6", output_dir=tmp_path / "xyz",
+                                              controls=c)),
+                       (4, lambda c: run_prompt_matrix(sd1, params, tmp_path / "matrix", controls=c))):
         asked = []
+
+        def count():              # (asked before each cell, each step, and within steps at each block)
+            asked.append(1)
+        run(Controls(stop=count))
+        per_cell, asked[:] = len(asked) / cells, []
 
         def stop():
             asked.append(1)
-            return "interrupt" if len(asked) > 7 else None     # during the second cell
+            return "interrupt" if len(asked) > 1.5 * per_cell else None     # the second cell's second step
         result = run(Controls(stop=stop))
         assert len(result.images) == 2 and result.grid is None and result.grid_path is None
 

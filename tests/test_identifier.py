@@ -32,6 +32,7 @@ def test_identifier_warnings_say_what_is_wrong():
     assert any(w.startswith("--instance-prompt is ") and "tokens; training reads its first 75" in w for w in long)
     # without a class prompt, the class noun beside a rare identifier is not taken for the identifier
     assert not [w for w in identifier_warnings(tokenizer, "a photo of zwx dog") if "common word" in w]
+    assert not [w for w in identifier_warnings(tokenizer, "a sks dog") if "'dog'" in w]
     assert [w for w in identifier_warnings(tokenizer, "a photo of red dog") if "common word" in w]
 
 

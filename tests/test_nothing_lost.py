@@ -84,6 +84,29 @@ def test_overwrite_replaces_only_a_training_output(tiny_sd1, dog_photos, old_mod
         assert code == 0, err
 
 
+def test_a_finished_run_trained_on_and_interrupted_resumes_with_the_printed_command(tiny_sd1, dog_photos, old_model,
+                                                                                  monkeypatch):
+    """Training a finished run (3 steps) on needed --overwrite once; stopped at step 4, the command it
+    prints (without --overwrite) goes on, and the hint for a finished run says how to train it on."""
+    from dreambooth.training.trainer import Trainer
+    real = Trainer.loss
+
+    def interrupted(self, batch):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real(self, batch)
+    base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+            "--checkpoint-every", "1", "--keep-checkpoints", "0", "--output", old_model]
+    code, _, err = run_cli(*base)
+    one_line_error(code, err, "--resume latest --max-steps MORE --overwrite to train it on")
+    monkeypatch.setattr(Trainer, "loss", interrupted)
+    code, _, err = run_cli(*base, "--max-steps", "6", "--resume", "latest", "--overwrite")
+    assert code == 130, err
+    monkeypatch.setattr(Trainer, "loss", real)
+    code, _, err = run_cli(*base, "--max-steps", "6", "--resume", "latest")
+    assert code == 0, err
+
+
 def test_overwrite_checks_the_run_before_touching_the_old_output(tiny_sd1, old_model, tmp_path):
     before = snapshot(old_model)
     code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", tmp_path / "typo", *FAST,

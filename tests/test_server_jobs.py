@@ -297,3 +297,28 @@ def test_one_name_for_one_job_even_at_once_and_a_relative_data_folder(tmp_path, 
         httpx.post(f"{base}/dreambooth/v1/jobs/{twin['id']}/cancel")
         wait(base, twin["id"], lambda j: j["state"] == "cancelled", timeout=120)
         assert "cancel asked" in httpx.get(f"{base}/dreambooth/v1/jobs/{twin['id']}/log").text
+
+
+def test_a_job_stopped_after_its_model_was_written_is_done_on_restart(tmp_path):
+    """Stopped in its last validation (its model and a checkpoint of its last step written), a job
+    restarts as done, not as a resume refused for a finished run."""
+    import json
+
+    from dreambooth.server.engine import DeviceGate
+    from dreambooth.server.jobs import JobRunner, JobStore
+    store = JobStore(tmp_path / "data")
+    job = store.add({**TOY_JOB, "overrides": {"max_steps": 6}, "model_spec": "toy"}, "full", 6)
+    output = store.output(job)
+    (output / "checkpoints" / "checkpoint-000006").mkdir(parents=True)
+    (output / "training_args.json").write_text(json.dumps({"steps_done": 6}))
+    (store.folder(job.id) / "photos").mkdir(parents=True)
+    store.update(job.id, state="running")
+    done = []
+    runner = JobRunner(store, DeviceGate(), lambda r: "toy", lambda p, m: [], lambda: done.append(1))
+    runner.start()
+    deadline = time.time() + 30
+    while store.get(job.id).state != "done" and time.time() < deadline:
+        time.sleep(0.1)
+    runner.shutdown()
+    assert store.get(job.id).state == "done" and store.get(job.id).step == 6 and done == [1]
+    assert "its model was written before the server stopped" in (store.folder(job.id) / "log.txt").read_text()

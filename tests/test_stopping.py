@@ -37,7 +37,7 @@ def resnets(pipe) -> int:
 
 
 def _params(**kw):
-    return GenerationParams(prompt="a dog", steps=3, width=32, height=32, seed=4, **kw)
+    return GenerationParams(**{"prompt": "a dog", "steps": 3, "width": 32, "height": 32, "seed": 4, **kw})
 
 
 def test_an_interrupt_within_the_first_step_ends_it_there(sd1):
@@ -64,3 +64,27 @@ def test_a_skip_within_a_step_keeps_the_last_finished_step_and_the_next_image_is
     assert [m.seed for m in made] == [4, 5]
     assert not np.array_equal(np.asarray(made[0].image), np.asarray(plain[0].image))   # cut short
     assert np.array_equal(np.asarray(made[1].image), np.asarray(plain[1].image))       # the next, whole
+
+
+def test_an_interrupt_within_the_hires_passs_first_step_keeps_the_first_pass(sd1):
+    first = generate(sd1, _params())                               # the first pass alone: 3 steps at 32 px
+    stop = Counted(sd1, "interrupt", after=3 * resnets(sd1) + 2)  # inside the second pass's first step
+    try:
+        made = generate(sd1, _params(hires=True, hires_scale=2, hires_upscaler="Latent"), controls=Controls(stop=stop))
+    finally:
+        for m in sd1.pipe.unet.modules():
+            m._forward_hooks.clear()
+    assert len(made) == 1 and made[0].image.size == (32, 32)     # (its latents kept, decoded outside autocast)
+    assert np.abs(np.asarray(made[0].image, dtype=int) - np.asarray(first[0].image, dtype=int)).max() <= 2
+
+
+def test_a_skip_within_a_cells_first_step_skips_that_cell_only(sd1):
+    from dreambooth.generation.xyz import run_prompt_matrix
+    stop = Counted(sd1, "skip", after=2)                          # the first cell, in its first step
+    try:
+        result = run_prompt_matrix(sd1, _params(prompt="a dog|red|blue"), controls=Controls(stop=stop))
+    finally:
+        for m in sd1.pipe.unet.modules():
+            m._forward_hooks.clear()
+    assert [r.prompt for r in result.images] == ["a dog, red", "a dog, blue", "a dog, red, blue"]
+    assert result.grid is not None                                # the plot went on, the skipped cell blank

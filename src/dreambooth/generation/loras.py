@@ -20,9 +20,10 @@ from ..errors import UserError
 from ..models.hashes import lora_hash
 from ..models.registry import trained_outputs
 from ..models.specs import is_lora_output
-from ..outputs import LORA_WEIGHTS_FILE, named_weights_file
+from ..outputs import CHECKPOINTS_DIR, LORA_WEIGHTS_FILE, TRAINING_ARGS_FILE, named_weights_file
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".bin")
+NOT_LORAS = ("model_index.json", "config.json", TRAINING_ARGS_FILE)   # folders whose files are no LoRAs
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class LoraLibrary:
                 if here != folder and is_lora_output(here):
                     found.setdefault(here.name, lora_from_path(str(here)))
                     subdirs[:] = []                     # its own files are that LoRA
+                    continue
+                if here != folder and (here.name == CHECKPOINTS_DIR or any((here / name).exists() for name in NOT_LORAS)):
+                    subdirs[:] = []                     # a model's parts, a training output, a run's checkpoints
                     continue
                 subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
                 for name in sorted(files):

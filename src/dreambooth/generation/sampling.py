@@ -244,8 +244,9 @@ def _second_pass(pipeline: GenerationPipeline, params: GenerationParams, encoder
             start = upscale_latents(latents, params.hires_upscaler, target, runner.vae_scale_factor)
         else:
             start = [upscale_image(image, params.hires_upscaler, target) for image in decode(runner, latents)]
-        return _call(runner, pipeline, upscaled, seeds, conditioning, encoder.family == "sdxl", start, None, bar,
+        made = _call(runner, pipeline, upscaled, seeds, conditioning, encoder.family == "sdxl", start, None, bar,
                      autocast, controls)
+        return made or decode(runner, latents)    # stopped within the second pass's first step: the first's
     return second
 
 

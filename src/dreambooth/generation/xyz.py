@@ -112,6 +112,12 @@ def _save_grid(grid, output_dir: Path | None, first: GeneratedImage) -> Path | N
     return write_png(grid, claim_numbered(output_dir, first.seed, prefix=GRID_PREFIX), first.infotext)
 
 
+def _skipped_cell(made: list, params: GenerationParams):
+    """A cell skipped before its first step ended (a server's Skip): left blank, and the plot goes on."""
+    from PIL import Image
+    return Image.new("RGB", made[-1].size if made else (params.width or 512, params.height or 512), "gray")
+
+
 def _interrupted(controls: Controls | None) -> bool:
     return controls is not None and controls.stop() == "interrupt"
 
@@ -130,17 +136,17 @@ def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, ou
         for prompt in prompts:
             got = [] if _interrupted(controls) else generate(pipeline, replace(params, prompt=prompt), output_dir,
                                                              fast_batches=fast_batches, task=bar, controls=controls)
-            if not got:
+            if not got and _interrupted(controls):
                 return GridResult(results, None, None)
             results += got
-            cells.append(got[0].image)
+            cells.append(got[0].image if got else _skipped_cell(cells, params))
     across = (len(variable) + 1) // 2
     cols = 2 ** across
     col_labels = [[(v, bool(c & (1 << j))) for j, v in enumerate(variable[:across])] for c in range(cols)]
     row_labels = [[(v, bool(r & (1 << j))) for j, v in enumerate(variable[across:])]
                   for r in range(2 ** (len(variable) - across))]
     grid = annotated_grid(cells, cols, col_labels, row_labels)
-    return GridResult(results, grid, _save_grid(grid, output_dir, results[0]))
+    return GridResult(results, grid, _save_grid(grid, output_dir, results[0]) if results else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,10 +352,10 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         for key, p in cells.items():
             got = [] if _interrupted(controls) else generate(pipeline, p, output_dir, fast_batches=fast_batches,
                                                              task=bar, controls=controls)
-            if not got:
+            if not got and _interrupted(controls):
                 return GridResult(results, None, None)
             results += got
-            images[key] = got[0].image
+            images[key] = got[0].image if got else _skipped_cell(list(images.values()), p)
 
     grids = []
     for iz in range(len(zs)):
@@ -361,4 +367,4 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         grid = annotated_grid(grids, len(grids), [[(ax_z.label_for(v), True)] for v in zs], None, pad=8)
     else:
         grid = grids[0]
-    return GridResult(results, grid, _save_grid(grid, output_dir, results[0]))
+    return GridResult(results, grid, _save_grid(grid, output_dir, results[0]) if results else None)

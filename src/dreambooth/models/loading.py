@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def damaged_file_line(path: Path) -> str | None:
     return None
 
 
+# The parts a pipeline folder must hold (a safety checker, often deleted to save 1.2 GB, is not loaded).
+NEEDED_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 LORA_KEYS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down", "lora.up")
 
 
@@ -97,7 +100,7 @@ def _single_file_type(path: Path) -> tuple[str, torch.dtype | None]:
         raise UserError(f"--model {path}: cannot read checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     if not any(key.startswith("model.diffusion_model.") for key in checkpoint):
         if any(part in key for key in checkpoint for part in LORA_KEYS):
-            raise UserError(f"--model {path}: a LoRA, not a model; give it as --lora {path} (or <lora:NAME> in the "
+            raise UserError(f"--model {path}: a LoRA, not a model; give it as --lora {shlex.quote(str(path))} (or <lora:NAME> in the "
                             "prompt) with the --model it was trained on")
         raise UserError(f"--model {path}: holds no Stable Diffusion UNet (model.diffusion_model.*); not an "
                         "SD 1.x, SD 2.x or SDXL checkpoint")
@@ -226,7 +229,7 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
     else:
         cls = _pipeline_class_for_folder(ref.path)
         missing = [name for name, value in json.loads((ref.path / "model_index.json").read_text()).items()
-                   if not name.startswith("_") and isinstance(value, list) and value[0] is not None
+                   if name in NEEDED_PARTS and isinstance(value, list) and value[0] is not None
                    and not (ref.path / name).is_dir() and not (name == "vae" and vae)]
         if missing:        # (diffusers: "no file named config.json found in directory <part>")
             raise UserError(f"{flag} {spec}: its model_index.json names {', '.join(missing)}, but the folder has no "

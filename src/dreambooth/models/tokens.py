@@ -76,8 +76,9 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
     and not a plain common word is taken as the identifier; and about prompts the text encoder cuts."""
     common = common_words()
     candidates = identifier_words(instance_prompt, class_prompt)
-    if not class_prompt:       # nothing names the class: its noun ('dog') is a common word beside the rare one
-        candidates = [w for w in candidates if w not in common] or candidates
+    if not class_prompt and len(candidates) > 1:     # nothing names the class: its noun is the last word
+        rest = candidates[:-1]                         # ('a sks dog'), and rare words are the identifier's
+        candidates = [w for w in rest if w not in common] or rest
     warnings = []
     for flag, prompt in (("--instance-prompt", instance_prompt), ("--class-prompt", class_prompt)):
         count = len(tokenizer(prompt or "", add_special_tokens=False).input_ids)

@@ -23,6 +23,7 @@ from .. import progress
 from ..errors import UserError, exception_line
 from ..outputs import take_lock
 from ..training.callbacks import CheckpointSaved, StepEnd, TrainingCallback, ValidationEnd
+from ..training.checkpoint import finished_at
 from ..training.config import TrainConfig, build_config
 from ..training.phases import phase_line
 from ..training.results import TrainingInterrupted
@@ -322,6 +323,11 @@ class JobRunner:
         try:
             config = job_config(job.request, output, folder / "photos", self.model_spec(job.request))
             resumable = any((output / "checkpoints").glob("checkpoint-*"))
+            if resumable and finished_at(output) == config.max_steps:     # stopped after its model was written
+                self.store.update(job.id, state="done", finished=time.time(), eta=0.0, step=config.max_steps)
+                write_log(folder, "done (its model was written before the server stopped)")
+                self.on_done()
+                return
             config = config.replace(resume="latest" if resumable else None, overwrite=not resumable)
             with progress.subscribed(record), self.gate.training():
                 record(progress.ProgressEvent("message", "", 0, message="resuming from the last checkpoint"

@@ -29,7 +29,7 @@ from ..evaluation.encoders import resolve_encoder
 from ..images import list_files
 from ..models.specs import SINGLE_FILE_SUFFIXES
 from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, TRAINING_ARGS_FILE, VALIDATION_DIR,
-                       check_output_folder, output_lock, take_lock, within)
+                       check_output_folder, checkpoint_step, output_lock, take_lock, within)
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .prior import class_folder, refuse_other_prompts
@@ -202,12 +202,16 @@ class OutputStage:
             raise UserError(f"--output {self.output}: {self.previous} holds the output an interrupted --overwrite "
                             "run replaced; move it back or delete it, or --resume latest")
         finished = ckpt.finished_at(self.output) if own_resume else None
-        if finished is not None and not self.overwrite:      # training a finished run on replaces its model
+        resumed_at = checkpoint_step(self.resume_from) if own_resume else None
+        # training a finished run on replaces its model: asked once (a checkpoint past it was made so)
+        if finished is not None and not self.overwrite and (resumed_at is None or resumed_at <= finished):
             raise UserError(f"--output {self.output}: holds the model of a finished run (step {finished}); pass "
                             "--overwrite to replace it with this run's, or copy it elsewhere first")
         if entries and not own_resume:
             if not self.overwrite:
                 hint = " or --resume latest to continue" if ckpt.list_checkpoints(self.output) else ""
+                if hint and ckpt.finished_at(self.output) is not None:
+                    hint = ", or --resume latest --max-steps MORE --overwrite to train it on"
                 why = " (resuming another run's checkpoint into it)" if self.resume_from is not None else ""
                 raise UserError(f"--output {self.output}: exists and is not empty{why}; pass --overwrite to replace "
                                 f"it (class images are kept){hint}")

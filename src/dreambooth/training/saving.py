@@ -16,7 +16,7 @@ from ..models.loading import load_pipeline
 from ..models.lora import kohya_metadata, save_diffusers_lora, save_kohya_lora
 from ..models.registry import remember_output
 from ..models.single_file import export_single_file
-from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file
+from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file, recorded_path
 from .config import save_config
 from .sharding import is_sharded, whole_weights
 from .trainables import move
@@ -24,10 +24,16 @@ from .trainables import move
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def model_name(spec: str) -> str:
+    """A local model by its file or folder name alone, as kohya records it (a shared LoRA file carries no
+    path of the machine it was trained on); a hub id as it is."""
+    return Path(spec).expanduser().name if spec != "toy" and Path(spec).expanduser().exists() else spec
+
+
 def kohya_training_metadata(run, directory: Path) -> dict[str, str]:
     cfg = run.config
     return kohya_metadata(run.family.name, cfg.rank, cfg.alpha, run.prediction_type, {
-        "ss_output_name": directory.name, "ss_sd_model_name": cfg.model, "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
+        "ss_output_name": directory.name, "ss_sd_model_name": model_name(cfg.model), "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
         "ss_training_started_at": run.started_at, "ss_training_finished_at": time.time(),
         "ss_learning_rate": cfg.learning_rate, "ss_unet_lr": cfg.learning_rate,
         "ss_text_encoder_lr": (cfg.text_encoder_lr or cfg.learning_rate) if cfg.train_text_encoder else 0,
@@ -130,7 +136,7 @@ def save_output(run) -> list[Path]:
     args = run.output / TRAINING_ARGS_FILE
     import diffusers
     # where the model was, absolute: a LoRA output is a --model from any folder (specs.lora_output_base)
-    local = {key: str(Path(value).expanduser().resolve()) for key in ("model", "vae", "model_config")
+    local = {key: recorded_path(value) for key in ("model", "vae", "model_config")     # ('~' for the home folder)
              if (value := getattr(run.config, key)) and value != "toy" and Path(value).expanduser().exists()}
     save_config(run.config.replace(**local), args, {
         "family": run.family.name, "prediction_type": run.prediction_type, "steps_done": run.step,
