@@ -76,6 +76,9 @@ def test_every_unknown_field_is_named_at_once(server):
     reply = http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", "use_async": False, "hr_cfg": 7})
     assert reply.status_code == 422, reply.text
     assert reply.json()["detail"] == "use_async, hr_cfg: unknown fields"
+    reply = http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", "steps": "abc", "foo": 1, "bar": 2})
+    assert reply.status_code == 422 and reply.json()["detail"].startswith("steps: ") and \
+        reply.json()["detail"].endswith("; and unknown fields: foo, bar"), reply.text
     reply = http(server[1], "POST", "/sdapi/v1/txt2img",
                  json={"prompt": "x", "override_settings": {"sd_model_checkpoint": "missing"}})
     assert reply.status_code == 400 and reply.json()["detail"].startswith("override_settings: sd_model_checkpoint:")

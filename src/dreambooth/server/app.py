@@ -195,6 +195,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         unknown = [".".join(str(p) for p in e["loc"] if p != "body") for e in exc.errors() if e.get("type") == "extra_forbidden"]
         if len(unknown) > 1 and first.get("type") == "extra_forbidden":       # every one at once, not one a try
             detail = f"{', '.join(unknown)}: unknown fields"
+        elif unknown and first.get("type") != "extra_forbidden":
+            detail += f"; and unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
         sent = request.headers.get("content-type", "").split(";")[0].strip() or "no Content-Type"
         if first.get("type") == "json_invalid":          # its loc names a character, not a field
             detail = f"body: not valid JSON ({first.get('ctx', {}).get('error', 'invalid')} at character {where})"
