@@ -767,3 +767,13 @@ def test_an_output_folder_it_cannot_write_fails_before_the_model_loads(tmp_path,
     code, _, err = run_cli("generate", "--model", "toy", "--prompt", "a dog", "--output", tmp_path / "images")
     assert code == 2 and f"--output {tmp_path / 'images'}: cannot write there" in err and err.count("\n") == 1, err
     assert not (tmp_path / "images").exists()
+
+
+def test_progress_in_a_log_file_is_lines_while_it_runs(sd1, monkeypatch, capsys):
+    """(stderr not a terminal: nohup, a CI log.) A rich bar there showed only when the task ended."""
+    from dreambooth import progress, terminal
+    monkeypatch.setattr(terminal, "LINE_EVERY", 0.0)
+    with progress.subscribed(terminal.TerminalBars(bars=True)):
+        generate(sd1, GenerationParams("a dog", batch_count=2, **SMALL))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generating ")]
+    assert len(lines) == 2 * SMALL["steps"] + 1 and "ETA" in lines[0] and lines[-1].endswith(" s") and "done in" in lines[-1]

@@ -77,6 +77,15 @@ def test_overwrite_replaces_only_a_training_output(tiny_sd1, dog_photos, old_mod
                            "--output", loras, "--overwrite")
     one_line_error(code, err, "--output", "holds what no training run wrote (a.safetensors, b.safetensors)")
     assert snapshot(loras) == before
+    (old_model / "my_generations").mkdir()                          # the user's, kept in a finished output
+    (old_model / "NOTES.md").write_text("mine")
+    before = snapshot(old_model)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                           "--output", old_model, "--overwrite")
+    one_line_error(code, err, "holds what no training run wrote (", "my_generations/", "NOTES.md")
+    assert snapshot(old_model) == before
+    (old_model / "NOTES.md").unlink()
+    (old_model / "my_generations").rmdir()
     for output in (old_model, tmp_path / "leftovers"):
         (tmp_path / "leftovers" / "checkpoints").mkdir(parents=True, exist_ok=True)
         code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",

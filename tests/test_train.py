@@ -248,3 +248,26 @@ def test_a_peers_flag_is_answered_with_ours(habit, ours):
     code, _, err = run_cli("train", habit, "8")
     assert code == 2 and err.strip() == f"error: dreambooth train: No such option: {habit}; dreambooth train calls it " \
         f"{ours}" + (" (the folder of photos itself)" if habit == "--train_data_dir" else ""), err
+
+
+def test_class_images_beyond_the_number_asked_are_not_used_and_slips_are_said(tiny_sd1, dog_photos, tmp_path):
+    """A class folder holding more than --num-class-images gives the first ones, as diffusers does; the run
+    says how many photos and class images it trains on; class flags without --class-prompt, a file named
+    like a mask among the photos, and class captions are said for what they are."""
+    import shutil
+    photos = tmp_path / "photos"
+    shutil.copytree(dog_photos, photos)
+    shutil.copy(next(photos.glob("*.jpg")), photos / "dog_mask.jpg")
+    classes = tmp_path / "classes"
+    shutil.copytree(dog_photos, classes)
+    (classes / f"{next(classes.glob('*.jpg')).stem}.txt").write_text("a photo of a dog")
+    base = ["train", "--model", tiny_sd1, "--instance-dir", photos, "--instance-prompt", "a photo of zwx dog",
+            "--resolution", "32", "--max-steps", "1", "--class-dir", classes, "--num-class-images", "2"]
+    code, _, err = run_cli(*base, "--class-prompt", "a photo of dog", "--captions", "--output", tmp_path / "a")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "training_args.json").read_text())["class_images"] == 2
+    assert "training on 6 photo(s) and 2 class image(s)" in err
+    assert "dog_mask.jpg: named like a mask but trained as a photo" in err
+    assert "caption files are used for the photos only" in err
+    code, _, err = run_cli(*base, "--output", tmp_path / "b")
+    assert code == 0 and "without --class-prompt there is no prior preservation" in err, err

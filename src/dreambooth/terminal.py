@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
@@ -17,6 +18,8 @@ from rich.text import Text
 
 from . import progress
 from .progress import ProgressEvent
+
+LINE_EVERY = 30.0        # seconds between a task's lines in a log file
 
 
 def console() -> Console:
@@ -54,14 +57,37 @@ class TerminalBars:
         self._lock = threading.Lock()
         self._display: Progress | None = None
         self._rows: dict[int, object] = {}
+        self._said: dict[int, float] = {}          # (log files) when each task's last line was printed
 
     def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
             if event.kind == "message":
                 text = f"[yellow]warning:[/] {event.message}" if event.level == "warning" else event.message
                 (self._display.console if self._display else console()).print(text)
+            elif self.bars and not console().is_terminal:     # a log file (nohup): lines, not a bar drawn at the end
+                self._line(event)
             elif self.bars:
                 self._bar(event)
+
+    def _line(self, event: ProgressEvent) -> None:
+        """A task's progress as a plain line when it ends and every ``LINE_EVERY`` seconds while it runs."""
+        now = time.monotonic()
+        if event.kind == "start":
+            self._said[event.task_id] = now
+            return
+        if event.kind == "advance" and now - self._said.get(event.task_id, now) < LINE_EVERY:
+            return
+        self._said[event.task_id] = now
+        rate, eta = event.rate, event.eta
+        loss = event.fields.get("loss")
+        console().print(f"{event.task} {event.completed:.0f}/{event.total:.0f}"
+                        + (f" ({event.completed / event.total:.0%})" if event.total else "")
+                        + (f", {rate:.2f} it/s" if rate and rate >= 1 else f", {1 / rate:.2f} s/it" if rate else "")
+                        + (f", ETA {eta:.0f} s" if eta and event.kind != "end" else "")
+                        + (f", loss {loss:.4f}" if isinstance(loss, float) and loss == loss else "")
+                        + (f", done in {event.elapsed:.0f} s" if event.kind == "end" else ""))
+        if event.kind == "end":
+            self._said.pop(event.task_id, None)
 
     def _bar(self, event: ProgressEvent) -> None:
         if event.kind == "start":

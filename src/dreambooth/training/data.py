@@ -87,7 +87,9 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
     # --captions would otherwise print 20)
-    unused_masks, unused_captions, not_images, small, empty, long, blank = [], [], [], [], [], [], []   # (path, detail)
+    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike = [], [], [], [], [], [], [], []
+    # (path, detail); captions are the photos' (class images are trained with --class-prompt)
+    caption_use = "only with --captions" if flag != "--class-dir" else "for the photos only, with --captions"
     files = list_files(folder, flag)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
     caption_files = {p.stem: p for p in files if p.suffix.lower() == ".txt"}       # NAME.txt or NAME.TXT
@@ -98,6 +100,8 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             elif path.name[:-len(MASK_SUFFIX)] not in image_stems:
                 warn(f"ignoring {path}: no photo named {path.name[:-len(MASK_SUFFIX)]} beside it")
             continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.lower().endswith(("_mask", "-mask", ".mask")):
+            masklike.append((path, ""))        # trained as a photo, as named; masks are NAME.mask.png
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             if path.suffix.lower() == ".txt" and path.stem in image_stems:
                 if not captions:
@@ -135,8 +139,12 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     for group, alone, together in (
             (unused_masks, lambda p, _: f"ignoring {p}: mask files are used only with --masked-loss",
              lambda n, names: f"ignoring {n} mask files in {folder} ({names}): they are used only with --masked-loss"),
-            (unused_captions, lambda p, _: f"ignoring {p}: caption files are used only with --captions",
-             lambda n, names: f"ignoring {n} caption files in {folder} ({names}): they are used only with --captions"),
+            (unused_captions, lambda p, _: f"ignoring {p}: caption files are used {caption_use}",
+             lambda n, names: f"ignoring {n} caption files in {folder} ({names}): they are used {caption_use}"),
+            (masklike, lambda p, _: f"{p}: named like a mask but trained as a photo (a mask is NAME.mask.png, with "
+                                    "--masked-loss)",
+             lambda n, names: f"{n} files in {folder} are named like masks but trained as photos ({names}); a mask is "
+                              "NAME.mask.png, with --masked-loss"),
             (not_images, lambda p, _: f"skipping {p}: not an image ({suffixes})",
              lambda n, names: f"skipping {n} files in {folder} that are not images ({names}; images are {suffixes})"),
             (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; a photo at least "

@@ -88,12 +88,18 @@ def check_inputs(cfg: TrainConfig) -> None:
 RUN_LEFTOVERS = (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, VALIDATION_DIR, PREVIOUS_OUTPUT_DIR)
 
 
+# What a finished output holds beside them: a diffusers pipeline's parts, the weights files, the records.
+OUTPUT_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler",
+                "feature_extractor", "safety_checker", "image_encoder")
+OUTPUT_FILES = (".safetensors", ".ckpt", ".bin", ".json")
+
+
 def not_written_by_training(output: Path) -> list[Path]:
-    """The entries of ``output`` that are not a training run's: none in a finished output (it has
-    training_args.json); in any other folder, all but an unfinished run's leftovers."""
-    if (output / TRAINING_ARGS_FILE).is_file():
-        return []
-    return [p for p in _entries(output) if p.name not in RUN_LEFTOVERS]
+    """The entries of ``output`` that are not a training run's (a user's notes or generations kept in a
+    finished output, another model's files in a folder that is no output), for --overwrite to refuse."""
+    finished = (output / TRAINING_ARGS_FILE).is_file()
+    return [p for p in _entries(output) if p.name not in RUN_LEFTOVERS and not (finished and (
+        (p.is_dir() and p.name in OUTPUT_PARTS) or (p.is_file() and p.suffix.lower() in OUTPUT_FILES)))]
 
 
 def idle_settings(cfg: TrainConfig) -> list[str]:
@@ -105,6 +111,11 @@ def idle_settings(cfg: TrainConfig) -> list[str]:
     if cfg.export_single_file and cfg.method == "lora":
         idle.append("--export-single-file is for full fine-tuning; a LoRA run writes its LoRA file (kohya's, for "
                     "A1111 and ComfyUI) instead")
+    if cfg.class_dir and not cfg.use_prior:
+        idle.append(f"--class-dir {cfg.class_dir}: without --class-prompt there is no prior preservation, so its "
+                    "images are not used; give --class-prompt (e.g. 'a photo of dog')")
+    if cfg.text_encoder_lr is not None and not cfg.train_text_encoder:
+        idle.append("--text-encoder-lr: the text encoder is not trained without --train-text-encoder")
     if cfg.lr_warmup_steps >= cfg.max_steps:
         idle.append(f"--lr-warmup-steps {cfg.lr_warmup_steps} with --max-steps {cfg.max_steps}: the learning rate "
                     "never reaches --learning-rate")

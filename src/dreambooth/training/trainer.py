@@ -21,6 +21,7 @@ from ..host_memory import keep_freed_host_memory
 from ..models.families import Conditioning, adapter_for, time_ids
 from ..models.loading import load_pipeline
 from ..models.tokens import identifier_warnings
+from ..outputs import recorded_path
 from . import checkpoint as ckpt
 from .clipping import clip_gradients, fused_adamw
 from .cuda_graphs import UNetPass
@@ -71,8 +72,7 @@ class Trainer:
             raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on CPU")
         if cpu:
             keep_freed_host_memory()        # gradients reused, not faulted in each step (host_memory)
-        # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
-        # web UI, tests) may ask for another precision, so reset all but the distributed part.
+        # accelerate keeps one process-wide state; another run in this process may ask another precision
         AcceleratorState._reset_state(reset_partial_state=False)
         fsdp = check_distributed(cfg)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
@@ -165,8 +165,11 @@ class Trainer:
             ensure_class_images(pipeline, class_params(cfg), class_dir, cfg.num_class_images, self.autocast_dtype, (
                 acc.process_index, acc.num_processes), acc.wait_for_everyone, cfg.class_batch_size, self.pause_point)
             pipeline.parking.release()
-            prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir", warn=self._warn)
+            prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir",
+                                  warn=self._warn)[:cfg.num_class_images]    # a folder may hold more: the first
         self.class_images, self.instance_images = len(prior), len(instance)
+        if acc.is_main_process:         # (masks or captions mistaken for photos show here)
+            progress.message(f"training on {len(instance)} photo(s)" + (f" and {len(prior)} class image(s)" if prior else ""))
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop, cfg.random_flip,
                                     cfg.seed, cfg.caption_dropout, self.transforms, (acc.process_index, acc.num_processes))
 
@@ -179,7 +182,7 @@ class Trainer:
         (class images) or, ``for_output``, what the output will be: the output folder for a full
         run, the base model plus the output's LoRA for a LoRA run (the weights being trained)."""
         cfg, full = self.config, self.config.method == "full"
-        info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=str(self.output.resolve())) \
+        info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=recorded_path(self.output)) \
             if for_output and full else model_info_for(cfg.model, cfg.vae)
         pipeline = GenerationPipeline(self.pipe, info)
         if for_output and not full:
@@ -189,8 +192,7 @@ class Trainer:
         return pipeline
 
     @property
-    def trains_text(self) -> bool:
-        """Some text-encoder weight trains (the encoder, or only the identifier's offset)."""
+    def trains_text(self) -> bool:     # some text-encoder weight trains (the encoder, or the identifier's offset)
         return len(self.trainables) > 1
 
     def _warn(self, message: str) -> None:
@@ -251,9 +253,8 @@ class Trainer:
         return prior_preserving_loss(per_example, batch.is_prior, cfg.prior_loss_weight, self._to_device)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A CPU-made tensor (noise, timesteps, indices) to the device without waiting for the GPU
-        (a blocking copy would drain its queue every step)."""
-        return tensor.to(self.device, non_blocking=True)
+        """A CPU-made tensor (noise, timesteps, indices) to the device without waiting for the GPU."""
+        return tensor.to(self.device, non_blocking=True)      # (a blocking copy would drain its queue every step)
 
     # ----- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
