@@ -36,6 +36,8 @@ def _option(f):
         shown += " [range: -1 or 0 to 4294967295]"
     elif any(k in meta for k in ("low", "high", "above")):
         shown += f" [range: {describe_range(meta.get('low'), meta.get('high'), meta.get('above'))[len('must be '):]}]"
+    if is_list:
+        shown += f" [several: repeat the flag, {flag(f.name)} A {flag(f.name)} B]"
     help_text = meta.get("help", "") + shown
     name = flag(f.name)
     if typ is bool:

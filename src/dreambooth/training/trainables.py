@@ -166,7 +166,8 @@ def _adamw(groups: list[dict], cfg: TrainConfig):
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
         return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
     if not torch.cuda.is_available():
-        raise UserError("--use-8bit-adam needs a CUDA GPU (bitsandbytes' 8-bit optimizers run on CUDA); drop the flag on this machine")
+        raise UserError("--use-8bit-adam needs a CUDA GPU (bitsandbytes' 8-bit optimizers run on CUDA); on this machine "
+                        "drop the flag, or give --no-use-8bit-adam where a preset sets it (sdxl-lora does)")
     try:
         import bitsandbytes as bnb
     except ImportError:
