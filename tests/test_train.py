@@ -122,6 +122,7 @@ def test_bad_files_train_and_are_named(tiny_sd1, dog_photos, tmp_path):
     (["--no-such-flag"], "no-such-flag"),
     (["--config", "/no/such.yaml"], "--config"),
     (["--output", "models/Lora/mydog.safetensors"], "give models/Lora/mydog instead"),     # kohya's habit
+    (["--use-8bit-adam", "--class-prompt", "a dog"], "--no-use-8bit-adam"),      # before class images are made
 ])
 def test_bad_input_is_one_line_exit_2(tiny_sd1, dog_photos, tmp_path, args, needle):
     base = ["train", "--model", tiny_sd1, "--instance-dir", dog_photos, "--instance-prompt", "a sks dog",
@@ -130,6 +131,7 @@ def test_bad_input_is_one_line_exit_2(tiny_sd1, dog_photos, tmp_path, args, need
     assert code == 2
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()                          # nothing written
 
 
 def test_unsupported_family_is_one_line(tmp_path, dog_photos):

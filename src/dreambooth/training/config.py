@@ -106,7 +106,7 @@ class TrainConfig:
     output: str | None = _opt(None, "Output folder.", group="output")
     overwrite: bool = _opt(False, "Replace an existing non-empty output (class images are kept).", group="output")
     save_precision: str = _opt("fp32", "Precision of saved weights (full model, kohya LoRA file).", SAVE_PRECISIONS, group="output")
-    export_kohya: bool = _opt(True, "LoRA: also write a kohya/A1111 .safetensors next to the diffusers file.", group="output")
+    export_kohya: bool = _opt(True, "LoRA: also write a kohya/A1111 .safetensors next to the diffusers file (on unless --no-export-kohya).", group="output")
     export_single_file: bool = _opt(False, "Full: also write one A1111/ComfyUI .safetensors checkpoint.", group="output")
     checkpoint_every: int = _opt(0, "Save a resumable checkpoint every N steps and at the last (0: never).", group="output", low=0, high=10_000_000)
     keep_checkpoints: int = _opt(2, "How many checkpoints to keep (0: all).", group="output", low=0, high=1_000_000)
