@@ -33,6 +33,7 @@ from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, T
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .prior import class_folder, refuse_other_prompts
+from .trainables import EIGHT_BIT_WITHOUT_CUDA
 
 KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
 
@@ -166,8 +167,7 @@ def check_one_process_options(cfg: TrainConfig, device, processes: int, sharded:
     """What acts inside the backward pass and so runs on one process: ``--fused-backward-pass`` steps
     each weight there (``fused_backward``); ``--cuda-graphs`` records it (``cuda_graphs``, CUDA only)."""
     if cfg.use_8bit_adam and torch.device(device).type != "cuda":       # said before class images are made
-        raise UserError("--use-8bit-adam needs a CUDA GPU (bitsandbytes' 8-bit optimizers run on CUDA); on this machine "
-                        "drop the flag, or give --no-use-8bit-adam where a preset sets it (sdxl-lora does)")
+        raise UserError(EIGHT_BIT_WITHOUT_CUDA)
     if cfg.cuda_graphs and torch.device(device).type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA GPU (it replays the UNet's passes as CUDA graphs); drop it on this machine")
     if cfg.cuda_graphs and (processes > 1 or sharded):

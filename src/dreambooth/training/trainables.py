@@ -157,6 +157,10 @@ def _adamw_settings(cfg: TrainConfig) -> dict:
     return dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
 
 
+EIGHT_BIT_WITHOUT_CUDA = ("--use-8bit-adam needs a CUDA GPU (bitsandbytes' 8-bit optimizers run on CUDA); on this "
+                          "machine drop the flag, or give --no-use-8bit-adam where a preset sets it (sdxl-lora does)")
+
+
 def _adamw(groups: list[dict], cfg: TrainConfig):
     kwargs = _adamw_settings(cfg)
     if not cfg.use_8bit_adam:
@@ -165,9 +169,8 @@ def _adamw(groups: list[dict], cfg: TrainConfig):
         tensors = [p for g in groups for p in g["params"]]
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
         return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
-    if not torch.cuda.is_available():
-        raise UserError("--use-8bit-adam needs a CUDA GPU (bitsandbytes' 8-bit optimizers run on CUDA); on this machine "
-                        "drop the flag, or give --no-use-8bit-adam where a preset sets it (sdxl-lora does)")
+    if not torch.cuda.is_available():      # (train() says so before anything is written: guard)
+        raise UserError(EIGHT_BIT_WITHOUT_CUDA)
     try:
         import bitsandbytes as bnb
     except ImportError:
