@@ -163,8 +163,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
                       engine.catalog.find_vae(vae, "override_settings: sd_vae") if vae is not None else engine.vae,
                       req.override_settings_restore_afterwards)
         steering = {field: overrides.get(key, options[key]) for key, (_, field) in GENERATION_OPTIONS.items()}
-        values = dict(steering, prompt=req.prompt, negative_prompt=req.negative_prompt,
-                      sampler=first_pass_sampler(req)[0], schedule=first_pass_sampler(req)[1],
+        sampler, schedule = first_pass_sampler(req)
+        values = dict(steering, prompt=req.prompt, negative_prompt=req.negative_prompt, sampler=sampler, schedule=schedule,
                       steps=req.steps, cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
                       batch_size=req.batch_size, batch_count=req.n_iter, eta=req.eta)
         if init is not None:

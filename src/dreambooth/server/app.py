@@ -93,7 +93,11 @@ MAX_JSON_BODY = 256 * 2**20     # bytes: a few large init images in base64; a bo
 
 class TooLarge(HTTPException):
     def __init__(self, size: str):
-        super().__init__(413, f"body: {size} bytes; at most {MAX_JSON_BODY:,} on this server")
+        super().__init__(413, too_large(size))
+
+
+def too_large(size: str) -> str:
+    return f"body: {size} bytes; at most {MAX_JSON_BODY:,} on this server"
 
 
 class JsonBodyLimit:
@@ -108,7 +112,7 @@ class JsonBodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > MAX_JSON_BODY:
-            return await JSONResponse({"detail": TooLarge(f"{int(length):,}").detail}, 413)(scope, receive, send)
+            return await JSONResponse({"detail": too_large(f"{int(length):,}")}, 413)(scope, receive, send)
         seen = 0
 
         async def counted():
