@@ -98,3 +98,6 @@ def test_settings_a_run_would_not_use_are_said():
     said = idle_settings(cfg.replace(keep_best=True, export_single_file=True, method="lora", lr_warmup_steps=10))
     assert [line.split(" ")[0] for line in said] == ["--keep-best:", "--export-single-file", "--lr-warmup-steps"]
     assert idle_settings(cfg.replace(keep_best=True, validate_every=5)) == []
+    (dropped,) = idle_settings(cfg.replace(caption_dropout=1.0))
+    assert dropped.startswith("--caption-dropout 1: every picture is shown with an empty prompt")
+    assert idle_settings(cfg.replace(caption_dropout=0.1)) == []

@@ -100,6 +100,11 @@ def test_captions_only_when_asked(tmp_path):
     warnings = []
     assert load_examples(tmp_path, "default", 32, warn=warnings.append)[0].prompt == "default"
     assert "a.txt" in warnings[0]
+    (tmp_path / "a.txt").unlink()
+    warnings = []
+    assert load_examples(tmp_path, "default", 32, captions=True, warn=warnings.append)[0].prompt == "default"
+    assert warnings == [f"--captions: no caption file (NAME.txt beside NAME.jpg) in {tmp_path}; every photo is "
+                        "trained with --instance-prompt"]
 
 
 def test_captions_as_editors_save_them(tmp_path):

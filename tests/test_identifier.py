@@ -34,6 +34,12 @@ def test_identifier_warnings_say_what_is_wrong():
     assert not [w for w in identifier_warnings(tokenizer, "a photo of zwx dog") if "common word" in w]
     assert not [w for w in identifier_warnings(tokenizer, "a sks dog") if "'dog'" in w]
     assert [w for w in identifier_warnings(tokenizer, "a photo of red dog") if "common word" in w]
+    # captions that leave out the identifier teach the subject to their other words
+    captions = ["a photo of zwx dog", "a zwx dog on grass", "a brown dog on a sofa", "a dog asleep"]
+    (missing,) = identifier_warnings(tokenizer, "a photo of zwx dog", "a photo of dog", captions)
+    assert missing.startswith("--captions: 2 of 3 captions do not name the identifier 'zwx' (e.g. 'a brown dog on a "
+                              "sofa')")
+    assert identifier_warnings(tokenizer, "a photo of zwx dog", "a photo of dog", captions[:2]) == []
 
 
 def _config(model, photos, out, **changes):

@@ -488,3 +488,24 @@ def test_saving_mid_run_leaves_the_weights_in_training_as_they_were(tiny_sd1, do
         assert saved[file].keys() <= before[name].keys() and len(saved[file]) > 10
         for key, value in saved[file].items():
             assert value.dtype == torch.float16 and torch.equal(value, before[name][key].half()), f"{file} {key}"
+
+
+def test_a_failed_run_leaves_neither_an_empty_output_nor_its_lock(tiny_sd1, dog_photos, tmp_path):
+    """A run that made its output folder and failed before writing into it removes the folder; a
+    finished run removes its lock file from the cache (one per output ever written piled up)."""
+    from dreambooth.outputs import output_lock
+    from dreambooth.training import TrainingCallback, build_config, train
+
+    class Fails(TrainingCallback):
+        def on_step_end(self, run, step):
+            raise RuntimeError("a failure in the middle of the run")
+
+    out = tmp_path / "new" / "run"
+    config = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), output=str(out),
+                                     instance_prompt="a photo of sks dog", resolution=32, max_steps=2, method="lora"))
+    with pytest.raises(RuntimeError, match="a failure in the middle"):
+        train(config, callbacks=[Fails()])
+    assert not out.exists() and (tmp_path / "new").is_dir()       # only the folder the run made
+    assert not output_lock(out).exists()
+    train(config)
+    assert (out / "training_args.json").is_file() and not output_lock(out).exists()

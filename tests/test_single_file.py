@@ -326,7 +326,13 @@ def test_a_lora_output_is_a_model_from_any_folder_even_on_a_single_file_base(tin
     assert code == 0, err
     args = json.loads((work / "out" / "training_args.json").read_text())
     assert args["model"] == str(work / "models" / "base.safetensors") and args["model_config"] == str(tiny_sd1)
+    assert args["output"] == str(work / "out")
     monkeypatch.chdir(tmp_path)
+    # the record is a --config from any folder: the same run again, its steps and losses left out
+    code, _, err = run_cli("train", "--config", work / "out" / "training_args.json", "--output", "again")
+    assert code == 0, err
+    again = json.loads((tmp_path / "again" / "training_args.json").read_text())
+    assert again["losses"] == args["losses"] and again["model"] == args["model"]
     code, stdout, err = run_cli("generate", "--model", work / "out", "-p", "a photo of sks dog", "--steps", "1",
                                 "--width", "32", "--height", "32", "--output", tmp_path / "images")
     assert code == 0, err

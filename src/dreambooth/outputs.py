@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,6 +68,13 @@ def take_lock(path: Path):
         holder = handle.read().strip()
         handle.close()
         return None, holder
+    try:
+        current = os.stat(path).st_ino
+    except OSError:
+        current = None
+    if current != os.fstat(handle.fileno()).st_ino:    # its holder let go and removed it meanwhile (release_lock)
+        handle.close()
+        return take_lock(path)
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -190,6 +198,14 @@ def user_cache_dir() -> Path:
     root = os.environ.get("DREAMBOOTH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dreambooth")
     return Path(root)
+
+
+def release_lock(handle, path: Path) -> None:
+    """Let go of a lock ``take_lock`` took, removing its file (the cache keeps none per output ever written);
+    removed while still held, so that a waiting process sees the file went and takes a new one."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    handle.close()
 
 
 def output_lock(output: Path) -> Path:

@@ -20,6 +20,7 @@ import yaml
 
 from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
+from ..outputs import TRAINING_ARGS_FILE
 from ..generation.params import RANGES, GenerationParams
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -334,6 +335,8 @@ def load_preset(path_or_name: str) -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if path.name == TRAINING_ARGS_FILE and name in RUN_RECORD:
+            continue        # a finished run's record as a preset: its settings, not what it did or was asked once
         if name not in known:
             raise UserError(f"--config {path}: unknown setting '{key}'")
         if name in out:
@@ -364,7 +367,14 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     return TrainConfig(**values)
 
 
+# What a run's training_args.json holds besides its settings (saving.save_output), and the settings
+# asked of one command only (continue, replace): left out where the record is read back as --config.
+RUN_RECORD = ("family", "prediction_type", "steps_done", "instance_images", "class_images", "num_processes",
+              "global_batch_size", "losses", "versions", "resume", "overwrite")
+
+
 def save_config(config: TrainConfig, path: Path, extra: dict[str, Any] | None = None) -> None:
+    assert not extra or set(extra) <= set(RUN_RECORD), set(extra) - set(RUN_RECORD)
     data = config.to_dict()
     if extra:
         data.update(extra)

@@ -162,6 +162,9 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                               "is trained")):
         if group:
             warn(_one_line(group, alone, together))
+    if captions and flag == "--instance-dir" and examples and not caption_files:
+        warn(f"--captions: no caption file (NAME.txt beside NAME.jpg) in {folder}; every photo is trained with "
+             "--instance-prompt")
     if not examples:
         inner = sorted(d for d in Path(folder).expanduser().iterdir() if d.is_dir()
                        and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))

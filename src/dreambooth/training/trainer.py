@@ -54,9 +54,8 @@ class Trainer:
         self.output = Path(config.output).expanduser()
         self.step, self.stop_requested = 0, False     # request_stop: a checkpoint, then stop
         self.losses: list[float] = []
-        self.skipped = 0
         self.warnings: list[str] = []
-        self.started_at = time.time()
+        self.skipped, self.started_at = 0, time.time()
         self.validator: Validator | None = None
         self.stage: OutputStage | None = None
         self.cleanup = contextlib.ExitStack()      # what the run holds until it ends (the output's lock)
@@ -147,7 +146,8 @@ class Trainer:
         self.stream.needs_pixels = self.latent_cache.needs_pixels
         if self.latent_cache.complete:
             self.parking.park(pipe.vae)
-        self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt)
+        self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt,
+                                             [e.prompt for e in self.stream.instance])
         if self.resume_from:
             ckpt.resume_run(self, self.resume_from)
         if cfg.validate_every:
