@@ -61,6 +61,12 @@ def test_kohya_files_carry_kohyas_metadata_and_a1111_files_each_family_right(tra
         assert meta["ss_num_train_images"] == "5" and float(meta["ss_learning_rate"]) == 1e-2
         assert "/" not in meta["ss_sd_model_name"]             # the base by name: no path of this machine
         assert meta["ss_v_parameterization"] == ("True" if family == "sd2" else "False")
+        # Stability's ModelSpec, as kohya writes it, and the hash A1111 takes from the file instead of reading it
+        assert meta["modelspec.architecture"] == {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-768-v/lora",
+                                                  "sdxl": "stable-diffusion-xl-v1-base/lora"}[family]
+        assert meta["modelspec.title"] == out.name and meta["modelspec.resolution"] == "32x32"
+        assert meta["modelspec.trigger_phrase"] == "a sks dog"
+        assert meta["sshs_model_hash"][:12] == lora_hash(out / f"{out.name}.safetensors")
 
 
 def test_infotext_names_the_lora_as_a1111_would_load_it(trained_loras, tmp_path):

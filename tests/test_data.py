@@ -83,6 +83,9 @@ def test_files_passed_over_for_one_reason_are_one_warning(tmp_path):
         f"ignoring {tmp_path / 'p4.txt'}: caption files are used only with --captions",
         f"skipping 2 files in {tmp_path} that are not images (more.md, notes.md; images are .jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff)",
         f"{tmp_path / 'p0.png'}: 16x16, upscaled to the training size 32; a photo at least that large trains sharper"]
+    warnings.clear()                                   # class images are images, not photos
+    load_examples(tmp_path, "a dog", 32, flag="--class-dir", warn=warnings.append)
+    assert warnings[-1].endswith("16x16, upscaled to the training size 32; an image at least that large trains sharper")
 
 
 def test_no_usable_image_is_a_one_line_error(tmp_path):

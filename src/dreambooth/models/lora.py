@@ -9,10 +9,11 @@ test the round trip through diffusers' own loader rather than trusting a convert
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from ..outputs import LORA_WEIGHTS_FILE, as_user_file
 
@@ -113,9 +114,38 @@ def kohya_metadata(family: str, rank: int, alpha: float, prediction_type: str = 
     return meta
 
 
+# Stability AI's ModelSpec ids (github.com/Stability-AI/ModelSpec), which kohya writes too: tools that
+# sort files by architecture (SwarmUI, Forge) read them before any ss_* field.
+MODELSPEC_ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
+                           "sd2-v": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
+
+
+def modelspec_metadata(family: str, prediction_type: str, title: str, resolution: int, date: str,
+                       trigger: str | None = None) -> dict[str, str]:
+    """The ``modelspec.*`` fields of a LoRA file (the spec's 'must' ones, and what the run knows)."""
+    arch = MODELSPEC_ARCHITECTURES["sd2-v" if family == "sd2" and prediction_type == "v_prediction" else family]
+    meta = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/lora",
+            # SDXL LoRAs name Stability's own implementation, as kohya's do (its key names are the same)
+            "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl"
+            else "diffusers",
+            "modelspec.title": title, "modelspec.resolution": f"{resolution}x{resolution}", "modelspec.date": date,
+            "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon"}
+    if trigger:
+        meta["modelspec.trigger_phrase"] = trigger
+    return meta
+
+
 def save_kohya_lora(path: Path, components: dict[str, torch.nn.Module], family: str, metadata: dict[str, str],
                     dtype=torch.float32) -> Path:
-    """Write the adapters in kohya/A1111 key format with ``metadata`` (see ``kohya_metadata``)."""
-    save_file(to_kohya(components, family, dtype), str(path), metadata=dict(metadata))
+    """Write the adapters in kohya/A1111 key format with ``metadata`` (see ``kohya_metadata``), and
+    the hashes kohya precomputes: ``sshs_model_hash`` (sha256 of the tensor data, A1111's LoRA hash,
+    which it then takes from here instead of reading the file) and ``sshs_legacy_hash``."""
+    tensors = to_kohya(components, family, dtype)
+    serialized = save(tensors, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
+    data_start = 8 + int.from_bytes(serialized[:8], "little")     # the tensor data: the same whatever the header
+    hashes = {"sshs_model_hash": hashlib.sha256(serialized[data_start:]).hexdigest(),
+              "sshs_legacy_hash": hashlib.sha256(serialized[0x100000:0x110000]).hexdigest()[:8]}
+    del serialized
+    save_file(tensors, str(path), metadata={**metadata, **hashes})
     as_user_file(path)
     return path

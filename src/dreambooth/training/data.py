@@ -136,6 +136,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                 blank.append((path, ""))
         examples.append(Example(resized, text, (image.height, image.width), path, mask))
     suffixes = ", ".join(IMAGE_SUFFIXES)
+    a_picture, pictures = ("a photo", "photos") if flag == "--instance-dir" else ("an image", "images")
     for group, alone, together in (
             (unused_masks, lambda p, _: f"ignoring {p}: mask files are used only with --masked-loss",
              lambda n, names: f"ignoring {n} mask files in {folder} ({names}): they are used only with --masked-loss"),
@@ -147,10 +148,10 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                               "NAME.mask.png, with --masked-loss"),
             (not_images, lambda p, _: f"skipping {p}: not an image ({suffixes})",
              lambda n, names: f"skipping {n} files in {folder} that are not images ({names}; images are {suffixes})"),
-            (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; a photo at least "
+            (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; {a_picture} at least "
                                     "that large trains sharper",
-             lambda n, names: f"{n} photos in {folder} are below the training size {resolution} and are upscaled "
-                              f"({names}); photos at least that large train sharper"),
+             lambda n, names: f"{n} {pictures} in {folder} are below the training size {resolution} and are upscaled "
+                              f"({names}); {pictures} at least that large train sharper"),
             (empty, lambda p, _: f"{p}: an empty caption; its photo is trained with --instance-prompt",
              lambda n, names: f"{n} empty caption files in {folder} ({names}): their photos are trained with "
                               "--instance-prompt"),

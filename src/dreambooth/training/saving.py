@@ -4,6 +4,7 @@ optionally one single-file checkpoint), ``training_args.json``, and ``--keep-bes
 trainer (``trainer.Trainer``): its weights, family and counts."""
 from __future__ import annotations
 
+import datetime
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from .. import progress
 from ..models.identifier import merged as merged_identifier
 from ..models.loading import load_pipeline
-from ..models.lora import kohya_metadata, save_diffusers_lora, save_kohya_lora
+from ..models.lora import kohya_metadata, modelspec_metadata, save_diffusers_lora, save_kohya_lora
 from ..models.registry import remember_output
 from ..models.single_file import export_single_file
 from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file, recorded_path
@@ -32,7 +33,9 @@ def model_name(spec: str) -> str:
 
 def kohya_training_metadata(run, directory: Path) -> dict[str, str]:
     cfg = run.config
-    return kohya_metadata(run.family.name, cfg.rank, cfg.alpha, run.prediction_type, {
+    date = datetime.datetime.fromtimestamp(int(run.started_at)).isoformat()
+    return modelspec_metadata(run.family.name, run.prediction_type, directory.name, cfg.resolution, date,
+                              cfg.instance_prompt) | kohya_metadata(run.family.name, cfg.rank, cfg.alpha, run.prediction_type, {
         "ss_output_name": directory.name, "ss_sd_model_name": model_name(cfg.model), "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
         "ss_training_started_at": run.started_at, "ss_training_finished_at": time.time(),
         "ss_learning_rate": cfg.learning_rate, "ss_unet_lr": cfg.learning_rate,
