@@ -717,9 +717,17 @@ def test_cli_generate_and_from_image(tiny_sd1, tmp_path):
     (copy,) = stdout.split()
     assert copy.endswith("00001-12.png")
     assert np.array_equal(pixels(Image.open(copy)), pixels(Image.open(files[1])))
+    assert "will differ" not in err
     code, stdout, err = run_cli("generate", "--from-image", files[1], "--model", tiny_sd1, "--seed", "3",
                                 "--output", again)
     assert code == 0 and stdout.split()[0].endswith("00002-3.png")
+    # made by weights the model no longer has (trained on since, or --keep-best put others in place)
+    from dreambooth.images import write_png
+    changed = write_png(Image.open(files[1]), tmp_path / "changed.png",
+                        read_infotext(files[1]).replace(info["Model hash"], "0123456789"))
+    code, stdout, err = run_cli("generate", "--from-image", changed, "--output", again)
+    assert code == 0 and (f"--from-image {changed}: made with Model hash 0123456789; {tiny_sd1.resolve()} is "
+                          f"{info['Model hash']} now, so the image will differ") in err, err
 
 
 def test_cli_errors_are_one_line(tiny_sd1, tmp_path):

@@ -103,7 +103,11 @@ def test_validation_and_class_images(method, tiny_sd1, dog_photos, tmp_path):
     if method == "lora":        # the base model with the trained LoRA, as A1111 would write it
         assert info["Prompt"] == f"a sks dog [on a beach:2] <lora:{out.name}:1>" and out.name in info["Lora hashes"]
     else:
+        from dreambooth.models.hashes import model_hash
         assert info["Model path"] == str(out.resolve())
+        assert info["Model hash"] == model_hash(out)          # the final step's images: the output, written
+        first = parse_generation_parameters(read_infotext(out / "validation" / "step-000000" / "00001-5.png"))
+        assert "Model hash" not in first                      # before it was: no hash (it was an empty folder's)
     assert same(final, tmp_path)
 
 

@@ -198,6 +198,10 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
                                         dtype=DTYPES[dtype], model_config=model_config, library=library,
                                         medvram=medvram)
+    made_with, now = (info.get("Model hash") if from_image is not None else None), pipeline.info.hash
+    if made_with and now and made_with != now:      # the file or folder changed since (trained on, --keep-best)
+        progress.warn(f"--from-image {from_image}: made with Model hash {made_with}; {model} is {now} now, so the "
+                      "image will differ")
     if prompt_matrix:
         result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path

@@ -53,8 +53,7 @@ class Trainer:
         self.callbacks, self.transforms = as_callbacks(callbacks), list(transforms)
         self.output = Path(config.output).expanduser()
         self.step, self.stop_requested = 0, False     # request_stop: a checkpoint, then stop
-        self.losses: list[float] = []
-        self.warnings: list[str] = []
+        self.losses, self.warnings = [], []      # (floats, one per step; strings)
         self.skipped, self.started_at = 0, time.time()
         self.validator: Validator | None = None
         self.stage: OutputStage | None = None
@@ -179,10 +178,11 @@ class Trainer:
 
     def generation_pipeline(self, for_output: bool = True) -> GenerationPipeline:
         """The weights in memory, ready for the one sampling path. Its infotext names the base model
-        (class images) or, ``for_output``, what the output will be: the output folder for a full
-        run, the base model plus the output's LoRA for a LoRA run (the weights being trained)."""
-        cfg, full = self.config, self.config.method == "full"
-        info = ModelInfo(name=self.output.resolve().name, path=self.output, spec=recorded_path(self.output)) \
+        (class images) or, ``for_output``, what the output will be: the output folder for a full run
+        (its hash once written), the base model plus the output's LoRA for a LoRA run."""
+        cfg, full, written = self.config, self.config.method == "full", self.stage is not None and self.stage.committed
+        info = ModelInfo(name=self.output.resolve().name, path=self.output if written else None,
+                         spec=recorded_path(self.output)) \
             if for_output and full else model_info_for(cfg.model, cfg.vae)
         pipeline = GenerationPipeline(self.pipe, info)
         if for_output and not full:
