@@ -76,6 +76,16 @@ def test_a_label_wider_than_its_cell_is_broken_to_fit():
     assert "".join(lines).replace(" ", "") == "Scheduletype:Automatic-Uniform-Karras"
 
 
+def test_row_labels_of_small_cells_stay_in_their_rows():
+    """At 32 px a row label wrapped to the usual width ("Steps: 20" in three lines) ran into the next
+    row's; the label column widens instead, so no text crosses the line between two rows."""
+    cells = [Image.new("RGB", (32, 32), "white") for _ in range(4)]
+    grid = annotated_grid(cells, 2, row_labels=[[("Steps: 20", True)], [("Steps: 40", True)]])
+    left = grid.width - 64
+    dark_rows = np.where((np.asarray(grid)[:, :left] < 128).all(axis=-1).any(axis=1))[0]
+    assert dark_rows.size and not ((dark_rows >= 30) & (dark_rows <= 33)).any(), dark_rows
+
+
 def test_prompt_sr_replaces_in_both_prompts():
     axis = parse_axis("Prompt S/R: dog, cat")
     p = apply_axis(GenerationParams("a dog", negative_prompt="dog hair"), axis, "cat")
