@@ -509,3 +509,27 @@ def test_a_failed_run_leaves_neither_an_empty_output_nor_its_lock(tiny_sd1, dog_
     assert not output_lock(out).exists()
     train(config)
     assert (out / "training_args.json").is_file() and not output_lock(out).exists()
+
+
+def _remember_many(cache: str, start: int) -> None:
+    import os
+    os.environ["DREAMBOOTH_CACHE"] = cache
+    from dreambooth.models.registry import remember_output
+    for i in range(start, start + 150):
+        remember_output(Path(cache) / f"out-{i}", "lora")
+
+
+def test_two_processes_recording_trained_models_at_once_lose_none(tmp_path, monkeypatch):
+    """The list of trained models is read, changed and written by every run and server that finishes
+    one: two at once kept one's change and lost the other's (371 of 600 in a stranger's trial)."""
+    import multiprocessing
+    import json
+    cache = tmp_path / "cache"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_remember_many, args=(str(cache), k * 1000)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert len(json.loads((cache / "trained.json").read_text())) == 300

@@ -496,3 +496,40 @@ def test_cors_is_off_unless_asked(server):
     reply = http(server[1], "OPTIONS", "/sdapi/v1/txt2img",
                  headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in {k.lower() for k in reply.headers}
+
+
+def test_control_routes_answer_while_generations_wait_for_the_device(server):
+    """Generations waiting for the device each hold a worker thread (40 in all), and a model switch
+    waits for it too: ping, progress, interrupt and the job list answer at once all the same (they
+    waited for the queue to drain, and a switch froze every route)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    app, port = server
+    url, engine = f"http://127.0.0.1:{port}", app.state.engine
+    body = {"prompt": "a dog", "steps": 1, "width": 32, "height": 32}
+    with ThreadPoolExecutor(50) as pool:
+        with engine.gate.request():                # the device busy
+            waiting = [pool.submit(httpx.post, f"{url}/sdapi/v1/txt2img", json=body, timeout=120) for _ in range(45)]
+            switch = pool.submit(httpx.post, f"{url}/sdapi/v1/options", json={"sd_model_checkpoint": "toy"}, timeout=120)
+            time.sleep(1.5)
+            for method, path in (("GET", "/internal/ping"), ("GET", "/sdapi/v1/progress"),
+                                 ("POST", "/sdapi/v1/interrupt"), ("GET", "/dreambooth/v1/jobs")):
+                start = time.monotonic()
+                reply = httpx.request(method, url + path, timeout=20)
+                assert reply.status_code == 200 and time.monotonic() - start < 3, (path, time.monotonic() - start)
+        assert [f.result().status_code for f in waiting] == [200] * 45 and switch.result().status_code == 200
+
+
+def test_a_request_interrupted_before_its_first_image_is_an_empty_reply(server, monkeypatch):
+    """Interrupted within its first step, a batch makes no image: the reply has none (it was a 500)."""
+    import json
+
+    import httpx
+    app, port = server
+    engine = app.state.engine
+    monkeypatch.setattr(engine, "generate", lambda *args, **kwargs: ([], (engine.entry, engine.vae)))
+    reply = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", timeout=60,
+                       json={"prompt": "a dog", "steps": 5, "width": 32, "height": 32, "batch_size": 2, "save_images": True})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["images"] == [] and json.loads(reply.json()["info"])["infotexts"] == []

@@ -224,6 +224,27 @@ def read_cache(name: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def update_cache(name: str, change) -> None:
+    """``change(data)`` on a cache file's object, read and written under an exclusive lock, so that two
+    processes changing it at once (a server and a ``dreambooth train`` both finishing) both land."""
+    lock = user_cache_dir() / f"{name}.lock"
+    try:
+        import fcntl
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    except (ImportError, OSError):       # Windows, or a read-only cache: unlocked, as before
+        fcntl = handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        data = read_cache(name)
+        change(data)
+        write_cache(name, data)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
 def write_cache(name: str, data: dict) -> None:
     """Replace a cache file atomically; a cache that cannot be written is only a cache."""
     path = user_cache_dir() / name

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from ..outputs import read_cache, write_cache
+from ..outputs import read_cache, update_cache
 
 CACHE_FILE = "hashes.json"
 _VARIANT = re.compile(r"\.(fp16|fp32|bf16|ema|non_ema)\.")
@@ -27,9 +27,8 @@ def file_sha256(path: Path, skip_safetensors_header: bool = False) -> str:
             f.seek(8 + header_len)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    cache[key] = digest.hexdigest()
-    write_cache(CACHE_FILE, cache)
-    return cache[key]
+    update_cache(CACHE_FILE, lambda cache: cache.update({key: digest.hexdigest()}))
+    return digest.hexdigest()
 
 
 def _pipeline_weight_files(folder: Path) -> list[Path]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..outputs import read_cache, write_cache
+from ..outputs import read_cache, update_cache
 
 CACHE_FILE = "trained.json"
 
 
 def remember_output(output: Path, kind: str) -> None:
     """Record a finished training output (``kind`` "lora" or "full")."""
-    data = read_cache(CACHE_FILE)
-    data[str(Path(output).expanduser().resolve())] = {"kind": kind, "time": time.time()}
-    write_cache(CACHE_FILE, data)
+    key = str(Path(output).expanduser().resolve())
+    update_cache(CACHE_FILE, lambda data: data.update({key: {"kind": kind, "time": time.time()}}))
 
 
 def trained_outputs(kind: str | None = None) -> list[Path]:

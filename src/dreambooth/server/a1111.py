@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from PIL import Image
 
 from ..checks import check_value
@@ -213,13 +214,13 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
             "sd_vae_name": vae.name if vae else None, "sd_vae_hash": None,
             "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.strength if params.init_image is not None else None,
             "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": int(grid is not None),
-            "infotexts": [made[0].infotext] * (grid is not None) + [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
+            "infotexts": [m.infotext for m in made[:1] if grid is not None] + [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
             "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": "dreambooth",
         }
         parameters = req.model_dump()
         if isinstance(req, Img2ImgRequest) and not req.include_init_images:
             parameters.update(init_images=None, mask=None)          # echoed only when asked, as A1111 does
-        shown = [(grid, made[0].infotext)] * (grid is not None) + [(m.image, m.infotext) for m in made]
+        shown = [(grid, m.infotext) for m in made[:1] if grid is not None] + [(m.image, m.infotext) for m in made]
         images = [encode_png(image, text) for image, text in shown] if req.send_images else []
         return ImagesResponse(images=images, parameters=parameters, info=json.dumps(info))
 
@@ -257,6 +258,10 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
             raise UserError("options: the body is not JSON") from None
         if not isinstance(body, dict):
             raise UserError("options: expected a JSON object of option: value")
+        # a model switch waits for the device: in a worker thread, not on the loop that answers /progress
+        return await run_in_threadpool(apply_options, body)
+
+    def apply_options(body: dict) -> None:
         body = {k: option_value(k, v, options) for k, v in body.items()
                 if k != "sd_checkpoint_hash"}     # GET's hash of the loaded model: derived, so a round trip passes
         unknown = sorted(k for k in body if k not in options and k not in ("sd_model_checkpoint", "sd_vae"))
@@ -307,8 +312,10 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     def schedulers():
         return [SchedulerItem(name=s.lower().replace(" ", "_"), label=s) for s in SCHEDULES]
 
+    # Control routes answer on the event loop: generations waiting for the device hold worker threads
+    # (40 at most), and an operator's progress, interrupt and skip must not wait behind them
     @api.get("/progress", response_model=ProgressResponse)
-    def get_progress(skip_current_image: bool = False):
+    async def get_progress(skip_current_image: bool = False):
         s = engine.state
         with s.lock:
             state = {"skipped": s.skipped, "interrupted": s.interrupted, "job": s.job, "job_count": s.job_count,
@@ -318,17 +325,17 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
                                     state=state, current_image=None if skip_current_image else s.take_preview())
 
     @api.post("/interrupt")
-    def interrupt():
+    async def interrupt():
         if engine.state.job:
             engine.state.interrupted = True
 
     @api.post("/skip")
-    def skip():
+    async def skip():
         if engine.state.job:
             engine.state.skipped = True
 
     @api.get("/memory")
-    def memory():
+    async def memory():
         page = os.sysconf("SC_PAGE_SIZE")
         total = os.sysconf("SC_PHYS_PAGES") * page
         free = os.sysconf("SC_AVPHYS_PAGES") * page

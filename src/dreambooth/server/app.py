@@ -167,7 +167,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     "sd_checkpoint_cache": 0})
     app.include_router(a1111.router(engine, options, settings.flags, data_dir / "outputs"))
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
-    app.add_api_route("/internal/ping", lambda: {}, methods=["GET"], name="ping")     # A1111's liveness probe
+    async def ping():         # A1111's liveness probe: on the event loop, never behind generations (a1111.py)
+        return {}
+    app.add_api_route("/internal/ping", ping, methods=["GET"], name="ping")
 
     if users:
         @app.middleware("http")

@@ -157,16 +157,17 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
                          uploads=uploads, photos_dir=photos_dir)
         return public(job, store, runner)
 
+    # reading and cancelling jobs answer on the event loop, not behind generations in worker threads
     @api.get("/jobs")
-    def jobs():
+    async def jobs():
         return [public(j, store, runner) for j in store.all()]
 
     @api.get("/jobs/{job_id}")
-    def one(job_id: str):
+    async def one(job_id: str):
         return public(job_of(job_id), store, runner)
 
     @api.post("/jobs/{job_id}/cancel")
-    def cancel(job_id: str):
+    async def cancel(job_id: str):
         job = job_of(job_id)
         if job.state in ("done", "failed", "cancelled"):
             raise UserError(f"job {job_id}: already {job.state}")
@@ -193,7 +194,7 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
         return {"deleted": job_id}
 
     @api.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
-    def log(job_id: str):
+    async def log(job_id: str):
         job_of(job_id)
         path = store.folder(job_id) / "log.txt"
         return path.read_text() if path.exists() else ""
