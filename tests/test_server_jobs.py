@@ -322,3 +322,14 @@ def test_a_job_stopped_after_its_model_was_written_is_done_on_restart(tmp_path):
     runner.shutdown()
     assert store.get(job.id).state == "done" and store.get(job.id).step == 6 and done == [1]
     assert "its model was written before the server stopped" in (store.folder(job.id) / "log.txt").read_text()
+
+
+def test_a_jobs_messages_name_the_fields_its_client_sent_and_only_those():
+    """A warning about a setting the job's preset chose names the preset, not ``overrides.X`` (a client
+    that sent only max_steps read of overrides.identifier_lr)."""
+    from dreambooth.server.jobs import in_api_words
+    message = "--identifier-lr trains the embeddings of 'sks'; --max-steps 5 and --class-prompt"
+    request = {"preset": "toy", "overrides": {"max_steps": 5}}
+    assert in_api_words(message, request) == ("identifier_lr (of the toy settings) trains the embeddings of 'sks'; "
+                                              "overrides.max_steps 5 and class_prompt")
+    assert in_api_words("--batch-size 0: too small") == "overrides.batch_size 0: too small"

@@ -156,16 +156,22 @@ class JobStore:
         return Job(**values)
 
 
-def in_api_words(message: str) -> str:
+def in_api_words(message: str, request: dict | None = None) -> str:
     """A training message names the CLI's flags; a job's client sent fields: ``--batch-size`` is its
-    ``overrides.batch_size``, ``--class-prompt`` its ``class_prompt``."""
+    ``overrides.batch_size``, ``--class-prompt`` its ``class_prompt``; a setting the job's ``request``
+    did not override is its preset's (or a default), not a field the client sent."""
     fields = {f.name for f in TrainConfig.fields()}
+    sent = None if request is None else set(request.get("overrides") or {})
 
     def field(match: re.Match) -> str:
         name = match.group(1).replace("-", "_")
         if name in FORM_FIELDS:
             return name
-        return f"overrides.{name}" if name in fields and name not in SERVER_FIELDS else match.group(0)
+        if name not in fields or name in SERVER_FIELDS:
+            return match.group(0)
+        if sent is None or name in sent:
+            return f"overrides.{name}"
+        return f"{name} (of the {request.get('preset') or 'default'} settings)"
     return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", field, message)
 
 
@@ -231,6 +237,8 @@ class JobCallback(TrainingCallback):
                 raise JobStopped()
             run.request_stop()                     # a checkpoint before the next step: no step is lost
         self.gate.between_steps()
+        if self.cancelled():                       # asked while the waiting requests ran: not one step more
+            raise JobCancelled()
 
     def on_validation(self, run, validation: ValidationEnd) -> None:
         self.validations.append({"step": validation.step, "grid": validation.grid.name, **validation.metrics})
@@ -313,7 +321,7 @@ class JobRunner:
 
         def record(event: progress.ProgressEvent) -> None:
             if event.kind == "message":
-                write_log(folder, in_api_words(event.message), event.level)
+                write_log(folder, in_api_words(event.message, job.request), event.level)
             elif event.kind in ("start", "advance"):
                 self.phases[job.id] = {"task": event.task, "done": round(event.completed), "of": round(event.total)}
 
@@ -347,7 +355,7 @@ class JobRunner:
             self.store.update(job.id, state="cancelled", finished=time.time(), eta=None)
             record(progress.ProgressEvent("message", "", 0, message="cancelled"))
         except UserError as exc:
-            self.store.update(job.id, state="failed", error=in_api_words(str(exc)), finished=time.time())
+            self.store.update(job.id, state="failed", error=in_api_words(str(exc), job.request), finished=time.time())
             record(progress.ProgressEvent("message", "", 0, message=str(exc), level="error"))
         except Exception as exc:      # a bug: the job fails, the server goes on
             message = f"unexpected {exception_line(exc)}"

@@ -110,7 +110,7 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
         try:
             config = job_config(request, Path(check) / "output", Path(check), entry.spec)
         except UserError as exc:
-            raise UserError(in_api_words(str(exc))) from None
+            raise UserError(in_api_words(str(exc), request)) from None
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
     try:
         if uploads:
