@@ -785,3 +785,9 @@ def test_progress_in_a_log_file_is_lines_while_it_runs(sd1, monkeypatch, capsys)
         generate(sd1, GenerationParams("a dog", batch_count=2, **SMALL))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generating ")]
     assert len(lines) == 2 * SMALL["steps"] + 1 and "ETA" in lines[0] and lines[-1].endswith(" s") and "done in" in lines[-1]
+    with progress.subscribed(terminal.TerminalBars(bars=True)), pytest.raises(KeyboardInterrupt):
+        with progress.task("training", 10) as bar:              # stopped (Ctrl-C, a server's SIGTERM) at 3 of 10
+            bar.advance(3)
+            raise KeyboardInterrupt
+    (last,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training 3/10")][-1:]
+    assert ", stopped after " in last and "done" not in last

@@ -458,6 +458,8 @@ def test_bodies_of_the_wrong_kind_say_what_to_send(server):
     assert reply.status_code == 422 and reply.json()["detail"].startswith("body: not valid JSON"), reply.text
     reply = http(server[1], "POST", "/sdapi/v1/txt2img", data={"prompt": "x"})
     assert reply.status_code == 422 and "application/json" in reply.json()["detail"], reply.text
+    reply = http(server[1], "POST", "/sdapi/v1/txt2img", json=[{"prompt": "x"}])        # JSON, but a list
+    assert reply.json()["detail"] == "body: a JSON object of fields ({...}), not a list or a single value", reply.text
     reply = http(server[1], "POST", "/dreambooth/v1/jobs", json={"instance_prompt": "a sks dog"})
     assert reply.status_code == 422 and "multipart form" in reply.json()["detail"], reply.text
     deep = ("[" * 100_000 + "]" * 100_000).encode()

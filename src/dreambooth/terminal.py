@@ -85,7 +85,8 @@ class TerminalBars:
                         + (f", {rate:.2f} it/s" if rate and rate >= 1 else f", {1 / rate:.2f} s/it" if rate else "")
                         + (f", ETA {eta:.0f} s" if eta and event.kind != "end" else "")
                         + (f", loss {loss:.4f}" if isinstance(loss, float) and loss == loss else "")
-                        + (f", done in {event.elapsed:.0f} s" if event.kind == "end" else ""))
+                        + (f", {'done in' if event.completed >= event.total else 'stopped after'} {event.elapsed:.0f} s"
+                           if event.kind == "end" else ""))
         if event.kind == "end":
             self._said.pop(event.task_id, None)
 

@@ -209,7 +209,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         elif request.url.path.rstrip("/").endswith("/dreambooth/v1/jobs") and not sent.startswith("multipart/"):
             detail = f"body: this route takes multipart form fields (curl -F instance_prompt=..., photos as files), not {sent}"
         elif where == "body" and first.get("type") in ("dict_type", "model_attributes_type"):
-            detail = f"body: send a JSON object (Content-Type: application/json), not {sent}"
+            detail = ("body: a JSON object of fields ({...}), not a list or a single value" if sent == "application/json"
+                      else f"body: send a JSON object (Content-Type: application/json), not {sent}")
         return JSONResponse({"detail": detail, "errors": exc.errors()[:5] and
                              [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:5]]},
                             status_code=422)
