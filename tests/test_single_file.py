@@ -177,6 +177,28 @@ def test_sd2_layout_and_v_prediction_marker(tiny_sd2, tmp_path):
     assert "v_pred" in state  # tiny SD2 is v-prediction; ComfyUI reads this marker
 
 
+def test_a_v_prediction_file_is_v_prediction_whatever_its_config_says(tiny_sd2, tiny_sd1, tmp_path):
+    """An SD 2.1 (768, v) file given the config of its epsilon sibling (2.1-base) sampled and trained
+    with the wrong target, silently; its v_pred marker decides, as in A1111 and ComfyUI. A config of
+    another family is named in the error, with what the file is."""
+    import json
+    import shutil
+
+    from dreambooth.errors import UserError
+    from dreambooth.models.loading import load_pipeline
+    single = export_single_file(tiny_sd2, tmp_path / "v.safetensors", "sd2", dtype=torch.float32)
+    epsilon = tmp_path / "sd2-base"
+    shutil.copytree(tiny_sd2, epsilon)
+    config = json.loads((epsilon / "scheduler" / "scheduler_config.json").read_text())
+    (epsilon / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "epsilon"}))
+    pipe = load_pipeline(str(single), model_config=str(epsilon))
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    # (diffusers tells SD 2.x files by their 24 text layers: the tiny one passes for SD 1.x)
+    with pytest.raises(UserError, match=rf"cannot load it with --model-config {tiny_sd1} .*the file is an SD 1.x "
+                                        "checkpoint: give a diffusers folder"):
+        load_pipeline(str(single), model_config=str(tiny_sd1))
+
+
 def test_unknown_family_and_unmappable_weight(tiny_sd1, tmp_path):
     with pytest.raises(ValueError, match="family"):
         export_single_file(tiny_sd1, tmp_path / "x.safetensors", "sd3")
@@ -269,7 +291,7 @@ def test_training_from_an_fp16_file_matches_training_from_it_upcast(tiny_sd1, do
     assert code == 0, err
     assert loaded == [dict.fromkeys(("unet", "vae", "text_encoder"), torch.float16)]
     real = loading._single_file_type
-    monkeypatch.setattr(loading, "_single_file_type", lambda p: (real(p)[0], None))    # upcast while loading
+    monkeypatch.setattr(loading, "_single_file_type", lambda p: (real(p)[0], None, real(p)[2]))    # upcast while loading
     code, _, err = run_cli(*args, "--output", tmp_path / "upcast")
     assert code == 0, err
     losses = [json.loads((tmp_path / o / "training_args.json").read_text())["losses"] for o in ("kept", "upcast")]

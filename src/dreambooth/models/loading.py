@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import progress
 from ..errors import UserError
 from .families import family_of
 from .specs import SINGLE_FILE_SUFFIXES, hub_snapshot, is_hub_id, offline, resolve_model
@@ -90,8 +91,13 @@ NEEDED_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "t
 LORA_KEYS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down", "lora.up")
 
 
-def _single_file_type(path: Path) -> tuple[str, torch.dtype | None]:
-    """(diffusers' model type, the low precision all its weights are stored in: fp16, bf16 or None)."""
+# diffusers' model types of single files, as a user names them
+FILE_KINDS = {"v1": "an SD 1.x checkpoint", "v2": "an SD 2.x checkpoint", "xl_base": "an SDXL checkpoint"}
+
+
+def _single_file_type(path: Path) -> tuple[str, torch.dtype | None, bool]:
+    """(diffusers' model type, the low precision all its weights are stored in: fp16, bf16 or None,
+    whether it is marked v-prediction: the empty ``v_pred`` tensor A1111 and ComfyUI read)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
     try:
         with lower_case_suffix(path) as readable:
@@ -106,7 +112,7 @@ def _single_file_type(path: Path) -> tuple[str, torch.dtype | None]:
                         "SD 1.x, SD 2.x or SDXL checkpoint")
     stored = {t.dtype for t in checkpoint.values() if isinstance(t, torch.Tensor) and t.is_floating_point()}
     low = stored.pop() if len(stored) == 1 and stored <= {torch.float16, torch.bfloat16} else None
-    return infer_diffusers_model_type(checkpoint), low
+    return infer_diffusers_model_type(checkpoint), low, "v_pred" in checkpoint
 
 
 def _pipeline_class_for_folder(path: Path):
@@ -202,7 +208,7 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
     config_ref = resolve_model(model_config, "--model-config") if model_config else None   # checked even if unused
     kwargs = {**(components or {}), **_dtype_kwargs(dtype)}
     if ref.kind == "file":
-        kind, stored = _single_file_type(ref.path)
+        kind, stored, v_marked = _single_file_type(ref.path)
         if dtype is None:
             kwargs.update(_dtype_kwargs(stored))
         if kind.startswith("xl_base"):
@@ -219,13 +225,24 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
             with lower_case_suffix(ref.path) as readable:
                 pipe = cls.from_single_file(str(readable), local_files_only=offline() or bool(model_config), **kwargs)
         except Exception as exc:
+            what = FILE_KINDS.get(kind, f"a '{kind}' checkpoint")
+            if model_config:      # most often a config of another family (SD 2.x's for an SD 1.x file)
+                raise UserError(f"{flag} {spec}: cannot load it with --model-config {model_config} "
+                                f"({type(exc).__name__}); the file is {what}: give a diffusers folder or cached hub id "
+                                "of that family") from exc
             raise UserError(f"{flag} {spec}: cannot load single file ({type(exc).__name__}); pass --model-config "
-                            "with the diffusers folder or cached hub id of its base model") from exc
+                            f"with the diffusers folder or cached hub id of its base model ({what})") from exc
         empty = [name for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)
                  and any(p.is_meta for p in part.parameters())]
         if empty:       # weights the file lacks for the layout the pipeline took (another family's file?)
             raise UserError(f"{flag} {spec}: holds no weights for parts of this {cls.__name__} ({', '.join(empty)}); "
                             "is it of the family --model-config names?")
+        if v_marked and pipe.scheduler.config.get("prediction_type") != "v_prediction":
+            # the file says v-prediction (as it was trained); a config of the epsilon sibling (SD 2.1-base
+            # for SD 2.1) would otherwise sample and train it with the wrong target, silently
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+            progress.message(f"{flag} {spec}: marked v-prediction (its v_pred key); sampled and trained so, "
+                             f"whatever --model-config says")
     else:
         cls = _pipeline_class_for_folder(ref.path)
         missing = [name for name, value in json.loads((ref.path / "model_index.json").read_text()).items()

@@ -1,0 +1,92 @@
+"""The configs a single-file checkpoint loads with, and loading a listed model in the server's terms.
+
+A single file (A1111's ``model.safetensors``) holds weights, not the configs of its parts; offline,
+diffusers finds none for an SD 2.x or SDXL file. The server takes them from ``serve --model-config``
+(one per family), else from a diffusers model folder of the same family that it lists."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..errors import UserError
+from ..models.families import detect_family
+from ..models.loading import load_pipeline
+from ..models.specs import resolve_model
+
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# The text encoders' keys in an A1111-style file tell the family from the header alone.
+_FILE_KEYS = (("conditioner.embedders.", "sdxl"), ("cond_stage_model.model.", "sd2"),
+              ("cond_stage_model.transformer.", "sd1"))
+
+
+def folder_family(path: Path) -> str | None:
+    """'sd1', 'sd2' or 'sdxl' of a diffusers pipeline folder, from its configs (no weights read)."""
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        te_file = path / "text_encoder" / "config.json"
+        te = SimpleNamespace(**json.loads(te_file.read_text())) if te_file.is_file() else None
+        return detect_family(unet, te, (path / "text_encoder_2").is_dir())
+    except (OSError, ValueError, TypeError, UserError):
+        return None
+
+
+def file_family(path: Path) -> str | None:
+    """The family of a ``.safetensors`` checkpoint from its header (its tensors are not read); None for
+    another format or a file that says nothing."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as handle:
+            keys = list(handle.keys())
+    except Exception:            # damaged, or not safetensors: loading says why
+        return None
+    for prefix, family in _FILE_KEYS:
+        if any(key.startswith(prefix) for key in keys):
+            return family
+    return None
+
+
+def given_configs(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``serve --model-config`` values by family: each a diffusers folder or cached hub id, one per family."""
+    configs: dict[str, str] = {}
+    for spec in specs:
+        ref = resolve_model(spec, "--model-config")
+        family = folder_family(ref.path) if ref.kind != "file" else None
+        if family is None:
+            raise UserError(f"--model-config {spec}: not a diffusers SD 1.x, SD 2.x or SDXL model folder (its unet/ "
+                            "and text_encoder/ configs); give one such folder or cached hub id per family")
+        if family in configs:
+            raise UserError(f"--model-config {spec}: a second {FAMILY_NAMES[family]} config (after {configs[family]}); "
+                            "give one per family")
+        configs[family] = spec
+    return configs
+
+
+def config_for_file(path: Path, given: dict[str, str], folders: list[str]) -> str | None:
+    """The config a single file loads with: the given one of its family, else a listed folder of it."""
+    family = file_family(path)
+    if family is None:
+        return None
+    if family in given:
+        return given[family]
+    return next((folder for folder in folders if folder_family(Path(folder)) == family), None)
+
+
+def load_entry(entry, vae: str | None, dtype, field: str = "sd_model_checkpoint"):
+    """The pipeline of a catalog entry; its errors name the entry as ``field`` knows it (a client's
+    title, never the server's path) and what the operator can do with ``serve``."""
+    shown = entry.spec if field.startswith("--") else entry.title
+    if entry.local and not Path(entry.spec).expanduser().exists():    # a job deleted, a file moved away
+        raise UserError(f"{field} {shown}: no longer on this server (deleted); see GET /sdapi/v1/sd-models")
+    try:
+        return load_pipeline(entry.spec, vae=vae, dtype=dtype, model_config=entry.config)
+    except UserError as exc:
+        message = str(exc)
+        if entry.kind == "file" and entry.config is None and "--model-config" in message:
+            family = FAMILY_NAMES.get(file_family(Path(entry.spec)), "")
+            raise UserError(f"{field} {shown}: a single file{' of ' + family if family else ''} that this server has no "
+                            f"configs for; start `dreambooth serve` with --model-config FOLDER (a diffusers "
+                            f"{family or 'model'} folder or cached hub id), or with such a folder in --models-dir") from None
+        raise UserError(message.replace(f"--model {entry.spec}", f"{field} {shown}")) from None
