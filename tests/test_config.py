@@ -91,6 +91,13 @@ def test_help_shows_real_defaults_for_every_flag():
     assert "[default: DPM++ 2M]" in flat
 
 
+def test_an_empty_vae_drops_a_presets():
+    """``--vae ''`` keeps the model's own VAE over a preset's (sdxl-lora's fp16-fix); it was recorded as
+    '' (an empty "VAE path" in every infotext)."""
+    assert build_config("sdxl-lora").vae == "madebyollin/sdxl-vae-fp16-fix"
+    assert build_config("sdxl-lora", {"vae": ""}).vae is None
+
+
 def test_settings_a_run_would_not_use_are_said():
     from dreambooth.training.guard import idle_settings
     cfg = TrainConfig(model="m", instance_dir="x", instance_prompt="a sks dog", output="o", max_steps=10)

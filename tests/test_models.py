@@ -73,6 +73,15 @@ def test_vae_replacement(tiny_sd1, tmp_path):
     (tmp_path / "model.txt").write_text("not a VAE")
     with pytest.raises(UserError, match="model.txt: not a VAE file; expected .safetensors"):
         load_pipeline(str(tiny_sd1), vae=str(tmp_path / "model.txt"))
+    # SDXL's VAE has SD1's shape and another scale: the sdxl-lora preset's --vae with an SD1 --model
+    # trained in the wrong latent space, silently
+    from dreambooth.testing.tiny import _vae as make_vae
+    xl = make_vae(seed=1)
+    xl.register_to_config(scaling_factor=0.13025)
+    xl.save_pretrained(tmp_path / "xl-vae")
+    with pytest.raises(UserError, match=r"xl-vae: scales its latents by 0.13025, this model's VAE by 0.18215: a VAE "
+                                        r"of another family \(SDXL\)"):
+        load_pipeline(str(tiny_sd1), vae=str(tmp_path / "xl-vae"))
 
 
 def test_vae_runs_in_bf16_under_bf16_even_when_it_asks_for_fp32_under_fp16(tiny_sdxl, dog_photos, tmp_path):

@@ -140,6 +140,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
                   hires_scale=hires_scale, hires_width=hires_width, hires_height=hires_height, hires_steps=hires_steps,
                   hires_upscaler=hires_upscaler)
     library = LoraLibrary(lora_dirs)
+    vae = vae or None                  # --vae '': the model's own
     if from_image is not None:
         text = read_infotext(from_image, "--from-image")
         if not text:

@@ -21,6 +21,10 @@ def _transforms(preset: str | None, model: str) -> list:
 @click.option("--api-auth", default=None, help="HTTP Basic credentials user:pass[,user2:pass2], checked on every route.")
 @click.option("--model", default="toy", help="The checkpoint loaded first (folder, .safetensors, hub id, toy).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Folder of checkpoints (and VAE/ for VAEs) to list.")
+@click.option("--model-config", "model_configs", multiple=True, metavar="FOLDER_OR_HUB_ID",
+              help="The configs single-file checkpoints of its family (SD 1.x, SD 2.x or SDXL) load with: a diffusers "
+              "model folder or cached hub id; one per family, repeatable. Default: a diffusers folder of that family "
+              "that the server lists (--model, --models-dir).")
 @click.option("--loras-dir", type=click.Path(file_okay=False), help="Folder of LoRA files and LoRA outputs to list.")
 @click.option("--data-dir", default="dreambooth-data", type=click.Path(file_okay=False, path_type=Path),
               help="Jobs, uploads and their outputs.")
@@ -29,8 +33,8 @@ def _transforms(preset: str | None, model: str) -> list:
 @click.option("--medvram", is_flag=True, help="For a GPU short of memory: the text encoders, the UNet and the VAE "
               "take turns on it while generating (the same images; each batch moves the parts).")
 @click.option("--no-ui", is_flag=True, help="Serve the APIs only, without the web UI at /.")
-def serve_command(host, port, listen, insecure, api_auth, model, models_dir, loras_dir, data_dir, cors, device, medvram,
-                  no_ui):
+def serve_command(host, port, listen, insecure, api_auth, model, models_dir, model_configs, loras_dir, data_dir, cors,
+                  device, medvram, no_ui):
     """Serve the AUTOMATIC1111 API (/sdapi/v1) and training jobs (/dreambooth/v1/jobs)."""
     import uvicorn
 
@@ -43,11 +47,11 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, lor
     parse_auth(api_auth)
     check_port_free(host, port)            # before the model loads (create_app holds --data-dir before it too)
     flags = {"host": host, "port": port, "listen": listen, "api_auth": bool(api_auth), "model": model,
-             "models_dir": models_dir, "loras_dir": loras_dir, "data_dir": str(data_dir), "device": device,
-             "medvram": medvram}
+             "models_dir": models_dir, "model_config": list(model_configs), "loras_dir": loras_dir,
+             "data_dir": str(data_dir), "device": device, "medvram": medvram}
     app = create_app(ServerSettings(model=model, data_dir=data_dir, models_dir=models_dir, loras_dir=loras_dir,
-                                    api_auth=api_auth, cors_origins=list(cors), device=device, medvram=medvram,
-                                    transforms=_transforms, flags=flags))
+                                    model_configs=list(model_configs), api_auth=api_auth, cors_origins=list(cors),
+                                    device=device, medvram=medvram, transforms=_transforms, flags=flags))
     if not no_ui:
         from ..ui.app import mount_ui
         mount_ui(app)

@@ -181,6 +181,11 @@ def load_vae(spec: str, dtype: torch.dtype | None = None, like=None):
             raise UserError(f"--vae {spec}: makes {shape(vae)[0]}-channel latents at 1/{shape(vae)[1]} of the image "
                             f"size; this model's are {shape(like)[0]}-channel at 1/{shape(like)[1]}: a VAE of another "
                             "family (SD3, Flux, ...)")
+        ours, theirs = like.config.get("scaling_factor"), vae.config.get("scaling_factor")
+        if ours and theirs and abs(ours - theirs) > 1e-6:     # SDXL's 0.13025 beside SD1's 0.18215: same shape
+            raise UserError(f"--vae {spec}: scales its latents by {theirs:g}, this model's VAE by {ours:g}: a VAE of "
+                            f"another family{' (SDXL)' if abs(theirs - 0.13025) < 1e-6 else ''}; give one of this "
+                            "model's family (a preset's --vae is for its family: --vae '' drops it)")
     return vae
 
 

@@ -31,6 +31,7 @@ class ServerSettings:
     model: str = "toy"
     data_dir: Path = Path("dreambooth-data")
     models_dir: str | None = None
+    model_configs: list[str] = field(default_factory=list)     # configs of single files, one per family
     loras_dir: str | None = None
     api_auth: str | None = None          # "user:pass[,user2:pass2]"
     cors_origins: list[str] = field(default_factory=list)
@@ -130,9 +131,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     data_dir = Path(settings.data_dir).expanduser().resolve()    # job outputs as the model registry names them
     hold_data_dir(data_dir)                  # before the model loads: another server's folder is one line
     store = JobStore(data_dir)
-    catalog = Catalog(settings.model, settings.models_dir, settings.loras_dir, store.outputs)
+    catalog = Catalog(settings.model, settings.models_dir, settings.loras_dir, store.outputs, settings.model_configs)
     engine = Engine(catalog, settings.device, settings.preview_every, settings.medvram)
-    engine.load(catalog.models()[0])
+    engine.load(catalog.models()[0], field="--model")
 
     def job_done() -> None:
         catalog.refresh()

@@ -15,6 +15,7 @@ from ..generation.loras import LoraFile, LoraLibrary, lora_from_path
 from ..models.hashes import model_hash
 from ..models.registry import trained_outputs
 from ..models.specs import SINGLE_FILE_SUFFIXES, is_lora_output, resolve_model
+from .model_configs import config_for_file, given_configs
 
 
 @dataclass
@@ -24,6 +25,9 @@ class ModelEntry:
     spec: str             # what models.load_pipeline takes (never from a client)
     filename: str
     _hash: str | None = None
+    kind: str = "folder"      # "file": a single-file checkpoint
+    local: bool = False       # a file or folder here when listed (gone since: deleted, not a hub id to fetch)
+    config: str | None = None   # a single file's configs (model_configs.config_for_file)
 
     @property
     def hash(self) -> str | None:
@@ -49,8 +53,9 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 class Catalog:
     def __init__(self, initial_model: str, models_dir: str | Path | None = None, loras_dir: str | Path | None = None,
-                 job_outputs: Callable[[], list[Path]] = lambda: []):
+                 job_outputs: Callable[[], list[Path]] = lambda: [], model_configs: list[str] | tuple = ()):
         self.initial_model = initial_model
+        self.model_configs = given_configs(model_configs)      # checked at start: one line for a wrong one
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.loras_dir = Path(loras_dir).expanduser() if loras_dir else None
         for flag, folder in (("--models-dir", self.models_dir), ("--loras-dir", self.loras_dir)):
@@ -70,11 +75,15 @@ class Catalog:
 
         def add_model(spec: str, label: str | None = None) -> None:
             path = Path(spec)
+            filename = str(path.resolve()) if spec != "toy" else "toy"
+            if any(m.filename == filename for m in models.values()):    # --model inside --models-dir: listed once
+                return
             name = label or (path.stem if path.is_file() else path.name) or spec
             title = path.name if path.is_file() else name
             while title in models:                      # two outputs of one name: both listed
                 title = f"{title}'"
-            models[title] = ModelEntry(title, name, spec, str(path.resolve()) if spec != "toy" else "toy")
+            models[title] = ModelEntry(title, name, spec, filename, kind="file" if path.is_file() else "folder",
+                                       local=spec != "toy" and path.exists())
 
         resolve_model(self.initial_model)                # a one-line error for a --model that is not there
         add_model(self.initial_model, "toy" if self.initial_model == "toy" else None)
@@ -92,14 +101,17 @@ class Catalog:
         outputs = list(self.job_outputs()) + trained_outputs()
         for out in dict.fromkeys(outputs):
             if (out / "model_index.json").exists():
-                if str(out) not in {m.spec for m in models.values()}:
-                    add_model(str(out))
+                add_model(str(out))
             elif is_lora_output(out):
                 lora = lora_from_path(str(out))
                 loras.setdefault(lora.name, lora)
         if self.loras_dir is not None:
             for name, lora in LoraLibrary([self.loras_dir], use_registry=False).available().items():
                 loras.setdefault(name, lora)
+        folders = [m.spec for m in models.values() if m.kind == "folder" and m.local]
+        for entry in models.values():
+            if entry.kind == "file":
+                entry.config = config_for_file(Path(entry.spec), self.model_configs, folders)
         with self._lock:
             self._models, self._loras, self._vaes = models, loras, vaes
 
@@ -150,3 +162,4 @@ class Catalog:
         for lora in self.loras().values():
             library.add(lora)
         return library
+

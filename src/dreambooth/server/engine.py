@@ -22,8 +22,8 @@ from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..errors import UserError, exception_line
 from ..generation.previews import PREVIEW_METHODS, preview_image
 from ..generation.sampling import Controls, GeneratedImage, generate
-from ..models.loading import load_pipeline
 from .catalog import Catalog, ModelEntry, VaeEntry
+from .model_configs import load_entry
 
 
 class DeviceGate:
@@ -154,13 +154,13 @@ class Engine:
         self.vae: VaeEntry | None = None
         self.parked = False                  # unload(): in host memory until a request or reload() wants it
 
-    def load(self, entry: ModelEntry, vae: VaeEntry | None = None) -> None:
-        """Make ``entry`` (with ``vae``, or its own) the model requests use."""
+    def load(self, entry: ModelEntry, vae: VaeEntry | None = None, field: str = "sd_model_checkpoint") -> None:
+        """Make ``entry`` (with ``vae``, or its own) the model requests use; ``field`` names it in errors."""
         with self._load_lock:
             if self.entry is entry and self.vae is vae and self.pipeline is not None:
                 return
-            pipe = load_pipeline(entry.spec, vae=str(vae.path) if vae else None, dtype=generation_dtype(self.device))
-            info = model_info_for(entry.spec, str(vae.path) if vae else None)
+            pipe = load_entry(entry, str(vae.path) if vae else None, generation_dtype(self.device), field)
+            info = model_info_for(entry.spec, str(vae.path) if vae else None, entry.config)
             info.name = entry.name
             self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device, self.medvram)
             self.entry, self.vae, self.parked = entry, vae, False
@@ -196,7 +196,7 @@ class Engine:
             before = (self.entry, self.vae)
             self._on_device()
             if switch is not None:
-                self.load(switch[0], switch[1])
+                self.load(switch[0], switch[1], "override_settings: sd_model_checkpoint")
             try:
                 return self._generate(params, output_dir, options), (self.entry, self.vae)
             finally:

@@ -188,7 +188,8 @@ def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> Tr
             raise UserError(f"overrides.{name}: set by the server; not a job setting")
         if name not in {f.name for f in TrainConfig.fields()}:
             raise UserError(f"overrides.{name}: not a training setting (see dreambooth train --help)")
-    values = {**overrides, "model": model_spec, "instance_dir": str(photos), "output": str(output),
+    values = {**overrides, "model": model_spec, "model_config": request.get("model_config"),
+              "instance_dir": str(photos), "output": str(output),
               "instance_prompt": request.get("instance_prompt"), "class_prompt": request.get("class_prompt") or None}
     if "checkpoint_every" not in overrides:
         values["checkpoint_every"] = 0           # filled in below, once max_steps is known
@@ -197,6 +198,8 @@ def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> Tr
         config = build_config(preset, {k: v for k, v in values.items() if v is not None})
     except UserError as exc:
         raise UserError(str(exc).replace("--config ", "preset ")) from None
+    if "vae" in request:                         # a listed VAE the client chose ("": the model's own), not the preset's
+        config = config.replace(vae=request["vae"] or None)
     config.validate()                            # every value checked before any is used
     if "checkpoint_every" not in overrides:      # the server's own choice, unless the client made one
         config = config.replace(checkpoint_every=max(1, config.max_steps // 10))

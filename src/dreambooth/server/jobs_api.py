@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 
 from ..errors import UserError
 from ..images import list_images, open_image
+from ..models.specs import hub_snapshot, offline
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
 from .jobs import ENDED, Job, JobRunner, JobStore, in_api_words, job_config
@@ -68,6 +69,20 @@ def _save_photos(uploads: list[tuple[str, bytes]], folder: Path) -> None:
             raise UserError(f"photos[{k}] {filename}: {why}") from None
 
 
+def check_preset_vae(vae: str | None, preset: str) -> None:
+    """A preset's VAE (sdxl-lora's fp16-fix) that training could not load here: refused now, not a job
+    that fails once it starts. (Online, training fetches one not cached.)"""
+    if not vae or Path(vae).expanduser().exists() or not offline():
+        return
+    try:
+        hub_snapshot(vae, "vae")             # the local cache only, offline
+    except UserError:
+        raise UserError(f"preset {preset or 'default'}: its vae {vae} is not on this server (not in its Hugging Face "
+                        "cache, and it is offline); send overrides {\"vae\": \"Automatic\"} to train with the model's "
+                        "own VAE (or a name from GET /sdapi/v1/sd-vae), or ask the operator to "
+                        f"`hf download {vae}`") from None
+
+
 def check_name(name: str, store: JobStore, catalog: Catalog) -> None:
     """A job's name becomes its model's (or LoRA's) name in the lists, where clients pick by name: a
     name listed already, or another job's, would leave one of the two out of reach."""
@@ -101,7 +116,12 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
     if name:
         check_name(name, store, catalog)          # again under the store's lock below: two at once
     request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,
-               "overrides": values, "model": entry.title, "model_spec": entry.spec, "name": name or None}
+               "overrides": values, "model": entry.title, "model_spec": entry.spec, "name": name or None,
+               "model_config": entry.config}
+    if values.get("vae") is not None:      # a VAE the server lists, by name (never a path), or the model's own
+        vae = catalog.find_vae(values["vae"], "overrides.vae")
+        request.update(overrides={k: v for k, v in values.items() if k != "vae"}, vae=str(vae.path) if vae else "",
+                       vae_name=values["vae"])
     if uploads and photos_dir:
         raise UserError("photos: upload photos, or give photos_dir (a folder on the server), not both")
     if not uploads and not photos_dir:
@@ -111,6 +131,8 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
             config = job_config(request, Path(check) / "output", Path(check), entry.spec)
         except UserError as exc:
             raise UserError(in_api_words(str(exc), request)) from None
+    if "vae" not in request:
+        check_preset_vae(config.vae, preset)
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
     try:
         if uploads:

@@ -46,7 +46,7 @@ def _opt(default, help: str, choices: tuple[str, ...] | None = None, group: str 
 class TrainConfig:
     # --- model ---------------------------------------------------------------------------
     model: str | None = _opt(None, "Base model: a diffusers folder, a hub id (local cache), a .safetensors/.ckpt file, or 'toy' (the built-in toy model).", group="model")
-    vae: str | None = _opt(None, "Replace the VAE: a diffusers folder, hub id or single file (e.g. an fp16-fix VAE).", group="model")
+    vae: str | None = _opt(None, "Replace the VAE: a diffusers folder, hub id or single file (e.g. an fp16-fix VAE); '' keeps the model's own (over a preset's).", group="model")
     model_config: str | None = _opt(None, "For a single-file --model: the diffusers folder or cached hub id holding its configs.", group="model")
     # --- data ----------------------------------------------------------------------------
     instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp, tif).", group="data")
@@ -128,6 +128,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):        # a pathlib.Path where a path goes is the path's text
             if isinstance(getattr(self, f.name), os.PathLike):
                 setattr(self, f.name, os.fspath(getattr(self, f.name)))
+        if self.vae == "":            # --vae '': the model's own VAE, over a preset's (sdxl-lora's fp16-fix)
+            self.vae = None
 
     # ------------------------------------------------------------------------------------------
     @classmethod
