@@ -105,6 +105,11 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
         count = len(tokenizer(prompt or "", add_special_tokens=False).input_ids)
         if count > tokenizer.model_max_length - 2:
             warnings.append(f"{flag} is {count} tokens; training reads its first {tokenizer.model_max_length - 2}")
+    longer = [c for c in dict.fromkeys(prompts) if c != instance_prompt
+              and len(tokenizer(c, add_special_tokens=False).input_ids) > tokenizer.model_max_length - 2]
+    if longer:        # (generation reads a long prompt in chunks of 75; training, as diffusers', the first 75)
+        warnings.append(f"--captions: {len(longer)} caption(s) longer than {tokenizer.model_max_length - 2} tokens; "
+                        f"training reads the first {tokenizer.model_max_length - 2} of each (e.g. '{longer[0][:60]}...')")
     if not candidates:
         if class_prompt and [w for w in _words(instance_prompt) if w not in _FILLER]:
             return warnings + ["every word of the instance prompt is in --class-prompt too: the class prompt names the "
