@@ -126,3 +126,20 @@ def test_scores_take_folders(dog_photos, tmp_path):
     assert by_folder["dino"] == by_files["dino"] and by_folder["counts"]["real"] == 5
     with pytest.raises(UserError, match="prompts: 1 for 5 generated images"):
         evaluator.score(dog_photos, dog_photos, ["a dog"])
+
+
+def test_a_python_caller_without_progress_gets_warnings_and_no_library_advice(tiny_sd1, dog_photos, tmp_path,
+                                                                               monkeypatch, caplog, capfd):
+    """Without show_progress() (nobody shows messages), a warning went nowhere: validation turned its
+    metrics off in silence. It goes to the ``dreambooth`` logger. diffusers' advice on our own bf16
+    casts ("should be kept in float32") stays out."""
+    import logging
+
+    from dreambooth import progress
+    monkeypatch.setattr(progress, "_global", [])          # (the CLI tests run in this process subscribe)
+    with caplog.at_level(logging.INFO, logger="dreambooth"):
+        train(_config(tiny_sd1, dog_photos, tmp_path / "run", mixed_precision="bf16", validate_every=1,
+                      train_text_encoder=True))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith("validation metrics off") for w in warned), warned
+    assert "should be kept in float32" not in capfd.readouterr().err

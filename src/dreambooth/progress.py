@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class ProgressEvent:
 
 
 class Subscriber(Protocol):
+    """A callable taking events; one that keeps no messages for anyone to read (a clock, a state)
+    sets ``shows_messages = False``, and messages nobody shows go to the ``dreambooth`` logger."""
     def __call__(self, event: ProgressEvent) -> None: ...
 
 
@@ -56,6 +59,7 @@ _global: list[Subscriber] = []
 _lock = threading.Lock()
 _scoped: contextvars.ContextVar[tuple[Subscriber, ...]] = contextvars.ContextVar("dreambooth_subscribers", default=())
 _ids = itertools.count(1)
+_log = logging.getLogger("dreambooth")
 
 
 def subscribe(subscriber: Subscriber) -> Callable[[], None]:
@@ -83,8 +87,13 @@ def subscribed(subscriber: Subscriber) -> Iterator[None]:
 def emit(event: ProgressEvent) -> None:
     with _lock:
         targets = list(_global)
-    for subscriber in (*targets, *_scoped.get()):
+    scoped = _scoped.get()
+    for subscriber in (*targets, *scoped):
         subscriber(event)
+    if event.kind == "message" and not any(getattr(s, "shows_messages", True) for s in (*targets, *scoped)):
+        # nobody shows them (a Python caller without show_progress()): messages go to Python's logging,
+        # whose default prints warnings on stderr, so a warning (validation metrics off) is never lost
+        _log.log(logging.WARNING if event.level == "warning" else logging.INFO, event.message)
 
 
 def message(text: str, level: str = "info", task: str = "") -> None:

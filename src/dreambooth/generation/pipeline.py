@@ -22,7 +22,7 @@ from ..host_memory import keep_freed_host_memory, release_freed_host_memory
 from ..models.conv_layout import to_channels_last
 from ..models.families import adapter_for
 from ..models.hashes import model_hash
-from ..models.loading import damaged_file_line, load_pipeline, lower_case_suffix
+from ..models.loading import damaged_file_line, load_pipeline, lower_case_suffix, quietly
 from ..models.specs import is_hub_id, is_lora_output, lora_output_base, resolve_model
 from ..outputs import LORA_WEIGHTS_FILE, named_weights_file, recorded_path
 from ..parking import Parking
@@ -194,7 +194,8 @@ class GenerationPipeline:
         level = diffusers.utils.logging.get_verbosity()
         diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
         try:
-            with lower_case_suffix(lora.load) as readable, warnings.catch_warnings():
+            with lower_case_suffix(lora.load) as readable, warnings.catch_warnings(), quietly():   # (transformers' bar)
+                diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
                 warnings.simplefilter("ignore")      # peft lists every layer that does not fit: said below, in a line
                 self.pipe.load_lora_weights(str(readable.parent), weight_name=readable.name, adapter_name=adapter)
         except Exception as exc:

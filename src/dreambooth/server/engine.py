@@ -96,6 +96,7 @@ class Progress:
     preview: str | None = None
     watched: bool = False            # someone asked for the preview during this request: keep making it
     lock: threading.Lock = field(default_factory=threading.Lock)
+    shows_messages = False           # (a class attribute: messages go to the log, progress.emit)
 
     def take_preview(self) -> str | None:
         """The latest live preview (base64 PNG); asking is what makes the next ones (``Engine._preview``)."""

@@ -16,6 +16,7 @@ REST = "loading and setup"
 
 class PhaseClock:
     """A progress subscriber (``progress.subscribed(clock)``) timing the run from its creation."""
+    shows_messages = False
 
     def __init__(self):
         self.started = time.monotonic()

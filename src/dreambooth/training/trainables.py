@@ -14,6 +14,7 @@ from ..models.families import text_layers
 from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
+from ..models.loading import quietly
 from ..models.tokens import identifier_words
 from .bf16_copies import AdamWWithBf16Copies, keeps_copies
 from .config import TrainConfig
@@ -29,7 +30,8 @@ def move(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> N
     fp32 on the GPU, more than its steps hold (6.7 GiB with checkpointing). Leaves the dtype alone
     when it already matches (diffusers warns on every cast)."""
     if dtype is not None and module.dtype != dtype:
-        module.to(device, dtype)
+        with quietly():          # diffusers' advice to cast while loading instead: this cast is on purpose
+            module.to(device, dtype)
     else:
         module.to(device)
 
