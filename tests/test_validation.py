@@ -37,9 +37,10 @@ def test_training_with_validate_every(tiny_sd1, dog_photos, eval_models, tmp_pat
     val = out / "validation"
     grids = sorted(p.name for p in val.glob("step-*.png"))
     assert grids == ["step-000000.png", "step-000002.png", "step-000004.png", "step-000005.png"]
-    # 5 prompts (instance, three contexts, class) x 2 seeds at 32 px, each row under a 14 px label
-    width, height = Image.open(val / "step-000002.png").size   # 2 seeds x 5 prompts of 32 px, labels on the left
-    assert height == 5 * 32 and 2 * 32 < width <= 3 * 32
+    # 5 prompts (instance, three contexts, class) x 2 seeds at 32 px, each prompt left of its row, in a
+    # column widened to keep it there (at most 16 lines' height of 12 px type)
+    width, height = Image.open(val / "step-000002.png").size
+    assert height == 5 * 32 and 3 * 32 < width <= 2 * 32 + 16 * 12
     rows = _rows(val / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [0, 2, 4, 5]
     for r in rows:

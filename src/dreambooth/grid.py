@@ -56,7 +56,9 @@ def annotated_grid(images: list, cols: int, col_labels=None, row_labels=None, pa
         left_w = max(cell_w * 3 // 4, 2 * font_size)
         left_lines = layout(row_labels, left_w - font_size // 2)
         # a label taller than its row would run into the next (small cells): wider, up to one line each
+        # or 16 characters' height (a long prompt beside 32 px rows would make the grid mostly label)
         widest = int(max((scratch.textlength(t, font=font) for label in row_labels for t, _ in label), default=0)) + font_size
+        widest = min(widest, max(left_w, 16 * font_size))
         while max(map(len, left_lines), default=0) * line_h > cell_h + pad and left_w < widest:
             left_w = min(widest, left_w * 3 // 2)
             left_lines = layout(row_labels, left_w - font_size // 2)
