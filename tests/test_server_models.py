@@ -12,6 +12,7 @@ import torch
 
 from test_server import http, served
 from test_server_jobs import photos
+from test_single_file import wide_sd2, wide_sdxl  # noqa: F401 (fixtures: tiny models diffusers reads from a single file)
 
 XL_JOB = {"instance_prompt": "a sks square", "preset": "sdxl-lora", "model": "xl"}
 
@@ -23,11 +24,11 @@ def single_file(folder, family, path):
 
 
 @pytest.fixture(scope="module")
-def files(tiny_sd2, tiny_sdxl, tmp_path_factory):
+def files(wide_sd2, wide_sdxl, tmp_path_factory):
     """A --models-dir of an SD 2.x and an SDXL single file, and nothing to take their configs from."""
     models = tmp_path_factory.mktemp("files") / "models"
-    single_file(tiny_sd2, "sd2", models / "sd2.safetensors")
-    single_file(tiny_sdxl, "sdxl", models / "xl.safetensors")
+    single_file(wide_sd2, "sd2", models / "sd2.safetensors")
+    single_file(wide_sdxl, "sdxl", models / "xl.safetensors")
     return models
 
 
@@ -35,10 +36,10 @@ def switch(port, title):
     return http(port, "POST", "/sdapi/v1/options", json={"sd_model_checkpoint": title})
 
 
-def test_single_files_load_with_serve_model_config(files, tiny_sd2, tiny_sdxl, tmp_path):
+def test_single_files_load_with_serve_model_config(files, wide_sd2, wide_sdxl, tmp_path):
     from dreambooth.server.app import ServerSettings
     settings = ServerSettings(model="toy", data_dir=tmp_path / "data", models_dir=str(files),
-                              model_configs=[str(tiny_sd2), str(tiny_sdxl)])
+                              model_configs=[str(wide_sd2), str(wide_sdxl)])
     with served(settings) as (app, port):
         for title in ("sd2.safetensors", "xl.safetensors"):
             assert switch(port, title).status_code == 200, switch(port, title).text
@@ -47,11 +48,11 @@ def test_single_files_load_with_serve_model_config(files, tiny_sd2, tiny_sdxl, t
         assert made.status_code == 200 and len(made.json()["images"]) == 1, made.text
 
 
-def test_a_listed_folder_of_the_family_serves_as_the_config(files, tiny_sd2, tmp_path):
+def test_a_listed_folder_of_the_family_serves_as_the_config(files, wide_sd2, tmp_path):
     from dreambooth.server.app import ServerSettings
     models = tmp_path / "models"
     shutil.copytree(files, models)
-    shutil.copytree(tiny_sd2, models / "sd2-folder")
+    shutil.copytree(wide_sd2, models / "sd2-folder")
     with served(ServerSettings(model="toy", data_dir=tmp_path / "data", models_dir=str(models))) as (app, port):
         reply = switch(port, "sd2.safetensors")
         assert reply.status_code == 200, reply.text
@@ -70,14 +71,14 @@ def test_a_single_file_without_configs_says_what_the_operator_can_do(files, tmp_
         create_app(ServerSettings(model=str(files / "sd2.safetensors"), data_dir=tmp_path / "data2"))
 
 
-def test_model_configs_are_one_per_family(tiny_sd2, tmp_path):
+def test_model_configs_are_one_per_family(files, tiny_sd2, tmp_path):
     from dreambooth.errors import UserError
     from dreambooth.server.catalog import Catalog
     shutil.copytree(tiny_sd2, tmp_path / "other-sd2")
     with pytest.raises(UserError, match=r"--model-config .*other-sd2: a second SD 2.x config"):
         Catalog("toy", model_configs=[str(tiny_sd2), str(tmp_path / "other-sd2")])
-    with pytest.raises(UserError, match=r"--model-config .*: not a diffusers SD 1.x"):
-        Catalog("toy", model_configs=[str(tmp_path)])
+    with pytest.raises(UserError, match=r"--model-config .*sd2.safetensors: not a diffusers SD 1.x, SD 2.x or SDXL"):
+        Catalog("toy", model_configs=[str(files / "sd2.safetensors")])
 
 
 def test_a_model_inside_models_dir_is_listed_once(tiny_sd1, tmp_path):
@@ -147,8 +148,23 @@ def test_a_presets_vae_not_here_is_refused_at_submission(tiny_sdxl, tmp_path, mo
         for vae, expected in (("xl-vae", str(models / "VAE" / "xl-vae")), ("Automatic", None)):
             reply = httpx.post(base, data={**XL_JOB, "overrides": json.dumps({**small, "vae": vae})},
                                files=upload, timeout=60)
-            assert reply.status_code == 200, reply.text
+            assert reply.status_code == 200 and reply.json()["overrides"]["vae"] == vae, reply.text
             app.state.runner.cancel(reply.json()["id"])    # (its config is what counts here, not its training)
             job = app.state.store.get(reply.json()["id"])
             config = job_config(job.request, tmp_path / "out", tmp_path / "photos", str(models / "xl"))
             assert config.vae == expected
+
+
+def test_a_job_on_a_single_file_trains_with_its_config(files, wide_sdxl, tmp_path):
+    from types import SimpleNamespace
+
+    from dreambooth.server.catalog import Catalog
+    from dreambooth.server.jobs import JobStore, job_config
+    from dreambooth.server.jobs_api import submit_job
+    catalog = Catalog("toy", files, model_configs=[str(wide_sdxl)])
+    store = JobStore(tmp_path / "data")
+    photos(tmp_path / "photos")
+    job = submit_job(store, SimpleNamespace(wake=lambda: None), catalog, catalog.models()[0],
+                     instance_prompt="a sks square", model="xl.safetensors", photos_dir=str(tmp_path / "photos"))
+    config = job_config(job.request, tmp_path / "out", tmp_path / "photos", job.request["model_spec"])
+    assert config.model_config == str(wide_sdxl)

@@ -29,6 +29,7 @@ from ..outputs import GRID_PREFIX, claim_numbered
 from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
 from .base64_images import decode_base64, decode_image, encode_png, open_image
 from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
+from .lora_metadata import lora_metadata
 from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem,
                       PNGInfoRequest, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
                       SDVaeItem, Txt2ImgRequest)
@@ -289,7 +290,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     @api.get("/loras", response_model=list[LoraItem])
     def loras():
-        return [LoraItem(name=name, alias=name, path=str(lo.shown)) for name, lo in engine.catalog.loras().items()]
+        return [LoraItem(name=name, alias=name, path=str(lo.shown), metadata=lora_metadata(Path(lo.shown)))   # (its header's)
+                for name, lo in engine.catalog.loras().items()]
 
     @api.post("/refresh-checkpoints")
     def refresh_checkpoints():

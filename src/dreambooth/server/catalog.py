@@ -162,4 +162,3 @@ class Catalog:
         for lora in self.loras().values():
             library.add(lora)
         return library
-

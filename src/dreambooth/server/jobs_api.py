@@ -4,7 +4,8 @@
 ``POST /dreambooth/v1/jobs`` takes multipart form fields: ``photos`` (files; or ``photos_dir``, a
 folder on the server), ``instance_prompt``, ``class_prompt``, ``preset`` (a shipped preset's name),
 ``model`` (a title from ``/sdapi/v1/sd-models``; default: the loaded one) and ``overrides`` (a JSON
-object of ``TrainConfig`` settings, checked as ``dreambooth train`` checks its flags) and ``name`` (the
+object of ``TrainConfig`` settings, checked as ``dreambooth train`` checks its flags; its ``vae`` a name
+from ``/sdapi/v1/sd-vae`` or ``"Automatic"``, the model's own) and ``name`` (the
 trained model's or LoRA's name in the lists; default ``job-<id>``)."""
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ class NotFound(UserError):
 def public(job: Job, store: JobStore, runner: JobRunner | None = None) -> dict:
     """A job as clients see it; ``phase``: while it runs, what it does now (class images before step 1)."""
     folder = store.folder(job.id)
+    chosen_vae = {"vae": job.request["vae_name"]} if "vae_name" in job.request else {}     # (submit_job)
     return {
         "id": job.id, "state": job.state, "created": job.created, "started": job.started, "finished": job.finished,
         "phase": runner.phases.get(job.id) if runner is not None and job.state in ("running", "cancelling") else None,
         "step": job.step, "max_steps": job.max_steps, "eta_seconds": job.eta, "losses": job.losses,
         "error": job.error, "method": job.method, "name": store.output(job).name, "model": job.request.get("model"),
         "instance_prompt": job.request.get("instance_prompt"), "class_prompt": job.request.get("class_prompt"),
-        "preset": job.request.get("preset"), "overrides": job.request.get("overrides"),
+        "preset": job.request.get("preset"), "overrides": {**(job.request.get("overrides") or {}), **chosen_vae},
         "validations": [{**v, "url": f"/dreambooth/v1/jobs/{job.id}/validation/{v['grid']}"} for v in job.validations or []],
         "output": {"name": store.output(job).name, "path": str(store.output(job))} if job.state == "done" else None,
         "log": f"/dreambooth/v1/jobs/{job.id}/log",

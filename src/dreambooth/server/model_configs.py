@@ -86,7 +86,12 @@ def load_entry(entry, vae: str | None, dtype, field: str = "sd_model_checkpoint"
         message = str(exc)
         if entry.kind == "file" and entry.config is None and "--model-config" in message:
             family = FAMILY_NAMES.get(file_family(Path(entry.spec)), "")
-            raise UserError(f"{field} {shown}: a single file{' of ' + family if family else ''} that this server has no "
-                            f"configs for; start `dreambooth serve` with --model-config FOLDER (a diffusers "
-                            f"{family or 'model'} folder or cached hub id), or with such a folder in --models-dir") from None
+            raise UserError(f"{field} {shown}: a single file{' of ' + family if family else ''} that this server has "
+                            "no configs for; start `dreambooth serve` with --model-config FOLDER (a diffusers "
+                            f"{family or 'model'} folder or cached hub id), or with such a folder in --models-dir"
+                            ) from None
+        if entry.config is not None:        # the configs by name: a client reads no server path
+            config = Path(entry.config).name if Path(entry.config).expanduser().exists() else entry.config
+            message = message.replace(f"--model-config {entry.config}", f"the configs of {config}") \
+                .replace("the family --model-config names", f"the family of its configs ({config})")
         raise UserError(message.replace(f"--model {entry.spec}", f"{field} {shown}")) from None

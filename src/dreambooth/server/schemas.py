@@ -7,12 +7,9 @@ field) otherwise; ``null`` is a field not given. A field A1111 does not know is 
 library checks them (``GenerationParams.check``), so the limits are the CLI's."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from .lora_metadata import lora_metadata
 
 
 class Strict(BaseModel):
@@ -169,13 +166,6 @@ class LoraItem(BaseModel):
     alias: str
     path: str
     metadata: dict = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _file_metadata(self):
-        """Not given: the file's own (its safetensors header), as A1111 lists it."""
-        if not self.metadata and "metadata" not in self.model_fields_set:
-            self.metadata = lora_metadata(Path(self.path))
-        return self
 
 
 class SamplerItem(BaseModel):
