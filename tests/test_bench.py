@@ -151,7 +151,7 @@ def test_bench_never_replaces_what_no_run_of_it_wrote(tiny_sd1, tmp_path):
         assert code == 2 and err.count("\n") == 1, err
         assert "no dreambooth bench run wrote" in err or "lies in --output" in err, err
     assert len(list(photos.iterdir())) == 5
-    (project / "report.json").write_text("{}")              # an earlier run's output, the photos inside it
+    (project / ".dreambench").touch()                       # an earlier run's output (its mark), the photos inside it
     code, _, err = run_cli("bench", "--model", tiny_sd1, "--real", photos, "--subject", "dog", "--output", project,
                            "--overwrite")
     assert code == 2 and "lies in --output" in err and len(list(photos.iterdir())) == 5, err

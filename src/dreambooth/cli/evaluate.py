@@ -8,8 +8,10 @@ import click
 
 from ..devices import DTYPES
 from ..errors import UserError
-from ..evaluation.dreambench import PROTOCOL, check_bench_output, check_bench_settings, run_bench, subject_settings
-from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary, real_photos
+from ..evaluation.dreambench import (PROTOCOL, bench_photos, check_bench_output, check_bench_settings,
+                                     protocol_params, run_bench, subject_settings)
+from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary
+from ..evaluation.trained import first_trained_subject
 from ..generation.loras import parse_lora_spec
 from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline
@@ -60,12 +62,17 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
 @click.option("--model-config", help="For a single-file --model: the diffusers folder or cached hub id of its configs.")
 @click.option("--lora", "loras", multiple=True, help="LoRA file or folder to apply, PATH or PATH:WEIGHT (repeatable).")
 @click.option("--vae", default=None, help="Replace the VAE.")
-@click.option("--real", required=True, type=click.Path(file_okay=False), help="Folder of the subject's real photos.")
+@click.option("--real", required=True, type=click.Path(file_okay=False),
+              help="Folder of the subject's real photos (DreamBench's: github.com/google/dreambooth, dataset/SUBJECT).")
 @click.option("--subject", default=None, help="A DreamBench subject name (e.g. dog, backpack): sets --class and --kind.")
-@click.option("--class", "class_name", default=None, help="The subject's class noun, e.g. dog.")
+@click.option("--class", "class_name", default=None,
+              help="The subject's class noun, e.g. dog (default: from the model's class prompt, if trained with one).")
 @click.option("--kind", type=click.Choice(["object", "live"]), default=None,
               help="live (pets and other animals) or object: picks the paper's 25 prompts.")
-@click.option("--identifier", default="sks", show_default=True, help="The identifier the model was trained with.")
+@click.option("--identifier", default=None,
+              help="The identifier the model was trained with (default: from its training_args.json, else sks).")
+@click.option("--max-prompts", default=None, type=click.IntRange(min=1),
+              help="Only the first N of the 25 prompts: a quick check, off the protocol (report.md says so).")
 @click.option("--images-per-prompt", default=PROTOCOL["images_per_prompt"], show_default=True,
               type=click.IntRange(min=1), help="Images per prompt (the paper: 4).")
 @click.option("--sampler", default=GenerationParams.sampler, show_default=True, help="WebUI sampler name.")
@@ -90,29 +97,35 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
               help="Pipeline precision (auto: fp16 on CUDA, bf16 on a CPU that has it in hardware, else fp32).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for images, grids and reports.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run's images, grids and reports in --output.")
-def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, images_per_prompt, sampler,
+def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, identifier, max_prompts, images_per_prompt, sampler,
               schedule, steps, cfg, seed, size, negative_prompt, clip_skip, fast_batches, pres, pres_images, div,
               dino_model, clip_model, device, dtype, output, overwrite):
     """Run the DreamBench protocol for one subject: the paper's 25 prompts x N images, scored with
-    DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt."""
-    class_name, kind = subject_settings(subject, class_name, kind)
+    DINO, CLIP-I and CLIP-T; writes report.json, report.md and a grid per prompt.
+
+    DreamBench's photos (--real) are the DreamBooth dataset: github.com/google/dreambooth, folder
+    dataset/, one folder per subject.
+    """
+    lora_specs = [parse_lora_spec(s) for s in loras]
+    trained = first_trained_subject([spec for spec, _ in lora_specs] + [model])
+    class_name, kind = subject_settings(subject, class_name, kind, trained and trained.class_name)
     check_bench_settings(images_per_prompt, div, seed)             # before the models load
     if size is not None and size % 8:
         raise UserError(f"--size {size}: must be a multiple of 8")
     check_bench_output(output, overwrite, [real])
     if not is_lora_output(model):                # a model that is not there, named before the evaluation models
         resolve_model(model, "--model")
-    real_files = real_photos(real)
+    real_files = bench_photos(real)
     if clip_skip is None:                                   # a training output, sampled as it was trained
         clip_skip = trained_clip_skip(model) or 1
-    params = GenerationParams("", negative_prompt, sampler, schedule, steps=steps, cfg_scale=cfg, seed=seed,
-                              width=size, height=size, clip_skip=clip_skip).check()
+    params = protocol_params(negative_prompt=negative_prompt, sampler=sampler, schedule=schedule, steps=steps,
+                             cfg_scale=cfg, seed=seed, width=size, height=size, clip_skip=clip_skip).check()
     evaluator = Evaluator(dino_model, clip_model, device).load()
-    pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae, device, DTYPES[dtype],
+    pipeline = load_generation_pipeline(model, lora_specs, vae, device, DTYPES[dtype],
                                         model_config=model_config)
     settings = {"subject": subject, "model": model, "loras": list(loras), "vae": vae, "size": size, "real": str(real)}
     report = run_bench(pipeline, params, real_files, class_name, kind, output, identifier, images_per_prompt,
-                       pres, pres_images, div, evaluator, settings, fast_batches, overwrite=overwrite)
+                       pres, pres_images, div, evaluator, settings, fast_batches, max_prompts, overwrite)
     click.echo(format_summary({**report["metrics"], "unavailable": report.get("unavailable", {})}))
     click.echo(f"wrote {Path(output) / 'report.md'}")
 

@@ -22,6 +22,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -33,14 +35,23 @@ from ..generation.sampling import generate
 from ..grid import annotated_grid
 from ..images import open_image, write_png
 from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, PREVIOUS_OUTPUT_DIR, check_not_replacing, within
+from .folders import BENCH_MARK
 from .metrics import Evaluator, finite, load_lpips, real_photos
 from .prompts import DEFAULT_IDENTIFIER, strip_identifier
 from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
+from .trained import first_trained_subject, pipeline_sources, resolve_subject
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "dreambench.json"
 KINDS = ("object", "live")
-BENCH_MARK = ".dreambench"      # written before the results: what lies beside it is a bench run's
 PROTOCOL = {"steps": 50, "cfg_scale": 7.5, "images_per_prompt": 4, "seed": 0}   # our reading of the paper
+PHOTOS_SOURCE = "https://github.com/google/dreambooth (folder dataset/, one folder of photos per subject)"
+
+
+def protocol_params(**changes) -> GenerationParams:
+    """Sampling settings at the protocol's steps, CFG and first seed (``changes`` on top): what the
+    CLI runs with, and what ``run_bench`` uses when given no params."""
+    base = {"steps": PROTOCOL["steps"], "cfg_scale": PROTOCOL["cfg_scale"], "seed": PROTOCOL["seed"]}
+    return GenerationParams("", **{**base, **changes})
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,8 +83,20 @@ def slug(text: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "prompt"
 
 
-def subject_settings(subject: str | None, class_name: str | None, kind: str | None) -> tuple[str, str]:
-    """(class, kind) from a DreamBench subject name or given directly; one-line errors otherwise."""
+def bench_photos(real: str | Path) -> list[Path]:
+    """The subject's photos in the folder ``real``; a folder that is not there says where DreamBench's are."""
+    if not Path(real).expanduser().exists():
+        raise UserError(f"--real {real}: no such folder; DreamBench's photos are at {PHOTOS_SOURCE}")
+    return real_photos(real)
+
+
+def subject_settings(subject: str | None, class_name: str | None, kind: str | None,
+                     trained_class: str | None = None) -> tuple[str, str]:
+    """(class, kind) from a DreamBench subject name or given directly, else the class the model's
+    class prompt named (``trained_class``); one-line errors otherwise."""
+    if not class_name and not subject and trained_class:
+        class_name = trained_class
+        progress.message(f"--class {class_name}: from the class prompt the model was trained with")
     if subject:
         subjects = dreambench_subjects()
         subject = {name.lower(): name for name in subjects}.get(subject.lower(), subject)
@@ -97,15 +120,36 @@ def check_bench_output(output: str | Path, overwrite: bool, real: Sequence[str |
     if (output / PREVIOUS_OUTPUT_DIR).exists():
         raise UserError(f"--output {output}: {output / PREVIOUS_OUTPUT_DIR} holds the results an interrupted "
                         "--overwrite run replaced; move them back or delete them")
-    if held and not ((output / BENCH_MARK).exists() or (output / BENCH_REPORT_JSON).is_file()):
-        raise UserError(f"--output {output}: holds {', '.join(held)} that no dreambooth bench run wrote; "
-                        "choose another --output")
+    if held and not (output / BENCH_MARK).exists():   # only the bench's own mark: a report.json can be anyone's
+        raise UserError(f"--output {output}: holds {', '.join(held)} that no dreambooth bench run wrote "
+                        f"(no {BENCH_MARK} mark); choose another --output")
     for path in real:
         for name in held:
             if within(Path(path), output / name):
                 raise UserError(f"--real {path}: lies in --output {output / name}, which a run replaces; "
                                 "choose another --output")
     check_not_replacing(output, BENCH_RESULTS, overwrite)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, Slurm's end of a job) during a bench run: undone as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` meanwhile, so that ``_replacing`` puts things back instead
+    of the process dying mid-write. Left alone off the main thread or where a handler is set already."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -139,23 +183,32 @@ def _replacing(output: Path):
         shutil.rmtree(previous)
 
 
-def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequence, class_name: str, kind: str,
-              output: str | Path, identifier: str = DEFAULT_IDENTIFIER, images_per_prompt: int = 4,
+def run_bench(pipeline: GenerationPipeline, params: GenerationParams | None, real: Sequence, class_name: str | None,
+              kind: str, output: str | Path, identifier: str | None = None, images_per_prompt: int = 4,
               pres: bool = False, pres_images: int = 16, div: bool = False, evaluator: Evaluator | None = None,
               settings: dict | None = None, fast_batches: bool = True, max_prompts: int | None = None,
               overwrite: bool = False) -> dict:
     """Generate the DreamBench images on ``pipeline`` with ``params`` (its prompt is ignored; its seed
-    is the first seed of every prompt), score them against ``real`` (images or paths) and write the report.
-    ``max_prompts`` keeps only the first prompts: a quick check, not the paper's protocol. An earlier
-    run's results in ``output`` are replaced only with ``overwrite``, and kept until this run has finished."""
+    is the first seed of every prompt; None: ``protocol_params()``, 50 steps at CFG 7.5 as the CLI),
+    score them against ``real`` (images or paths) and write the report. ``identifier`` and
+    ``class_name`` None: as the model's ``training_args.json`` records them (else ``sks``; the class is
+    then required). ``max_prompts`` keeps only the first prompts: a quick check, not the paper's
+    protocol (report.md says so). An earlier run's results in ``output`` are replaced only with
+    ``overwrite``, and kept until this run has finished (or put back: on an error, Ctrl-C or SIGTERM)."""
+    params = protocol_params() if params is None else params
     check_bench_settings(images_per_prompt, div, params.seed)
     dreambench_prompts(kind)                      # a kind the protocol has, before anything is written
     if max_prompts is not None and max_prompts < 1:
         raise UserError(f"max_prompts {max_prompts}: at least 1 (None: all 25)")
     if isinstance(real, (str, os.PathLike)):      # a folder of photos, as the CLI takes it
-        real = real_photos(real)
+        real = bench_photos(real)
     output = Path(output).expanduser()
     check_bench_output(output, overwrite, [p for p in real if isinstance(p, (str, Path))])
+    identifier, class_name = resolve_subject(first_trained_subject(pipeline_sources(pipeline)), identifier,
+                                             class_name, DEFAULT_IDENTIFIER)
+    if not class_name:
+        raise UserError("class_name (--class) is required: the subject's class noun, e.g. dog; the model's "
+                        "training_args.json records no class prompt to take it from")
     evaluator = (evaluator or Evaluator()).load()   # fail before generating anything if a model is missing
     real = [im if not isinstance(im, (str, Path)) else open_image(im, "--real") for im in real]
     lpips_distance = None
@@ -163,7 +216,7 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams, real: Sequ
         lpips_distance, why = load_lpips()
         if why:
             progress.warn(f"--div: DIV unavailable ({why}); the run goes on without it")
-    with _replacing(output):
+    with _sigterm_as_interrupt(), _replacing(output):
         return _bench(pipeline, params, real, class_name, kind, output, identifier, images_per_prompt, pres,
                       pres_images, div, evaluator, settings, fast_batches, max_prompts, lpips_distance)
 
@@ -207,7 +260,7 @@ def _bench(pipeline, params, real, class_name, kind, output, identifier, images_
             class_images = [m.image for m in made]
 
     scores = evaluator.score(reference, generated, gen_prompts, identifier=identifier, class_generated=class_images,
-                             div=div, lpips_distance=lpips_distance)
+                             div=div, lpips_distance=lpips_distance, steps=params.steps)
     per_image = scores.pop("per_image")
     k = images_per_prompt
     for row in rows:
@@ -233,6 +286,21 @@ def _bench(pipeline, params, real, class_name, kind, output, identifier, images_
     }
     if pres:
         report["class_prompt"] = class_prompt(class_name)
+    report["off_protocol"] = off_protocol(params, images_per_prompt, len(prompts), len(dreambench_prompts(kind)))
     (output / BENCH_REPORT_JSON).write_text(json.dumps(finite(report), indent=2) + "\n")
     (output / BENCH_REPORT_MD).write_text(render_markdown(report))
     return report
+
+
+def off_protocol(params: GenerationParams, images_per_prompt: int, prompts: int, all_prompts: int) -> list[str]:
+    """How a run's settings differ from the protocol the paper's numbers come from ([] where they do not)."""
+    differs = []
+    if prompts < all_prompts:
+        differs.append(f"{prompts} of {all_prompts} prompts")
+    for name, value, want in (("images per prompt", images_per_prompt, PROTOCOL["images_per_prompt"]),
+                              ("steps", params.steps, PROTOCOL["steps"]),
+                              ("CFG", params.cfg_scale, PROTOCOL["cfg_scale"]),
+                              ("first seed", params.seed, PROTOCOL["seed"])):
+        if value != want:
+            differs.append(f"{name} {value:g} (protocol {want:g})")
+    return differs

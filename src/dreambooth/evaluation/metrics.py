@@ -46,7 +46,9 @@ from ..errors import UserError
 from ..images import MASK_SUFFIX, as_image, is_mask_file, list_images, open_image
 from ..outputs import GRID_PREFIX, METRICS_FILE, check_not_replacing
 from .encoders import DEFAULT_CLIP, DEFAULT_DINO, LPIPS_SIZE, ClipEncoder, DinoEncoder, resize_center_crop, resolve_encoder
-from .prompts import DEFAULT_IDENTIFIER, identifier_pattern, plain_text, read_png_prompt, read_prompts_file, strip_identifier
+from .folders import bench_images
+from .prompts import (DEFAULT_IDENTIFIER, identifier_pattern, plain_text, read_png_prompt_steps, read_prompts_file,
+                      strip_identifier)
 
 CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and not x2.5 (CLIPScore's w)"
 
@@ -183,10 +185,12 @@ class Evaluator:
     # -- the metrics --
     def score(self, real, generated, prompts: Sequence[str] | None = None, identifier: str | None = DEFAULT_IDENTIFIER,
               keep_identifier: bool = False, class_generated=None, div: bool = False,
-              lpips_distance: Callable | None = None, per_image: bool = True) -> dict:
+              lpips_distance: Callable | None = None, per_image: bool = True,
+              steps: int | Sequence[int | None] | None = None) -> dict:
         """All metrics for one subject: ``real`` is a :class:`RealSet` or a list of PIL images or paths,
         ``generated`` a list; ``prompts`` one per generated image (None: no CLIP-T); ``class_generated``
-        images of the class prompt for PRES; ``div`` asks for DIV."""
+        images of the class prompt for PRES; ``div`` asks for DIV; ``steps`` the sampling steps of the
+        images (one number, or one per image; None: unknown), which a prompt's ``[from:to:when]`` needs."""
         ref = real if isinstance(real, RealSet) else self.reference(real)
         generated = _as_images(generated)
         if not generated:
@@ -207,8 +211,11 @@ class Evaluator:
         text_prompts = None
         clip_t_each = None
         if prompts is not None:
-            text_prompts = [plain_text(p) if keep_identifier else strip_identifier(plain_text(p), identifier)
-                            for p in prompts]
+            each_steps = list(steps) if isinstance(steps, Sequence) else [steps] * len(prompts)
+            if len(each_steps) != len(prompts):
+                raise UserError(f"steps: {len(each_steps)} for {len(prompts)} prompts; give one per image, or one number")
+            plain = [plain_text(p, n) for p, n in zip(prompts, each_steps)]
+            text_prompts = plain if keep_identifier else [strip_identifier(p, identifier) for p in plain]
             if identifier and not keep_identifier and not any(identifier_pattern(identifier).search(p) for p in prompts):
                 progress.warn(f"--identifier {identifier}: in none of the prompts, so nothing is taken out for CLIP-T; "
                               "give the identifier the model was trained with")
@@ -265,8 +272,12 @@ def real_photos(folder: str | Path, flag: str = "--real") -> list[Path]:
 
 
 def generated_images(folder: str | Path, flag: str) -> list[Path]:
-    """A folder's generated images, without the grids a prompt matrix or a plot leaves beside them."""
-    files = [f for f in list_images(folder, flag) if not f.name.startswith(GRID_PREFIX)]
+    """A folder's generated images, without the grids a prompt matrix or a plot leaves beside them; of a
+    bench run's folder (or its images/), the images in its prompt folders."""
+    files = bench_images(folder, flag)
+    if files == []:
+        raise UserError(f"{flag} {folder}: a dreambooth bench run's folder with no images in its prompt folders")
+    files = [f for f in (files or list_images(folder, flag)) if not f.name.startswith(GRID_PREFIX)]
     if not files:
         raise UserError(f"{flag} {folder}: only grid images ({GRID_PREFIX}*.png), no generated images")
     return files
@@ -285,10 +296,12 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
     gen_files = generated_images(generated_dir, "--generated")
     class_files = generated_images(class_generated_dir, "--class-generated") if class_generated_dir else None
     generated = [open_image(f, "--generated") for f in gen_files]      # an unreadable file said as such, first
+    recorded = [read_png_prompt_steps(f) for f in gen_files]
+    steps = [n for _, n in recorded]       # the prompt's schedule ends where the image's run did
     if prompts_file:
         prompts = read_prompts_file(prompts_file, gen_files)
     else:
-        prompts = [read_png_prompt(f) for f in gen_files]
+        prompts = [p for p, _ in recorded]
         missing = [f.name for f, p in zip(gen_files, prompts) if p is None]
         if missing:
             raise UserError(f"--generated {generated_dir}: no prompt in the infotext of {len(missing)} image(s) "
@@ -297,9 +310,9 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
     result = evaluator.score([open_image(f, "--real") for f in real_files], generated, prompts,
                              identifier=identifier, keep_identifier=keep_identifier,
                              class_generated=[open_image(f, "--class-generated") for f in class_files]
-                             if class_files else None, div=div)
+                             if class_files else None, div=div, steps=steps)
     for entry in result.get("per_image", []):
-        entry["file"] = gen_files[entry["index"]].name
+        entry["file"] = _shown(gen_files[entry["index"]], generated_dir)
     result["inputs"] = {"real": str(real_dir), "generated": str(generated_dir),
                         "prompts": str(prompts_file) if prompts_file else "png infotext",
                         **({"class_generated": str(class_generated_dir)} if class_generated_dir else {})}
@@ -308,6 +321,14 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
         out.mkdir(parents=True, exist_ok=True)
         (out / METRICS_FILE).write_text(json.dumps(finite(result), indent=2) + "\n")
     return result
+
+
+def _shown(file: Path, folder: str | Path) -> str:
+    """The file's path within the folder given (a bench run's prompt folder/name), else its name."""
+    try:
+        return file.relative_to(Path(folder).expanduser()).as_posix()
+    except ValueError:
+        return file.name
 
 
 def finite(obj):

@@ -8,27 +8,41 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
-from ..generation.grammar import extract_loras, parse_prompt_attention, prompt_schedule
+from ..generation.grammar import parse_prompt_attention, prompt_schedule
 from ..generation.infotext import parse_generation_parameters, read_infotext
+from ..generation.params import GenerationParams
 from ..text_files import decode_text
 
 DEFAULT_IDENTIFIER = "sks"
+DEFAULT_STEPS = GenerationParams.steps     # a prompt's step count where nothing records it: the WebUI's default
+_EXTRA_NETWORK = re.compile(r"<\w+:[^>]*>")  # <lora:x:0.8>, <hypernet:y:1>: networks, never text the encoder reads
+
+
+def without_extra_networks(prompt: str) -> str:
+    """``prompt`` without its ``<type:...>`` extra-network tags, of any type."""
+    return _EXTRA_NETWORK.sub(" ", prompt)
 
 
 def read_png_prompt(path: str | Path) -> str | None:
-    """The prompt an image's infotext records (its LoRA tags removed), or None."""
+    """The prompt an image's infotext records (its extra-network tags removed), or None."""
+    return read_png_prompt_steps(path)[0]
+
+
+def read_png_prompt_steps(path: str | Path) -> tuple[str | None, int | None]:
+    """(prompt without extra-network tags, sampling steps) an image's infotext records; None where not."""
     try:
         text = read_infotext(path, "--generated")
     except UserError:
-        return None
+        return None, None
     if not text or not text.strip():
-        return None
-    prompt = parse_generation_parameters(text, defaults=False)["Prompt"]
+        return None, None
+    info = parse_generation_parameters(text, defaults=False)
+    steps = info.get("Steps")
     try:
-        prompt = extract_loras(prompt)[0]
-    except UserError:
-        pass                           # another extra network: keep the text as it is
-    return re.sub(r"\s+", " ", prompt).strip()
+        steps = int(steps) if steps is not None else None
+    except (TypeError, ValueError):
+        steps = None
+    return re.sub(r"\s+", " ", without_extra_networks(info["Prompt"])).strip(), steps
 
 
 def _read_text(path: Path) -> str:
@@ -73,22 +87,22 @@ def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
     return lines
 
 
-def plain_text(prompt: str) -> str:
-    """What a WebUI prompt says, as CLIP should read it for CLIP-T: without ``<lora:...>`` tags, the
-    text of its last sampling step (``[from:to:when]`` gives ``to``; an integer ``when`` counts steps
-    of a 1000-step run), emphasis and weights dropped (``(dog:1.3)`` is ``dog``), ``BREAK`` a space."""
-    try:
-        prompt = extract_loras(prompt)[0]      # <lora:name:weight> never reaches the text encoder
-    except UserError:
-        pass
-    final = prompt_schedule(prompt, 1000)[-1][1]
+def plain_text(prompt: str, steps: int | None = None) -> str:
+    """What a WebUI prompt says, as CLIP should read it for CLIP-T: without extra-network tags
+    (``<lora:...>``, ``<hypernet:...>``), the text of the last step of a run of ``steps`` (the image's
+    own; None: 20, the WebUI's default): ``[from:to:when]`` gives ``to`` where the edit happens within
+    the run, ``[snow:20]`` at 20 steps adds nothing; emphasis and weights dropped (``(dog:1.3)`` is
+    ``dog``), ``BREAK`` a space."""
+    prompt = without_extra_networks(prompt)
+    final = prompt_schedule(prompt, max(1, steps or DEFAULT_STEPS))[-1][1]
     pieces = [" " if weight == -1 and text == "BREAK" else text for text, weight in parse_prompt_attention(final)]
     return re.sub(r"\s+", " ", "".join(pieces)).strip()
 
 
 def identifier_pattern(identifier: str) -> re.Pattern:
-    """The identifier as a whole word, in any case (CLIP's tokenizer lower-cases prompts)."""
-    return re.compile(rf"(?<![\w]){re.escape(identifier)}(?![\w])", re.IGNORECASE)
+    """The identifier as a whole word, in any case (CLIP's tokenizer lower-cases prompts), with a
+    hyphen that joins it to a word ('sks-dog' is 'dog' without it, not '-dog')."""
+    return re.compile(rf"(?:(?<=\w)-)?(?<![\w]){re.escape(identifier)}(?![\w])(?:-(?=\w))?", re.IGNORECASE)
 
 
 def strip_identifier(prompt: str, identifier: str | None) -> str:

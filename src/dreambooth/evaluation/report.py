@@ -35,6 +35,9 @@ def render_markdown(report: dict) -> str:
     settings = report.get("settings") or {}
     if settings:
         lines += ["Settings: " + ", ".join(f"{k} `{v}`" for k, v in settings.items() if v not in (None, "", [], ())), ""]
+    if report.get("off_protocol"):     # the paper's rows below are then no like-for-like comparison
+        lines += [f"**Off the paper's protocol:** {', '.join(report['off_protocol'])}; the paper's numbers below "
+                  "are not directly comparable.", ""]
     lines += ["## Scores", "",
               "| | DINO | CLIP-I | CLIP-T | PRES (lower is better) | DIV |", "|---|---|---|---|---|---|",
               f"| **this run** | {_f(m.get('dino'))} | {_f(m.get('clip_i'))} | {_f(m.get('clip_t'))} | "

@@ -71,7 +71,8 @@ def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> l
     return [w for w in _words(instance_prompt) if w not in class_words and w not in _FILLER]
 
 
-def _identifier_candidates(instance_prompt: str, class_prompt: str | None, common: set[str]) -> list[str]:
+def identifier_candidates(instance_prompt: str, class_prompt: str | None, common: set[str]) -> list[str]:
+    """The identifier word(s) training takes from the instance prompt (the bench reads them back)."""
     candidates = identifier_words(instance_prompt, class_prompt)
     if not class_prompt and len(candidates) > 1:     # nothing names the class: its noun is the last word
         rest = candidates[:-1]                         # ('a sks dog'), and rare words are the identifier's
@@ -82,7 +83,7 @@ def _identifier_candidates(instance_prompt: str, class_prompt: str | None, commo
 def caption_warnings(instance_prompt: str, class_prompt: str | None, prompts: list[str]) -> list[str]:
     """A warning where photos trained with their own captions (``--captions``) do not name the
     instance prompt's identifier: those photos teach the subject to the captions' other words."""
-    candidates = _identifier_candidates(instance_prompt, class_prompt, common_words())
+    candidates = identifier_candidates(instance_prompt, class_prompt, common_words())
     captions = [p for p in prompts if p != instance_prompt]
     missing = [c for c in captions if candidates and not set(candidates) & set(_words(c))]
     if not missing:
@@ -99,7 +100,7 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
     and not a plain common word is taken as the identifier; about prompts the text encoder cuts; and
     about the photos' ``prompts`` (captions) that do not name the identifier."""
     common = common_words()
-    candidates = _identifier_candidates(instance_prompt, class_prompt, common)
+    candidates = identifier_candidates(instance_prompt, class_prompt, common)
     warnings = caption_warnings(instance_prompt, class_prompt, list(prompts))
     for flag, prompt in (("--instance-prompt", instance_prompt), ("--class-prompt", class_prompt)):
         count = len(tokenizer(prompt or "", add_special_tokens=False).input_ids)
