@@ -126,6 +126,23 @@ def test_scores_take_folders(dog_photos, tmp_path):
     assert by_folder["dino"] == by_files["dino"] and by_folder["counts"]["real"] == 5
     with pytest.raises(UserError, match="prompts: 1 for 5 generated images"):
         evaluator.score(dog_photos, dog_photos, ["a dog"])
+    # one image alone, as a PIL image or an array (a TypeError deep in os.fspath before)
+    from PIL import Image
+    one = Image.open(sorted(dog_photos.iterdir())[0])
+    assert evaluator.score(dog_photos, one, ["a dog"])["counts"]["generated"] == 1
+    assert evaluator.score(dog_photos, np.asarray(one.convert("RGB")), ["a dog"])["dino"] == \
+        evaluator.score(dog_photos, one, ["a dog"])["dino"]
+
+
+def test_python_mistakes_say_what_to_do(tiny_sd1, dog_photos, tmp_path):
+    from dreambooth.errors import UserError
+    from dreambooth.generation import GenerationParams, generate
+    with pytest.raises(UserError, match=r"unknown setting\(s\): max_step \(did you mean max_steps\?\)"):
+        build_config(None, {"model": "toy", "max_step": 10})
+    with pytest.raises(TypeError, match="generate: pipeline must be a GenerationPipeline"):
+        generate("toy", GenerationParams("a dog"))
+    with pytest.raises(TypeError, match="callback <built-in function print> has none of the hooks"):
+        train(_config(tiny_sd1, dog_photos, tmp_path / "run"), callbacks=[print])
 
 
 def test_a_python_caller_without_progress_gets_warnings_and_no_library_advice(tiny_sd1, dog_photos, tmp_path,

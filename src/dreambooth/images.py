@@ -87,9 +87,11 @@ def middle(image: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
 
 
 def as_image(value, flag: str = "", mode: str = "RGB") -> Image.Image | None:
-    """A PIL image given as an image or as a path (None stays None)."""
+    """A PIL image given as an image, an array (height, width[, channels] of uint8) or a path (None stays None)."""
     if value is None:
         return None
+    if isinstance(value, np.ndarray):
+        value = Image.fromarray(value)
     if isinstance(value, Image.Image):
         return to_rgb(value) if mode == "RGB" else value.convert(mode)
     return open_image(value, flag, mode)

@@ -54,9 +54,11 @@ CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and
 
 
 def _as_images(items: Iterable) -> list[Image.Image]:
-    """Images, paths, or a folder's path (its images, in name order)."""
+    """Images, paths, or a folder's path (its images, in name order); one image alone is a list of one."""
     if isinstance(items, (str, os.PathLike)):
         items = list_images(items, "folder")
+    elif isinstance(items, (Image.Image, np.ndarray)):
+        items = [items]
     return [as_image(item) for item in items]
 
 

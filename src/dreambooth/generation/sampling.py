@@ -145,6 +145,9 @@ def generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir:
     let a server interrupt, skip and preview. Calls on one pipeline from several threads take turns."""
     if not isinstance(params, GenerationParams):
         raise TypeError(f"generate: params must be a GenerationParams, not {type(params).__name__}")
+    if not isinstance(pipeline, GenerationPipeline):     # generate('toy', ...): the pipeline is loaded first
+        raise TypeError(f"generate: pipeline must be a GenerationPipeline (load_generation_pipeline(model)), "
+                        f"not {type(pipeline).__name__}")
     with pipeline.lock:
         return _generate(pipeline, params, output_dir, fast_batches, autocast, task, controls)
 

@@ -122,6 +122,8 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
         if len(pieces) > 1:
             warnings.append(f"identifier '{word}' splits into {len(pieces)} tokens; a single rare token binds better "
                             "(see `dreambooth tokens`)")
+        elif word == "sks" and "toy_model" in str(getattr(tokenizer, "name_or_path", "")):
+            continue                  # the toy's vocabulary keeps it as a rare token of no meaning
         elif word == "sks":
             warnings.append("identifier 'sks' carries a meaning of its own (it is also a rifle); "
                             "`dreambooth tokens` lists rarer ones")

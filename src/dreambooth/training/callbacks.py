@@ -120,4 +120,8 @@ def as_callbacks(callbacks) -> list:
         return []
     if not isinstance(callbacks, (list, tuple)):
         callbacks = [callbacks]
+    for cb in callbacks:       # (``print`` was taken and never called: a callback with no hook does nothing)
+        if not any(hasattr(cb, h) for h in HOOKS):
+            raise TypeError(f"train: callback {cb!r} has none of the hooks {', '.join(HOOKS)} "
+                            "(subclass dreambooth.training.TrainingCallback)")
     return [cb if all(hasattr(cb, h) for h in HOOKS) else _Completed(cb) for cb in callbacks]

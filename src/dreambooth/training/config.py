@@ -231,6 +231,12 @@ class TrainConfig:
         )
 
 
+# help(TrainConfig) lists each setting with what --help says of it (the dataclass alone shows none)
+TrainConfig.__doc__ = "One training run's settings (``build_config`` makes one from a preset and overrides):\n\n" + \
+    "\n".join(f"{f.name} = {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r}: "
+              f"{f.metadata['help']}" for f in dataclasses.fields(TrainConfig))
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -365,7 +371,10 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     known = {f.name for f in TrainConfig.fields()}
     unknown = set(values) - known
     if unknown:
-        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        import difflib
+        near = {u: difflib.get_close_matches(u, known, 1) for u in sorted(unknown)}
+        raise UserError("unknown setting(s): " + ", ".join(f"{u} (did you mean {near[u][0]}?)" if near[u] else u
+                                                            for u in near))
     return TrainConfig(**values)
 
 
