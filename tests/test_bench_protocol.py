@@ -60,6 +60,10 @@ def test_the_identifier_and_class_come_from_the_training_record(tiny_sd1, dog_ph
     assert code == 0, err                                     # given and contradicted: said, done as given
     assert "--identifier sks: the model was trained with 'zwx'" in err, err
     assert json.loads((out / "report.json").read_text())["per_prompt"][0]["prompt"] == "a sks dog in the jungle"
+    # a LoRA given as its output's kohya file (what the training summary says to copy) reads the same record
+    from dreambooth.evaluation.trained import trained_subject
+    (model / "run.safetensors").write_bytes(b"")
+    assert trained_subject(model / "run.safetensors").identifier == "zwx"
 
 
 def test_python_runs_at_the_protocol_as_the_cli_does(dog_photos, eval_models, tmp_path, monkeypatch):

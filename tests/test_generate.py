@@ -727,7 +727,7 @@ def test_cli_generate_and_from_image(tiny_sd1, tmp_path):
                         read_infotext(files[1]).replace(info["Model hash"], "0123456789"))
     code, stdout, err = run_cli("generate", "--from-image", changed, "--output", again)
     assert code == 0 and (f"--from-image {changed}: made with Model hash 0123456789; {tiny_sd1.resolve()} is "
-                          f"{info['Model hash']} now, so the image will differ") in err, err
+                          f"{info['Model hash']} now (its weights changed since), so the image will differ") in err, err
 
 
 def test_cli_errors_are_one_line(tiny_sd1, tmp_path):

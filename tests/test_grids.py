@@ -84,6 +84,11 @@ def test_row_labels_of_small_cells_stay_in_their_rows():
     left = grid.width - 64
     dark_rows = np.where((np.asarray(grid)[:, :left] < 128).all(axis=-1).any(axis=1))[0]
     assert dark_rows.size and not ((dark_rows >= 30) & (dark_rows <= 33)).any(), dark_rows
+    long = "a photo of zwx dog wearing a red hat, sitting on a wooden bench in a park at sunset, " * 3
+    grid = annotated_grid(cells, 2, row_labels=[[(long, True)], [("b", True)]])      # wider than the cap allows
+    left = grid.width - 64
+    dark_rows = np.where((np.asarray(grid)[:, :left] < 128).all(axis=-1).any(axis=1))[0]
+    assert dark_rows.min() > 0 and not ((dark_rows >= 31) & (dark_rows <= 32)).any(), dark_rows   # cut, not run over
 
 
 def test_prompt_sr_replaces_in_both_prompts():

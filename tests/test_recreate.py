@@ -108,6 +108,9 @@ def test_validation_and_class_images(method, tiny_sd1, dog_photos, tmp_path):
         assert info["Model hash"] == model_hash(out)          # the final step's images: the output, written
         first = parse_generation_parameters(read_infotext(out / "validation" / "step-000000" / "00001-5.png"))
         assert "Model hash" not in first                      # before it was: no hash (it was an empty folder's)
+        code, _, err = run_cli("generate", "--from-image", out / "validation" / "step-000000" / "00001-5.png",
+                               "--output", tmp_path / "step0")
+        assert code == 0 and "made during training, before its output was written" in err, err
     assert same(final, tmp_path)
 
 

@@ -344,17 +344,20 @@ def test_a_lora_output_is_a_model_from_any_folder_even_on_a_single_file_base(tin
     monkeypatch.chdir(work)
     code, _, err = run_cli("train", "--model", "models/base.safetensors", "--model-config", tiny_sd1, "--instance-dir",
                            dog_photos, "--instance-prompt", "a photo of sks dog", "--method", "lora", "--resolution",
-                           "32", "--max-steps", "1", "--output", "out")
+                           "32", "--max-steps", "1", "--output", "out", "--clip-model", "models")
     assert code == 0, err
     args = json.loads((work / "out" / "training_args.json").read_text())
     assert args["model"] == str(work / "models" / "base.safetensors") and args["model_config"] == str(tiny_sd1)
-    assert args["output"] == str(work / "out")
+    assert args["output"] == str(work / "out") and args["clip_model"] == str(work / "models")    # every local path
     monkeypatch.chdir(tmp_path)
     # the record is a --config from any folder: the same run again, its steps and losses left out
     code, _, err = run_cli("train", "--config", work / "out" / "training_args.json", "--output", "again")
     assert code == 0, err
     again = json.loads((tmp_path / "again" / "training_args.json").read_text())
     assert again["losses"] == args["losses"] and again["model"] == args["model"]
+    (tmp_path / "dog.json").write_text((work / "out" / "training_args.json").read_text())    # kept under a name
+    code, _, err = run_cli("train", "--config", tmp_path / "dog.json", "--output", "again2")
+    assert code == 0, err
     code, stdout, err = run_cli("generate", "--model", work / "out", "-p", "a photo of sks dog", "--steps", "1",
                                 "--width", "32", "--height", "32", "--output", tmp_path / "images")
     assert code == 0, err

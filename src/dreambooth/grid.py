@@ -62,6 +62,9 @@ def annotated_grid(images: list, cols: int, col_labels=None, row_labels=None, pa
         while max(map(len, left_lines), default=0) * line_h > cell_h + pad and left_w < widest:
             left_w = min(widest, left_w * 3 // 2)
             left_lines = layout(row_labels, left_w - font_size // 2)
+        fits = max(1, (cell_h + pad) // line_h)          # still taller: its first lines, the last cut with "…"
+        left_lines = [lines if len(lines) <= fits else lines[:fits - 1] + [(lines[fits - 1][0] + "…", lines[fits - 1][1])]
+                      for lines in left_lines]
     top_h = (max(len(t) for t in top_lines) * line_h + font_size // 2) if top_lines else 0
 
     width = left_w + cols * cell_w + (cols - 1) * pad

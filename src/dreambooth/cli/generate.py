@@ -21,7 +21,7 @@ from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
 from ..generation.xyz import AXES, check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
 from ..models.specs import trained_clip_skip
-from ..outputs import check_output_folder
+from ..outputs import TRAINING_ARGS_FILE, check_output_folder
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -199,10 +199,8 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
                                         dtype=DTYPES[dtype], model_config=model_config, library=library,
                                         medvram=medvram)
-    made_with, now = (info.get("Model hash") if from_image is not None else None), pipeline.info.hash
-    if made_with and now and made_with != now:      # the file or folder changed since (trained on, --keep-best)
-        progress.warn(f"--from-image {from_image}: made with Model hash {made_with}; {model} is {now} now, so the "
-                      "image will differ")
+    if from_image is not None:
+        _warn_if_weights_differ(from_image, info, pipeline, model, _explicit(ctx, "model"))
     if prompt_matrix:
         result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path
@@ -217,6 +215,21 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         click.echo(str(image.path))
     if grid:
         click.echo(str(grid))
+
+
+def _warn_if_weights_differ(from_image, info: dict, pipeline, model: str, given: bool) -> None:
+    """Said before a replay that cannot be bit for bit: the model's hash is not the one recorded (trained
+    on since, --keep-best, another --model), or the image was made during training before its output
+    was written (a validation image of an earlier step: no hash recorded, and those weights are gone)."""
+    made_with, now = info.get("Model hash"), pipeline.info.hash
+    if made_with and now and made_with != now:
+        progress.warn(f"--from-image {from_image}: made with Model hash {made_with}; "
+                      + (f"--model {model} is {now}" if given else f"{model} is {now} now (its weights changed since)")
+                      + ", so the image will differ")
+    elif not given and not made_with and (Path(model).expanduser() / TRAINING_ARGS_FILE).is_file():
+        progress.warn(f"--from-image {from_image}: made during training, before its output was written (an earlier "
+                      "step's weights, which the output does not hold); the image will differ unless it is of the "
+                      "step the output holds")
 
 
 def register(group: click.Group) -> None:

@@ -24,6 +24,8 @@ class TrainedSubject:
 def trained_subject(folder: str | Path) -> TrainedSubject | None:
     """The subject a ``dreambooth train`` output was trained on; None for any other model."""
     folder = Path(folder).expanduser()
+    if folder.is_file():        # a LoRA output's kohya file (OUTPUT/NAME.safetensors): its folder's record
+        folder = folder.parent
     if not (folder / TRAINING_ARGS_FILE).is_file():
         return None
     try:

@@ -246,8 +246,8 @@ def _load_pipeline(spec, flag, vae, dtype, model_config, components):
             # the file says v-prediction (as it was trained); a config of the epsilon sibling (SD 2.1-base
             # for SD 2.1) would otherwise sample and train it with the wrong target, silently
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
-            progress.message(f"{flag} {spec}: marked v-prediction (its v_pred key); sampled and trained so, "
-                             f"whatever --model-config says")
+            progress.message(f"{flag} {spec}: marked v-prediction (its v_pred key); sampled and trained so"
+                             + (f", not as --model-config {model_config} says" if model_config else ""))
     else:
         cls = _pipeline_class_for_folder(ref.path)
         missing = [name for name, value in json.loads((ref.path / "model_index.json").read_text()).items()

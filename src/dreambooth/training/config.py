@@ -341,9 +341,10 @@ def load_preset(path_or_name: str) -> dict[str, Any]:
         raise UserError(f"--config {path}: expected a mapping of setting: value")
     known = {f.name: f for f in TrainConfig.fields()}
     out = {}
+    record = path.name == TRAINING_ARGS_FILE or {"steps_done", "versions"} <= set(data)     # (renamed too)
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if path.name == TRAINING_ARGS_FILE and name in RUN_RECORD:
+        if record and name in RUN_RECORD:
             continue        # a finished run's record as a preset: its settings, not what it did or was asked once
         if name not in known:
             raise UserError(f"--config {path}: unknown setting '{key}'")

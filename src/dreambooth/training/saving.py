@@ -140,7 +140,8 @@ def save_output(run) -> list[Path]:
     import diffusers
     # paths absolute ('~' for the home folder): a LoRA output is a --model from any folder
     # (specs.lora_output_base), and the record is a --config from any folder
-    local = {key: recorded_path(value) for key in ("model", "vae", "model_config", "instance_dir", "class_dir", "output")
+    local = {key: recorded_path(value) for key in ("model", "vae", "model_config", "instance_dir", "class_dir", "output",
+                                                   "dino_model", "clip_model")
              if (value := getattr(run.config, key)) and value != "toy" and Path(value).expanduser().exists()}
     save_config(run.config.replace(**local), args, {
         "family": run.family.name, "prediction_type": run.prediction_type, "steps_done": run.step,
