@@ -168,3 +168,26 @@ def test_a_job_on_a_single_file_trains_with_its_config(files, wide_sdxl, tmp_pat
                      instance_prompt="a sks square", model="xl.safetensors", photos_dir=str(tmp_path / "photos"))
     config = job_config(job.request, tmp_path / "out", tmp_path / "photos", job.request["model_spec"])
     assert config.model_config == str(wide_sdxl)
+
+
+def test_a_vae_of_another_family_is_refused_at_submission_and_named_in_the_apis_terms(tiny_sd1, tmp_path):
+    """A listed SDXL VAE (its latents scaled 0.13025) for an SD1 model: a job refused when submitted
+    (it failed once started), and a switch to it names sd_vae and "Automatic", not a server path and --vae."""
+    from dreambooth.server.app import ServerSettings
+    from dreambooth.testing.tiny import _vae
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd1, models / "sd1")
+    xl = _vae(seed=1)
+    xl.register_to_config(scaling_factor=0.13025)
+    xl.save_pretrained(models / "VAE" / "xlvae")
+    upload = [("photos", (p.name, p.read_bytes(), "image/png")) for p in photos(tmp_path / "photos")]
+    with served(ServerSettings(model="toy", data_dir=tmp_path / "data", models_dir=str(models))) as (app, port):
+        reply = httpx.post(f"http://127.0.0.1:{port}/dreambooth/v1/jobs", files=upload, timeout=60,
+                           data={"instance_prompt": "a sks square", "model": "sd1", "overrides": '{"vae": "xlvae"}'})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["detail"] == ("overrides.vae xlvae scales latents by 0.13025, the model sd1's VAE by 0.18215: "
+                                          'a VAE of another family; send overrides {"vae": "Automatic"} for the model\'s own')
+        http(port, "POST", "/sdapi/v1/options", json={"sd_model_checkpoint": "sd1"})
+        reply = http(port, "POST", "/sdapi/v1/options", json={"sd_vae": "xlvae"})
+        assert reply.status_code == 400 and "sd_vae xlvae: scales its latents by 0.13025" in reply.json()["detail"]
+        assert str(models) not in reply.json()["detail"] and "--vae" not in reply.json()["detail"], reply.text

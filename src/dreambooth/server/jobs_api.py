@@ -23,6 +23,7 @@ from ..images import list_images, open_image
 from ..models.specs import hub_snapshot, offline
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
+from .model_configs import vae_scale
 from .jobs import ENDED, Job, JobRunner, JobStore, in_api_words, job_config
 
 MAX_PHOTOS = 50
@@ -135,6 +136,11 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
             raise UserError(in_api_words(str(exc), request)) from None
     if "vae" not in request:
         check_preset_vae(config.vae, preset)
+    ours, theirs = vae_scale(entry.spec), vae_scale(config.vae) if config.vae else None
+    if ours and theirs and abs(ours - theirs) > 1e-6:    # (training would refuse it once started: said now)
+        what = f"overrides.vae {request['vae_name']}" if "vae" in request else f"preset {preset}: its vae {config.vae}"
+        raise UserError(f"{what} scales latents by {theirs:g}, the model {entry.title}'s VAE by {ours:g}: a VAE of "
+                        "another family; send overrides {\"vae\": \"Automatic\"} for the model's own")
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
     try:
         if uploads:

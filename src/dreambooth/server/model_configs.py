@@ -74,6 +74,18 @@ def config_for_file(path: Path, given: dict[str, str], folders: list[str]) -> st
     return next((folder for folder in folders if folder_family(Path(folder)) == family), None)
 
 
+def vae_scale(spec: str | Path) -> float | None:
+    """The latents' scaling factor a VAE's config names (a VAE folder, or a model folder's vae/), read
+    without loading it; None where no config is at hand (a single file, a hub id)."""
+    folder = Path(spec).expanduser()
+    for config in (folder / "config.json", folder / "vae" / "config.json"):
+        try:
+            return float(json.loads(config.read_text())["scaling_factor"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def load_entry(entry, vae: str | None, dtype, field: str = "sd_model_checkpoint"):
     """The pipeline of a catalog entry; its errors name the entry as ``field`` knows it (a client's
     title, never the server's path) and what the operator can do with ``serve``."""
@@ -94,4 +106,7 @@ def load_entry(entry, vae: str | None, dtype, field: str = "sd_model_checkpoint"
             config = Path(entry.config).name if Path(entry.config).expanduser().exists() else entry.config
             message = message.replace(f"--model-config {entry.config}", f"the configs of {config}") \
                 .replace("the family --model-config names", f"the family of its configs ({config})")
+        if vae:                     # the VAE by its listed name, and the API's way to drop it
+            message = message.replace(f"--vae {vae}", f"sd_vae {Path(vae).name}").replace(
+                "(a preset's --vae is for its family: --vae '' drops it)", "(sd_vae \"Automatic\": the model's own)")
         raise UserError(message.replace(f"--model {entry.spec}", f"{field} {shown}")) from None
