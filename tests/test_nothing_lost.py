@@ -533,3 +533,26 @@ def test_two_processes_recording_trained_models_at_once_lose_none(tmp_path, monk
         w.join(120)
     assert [w.exitcode for w in workers] == [0, 0]
     assert len(json.loads((cache / "trained.json").read_text())) == 300
+
+
+def test_a_training_run_stopped_by_sigterm_is_stopped_as_ctrl_c_stops_it(dog_photos, tmp_path):
+    """kill, timeout and Slurm send SIGTERM: the run died mid-write, leaving its new output folder and
+    its lock. Now the output it made is gone (nothing written yet), as after Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dreambooth.outputs import output_lock
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "dreambooth", "train", "--model", "toy", "--instance-dir", dog_photos,
+                            "--instance-prompt", "a sks dog", "--max-steps", "100000", "--output", out],
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not out.is_dir() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2.0)                                       # into its steps
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert not out.exists() and not output_lock(out).exists(), err[-2000:]

@@ -3,9 +3,12 @@ policy for errors: a user error is one line on stderr and exit code 2; ``--debug
 traceback instead."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 
 import click
 
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     show_progress(bars=None if first_process() else False)
     quiet_libraries()                 # the libraries' own bars and advice: ours say what matters
     try:
-        cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
+        with _sigterm_as_ctrl_c("serve" not in argv[:1]):      # (uvicorn handles a server's)
+            cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:   # click's name for Ctrl-C
@@ -91,6 +95,25 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: unexpected {type(exc).__name__}: {what} (dreambooth --debug ... shows where; "
                    "please report it)", err=True)
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c(wanted: bool = True):
+    """kill, timeout and Slurm send SIGTERM: a run is stopped as Ctrl-C stops it (its output put back or
+    checkpointed, its lock let go) instead of dying mid-write. One process only (accelerate launch
+    stops its workers itself)."""
+    if (not wanted or os.environ.get("WORLD_SIZE", "1") not in ("", "1") or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def resume_command(argv: list[str]) -> str:
