@@ -47,12 +47,13 @@ def test_evaluate_reads_each_images_own_steps_and_tags(dog_photos, eval_models, 
 def test_evaluate_reads_a_bench_runs_prompt_folders(dog_photos, eval_models, tmp_path):
     from dreambooth.evaluation.dreambench import BENCH_MARK
     bench = tmp_path / "bench1"
-    for i, prompt in enumerate(["a sks dog in the jungle", "a sks dog in the snow"]):
+    for i, prompt in enumerate(["a zwx dog in the jungle", "a zwx dog in the snow"]):
         for seed in (0, 1):
             _image(bench / "images" / f"{i:02d}-{prompt[6:].replace(' ', '-')}" / f"0000{seed + 1}-{seed}.png",
                    f"{prompt}\nSteps: 50, Sampler: Euler a, CFG scale: 7.5, Seed: {seed}, Size: 32x32")
-    _image(bench / "grids" / "00-dog-in-the-jungle.png", "a sks dog in the jungle\nSteps: 50")
+    _image(bench / "grids" / "00-dog-in-the-jungle.png", "a zwx dog in the jungle\nSteps: 50")
     (bench / BENCH_MARK).touch()
+    (bench / "report.json").write_text(json.dumps({"identifier": "zwx"}))     # a zwx model's run: taken out too
     for given in (bench / "images", bench):
         out = tmp_path / f"ev-{given.name}"
         code, _, err = run_cli("evaluate", "--real", dog_photos, "--generated", given, "--dino-model", eval_models[0],

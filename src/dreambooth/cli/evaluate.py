@@ -10,7 +10,9 @@ from ..devices import DTYPES
 from ..errors import UserError
 from ..evaluation.dreambench import (PROTOCOL, bench_photos, check_bench_output, check_bench_settings,
                                      protocol_params, run_bench, subject_settings)
+from ..evaluation.folders import bench_identifier
 from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary
+from ..evaluation.prompts import DEFAULT_IDENTIFIER
 from ..evaluation.trained import first_trained_subject
 from ..generation.loras import parse_lora_spec
 from ..generation.params import GenerationParams
@@ -28,7 +30,8 @@ CLIP_HELP = "CLIP model: a folder or a hub id in the local cache (default openai
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Prompts of the generated images: a text file, one line per image in sorted file-name order, "
                    "a JSON list in that order, or a JSON object file name -> prompt (default: each image's infotext).")
-@click.option("--identifier", default="sks", show_default=True, help="Identifier token removed from prompts for CLIP-T (any case).")
+@click.option("--identifier", default=None, help="Identifier token removed from prompts for CLIP-T (any case) "
+              "[default: a bench run's own, else sks].")
 @click.option("--keep-identifier", is_flag=True, help="Keep the identifier in the prompt for CLIP-T.")
 @click.option("--class-generated", type=click.Path(file_okay=False),
               help="Generations of the class prompt (e.g. 'a dog') by the fine-tuned model: adds PRES (lower is better).")
@@ -47,6 +50,7 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
     CLIP-T: mean cosine between each generated image and its prompt (identifier removed), as a raw
     cosine, not x100. Writes OUTPUT/metrics.json.
     """
+    identifier = identifier or bench_identifier(generated) or DEFAULT_IDENTIFIER
     result = evaluate_dirs(real, generated, output, prompts_file=prompts_file, identifier=identifier,
                            keep_identifier=keep_identifier, class_generated_dir=class_generated, div=div,
                            dino_model=dino_model, clip_model=clip_model, device=device, batch_size=batch_size,

@@ -1,6 +1,7 @@
 """A bench run's folder as ``dreambooth evaluate`` reads it: its images lie one folder per prompt."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .. import progress
@@ -30,3 +31,16 @@ def bench_images(folder: str | Path, flag: str) -> list[Path] | None:
     progress.message(f"{flag} {folder}: a dreambooth bench run; reading {len(files)} image(s) in "
                      f"{len(prompt_folders)} prompt folder(s)")
     return files
+
+
+def bench_identifier(folder: str | Path) -> str | None:
+    """The identifier a bench run's prompts said (its report.json), given its output or ``images/``."""
+    folder = Path(folder).expanduser()
+    if bench_prompt_folders(folder) is None:
+        return None
+    root = folder if (folder / BENCH_MARK).is_file() else folder.parent
+    try:
+        found = json.loads((root / "report.json").read_text()).get("identifier")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and found else None
