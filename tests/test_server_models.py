@@ -56,6 +56,15 @@ def test_a_listed_folder_of_the_family_serves_as_the_config(files, wide_sd2, tmp
     with served(ServerSettings(model="toy", data_dir=tmp_path / "data", models_dir=str(models))) as (app, port):
         reply = switch(port, "sd2.safetensors")
         assert reply.status_code == 200, reply.text
+    # a folder of the family at another size (a toy-derived fine-tune) is passed over, not tried and failed
+    from dreambooth.server.model_configs import config_for_file
+    other = tmp_path / "a-other-size"
+    shutil.copytree(wide_sd2, other)
+    unet = json.loads((other / "unet" / "config.json").read_text())
+    unet["block_out_channels"] = [2 * c for c in unet["block_out_channels"]]
+    (other / "unet" / "config.json").write_text(json.dumps(unet))
+    assert config_for_file(models / "sd2.safetensors", {}, [str(other), str(models / "sd2-folder")]) == \
+        str(models / "sd2-folder")
 
 
 def test_a_single_file_without_configs_says_what_the_operator_can_do(files, tmp_path):
@@ -191,3 +200,22 @@ def test_a_vae_of_another_family_is_refused_at_submission_and_named_in_the_apis_
         reply = http(port, "POST", "/sdapi/v1/options", json={"sd_vae": "xlvae"})
         assert reply.status_code == 400 and "sd_vae xlvae: scales its latents by 0.13025" in reply.json()["detail"]
         assert str(models) not in reply.json()["detail"] and "--vae" not in reply.json()["detail"], reply.text
+
+
+def test_a_job_of_the_toy_preset_trains_the_toy_not_the_loaded_model(tiny_sd1, tmp_path):
+    """With another model loaded, preset toy and no model trained that model with the toy's recipe."""
+    from types import SimpleNamespace
+
+    from dreambooth.server.catalog import Catalog
+    from dreambooth.server.jobs import JobStore
+    from dreambooth.server.jobs_api import submit_job
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd1, models / "sd1")
+    catalog = Catalog("toy", models)
+    loaded = catalog.find_model("sd1")
+    photos(tmp_path / "photos")
+    store = JobStore(tmp_path / "data")
+    for preset, trained in (("toy", "toy"), ("", "sd1")):
+        job = submit_job(store, SimpleNamespace(wake=lambda: None), catalog, loaded, instance_prompt="a sks square",
+                         preset=preset, photos_dir=str(tmp_path / "photos"))
+        assert job.request["model"] == trained

@@ -57,7 +57,8 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, mod
         mount_ui(app)
     engine = app.state.engine
     shown = "127.0.0.1" if host == "0.0.0.0" else host
-    click.echo(f"serving {engine.entry.title} on {engine.device} at http://{shown}:{port}", err=True)
+    click.echo(f"serving {engine.entry.title} on {engine.device} at http://{shown}:{port}"
+               + (" (and every address of this machine: 0.0.0.0)" if host == "0.0.0.0" else ""), err=True)
     click.echo(("" if no_ui else f"  web UI: http://{shown}:{port}/\n")
                + f"  A1111 API: http://{shown}:{port}/sdapi/v1   training jobs: http://{shown}:{port}/dreambooth/v1/jobs"
                f"   docs: http://{shown}:{port}/docs", err=True)

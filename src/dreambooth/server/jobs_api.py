@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from ..errors import UserError
 from ..images import list_images, open_image
 from ..models.specs import hub_snapshot, offline
+from ..training.config import load_preset
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
 from .model_configs import vae_scale
@@ -86,6 +87,13 @@ def check_preset_vae(vae: str | None, preset: str) -> None:
                         f"`hf download {vae}`") from None
 
 
+def _preset_model(preset: str, catalog: Catalog):
+    """The listed model a preset names (toy's ``toy``), for a job that names none: the toy recipe on
+    whatever model was loaded trained that model with the toy's settings."""
+    named = load_preset(preset).get("model") if preset else None
+    return next((e for e in catalog.models() if named and e.spec == named), None)
+
+
 def check_name(name: str, store: JobStore, catalog: Catalog) -> None:
     """A job's name becomes its model's (or LoRA's) name in the lists, where clients pick by name: a
     name listed already, or another job's, would leave one of the two out of reach."""
@@ -115,7 +123,7 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
         raise UserError("overrides: not a JSON object")
     if preset and preset not in PRESETS:
         raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
-    entry = catalog.find_model(model, "model") if model else current
+    entry = catalog.find_model(model, "model") if model else _preset_model(preset, catalog) or current
     if name:
         check_name(name, store, catalog)          # again under the store's lock below: two at once
     request = {"instance_prompt": instance_prompt, "class_prompt": class_prompt or None, "preset": preset or None,

@@ -64,14 +64,34 @@ def given_configs(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return configs
 
 
+def _unet_width(path: Path) -> int | None:
+    """The UNet's first width in a single file's header (its first convolution's output channels)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return int(handle.get_slice("model.diffusion_model.input_blocks.0.0.weight").get_shape()[0])
+    except Exception:
+        return None
+
+
+def _folder_width(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "unet" / "config.json").read_text())["block_out_channels"][0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def config_for_file(path: Path, given: dict[str, str], folders: list[str]) -> str | None:
-    """The config a single file loads with: the given one of its family, else a listed folder of it."""
+    """The config a single file loads with: the given one of its family, else a listed folder of it
+    whose UNet has the file's width (a fine-tune of another size in the family's folders is passed over)."""
     family = file_family(path)
     if family is None:
         return None
     if family in given:
         return given[family]
-    return next((folder for folder in folders if folder_family(Path(folder)) == family), None)
+    width = _unet_width(path)
+    return next((folder for folder in folders if folder_family(Path(folder)) == family
+                 and width in (None, _folder_width(Path(folder)))), None)
 
 
 def vae_scale(spec: str | Path) -> float | None:

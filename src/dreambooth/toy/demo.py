@@ -18,6 +18,7 @@ subject has to be learned from pictures. The demo
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, load_generation_pipeline
 from ..generation.sampling import generate
 from ..grid import annotated_grid
+from ..outputs import PREVIOUS_OUTPUT_DIR
 from ..training.config import build_config, load_preset
 from ..training.trainer import train
 from . import oracle
@@ -174,6 +176,10 @@ def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, 
     save_grid(before, prompts, output / "before.png")
 
     config = demo_config(output / "model", method, instance_dir, subject, model=model, seed=seed, **overrides)
+    left = output / "model" / PREVIOUS_OUTPUT_DIR
+    if left.is_dir():        # an earlier demo's model, kept by a run killed mid-way: the demo makes its own again
+        shutil.rmtree(left)
+        log(f"removed {left}: the model an interrupted earlier demo was replacing")
     log(f"training ({config.method}, {config.max_steps} steps, prior preservation with '{config.class_prompt}')")
     t_train = time.time()
     result = train(config, transforms=demo_transforms())

@@ -129,8 +129,8 @@ def make_trainable(pipe, family, cfg: TrainConfig, device, warn: Callable[[str],
     if cfg.gradient_checkpointing:
         draws_no_random_numbers = not getattr(unet.config, "dropout", 0) and not cfg.adapters_draw_random_numbers
         unet.enable_gradient_checkpointing(checkpoint_for_graphs if cfg.cuda_graphs and draws_no_random_numbers else None)
-        for te in encoders.values():
-            te.gradient_checkpointing_enable()
+        for te in encoders.values():     # (transformers 5 renamed it; the old name warns of its removal)
+            (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
     offsets = identifier_offsets(family, cfg, device, warn)
     if offsets:   # the encoders now carry trainable offsets: checkpointed and prepared like any trainable
         encoders = dict(zip(family.text_encoder_names, family.text_encoders))
