@@ -17,6 +17,13 @@ from test_single_file import wide_sd2, wide_sdxl  # noqa: F401 (fixtures: tiny m
 XL_JOB = {"instance_prompt": "a sks square", "preset": "sdxl-lora", "model": "xl"}
 
 
+@pytest.fixture(autouse=True)
+def own_registry(tmp_path, monkeypatch):
+    """The lists hold every model trained on this machine (the cache's registry): other tests' outputs,
+    in this worker's shared cache, are not these tests' models."""
+    monkeypatch.setenv("DREAMBOOTH_CACHE", str(tmp_path / "cache"))
+
+
 def single_file(folder, family, path):
     from dreambooth.models.single_file import export_single_file
     path.parent.mkdir(parents=True, exist_ok=True)
