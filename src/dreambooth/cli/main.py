@@ -3,18 +3,16 @@ policy for errors: a user error is one line on stderr and exit code 2; ``--debug
 traceback instead."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import signal
 import sys
-import threading
 
 import click
 
 from ..devices import first_process, out_of_gpu_memory
 from ..errors import UserError, os_error_line
 from ..models.loading import quiet_libraries
+from ..sigterm import sigterm_as_ctrl_c
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
 from . import evaluate, generate, serve, tokens, toy, train
@@ -46,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     show_progress(bars=None if first_process() else False)
     quiet_libraries()                 # the libraries' own bars and advice: ours say what matters
     try:
-        with _sigterm_as_ctrl_c("serve" not in argv[:1]):      # (uvicorn handles a server's)
+        # kill, timeout, Slurm: a run stops as after Ctrl-C; one process only (accelerate launch stops its
+        # workers itself), and a server's are uvicorn's
+        with sigterm_as_ctrl_c("serve" not in argv[:1] and os.environ.get("WORLD_SIZE", "1") in ("", "1")):
             cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -95,25 +95,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: unexpected {type(exc).__name__}: {what} (dreambooth --debug ... shows where; "
                    "please report it)", err=True)
         sys.exit(1)
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c(wanted: bool = True):
-    """kill, timeout and Slurm send SIGTERM: a run is stopped as Ctrl-C stops it (its output put back or
-    checkpointed, its lock let go) instead of dying mid-write. One process only (accelerate launch
-    stops its workers itself)."""
-    if (not wanted or os.environ.get("WORLD_SIZE", "1") not in ("", "1") or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
-        yield
-        return
-
-    def terminated(signum, frame):
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def resume_command(argv: list[str]) -> str:

@@ -22,8 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +32,7 @@ from ..generation.pipeline import GenerationPipeline
 from ..generation.sampling import generate
 from ..grid import annotated_grid
 from ..images import open_image, write_png
+from ..sigterm import Terminated, sigterm_as_ctrl_c  # noqa: F401 (Terminated: what a caller catches)
 from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, PREVIOUS_OUTPUT_DIR, check_not_replacing, within
 from .folders import BENCH_MARK
 from .metrics import Evaluator, finite, load_lpips, real_photos
@@ -131,27 +130,6 @@ def check_bench_output(output: str | Path, overwrite: bool, real: Sequence[str |
     check_not_replacing(output, BENCH_RESULTS, overwrite)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a timeout, Slurm's end of a job) during a bench run: undone as Ctrl-C is."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises :class:`Terminated` meanwhile, so that ``_replacing`` puts things back instead
-    of the process dying mid-write. Left alone off the main thread or where a handler is set already."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def on_sigterm(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 @contextlib.contextmanager
 def _replacing(output: Path):
     """An earlier run's results are moved aside while this run writes its own: deleted when it has
@@ -216,7 +194,7 @@ def run_bench(pipeline: GenerationPipeline, params: GenerationParams | None, rea
         lpips_distance, why = load_lpips()
         if why:
             progress.warn(f"--div: DIV unavailable ({why}); the run goes on without it")
-    with _sigterm_as_interrupt(), _replacing(output):
+    with sigterm_as_ctrl_c(), _replacing(output):
         return _bench(pipeline, params, real, class_name, kind, output, identifier, images_per_prompt, pres,
                       pres_images, div, evaluator, settings, fast_batches, max_prompts, lpips_distance)
 
