@@ -8,19 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
-from ..generation.grammar import parse_prompt_attention, prompt_schedule
+from ..generation.grammar import parse_prompt_attention, prompt_schedule, without_extra_networks
 from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..generation.params import GenerationParams
 from ..text_files import decode_text
 
 DEFAULT_IDENTIFIER = "sks"
 DEFAULT_STEPS = GenerationParams.steps     # a prompt's step count where nothing records it: the WebUI's default
-_EXTRA_NETWORK = re.compile(r"<\w+:[^>]*>")  # <lora:x:0.8>, <hypernet:y:1>: networks, never text the encoder reads
-
-
-def without_extra_networks(prompt: str) -> str:
-    """``prompt`` without its ``<type:...>`` extra-network tags, of any type."""
-    return _EXTRA_NETWORK.sub(" ", prompt)
 
 
 def read_png_prompt(path: str | Path) -> str | None:

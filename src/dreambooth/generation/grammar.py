@@ -36,6 +36,11 @@ class LoraTag:
         return f"<lora:{self.name}:{self.weight:g}>"
 
 
+def without_extra_networks(prompt: str) -> str:
+    """``prompt`` without its ``<type:...>`` extra-network tags, of any type (what CLIP-T reads)."""
+    return _EXTRA_NETWORK.sub(" ", prompt)
+
+
 def extract_loras(prompt: str) -> tuple[str, list[LoraTag]]:
     """(prompt without its extra-network tags, the LoRA tags), as the WebUI parses a prompt: every
     ``<type:...>`` tag is removed where it stands; ``<lora:name>`` has weight 1. A tag of another

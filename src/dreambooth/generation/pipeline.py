@@ -191,20 +191,17 @@ class GenerationPipeline:
         logs each layer that does not fit: kept quiet, the message says what it means)."""
         import diffusers
         family = self.family.name.upper()
-        level = diffusers.utils.logging.get_verbosity()
-        diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
-        try:
-            with lower_case_suffix(lora.load) as readable, warnings.catch_warnings(), quietly():   # (transformers' bar)
-                diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
-                warnings.simplefilter("ignore")      # peft lists every layer that does not fit: said below, in a line
-                self.pipe.load_lora_weights(str(readable.parent), weight_name=readable.name, adapter_name=adapter)
-        except Exception as exc:
-            self._forget_adapter(adapter)          # what it loaded before failing (a text encoder's part)
-            why = (f"its layers' sizes are not this {family} model's: a LoRA for another family?"
-                   if "size mismatch" in str(exc) else damaged_file_line(lora.load) or exception_line(exc)[:200])
-            raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({why})") from None
-        finally:
-            diffusers.utils.logging.set_verbosity(level)
+        with quietly():          # the libraries as they were after (transformers' bar while a text encoder loads)
+            diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
+            try:
+                with lower_case_suffix(lora.load) as readable, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")      # peft lists every layer that does not fit: said below, in a line
+                    self.pipe.load_lora_weights(str(readable.parent), weight_name=readable.name, adapter_name=adapter)
+            except Exception as exc:
+                self._forget_adapter(adapter)          # what it loaded before failing (a text encoder's part)
+                why = (f"its layers' sizes are not this {family} model's: a LoRA for another family?"
+                       if "size mismatch" in str(exc) else damaged_file_line(lora.load) or exception_line(exc)[:200])
+                raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({why})") from None
         if not self._has_adapter(adapter):
             raise UserError(f"<lora:{lora.name}> ({lora.source}): none of its layers is one of this {family} model's "
                             "(a LoRA for another family, or for a part this model lacks)")
