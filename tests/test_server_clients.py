@@ -72,10 +72,26 @@ def test_a_hires_pass_with_another_sampler_is_still_refused(server):
     assert reply.status_code == 400 and reply.json()["detail"].startswith("hr_sampler_name: 'DDIM'"), reply.text
 
 
+def test_forge_clients_fields_are_taken(server):
+    """Forge's clients send its hires fields on every request (Forge Neo fails without
+    ``hr_additional_modules``); outside a hires pass they change nothing, in one they must be the first pass's."""
+    port, forge = server[1], {"hr_additional_modules": ["Use same choices"], "hr_cfg": 1.0, "hr_distilled_cfg": 3.5}
+    plain = http(port, "POST", "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
+    assert np.array_equal(_pixels(http(port, "POST", "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, **forge})),
+                          _pixels(plain))
+    hires = {"prompt": "x", **SMALL, "width": 16, "height": 16, "enable_hr": True, "cfg_scale": 5, **forge}
+    reply = http(port, "POST", "/sdapi/v1/txt2img", json=hires)
+    assert reply.status_code == 400 and reply.json()["detail"] == \
+        "hr_cfg: 1.0: this server's hires pass uses the first pass's CFG scale; leave it out", reply.text
+    assert http(port, "POST", "/sdapi/v1/txt2img", json={**hires, "hr_cfg": 5}).status_code == 200
+    reply = http(port, "POST", "/sdapi/v1/txt2img", json={**hires, "hr_cfg": None, "hr_additional_modules": ["ae.safetensors"]})
+    assert reply.status_code == 400 and reply.json()["detail"].startswith("hr_additional_modules: ['ae.safetensors']")
+
+
 def test_every_unknown_field_is_named_at_once(server):
-    reply = http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", "use_async": False, "hr_cfg": 7})
+    reply = http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", "use_async": False, "hr_cfgs": 7})
     assert reply.status_code == 422, reply.text
-    assert reply.json()["detail"] == "use_async, hr_cfg: unknown fields"
+    assert reply.json()["detail"] == "use_async, hr_cfgs: unknown fields"
     reply = http(server[1], "POST", "/sdapi/v1/txt2img", json={"prompt": "x", "steps": "abc", "foo": 1, "bar": 2})
     assert reply.status_code == 422 and reply.json()["detail"].startswith("steps: ") and \
         reply.json()["detail"].endswith("; and unknown fields: foo, bar"), reply.text

@@ -76,7 +76,8 @@ def hires_fix(req: Txt2ImgRequest) -> dict:
     own checkpoint, sampler or prompts is refused (this server runs the first pass's)."""
     same = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
             "hr_scheduler": (None, "", "Use same scheduler"), "hr_prompt": ("", req.prompt),
-            "hr_negative_prompt": ("", req.negative_prompt)}
+            "hr_negative_prompt": ("", req.negative_prompt), "hr_cfg": (None, req.cfg_scale),
+            "hr_additional_modules": (None, [], ["Use same choices"])}
     first = _resolved(*first_pass_sampler(req))         # the hires pass may name it, in any of its names
     given = {name: getattr(req, name) not in same[name] for name in ("hr_sampler_name", "hr_scheduler")}
     sampler = req.hr_sampler_name if given["hr_sampler_name"] else first[0] if first else None
@@ -88,8 +89,9 @@ def hires_fix(req: Txt2ImgRequest) -> dict:
     for name, allowed in same.items():
         value = getattr(req, name)
         if value not in allowed:
-            raise UserError(f"{name}: {getattr(req, name)!r}: this server's hires pass uses the first pass's "
-                            f"{name.removeprefix('hr_').replace('_name', '')}; leave it out")
+            what = {"hr_cfg": "CFG scale", "hr_additional_modules": "VAE and text encoders"}.get(
+                name, name.removeprefix('hr_').replace('_name', ''))
+            raise UserError(f"{name}: {value!r}: this server's hires pass uses the first pass's {what}; leave it out")
     upscaler = upscaler_named(req.hr_upscaler or "Latent")
     if upscaler is None:
         raise UserError(f"hr_upscaler {req.hr_upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")

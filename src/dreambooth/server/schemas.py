@@ -3,7 +3,7 @@ and the parameters of its processing classes), as pydantic models.
 
 Every field A1111 takes is accepted, so its clients (``webuiapi``, plug-ins, bots) work unchanged; a
 field this server cannot honour is accepted at A1111's neutral default and refused (a 400 naming the
-field) otherwise; ``null`` is a field not given. A field A1111 does not know is a 422 naming it. Numbers are checked where the
+field) otherwise; ``null`` is a field not given. A field neither A1111 nor Forge knows is a 422 naming it. Numbers are checked where the
 library checks them (``GenerationParams.check``), so the limits are the CLI's."""
 from __future__ import annotations
 
@@ -72,6 +72,10 @@ class Txt2ImgRequest(Strict):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    # Forge's (stable-diffusion-webui-forge) fields, which its clients send on every request
+    hr_additional_modules: list[str] | None = None
+    hr_cfg: float | None = None
+    hr_distilled_cfg: float | None = None
     force_task_id: str | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
