@@ -491,7 +491,7 @@ def test_saving_mid_run_leaves_the_weights_in_training_as_they_were(tiny_sd1, do
 
 
 def test_a_failed_run_leaves_neither_an_empty_output_nor_its_lock(tiny_sd1, dog_photos, tmp_path):
-    """A run that made its output folder and failed before writing into it removes the folder; a
+    """A run that made its output folder (and parents) and failed before writing into it removes them; a
     finished run removes its lock file from the cache (one per output ever written piled up)."""
     from dreambooth.outputs import output_lock
     from dreambooth.training import TrainingCallback, build_config, train
@@ -500,12 +500,13 @@ def test_a_failed_run_leaves_neither_an_empty_output_nor_its_lock(tiny_sd1, dog_
         def on_step_end(self, run, step):
             raise RuntimeError("a failure in the middle of the run")
 
-    out = tmp_path / "new" / "run"
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "new" / "run"
     config = build_config(None, dict(model=str(tiny_sd1), instance_dir=str(dog_photos), output=str(out),
                                      instance_prompt="a photo of sks dog", resolution=32, max_steps=2, method="lora"))
     with pytest.raises(RuntimeError, match="a failure in the middle"):
         train(config, callbacks=[Fails()])
-    assert not out.exists() and (tmp_path / "new").is_dir()       # only the folder the run made
+    assert not (tmp_path / "kept" / "new").exists() and (tmp_path / "kept").is_dir()   # only the folders it made
     assert not output_lock(out).exists()
     train(config)
     assert (out / "training_args.json").is_file() and not output_lock(out).exists()

@@ -197,7 +197,7 @@ class OutputStage:
         self.output, self.overwrite, self.resume_from = Path(output), overwrite, resume_from
         self.previous = self.output / PREVIOUS_OUTPUT_DIR
         self.moved: list[str] = []
-        self.committed = self.created = False
+        self.committed, self.created = False, []
 
     def _hold(self, cleanup) -> None:
         """One run writes an output at a time: a second (a resume started while the first still runs, the
@@ -239,7 +239,7 @@ class OutputStage:
                     os.replace(entry, self.previous / entry.name)
                     self.moved.append(entry.name)
         with file_operation("create the output folder", "--output"):
-            self.created = not self.output.exists()
+            self.created = [folder for folder in (self.output, *self.output.parents) if not folder.exists()]
             self.output.mkdir(parents=True, exist_ok=True)
 
     def commit(self) -> None:
@@ -252,8 +252,9 @@ class OutputStage:
     def abandon(self, interrupted_with_checkpoint: bool) -> None:
         """The run failed: put the old output back (or, when the run can be resumed, keep both)."""
         if self.created and not self.committed:
-            with contextlib.suppress(OSError):       # one it made and wrote nothing in does not stay behind
-                self.output.rmdir()
+            with contextlib.suppress(OSError):       # folders it made and wrote nothing in do not stay behind
+                for folder in self.created:          # the output first, then the parents --output named anew
+                    folder.rmdir()
         if not self.moved or self.committed:
             return
         if interrupted_with_checkpoint:
