@@ -27,6 +27,7 @@ def test_a_report_json_does_not_make_a_folder_a_bench_runs(tmp_path, dog_photos)
                            "--kind", "object", "--output", project, "--overwrite")
     assert code == 2 and err.count("\n") == 1, err
     assert "holds report.json, images that no dreambooth bench run wrote" in err and BENCH_MARK in err, err
+    assert err.rstrip().endswith(f"if an older dreambooth bench wrote them, mark them its: touch {project / BENCH_MARK}")
     with pytest.raises(UserError, match="no dreambooth bench run wrote"):
         run_bench(None, None, dog_photos, "square", "object", project, overwrite=True)
     assert len(list((project / "images").iterdir())) == 5

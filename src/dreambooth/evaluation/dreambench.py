@@ -121,7 +121,9 @@ def check_bench_output(output: str | Path, overwrite: bool, real: Sequence[str |
                         "--overwrite run replaced; move them back or delete them")
     if held and not (output / BENCH_MARK).exists():   # only the bench's own mark: a report.json can be anyone's
         raise UserError(f"--output {output}: holds {', '.join(held)} that no dreambooth bench run wrote "
-                        f"(no {BENCH_MARK} mark); choose another --output")
+                        f"(no {BENCH_MARK} mark); choose another --output"
+                        + (f", or, if an older dreambooth bench wrote them, mark them its: touch {output / BENCH_MARK}"
+                           if (output / "report.json").is_file() else ""))
     for path in real:
         for name in held:
             if within(Path(path), output / name):
