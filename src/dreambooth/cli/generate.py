@@ -201,6 +201,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
                                         medvram=medvram)
     if from_image is not None:
         _warn_if_weights_differ(from_image, info, pipeline, model, _explicit(ctx, "model"))
+        _warn_if_loras_differ(from_image, info, recorded_loras)
     if prompt_matrix:
         result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
         images, grid = result.images, result.grid_path
@@ -230,6 +231,21 @@ def _warn_if_weights_differ(from_image, info: dict, pipeline, model: str, given:
         progress.warn(f"--from-image {from_image}: made during training, before its output was written (an earlier "
                       "step's weights, which the output does not hold); the image will differ unless it is of the "
                       "step the output holds")
+
+
+def _warn_if_loras_differ(from_image, info: dict, recorded: dict[str, str]) -> None:
+    """As ``_warn_if_weights_differ``, for the LoRAs the image recorded: one trained on since, or an
+    image a LoRA run made before its file was written (no hash recorded)."""
+    hashes = dict(entry.split(": ", 1) for entry in str(info.get("Lora hashes") or "").split(", ") if ": " in entry)
+    for name, path in recorded.items():
+        now, made_with = lora_from_path(path).hash, hashes.get(name)
+        if now and made_with and now != made_with:
+            progress.warn(f"--from-image {from_image}: made with LoRA {name} of hash {made_with}; {path} is {now} "
+                          "now (its weights changed since), so the image will differ")
+        elif now and not made_with and (Path(path).expanduser() / TRAINING_ARGS_FILE).is_file():
+            progress.warn(f"--from-image {from_image}: made while LoRA {name} trained, before its file was written "
+                          "(an earlier step's weights, which the output does not hold); the image will differ "
+                          "unless it is of the step the output holds")
 
 
 def register(group: click.Group) -> None:
