@@ -35,6 +35,7 @@ class ProgressEvent:
     message: str = ""
     level: str = "info"            # info | warning (messages)
     started_from: float = 0.0      # ``completed`` when the task started (a resumed run starts part-way)
+    own: bool = False              # (a message) this process's alone: its share of work split across processes
 
     @property
     def rate(self) -> float | None:
@@ -96,9 +97,10 @@ def emit(event: ProgressEvent) -> None:
         _log.log(logging.WARNING if event.level == "warning" else logging.INFO, event.message)
 
 
-def message(text: str, level: str = "info", task: str = "") -> None:
-    """A line for the user (``level`` "warning" for warnings), through the subscribers."""
-    emit(ProgressEvent("message", task, 0, message=text, level=level))
+def message(text: str, level: str = "info", task: str = "", own: bool = False) -> None:
+    """A line for the user (``level`` "warning" for warnings), through the subscribers; ``own``: one
+    that only this process of several (``accelerate launch``) would say, which each then shows."""
+    emit(ProgressEvent("message", task, 0, message=text, level=level, own=own))
 
 
 def warn(text: str, task: str = "") -> None:

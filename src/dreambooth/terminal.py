@@ -52,8 +52,9 @@ class FieldsColumn(ProgressColumn):
 class TerminalBars:
     """One rich display for all open tasks; a task's bar stays on screen when it ends."""
 
-    def __init__(self, bars: bool | None = None):
+    def __init__(self, bars: bool | None = None, every_message: bool = True):
         self.bars = bars_enabled() if bars is None else bars
+        self.every_message = every_message      # False: only a message marked this process's own
         self._lock = threading.Lock()
         self._display: Progress | None = None
         self._rows: dict[int, object] = {}
@@ -61,6 +62,8 @@ class TerminalBars:
 
     def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
+            if event.kind == "message" and not (self.every_message or event.own):
+                return
             if event.kind == "message":
                 text = f"[yellow]warning:[/] {event.message}" if event.level == "warning" else event.message
                 (self._display.console if self._display else console()).print(text)
@@ -114,9 +117,10 @@ class TerminalBars:
 _installed: TerminalBars | None = None
 
 
-def show_progress(bars: bool | None = None) -> None:
-    """Show every long job's progress in this terminal (once per process)."""
+def show_progress(bars: bool | None = None, every_message: bool = True) -> None:
+    """Show every long job's progress in this terminal (once per process); ``every_message`` False:
+    only the messages that are this process's own (the others' first process shows the rest)."""
     global _installed
     if _installed is None:
-        _installed = TerminalBars(bars)
+        _installed = TerminalBars(bars, every_message)
         progress.subscribe(_installed)

@@ -12,7 +12,8 @@ import click
 from ..devices import first_process, out_of_gpu_memory
 from ..errors import UserError, os_error_line
 from ..models.loading import quiet_libraries
-from ..sigterm import sigterm_as_ctrl_c
+from ..sigterm import sigterm_as_ctrl_c, stop_with_launcher
+from ..training.processes import peer_gone
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
 from . import evaluate, generate, serve, tokens, toy, train
@@ -40,19 +41,23 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DREAMBOOTH_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]   # accepted anywhere on the line, not only before the command
-    # accelerate launch starts one such process per device: bars from the first only (messages from all)
-    show_progress(bars=None if first_process() else False)
+    # accelerate launch starts one such process per device: bars and messages from the first only (the
+    # others say only what is theirs alone, such as their share of the class images)
+    show_progress(bars=None if first_process() else False, every_message=first_process())
     quiet_libraries()                 # the libraries' own bars and advice: ours say what matters
     try:
-        # kill, timeout, Slurm: a run stops as after Ctrl-C; one process only (accelerate launch stops its
-        # workers itself), and a server's are uvicorn's
-        with sigterm_as_ctrl_c("serve" not in argv[:1] and os.environ.get("WORLD_SIZE", "1") in ("", "1")):
+        # kill, timeout, Slurm: a run stops as after Ctrl-C (accelerate launch passes SIGTERM on to each
+        # process, and sends it to one whose launcher died); a server's are uvicorn's
+        with sigterm_as_ctrl_c("serve" not in argv[:1]):
+            if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+                stop_with_launcher()
             cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:   # click's name for Ctrl-C
         interrupted = exc.__cause__ if isinstance(exc.__cause__, TrainingInterrupted) else None
-        click.echo(str(interrupted) if interrupted else "aborted", err=True)
+        if first_process():                  # (every process was interrupted alike)
+            click.echo(str(interrupted) if interrupted else "aborted", err=True)
         if interrupted and interrupted.checkpoint is not None and first_process():
             click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(130)
@@ -71,7 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        if first_process() or not getattr(exc, "said_by_first", False):    # several processes: once
+            whose = "" if first_process() else f"process {os.environ.get('RANK')}: "
+            click.echo(f"error: {whose}{exc}", err=True)
+            if getattr(exc, "checkpoint", None) is not None:                # another process stopped mid-run
+                click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(2)
     except OSError as exc:        # the file system's refusals, wherever they came from: one line
         if debug:
@@ -86,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:      # a bug of ours or a library's: still one line, and how to see more
         if debug:
             raise
+        if peer_gone(exc):        # the process that stopped says why; this one was waiting for it
+            click.echo(f"error: process {os.environ.get('RANK')}: stopped: another process of this run stopped "
+                       "(its message says why)", err=True)
+            sys.exit(2)
         if out_of_gpu_memory(exc):
             command = next((a for a in argv if not a.startswith("-")), "")
             click.echo(f"error: out of GPU memory ({str(exc).splitlines()[0][:160]}); "

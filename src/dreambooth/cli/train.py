@@ -3,12 +3,14 @@ YAML presets and the Python API can never disagree about names, types or default
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 from pathlib import Path
 
 import click
 
 from ..checks import describe_range
+from ..errors import UserError
 from ..outputs import LORA_WEIGHTS_FILE
 from ..toy.backdrops import toy_transforms, uses_toy_preset
 from ..training.config import TrainConfig, build_config, field_type, flag
@@ -62,7 +64,11 @@ def train_command(preset, **values):
     With --model toy (or --config toy) the toy preset also recolours the instance pictures'
     plain backdrops (dreambooth.toy.backdrops)."""
     overrides = {k: (list(v) if v else None) if isinstance(v, tuple) else v for k, v in values.items()}
-    config = build_config(preset, overrides)
+    try:
+        config = build_config(preset, overrides).validate()
+    except UserError as exc:       # alike on every process accelerate launch started: one per machine says it
+        exc.said_by_first = os.environ.get("LOCAL_RANK", "0") not in ("", "0")
+        raise
     transforms = toy_transforms() if uses_toy_preset(preset, config.model) else []
     result = train(config, transforms=transforms)
     if result.main_process:          # several processes (accelerate launch): one summary

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from .. import progress
 from ..errors import UserError
 from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
+from .processes import ProcessLost, peer_gone
 from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
@@ -52,7 +53,8 @@ def checkpoint_dir(output: Path) -> Path:
 
 @contextlib.contextmanager
 def interruptible(output: Path, step: Callable[[], int]):
-    """Ctrl-C becomes a TrainingInterrupted that names the last checkpoint (the CLI prints how to resume)."""
+    """Ctrl-C becomes a TrainingInterrupted that names the last checkpoint (the CLI prints how to resume),
+    and so does, as a ProcessLost, another process of the run stopping."""
     try:
         yield
     except KeyboardInterrupt as exc:
@@ -60,6 +62,11 @@ def interruptible(output: Path, step: Callable[[], int]):
             raise
         found = list_checkpoints(output)
         raise TrainingInterrupted(step(), found[-1] if found else None) from None
+    except RuntimeError as exc:
+        if not peer_gone(exc):
+            raise
+        found = list_checkpoints(output)
+        raise ProcessLost(step(), found[-1] if found else None) from exc
 
 
 def list_checkpoints(output: Path) -> list[Path]:

@@ -152,6 +152,9 @@ def check_distributed(cfg: TrainConfig) -> bool:
     if launched not in ("", "no", cfg.mixed_precision) and first_process():
         progress.warn(f"accelerate launch's mixed precision {launched} is not used: this run trains in "
                       f"{cfg.mixed_precision} (pass --mixed-precision {launched} to dreambooth train for it)")
+    if launched_alone():
+        progress.warn("accelerate launch started this one process: without a GPU, --num_processes N needs "
+                      "--multi_gpu to start N processes (on the CPU, docs/multi-gpu.md)")
     if _launched_with("ACCELERATE_USE_DEEPSPEED"):
         raise UserError("accelerate launch with DeepSpeed: dreambooth train does not run under DeepSpeed; shard "
                         "with FSDP (configs/accelerate/fsdp.yaml) or launch with --multi_gpu (DDP), see docs/multi-gpu.md")
@@ -164,6 +167,14 @@ def check_distributed(cfg: TrainConfig) -> bool:
         if refused(cfg):
             raise UserError(f"{flag}: not with FSDP ({why}); pass {off}, or launch with --multi_gpu (DDP)")
     return True
+
+
+def launched_alone() -> bool:
+    """``accelerate launch --num_processes N`` on a machine without GPUs and without ``--multi_gpu``
+    runs its plain launcher: one process, given a main address as if it had peers (MPI sets its own)."""
+    env = os.environ
+    return "ACCELERATE_MIXED_PRECISION" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
+        and not any(name in env for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"))
 
 
 def check_one_process_options(cfg: TrainConfig, device, processes: int, sharded: bool, warn) -> None:

@@ -125,8 +125,10 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
     wanted = set(missing)
     share = [i for b in batches for i in b if i in wanted]
     if world > 1 and missing:
+        names = [class_image_name(i) for i in share]
+        shown = ", ".join(names) if len(names) <= 3 else f"{names[0]}, {names[1]}, ..., {names[-1]}"
         progress.message(f"class images: process {rank} of {world} makes {len(share)} of the {len(missing)} missing"
-                         + (f" ({class_image_name(share[0])} ... {class_image_name(share[-1])})" if share else ""))
+                         + (f" ({shown})" if share else ""), own=True)
     if share:
         with progress.task("class images", sum(map(len, batches))) as bar:
             for indices in batches:

@@ -34,6 +34,7 @@ from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .determinism import caller_random_state_kept, deterministic_kernels
 from .preflight import preflight
 from .prior import class_folder, class_params, ensure_class_images
+from .processes import failing_together
 from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
 from .latents import LatentCache
 from ..parking import Parking
@@ -76,46 +77,45 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                                        cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp), kwargs_handlers=[uncached_autocast()])
         self.device = self.accelerator.device
-        # Everything that can fail without writing anything, first: inputs, the checkpoint, the model, the photos.
-        check_inputs(cfg)
-        check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self._warn)
-        self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output, cfg.max_steps) if cfg.resume else None
-        self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
-        self.family = adapter_for(pipe)
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution, self.family.max_resolution)
-        if cfg.resolution % pipe.vae_scale_factor:
-            raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
-        clip_skip, warning = self.family.clip_skip_for(cfg.clip_skip)
-        if warning:
-            self._warn(warning)
-        self.config = cfg = cfg.replace(clip_skip=clip_skip)    # what the run applies (and records)
-        # Each process's own global RNGs (dropout); data, noise and timesteps: one stream all processes
-        # draw for the global batch and slice (``ExampleStream``, ``Batch.drawn``; docs/multi-gpu.md)
-        torch.manual_seed(cfg.seed + self.accelerator.process_index)
-        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        # Frozen parts run in the autocast dtype; trainable weights always stay fp32.
-        self.weight_dtype = AUTOCAST.get(cfg.mixed_precision, torch.float32)
-        for part in (pipe.vae, pipe.unet, *self.family.text_encoders):
-            part.requires_grad_(False)
-        move(pipe.vae, self.device, vae_dtype(bool(getattr(pipe.vae.config, "force_upcast", False)), self.weight_dtype))
-        # A LoRA's frozen base UNet may run in low precision; its adapters are added in fp32 below.
-        move(pipe.unet, self.device, self.weight_dtype if cfg.method == "lora" else torch.float32)
-        for te in self.family.text_encoders:
-            move(te, self.device, torch.float32 if cfg.train_text_encoder else self.weight_dtype)
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise UserError(f"--model {cfg.model}: prediction type '{self.prediction_type}' is not supported (epsilon or v_prediction)")
-
-        instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
-                                 warn=self._warn, masks=cfg.masked_loss)
-        shards = shard_count(self.accelerator, fsdp, self._warn)
-        self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
-        self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
-        if self.accelerator.is_main_process:
-            self.stage.prepare(self.cleanup)
-        self.accelerator.wait_for_everyone()
+        # What can fail without writing anything, first (all processes at once): inputs, checkpoint, model, photos.
+        with failing_together(self.accelerator):
+            check_inputs(cfg)
+            check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self._warn)
+            self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output, cfg.max_steps) if cfg.resume else None
+            self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
+            self.family = adapter_for(pipe)
+            native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+            self.config = cfg = cfg.resolve_defaults(native or self.family.default_resolution, self.family.max_resolution)
+            if cfg.resolution % pipe.vae_scale_factor:
+                raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
+            clip_skip, warning = self.family.clip_skip_for(cfg.clip_skip)
+            if warning:
+                self._warn(warning)
+            self.config = cfg = cfg.replace(clip_skip=clip_skip)    # what the run applies (and records)
+            # Each process's own global RNGs (dropout); data, noise and timesteps: one stream all processes
+            # draw for the global batch and slice (``ExampleStream``, ``Batch.drawn``; docs/multi-gpu.md)
+            torch.manual_seed(cfg.seed + self.accelerator.process_index)
+            self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+            # Frozen parts run in the autocast dtype; trainable weights always stay fp32.
+            self.weight_dtype = AUTOCAST.get(cfg.mixed_precision, torch.float32)
+            for part in (pipe.vae, pipe.unet, *self.family.text_encoders):
+                part.requires_grad_(False)
+            move(pipe.vae, self.device, vae_dtype(bool(getattr(pipe.vae.config, "force_upcast", False)), self.weight_dtype))
+            # A LoRA's frozen base UNet may run in low precision; its adapters are added in fp32 below.
+            move(pipe.unet, self.device, self.weight_dtype if cfg.method == "lora" else torch.float32)
+            for te in self.family.text_encoders:
+                move(te, self.device, torch.float32 if cfg.train_text_encoder else self.weight_dtype)
+            self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+            self.prediction_type = self.noise_scheduler.config.prediction_type
+            if self.prediction_type not in ("epsilon", "v_prediction"):
+                raise UserError(f"--model {cfg.model}: prediction type '{self.prediction_type}' is not supported (epsilon or v_prediction)")
+            instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
+                                     warn=self._warn, masks=cfg.masked_loss)
+            shards = shard_count(self.accelerator, fsdp, self._warn)
+            self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
+            self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
+            if self.accelerator.is_main_process:
+                self.stage.prepare(self.cleanup)
         self.memory.report()
         self._prepare_data(cfg, instance)
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
@@ -128,7 +128,7 @@ class Trainer:
         self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
         self.unet_pass = UNetPass(self.unet, self.accelerator, cfg.cuda_graphs)
         if is_sharded(self.accelerator):   # FSDP2 shards the modules in place
-            progress.message(share(self.trainables, self.accelerator))
+            progress.message(share(self.trainables, self.accelerator), own=True)
         prepared = dict(zip(self.trainables, self.models))   # trained encoders run wrapped: gradients synced
         self.text_encoders = [prepared.get(n, te) for n, te in zip(self.family.text_encoder_names, self.family.text_encoders)]
         self._text_cache: dict[str, tuple] = {}
