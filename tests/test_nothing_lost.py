@@ -54,6 +54,22 @@ def test_overwrite_never_deletes_the_photos_it_trains_on(tiny_sd1, tmp_path):
     assert snapshot(tmp_path / "p") == before
 
 
+def test_advice_that_would_be_refused_next_is_not_given(tiny_sd1, old_model, tmp_path):
+    """The photo folder as --output: not "pass --overwrite" (which is then refused) but "elsewhere"; the
+    output folder as --resume: --resume latest; a .previous with no checkpoint: not --resume latest."""
+    photos = make_photos(tmp_path / "photos")
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", photos)
+    one_line_error(code, err, "--output", "lies inside --instance-dir", "write the model somewhere else")
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--method", "lora",
+                           "--max-steps", "4", "--output", old_model, "--resume", old_model)
+    one_line_error(code, err, f"--resume {old_model}: a run's output, not a checkpoint; give --resume latest")
+    fresh = tmp_path / "fresh"
+    (fresh / ".previous").mkdir(parents=True)
+    code, _, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", photos, *FAST, "--output", fresh)
+    one_line_error(code, err, "move it back or delete it")
+    assert "--resume latest" not in err, err
+
+
 def test_overwrite_never_deletes_the_model_it_trains_from(tiny_sd1, dog_photos, tmp_path):
     """A stranger's kohya habit: the base model kept inside the folder given as --output."""
     import shutil
@@ -260,10 +276,13 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_skipped_by_latest(damage, n
     one_line_error(code, err, "--resume", "damaged", name)
     code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
                                 "--checkpoint-every", "1", "--max-steps", "4", "--output", old_model,
-                                "--resume", "latest", "--overwrite")        # (the finished run's model goes)
-    assert code == 0, err
-    assert f"skipping {newest}" in err and name.split(":")[0] in err
-    assert "resumed from" in err and "checkpoint-000002" in err
+                                "--resume", "latest", "--overwrite")
+    assert code == 2 and f"skipping {newest}" in err and name.split(":")[0] in err, err
+    assert "the newest checkpoint (checkpoint-000002) is older than the model of step 3" in err, err  # step 3 kept
+    code, stdout, err = run_cli("train", "--model", tiny_sd1, "--instance-dir", dog_photos, *FAST, "--method", "lora",
+                                "--checkpoint-every", "1", "--max-steps", "4", "--output", old_model, "--resume",
+                                old_model / "checkpoints" / "checkpoint-000002", "--overwrite")   # named: as asked
+    assert code == 0 and "resumed from" in err and "checkpoint-000002" in err, err
 
 
 def test_class_images_of_another_class_prompt_are_refused(tiny_sd1, dog_photos, tmp_path):

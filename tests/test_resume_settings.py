@@ -108,9 +108,12 @@ def test_a_resume_whose_identifier_has_other_words_is_one_line(tiny_sd1, dog_pho
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(build_config(None, dict(common, output=str(out))), callbacks=[StopAfterStep4()])
-    with pytest.raises(UserError, match="--instance-prompt or --class-prompt names other words"):
+    with pytest.raises(UserError, match="trained the embedding of sks dog .*identifier is sks zwx olis dog"):
         train(build_config(None, dict(common, instance_prompt="a photo of sks zwx olis dog", output=str(out),
                                       resume="latest")))
+    with pytest.raises(UserError, match="trained the embedding of sks dog .*this run's identifier is zwx dog; resume with "
+                                        "--instance-prompt 'a photo of sks dog'"):     # as many tokens: same shape
+        train(build_config(None, dict(common, instance_prompt="a photo of zwx dog", output=str(out), resume="latest")))
 
 
 class StopMidStep(TrainingCallback):
@@ -157,3 +160,13 @@ def test_a_finished_run_is_trained_on_exactly_and_only_when_asked(tiny_sd1, dog_
     resumed = train(build_config(None, dict(common, max_steps=7, output=str(out), resume="latest", overwrite=True)))
     assert resumed.losses == straight.losses and len(resumed.losses) == 7
     assert_same_weights(tmp_path / "straight", out, "after training the finished run on")
+    # trained on to 9 without checkpoints: the newest (step 7) is older than the model (step 9), which
+    # "latest" would silently replace with a run from step 7; naming that checkpoint does it
+    train(build_config(None, dict(common, max_steps=9, checkpoint_every=0, output=str(out), resume="latest",
+                                  overwrite=True)))
+    with pytest.raises(UserError, match=r"--resume latest: the newest checkpoint \(checkpoint-000007\) is older than "
+                                        r"the model of step 9 .* steps 8-9 would be lost; name it"):
+        train(build_config(None, dict(common, max_steps=10, output=str(out), resume="latest", overwrite=True)))
+    named = out / "checkpoints" / "checkpoint-000007"
+    assert train(build_config(None, dict(common, max_steps=10, output=str(out), resume=str(named),
+                                         overwrite=True))).steps == 10

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from .. import progress
 from ..errors import UserError
+from ..models.tokens import identifier_words
 from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
 from .processes import ProcessLost, peer_gone
 from .results import TrainingInterrupted
@@ -281,6 +282,8 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
                 value = weights.get_tensor(key)
             except Exception as exc:
                 raise _damaged(path, exc) from None
+            if key.endswith("token_embedding.delta"):
+                _same_identifier(path, saved, settings)
             want = tuple(params[comp][pname].shape)
             if tuple(value.shape) != want and not hasattr(params[comp][pname], "device_mesh"):
                 hint = (" (the identifier's embedding: --instance-prompt or --class-prompt names other words than "
@@ -296,6 +299,17 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
         raise UserError(f"--resume {path}: the checkpoint's optimizer or random state does not fit this run "
                         f"({type(exc).__name__})") from None
     return state
+
+
+def _same_identifier(path: Path, saved: dict, settings: dict) -> None:
+    """A checkpoint's identifier offset (--identifier-lr) is of its run's identifier: another one (even
+    of as many tokens) would start from it."""
+    was = identifier_words(saved.get("instance_prompt") or "", saved.get("class_prompt"))
+    now = identifier_words(settings.get("instance_prompt") or "", settings.get("class_prompt"))
+    if "instance_prompt" in saved and was != now:
+        raise UserError(f"--resume {path}: the checkpoint trained the embedding of {' '.join(was)} (--identifier-lr), "
+                        f"this run's identifier is {' '.join(now) or 'none'}; resume with --instance-prompt "
+                        f"'{saved['instance_prompt']}', or start afresh")
 
 
 def save_run(run) -> Path | None:

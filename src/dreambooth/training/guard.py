@@ -66,9 +66,13 @@ def check_inputs(cfg: TrainConfig) -> None:
                if path and path != "toy" and Path(path).expanduser().exists()]       # local ones (not hub ids)
     if cfg.class_dir and not within(Path(cfg.class_dir), output / CLASS_IMAGES_DIR):
         inputs.append(("--class-dir", cfg.class_dir))
+    if cfg.resume and cfg.resume != "latest" and (Path(cfg.resume).expanduser() / CHECKPOINTS_DIR).is_dir():
+        raise UserError(f"--resume {cfg.resume}: a run's output, not a checkpoint; give --resume latest with --output "
+                        f"{cfg.resume}, or one of its {CHECKPOINTS_DIR}/checkpoint-N folders")
     if cfg.resume and cfg.resume != "latest" and not within(Path(cfg.resume), output / CHECKPOINTS_DIR):
         inputs.append(("--resume", cfg.resume))      # (its own checkpoints: --overwrite moves nothing)
-    for flag, path in inputs if cfg.overwrite else ():
+    # with --overwrite, or where the output is not empty (the advice would be --overwrite, then refused)
+    for flag, path in inputs if cfg.overwrite or (not cfg.resume and _entries(output)) else ():
         path = Path(path)
         if not path.expanduser().exists():        # a class folder still to be made: nothing of it to lose
             continue
@@ -204,8 +208,9 @@ def _entries(output: Path) -> list[Path]:
 class OutputStage:
     """The output folder while a run writes it (see the module doc)."""
 
-    def __init__(self, output: Path, overwrite: bool, resume_from: Path | None):
+    def __init__(self, output: Path, overwrite: bool, resume_from: Path | None, latest: bool = False):
         self.output, self.overwrite, self.resume_from = Path(output), overwrite, resume_from
+        self.latest = latest           # resume_from is what --resume latest found, not a checkpoint named
         self.previous = self.output / PREVIOUS_OUTPUT_DIR
         self.moved: list[str] = []
         self.committed, self.created = False, []
@@ -228,14 +233,21 @@ class OutputStage:
         own_resume = self.resume_from is not None and within(self.resume_from, self.output / CHECKPOINTS_DIR)
         entries = _entries(self.output)
         if self.previous.exists() and not own_resume:
+            resume = ", or --resume latest" if ckpt.list_checkpoints(self.output) else ""
             raise UserError(f"--output {self.output}: {self.previous} holds the output an interrupted --overwrite "
-                            "run replaced; move it back or delete it, or --resume latest")
+                            f"run replaced; move it back or delete it{resume}")
         finished = ckpt.finished_at(self.output) if own_resume else None
         resumed_at = checkpoint_step(self.resume_from) if own_resume else None
         # training a finished run on replaces its model: asked once (a checkpoint past it was made so)
         if finished is not None and not self.overwrite and (resumed_at is None or resumed_at <= finished):
             raise UserError(f"--output {self.output}: holds the model of a finished run (step {finished}); pass "
                             "--overwrite to replace it with this run's, or copy it elsewhere first")
+        if finished is not None and self.latest and resumed_at is not None and resumed_at < finished:
+            lost = f"step {finished}" if finished == resumed_at + 1 else f"steps {resumed_at + 1}-{finished}"
+            raise UserError(f"--resume latest: the newest checkpoint ({self.resume_from.name}) is older than the model "
+                            f"of step {finished} in {self.output}, so {lost} would be lost; "
+                            f"name it to resume from it anyway (--resume {self.resume_from}), or train that model "
+                            "on as a new run (--model OUTPUT --output NEW)")
         if entries and not own_resume:
             if not self.overwrite:
                 hint = " or --resume latest to continue" if ckpt.list_checkpoints(self.output) else ""

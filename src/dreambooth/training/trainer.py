@@ -113,9 +113,11 @@ class Trainer:
                                      warn=self._warn, masks=cfg.masked_loss)
             shards = shard_count(self.accelerator, fsdp, self._warn)
             self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
-            self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from)
+            self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from, cfg.resume == "latest")
             if self.accelerator.is_main_process:
                 self.stage.prepare(self.cleanup)
+        for warning in identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt, [e.prompt for e in instance]):
+            self._warn(warning)             # now, before class images and steps are spent on them
         self.memory.report()
         self._prepare_data(cfg, instance)
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
@@ -145,8 +147,6 @@ class Trainer:
         self.stream.needs_pixels = self.latent_cache.needs_pixels
         if self.latent_cache.complete:
             self.parking.park(pipe.vae)
-        self.warnings += identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt,
-                                             [e.prompt for e in self.stream.instance])
         if self.resume_from:
             ckpt.resume_run(self, self.resume_from)
         if cfg.validate_every:
