@@ -333,3 +333,34 @@ def test_a_jobs_messages_name_the_fields_its_client_sent_and_only_those():
     assert in_api_words(message, request) == ("identifier_lr (of the toy settings) trains the embeddings of 'sks'; "
                                               "overrides.max_steps 5 and class_prompt")
     assert in_api_words("--batch-size 0: too small") == "overrides.batch_size 0: too small"
+
+
+def test_a_stop_ends_the_running_generation_and_refuses_the_waiting_ones(server_process):
+    """SIGTERM with a long generation running and another waiting (clients that may be gone): the
+    server stops in seconds, not when they are done (uvicorn waits for every open request)."""
+    import threading
+    base, replies = server_process.base, []
+    body = {"prompt": "a square", "steps": 150, "width": 256, "height": 256}
+
+    def ask():
+        try:
+            replies.append(httpx.post(f"{base}/sdapi/v1/txt2img", json=body, timeout=300))
+        except httpx.TransportError as exc:
+            replies.append(exc)
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for asker in askers:
+        asker.start()
+        time.sleep(0.5)
+    deadline = time.time() + 60
+    while httpx.get(f"{base}/sdapi/v1/progress", timeout=10).json()["state"]["sampling_step"] < 1:
+        assert time.time() < deadline, "the generation did not start"
+        time.sleep(0.2)
+    started = time.time()
+    assert server_process.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert time.time() - started < 30
+    for asker in askers:
+        asker.join(30)
+    codes = sorted(r.status_code for r in replies if isinstance(r, httpx.Response))
+    assert codes == [200, 400], replies               # the running one's image so far; the waiting one refused
+    refused = next(r for r in replies if isinstance(r, httpx.Response) and r.status_code == 400)
+    assert refused.json()["detail"].startswith("the server is stopping"), refused.text

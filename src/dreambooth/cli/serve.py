@@ -64,7 +64,14 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, mod
                f"   docs: http://{shown}:{port}/docs", err=True)
     click.echo(f"  {len(app.state.catalog.models())} model(s), {len(app.state.catalog.loras())} LoRA(s); "
                f"jobs in {data_dir}" + ("; HTTP Basic auth on" if api_auth else ""), err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    stop = server.handle_exit
+
+    def handle_exit(sig, frame):            # before uvicorn waits for the open requests: end them
+        engine.close()
+        stop(sig, frame)
+    server.handle_exit = handle_exit
+    server.run()
 
 
 def register(group: click.Group) -> None:

@@ -35,24 +35,35 @@ class DeviceGate:
         self._waiting = 0
         self._training = False
         self._paused = False
+        self.closed = False                        # the server stops: no request starts any more
         self.last_wait = 0.0                       # seconds the last request waited for a training step
 
     @contextmanager
     def request(self):
-        arrived = time.monotonic()
+        arrived, held = time.monotonic(), False
         with self._cond:
             self._waiting += 1
-            while self._training and not self._paused:
-                self._cond.wait()
-        self._requests.acquire()
-        self.last_wait = time.monotonic() - arrived
         try:
+            with self._cond:
+                while self._training and not self._paused and not self.closed:
+                    self._cond.wait()
+            while not self.closed and not held:     # (a wait the lock's release ends at once)
+                held = self._requests.acquire(timeout=0.2)
+            if self.closed:
+                raise UserError("the server is stopping; send the request again once it is back")
+            self.last_wait = time.monotonic() - arrived
             yield
         finally:
-            self._requests.release()
+            if held:
+                self._requests.release()
             with self._cond:
                 self._waiting -= 1
                 self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     @contextmanager
     def training(self):
@@ -250,7 +261,16 @@ class Engine:
             with s.lock:
                 s.job, s.job_count, s.fraction, s.sampling_step, s.preview = "", 0, 0.0, 0, None
 
+    def close(self) -> None:
+        """The server stops (SIGTERM, Ctrl-C): the running request ends at its next step (the images so far
+        are its reply) and the waiting ones are refused, so that uvicorn, which waits for every open
+        request, is not kept up by generations whose clients may be gone."""
+        self.gate.close()
+        self.state.interrupted = True
+
     def _stop(self) -> str | None:
+        if self.gate.closed:
+            return "interrupt"
         answer = self.state.stop()
         if answer == "skip":
             self.state.skipped = False              # the skip ends one image only
