@@ -58,6 +58,9 @@ def test_shipped_presets_load_with_the_seeds_settings(name):
                                          ({"model": None}, "--model toy"),
                                          ({"caption_dropout": 1.5}, "--caption-dropout"),
                                          ({"class_prompt": "   "}, "--class-prompt: empty"),
+                                         ({"validation_prompts": [""]}, "--validation-prompts: an empty prompt"),
+                                         ({"validation_prompts": ["a sks dog", " "]}, "--validation-prompts: an empty"),
+                                         ({"validation_seeds": [0, 1, 0]}, "--validation-seeds 0: given twice"),
                                          ({"resume": ""}, "--resume: empty")])
 def test_validate_names_the_flag(change, flag):
     cfg = TrainConfig(model="m", instance_dir="x", instance_prompt="a sks dog", output="o").replace(**change)
@@ -108,3 +111,45 @@ def test_settings_a_run_would_not_use_are_said():
     (dropped,) = idle_settings(cfg.replace(caption_dropout=1.0))
     assert dropped.startswith("--caption-dropout 1: every picture is shown with an empty prompt")
     assert idle_settings(cfg.replace(caption_dropout=0.1)) == []
+
+
+def test_a_presets_unknown_key_is_named_with_the_nearest_setting(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("max_step: 3\n")
+    with pytest.raises(UserError, match=r"p.yaml: unknown setting 'max_step' \(did you mean max_steps\?\)$"):
+        load_preset(str(preset))
+
+
+def test_null_in_a_preset_is_the_key_left_out(tmp_path):
+    """'seed: null' was '--seed: required', naming a flag never given and not the file."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("seed: null\nmax_steps: ~\nvae: null\nrank: 8\n")
+    assert load_preset(str(preset)) == {"rank": 8}
+    cfg = build_config(str(preset), {"model": "m", "instance_dir": "x", "instance_prompt": "a sks dog", "output": "o"})
+    assert cfg.validate().seed == TrainConfig().seed and cfg.max_steps == TrainConfig().max_steps
+
+
+def test_settings_an_older_version_had_are_left_out_of_its_record_and_refused_in_a_preset(tmp_path):
+    """The toy backdrops' settings were removed on 2026-12-04: a run's record of an older version still
+    trains (without them, said once where they did something); a preset of the user's is told what to do."""
+    import json
+
+    from dreambooth import progress
+    old = tmp_path / "old"
+    old.mkdir()
+    record = {"model": "toy", "max_steps": 9, "backdrop_augment": 0.75, "backdrop_caption": False,
+              "backdrop_loss_weight": 0.1, "steps_done": 9}
+    (old / "training_args.json").write_text(json.dumps(record))
+    said = []
+    with progress.subscribed(lambda e: said.append(e.message) if e.kind == "message" else None):
+        assert load_preset(str(old / "training_args.json")) == {"model": "toy", "max_steps": 9}
+        (old / "training_args.json").write_text(json.dumps({**record, "backdrop_augment": 0.0,
+                                                            "backdrop_loss_weight": 1.0}))
+        assert load_preset(str(old / "training_args.json")) == {"model": "toy", "max_steps": 9}   # all off: silent
+    assert len(said) == 1 and "leaving out backdrop_augment 0.75, backdrop_loss_weight 0.1, settings of an older " \
+        "dreambooth" in said[0], said
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("backdrop-caption: true\n")
+    with pytest.raises(UserError, match=r"mine.yaml: 'backdrop-caption' is a setting of an older dreambooth, removed "
+                                        r"on 2026-12-04 .*: drop it$"):
+        load_preset(str(preset))

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dreambooth.images import IMAGE_SUFFIXES
 from dreambooth.images import open_image as load_image
 from dreambooth.images import to_rgb
 from dreambooth.training.data import Example, ExampleStream, crop_and_flip, load_examples
@@ -71,7 +72,7 @@ def test_files_passed_over_for_one_reason_are_one_warning(tmp_path):
     assert warnings == [
         f"ignoring {tmp_path / 'p0.mask.png'}: mask files are used only with --masked-loss",
         f"ignoring 5 caption files in {tmp_path} (p0.txt, p1.txt, p2.txt and 2 more): they are used only with --captions",
-        f"skipping {tmp_path / 'notes.md'}: not an image (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff)",
+        f"skipping {tmp_path / 'notes.md'}: not an image ({', '.join(IMAGE_SUFFIXES)})",
         f"4 photos in {tmp_path} are below the training size 32 and are upscaled (p0.png 16x16, p1.png 20x20, "
         "p2.png 24x24 and 1 more); photos at least that large train sharper"]
     for name in ("p1.png", "p2.png", "p3.png", "p0.mask.png", "p0.txt", "p1.txt", "p2.txt", "p3.txt"):
@@ -81,7 +82,7 @@ def test_files_passed_over_for_one_reason_are_one_warning(tmp_path):
     load_examples(tmp_path, "a sks dog", 32, warn=warnings.append)
     assert warnings == [
         f"ignoring {tmp_path / 'p4.txt'}: caption files are used only with --captions",
-        f"skipping 2 files in {tmp_path} that are not images (more.md, notes.md; images are .jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff)",
+        f"skipping 2 files in {tmp_path} that are not images (more.md, notes.md; images are {', '.join(IMAGE_SUFFIXES)})",
         f"{tmp_path / 'p0.png'}: 16x16, upscaled to the training size 32; a photo at least that large trains sharper"]
     warnings.clear()                                   # class images are images, not photos
     load_examples(tmp_path, "a dog", 32, flag="--class-dir", warn=warnings.append)
@@ -170,3 +171,39 @@ def test_stream_resumes_exactly():
         got = b.next_batch()
         assert got.indices == want.indices and got.crop_top_left == want.crop_top_left
         assert torch.equal(got.pixels, want.pixels)
+
+
+def test_pictures_in_unread_formats_are_said_with_what_to_do(tmp_path):
+    """A phone's HEIC photo is not 'not an image': it is named with the advice to convert it; AVIF is
+    read where this Pillow reads it."""
+    from PIL import features
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "a.jpg")
+    (tmp_path / "b.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF")
+    avif = features.check("avif")
+    if avif:
+        Image.new("RGB", (32, 32), (30, 200, 30)).save(tmp_path / "c.avif")
+    warnings = []
+    examples = load_examples(tmp_path, "p", 32, warn=warnings.append)
+    assert [e.path.name for e in examples] == ["a.jpg"] + (["c.avif"] if avif else [])
+    assert any("formats not read here (b.heic); convert them to PNG or JPEG" in w for w in warnings), warnings
+    assert any("notes.pdf: not an image" in w for w in warnings) and not any("b.heic: not" in w for w in warnings)
+
+
+def test_a_batch_larger_than_the_photos_is_said_once(tmp_path):
+    one = [Example(Image.new("RGB", (32, 32)), "p", (32, 32), tmp_path / "a.png")]
+    said = []
+    ExampleStream(one, [], 4, 32, False, False, 0, warn=said.append)
+    assert len(said) == 1 and said[0].startswith("--batch-size 4 is more than the 1 photo(s)")
+    ExampleStream(one * 4, [], 4, 32, False, False, 0, warn=said.append)
+    ExampleStream(one * 2, [], 2, 32, False, False, 0, shard=(1, 2), warn=said.append)   # the first process says it
+    assert len(said) == 1
+
+
+def test_far_more_photos_than_dreambooth_takes_are_said_once(tmp_path):
+    for i in range(101):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i:03d}.png")
+    warnings = []
+    assert len(load_examples(tmp_path, "p", 8, warn=warnings.append)) == 101
+    assert [w for w in warnings if "101 photos, where DreamBooth teaches a subject from 3 to 20" in w] == warnings
+    assert len(warnings) == 1

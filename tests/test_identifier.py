@@ -1,4 +1,6 @@
 """--identifier-lr: the identifier's own embedding learns; no other word's embedding moves."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,6 +46,23 @@ def test_identifier_warnings_say_what_is_wrong():
     assert identifier_warnings(load_pipeline("toy").tokenizer, "a sks square", "a square") == []   # rare there
     (cut,) = identifier_warnings(tokenizer, "a photo of zwx dog", "a photo of dog", ["a zwx dog, " + "tag, " * 80])
     assert cut.startswith("--captions: 1 caption(s) longer than 75 tokens; training reads the first 75 of each")
+
+
+def test_captions_name_the_identifier_where_the_tokenizer_sees_it():
+    """A caption names the identifier where the tokenizer reads it as a word of its own: joined by a
+    hyphen, with a possessive, in the WebUI's weight syntax; not inside a longer word."""
+    from transformers import CLIPTokenizer
+
+    import dreambooth
+    from dreambooth.models.tokens import caption_warnings
+    tokenizer = CLIPTokenizer.from_pretrained(Path(dreambooth.__file__).parent / "data" / "toy_model" / "tokenizer")
+    named = ["sks-dog on grass", "a photo of sks's toy", "(sks:1.2)"]
+    for caption in named:         # 'sks</w>': the whole word, as in 'a photo of sks dog'
+        assert "sks</w>" in tokenizer.tokenize(caption)
+    assert caption_warnings("a photo of sks dog", "a photo of dog", named) == []
+    for other in ("asks for a walk", "a sksx dog"):
+        (missing,) = caption_warnings("a photo of sks dog", "a photo of dog", [other])
+        assert missing.startswith("--captions: 1 of 1 captions do not name the identifier 'sks'")
 
 
 def _config(model, photos, out, **changes):

@@ -170,3 +170,33 @@ def test_the_trainers_loss_uses_the_weights(tiny_sd1, backdrop_instances, tmp_pa
     unweighted = loss_with(None)
     assert loss_with(torch.ones_like(batch.loss_weights)) == pytest.approx(unweighted, rel=1e-5)
     assert loss_with(batch.loss_weights) != pytest.approx(unweighted, rel=1e-3)
+
+
+def test_a_mask_file_is_found_in_any_case(tmp_path):
+    """NAME.MASK.PNG is kept out of the photos as a mask (images.is_mask_file takes any case), so it
+    must also be the photo's mask, not left unread with the photo at full weight."""
+    from dreambooth.training.data import load_examples
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "dog.jpg")
+    Image.new("L", (32, 32), 64).save(tmp_path / "dog.MASK.PNG")
+    warnings = []
+    (example,) = load_examples(tmp_path, "p", 32, masks=True, warn=warnings.append)
+    assert example.mask is not None and abs(example.mask.max() - 64 / 255) < 1e-6 and not warnings
+
+
+def test_a_mask_files_transparency_weighs_zero(tmp_path):
+    """A white mask on a transparent ground (as an editor exports a selection): transparent is 0, and
+    nothing more is said; an opaque mask is its grey level as before."""
+    from dreambooth.training.data import load_examples
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "dog.png")
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[8:24, 8:24, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "dog.mask.png")
+    warnings = []
+    (example,) = load_examples(tmp_path, "p", 32, masks=True, warn=warnings.append)
+    assert example.mask[16, 16] == 1.0 and example.mask[0, 0] == 0.0 and example.mask.mean() == 0.25
+    assert not warnings
+    rgba[..., 3], rgba[..., :3] = 255, 128                       # opaque all over: its grey level
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "dog.mask.png")
+    (example,) = load_examples(tmp_path, "p", 32, masks=True)
+    assert np.allclose(example.mask, 128 / 255)

@@ -194,3 +194,24 @@ def test_prompts_and_identifier():
     settings = ValidationSettings.from_config(_config("/tmp/x", "/tmp/y", validation_cfg=4.0))
     assert settings.params.cfg_scale == 4.0 and settings.params.sampler == "DPM++ 2M"
     assert settings.class_prompt == "a photo of dog" and settings.identifier == "sks"
+
+
+def test_prompts_without_the_identifier_are_said_once_in_trains_words(tmp_path, dog_photos, eval_models):
+    """--validation-prompts that never name the identifier: one warning a run, in train's flags (it was
+    evaluate's '--identifier sks: in none of the prompts' at every validation, scored or not)."""
+    from dreambooth import progress
+    config = _config(tmp_path, dog_photos, validate_every=1, validation_prompts=["a photo of a dog on grass"],
+                     validation_seeds=[0], keep_best=False, dino_model=str(eval_models[0]),
+                     clip_model=str(eval_models[1]))
+    run = FakeRun(config)
+    cb = Validator(run)
+    made = GeneratedImage(Image.new("RGB", (16, 16), (120, 72, 40)), 0, "a dog\nSteps: 1, Sampler: DDIM, Seed: 0")
+    cb._generate = lambda step: [made]
+    said = []
+    with progress.subscribed(lambda e: said.append(e.message) if e.kind == "message" else None):
+        _train(cb, run, 4)
+    assert [r["step"] for r in cb.rows] == [0, 1, 2, 3, 4] and all(r["clip_t"] is not None for r in cb.rows)
+    warned = [m for m in said if "identifier" in m]
+    assert len(warned) == 1 and warned[0].startswith(
+        "--validation-prompts: none names the identifier 'sks' of --instance-prompt"), said
+    assert "e.g. 'a sks dog in the jungle'" in warned[0]

@@ -20,8 +20,22 @@ from PIL import Image, ImageOps
 from . import progress
 from .errors import UserError, file_operation
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-UNREAD_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".psd", ".raw", ".dng", ".cr2", ".nef")   # said, not read
+
+def _pillow_reads_avif() -> bool:
+    """Whether this Pillow was built with AVIF (11.3 on, with libavif): its photos are then read."""
+    try:
+        from PIL import features
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # an older Pillow warns of a feature it does not know
+            return bool(features.check("avif"))
+    except Exception:
+        return False
+
+
+_AVIF = (".avif",) if _pillow_reads_avif() else ()
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff") + _AVIF
+UNREAD_SUFFIXES = tuple(s for s in (".gif", ".heic", ".heif", ".avif", ".jxl", ".psd", ".raw", ".dng", ".cr2", ".nef")
+                        if s not in _AVIF)      # said, not read
 MAX_PIXELS = int(os.environ.get("DREAMBOOTH_MAX_IMAGE_PIXELS") or Image.MAX_IMAGE_PIXELS)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS        # PIL warns above it (refused here) and fails above twice it
 
@@ -104,11 +118,16 @@ def list_images(folder: str | Path, flag: str, allow_empty: bool = False, quiet:
     files = [p for p in everything if is_image_file(p)]
     unread = [p.name for p in everything if p.suffix.lower() in UNREAD_SUFFIXES]
     if unread and not quiet:
-        progress.warn(f"{flag} {folder}: skipping {len(unread)} picture(s) in formats not read here "
-                      f"({', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}); convert them to PNG or JPEG")
+        progress.warn(unread_formats(f"{flag} {folder}", unread))
     if not files and not allow_empty:
         raise UserError(f"{flag} {folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     return files
+
+
+def unread_formats(where: str, names: list[str]) -> str:
+    """The one line for pictures in formats not read here (HEIC from a phone, GIF...): what to do."""
+    return (f"{where}: skipping {len(names)} picture(s) in formats not read here ({', '.join(names[:3])}"
+            f"{' ...' if len(names) > 3 else ''}); convert them to PNG or JPEG")
 
 
 def list_files(folder: str | Path, flag: str, quiet: bool = False) -> list[Path]:

@@ -188,11 +188,13 @@ class Evaluator:
     def score(self, real, generated, prompts: Sequence[str] | None = None, identifier: str | None = DEFAULT_IDENTIFIER,
               keep_identifier: bool = False, class_generated=None, div: bool = False,
               lpips_distance: Callable | None = None, per_image: bool = True,
-              steps: int | Sequence[int | None] | None = None) -> dict:
+              steps: int | Sequence[int | None] | None = None, identifier_flag: str | None = "--identifier") -> dict:
         """All metrics for one subject: ``real`` is a :class:`RealSet` or a list of PIL images or paths,
         ``generated`` a list; ``prompts`` one per generated image (None: no CLIP-T); ``class_generated``
         images of the class prompt for PRES; ``div`` asks for DIV; ``steps`` the sampling steps of the
-        images (one number, or one per image; None: unknown), which a prompt's ``[from:to:when]`` needs."""
+        images (one number, or one per image; None: unknown), which a prompt's ``[from:to:when]`` needs.
+        ``identifier_flag`` names what set the identifier in the warning when no prompt holds it; None
+        says nothing (a caller that scores often, validation, says it once in its own terms)."""
         ref = real if isinstance(real, RealSet) else self.reference(real)
         generated = _as_images(generated)
         if not generated:
@@ -218,9 +220,10 @@ class Evaluator:
                 raise UserError(f"steps: {len(each_steps)} for {len(prompts)} prompts; give one per image, or one number")
             plain = [plain_text(p, n) for p, n in zip(prompts, each_steps)]
             text_prompts = plain if keep_identifier else [strip_identifier(p, identifier) for p in plain]
-            if identifier and not keep_identifier and not any(identifier_pattern(identifier).search(p) for p in prompts):
-                progress.warn(f"--identifier {identifier}: in none of the prompts, so nothing is taken out for CLIP-T; "
-                              "give the identifier the model was trained with")
+            if identifier and identifier_flag and not keep_identifier and \
+                    not any(identifier_pattern(identifier).search(p) for p in prompts):
+                progress.warn(f"{identifier_flag} {identifier}: in none of the prompts, so nothing is taken out for "
+                              "CLIP-T; give the identifier the model was trained with")
             t_clip = self.clip.embed_texts(text_prompts)
             clip_t_each = (torch.nn.functional.normalize(g_clip.double(), dim=-1)
                            * torch.nn.functional.normalize(t_clip.double(), dim=-1)).sum(-1)

@@ -59,10 +59,15 @@ def rare_identifiers(tokenizer, count: int = 20, max_chars: int = 3) -> list[Can
 _FILLER = {"a", "an", "the", "photo", "of", "picture"}
 
 
+_CONTRACTION = re.compile(r"['’](?:s|t|re|ve|m|ll|d)\b")      # split off as CLIP's tokenizer does: "sks's" is sks
+_WORD = re.compile(r"[^\W_]+")                                  # a run of letters and digits
+
+
 def _words(prompt: str | None) -> list[str]:
-    """The prompt's words, lower-case, without the punctuation around them, each once."""
-    words = (w.strip(",.;:!?()[]{}\"'") for w in (prompt or "").lower().split())
-    return list(dict.fromkeys(w for w in words if w))
+    """The prompt's words, lower-case, each once: runs of letters and digits, as CLIP's tokenizer
+    splits text before it merges (it never joins a word across punctuation), so 'sks-dog', "sks's"
+    and '(sks:1.2)' hold the word 'sks', and 'asks' or 'sksx' do not."""
+    return list(dict.fromkeys(_WORD.findall(_CONTRACTION.sub(" ", (prompt or "").lower()))))
 
 
 def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:

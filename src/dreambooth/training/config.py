@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-import yaml
-
 from ..checks import MAX_SEED, check_seed, check_value
 from ..errors import UserError
 from ..outputs import TRAINING_ARGS_FILE
 from ..generation.params import RANGES, GenerationParams
+from .config_files import did_you_mean, read_settings, without_removed
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 METHODS = ("full", "lora")
@@ -204,6 +203,12 @@ class TrainConfig:
         if self.class_prompt is not None and not str(self.class_prompt).strip():
             raise UserError("--class-prompt: empty; give the class, e.g. --class-prompt 'a photo of dog', or leave it "
                             "out (no prior preservation)")
+        if self.validation_prompts and not all(str(p).strip() for p in self.validation_prompts):
+            raise UserError("--validation-prompts: an empty prompt; give each one text, or leave the flag out for the "
+                            "default prompts")
+        twice = [s for i, s in enumerate(self.validation_seeds) if s in self.validation_seeds[:i]]
+        if twice:            # the same seed would only make the same images again
+            raise UserError(f"--validation-seeds {twice[0]}: given twice; give each seed once")
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
         return self
@@ -313,44 +318,24 @@ def preset_file(path_or_name: str) -> Path:
     return shipped
 
 
-class _UniqueKeys(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice (YAML itself keeps the last, silently)."""
-
-
-def _mapping_of_unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_of_unique_keys)
-
-
 def load_preset(path_or_name: str) -> dict[str, Any]:
     """Read a YAML preset: a file path, or the name of a shipped preset (``sd15-lora``)."""
     path = preset_file(path_or_name)
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"--config {path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of setting: value")
+    data = read_settings(path)
     known = {f.name: f for f in TrainConfig.fields()}
-    out = {}
+    out, seen = {}, set()
     record = path.name == TRAINING_ARGS_FILE or {"steps_done", "versions"} <= set(data)     # (renamed too)
-    for key, value in data.items():
+    for key, value in without_removed(path, data, record).items():
         name = str(key).replace("-", "_")
         if record and name in RUN_RECORD:
             continue        # a finished run's record as a preset: its settings, not what it did or was asked once
         if name not in known:
-            raise UserError(f"--config {path}: unknown setting '{key}'")
-        if name in out:
+            raise UserError(f"--config {path}: unknown setting '{key}'{did_you_mean(name, known)}")
+        if name in seen:
             raise UserError(f"--config {path}: '{name}' is given twice (as '{key}' too); keep one")
-        out[name] = _coerce(known[name], value, f"--config {path}")
+        seen.add(name)
+        if value is not None:       # null ('seed: null'): not given, the default (as the A1111 server reads null)
+            out[name] = _coerce(known[name], value, f"--config {path}")
     return out
 
 
@@ -372,10 +357,7 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     known = {f.name for f in TrainConfig.fields()}
     unknown = set(values) - known
     if unknown:
-        import difflib
-        near = {u: difflib.get_close_matches(u, known, 1) for u in sorted(unknown)}
-        raise UserError("unknown setting(s): " + ", ".join(f"{u} (did you mean {near[u][0]}?)" if near[u] else u
-                                                            for u in near))
+        raise UserError("unknown setting(s): " + ", ".join(u + did_you_mean(u, known) for u in sorted(unknown)))
     return TrainConfig(**values)
 
 

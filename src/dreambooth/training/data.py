@@ -21,12 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import progress
 from ..errors import UserError
-from ..images import IMAGE_SUFFIXES, MASK_SUFFIX, MAX_ASPECT, is_mask_file, list_files, middle, open_image
+from ..images import (IMAGE_SUFFIXES, MASK_SUFFIX, MAX_ASPECT, UNREAD_SUFFIXES, is_mask_file, list_files, middle,
+                      open_image, unread_formats)
 from ..text_files import decode_text
 from .masks import load_mask
 
 log = logging.getLogger("dreambooth")
+MANY_PHOTOS = 100      # DreamBooth teaches a subject from 3-20 photos; far more is likely another folder or task
 
 
 @dataclass
@@ -87,7 +90,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
     # --captions would otherwise print 20)
-    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike = [], [], [], [], [], [], [], []
+    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike, unread = ([] for _ in range(9))
     # (path, detail); captions are the photos' (class images are trained with --class-prompt)
     caption_use = "only with --captions" if flag != "--class-dir" else "for the photos only, with --captions"
     files = list_files(folder, flag)
@@ -106,6 +109,8 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             if path.suffix.lower() == ".txt" and path.stem in image_stems:
                 if not captions:
                     unused_captions.append((path, ""))
+            elif path.suffix.lower() in UNREAD_SUFFIXES:
+                unread.append(path.name)        # pictures (HEIC from a phone): said with what to do
             else:
                 not_images.append((path, ""))
             continue
@@ -163,6 +168,12 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                               "is trained")):
         if group:
             warn(_one_line(group, alone, together))
+    if unread:
+        warn(unread_formats(f"{flag} {folder}", unread))
+    if flag == "--instance-dir" and len(examples) > MANY_PHOTOS:
+        warn(f"{flag} {folder}: {len(examples)} photos, where DreamBooth teaches a subject from 3 to 20; with so "
+             "many each is seen only a few times in --max-steps (check that the folder is the one meant, or raise "
+             "--max-steps)")
     if captions and flag == "--instance-dir" and examples and not caption_files:
         warn(f"--captions: no caption file (NAME.txt beside NAME.jpg) in {folder}; every photo is trained with "
              "--instance-prompt")
@@ -254,12 +265,21 @@ class ExampleStream:
     ``shard=(rank, world)``: one of ``world`` processes. Each draws the whole global batch
     (``batch_size`` x ``world`` instance examples, as many class examples) from the same seeded
     generator and keeps its own slice, so N processes x batch b see exactly the examples one process
-    x batch N*b sees, and one generator state resumes them all."""
+    x batch N*b sees, and one generator state resumes them all.
+
+    A batch larger than the photos repeats a photo within it (each epoch is one permutation): said
+    once, through ``warn``, by the first process."""
 
     def __init__(self, instance: list[Example], prior: list[Example], batch_size: int, size: int,
                  center_crop: bool, random_flip: bool, seed: int, caption_dropout: float = 0.0,
-                 transforms: Sequence[ExampleTransform] = (), shard: tuple[int, int] = (0, 1)):
+                 transforms: Sequence[ExampleTransform] = (), shard: tuple[int, int] = (0, 1),
+                 warn: Callable[[str], None] | None = None):
         self.instance, self.prior = instance, prior
+        if batch_size * shard[1] > len(instance) and shard[0] == 0:
+            batch = f"--batch-size {batch_size}" + (f" x {shard[1]} processes" if shard[1] > 1 else "")
+            (warn or progress.warn)(f"{batch} is more than the {len(instance)} photo(s): every batch shows a photo "
+                                    "more than once (in other crops, with other noise); give more photos or a smaller "
+                                    "--batch-size")
         self.shard = shard
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip

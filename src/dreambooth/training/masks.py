@@ -5,7 +5,8 @@ latents' size, and used as a per-pixel weight of the loss (``loss.per_example_ms
 mean, so an example's loss keeps its scale whatever share is weighted). It comes from
 
 * the photo's alpha channel (a cut-out subject: transparent pixels weigh 0), or
-* ``NAME.mask.png`` beside ``NAME.jpg``: its grey level, white 1 and black 0.
+* ``NAME.mask.png`` beside ``NAME.jpg`` (the suffix in any case): its grey level, white 1 and black 0,
+  times its alpha where it has one (transparent weighs 0, as in a cut-out photo).
 
 ``find_backdrop`` is one way to make masks: it finds a plain backdrop (a product on white, a studio
 shot), every pixel of the border's colour connected to the border, where at least 60% of the
@@ -17,18 +18,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 from scipy import ndimage
 
-from ..images import MASK_SUFFIX, middle, open_image
+from ..images import MASK_SUFFIX, is_mask_file, middle, open_image
 
 TOLERANCE = 40          # summed |RGB| difference still counted as the backdrop's colour
 BORDER_SHARE = 0.6      # share of the border that must be the backdrop's colour (subjects may reach it)
 
 
-def mask_file_for(photo: Path) -> Path:
-    """``NAME.mask.png`` beside ``NAME.jpg``."""
-    return photo.with_name(photo.stem + MASK_SUFFIX)
+def mask_file_for(photo: Path) -> Path | None:
+    """``NAME.mask.png`` beside ``NAME.jpg``, or None. The suffix is matched in any case, as
+    ``images.is_mask_file`` (which keeps such a file out of the photos) takes it: ``NAME.MASK.PNG``
+    too; the exact ``NAME.mask.png`` first where there are both."""
+    exact = photo.with_name(photo.stem + MASK_SUFFIX)
+    if exact.is_file():
+        return exact
+    name = photo.stem + MASK_SUFFIX
+    found = [p for p in photo.parent.iterdir() if len(p.name) == len(name) and p.name.startswith(photo.stem)
+             and is_mask_file(p) and p.is_file()]
+    return min(found, default=None)
 
 
 def load_mask(photo: Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None,
@@ -37,8 +46,10 @@ def load_mask(photo: Path, size: tuple[int, int], photo_size: tuple[int, int] | 
     ``NAME.mask.png`` when there is one, else from the photo's alpha channel, else None. A mask
     file of another size than the photo's (``photo_size``) is stretched to it, with a ``warn``."""
     side = mask_file_for(photo)
-    if side.is_file():
-        mask = open_image(side, "--masked-loss", mode="L")
+    if side is not None:
+        mask = open_image(side, "--masked-loss", mode="L", keep_alpha=True)
+        if mask.mode == "RGBA":       # a white mask on a transparent ground: transparent weighs 0
+            mask = ImageChops.multiply(mask.convert("L"), mask.getchannel("A"))
         if photo_size is not None and mask.size != tuple(photo_size):
             if warn is not None:
                 warn(f"--masked-loss: {side} is {mask.width}x{mask.height}, its photo {photo_size[0]}x{photo_size[1]}; "

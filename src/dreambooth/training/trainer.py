@@ -167,10 +167,10 @@ class Trainer:
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir",
                                   warn=self._warn)[:cfg.num_class_images]    # a folder may hold more: the first
         self.class_images, self.instance_images = len(prior), len(instance)
-        if acc.is_main_process:         # (masks or captions mistaken for photos show here)
-            progress.message(f"training on {len(instance)} photo(s)" + (f" and {len(prior)} class image(s)" if prior else ""))
+        progress.message(f"training on {len(instance)} photo(s)" + (f" and {len(prior)} class image(s)" if prior else ""))
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop, cfg.random_flip,
-                                    cfg.seed, cfg.caption_dropout, self.transforms, (acc.process_index, acc.num_processes))
+                                    cfg.seed, cfg.caption_dropout, self.transforms, (acc.process_index, acc.num_processes),
+                                    self._warn)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

@@ -46,6 +46,7 @@ import torch
 from .. import progress
 from ..errors import UserError
 from ..evaluation.metrics import Evaluator, RealSet
+from ..evaluation.prompts import identifier_pattern
 from ..generation.params import GenerationParams
 from ..generation.sampling import GeneratedImage, generate
 from ..grid import annotated_grid
@@ -184,6 +185,17 @@ class Validator:
             if s.keep_best:
                 progress.warn("--keep-best: no metrics to choose a step; the final weights stay the output")
 
+    def _check_prompts(self) -> None:
+        """Once a run (the metrics, which score every validation, say nothing of it): prompts of
+        --validation-prompts that never name the instance prompt's identifier never ask for the subject."""
+        s = self.settings
+        subject = [p for p in s.prompts if p != s.class_prompt]
+        if s.identifier and subject and not any(identifier_pattern(s.identifier).search(p) for p in subject):
+            example = default_validation_prompts(self.run.config.instance_prompt)[1]
+            progress.warn(f"--validation-prompts: none names the identifier '{s.identifier}' of --instance-prompt, so "
+                          "no validation image asks for the subject and the metrics follow what the prompts name; "
+                          f"write it into them (e.g. '{example}')")
+
     def _open_tensorboard(self) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -205,6 +217,7 @@ class Validator:
                 stale.unlink(missing_ok=True)
             shutil.rmtree(self.dir / VALIDATION_BEST, ignore_errors=True)
         write_metrics_csv(csv_path, self.rows)
+        self._check_prompts()
         self._load_evaluator()
         self._open_tensorboard()
         return self.validate(0) if start == 0 else None
@@ -301,7 +314,7 @@ class Validator:
         if not subject:
             return {}
         scores = self.evaluator.score(self.real, subject, subject_prompts, identifier=s.identifier,
-                                      class_generated=klass or None, per_image=False)
+                                      class_generated=klass or None, per_image=False, identifier_flag=None)
         return {k: scores[k] for k in ("dino", "clip_i", "clip_t", "pres") if scores.get(k) is not None}
 
     def _rank_row(self, row: dict) -> bool:
