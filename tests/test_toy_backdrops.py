@@ -142,4 +142,20 @@ def test_the_cli_passes_the_toy_transform_only_with_the_toy_preset(tmp_path):
     own.write_text("max_steps: 300\n")
     assert not uses_toy_preset(str(own), "m")
     assert not uses_toy_preset(None, "stable-diffusion-v1-5/stable-diffusion-v1-5")
-    assert not uses_toy_preset("sd15-lora", "toy")
+    assert uses_toy_preset("sd15-lora", "toy")      # any settings on the toy model: the toy preset beneath them
+
+
+def test_the_toy_preset_lies_beneath_any_settings_on_the_toy_model(tmp_path):
+    """``model: toy`` in a user's file, or a toy run's training_args.json as --config, gets the toy
+    preset's values where it says nothing, as --model toy does; its own values win."""
+    from dreambooth.training.config import build_config
+    toy = build_config("toy")
+    own = tmp_path / "mine.yaml"
+    own.write_text("model: toy\nmax_steps: 3\n")
+    mine = build_config(str(own))
+    assert mine.max_steps == 3 and (mine.method, mine.learning_rate, mine.identifier_lr) == \
+        (toy.method, toy.learning_rate, toy.identifier_lr)
+    own.write_text("model: toy\nmethod: lora\n")
+    assert build_config(str(own)).identifier_lr == 0            # the toy's is for full fine-tuning: not a warning
+    own.write_text("model: toy\nmethod: lora\nidentifier_lr: 0.01\n")
+    assert build_config(str(own)).identifier_lr == 0.01          # asked: kept (and warned of by the trainer)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..training.config import PRESET_DIR, preset_file
+from ..training.config import is_toy_preset
 from ..training.data import Example
 from ..training.masks import find_backdrop
 from .world import PALETTE
@@ -125,12 +125,10 @@ class ToyBackdrops:
 
 
 def uses_toy_preset(preset: str | None, model: str | None) -> bool:
-    """The toy preset is in use: asked for (``--config toy``, or a copy of its file, as the repository's
-    configs/toy.yaml), or applied for ``--model toy``. A file of the user's own that happens to be
-    called toy.yaml is not it."""
-    if preset is None:
-        return model == "toy"
-    return preset_file(preset).read_bytes() == (PRESET_DIR / "toy.yaml").read_bytes()
+    """The toy preset is in use: asked for (``--config toy``, or a copy of its file), or under the
+    settings of a run on the toy model (``--model toy``, ``model: toy`` in a preset, a toy run's
+    training_args.json as ``--config``: ``build_config`` lays the toy preset beneath them)."""
+    return model == "toy" or (preset is not None and is_toy_preset(preset))
 
 
 def toy_transforms() -> list[ToyBackdrops]:

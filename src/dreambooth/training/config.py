@@ -318,6 +318,12 @@ def preset_file(path_or_name: str) -> Path:
     return shipped
 
 
+def is_toy_preset(preset: str) -> bool:
+    """``preset`` is the shipped toy preset (by name, or a copy of its file, as the repository's
+    configs/toy.yaml); a file of the user's own that happens to be called toy.yaml is not it."""
+    return preset_file(preset).read_bytes() == (PRESET_DIR / "toy.yaml").read_bytes()
+
+
 def load_preset(path_or_name: str) -> dict[str, Any]:
     """Read a YAML preset: a file path, or the name of a shipped preset (``sd15-lora``)."""
     path = preset_file(path_or_name)
@@ -344,16 +350,17 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     if preset is not None and not isinstance(preset, (str, os.PathLike)):
         raise TypeError("build_config: preset is a shipped preset's name or a YAML file's path; give settings as "
                         "build_config(preset, {...}) or as keywords")
-    values: dict[str, Any] = {}
     given = {k: v for k, v in {**(overrides or {}), **kwargs}.items() if v is not None}
-    if preset is None and given.get("model") == "toy" and (PRESET_DIR / "toy.yaml").is_file():
-        preset = "toy"   # the toy model's own defaults (32 px, its learning rates), below any flag
-    if preset:
-        values.update(load_preset(preset))
+    toy = preset is not None and is_toy_preset(preset)
+    own = load_preset(preset) if preset else {}
+    values: dict[str, Any] = {}
+    if given.get("model", own.get("model")) == "toy" and not toy and (PRESET_DIR / "toy.yaml").is_file():
+        values.update(load_preset("toy"))   # the toy model's own defaults (32 px, its learning rates), below all else
+    values.update(own)
     for source in (overrides or {}, kwargs):
         values.update({k: v for k, v in source.items() if v is not None})
-    if given.get("method") == "lora" and "identifier_lr" not in given:
-        values.pop("identifier_lr", None)   # a preset's, for its full fine-tuning: no warning about a flag not given
+    if values.get("method") == "lora" and "identifier_lr" not in {**({} if toy else own), **given}:
+        values.pop("identifier_lr", None)   # the toy's, for its full fine-tuning: no warning about a setting not given
     known = {f.name for f in TrainConfig.fields()}
     unknown = set(values) - known
     if unknown:
