@@ -65,6 +65,7 @@ class FakeRun:
         self.output = Path(config.output)
         self.pipe = pipe
         self.autocast_dtype = None
+        self.warnings = []
 
     def generation_pipeline(self):
         from dreambooth.generation.pipeline import GenerationPipeline
@@ -180,6 +181,7 @@ def test_without_evaluation_models_grids_only(tmp_path, dog_photos):
     assert [r["step"] for r in rows] == ["0", "10"] and all(r["dino"] == "" for r in rows)
     assert run.saved == [] and best_checkpoint(tmp_path) is None
     assert "not in the local Hugging Face cache" in cb.unavailable
+    assert [w for w in run.warnings if w.startswith("validation metrics off")]     # said again at the run's end
 
 
 def test_prompts_and_identifier():

@@ -35,6 +35,7 @@ class TrainingRun(Protocol):
     output: Path
     step: int                      # optimizer steps done
     autocast_dtype: torch.dtype | None   # the mixed precision sampling runs in (None: none)
+    warnings: list[str]            # said during the run: the closing summary says them again
 
     def save_model(self, directory: Path) -> list[Path]:
         """The current weights, in the output's format, written to ``directory``."""

@@ -352,7 +352,7 @@ def resume_run(run, path: Path) -> None:
     run.stream.load_state_dict(state["stream"])
     run.noise_gen.set_state(state["noise_gen"])
     saved = json.loads((path / "settings.json").read_text())
-    warn = progress.warn if acc.is_main_process else (lambda message: None)      # said once, not per process
+    warn = run._warn                     # now, and in the closing summary (the first process's terminal alone)
     if "seed" in saved and saved["seed"] != run.config.seed:      # the streams are the checkpoint's
         warn(f"--resume: --seed {run.config.seed} is not used; the random streams go on from the "
              f"checkpoint's (--seed {saved['seed']}), which the output records")
