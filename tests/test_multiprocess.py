@@ -366,3 +366,13 @@ def test_a_run_accelerate_started_alone_says_so(monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", "2")
         check_distributed(build_config("toy"))
     assert [m for m in said if "started this one process" in m and "--multi_gpu" in m] == [said[0]] and len(said) == 1
+
+
+def test_sdxl_with_its_text_encoders_on_two_processes(tiny_sdxl, photos, tmp_path):
+    """SDXL's first text encoder's last layer gets no gradient: DDP, told so for that encoder alone,
+    runs the steps (without it, the second step stops: "Expected to have finished reduction")."""
+    run = train(tmp_path, 2, "--model", tiny_sdxl, "--instance-dir", photos, "--instance-prompt", "a photo of sks square",
+                "--method", "full", "--train-text-encoder", "--resolution", "32", "--max-steps", "3",
+                "--output", tmp_path / "out", check=False)
+    assert run.returncode == 0 and "trained 3 steps" in run.stdout, run.stderr[-3000:]
+    assert losses(tmp_path / "out") and len(losses(tmp_path / "out")) == 3

@@ -91,6 +91,11 @@ class SD1Family:
     def added_cond(self, cond: Conditioning, time_ids: torch.Tensor | None) -> dict | None:
         return None
 
+    def unused_in_training(self) -> tuple[str, ...]:
+        """The trained text encoders some of whose weights get no gradient (DDP must not wait for them;
+        looking for such weights in the others would search their graphs every step for none)."""
+        return ()
+
     def clip_skip_for(self, clip_skip: int, flag: str = "--clip-skip") -> tuple[int, str | None]:
         """The clip skip this family applies when ``clip_skip`` is asked for, and a warning where it
         applies none; one beyond the text encoder's depth is an error naming ``flag``."""
@@ -124,6 +129,9 @@ class SDXLFamily(SD1Family):
     @property
     def text_encoder_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"]
+
+    def unused_in_training(self) -> tuple[str, ...]:
+        return ("text_encoder",)     # (tested: without it DDP stops at the second step, which the others do not need)
 
     def encode(self, input_ids: list[torch.Tensor], encoders: list | None = None, clip_skip: int = 1) -> Conditioning:
         hidden, pooled = [], None

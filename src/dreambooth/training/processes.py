@@ -65,3 +65,20 @@ def failing_together(accelerator):
             for text in texts for ranks in [[r for r, t in failed if t == text]]))
     together.said_by_first = True
     raise together from error
+
+
+def prepare_models(accelerator, trainables: dict, optimizer, unused_in: tuple[str, ...] = ()) -> tuple[list, object]:
+    """accelerate's ``prepare`` of the trained models (in ``trainables``' order) and the optimizer: DDP or
+    FSDP wrappers under ``accelerate launch``. DDP looks for weights without a gradient in the models
+    named in ``unused_in`` alone (SDXL's first text encoder, whose last layer feeds nothing): in the
+    others it would search the graph every step for none (and say so)."""
+    names = list(trainables)
+    apart = [n for n in names if n in unused_in] if accelerator.num_processes > 1 else []
+    *wrapped, optimizer = accelerator.prepare(*(trainables[n] for n in names if n not in apart), optimizer)
+    prepared = dict(zip([n for n in names if n not in apart], wrapped))
+    if apart:
+        from accelerate.utils import DistributedDataParallelKwargs
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        alone = accelerator.prepare(*(trainables[n] for n in apart))
+        prepared.update(zip(apart, alone if len(apart) > 1 else [alone]))
+    return [prepared[n] for n in names], optimizer

@@ -34,7 +34,7 @@ from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .determinism import caller_random_state_kept, deterministic_kernels
 from .preflight import preflight
 from .prior import class_folder, class_params, ensure_class_images
-from .processes import failing_together
+from .processes import failing_together, prepare_models
 from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
 from .latents import LatentCache
 from ..parking import Parking
@@ -123,10 +123,8 @@ class Trainer:
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
         self.optimizer = make_optimizer(groups, cfg, self.trainables.values(), self.device, self.accelerator.num_processes)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
-        if self.accelerator.num_processes > 1 and self.family.name == "sdxl" and self.trains_text:
-            from accelerate.utils import DistributedDataParallelKwargs as DDPKwargs   # SDXL's first encoder's
-            self.accelerator.ddp_handler = DDPKwargs(find_unused_parameters=True)    # last layer gets no gradient
-        *self.models, self.optimizer = self.accelerator.prepare(*self.trainables.values(), self.optimizer)
+        self.models, self.optimizer = prepare_models(self.accelerator, self.trainables, self.optimizer,
+                                                     self.family.unused_in_training())
         self.unet = self.models[0]     # possibly DDP-wrapped; self.trainables keeps the plain modules
         self.unet_pass = UNetPass(self.unet, self.accelerator, cfg.cuda_graphs)
         if is_sharded(self.accelerator):   # FSDP2 shards the modules in place
