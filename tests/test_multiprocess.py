@@ -49,7 +49,7 @@ TIMEOUT = 240
 TOY = ["--model", "toy", "--instance-prompt", "a sks square", "--class-prompt", "a square",
        "--num-class-images", "4", "--class-steps", "2", "--class-batch-size", "2", "--max-steps", "8", "--checkpoint-every", "3"]
 
-# Killed with SIGKILL in process 0 right after the step given by DIE_AT_STEP (the launcher then ends
+# Killed with SIGKILL in process DIE_RANK (0 by default) right after the step given by DIE_AT_STEP (the launcher then ends
 # the other process): a kill -9 at a known point, after a checkpoint and before the end. Without
 # DIE_AT_STEP, dreambooth as it is.
 DIE = """
@@ -59,7 +59,8 @@ from dreambooth.training.callbacks import TrainingCallback
 
 class Die(TrainingCallback):
     def on_step_end(self, run, step):
-        if step.step == int(os.environ.get("DIE_AT_STEP", -1)) and run.accelerator.is_main_process:
+        if step.step == int(os.environ.get("DIE_AT_STEP", -1)) and \
+                run.accelerator.process_index == int(os.environ.get("DIE_RANK", 0)):
             os.kill(os.getpid(), signal.SIGKILL)
 
 real = train_cli.train
@@ -249,6 +250,22 @@ def test_two_processes_killed_and_resumed_end_bit_for_bit(two, photos, tmp_path)
     assert losses(out) == losses(straight)
     a, b = weights(straight), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_lost_process_keeps_the_checkpoints_of_an_overwrite_run(two, photos, tmp_path):
+    """Process 1 killed in a run replacing an output: the first process stops (its peer lost, or the
+    launcher's SIGTERM) keeping the new checkpoint and the old output aside, for --resume latest."""
+    import shutil
+    straight, _ = two
+    out, die = tmp_path / "out", tmp_path / "die.py"
+    shutil.copytree(straight, out)
+    die.write_text(DIE)
+    killed = train(tmp_path, 2, *TOY, "--batch-size", "1", "--instance-dir", photos, "--output", out, "--overwrite",
+                   "--max-steps", "12", script=die, env={"DIE_AT_STEP": "4", "DIE_RANK": "1"}, check=False)
+    assert killed.returncode != 0 and "please report it" not in killed.stderr, killed.stderr[-3000:]
+    assert (out / "checkpoints" / "checkpoint-000003").is_dir(), killed.stderr[-3000:]
+    assert (out / ".previous" / "model_index.json").is_file()
+    assert "resume with:" in killed.stderr, killed.stderr[-3000:]
 
 
 def test_one_process_kill_9_resumes_bit_for_bit(photos, tmp_path):

@@ -164,9 +164,11 @@ def test_a_finished_run_is_trained_on_exactly_and_only_when_asked(tiny_sd1, dog_
     # "latest" would silently replace with a run from step 7; naming that checkpoint does it
     train(build_config(None, dict(common, max_steps=9, checkpoint_every=0, output=str(out), resume="latest",
                                   overwrite=True)))
-    with pytest.raises(UserError, match=r"--resume latest: the newest checkpoint \(checkpoint-000007\) is older than "
-                                        r"the model of step 9 .* steps 8-9 would be lost; name it"):
-        train(build_config(None, dict(common, max_steps=10, output=str(out), resume="latest", overwrite=True)))
+    for overwrite in (True, False):        # said first: "pass --overwrite" would lead to this refusal next
+        with pytest.raises(UserError, match=r"--resume latest: the newest checkpoint \(checkpoint-000007\) is older "
+                           r"than the model of step 9 .* steps 8-9 would be lost; name it to resume from it anyway "
+                           r"\(--resume \S+ --overwrite\)"):
+            train(build_config(None, dict(common, max_steps=10, output=str(out), resume="latest", overwrite=overwrite)))
     named = out / "checkpoints" / "checkpoint-000007"
     assert train(build_config(None, dict(common, max_steps=10, output=str(out), resume=str(named),
                                          overwrite=True))).steps == 10

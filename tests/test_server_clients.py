@@ -82,7 +82,7 @@ def test_forge_clients_fields_are_taken(server):
     hires = {"prompt": "x", **SMALL, "width": 16, "height": 16, "enable_hr": True, "cfg_scale": 5, **forge}
     reply = http(port, "POST", "/sdapi/v1/txt2img", json=hires)
     assert reply.status_code == 400 and reply.json()["detail"] == \
-        "hr_cfg: 1.0: this server's hires pass uses the first pass's CFG scale; leave it out", reply.text
+        "hr_cfg: 1.0: this server's hires pass uses the first pass's CFG scale; send cfg_scale's value (5) or leave it out", reply.text
     assert http(port, "POST", "/sdapi/v1/txt2img", json={**hires, "hr_cfg": 5}).status_code == 200
     reply = http(port, "POST", "/sdapi/v1/txt2img", json={**hires, "hr_cfg": None, "hr_additional_modules": ["ae.safetensors"]})
     assert reply.status_code == 400 and reply.json()["detail"].startswith("hr_additional_modules: ['ae.safetensors']")

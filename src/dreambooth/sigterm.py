@@ -31,14 +31,11 @@ def sigterm_as_ctrl_c(wanted: bool = True):
 
 def stop_with_launcher() -> None:
     """A process ``accelerate launch`` started gets SIGTERM when the launcher dies (``kill -9``), so it
-    stops as after Ctrl-C instead of training on unseen, holding the output (Linux; elsewhere nothing)."""
+    stops as after Ctrl-C instead of training on unseen, holding the output (Linux; elsewhere nothing).
+    The kernel sends it when the *thread* that started this process ends: only for launchers that
+    start their workers from their main thread, as torch's does."""
     import ctypes
-    import os
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:       # 1: PR_SET_PDEATHSIG
-            return
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)     # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:                                     # the launcher died before this was set
-        os.kill(os.getpid(), signal.SIGTERM)
+        pass

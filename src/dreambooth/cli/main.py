@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         # kill, timeout, Slurm: a run stops as after Ctrl-C (accelerate launch passes SIGTERM on to each
         # process, and sends it to one whose launcher died); a server's are uvicorn's
         with sigterm_as_ctrl_c("serve" not in argv[:1]):
-            if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-                stop_with_launcher()
+            if argv[:1] == ["train"] and "TORCHELASTIC_RUN_ID" in os.environ:   # torch's launcher (its main
+                stop_with_launcher()                                   # thread starts the workers)
             cli.main(args=argv, prog_name="dreambooth", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        if first_process():
+            click.echo("interrupted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         if debug:
@@ -77,37 +78,40 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         if first_process() or not getattr(exc, "said_by_first", False):    # several processes: once
-            whose = "" if first_process() else f"process {os.environ.get('RANK')}: "
-            click.echo(f"error: {whose}{exc}", err=True)
+            _say_error(str(exc))
             if getattr(exc, "checkpoint", None) is not None:                # another process stopped mid-run
                 click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(2)
     except OSError as exc:        # the file system's refusals, wherever they came from: one line
         if debug:
             raise
-        click.echo(f"error: {os_error_line(exc)}", err=True)
+        _say_error(os_error_line(exc))
         sys.exit(2)
     except (MemoryError, RecursionError) as exc:
         if debug:
             raise
-        click.echo(f"error: out of memory ({type(exc).__name__}); use smaller sizes or batches", err=True)
+        _say_error(f"out of memory ({type(exc).__name__}); use smaller sizes or batches")
         sys.exit(2)
     except Exception as exc:      # a bug of ours or a library's: still one line, and how to see more
         if debug:
             raise
         if peer_gone(exc):        # the process that stopped says why; this one was waiting for it
-            click.echo(f"error: process {os.environ.get('RANK')}: stopped: another process of this run stopped "
-                       "(its message says why)", err=True)
+            _say_error("stopped: another process of this run stopped (its message, or the launcher's, says why)")
             sys.exit(2)
         if out_of_gpu_memory(exc):
             command = next((a for a in argv if not a.startswith("-")), "")
-            click.echo(f"error: out of GPU memory ({str(exc).splitlines()[0][:160]}); "
-                       f"{GPU_MEMORY_FIXES.get(command, 'free GPU memory or use smaller sizes or batches')}", err=True)
+            _say_error(f"out of GPU memory ({str(exc).splitlines()[0][:160]}); "
+                       f"{GPU_MEMORY_FIXES.get(command, 'free GPU memory or use smaller sizes or batches')}")
             sys.exit(2)
         what = str(exc).splitlines()[0][:200] if str(exc) else ""
-        click.echo(f"error: unexpected {type(exc).__name__}: {what} (dreambooth --debug ... shows where; "
-                   "please report it)", err=True)
+        _say_error(f"unexpected {type(exc).__name__}: {what} (dreambooth --debug ... shows where; please report it)")
         sys.exit(1)
+
+
+def _say_error(text: str) -> None:
+    """``error: ...`` on stderr; a process other than the first of several says which it is."""
+    whose = "" if first_process() else f"process {os.environ.get('RANK')}: "
+    click.echo(f"error: {whose}{text}", err=True)
 
 
 def resume_command(argv: list[str]) -> str:

@@ -64,10 +64,17 @@ _WORD = re.compile(r"[^\W_]+")                                  # a run of lette
 
 
 def _words(prompt: str | None) -> list[str]:
-    """The prompt's words, lower-case, each once: runs of letters and digits, as CLIP's tokenizer
-    splits text before it merges (it never joins a word across punctuation), so 'sks-dog', "sks's"
-    and '(sks:1.2)' hold the word 'sks', and 'asks' or 'sksx' do not."""
-    return list(dict.fromkeys(_WORD.findall(_CONTRACTION.sub(" ", (prompt or "").lower()))))
+    """The prompt's words, lower-case, without the punctuation around them, each once: what training
+    takes the identifier from (``--identifier-lr`` trains the tokens of these words, and a checkpoint
+    holds their embeddings: 'sks-dog' stays one word, as it always was)."""
+    words = (w.strip(",.;:!?()[]{}\"'") for w in (prompt or "").lower().split())
+    return list(dict.fromkeys(w for w in words if w))
+
+
+def _seen_words(prompt: str | None) -> set[str]:
+    """The words CLIP's tokenizer sees before it merges (runs of letters and digits; it never joins a
+    word across punctuation): 'sks-dog', "sks's" and '(sks:1.2)' hold 'sks', 'asks' and 'sksx' do not."""
+    return set(_WORD.findall(_CONTRACTION.sub(" ", (prompt or "").lower())))
 
 
 def identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:
@@ -90,7 +97,8 @@ def caption_warnings(instance_prompt: str, class_prompt: str | None, prompts: li
     instance prompt's identifier: those photos teach the subject to the captions' other words."""
     candidates = identifier_candidates(instance_prompt, class_prompt, common_words())
     captions = [p for p in prompts if p != instance_prompt]
-    missing = [c for c in captions if candidates and not set(candidates) & set(_words(c))]
+    named_by = _seen_words(" ".join(candidates)) - _seen_words(class_prompt) - _FILLER   # 'sks-dog': sks
+    missing = [c for c in captions if named_by and not named_by & _seen_words(c)]
     if not missing:
         return []
     named = " or ".join(f"'{w}'" for w in candidates)

@@ -91,7 +91,8 @@ def hires_fix(req: Txt2ImgRequest) -> dict:
         if value not in allowed:
             what = {"hr_cfg": "CFG scale", "hr_additional_modules": "VAE and text encoders"}.get(
                 name, name.removeprefix('hr_').replace('_name', ''))
-            raise UserError(f"{name}: {value!r}: this server's hires pass uses the first pass's {what}; leave it out")
+            same_as = f"send cfg_scale's value ({req.cfg_scale:g}) or " if name == "hr_cfg" else ""
+            raise UserError(f"{name}: {value!r}: this server's hires pass uses the first pass's {what}; {same_as}leave it out")
     upscaler = upscaler_named(req.hr_upscaler or "Latent")
     if upscaler is None:
         raise UserError(f"hr_upscaler {req.hr_upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")

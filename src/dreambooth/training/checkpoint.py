@@ -246,6 +246,25 @@ def _damaged(path: Path, exc: Exception) -> UserError:
     return UserError(f"--resume {path}: damaged checkpoint ({type(exc).__name__}: {said})")
 
 
+def check_resumable(path: Path, settings: dict) -> dict:
+    """The checkpoint's settings, where this run's (``settings``) can resume it; a one-line error
+    otherwise. Read before anything is made (class images, latents): settings.json and the names of
+    the weights alone."""
+    saved = json.loads((path / "settings.json").read_text())
+    for key in SHAPE_SETTINGS:
+        if str(was := saved.get(key, SETTINGS_BEFORE.get(key))) != str(settings.get(key)):
+            raise UserError(f"--resume {path}: checkpoint was made with {key}={was}, "
+                            f"this run has {key}={settings.get(key)}; use the same setting to resume")
+    try:
+        with safe_open(str(path / "trainable.safetensors"), framework="pt") as weights:
+            offsets = any(key.endswith("token_embedding.delta") for key in weights.keys())
+    except Exception as exc:
+        raise _damaged(path, exc) from None
+    if offsets:
+        _same_identifier(path, saved, settings)
+    return saved
+
+
 def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, settings: dict,
                     process: tuple[int, int] = (0, 1), sharded: bool = False) -> dict:
     """Load the weights and optimizer state (each process its shard, ``sharded``); restore the global
@@ -253,11 +272,7 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
     many processes, else the first's. The weights are read one tensor at a time, and under FSDP only
     the first process reads the optimizer state and sends it on: a host running 8 processes holds a
     checkpoint (SDXL's: 31 GB) once, not 8 times."""
-    saved = json.loads((path / "settings.json").read_text())
-    for key in SHAPE_SETTINGS:
-        if str(was := saved.get(key, SETTINGS_BEFORE.get(key))) != str(settings.get(key)):
-            raise UserError(f"--resume {path}: checkpoint was made with {key}={was}, "
-                            f"this run has {key}={settings.get(key)}; use the same setting to resume")
+    saved = check_resumable(path, settings)
 
     def read(name: str):
         try:
@@ -282,8 +297,6 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
                 value = weights.get_tensor(key)
             except Exception as exc:
                 raise _damaged(path, exc) from None
-            if key.endswith("token_embedding.delta"):
-                _same_identifier(path, saved, settings)
             want = tuple(params[comp][pname].shape)
             if tuple(value.shape) != want and not hasattr(params[comp][pname], "device_mesh"):
                 hint = (" (the identifier's embedding: --instance-prompt or --class-prompt names other words than "

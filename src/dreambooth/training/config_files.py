@@ -71,5 +71,6 @@ def without_removed(path: Path, data: dict, record: bool) -> dict:
     if acted:
         progress.warn(f"--config {path}: leaving out {', '.join(f'{k} {v}' for k, v in acted.items())}, "
                       f"{'settings' if len(acted) > 1 else 'a setting'} of an older dreambooth removed on 2026-12-04: "
-                      "this run trains without them (the toy model's recoloured backdrops come with --config toy)")
+                      "the toy model's recoloured backdrops now come with its preset (a run on the toy model has "
+                      "them, at its own rate), and other models go without")
     return out

@@ -279,7 +279,7 @@ class ExampleStream:
             batch = f"--batch-size {batch_size}" + (f" x {shard[1]} processes" if shard[1] > 1 else "")
             (warn or progress.warn)(f"{batch} is more than the {len(instance)} photo(s): every batch shows a photo "
                                     "more than once (in other crops, with other noise); give more photos or a smaller "
-                                    "--batch-size")
+                                    "--batch-size" + (" or fewer processes" if shard[1] > 1 else ""))
         self.shard = shard
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip

@@ -238,16 +238,16 @@ class OutputStage:
                             f"run replaced; move it back or delete it{resume}")
         finished = ckpt.finished_at(self.output) if own_resume else None
         resumed_at = checkpoint_step(self.resume_from) if own_resume else None
-        # training a finished run on replaces its model: asked once (a checkpoint past it was made so)
-        if finished is not None and not self.overwrite and (resumed_at is None or resumed_at <= finished):
-            raise UserError(f"--output {self.output}: holds the model of a finished run (step {finished}); pass "
-                            "--overwrite to replace it with this run's, or copy it elsewhere first")
         if finished is not None and self.latest and resumed_at is not None and resumed_at < finished:
             lost = f"step {finished}" if finished == resumed_at + 1 else f"steps {resumed_at + 1}-{finished}"
             raise UserError(f"--resume latest: the newest checkpoint ({self.resume_from.name}) is older than the model "
                             f"of step {finished} in {self.output}, so {lost} would be lost; "
-                            f"name it to resume from it anyway (--resume {self.resume_from}), or train that model "
+                            f"name it to resume from it anyway (--resume {self.resume_from} --overwrite), or train that model "
                             "on as a new run (--model OUTPUT --output NEW)")
+        # training a finished run on replaces its model: asked once (a checkpoint past it was made so)
+        if finished is not None and not self.overwrite and (resumed_at is None or resumed_at <= finished):
+            raise UserError(f"--output {self.output}: holds the model of a finished run (step {finished}); pass "
+                            "--overwrite to replace it with this run's, or copy it elsewhere first")
         if entries and not own_resume:
             if not self.overwrite:
                 hint = " or --resume latest to continue" if ckpt.list_checkpoints(self.output) else ""

@@ -26,8 +26,8 @@ class ProcessLost(UserError):
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
         where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written (--checkpoint-every)"
-        super().__init__(f"training stopped at step {step}: another process of this run stopped (its message "
-                         f"says why); {where}")
+        super().__init__(f"training stopped at step {step}: another process of this run stopped (its message, "
+                         f"or the launcher's, says why); {where}")
 
 
 def peer_gone(exc: BaseException) -> bool:

@@ -92,6 +92,8 @@ class Trainer:
             if warning:
                 self._warn(warning)
             self.config = cfg = cfg.replace(clip_skip=clip_skip)    # what the run applies (and records)
+            if self.resume_from:                                        # before class images are made
+                ckpt.check_resumable(self.resume_from, self.settings())
             # Each process's own global RNGs (dropout); data, noise and timesteps: one stream all processes
             # draw for the global batch and slice (``ExampleStream``, ``Batch.drawn``; docs/multi-gpu.md)
             torch.manual_seed(cfg.seed + self.accelerator.process_index)
@@ -394,5 +396,5 @@ def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
                 return clock.stamped(trainer.setup().fit())
         except BaseException as exc:
             if trainer.stage is not None:                 # None: failed before the output was touched
-                trainer.stage.abandon(isinstance(exc, TrainingInterrupted) and exc.checkpoint is not None)
+                trainer.stage.abandon(getattr(exc, "checkpoint", None) is not None)   # interrupted, or a peer lost
             raise
