@@ -114,6 +114,8 @@ def test_a_resume_whose_identifier_has_other_words_is_one_line(tiny_sd1, dog_pho
     with pytest.raises(UserError, match="trained the embedding of sks dog .*this run's identifier is zwx dog; resume with "
                                         "--instance-prompt 'a photo of sks dog'"):     # as many tokens: same shape
         train(build_config(None, dict(common, instance_prompt="a photo of zwx dog", output=str(out), resume="latest")))
+    with pytest.raises(UserError, match="identifier is sks; resume with no --class-prompt, or"):   # the class prompt differs
+        train(build_config(None, dict(common, class_prompt="a photo of dog", output=str(out), resume="latest")))
 
 
 class StopMidStep(TrainingCallback):

@@ -61,8 +61,8 @@ def _with_config_options(fn):
 def train_command(preset, **values):
     """Teach a model a subject from a few photos (DreamBooth, full or LoRA).
 
-    With --model toy (or --config toy) the toy preset also recolours the instance pictures'
-    plain backdrops (dreambooth.toy.backdrops)."""
+    A run on the toy model (--model toy, model: toy in a preset) or with --config toy has the toy
+    preset beneath its settings, which also recolours the photos' plain backdrops (dreambooth.toy.backdrops)."""
     overrides = {k: (list(v) if v else None) if isinstance(v, tuple) else v for k, v in values.items()}
     try:
         config = build_config(preset, overrides).validate()

@@ -320,9 +320,11 @@ def _same_identifier(path: Path, saved: dict, settings: dict) -> None:
     was = identifier_words(saved.get("instance_prompt") or "", saved.get("class_prompt"))
     now = identifier_words(settings.get("instance_prompt") or "", settings.get("class_prompt"))
     if "instance_prompt" in saved and was != now:
+        same = saved["instance_prompt"] == settings.get("instance_prompt")      # then --class-prompt tells them apart
+        fix = f"--instance-prompt '{saved['instance_prompt']}'" if not same else \
+            f"--class-prompt '{saved['class_prompt']}'" if saved.get("class_prompt") else "no --class-prompt"
         raise UserError(f"--resume {path}: the checkpoint trained the embedding of {' '.join(was)} (--identifier-lr), "
-                        f"this run's identifier is {' '.join(now) or 'none'}; resume with --instance-prompt "
-                        f"'{saved['instance_prompt']}', or start afresh")
+                        f"this run's identifier is {' '.join(now) or 'none'}; resume with {fix}, or start afresh")
 
 
 def save_run(run) -> Path | None:

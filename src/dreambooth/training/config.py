@@ -48,13 +48,13 @@ class TrainConfig:
     vae: str | None = _opt(None, "Replace the VAE: a diffusers folder, hub id or single file (e.g. an fp16-fix VAE); '' keeps the model's own (over a preset's).", group="model")
     model_config: str | None = _opt(None, "For a single-file --model: the diffusers folder or cached hub id holding its configs.", group="model")
     # --- data ----------------------------------------------------------------------------
-    instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp, tif).", group="data")
+    instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp, tif, tiff; avif where Pillow reads it).", group="data")
     instance_prompt: str | None = _opt(None, "Prompt naming the subject with a rare identifier, e.g. 'a photo of sks dog'.", group="data")
     captions: bool = _opt(False, "Use name.txt beside name.jpg as that image's prompt.", group="data")
     resolution: int | None = _opt(None, "Training size in pixels, a multiple of 8 (default: the model's own sample size, e.g. 512 SD1.5, 768 SD2.1, 1024 SDXL; at most 1024 for SD1 and SD2, 2048 for SDXL).", group="data", low=8, high=MAX_RESOLUTION)
     center_crop: bool = _opt(False, "Centre-crop instead of a random crop.", group="data")
     random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
-    masked_loss: bool = _opt(False, "Weigh each instance pixel's loss by a mask: the photo's alpha channel, or NAME.mask.png beside NAME.jpg (white 1, black 0); photos without one count fully (kohya's --masked_loss).", group="data")
+    masked_loss: bool = _opt(False, "Weigh each instance pixel's loss by a mask: the photo's alpha channel, or NAME.mask.png (the suffix in any case) beside NAME.jpg (white 1, black 0, transparent 0); photos without one count fully (kohya's --masked_loss).", group="data")
     caption_dropout: float = _opt(0.0, "Share of training pictures (instance and class) shown with an empty prompt, so the unconditional prediction that CFG steers from is trained too (0 off).", group="data", low=0, high=1)
     # --- prior preservation ----------------------------------------------------------------
     class_prompt: str | None = _opt(None, "Prompt for the subject's class, e.g. 'a photo of dog'; turns on prior preservation.", group="prior")

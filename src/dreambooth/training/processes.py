@@ -25,7 +25,7 @@ class ProcessLost(UserError):
 
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
-        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written (--checkpoint-every)"
+        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written yet (--checkpoint-every N makes them)"
         super().__init__(f"training stopped at step {step}: another process of this run stopped (its message, "
                          f"or the launcher's, says why); {where}")
 

@@ -36,7 +36,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
-        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written (--checkpoint-every)"
+        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written yet (--checkpoint-every N makes them)"
         super().__init__(f"training interrupted at step {step}; {where}")
 
 
