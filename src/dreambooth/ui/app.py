@@ -20,6 +20,7 @@ from ..errors import UserError  # noqa: E402
 from ..models.specs import trained_clip_skip  # noqa: E402
 from . import evaluate_tab, generate_tab, pnginfo_tab, train_tab  # noqa: E402
 from .errors import ui_error  # noqa: E402
+from .numbers import fitted, keep_in_range  # noqa: E402
 from .pnginfo_tab import pasted, pasted_into  # noqa: E402
 
 # Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111.
@@ -36,7 +37,7 @@ CTRL_ENTER = """
 }
 """
 REMEMBERED = ("prompt", "negative", "sampler", "schedule", "steps", "cfg", "width", "height", "batch_count",
-              "batch_size", "seed")
+              "batch_size", "seed", "clip_skip")
 
 
 def build(app) -> gr.Blocks:
@@ -59,7 +60,7 @@ def build(app) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img"):
                 i2i, _, _, extras, _ = generate_tab.tab(engine, data_dir / "outputs", "img2img")
             with gr.Tab("Train", id="train"):
-                train_job = train_tab.tab(engine, store, runner, catalog)
+                train_job, train_form = train_tab.tab(engine, store, runner, catalog, checkpoint)
             with gr.Tab("Evaluate", id="evaluate") as evaluate:
                 evaluate_lists, evaluate_dropdowns = evaluate_tab.tab(engine, store, data_dir)
             with gr.Tab("PNG Info", id="pnginfo"):
@@ -69,37 +70,50 @@ def build(app) -> gr.Blocks:
         loading = [0]                                  # switches under way (the timer leaves the picker alone)
         lock = threading.Lock()
 
-        def switch(title, vae_name, progress=gr.Progress()):
-            progress(0, desc=f"loading {title}")
+        def loading_lines(title, vae_name):
+            """Load the model ``title`` with ``vae_name``, yielding what the page says meanwhile: after
+            a generation under way (another tab's too), which finishes first. (No gradio progress: it
+            would show "0.0%" of a wait whose length is not known.)"""
             with lock:
                 loading[0] += 1
             try:
                 entry = catalog.find_model(title)
                 chosen = catalog.find_vae(vae_name)
+                yield (f"waiting for the generation under way to finish, then loading {title}" if engine.state.job
+                       else f"loading {title}...")
                 with engine.gate.request():
                     engine.load(entry, chosen)
             except UserError as exc:
-                raise ui_error(str(exc)) from None
+                error = ui_error(str(exc))
+                yield f"**error**: {error.message}"
+                raise error from None
             finally:
                 with lock:
                     loading[0] -= 1
-            return f"loaded **{engine.entry.title}**"
 
-        def switch_model(title, vae_name, progress=gr.Progress()):
+        def switch(title, vae_name):
+            yield from loading_lines(title, vae_name)
+            yield f"loaded **{engine.entry.title}**"
+
+        def switch_model(title, vae_name):
             """To a training output, the Clip skip sliders move to what it was trained at (the CLI's
             default too); another model leaves them as they are, as the WebUI's setting stays. To a model
             made for another size (the toy's 32 px, SD's 512), Width and Height follow it."""
             before = engine.pipeline.default_size[0]
-            loaded = switch(title, vae_name, progress)
+            for line in loading_lines(title, vae_name):
+                yield line, *[gr.update() for _ in range(2 + len(sizes))]
+            loaded = f"loaded **{engine.entry.title}**"
             size = engine.pipeline.default_size[0]
             # one update each: gradio consumes the update it is given, so a repeated one sets the first alone
             resized = [gr.update(value=size) if size != before else gr.update() for _ in sizes]
             skip = trained_clip_skip(engine.entry.spec)
             if skip is None:
-                return loaded, gr.update(), gr.update(), *resized
-            return f"{loaded} (trained at Clip skip {skip})", gr.update(value=skip), gr.update(value=skip), *resized
-        checkpoint.input(switch_model, [checkpoint, vae], [switching, t2i.clip_skip, i2i.clip_skip, *sizes])
-        vae.input(switch, [checkpoint, vae], switching)
+                yield loaded, gr.update(), gr.update(), *resized
+            else:
+                yield f"{loaded} (trained at Clip skip {skip})", gr.update(value=skip), gr.update(value=skip), *resized
+        checkpoint.input(switch_model, [checkpoint, vae], [switching, t2i.clip_skip, i2i.clip_skip, *sizes],
+                         show_progress="hidden")
+        vae.input(switch, [checkpoint, vae], switching, show_progress="hidden")
 
         def pickers(scan: bool = False):
             """The model, VAE and LoRA lists as the server has them (``scan``: look at the folders again,
@@ -139,21 +153,21 @@ def build(app) -> gr.Blocks:
         evaluate.select(evaluate_lists, outputs=evaluate_dropdowns)      # models and jobs finished since
         ui.load(lambda: evaluate_lists(loaded=True), outputs=evaluate_dropdowns)
         ui.load(train_tab.latest_job(store), outputs=train_job)          # a running job, after a reload too
+        ui.load(**train_form)               # the Train form shows what the loaded model's job would train with
 
         # the last prompt and settings survive a reload; the size only under a model of the same size
         fields = [getattr(t2i, name) for name in REMEMBERED]
         ui.load(lambda data: restored(data, engine.pipeline.default_size[0]), saved, [*fields, i2i.width, i2i.height])
 
         def remember(data, *values):
-            """Raw values (``preprocess=False``): gradio's own range check would print a traceback in the
-            server's log for every number typed past a slider; ours is one line naming the control."""
-            for component, value in zip(fields, values):
-                if isinstance(component, gr.Slider) and isinstance(value, (int, float)) \
-                        and not component.minimum <= value <= component.maximum:
-                    raise ui_error(f"{component.label} {value:g}: from {component.minimum:g} to {component.maximum:g}")
+            """Raw values (``preprocess=False``: gradio's range check would print a traceback in the log),
+            kept as the sliders will hold them (``keep_in_range`` sets them and says so)."""
+            values = [fitted(c, v)[0] if isinstance(c, gr.Slider) else v for c, v in zip(fields, values)]
             return {**(data or {}), **dict(zip(REMEMBERED, values)), "model_size": engine.pipeline.default_size[0]}
         for component in fields:
             component.change(remember, [saved, *fields], saved, preprocess=False)
+        sliders = [*vars(t2i).values(), *vars(i2i).values(), *t2i_extras.values(), *extras.values()]
+        keep_in_range([c for c in sliders if isinstance(c, gr.Slider)])
     return ui
 
 

@@ -10,6 +10,8 @@ import re
 
 import gradio as gr
 
+from ..training.config import TrainConfig
+
 # The CLI's flags and the API's fields, as the UI labels the control that sets them.
 LABELS = {
     "--prompt": "Prompt", "--negative-prompt": "Negative prompt", "--sampler": "Sampling method",
@@ -33,24 +35,30 @@ PHRASES = {
     "--loras-dir)": "the LoRA list above shows this server's (press Refresh after adding a file)",
     "GET /sdapi/v1/sd-vae lists them": "the SD VAE list shows them",
 }
-FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*|\boverrides\.([a-z_]+)")
-# (an API field starts the message; "photos[2] a.png": the file's name says which)
-FIELD = re.compile(r"^(instance_prompt|class_prompt|name|photos|preset)(?:\[\d+\])?(?![\w.])")
+# The CLI's flags, the API's ``overrides.<setting>``, a training setting named bare ("batch_size (of the toy
+# settings)"), and the request's own fields; one pass, so a label that names its setting (``Steps
+# (max_steps)``) is not translated again.
+_SETTINGS = sorted((f.name for f in TrainConfig.fields() if "_" in f.name), key=len, reverse=True)
+WORDS = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*|\boverrides\.([a-z_]+)"
+                   r"|(?<![\w.-])(" + "|".join(_SETTINGS) + r")(?:\[\d+\])?(?![\w.])"
+                   # a bare English word (name, photos, preset) only where an API field starts the message:
+                   # "photos[2] a.png: ..." (the file's name says which), not "no LoRA of that name"
+                   r"|^(name|photos|preset)(?:\[\d+\])?(?![\w.])")
 EXCEPTION_NAME = re.compile(r" \([A-Z]\w*(?:Error|Exception)\)")     # "(UnidentifiedImageError)": Python's, not ours
 
 
 def in_ui_words(message: str) -> str:
-    """A library or API message with the page's labels for flags and fields."""
+    """A library or API message with the page's labels for flags and fields, wherever they stand."""
     for phrase, ours in PHRASES.items():
         message = message.replace(phrase, ours)
 
     def label(match: re.Match) -> str:
-        if match.group(0) in LABELS:
-            return LABELS[match.group(0)]
-        return match.group(1).replace("_", " ") if match.group(1) else match.group(0)
-    message = FLAG.sub(label, message)
-    message = FIELD.sub(lambda m: LABELS[m.group(1)], message)
-    return EXCEPTION_NAME.sub("", message)
+        flag, setting, bare, field = match.group(0), match.group(1), match.group(2), match.group(3)
+        if flag.startswith("--"):
+            return LABELS.get(flag, flag)
+        name = setting or bare or field
+        return LABELS.get(name) or LABELS.get(f"overrides.{name}") or name.replace("_", " ")
+    return EXCEPTION_NAME.sub("", WORDS.sub(label, message))
 
 
 def ui_error(message: str) -> gr.Error:

@@ -1,8 +1,8 @@
 """The txt2img and img2img tabs: the WebUI's controls, on the server's engine (the API's own path).
 
-A request runs in a thread while the tab streams its progress, ETA and a live preview; Interrupt and
-Skip act on it as the API's routes do. Images are saved with their infotext under the data folder,
-so the gallery's downloads carry the infotext."""
+A request runs in a thread while the tab streams its own progress, ETA and live preview; the tab's
+Interrupt and Skip act on its own request (``running``). Images are saved with their infotext under
+the data folder as the API saves them (several: a grid too), so the gallery's downloads carry it."""
 from __future__ import annotations
 
 import threading
@@ -13,18 +13,24 @@ from pathlib import Path
 import gradio as gr
 
 from .errors import ui_error
+from .numbers import seed_of
+from .running import Request, run
 
-from ..errors import UserError, exception_line
+from ..errors import UserError
 from ..generation.grammar import extract_loras
 from ..generation.hires import HIRES_UPSCALERS, MAX_HIRES_SCALE
 from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING, as_mask
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES
-from ..generation.xyz import AXES, run_prompt_matrix, run_xyz
+from ..generation.xyz import AXES
 from ..server.engine import Engine
 
 SCRIPTS = ("None", "Prompt matrix", "X/Y/Z plot")
+# Each browser tab's requests, by gradio's session (one per page): its Interrupt and Skip, in txt2img or
+# img2img, act on these alone.
+REQUESTS: dict[str, set[Request]] = {}
+_requests_lock = threading.Lock()
 
 
 @dataclass
@@ -72,7 +78,7 @@ def controls(prefix: str, size: int = 512, below_prompts=None) -> Controls:
         batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
         cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg")
     with gr.Row():
-        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}_seed")
+        seed = gr.Number(value=-1, label="Seed (-1: random)", elem_id=f"{prefix}_seed")    # as typed: numbers.seed_of
         random_seed = gr.Button("Random", size="sm", elem_id=f"{prefix}_random_seed")
         reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}_reuse_seed")
         clip_skip = gr.Slider(*RANGES["clip_skip"], value=1, step=1, label="Clip skip (SD1)",
@@ -96,7 +102,7 @@ def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, ba
               hires=False, hires_upscaler="Latent", hires_steps=0, hires_scale=2.0, hires_width=0,
               hires_height=0) -> GenerationParams:
     return GenerationParams(prompt or "", negative or "", sampler, schedule, steps=int(steps), cfg_scale=float(cfg),
-                            seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
+                            seed=seed_of(seed), width=int(width), height=int(height),
                             batch_size=int(batch_size), batch_count=int(batch_count), init_image=init, mask=mask,
                             strength=float(strength), clip_skip=int(clip_skip), mask_blur=int(mask_blur),
                             # the inpainting settings only where a mask is painted or given: plain img2img ignores them
@@ -110,53 +116,6 @@ def params_of(prompt, negative, sampler, schedule, steps, cfg, width, height, ba
                             **(dict(hires=True, hires_upscaler=hires_upscaler, hires_steps=int(hires_steps),
                                     hires_scale=float(hires_scale), hires_width=int(hires_width),
                                     hires_height=int(hires_height)) if hires and init is None else {}))
-
-
-def run(engine: Engine, params: GenerationParams, output: Path, script: str, x: str, y: str, z: str):
-    """Generate in a thread and stream (gallery, preview, progress text, info) while it runs."""
-    box: dict = {}
-
-    def work() -> None:
-        try:
-            if script == "Prompt matrix":
-                box["result"] = engine.run(lambda p, c: run_prompt_matrix(p, params, output, controls=c))
-            elif script == "X/Y/Z plot":
-                box["result"] = engine.run(lambda p, c: run_xyz(p, params, x or None, y or None, z or None, output,
-                                                                controls=c))
-            else:
-                box["result"] = engine.generate(params, output_dir=output)
-        except UserError as exc:
-            box["error"] = str(exc)
-        except Exception as exc:   # one line in the UI, never a traceback
-            box["error"] = f"unexpected {exception_line(exc)}"
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        s = engine.state
-        text = f"{s.fraction:.0%}  ETA {s.eta:.1f} s" if s.job else "waiting for the device..."
-        shown = s.take_preview()
-        preview = _b64_image(shown) if shown else None
-        yield gr.update(), preview, text, gr.update()
-        time.sleep(0.4)
-    if "error" in box:
-        raise ui_error(box["error"])
-    result = box["result"]
-    if isinstance(result, tuple):                        # engine.generate: (images, (model, vae))
-        made, grid = result[0], None
-    else:                                                # prompt matrix / X/Y/Z
-        made, grid = result.images, result.grid_path
-    items = ([(str(grid), "grid")] if grid else []) + [(str(m.path), m.infotext) for m in made]
-    info = made[0].infotext if made else ""
-    yield items, None, f"done: {len(made)} image(s)", info
-
-
-def _b64_image(data: str):
-    import base64
-    import io
-
-    from PIL import Image
-    return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
 def last_seed(info: str):
@@ -229,14 +188,30 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
                               elem_id=f"{prefix}_info", buttons=["copy"])
             send = gr.Button("Send to img2img", elem_id=f"{prefix}_send") if mode == "txt2img" else None
 
-    def go(*values):
+    def go(session: gr.Request, *values):
+        request = Request(engine)
+        with _requests_lock:
+            REQUESTS.setdefault(session.session_hash, set()).add(request)
         try:
-            yield from generate(*values)
+            yield from generate(request, *values)
         except gr.Error as exc:        # the last run's images and info are not this one's: cleared
             yield [], None, f"**error**: {exc.message}", ""
             raise
+        finally:
+            with _requests_lock:
+                mine = REQUESTS.get(session.session_hash, set())
+                mine.discard(request)
+                if not mine:
+                    REQUESTS.pop(session.session_hash, None)
 
-    def generate(*values):
+    def stop(what: str, session: gr.Request) -> None:
+        """The page's Interrupt or Skip: its own requests alone (one still waiting is cancelled)."""
+        with _requests_lock:
+            mine = list(REQUESTS.get(session.session_hash, ()))
+        for request in mine:
+            request.stop(what)
+
+    def generate(request: Request, *values):
         base = values[:16]
         script, x, y, z, clip_skip = base[11:16]
         init = mask = None
@@ -259,14 +234,22 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         except UserError as exc:
             raise ui_error(str(exc)) from None
         # dated folders, as the API's save_images and A1111 write them
-        yield from run(engine, params, output / f"{mode}-images" / time.strftime("%Y-%m-%d"), script, x, y, z)
+        day = time.strftime("%Y-%m-%d")
+        yield from run(engine, request, params, output / f"{mode}-images" / day, output / f"{mode}-grids" / day,
+                       script, x, y, z)
 
     img2img = ("init", "mask", "strength", "mask_blur", "content", "area", "padding", "resize_mode", "mask_mode")
     txt2img = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_scale", "hires_width", "hires_height")
     inputs = c.inputs() + [extras[k] for k in (img2img if mode == "img2img" else txt2img)]
     generate_button.click(go, inputs=inputs, outputs=[gallery, preview, progress_text, info], concurrency_limit=None)
-    interrupt.click(lambda: setattr(engine.state, "interrupted", True) if engine.state.job else None)
-    skip.click(lambda: setattr(engine.state, "skipped", True) if engine.state.job else None)
+
+    def interrupt_own(session: gr.Request) -> None:
+        stop("interrupt", session)
+
+    def skip_own(session: gr.Request) -> None:
+        stop("skip", session)
+    interrupt.click(interrupt_own)
+    skip.click(skip_own)
     c.reuse.click(last_seed, inputs=info, outputs=c.seed)
 
     def selected(evt: gr.SelectData, items):

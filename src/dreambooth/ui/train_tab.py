@@ -1,10 +1,10 @@
 """The Train tab: photos, prompts, preset, method and steps, and an "advanced" section made from
-``TrainConfig`` itself (a new training flag appears here without UI code). Start submits a job to the
+``TrainConfig`` itself (``train_form``: what a job would train with). Start submits a job to the
 server's own queue (``jobs_api.submit_job``, what ``POST /dreambooth/v1/jobs`` calls), so it survives
 a restart; a timer shows its progress, ETA, loss curve and validation grids."""
 from __future__ import annotations
 
-import dataclasses
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -14,93 +14,12 @@ import pandas as pd
 from ..errors import UserError
 from ..models.tokens import rare_identifiers
 from ..server.engine import Engine
-from ..server.jobs import SERVER_FIELDS
 from ..server.jobs_api import MAX_PHOTOS, PRESETS, submit_job
-from ..training.config import TrainConfig, field_type, load_preset
 from .errors import in_ui_words, ui_error
+from .train_form import NONE, advanced_fields, base_values, component_for, overrides_of, refilled, trained_spec
 
-BASIC = ("method", "max_steps")     # shown outside the advanced section
-HIDDEN = set(SERVER_FIELDS) | set(BASIC) | {"instance_prompt", "class_prompt"}
 # DreamBooth learns from a handful of photos; the server takes 1 to MAX_PHOTOS.
 PHOTOS = f"Photos of the subject (3 to 20 work best; 1 to {MAX_PHOTOS})"
-
-
-def advanced_fields() -> list[dataclasses.Field]:
-    return [f for f in TrainConfig.fields() if f.name not in HIDDEN]
-
-
-def _default(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def base_values(preset: str | None, model_spec: str) -> dict:
-    """What a job would train with before the form's changes: the defaults under the preset (the toy
-    model's own preset when none is chosen, as ``build_config`` applies it)."""
-    values = {f.name: _default(f) for f in TrainConfig.fields()}
-    chosen = preset if preset and preset != "(none)" else ("toy" if model_spec == "toy" else None)
-    if chosen:
-        values.update(load_preset(chosen))
-    return values
-
-
-def shown(f: dataclasses.Field, value):
-    """A setting's value as its input shows it."""
-    typ, is_list = field_type(f)
-    if typ is bool and _default(f) is None and "choices" not in f.metadata:
-        return {True: "true", False: "false"}.get(value, "(default)")
-    if typ is bool:
-        return bool(value)
-    if is_list:
-        return ", ".join(str(v) for v in value or [])
-    if typ is str and "choices" not in f.metadata:
-        return value or ""
-    return value
-
-
-def component_for(f: dataclasses.Field):
-    """One input per TrainConfig field, from its type, choices, default and help."""
-    typ, is_list = field_type(f)
-    default = _default(f)
-    label, help_text, key = f.name.replace("_", " "), f.metadata.get("help", ""), f"train_{f.name}"
-    if "choices" in f.metadata:
-        return gr.Dropdown(list(f.metadata["choices"]), value=default, label=label, info=help_text, elem_id=key)
-    if typ is bool and default is None:          # "on when ..." by default: three states
-        return gr.Dropdown(["(default)", "true", "false"], value="(default)", label=label, info=help_text, elem_id=key)
-    if typ is bool:
-        return gr.Checkbox(value=bool(default), label=label, info=help_text, elem_id=key)
-    if is_list:
-        return gr.Textbox(value=shown(f, default), label=label, info=help_text + " (comma-separated)", elem_id=key)
-    if typ in (int, float):
-        return gr.Number(value=default, label=label + (" (empty: the default)" if default is None else ""),
-                         info=help_text, precision=0 if typ is int else None, elem_id=key)
-    return gr.Textbox(value=default or "", label=label, info=help_text, elem_id=key)
-
-
-def overrides_of(values: list, base: dict | None = None) -> dict:
-    """The advanced values that differ from ``base`` (``base_values``; default: the defaults), as
-    TrainConfig names and types."""
-    out = {}
-    for f, value in zip(advanced_fields(), values):
-        typ, is_list = field_type(f)
-        default = _default(f)
-        if is_list:
-            items = [v.strip() for v in str(value or "").split(",") if v.strip()]
-            try:
-                value = [typ(v) for v in items] or None
-            except ValueError:
-                raise UserError(f"{f.name.replace('_', ' ')}: {value!r}: give {typ.__name__} values separated by "
-                                "commas") from None
-        elif typ is bool and default is None:
-            value = {"true": True, "false": False}.get(value)
-        elif typ in (int, float) and default is None and not value:
-            value = None                         # an empty box (the browser sends 0): the default
-        elif typ in (int, float) and value is not None:
-            value = typ(value)
-        elif typ is str and value == "" and default is None:
-            value = None
-        if value != (base or {}).get(f.name, default):
-            out[f.name] = value
-    return out
 
 
 def jobs_table(store) -> pd.DataFrame:
@@ -156,7 +75,11 @@ def status_text(store, job, runner) -> str:
     return text
 
 
-def tab(engine: Engine, store, runner, catalog):
+def tab(engine: Engine, store, runner, catalog, checkpoint: gr.Dropdown):
+    """``checkpoint``: the model picker, whose model (with no preset chosen) decides the form's values.
+    Returns (the job box, the form's filling as the page's load event takes it)."""
+    spec = trained_spec(NONE, catalog, engine.entry)
+    base = base_values(NONE, spec)
     with gr.Row():
         with gr.Column():
             photos = gr.File(label=PHOTOS, file_count="multiple", file_types=["image"], elem_id="train_photos")
@@ -168,13 +91,16 @@ def tab(engine: Engine, store, runner, catalog):
             klass = gr.Textbox(label="Class prompt (prior preservation; empty: none)", placeholder="a photo of dog",
                                elem_id="train_class")
             with gr.Row():
-                preset = gr.Dropdown(["(none)", *PRESETS], value="(none)", label="Preset", elem_id="train_preset")
-                method = gr.Radio(["full", "lora"], value="lora", label="Method", elem_id="train_method")
-                steps = gr.Number(value=400, precision=0, label="Steps", elem_id="train_steps")
+                preset = gr.Dropdown([NONE, *PRESETS], value=NONE, label="Preset", elem_id="train_preset")
+                method = gr.Radio(["full", "lora"], value=base["method"], label="Method", elem_id="train_method")
+                steps = gr.Number(value=base["max_steps"], label="Steps", elem_id="train_steps")
                 name = gr.Textbox(label="Name of the trained model", placeholder="my_dog", elem_id="train_name")
             with gr.Accordion("Advanced (every training setting)", open=False):
-                advanced = [component_for(f) for f in advanced_fields()]
+                advanced = [component_for(f, base) for f in advanced_fields()]
             start = gr.Button("Train", variant="primary", elem_id="train_start")
+            # [preset, model, method] the form shows the values of (not a gr.State: that keeps a heartbeat
+            # connection open, so a page would never be idle)
+            filled_for = gr.Textbox(json.dumps([NONE, spec, None]), visible=False, elem_id="train_filled_for")
         with gr.Column():
             job_id = gr.Textbox(label="Job", interactive=False, elem_id="train_job")
             status = gr.Markdown("", elem_id="train_status")
@@ -184,6 +110,7 @@ def tab(engine: Engine, store, runner, catalog):
             cancel = gr.Button("Cancel", elem_id="train_cancel")
             jobs = gr.Dataframe(value=jobs_table(store), label="Jobs (click a row to show that job)", interactive=False,
                                 elem_id="train_jobs")
+    form = [method, steps, *advanced]
 
     photos.change(lambda files: [f.name if hasattr(f, "name") else f for f in files or []], photos, thumbnails)
 
@@ -192,30 +119,45 @@ def tab(engine: Engine, store, runner, catalog):
         return "Rare tokens of this model's tokenizer: " + ", ".join(f"`{c.token}`" for c in found)
     suggest.click(suggest_token, outputs=suggestion)
 
-    def from_preset(preset_name):            # the form shows what the preset trains with
-        base = base_values(preset_name, engine.entry.spec)
-        return [base["method"], base["max_steps"], *[shown(f, base[f.name]) for f in advanced_fields()]]
-    preset.change(from_preset, preset, [method, steps, *advanced])
-
-    def submit(files, instance_prompt, class_prompt, preset_name, method_name, max_steps, model_name, *values):
+    def refill(preset_name, title, shows, *current):
+        """The form shows what a job of the chosen preset, on the model picked (at the page's load, or
+        by another tab too) and by the method chosen, trains with; what the user changed stays."""
         try:
-            base = base_values(preset_name, engine.entry.spec)
-            overrides = overrides_of(list(values), base)
-            for key, value in (("method", method_name), ("max_steps", int(max_steps or 0))):
-                if value != base[key]:               # only what the form changed: the preset's stand
-                    overrides[key] = value
+            picked = catalog.find_model(title) if title else engine.entry
+        except UserError:                        # (a picker being refreshed) the model loaded now
+            picked = engine.entry
+        was = json.loads(shows) if shows else None
+        old = base_values(*was) if was else None
+        # the method the user chose (now, or before: it stays chosen), else the preset's
+        method = current[0] if old and current[0] != old["method"] else was[2] if was else None
+        now = (preset_name, trained_spec(preset_name, catalog, picked), method)
+        return *refilled(base_values(*now), old, list(current)), json.dumps(now)
+    refill_io = ([preset, checkpoint, filled_for, *form], [*form, filled_for])
+    for control in (preset, checkpoint, method):       # (no spinner over every input: it takes an instant)
+        control.change(refill, *refill_io, show_progress="hidden")
+
+    def submit(files, instance_prompt, class_prompt, preset_name, model_name, *values):
+        try:
+            # against what the job will train with (the model loaded now), so it trains with what the form shows
+            model_spec = trained_spec(preset_name, catalog, engine.entry)
+            source = f"the {preset_name} preset's" if preset_name != NONE else \
+                "the toy model's" if model_spec == "toy" else "the default"
+            chosen = values[0] if values[0] != base_values(preset_name, model_spec)["method"] else None
+            overrides = overrides_of(list(values), base_values(preset_name, model_spec, chosen), source)
+            if chosen:                   # (the base above is that method's: the toy's identifier lr is full's alone)
+                overrides["method"] = chosen
             uploads = [(Path(f.name if hasattr(f, "name") else f).name, Path(f.name if hasattr(f, "name") else f).read_bytes())
                        for f in files or []]
             if not 1 <= len(uploads) <= MAX_PHOTOS:
                 raise UserError(f"Photos of the subject: {len(uploads) or 'none'} given; upload 1 to {MAX_PHOTOS} "
                                 "(3 to 20 work best)")
             job = submit_job(store, runner, catalog, engine.entry, instance_prompt=instance_prompt or "",
-                             class_prompt=class_prompt or "", preset="" if preset_name == "(none)" else preset_name,
+                             class_prompt=class_prompt or "", preset="" if preset_name == NONE else preset_name,
                              overrides=overrides, name=model_name or "", uploads=uploads)
         except UserError as exc:
             raise ui_error(str(exc)) from None
         return job.id, f"queued: {job.id}"
-    start.click(submit, [photos, instance, klass, preset, method, steps, name, *advanced], [job_id, status])
+    start.click(submit, [photos, instance, klass, preset, name, *form], [job_id, status])
 
     def watch(current: str):
         job = store.get(current) if current else None
@@ -244,4 +186,4 @@ def tab(engine: Engine, store, runner, catalog):
         row = evt.row_value or []
         return row[0] if row else gr.update()
     jobs.select(chosen, outputs=job_id)
-    return job_id
+    return job_id, dict(fn=refill, inputs=refill_io[0], outputs=refill_io[1], show_progress="hidden")

@@ -1,0 +1,175 @@
+"""The web UI in a real browser (as ``test_ui.py``): two tabs at once, grids, numbers typed past a
+control, remembered settings, and the Train form against what a job trains with."""
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from test_ui import browser, number, page, pytestmark, site, toast, ui_server  # noqa: F401 (fixtures, the skip)
+
+LONG = dict(steps=50, size=128)      # a generation that runs for seconds on the toy (two CPUs: ~15 s)
+
+
+def open_tab(browser, url: str):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(url + "/", wait_until="networkidle")
+    return page
+
+
+def fill(page, prompt: str, seed: int, steps: int, size: int) -> None:
+    page.fill("#txt2img_prompt textarea", prompt)
+    page.fill("#txt2img_seed input", str(seed))
+    for field, value in (("#txt2img_steps", steps), ("#txt2img_width", size), ("#txt2img_height", size)):
+        number(page, field, value)
+
+
+def progress_text(page) -> str:
+    return page.inner_text("#txt2img_progress")
+
+
+def done(page, timeout: int = 120_000) -> None:
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.startsWith('done')", timeout=timeout)
+
+
+def test_each_tab_sees_and_stops_its_own_generation(browser, site):
+    import webuiapi
+    app, url = site
+    first, second = open_tab(browser, url), open_tab(browser, url)
+    fill(first, "a red circle on a blue background", 5, **LONG)
+    fill(second, "a yellow cross on a black background", 6, 4, 32)
+    first.click("#txt2img_generate")
+    first.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('ETA')", timeout=60_000)
+    second.click("#txt2img_generate")
+    for _ in range(4):        # the second tab waits: none of the first's progress, ETA or preview
+        second.wait_for_timeout(500)
+        assert progress_text(second).startswith("waiting"), progress_text(second)
+        assert second.locator("#txt2img_preview img").count() == 0
+    assert "ETA" in progress_text(first)
+    second.click("#txt2img_interrupt")          # its own request, still waiting: cancelled, the first's runs on
+    second.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('interrupted before it "
+                             "started')", timeout=60_000)
+    done(first)
+    made = first.request.get(first.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+    port = int(url.rsplit(":", 1)[1])
+    whole = webuiapi.WebUIApi(host="127.0.0.1", port=port).txt2img(          # all its steps: not interrupted
+        prompt="a red circle on a blue background", seed=5, steps=LONG["steps"], width=LONG["size"], height=LONG["size"])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(made))), np.asarray(whole.image))
+    outputs = Path(app.state.store.root).parent / "outputs"
+    assert not any("yellow cross" in Image.open(p).info["parameters"] for p in outputs.rglob("*.png"))
+    first.context.close()
+    second.context.close()
+
+
+def test_several_images_and_plots_get_their_grid_among_the_grids(page, site):
+    day = time.strftime("%Y-%m-%d")
+    outputs = Path(site[0].state.store.root).parent / "outputs"
+    grids, images = outputs / "txt2img-grids" / day, outputs / "txt2img-images" / day
+    before = set(grids.glob("*.png")) if grids.is_dir() else set()
+    fill(page, "a white circle", 3, 3, 32)
+    number(page, "#txt2img_batch_count", 2)
+    number(page, "#txt2img_batch_size", 2)
+    page.click("#txt2img_generate")
+    done(page)
+    assert page.locator("#txt2img_gallery img").count() == 5              # the grid first, as A1111 and the API
+    (grid,) = set(grids.glob("*.png")) - before
+    assert grid.name.startswith("grid-") and Image.open(grid).size == (64, 64)
+    first = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(first))), np.asarray(Image.open(grid)))
+    number(page, "#txt2img_batch_count", 1)
+    number(page, "#txt2img_batch_size", 1)
+    page.click("text=Script")
+    page.click("#txt2img_script input")
+    page.click("[role=option]:has-text('X/Y/Z plot')")
+    page.fill("#txt2img_x textarea", "Steps: 2, 3")
+    page.click("#txt2img_generate")
+    done(page)
+    assert len(set(grids.glob("grid-*.png")) - before) == 2                 # the plot's too, not among the images
+    assert not list(images.glob("grid-*.png"))
+
+
+def test_a_number_past_a_control_is_set_and_said_and_a_fractional_seed_refused(page):
+    page.fill("#txt2img_prompt textarea", "a white circle")
+    number(page, "#txt2img_steps", 500)
+    toast(page, "Sampling steps 500: from 1 to 150; set to 150")
+    page.wait_for_function("document.querySelector('#txt2img_steps input[type=number]').value === '150'",
+                           timeout=10_000)                                  # what the run will use, shown
+    number(page, "#txt2img_steps", 3)
+    page.fill("#txt2img_seed input", "1.5")
+    page.click("#txt2img_generate")
+    toast(page, "Seed 1.5: give a whole number")                           # not 2, unsaid
+    assert page.locator("#txt2img_gallery img").count() == 0
+
+
+def test_the_clip_skip_survives_a_reload(page):
+    number(page, "#txt2img_clip_skip", 2)
+    page.wait_for_timeout(1500)                                            # (saved in the browser's storage)
+    page.reload(wait_until="networkidle")
+    page.wait_for_function("document.querySelector('#txt2img_clip_skip input[type=number]').value === '2'",
+                           timeout=10_000)
+
+
+def train_form(page) -> dict:
+    return {"method": page.locator("#train_method input:checked").get_attribute("value"),
+            "steps": page.input_value("#train_steps input")}
+
+
+def test_train_with_no_preset_sends_what_the_form_changed(page, site, tmp_path):
+    """The toy loaded, Preset left at (none): the form shows the toy's own settings, which a job
+    trains with, and Train sends only what was changed (not every default as an override)."""
+    from dreambooth.toy.demo import write_instance_images
+    from dreambooth.toy.world import Subject
+    photos = write_instance_images(Subject("cross", "white", "dots", "black"), tmp_path / "photos", ("red",) * 2)
+    page.click("button[role=tab][data-tab-id='train']")
+    assert train_form(page) == {"method": "full", "steps": "1200"}
+    page.click("text=Advanced (every training setting)")
+    assert page.input_value("#train_resolution textarea") == "32"          # not empty (which became null)
+    assert page.input_value("#train_alpha textarea") == ""                 # empty, as its label says: not 0
+    page.set_input_files("#train_photos input[type=file]", [str(p) for p in photos])
+    page.fill("#train_instance textarea", "a sks cross")
+    page.fill("#train_name textarea", "no_preset")
+    page.fill("#train_steps input", "")
+    page.click("#train_start")
+    toast(page, "Steps: empty; give a value (the toy model's: 1200)")      # said empty, not 0
+    page.fill("#train_steps input", "2")
+    page.click("#train_start")
+    page.wait_for_function("document.querySelector('#train_status').innerText.includes('queued') || "
+                           "document.querySelector('#train_status').innerText.includes('running')", timeout=30_000)
+    store = site[0].state.store
+    job = store.all()[-1]
+    site[0].state.runner.cancel(job.id)                                    # (what it sent is all this checks)
+    assert job.request["overrides"] == {"max_steps": 2} and job.request["preset"] is None
+    for _ in range(600):              # ended before the next test (loading a model meanwhile would race its setup)
+        if store.get(job.id).state in ("cancelled", "done", "failed"):
+            break
+        time.sleep(0.1)
+
+
+def test_a_switch_waits_for_the_generation_and_the_train_form_follows_the_model(browser, tmp_path, tiny_sd1):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd1, models / "tiny-sd1")
+    with ui_server(tmp_path / "data", models_dir=str(models)) as (_, port):
+        url = f"http://127.0.0.1:{port}"
+        generating, switching = open_tab(browser, url), open_tab(browser, url)
+        switching.click("button[role=tab][data-tab-id='train']")
+        switching.fill("#train_steps input", "7")                          # the user's own: it stays
+        fill(generating, "a red circle on a blue background", 5, **LONG)
+        generating.click("#txt2img_generate")
+        generating.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('ETA')",
+                                     timeout=60_000)
+        switching.click("#checkpoint input")
+        switching.click("[role=option]:has-text('tiny-sd1')")
+        switching.wait_for_function("document.querySelector('#switching').innerText.includes('waiting for the "
+                                    "generation under way to finish, then loading tiny-sd1')", timeout=30_000)
+        assert "0.0%" not in switching.inner_text("#switching")
+        switching.wait_for_function("document.querySelector('#switching').innerText.includes('loaded tiny-sd1')",
+                                    timeout=120_000)
+        assert train_form(switching) == {"method": "lora", "steps": "7"}     # the defaults for a model of its own
+        generating.click("button[role=tab][data-tab-id='train']")          # the other tab's form follows too
+        generating.wait_for_function("document.querySelector('#train_steps input').value === '400'", timeout=30_000)
+        generating.context.close()
+        switching.context.close()
