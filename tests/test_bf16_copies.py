@@ -145,7 +145,7 @@ def test_a_bf16_full_run_on_the_cpu_trains_through_copies_as_without(tiny_sd1, d
     assert a.keys() == b.keys()
     for file in a:
         for key in a[file]:
-            torch.testing.assert_close(a[file][key], b[file][key], rtol=0, atol=1e-7, msg=f"{file} {key}")
+            torch.testing.assert_close(a[file][key], b[file][key], rtol=1.2e-7, atol=1e-7, msg=f"{file} {key}")   # an ulp
     unet, start = "unet/diffusion_pytorch_model.safetensors", saved_weights(tiny_sd1)    # and the step moved them
     assert all(not torch.equal(a[unet][k], start[unet][k]) for k in a[unet] if k.endswith(("to_q.weight", "conv1.weight")))
 

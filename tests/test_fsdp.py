@@ -190,7 +190,8 @@ def test_checkpoints_resume_across_fsdp_and_ddp(sharded, unsharded, photos, tmp_
 
 def test_a_damaged_optimizer_state_stops_every_process_with_one_line(sharded, photos, tmp_path):
     """Under FSDP the first process alone reads the optimizer state: its failure must reach the
-    others, or they would wait for its tensors for ever."""
+    others, or they would wait for its tensors for ever. (Every process finds the file cut short before
+    loading, and the first says it for all.)"""
     out = tmp_path / "out"
     ckpt = out / "checkpoints" / "checkpoint-000006"
     shutil.copytree(sharded[0] / "checkpoints" / "checkpoint-000006", ckpt)
@@ -200,7 +201,7 @@ def test_a_damaged_optimizer_state_stops_every_process_with_one_line(sharded, ph
     run = sharded_train(tmp_path, *TOY_UNET, "--batch-size", "1", "--instance-dir", photos, "--class-dir",
                         sharded[0] / "class_images", "--output", out, "--resume", ckpt, check=False)
     errors = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("error:")]
-    assert run.returncode != 0 and len(errors) == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.returncode != 0 and len(errors) == 1, run.stdout[-2000:] + run.stderr[-2000:]   # every process's, said once
     assert all("damaged checkpoint" in ln and "Traceback" not in ln for ln in errors), errors
 
 
