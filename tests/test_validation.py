@@ -67,6 +67,11 @@ class FakeRun:
         self.autocast_dtype = None
         self.warnings = []
 
+    def warn(self, message):                # as the trainer's: said now, and kept for the summary
+        from dreambooth import progress
+        self.warnings.append(message)
+        progress.warn(message)
+
     def generation_pipeline(self):
         from dreambooth.generation.pipeline import GenerationPipeline
         return GenerationPipeline(self.pipe)

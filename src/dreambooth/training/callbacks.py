@@ -35,7 +35,10 @@ class TrainingRun(Protocol):
     output: Path
     step: int                      # optimizer steps done
     autocast_dtype: torch.dtype | None   # the mixed precision sampling runs in (None: none)
-    warnings: list[str]            # said during the run: the closing summary says them again
+
+    def warn(self, message: str) -> None:
+        """A warning said now, and again in the run's closing summary (a long run's early lines scroll away)."""
+        ...
 
     def save_model(self, directory: Path) -> list[Path]:
         """The current weights, in the output's format, written to ``directory``."""

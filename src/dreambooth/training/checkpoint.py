@@ -58,16 +58,13 @@ def interruptible(output: Path, step: Callable[[], int]):
     and so does, as a ProcessLost, another process of the run stopping."""
     try:
         yield
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, TrainingInterrupted):
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if isinstance(exc, TrainingInterrupted) or (isinstance(exc, RuntimeError) and not peer_gone(exc)):
             raise
         found = list_checkpoints(output)
-        raise TrainingInterrupted(step(), found[-1] if found else None) from None
-    except RuntimeError as exc:
-        if not peer_gone(exc):
-            raise
-        found = list_checkpoints(output)
-        raise ProcessLost(step(), found[-1] if found else None) from exc
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        raise (TrainingInterrupted if ctrl_c else ProcessLost)(step(), found[-1] if found else None) \
+            from (None if ctrl_c else exc)          # (--debug shows the backend's error a lost peer left)
 
 
 def list_checkpoints(output: Path) -> list[Path]:
@@ -367,7 +364,7 @@ def resume_run(run, path: Path) -> None:
     run.stream.load_state_dict(state["stream"])
     run.noise_gen.set_state(state["noise_gen"])
     saved = json.loads((path / "settings.json").read_text())
-    warn = run._warn                     # now, and in the closing summary (the first process's terminal alone)
+    warn = run.warn                      # now, and in the closing summary (the first process's terminal alone)
     if "seed" in saved and saved["seed"] != run.config.seed:      # the streams are the checkpoint's
         warn(f"--resume: --seed {run.config.seed} is not used; the random streams go on from the "
              f"checkpoint's (--seed {saved['seed']}), which the output records")

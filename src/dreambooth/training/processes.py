@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .results import last_checkpoint
 
 # what a process group's backend raises when a peer is gone: gloo's RuntimeError names its transport
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport")
@@ -25,9 +26,8 @@ class ProcessLost(UserError):
 
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
-        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written yet (--checkpoint-every N makes them)"
         super().__init__(f"training stopped at step {step}: another process of this run stopped (its message, "
-                         f"or the launcher's, says why); {where}")
+                         f"or the launcher's, says why); {last_checkpoint(checkpoint)}")
 
 
 def peer_gone(exc: BaseException) -> bool:

@@ -36,8 +36,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, step: int, checkpoint: Path | None):
         self.step, self.checkpoint = step, checkpoint
-        where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written yet (--checkpoint-every N makes them)"
-        super().__init__(f"training interrupted at step {step}; {where}")
+        super().__init__(f"training interrupted at step {step}; {last_checkpoint(checkpoint)}")
+
+
+def last_checkpoint(checkpoint: Path | None) -> str:
+    """Where a stopped run can be resumed from, in words."""
+    return f"the last checkpoint is {checkpoint}" if checkpoint else \
+        "no checkpoint had been written yet (--checkpoint-every N makes them)"
 
 
 def peak_memory() -> int:

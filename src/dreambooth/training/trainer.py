@@ -80,7 +80,7 @@ class Trainer:
         # What can fail without writing anything, first (all processes at once): inputs, checkpoint, model, photos.
         with failing_together(self.accelerator):
             check_inputs(cfg)
-            check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self._warn)
+            check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self.warn)
             self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output, cfg.max_steps) if cfg.resume else None
             self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
             self.family = adapter_for(pipe)
@@ -90,7 +90,7 @@ class Trainer:
                 raise UserError(f"--resolution {cfg.resolution}: must be a multiple of {pipe.vae_scale_factor} for this model")
             clip_skip, warning = self.family.clip_skip_for(cfg.clip_skip)
             if warning:
-                self._warn(warning)
+                self.warn(warning)
             self.config = cfg = cfg.replace(clip_skip=clip_skip)    # what the run applies (and records)
             if self.resume_from:                                        # before class images are made
                 ckpt.check_resumable(self.resume_from, self.settings())
@@ -112,17 +112,17 @@ class Trainer:
             if self.prediction_type not in ("epsilon", "v_prediction"):
                 raise UserError(f"--model {cfg.model}: prediction type '{self.prediction_type}' is not supported (epsilon or v_prediction)")
             instance = load_examples(cfg.instance_dir, cfg.instance_prompt, cfg.resolution, cfg.captions,
-                                     warn=self._warn, masks=cfg.masked_loss)
-            shards = shard_count(self.accelerator, fsdp, self._warn)
+                                     warn=self.warn, masks=cfg.masked_loss)
+            shards = shard_count(self.accelerator, fsdp, self.warn)
             self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
             self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from, cfg.resume == "latest")
             if self.accelerator.is_main_process:
                 self.stage.prepare(self.cleanup)
         for warning in identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt, [e.prompt for e in instance]):
-            self._warn(warning)             # now, before class images and steps are spent on them
+            self.warn(warning)             # now, before class images and steps are spent on them
         self.memory.report()
         self._prepare_data(cfg, instance)
-        self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self._warn)
+        self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self.warn)
         self.optimizer = make_optimizer(groups, cfg, self.trainables.values(), self.device, self.accelerator.num_processes)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
         self.models, self.optimizer = prepare_models(self.accelerator, self.trainables, self.optimizer,
@@ -165,12 +165,12 @@ class Trainer:
                 acc.process_index, acc.num_processes), acc.wait_for_everyone, cfg.class_batch_size, self.pause_point)
             pipeline.parking.release()
             prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir",
-                                  warn=self._warn)[:cfg.num_class_images]    # a folder may hold more: the first
+                                  warn=self.warn)[:cfg.num_class_images]    # a folder may hold more: the first
         self.class_images, self.instance_images = len(prior), len(instance)
         progress.message(f"training on {len(instance)} photo(s)" + (f" and {len(prior)} class image(s)" if prior else ""))
         self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop, cfg.random_flip,
                                     cfg.seed, cfg.caption_dropout, self.transforms, (acc.process_index, acc.num_processes),
-                                    self._warn)
+                                    self.warn)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -195,7 +195,7 @@ class Trainer:
     def trains_text(self) -> bool:     # some text-encoder weight trains (the encoder, or the identifier's offset)
         return len(self.trainables) > 1
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:          # (TrainingRun.warn)
         self.warnings.append(message)
         progress.warn(message)
 

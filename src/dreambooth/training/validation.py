@@ -150,11 +150,6 @@ class Validator:
     The trainer calls ``start``, ``after_step`` and ``end``; each returns a ``ValidationEnd`` when it
     validated."""
 
-    def _warn(self, message: str) -> None:
-        """Said now, and again in the run's closing summary (a long run's early lines scroll away)."""
-        self.run.warnings.append(message)
-        progress.warn(message)
-
     def __init__(self, run: TrainingRun, evaluator: Evaluator | None = None, sharded: bool = False):
         self.run = run
         self.sharded = sharded        # FSDP: saving the best weights takes every process (ValidationFollower)
@@ -186,9 +181,9 @@ class Validator:
         except UserError as exc:
             self.unavailable = str(exc)
             self.evaluator = None
-            self._warn(f"validation metrics off (grids only): {exc}")
+            self.run.warn(f"validation metrics off (grids only): {exc}")
             if s.keep_best:
-                self._warn("--keep-best: no metrics to choose a step; the final weights stay the output")
+                self.run.warn("--keep-best: no metrics to choose a step; the final weights stay the output")
 
     def _check_prompts(self) -> None:
         """Once a run (the metrics, which score every validation, say nothing of it): prompts of
@@ -197,7 +192,7 @@ class Validator:
         subject = [p for p in s.prompts if p != s.class_prompt]
         if s.identifier and subject and not any(identifier_pattern(s.identifier).search(p) for p in subject):
             example = default_validation_prompts(self.run.config.instance_prompt)[1]
-            self._warn(f"--validation-prompts: none names the identifier '{s.identifier}' of --instance-prompt, so "
+            self.run.warn(f"--validation-prompts: none names the identifier '{s.identifier}' of --instance-prompt, so "
                           "no validation image asks for the subject and the metrics follow what the prompts name; "
                           f"write it into them (e.g. '{example}')")
 
@@ -209,7 +204,7 @@ class Validator:
         try:
             self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
         except Exception as exc:
-            self._warn(f"TensorBoard logging off: {exc}")
+            self.run.warn(f"TensorBoard logging off: {exc}")
 
     def start(self) -> ValidationEnd | None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +238,7 @@ class Validator:
             best_file.unlink(missing_ok=True)
             shutil.rmtree(self.dir / VALIDATION_BEST, ignore_errors=True)
             if self.settings.keep_best:
-                self._warn(f"--keep-best: the best weights saved at step {saved.get('step')} are past the resume "
+                self.run.warn(f"--keep-best: the best weights saved at step {saved.get('step')} are past the resume "
                               f"point (step {start}) and were dropped; a later step that beats step "
                               f"{top['step'] if top else '-'} will be kept")
 
