@@ -364,3 +364,53 @@ def test_a_stop_ends_the_running_generation_and_refuses_the_waiting_ones(server_
     assert codes == [200, 400], replies               # the running one's image so far; the waiting one refused
     refused = next(r for r in replies if isinstance(r, httpx.Response) and r.status_code == 400)
     assert refused.json()["detail"].startswith("the server is stopping"), refused.text
+
+
+def test_a_job_and_a_request_never_run_at_once_but_between_steps():
+    """The device gate: a job starts once the request under way is done (diffusers' loading swaps the
+    default dtype, ``torch.nn.init`` and ``nn.Module.register_parameter`` for the whole process while it
+    builds a model: a LoRA or a model built in another thread then had meta or uninitialised weights), and
+    a request that comes during the job runs only in ``between_steps``, never beside a step."""
+    import threading
+
+    from dreambooth.server.engine import DeviceGate
+    gate, events = DeviceGate(), []
+    in_request, job_started = threading.Event(), threading.Event()
+
+    def request(name, hold: threading.Event | None = None):
+        with gate.request():
+            events.append(f"{name} in")
+            if hold is not None:
+                in_request.set()
+                hold.wait(10)
+            events.append(f"{name} out")
+
+    release = threading.Event()
+    first = threading.Thread(target=request, args=("request 1", release))
+    first.start()
+    assert in_request.wait(10)
+
+    def job():
+        with gate.training():
+            events.append("job in")
+            job_started.set()
+            deadline = time.time() + 10               # a step, long enough for the second request to come
+            while not gate._waiting and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)                           # ... and to be kept waiting
+            events.append("step done")
+            gate.between_steps()
+            events.append("job out")
+
+    trainer = threading.Thread(target=job)
+    trainer.start()
+    time.sleep(0.3)
+    assert not job_started.is_set()                   # request 1 is still under way
+    release.set()
+    assert job_started.wait(10)
+    second = threading.Thread(target=request, args=("request 2",))
+    second.start()
+    for thread in (first, trainer, second):
+        thread.join(10)
+    assert events == ["request 1 in", "request 1 out", "job in", "step done", "request 2 in", "request 2 out",
+                      "job out"]

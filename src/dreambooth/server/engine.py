@@ -67,11 +67,17 @@ class DeviceGate:
 
     @contextmanager
     def training(self):
+        """A training job holds the device as a request does, from before it loads its models until it
+        is done, but for ``between_steps``: diffusers' loading swaps process-wide state for a while (the
+        default dtype, ``torch.nn.init``, accelerate's meta-device parameters), which a generation or a
+        model loaded in another thread at that moment would take."""
         with self._cond:
             self._training = True
+        self._requests.acquire()                    # the request under way, if any, finishes first
         try:
             yield
         finally:
+            self._requests.release()
             with self._cond:
                 self._training, self._paused = False, False
                 self._cond.notify_all()
@@ -83,9 +89,14 @@ class DeviceGate:
                 return
             self._paused = True
             self._cond.notify_all()
-            while self._waiting:
-                self._cond.wait()
-            self._paused = False
+        self._requests.release()
+        try:
+            with self._cond:
+                while self._waiting:
+                    self._cond.wait()
+                self._paused = False
+        finally:
+            self._requests.acquire()
 
 
 @dataclass

@@ -120,7 +120,8 @@ def tab(engine: Engine, store, data_dir: Path):
             real = [photo(f) for f in files]
             check_evaluation_models()
             yield "evaluating...", table({})
-            evaluator = Evaluator().load()
+            with engine.gate.request():          # loading swaps process-wide torch state: not beside a job's
+                evaluator = Evaluator().load()
             entry = engine.catalog.find_model(title, "model") if title else engine.entry
             params = GenerationParams("", steps=int(n_steps), seed=0, clip_skip=trained_clip_skip(entry.spec) or 1)
             out = Path(tempfile.mkdtemp(prefix="bench-", dir=data_dir))
