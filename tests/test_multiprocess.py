@@ -383,6 +383,10 @@ def test_a_run_accelerate_started_alone_says_so(monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", "2")
         check_distributed(build_config("toy"))
     assert [m for m in said if "started this one process" in m and "--multi_gpu" in m] == [said[0]] and len(said) == 1
+    kept = []                                  # a run passes its own warn: the closing summary repeats it
+    monkeypatch.delenv("WORLD_SIZE")
+    check_distributed(build_config("toy"), kept.append)
+    assert len(kept) == 1 and "started this one process" in kept[0]
 
 
 def test_sdxl_with_its_text_encoders_on_two_processes(tiny_sdxl, photos, tmp_path):

@@ -148,16 +148,16 @@ NOT_SHARDED = (
 )
 
 
-def check_distributed(cfg: TrainConfig) -> bool:
+def check_distributed(cfg: TrainConfig, warn=progress.warn) -> bool:
     """Before anything is written: DeepSpeed is refused; FSDP (``accelerate launch`` with an FSDP
     config) must be FSDP2 and a full fine-tune of the UNet alone. DDP (``--multi_gpu``) takes anything.
-    True when launched with FSDP."""
+    True when launched with FSDP. ``warn``: the run's (now and in its closing summary)."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")         # accelerate's flag or config file
     if launched not in ("", "no", cfg.mixed_precision) and first_process():
-        progress.warn(f"accelerate launch's mixed precision {launched} is not used: this run trains in "
+        warn(f"accelerate launch's mixed precision {launched} is not used: this run trains in "
                       f"{cfg.mixed_precision} (pass --mixed-precision {launched} to dreambooth train for it)")
     if launched_alone():
-        progress.warn("accelerate launch started this one process: without a GPU, --num_processes N needs "
+        warn("accelerate launch started this one process: without a GPU, --num_processes N needs "
                       "--multi_gpu to start N processes (on the CPU, docs/multi-gpu.md)")
     if _launched_with("ACCELERATE_USE_DEEPSPEED"):
         raise UserError("accelerate launch with DeepSpeed: dreambooth train does not run under DeepSpeed; shard "

@@ -73,7 +73,7 @@ class Trainer:
             keep_freed_host_memory()        # gradients reused, not faulted in each step (host_memory)
         # accelerate keeps one process-wide state; another run in this process may ask another precision
         AcceleratorState._reset_state(reset_partial_state=False)
-        fsdp = check_distributed(cfg)
+        fsdp = check_distributed(cfg, self.warn)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                                        cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp), kwargs_handlers=[uncached_autocast()])
         self.device = self.accelerator.device
