@@ -17,13 +17,13 @@ def eval_models(tmp_path_factory):
     return save_tiny_eval_models(tmp_path_factory.mktemp("bench-protocol-eval"))
 
 
-def test_a_report_json_does_not_make_a_folder_a_bench_runs(tmp_path, dog_photos):
+def test_a_report_json_does_not_make_a_folder_a_bench_runs(tmp_path, dog_photos, tiny_sd1):
     from dreambooth.errors import UserError
     from dreambooth.evaluation.dreambench import BENCH_MARK, run_bench
     project = tmp_path / "project"
     make_photos(project / "images")                         # the user's own photos and report
     (project / "report.json").write_text('{"my": "own report"}')
-    code, _, err = run_cli("bench", "--model", tmp_path / "no_model", "--real", dog_photos, "--class", "square",
+    code, _, err = run_cli("bench", "--model", tiny_sd1, "--real", dog_photos, "--class", "square",
                            "--kind", "object", "--output", project, "--overwrite")
     assert code == 2 and err.count("\n") == 1, err
     assert "holds report.json, images that no dreambooth bench run wrote" in err and BENCH_MARK in err, err
@@ -33,7 +33,7 @@ def test_a_report_json_does_not_make_a_folder_a_bench_runs(tmp_path, dog_photos)
     assert len(list((project / "images").iterdir())) == 5
     assert (project / "report.json").read_text() == '{"my": "own report"}'
     (project / BENCH_MARK).touch()                           # the bench's own mark: an earlier run, replaceable
-    code, _, err = run_cli("bench", "--model", tmp_path / "no_model", "--real", dog_photos, "--class", "square",
+    code, _, err = run_cli("bench", "--model", tiny_sd1, "--real", dog_photos, "--class", "square",
                            "--kind", "object", "--output", project)
     assert code == 2 and "from an earlier run; pass --overwrite" in err, err
 
@@ -55,6 +55,8 @@ def test_the_identifier_and_class_come_from_the_training_record(tiny_sd1, dog_ph
     assert report["per_prompt"][0]["clip_t_prompt"] == "a dog in the jungle"
     md = (out / "report.md").read_text()
     assert "**Off the paper's protocol:** 2 of 25 prompts, images per prompt 1 (protocol 4), steps 1 (protocol 50)" in md
+    assert f"DINO model {dino} (protocol facebook/dino-vits16)" in md and "size 32x32 (protocol 64x64)" in md
+    assert report["settings"]["clip_skip"] == 1 and "clip_skip `1`" in md
     code, _, err = run_cli("bench", "--model", model, "--real", dog_photos, "--kind", "live", "--max-prompts", "1",
                            "--identifier", "sks", "--images-per-prompt", "1", "--steps", "1", "--size", "32",
                            "--dino-model", dino, "--clip-model", clip, "--output", out, "--overwrite")

@@ -10,10 +10,10 @@ from ..devices import DTYPES
 from ..errors import UserError
 from ..evaluation.dreambench import (PROTOCOL, bench_photos, check_bench_output, check_bench_settings,
                                      protocol_params, run_bench, subject_settings)
-from ..evaluation.folders import bench_identifier
+from ..evaluation.folders import generated_identifier
 from ..evaluation.metrics import Evaluator, evaluate_dirs, format_summary
 from ..evaluation.prompts import DEFAULT_IDENTIFIER
-from ..evaluation.trained import first_trained_subject
+from ..evaluation.trained import check_identifier_known, first_trained_subject
 from ..generation.loras import parse_lora_spec
 from ..generation.params import GenerationParams
 from ..generation.pipeline import load_generation_pipeline
@@ -50,7 +50,7 @@ def evaluate_cmd(real, generated, prompts_file, identifier, keep_identifier, cla
     CLIP-T: mean cosine between each generated image and its prompt (identifier removed), as a raw
     cosine, not x100. Writes OUTPUT/metrics.json.
     """
-    identifier = identifier or bench_identifier(generated) or DEFAULT_IDENTIFIER
+    identifier = identifier or generated_identifier(generated) or DEFAULT_IDENTIFIER
     result = evaluate_dirs(real, generated, output, prompts_file=prompts_file, identifier=identifier,
                            keep_identifier=keep_identifier, class_generated_dir=class_generated, div=div,
                            dino_model=dino_model, clip_model=clip_model, device=device, batch_size=batch_size,
@@ -111,14 +111,14 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
     dataset/, one folder per subject.
     """
     lora_specs = [parse_lora_spec(s) for s in loras]
+    _check_model(model)                          # a model that is not there, named before anything else
     trained = first_trained_subject([spec for spec, _ in lora_specs] + [model])
     class_name, kind = subject_settings(subject, class_name, kind, trained and trained.class_name)
+    check_identifier_known(trained, identifier)
     check_bench_settings(images_per_prompt, div, seed)             # before the models load
     if size is not None and size % 8:
         raise UserError(f"--size {size}: must be a multiple of 8")
     check_bench_output(output, overwrite, [real])
-    if not is_lora_output(model):                # a model that is not there, named before the evaluation models
-        resolve_model(model, "--model")
     real_files = bench_photos(real)
     if clip_skip is None:                                   # a training output, sampled as it was trained
         clip_skip = trained_clip_skip(model) or 1
@@ -132,6 +132,21 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
                        pres, pres_images, div, evaluator, settings, fast_batches, max_prompts, overwrite)
     click.echo(format_summary({**report["metrics"], "unavailable": report.get("unavailable", {})}))
     click.echo(f"wrote {Path(output) / 'report.md'}")
+
+
+def _check_model(model: str) -> None:
+    """``--model`` resolved, or one line; 'runs/nope', whose first folder is here, is a path that is
+    not there, not a hub id to download (a cached hub id of that spelling still loads)."""
+    if is_lora_output(model):
+        return
+    try:
+        resolve_model(model, "--model")
+    except UserError:
+        parts = Path(model).expanduser().parts
+        if len(parts) > 1 and not Path(model).exists() and Path(parts[0]).exists():
+            raise UserError(f"--model {model}: no such folder or file; give a training output, a diffusers "
+                            "folder, a .safetensors/.ckpt file or a cached hub id") from None
+        raise
 
 
 def register(group: click.Group) -> None:

@@ -35,6 +35,7 @@ from ..images import open_image, write_png
 from ..sigterm import Terminated, sigterm_as_ctrl_c  # noqa: F401 (Terminated: what a caller catches)
 from ..outputs import BENCH_REPORT_JSON, BENCH_REPORT_MD, BENCH_RESULTS, PREVIOUS_OUTPUT_DIR, check_not_replacing, within
 from .folders import BENCH_MARK
+from .encoders import DEFAULT_CLIP, DEFAULT_DINO
 from .metrics import Evaluator, finite, load_lpips, real_photos
 from .prompts import DEFAULT_IDENTIFIER, strip_identifier
 from .report import PAPER_TABLE1, PAPER_TABLE3, render_markdown
@@ -261,19 +262,25 @@ def _bench(pipeline, params, real, class_name, kind, output, identifier, images_
                   "CLIP-T: identifier removed from the prompt before encoding"},
         "paper": {"table1": PAPER_TABLE1, "table3": PAPER_TABLE3},
         "settings": {"sampler": params.sampler, "schedule": params.schedule, "steps": params.steps,
-                     "cfg": params.cfg_scale, "negative_prompt": params.negative_prompt, **(settings or {})},
+                     "cfg": params.cfg_scale, "negative_prompt": params.negative_prompt,
+                     "clip_skip": params.clip_skip or 1, **(settings or {})},
         "per_prompt": rows,
     }
     if pres:
         report["class_prompt"] = class_prompt(class_name)
-    report["off_protocol"] = off_protocol(params, images_per_prompt, len(prompts), len(dreambench_prompts(kind)))
+    native = getattr(pipeline, "default_size", None)
+    report["off_protocol"] = off_protocol(params, images_per_prompt, len(prompts), len(dreambench_prompts(kind)),
+                                          scores["models"], tuple(native) if native else None)
     (output / BENCH_REPORT_JSON).write_text(json.dumps(finite(report), indent=2) + "\n")
     (output / BENCH_REPORT_MD).write_text(render_markdown(report))
     return report
 
 
-def off_protocol(params: GenerationParams, images_per_prompt: int, prompts: int, all_prompts: int) -> list[str]:
-    """How a run's settings differ from the protocol the paper's numbers come from ([] where they do not)."""
+def off_protocol(params: GenerationParams, images_per_prompt: int, prompts: int, all_prompts: int,
+                 models: dict | None = None, native_size: tuple[int, int] | None = None) -> list[str]:
+    """How a run's settings differ from the protocol the paper's numbers come from ([] where they do not):
+    ``models`` the evaluation models used ({"dino": id, "clip": id}; None: the defaults), ``native_size``
+    the model's own (width, height): a size set in ``params`` other than it (or with it unknown) is off."""
     differs = []
     if prompts < all_prompts:
         differs.append(f"{prompts} of {all_prompts} prompts")
@@ -283,4 +290,16 @@ def off_protocol(params: GenerationParams, images_per_prompt: int, prompts: int,
                               ("first seed", params.seed, PROTOCOL["seed"])):
         if value != want:
             differs.append(f"{name} {value:g} (protocol {want:g})")
+    for key, name, want in (("dino", "DINO", DEFAULT_DINO), ("clip", "CLIP", DEFAULT_CLIP)):
+        used = (models or {}).get(key) or want
+        if used != want:               # the paper's numbers are of ViT-S/16 DINO and CLIP ViT-B/32
+            differs.append(f"{name} model {used} (protocol {want})")
+    if params.negative_prompt:
+        differs.append(f"negative prompt '{params.negative_prompt}' (protocol none)")
+    size = (params.width, params.height)
+    if size != (None, None) and size != native_size:
+        native = f"{native_size[0]}x{native_size[1]}" if native_size else "the model's own"
+        differs.append(f"size {params.width or '-'}x{params.height or '-'} (protocol {native})")
+    if (params.clip_skip or 1) != 1:
+        differs.append(f"clip skip {params.clip_skip} (protocol 1)")
     return differs

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..devices import default_device
 from ..errors import UserError, exception_line
+from ..images import middle
 from ..models.specs import resolve_folder_or_hub
 
 DEFAULT_DINO = "facebook/dino-vits16"
@@ -34,7 +35,10 @@ LPIPS_SIZE = 256
 
 def resize_center_crop(image: Image.Image, resize: int, crop: int) -> Image.Image:
     """Short side to ``resize`` (bicubic; the long side truncated to an int), then a centre crop of
-    ``crop`` x ``crop`` (offsets rounded), as torchvision's Resize + CenterCrop do."""
+    ``crop`` x ``crop`` (offsets rounded), as torchvision's Resize + CenterCrop do. An image longer
+    than 4:1 is first cut to its middle 4:1, as training does: scaled whole, an 8000x1 strip would
+    take gigabytes (images no longer than that are scaled exactly as before)."""
+    image = middle(image)
     w, h = image.size
     if w <= h:
         size = (resize, int(resize * h / w))

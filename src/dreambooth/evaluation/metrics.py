@@ -46,9 +46,8 @@ from ..errors import UserError
 from ..images import MASK_SUFFIX, as_image, is_mask_file, list_images, open_image
 from ..outputs import GRID_PREFIX, METRICS_FILE, check_not_replacing
 from .encoders import DEFAULT_CLIP, DEFAULT_DINO, LPIPS_SIZE, ClipEncoder, DinoEncoder, resize_center_crop, resolve_encoder
-from .folders import bench_images
-from .prompts import (DEFAULT_IDENTIFIER, identifier_pattern, plain_text, read_png_prompt_steps, read_prompts_file,
-                      strip_identifier)
+from .folders import bench_images, check_not_validation_folder, validation_record
+from .prompts import DEFAULT_IDENTIFIER, clip_t_text, identifier_pattern, read_png_prompt_steps, read_prompts_file
 
 CLIP_T_NOTE = "raw cosine similarity in [-1, 1]: not x100 (CLIPScore tables) and not x2.5 (CLIPScore's w)"
 
@@ -218,8 +217,8 @@ class Evaluator:
             each_steps = list(steps) if isinstance(steps, Sequence) else [steps] * len(prompts)
             if len(each_steps) != len(prompts):
                 raise UserError(f"steps: {len(each_steps)} for {len(prompts)} prompts; give one per image, or one number")
-            plain = [plain_text(p, n) for p, n in zip(prompts, each_steps)]
-            text_prompts = plain if keep_identifier else [strip_identifier(p, identifier) for p in plain]
+            text_prompts = [clip_t_text(p, None if keep_identifier else identifier, n)
+                            for p, n in zip(prompts, each_steps)]
             if identifier and identifier_flag and not keep_identifier and \
                     not any(identifier_pattern(identifier).search(p) for p in prompts):
                 progress.warn(f"{identifier_flag} {identifier}: in none of the prompts, so nothing is taken out for "
@@ -264,14 +263,14 @@ class Evaluator:
         return result
 
 
-def real_photos(folder: str | Path, flag: str = "--real") -> list[Path]:
-    """The subject's photos in ``folder``, without the masks (``NAME.mask.png``) a training folder for
-    ``--masked-loss`` keeps beside them."""
-    files = list_images(folder, flag)
+def real_photos(folder: str | Path, flag: str = "--real", quiet: bool = False) -> list[Path]:
+    """The subject's photos in ``folder``, without the masks (``NAME.mask.png``, any case) a training
+    folder for ``--masked-loss`` keeps beside them (validation scores with it too: the same numbers)."""
+    files = list_images(folder, flag, quiet=quiet)
     photos = [f for f in files if not is_mask_file(f)]
     if not photos:
         raise UserError(f"{flag} {folder}: only masks (*{MASK_SUFFIX}), no photos")
-    if len(photos) < len(files):
+    if len(photos) < len(files) and not quiet:
         progress.message(f"{flag} {folder}: leaving out {len(files) - len(photos)} mask file(s) (*{MASK_SUFFIX})")
     return photos
 
@@ -298,6 +297,7 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
     if output_dir is not None:
         check_not_replacing(output_dir, (METRICS_FILE,), overwrite)
     real_files = real_photos(real_dir)
+    check_not_validation_folder(generated_dir, "--generated")
     gen_files = generated_images(generated_dir, "--generated")
     class_files = generated_images(class_generated_dir, "--class-generated") if class_generated_dir else None
     generated = [open_image(f, "--generated") for f in gen_files]      # an unreadable file said as such, first
@@ -311,11 +311,20 @@ def evaluate_dirs(real_dir: str | Path, generated_dir: str | Path, output_dir: s
         if missing:
             raise UserError(f"--generated {generated_dir}: no prompt in the infotext of {len(missing)} image(s) "
                             f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); pass --prompts FILE")
+    class_images = [open_image(f, "--class-generated") for f in class_files] if class_files else None
+    klass = (validation_record(generated_dir) or {}).get("class_prompt")
+    if class_files is None and klass in prompts and len(set(prompts)) > 1:
+        # a validation step folder: its class-prompt images are PRES, as validation scored them
+        apart = [p == klass for p in prompts]
+        class_images = [g for g, a in zip(generated, apart) if a]
+        gen_files, generated, prompts, steps = ([x for x, a in zip(xs, apart) if not a]
+                                                for xs in (gen_files, generated, prompts, steps))
+        progress.message(f"--generated {generated_dir}: {len(class_images)} image(s) of the run's class prompt "
+                         f"'{klass}' scored as PRES, apart from the subject's")
     evaluator = (evaluator or Evaluator(dino_model, clip_model, device, batch_size)).load()
     result = evaluator.score([open_image(f, "--real") for f in real_files], generated, prompts,
                              identifier=identifier, keep_identifier=keep_identifier,
-                             class_generated=[open_image(f, "--class-generated") for f in class_files]
-                             if class_files else None, div=div, steps=steps)
+                             class_generated=class_images, div=div, steps=steps)
     for entry in result.get("per_image", []):
         entry["file"] = _shown(gen_files[entry["index"]], generated_dir)
     result["inputs"] = {"real": str(real_dir), "generated": str(generated_dir),

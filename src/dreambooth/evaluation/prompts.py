@@ -50,15 +50,25 @@ def _read_text(path: Path) -> str:
 
 def read_prompts_file(path: str | Path, files: Sequence[Path]) -> list[str]:
     """Prompts for ``files`` from a JSON object (file name -> prompt), a JSON list or a text file
-    with one prompt per image, in the files' sorted order."""
+    with one prompt per image, in the files' sorted order. A ``.json`` file is JSON, a ``.txt`` file
+    text; any other is JSON where it parses as a list or an object, else text."""
     path = Path(path).expanduser()
     text = _read_text(path)
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
+    parsed = None
+    if path.suffix.lower() == ".json":
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"--prompts {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(parsed, (list, dict)):
+            raise UserError(f"--prompts {path}: JSON {type(parsed).__name__}; give a list of prompts or an object "
+                            "file name -> prompt")
+    elif path.suffix.lower() != ".txt" and text.lstrip().startswith(("{", "[")):
+        try:        # '[sks:0.5] dog' or '{a|b} dog' starts a line of prompt text as well as JSON
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(parsed, (list, dict)):
         if isinstance(parsed, list):
             if len(parsed) != len(files):
                 raise UserError(f"--prompts {path}: a list of {len(parsed)} prompts for {len(files)} generated images; "
@@ -107,3 +117,12 @@ def strip_identifier(prompt: str, identifier: str | None) -> str:
     out = re.sub(r"[(\[{]\s*[)\]}]", " ", out)      # brackets it stood alone in: "a (sks) dog"
     out = re.sub(r"\s+", " ", out).strip()
     return re.sub(r"\s+([,.;:!?])", r"\1", out)
+
+
+def clip_t_text(prompt: str, identifier: str | None, steps: int | None = None) -> str:
+    """What CLIP-T reads of a prompt: its :func:`plain_text` without the identifier. An identifier
+    written in the prompt syntax (the paper's ``[V]``, which the grammar reads as a de-emphasised
+    ``V``) is taken out of the prompt as written, before the grammar reads it."""
+    if identifier and plain_text(identifier) != identifier:
+        prompt = identifier_pattern(identifier).sub(" ", prompt)
+    return strip_identifier(plain_text(prompt, steps), identifier)

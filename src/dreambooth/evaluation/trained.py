@@ -15,10 +15,41 @@ from ..models.tokens import common_words, identifier_candidates, identifier_word
 
 @dataclass(frozen=True)
 class TrainedSubject:
-    identifier: str | None      # the instance prompt's identifier word(s)
+    identifier: str | None      # the instance prompt's identifier word (subject_identifier); None: no single one
     class_name: str | None      # the class prompt's noun(s), where a class prompt was given
     instance_prompt: str
     record: Path                # the training_args.json read
+    candidates: tuple[str, ...] = ()    # the words it could be (identifier_candidates), for the message
+
+
+def subject_identifier(instance_prompt: str, class_prompt: str | None = None) -> str | None:
+    """The identifier of an instance prompt, for validation, bench and evaluate alike: the trainer's
+    candidates (``identifier_candidates``, the words its warnings name), narrowed to one answer. With a
+    class prompt: the candidate words just before the class noun (the paper's 'a [V] [class]': 'a sks
+    square on a table' with 'a square' is 'sks', not 'sks on table'); without: the one word that is
+    not a common word, else ``sks`` (common only as a rifle's name). None where there is no one answer."""
+    common = common_words()
+    words = identifier_candidates(instance_prompt, class_prompt, common)
+    if len(words) > 1 and class_prompt:
+        nouns = set(identifier_words(class_prompt))
+        said = [w.strip(",.;:!?()[]{}\"'") for w in instance_prompt.lower().split()]
+        first = next((i for i, w in enumerate(said) if w in nouns), 0)
+        before = []
+        while first > len(before) and said[first - len(before) - 1] in words:
+            before.insert(0, said[first - len(before) - 1])
+        return " ".join(before) or None
+    if not class_prompt:        # nothing else marks the subject's word: a common one is none ('my dog')
+        words = [w for w in words if w not in common] or [w for w in words if w == "sks"]
+    return words[0] if len(words) == 1 else None
+
+
+def check_identifier_known(trained: TrainedSubject | None, identifier: str | None) -> None:
+    """A one-line error where the model's record names no single identifier and none was given: the
+    protocol's prompts would say the wrong words."""
+    if identifier is None and trained is not None and trained.identifier is None:
+        seen = f" (it could be {' or '.join(trained.candidates)})" if trained.candidates else ""
+        raise UserError(f"--identifier is required: the instance prompt '{trained.instance_prompt}' in "
+                        f"{trained.record} has no single identifier word{seen}; give the one the model learned")
 
 
 def trained_subject(folder: str | Path) -> TrainedSubject | None:
@@ -36,10 +67,9 @@ def trained_subject(folder: str | Path) -> TrainedSubject | None:
     if not isinstance(instance, str) or not instance.strip():
         return None
     klass = klass if isinstance(klass, str) and klass.strip() else None
-    words = identifier_candidates(instance, klass, common_words())
     class_words = identifier_words(klass) if klass else []      # 'a photo of a dog' -> ['dog']
-    return TrainedSubject(" ".join(words) or None, " ".join(class_words) or None, instance,
-                          folder / TRAINING_ARGS_FILE)
+    return TrainedSubject(subject_identifier(instance, klass), " ".join(class_words) or None, instance,
+                          folder / TRAINING_ARGS_FILE, tuple(identifier_candidates(instance, klass, common_words())))
 
 
 def first_trained_subject(sources: Iterable[str | Path | None]) -> TrainedSubject | None:
@@ -71,6 +101,7 @@ def resolve_subject(trained: TrainedSubject | None, identifier: str | None, clas
                     default_identifier: str) -> tuple[str, str | None]:
     """(identifier, class): as given, else as the model was trained, else ``default_identifier``;
     a given word the training record contradicts is said, since the prompts then miss the subject."""
+    check_identifier_known(trained, identifier)
     if trained is not None:
         where = f"{trained.record} (instance prompt '{trained.instance_prompt}')"
         if identifier is None and trained.identifier:

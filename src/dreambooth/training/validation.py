@@ -45,12 +45,13 @@ import torch
 
 from .. import progress
 from ..errors import UserError
-from ..evaluation.metrics import Evaluator, RealSet
+from ..evaluation.metrics import Evaluator, RealSet, real_photos
 from ..evaluation.prompts import identifier_pattern
+from ..evaluation.trained import subject_identifier
 from ..generation.params import GenerationParams
 from ..generation.sampling import GeneratedImage, generate
 from ..grid import annotated_grid
-from ..images import list_images, open_image, write_png
+from ..images import open_image, write_png
 from ..outputs import (VALIDATION_BEST, VALIDATION_BEST_INFO, VALIDATION_CURVE, VALIDATION_DIR, VALIDATION_METRICS,
                        validation_grid_name, validation_images_dir)
 from .callbacks import TrainingRun, ValidationEnd
@@ -85,18 +86,6 @@ def default_validation_prompts(instance_prompt: str, class_prompt: str | None = 
     return prompts
 
 
-def infer_identifier(instance_prompt: str, class_prompt: str | None = None) -> str | None:
-    """The identifier: the instance prompt's words missing from the class prompt ('sks'), else 'sks'
-    when the prompt has it, else None (CLIP-T then keeps the prompt as it is)."""
-    words = re.findall(r"[\w<>-]+", instance_prompt)
-    if class_prompt:
-        known = {w.lower() for w in re.findall(r"[\w<>-]+", class_prompt)}
-        extra = [w for w in words if w.lower() not in known and w.lower() not in ("a", "an", "the", "photo", "of")]
-        if len(extra) == 1:
-            return extra[0]
-    return "sks" if "sks" in words else None
-
-
 # ----- settings and files -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -121,7 +110,7 @@ class ValidationSettings:
                                            steps=cfg.validation_steps, cfg_scale=cfg.validation_cfg,
                                            width=cfg.resolution, height=cfg.resolution, clip_skip=cfg.clip_skip),
                    keep_best=bool(cfg.keep_best), instance_dir=cfg.instance_dir,
-                   identifier=infer_identifier(cfg.instance_prompt, cfg.class_prompt),
+                   identifier=subject_identifier(cfg.instance_prompt, cfg.class_prompt),
                    class_prompt=cfg.class_prompt if cfg.class_prompt in prompts else None,
                    dino_model=cfg.dino_model, clip_model=cfg.clip_model)
 
@@ -170,7 +159,7 @@ class Validator:
         try:
             self.evaluator = (self.evaluator or Evaluator(s.dino_model, s.clip_model, "cpu")).load()
             real = []
-            for path in list_images(s.instance_dir, "--instance-dir", quiet=True):
+            for path in real_photos(s.instance_dir, "--instance-dir", quiet=True):   # masks are no photos
                 try:
                     real.append(open_image(path))
                 except UserError:
@@ -186,11 +175,16 @@ class Validator:
                 self.run.warn("--keep-best: no metrics to choose a step; the final weights stay the output")
 
     def _check_prompts(self) -> None:
-        """Once a run (the metrics, which score every validation, say nothing of it): prompts of
-        --validation-prompts that never name the instance prompt's identifier never ask for the subject."""
+        """Once a run (the metrics, which score every validation, say nothing of it): an instance prompt
+        with no single identifier (CLIP-T then keeps it), and prompts of --validation-prompts that never
+        name the identifier (they never ask for the subject)."""
         s = self.settings
         subject = [p for p in s.prompts if p != s.class_prompt]
-        if s.identifier and subject and not any(identifier_pattern(s.identifier).search(p) for p in subject):
+        if s.identifier is None:     # found as bench and evaluate find it (subject_identifier)
+            self.run.warn(f"validation: no single identifier word in --instance-prompt '{self.run.config.instance_prompt}'"
+                          " to take out for CLIP-T, which scores the prompts as written; use one rare identifier word "
+                          "(`dreambooth tokens`) and name the class with --class-prompt")
+        elif subject and not any(identifier_pattern(s.identifier).search(p) for p in subject):
             example = default_validation_prompts(self.run.config.instance_prompt)[1]
             self.run.warn(f"--validation-prompts: none names the identifier '{s.identifier}' of --instance-prompt, so "
                           "no validation image asks for the subject and the metrics follow what the prompts name; "
