@@ -132,7 +132,8 @@ def test_settings_off_the_protocol_are_listed(tmp_path):
 
 
 def test_one_identifier_for_validation_bench_and_evaluate(tmp_path):
-    from dreambooth.evaluation.trained import subject_identifier, trained_subject
+    from dreambooth.evaluation.trained import trained_subject
+    from dreambooth.models.tokens import subject_identifier
     assert subject_identifier("a sks square on a table", "a square") == "sks"      # not 'sks on table'
     assert subject_identifier("a ohwx square") == "ohwx"
     assert subject_identifier("a photo of zwx cat", "a photo of cat") == "zwx"

@@ -100,11 +100,23 @@ def test_lora_ignores_it_with_a_warning(tiny_sd1, dog_photos, tmp_path):
     assert any("--identifier-lr" in w for w in result.warnings)
 
 
-def test_without_a_class_prompt_the_words_it_trains_are_named(tiny_sd1, dog_photos, tmp_path):
-    """No class prompt: no word is known to be the class noun, so 'dog' trains with the identifier. Said."""
-    result = train(_config(tiny_sd1, dog_photos, tmp_path / "o", class_prompt=None, max_steps=1), callbacks=[])
+def test_the_identifier_alone_trains_and_where_there_is_none_the_words_are_named(tiny_sd1, dog_photos, tmp_path):
+    """Only the identifier's rows move: 'a photo of sks dog on a table' moved 'on' and 'table' (in every
+    prompt that says them) and, without a class prompt, 'dog'. Where no one word is the identifier
+    ('my dog': a common word), the words it trains are said."""
+    base = load_pipeline(str(tiny_sd1))
+    sks = identifier_token_ids(base.tokenizer, "sks")
+    assert identifier_token_ids(base.tokenizer, "a photo of sks dog on a table", "a photo of dog") == sks
+    assert identifier_token_ids(base.tokenizer, "a photo of sks dog") == sks
+    result = train(_config(tiny_sd1, dog_photos, tmp_path / "o", instance_prompt="a photo of sks dog on a table",
+                           max_steps=1), callbacks=[])
+    moved = (_embeddings(base)[0] != _embeddings(load_pipeline(str(result.output)))[0]).any(dim=1).nonzero()
+    assert moved.flatten().tolist() == sorted(sks)
+    assert not [w for w in result.warnings if "trains the embeddings of" in w or "'table'" in w], result.warnings
+    result = train(_config(tiny_sd1, dog_photos, tmp_path / "p", instance_prompt="a photo of my dog", class_prompt=None,
+                           max_steps=1), callbacks=[])
     said = [w for w in result.warnings if "trains the embeddings of" in w]
-    assert said and "'sks', 'dog'" in said[0] and "--class-prompt (e.g. 'a dog')" in said[0], result.warnings
+    assert said and "'my', 'dog'" in said[0] and "--class-prompt (e.g. 'a dog')" in said[0], result.warnings
 
 
 def test_resume_keeps_the_identifier_offset(tiny_sd1, dog_photos, tmp_path):

@@ -103,19 +103,30 @@ def test_a_resume_takes_a_new_learning_rate_and_says_a_new_seed_is_not_used(tiny
 
 
 def test_a_resume_whose_identifier_has_other_words_is_one_line(tiny_sd1, dog_photos, tmp_path):
+    import json
+
     from dreambooth.errors import UserError
     common = dict(_common(tiny_sd1, dog_photos), method="full", identifier_lr=1e-4, learning_rate=1e-4)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(build_config(None, dict(common, output=str(out))), callbacks=[StopAfterStep4()])
-    with pytest.raises(UserError, match="trained the embedding of sks dog .*identifier is sks zwx olis dog"):
+    with pytest.raises(UserError, match="trained the embedding of sks .*identifier is sks zwx olis dog"):
         train(build_config(None, dict(common, instance_prompt="a photo of sks zwx olis dog", output=str(out),
                                       resume="latest")))
-    with pytest.raises(UserError, match="trained the embedding of sks dog .*this run's identifier is zwx dog; resume with "
+    with pytest.raises(UserError, match="trained the embedding of sks .*this run's identifier is zwx; resume with "
                                         "--instance-prompt 'a photo of sks dog'"):     # as many tokens: same shape
         train(build_config(None, dict(common, instance_prompt="a photo of zwx dog", output=str(out), resume="latest")))
-    with pytest.raises(UserError, match="identifier is sks; resume with no --class-prompt, or"):   # the class prompt differs
-        train(build_config(None, dict(common, class_prompt="a photo of dog", output=str(out), resume="latest")))
+    with pytest.raises(UserError, match="identifier is none; resume with no --class-prompt, or"):  # the class prompt differs
+        train(build_config(None, dict(common, class_prompt="a photo of sks dog", output=str(out), resume="latest")))
+    # a checkpoint of a version before 2026-12-07 (no words recorded) trained 'dog' too, without a class prompt
+    for settings in (out / "checkpoints").glob("checkpoint-*/settings.json"):
+        saved = json.loads(settings.read_text())
+        del saved["identifier_words"]
+        settings.write_text(json.dumps(saved))
+        (settings.parent / "manifest.json").unlink()         # (its sizes would call the edited file damaged)
+    with pytest.raises(UserError, match="trained the embeddings of sks dog .*as versions before 2026-12-07 did.* those of "
+                                        "sks alone; start afresh"):
+        train(build_config(None, dict(common, output=str(out), resume="latest")))
 
 
 class StopMidStep(TrainingCallback):

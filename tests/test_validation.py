@@ -231,7 +231,7 @@ def test_prompts_without_the_identifier_are_said_once_in_trains_words(tmp_path, 
 def test_the_identifier_is_found_as_bench_finds_it_and_its_absence_said(tmp_path, dog_photos):
     """'a ohwx square' without a class prompt: ohwx (CLIP-T kept it, 0.37 where evaluate gave 0.11);
     an instance prompt with no single identifier is said once, in train's flags."""
-    from dreambooth.evaluation.trained import subject_identifier
+    from dreambooth.models.tokens import subject_identifier
     for instance, klass in (("a ohwx square", None), ("a sks square on a table", "a square")):
         settings = ValidationSettings.from_config(_config(tmp_path, dog_photos, instance_prompt=instance,
                                                           class_prompt=klass))

@@ -11,7 +11,7 @@ from .. import progress
 from ..errors import UserError
 from ..images import list_images
 from ..outputs import TRAINING_ARGS_FILE, VALIDATION_DIR
-from .trained import subject_identifier
+from ..models.tokens import subject_identifier
 
 STEP_FOLDER = re.compile(r"step-\d{6}")     # OUTPUT/validation/step-000050: one validation's images
 

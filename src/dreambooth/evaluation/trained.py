@@ -10,7 +10,7 @@ from .. import progress
 from ..errors import UserError
 from ..outputs import TRAINING_ARGS_FILE
 from ..models.specs import training_args
-from ..models.tokens import common_words, identifier_candidates, identifier_words
+from ..models.tokens import common_words, identifier_candidates, identifier_words, subject_identifier
 
 
 @dataclass(frozen=True)
@@ -20,27 +20,6 @@ class TrainedSubject:
     instance_prompt: str
     record: Path                # the training_args.json read
     candidates: tuple[str, ...] = ()    # the words it could be (identifier_candidates), for the message
-
-
-def subject_identifier(instance_prompt: str, class_prompt: str | None = None) -> str | None:
-    """The identifier of an instance prompt, for validation, bench and evaluate alike: the trainer's
-    candidates (``identifier_candidates``, the words its warnings name), narrowed to one answer. With a
-    class prompt: the candidate words just before the class noun (the paper's 'a [V] [class]': 'a sks
-    square on a table' with 'a square' is 'sks', not 'sks on table'); without: the one word that is
-    not a common word, else ``sks`` (common only as a rifle's name). None where there is no one answer."""
-    common = common_words()
-    words = identifier_candidates(instance_prompt, class_prompt, common)
-    if len(words) > 1 and class_prompt:
-        nouns = set(identifier_words(class_prompt))
-        said = [w.strip(",.;:!?()[]{}\"'") for w in instance_prompt.lower().split()]
-        first = next((i for i, w in enumerate(said) if w in nouns), 0)
-        before = []
-        while first > len(before) and said[first - len(before) - 1] in words:
-            before.insert(0, said[first - len(before) - 1])
-        return " ".join(before) or None
-    if not class_prompt:        # nothing else marks the subject's word: a common one is none ('my dog')
-        words = [w for w in words if w not in common] or [w for w in words if w == "sks"]
-    return words[0] if len(words) == 1 else None
 
 
 def check_identifier_known(trained: TrainedSubject | None, identifier: str | None) -> None:

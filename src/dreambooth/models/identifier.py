@@ -17,12 +17,12 @@ from contextlib import contextmanager
 
 import torch
 
-from .tokens import identifier_words
+from .tokens import trained_identifier_words
 
 
 def identifier_token_ids(tokenizer, instance_prompt: str, class_prompt: str | None = None) -> list[int]:
     ids: list[int] = []
-    for word in identifier_words(instance_prompt, class_prompt):
+    for word in trained_identifier_words(instance_prompt, class_prompt):
         ids += [i for i in tokenizer(word, add_special_tokens=False).input_ids if i not in ids]
     return ids
 

@@ -92,10 +92,46 @@ def identifier_candidates(instance_prompt: str, class_prompt: str | None, common
     return candidates
 
 
+def subject_identifier(instance_prompt: str, class_prompt: str | None = None) -> str | None:
+    """The identifier of an instance prompt, for training (``--identifier-lr``), validation, bench and
+    evaluate alike: the candidates (``identifier_candidates``, the words the warnings name), narrowed to one answer. With a
+    class prompt: the candidate words just before the class noun (the paper's 'a [V] [class]': 'a sks
+    square on a table' with 'a square' is 'sks', not 'sks on table'); without: the one word that is
+    not a common word, else ``sks`` (common only as a rifle's name). None where there is no one answer."""
+    common = common_words()
+    words = identifier_candidates(instance_prompt, class_prompt, common)
+    if len(words) > 1 and class_prompt:
+        nouns = set(identifier_words(class_prompt))
+        said = [w.strip(",.;:!?()[]{}\"'") for w in instance_prompt.lower().split()]
+        first = next((i for i, w in enumerate(said) if w in nouns), 0)
+        before = []
+        while first > len(before) and said[first - len(before) - 1] in words:
+            before.insert(0, said[first - len(before) - 1])
+        return " ".join(before) or None
+    if not class_prompt:        # nothing else marks the subject's word: a common one is none ('my dog')
+        words = [w for w in words if w not in common] or [w for w in words if w == "sks"]
+    return words[0] if len(words) == 1 else None
+
+
+def trained_identifier_words(instance_prompt: str, class_prompt: str | None = None) -> list[str]:
+    """The words whose embeddings ``--identifier-lr`` trains: the identifier (``subject_identifier``),
+    else, where there is no one answer, every candidate (the trainer says so). Until 2026-12-07 it
+    trained every word beside the class's: 'a sks dog on a table' moved 'on' and 'table' for every prompt."""
+    found = subject_identifier(instance_prompt, class_prompt)
+    return found.split() if found else identifier_words(instance_prompt, class_prompt)
+
+
+def _identifier_or_candidates(instance_prompt: str, class_prompt: str | None, common) -> list[str]:
+    """The identifier's words where there is one answer ('a sks dog on a table': sks, not 'on' or
+    'table'), else every candidate: the words the warnings speak of."""
+    found = subject_identifier(instance_prompt, class_prompt)
+    return found.split() if found else identifier_candidates(instance_prompt, class_prompt, common)
+
+
 def caption_warnings(instance_prompt: str, class_prompt: str | None, prompts: list[str]) -> list[str]:
     """A warning where photos trained with their own captions (``--captions``) do not name the
     instance prompt's identifier: those photos teach the subject to the captions' other words."""
-    candidates = identifier_candidates(instance_prompt, class_prompt, common_words())
+    candidates = _identifier_or_candidates(instance_prompt, class_prompt, common_words())
     captions = [p for p in prompts if p != instance_prompt]
     named_by = _seen_words(" ".join(candidates)) - _seen_words(class_prompt) - _FILLER   # 'sks-dog': sks
     missing = [c for c in captions if named_by and not named_by & _seen_words(c)]
@@ -113,7 +149,7 @@ def identifier_warnings(tokenizer, instance_prompt: str, class_prompt: str | Non
     and not a plain common word is taken as the identifier; about prompts the text encoder cuts; and
     about the photos' ``prompts`` (captions) that do not name the identifier."""
     common = common_words()
-    candidates = identifier_candidates(instance_prompt, class_prompt, common)
+    candidates = _identifier_or_candidates(instance_prompt, class_prompt, common)
     warnings = caption_warnings(instance_prompt, class_prompt, list(prompts))
     for flag, prompt in (("--instance-prompt", instance_prompt), ("--class-prompt", class_prompt)):
         count = len(tokenizer(prompt or "", add_special_tokens=False).input_ids)

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from .. import progress
 from ..errors import UserError
-from ..models.tokens import identifier_words
+from ..models.tokens import identifier_words, trained_identifier_words
 from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
 from .processes import ProcessLost, peer_gone
 from .results import TrainingInterrupted
@@ -314,8 +314,14 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizer, s
 def _same_identifier(path: Path, saved: dict, settings: dict) -> None:
     """A checkpoint's identifier offset (--identifier-lr) is of its run's identifier: another one (even
     of as many tokens) would start from it."""
-    was = identifier_words(saved.get("instance_prompt") or "", saved.get("class_prompt"))
-    now = identifier_words(settings.get("instance_prompt") or "", settings.get("class_prompt"))
+    # checkpoints before 2026-12-07 record no words: they trained every word beside the class's
+    was = saved.get("identifier_words") or identifier_words(saved.get("instance_prompt") or "", saved.get("class_prompt"))
+    now = trained_identifier_words(settings.get("instance_prompt") or "", settings.get("class_prompt"))
+    if "instance_prompt" in saved and was != now and saved["instance_prompt"] == settings.get("instance_prompt") \
+            and saved.get("class_prompt") == settings.get("class_prompt"):
+        raise UserError(f"--resume {path}: the checkpoint trained the embeddings of {' '.join(was)} (--identifier-lr, as "
+                        f"versions before 2026-12-07 did: every word beside the class's); this version trains those of "
+                        f"{' '.join(now)} alone; start afresh (or finish the run with the version that wrote it)")
     if "instance_prompt" in saved and was != now:
         same = saved["instance_prompt"] == settings.get("instance_prompt")      # then --class-prompt tells them apart
         fix = f"--instance-prompt '{saved['instance_prompt']}'" if not same else \
@@ -341,8 +347,9 @@ def save_run(run) -> Path | None:
     state = {"losses": run.losses, "skipped": run.skipped, "lr_scheduler": run.lr_scheduler.state_dict(),
              "stream": run.stream.state_dict(), "noise_gen": run.noise_gen.get_state(),
              "num_processes": acc.num_processes, "rng_per_process": rng_per_process}
-    return save_checkpoint(run.output, run.step, weights, optimizer_state, state, run.settings(),
-                           run.config.keep_checkpoints)
+    settings = {**run.settings(),       # the words whose embeddings --identifier-lr trained, for a resume
+                "identifier_words": trained_identifier_words(run.config.instance_prompt, run.config.class_prompt)}
+    return save_checkpoint(run.output, run.step, weights, optimizer_state, state, settings, run.config.keep_checkpoints)
 
 
 def resume_run(run, path: Path) -> None:

@@ -15,7 +15,7 @@ from ..models.identifier import attach as attach_identifier
 from ..models.identifier import identifier_token_ids
 from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_adapters, autocast_adapters
 from ..models.loading import quietly
-from ..models.tokens import identifier_words
+from ..models.tokens import subject_identifier, trained_identifier_words
 from .bf16_copies import AdamWWithBf16Copies, keeps_copies
 from .config import TrainConfig
 from .cuda_graphs import checkpoint_for_graphs
@@ -71,13 +71,15 @@ def identifier_offsets(family, cfg: TrainConfig, device, warn: Callable[[str], N
     if cfg.method == "lora":
         warn("--identifier-lr is for full fine-tuning (a LoRA file has no place for an embedding); ignored")
         return []
-    words = identifier_words(cfg.instance_prompt, cfg.class_prompt)
+    words = trained_identifier_words(cfg.instance_prompt, cfg.class_prompt)
     if not words:
         warn("--identifier-lr: the instance prompt has no identifier beyond the class words; ignored")
         return []
-    if not cfg.class_prompt and len(words) > 1:       # without class words, the class noun is trained as well
-        warn(f"--identifier-lr trains the embeddings of {', '.join(repr(w) for w in words)}: without --class-prompt "
-             f"no word of the instance prompt is known to be the class; give --class-prompt (e.g. 'a {words[-1]}')")
+    if len(words) > 1 and subject_identifier(cfg.instance_prompt, cfg.class_prompt) is None:
+        # no one identifier: every candidate's embedding moves, in every prompt that says it
+        warn(f"--identifier-lr trains the embeddings of {', '.join(repr(w) for w in words)}: no single identifier "
+             f"word in --instance-prompt; write one rare word before the class noun, and give --class-prompt "
+             f"(e.g. 'a {words[-1]}')")
     offsets = []
     for tok, te in zip(family.tokenizers, family.text_encoders):
         ids = identifier_token_ids(tok, cfg.instance_prompt, cfg.class_prompt)

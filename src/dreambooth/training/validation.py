@@ -47,7 +47,7 @@ from .. import progress
 from ..errors import UserError
 from ..evaluation.metrics import Evaluator, RealSet, real_photos
 from ..evaluation.prompts import identifier_pattern
-from ..evaluation.trained import subject_identifier
+from ..models.tokens import subject_identifier
 from ..generation.params import GenerationParams
 from ..generation.sampling import GeneratedImage, generate
 from ..grid import annotated_grid
