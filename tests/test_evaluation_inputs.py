@@ -113,6 +113,8 @@ def test_a_model_path_that_is_not_there_is_said_first(dog_photos, tmp_path, monk
         code, _, err = run_cli("bench", "--model", model, "--real", dog_photos, "--output", tmp_path / "o")
         assert code == 2 and err.count("\n") == 1, err
         assert f"--model {model}: no such folder or file" in err and "--class" not in err and "hf download" not in err
+    code, _, err = run_cli("generate", "--model", "runs/nope", "--prompt", "a dog")     # the models layer says it
+    assert code == 2 and "--model runs/nope: no such folder or file" in err and "hf download" not in err, err
 
 
 def test_settings_off_the_protocol_are_listed(tmp_path):

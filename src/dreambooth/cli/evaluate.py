@@ -111,7 +111,8 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
     dataset/, one folder per subject.
     """
     lora_specs = [parse_lora_spec(s) for s in loras]
-    _check_model(model)                          # a model that is not there, named before anything else
+    if not is_lora_output(model):                # a model that is not there, named before anything else
+        resolve_model(model, "--model")
     trained = first_trained_subject([spec for spec, _ in lora_specs] + [model])
     class_name, kind = subject_settings(subject, class_name, kind, trained and trained.class_name)
     check_identifier_known(trained, identifier)
@@ -132,21 +133,6 @@ def bench_cmd(model, model_config, loras, vae, real, subject, class_name, kind, 
                        pres, pres_images, div, evaluator, settings, fast_batches, max_prompts, overwrite)
     click.echo(format_summary({**report["metrics"], "unavailable": report.get("unavailable", {})}))
     click.echo(f"wrote {Path(output) / 'report.md'}")
-
-
-def _check_model(model: str) -> None:
-    """``--model`` resolved, or one line; 'runs/nope', whose first folder is here, is a path that is
-    not there, not a hub id to download (a cached hub id of that spelling still loads)."""
-    if is_lora_output(model):
-        return
-    try:
-        resolve_model(model, "--model")
-    except UserError:
-        parts = Path(model).expanduser().parts
-        if len(parts) > 1 and not Path(model).exists() and Path(parts[0]).exists():
-            raise UserError(f"--model {model}: no such folder or file; give a training output, a diffusers "
-                            "folder, a .safetensors/.ckpt file or a cached hub id") from None
-        raise
 
 
 def register(group: click.Group) -> None:

@@ -78,8 +78,21 @@ def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
             return ModelRef(spec, "file", path)
         raise UserError(f"{flag} {spec}: not a model file; expected .safetensors or .ckpt")
     if is_hub_id(spec):
-        return ModelRef(spec, "hub", hub_snapshot(spec, flag))
+        return ModelRef(spec, "hub", _local_or_hub(spec, flag))
     raise UserError(f"{flag} {spec}: no such folder or file, and not a hub id (org/name)")
+
+
+def _local_or_hub(spec: str, flag: str) -> Path:
+    """A hub id's snapshot; 'runs/nope', not cached, whose first folder lies here, is a path that is
+    not there (a download hint would mislead)."""
+    try:
+        return hub_snapshot(spec, flag)
+    except UserError:
+        first = Path(spec).expanduser().parts[0]
+        if Path(first).is_dir():
+            raise UserError(f"{flag} {spec}: no such folder or file (there is a folder {first} here, and no "
+                            "hub model of that name in the cache)") from None
+        raise
 
 
 def resolve_folder_or_hub(spec: str, flag: str, need: str = "config.json") -> Path:
@@ -90,7 +103,7 @@ def resolve_folder_or_hub(spec: str, flag: str, need: str = "config.json") -> Pa
             raise UserError(f"{flag} {spec}: folder has no {need} (save the model with save_pretrained)")
         return path
     if is_hub_id(str(spec)):
-        snapshot = hub_snapshot(str(spec), flag)
+        snapshot = _local_or_hub(str(spec), flag)
         if not (snapshot / need).exists():
             raise UserError(f"{flag} {spec}: the cached copy has no {need}; run `hf download {spec}` again")
         return snapshot
