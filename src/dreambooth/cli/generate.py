@@ -19,6 +19,7 @@ from ..generation.pipeline import load_generation_pipeline, recorded_settings, s
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
+from ..generation.xyz_infotext import plot_from_infotext
 from ..generation.xyz import AXES, check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
 from ..models.specs import trained_clip_skip
 from ..outputs import TRAINING_ARGS_FILE, check_output_folder
@@ -140,6 +141,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
                   hires_scale=hires_scale, hires_width=hires_width, hires_height=hires_height, hires_steps=hires_steps,
                   hires_upscaler=hires_upscaler)
     library = LoraLibrary(lora_dirs)
+    lora_specs = [parse_lora_spec(s) for s in loras]          # a bad weight is said before anything loads
     vae = vae or None                  # --vae '': the model's own
     if from_image is not None:
         text = read_infotext(from_image, "--from-image")
@@ -154,6 +156,10 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
             params.check_replayable(written)
         except UserError as exc:
             raise UserError(f"--from-image {from_image}: {exc}") from None
+        plot = plot_from_infotext(info)         # a grid's: the plot again, unless axes are given anew
+        if plot and not (x_axis or y_axis or z_axis or prompt_matrix):
+            x_axis, y_axis, z_axis = plot.get("x"), plot.get("y"), plot.get("z")
+            params = params.replace(keep=None)       # its first cell's "Batch: 1/N": every image of the batch
         recorded_model, recorded_loras = sources_from_infotext(info)
         recorded = recorded_settings(info)
         vae = vae or recorded.get("vae")
@@ -182,8 +188,12 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     if prompt_matrix and (x_axis or y_axis or z_axis):
         raise UserError("--prompt-matrix and --x/--y/--z: use one or the other")
     for flag, path in (("--init-image", params.init_image), ("--mask", params.mask)):
-        if path is not None and not Path(path).is_file():
+        if path is not None and Path(path).expanduser().is_dir():
+            raise UserError(f"{flag} {path}: a folder; give an image file in it")
+        if path is not None and not Path(path).expanduser().is_file():
             raise UserError(f"{flag} {path}: no such file")
+    if _explicit(ctx, "strength") and params.init_image is None and not params.hires:
+        raise UserError("--strength is for img2img and the hires fix: give --init-image or --hires")
     _check(ctx, params, from_image)
     check_output_folder(output)                 # before the model loads and the images are made
     axes = [parse_axis(axis, flag) for flag, axis in (("--x", x_axis), ("--y", y_axis), ("--z", z_axis)) if axis]
@@ -192,11 +202,11 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     if prompt_matrix:
         check_plot_size(len(prompt_matrix_prompts(params.prompt)[0]), params, "--prompt-matrix")
 
-    unmade = [k for k in (not_made_here(written) if from_image is not None else []) if not (vae and k.startswith("VAE "))]
+    unmade = [k for k in (not_made_here(written) if from_image is not None else []) if not (vae and k.endswith("(give --vae for it)"))]
     if unmade:                               # (said once every check has passed)
         progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
                       "make; the image will differ")
-    pipeline = load_generation_pipeline(model, [parse_lora_spec(s) for s in loras], vae=vae, device=device,
+    pipeline = load_generation_pipeline(model, lora_specs, vae=vae, device=device,
                                         dtype=DTYPES[dtype], model_config=model_config, library=library,
                                         medvram=medvram)
     if from_image is not None:

@@ -1,8 +1,9 @@
 """Prompts turned into UNet conditioning the WebUI way.
 
 The weighted pieces of a prompt (``grammar.parse_prompt_attention``) are tokenized, packed in chunks
-of 75 tokens (``BREAK`` closes a chunk early), each chunk wrapped in start/end tokens and encoded by
-the family adapter (so SDXL's two encoders and pooled output are handled in one place), then the
+of 75 tokens (``BREAK`` closes a chunk early; a full one ends after a comma in its last 20 tokens),
+each chunk wrapped in start/end tokens and encoded by the family adapter (so SDXL's two encoders and
+pooled output are handled in one place), then the
 weights multiply the encoder output and the mean is restored ("Original" emphasis). Chunks are
 concatenated along the token axis; the pooled SDXL vector comes from the first chunk.
 """
@@ -17,6 +18,7 @@ from ..models.families import Conditioning, adapter_for
 from .grammar import parse_prompt_attention, prompt_schedule
 
 CHUNK_TOKENS = 75                       # tokens of text per chunk; +2 for the start and end tokens
+COMMA_BACKTRACK = 20                    # the WebUI's comma_padding_backtrack, at its default
 
 # ----------------------------------------------------------------------------------------------
 # Tokens in chunks of 75, with weights
@@ -32,22 +34,34 @@ def tokenize_weighted(tokenizer, text: str) -> list[Chunk]:
     """The prompt's text tokens with their emphasis weights, packed into chunks of 75.
 
     Each weighted piece is tokenized on its own (so emphasis boundaries are token boundaries);
-    ``BREAK`` ends the current chunk even when it is not full. There is always at least one chunk.
+    ``BREAK`` ends the current chunk even when it is not full. A chunk that fills up ends after its last
+    comma when that is within its last ``COMMA_BACKTRACK`` tokens, the words after it going on to the next
+    (the WebUI's "Prompt word wrap length limit"), so a phrase is not cut in two. There is always at
+    least one chunk.
     """
     pieces = parse_prompt_attention(text)
     texts = [t for t, w in pieces if not (t == "BREAK" and w == -1)]
     ids = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids if texts else [])
+    comma = tokenizer.get_vocab().get(",</w>")
     chunks: list[Chunk] = []
     current = Chunk()
+    last_comma = -1                      # where in ``current`` its last comma is
     for piece_text, weight in pieces:
         if piece_text == "BREAK" and weight == -1:
             chunks.append(current)
-            current = Chunk()
+            current, last_comma = Chunk(), -1
             continue
         for token in next(ids):
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif len(current.tokens) == CHUNK_TOKENS and last_comma != -1 \
+                    and CHUNK_TOKENS - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                chunks.append(Chunk(current.tokens[:cut], current.weights[:cut]))
+                current, last_comma = Chunk(current.tokens[cut:], current.weights[cut:]), -1
             if len(current.tokens) == CHUNK_TOKENS:
                 chunks.append(current)
-                current = Chunk()
+                current, last_comma = Chunk(), -1
             current.tokens.append(token)
             current.weights.append(float(weight))
     if current.tokens or not chunks:
@@ -186,8 +200,9 @@ class ScheduledConditioning:
 
 
 def schedule_conditioning(encoder: PromptEncoder, prompt: str, negative_prompt: str,
-                          steps: int) -> ScheduledConditioning:
-    """Both prompts' editing/alternation schedules, each distinct text encoded once."""
-    pos = [(end, encoder.encode(text)) for end, text in prompt_schedule(prompt, steps)]
-    neg = [(end, encoder.encode_negative(text)) for end, text in prompt_schedule(negative_prompt, steps)]
+                          steps: int, after: int = 0) -> ScheduledConditioning:
+    """Both prompts' editing/alternation schedules, each distinct text encoded once (``after``: a
+    hires pass's, see ``prompt_schedule``)."""
+    pos = [(end, encoder.encode(text)) for end, text in prompt_schedule(prompt, steps, after)]
+    neg = [(end, encoder.encode_negative(text)) for end, text in prompt_schedule(negative_prompt, steps, after)]
     return ScheduledConditioning(pos, neg, encoder.empty_chunk())

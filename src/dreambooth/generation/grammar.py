@@ -349,16 +349,15 @@ def _render(nodes, step: int) -> str:
     return "".join(out)
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[list]:
+def prompt_schedule(prompt: str, steps: int, after: int = 0) -> list[list]:
     """The plain prompts a prompt stands for during ``steps`` sampling steps, as
     ``[[end_step, text], ...]``: ``text`` is used while the (0-based) step is ``<= end_step``.
 
     ``[to:when]`` adds ``to`` after step ``when``, ``[from::when]`` removes ``from`` after it,
     ``[from:to:when]`` swaps; ``when`` with a decimal point is a fraction of ``steps``. ``[a|b|c]``
-    cycles through its options every step. Same results as the WebUI's schedules:
-
-    >>> prompt_schedule("a [b:3]", 10)
-    [[3, 'a '], [10, 'a b']]
+    cycles through its options every step. ``after``: a first pass's steps before these (hires fix, as
+    the WebUI >= 1.6 has it): ``when`` counts on from them, a fraction from 1.0 (``[b:c:0.5]`` is ``c``
+    throughout, ``[b:1.5]`` adds ``b`` half-way). ``prompt_schedule("a [b:3]", 10)``: ``[[3, 'a '], [10, 'a b']]``.
     """
     try:
         nodes = _ScheduleParser(prompt).parse()
@@ -368,7 +367,7 @@ def prompt_schedule(prompt: str, steps: int) -> list[list]:
     for node in _walk(nodes):
         if isinstance(node, _Edit):
             value = float(node.when)
-            value = value * steps if "." in node.when else value
+            value = (value - (1.0 if after else 0.0)) * steps if "." in node.when else value - after
             node.at = min(steps, int(value))
             if node.at >= 1:
                 ends.add(node.at)

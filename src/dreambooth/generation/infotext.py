@@ -51,8 +51,30 @@ NOT_MADE_HERE = ("Hires sampler", "Hires schedule type", "Hires CFG Scale", "Hir
                  "Hires checkpoint", "Variation seed",
                  "Seed resize from-1", "Face restoration", "Tiling", "Noise multiplier", "ENSD", "Refiner", "Eta",
                  "Sigma churn", "Sigma noise", "Sigma tmin", "Sigma tmax", "Schedule rho", "Schedule max sigma",
-                 "Schedule min sigma", "Token merging ratio", "NGMS", "Hypernet", "Pad conds",
+                 "Schedule min sigma", "Token merging ratio", "Token merging ratio hr", "NGMS", "Hypernet",
                  "TI hashes")           # textual inversions: their names here are read as plain words
+# A1111 settings (its options with infotext=...) that change the image when not at their default,
+# which is what A1111 writes or assumes when they are left out: only another value is said.
+NOT_MADE_HERE_UNLESS = {"Emphasis": "Original", "Skip Early CFG": "0", "Discard penultimate sigma": "False",
+                        "Downcast alphas_cumprod": "False", "SGM noise multiplier": "False", "Noise Schedule": "Default",
+                        "Old prompt editing timelines": "False", "Pad conds": "False", "Pad conds v0": "False",
+                        "Conditional mask weight": "1", "Extra noise": "0", "VAE Encoder": "Full", "VAE Decoder": "Full",
+                        "FP8 weight": "Disable", "Beta schedule alpha": "0.6", "Beta schedule beta": "0.6",
+                        "UniPC variant": "bh1", "UniPC skip type": "time_uniform", "UniPC order": "3",
+                        "UniPC lower order final": "True", "NGMS all steps": "False"}
+
+
+def _same(value, default: str) -> bool:
+    try:
+        return float(value) == float(default)
+    except (TypeError, ValueError):
+        return str(value).strip().lower() == default.lower()
+
+
+def _a1111_version(info: dict) -> tuple | None:
+    """(major, minor, patch, commits after) of A1111's ``Version: v1.7.0-225-g...``, None for none."""
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)(?:-RC)?(?:-(\d+))?", str(info.get("Version", "")))
+    return tuple(int(g or 0) for g in m.groups()) if m else None
 
 
 def not_made_here(info: dict) -> list[str]:
@@ -61,6 +83,13 @@ def not_made_here(info: dict) -> list[str]:
     its GPU noise (A1111's default; ours is drawn on the CPU and recorded "RNG: CPU"), with which the
     same seed gives other noise."""
     keys = [key.removesuffix("-1") for key in NOT_MADE_HERE if key in info]
+    keys += [f"{key} {info[key]}" for key, default in NOT_MADE_HERE_UNLESS.items()
+             if key in info and not _same(info[key], default)]
+    version = _a1111_version(info)        # A1111 sets these itself for older images (its backcompat)
+    if version and version < (1, 6, 0, 0) and "[" in info.get("Prompt", "") and "Old prompt editing timelines" not in info:
+        keys.append("Old prompt editing timelines (its Version)")
+    if version and version < (1, 7, 0, 225) and "Downcast alphas_cumprod" not in info:
+        keys.append("Downcast alphas_cumprod (its Version)")
     ours = "Precision" in info or "Model path" in info
     if "VAE" in info and not ours:            # A1111's VAE by name: ours is the model's own unless --vae
         keys.append(f"VAE {info['VAE']} (give --vae for it)")

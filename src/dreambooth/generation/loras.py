@@ -46,6 +46,8 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
     head, sep, tail = spec.rpartition(":")
     if sep and head and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", tail.strip()):
         return head, float(tail)
+    if sep and head and not Path(spec).expanduser().exists() and Path(head).expanduser().exists():
+        raise UserError(f"--lora {spec}: the weight {tail!r} is not a number")      # as <lora:name:abc> says
     return spec, 1.0
 
 

@@ -18,6 +18,8 @@ from .samplers import resolve
 
 MAX_SIDE = 4096                 # pixels: no family draws sensibly beyond (each family's own limit is lower)
 MAX_PROMPT_CHARS = 20_000        # a prompt or negative prompt: A1111 users write a few hundred tokens at most
+# Largest --width/--height by the model's family (models.families); MAX_SIDE before one is loaded.
+SIDE_LIMITS = {2048: "2048 (4096 for SDXL)", MAX_SIDE: "2048 (4096 for SDXL)"}
 # documented in --help
 RANGES = {"steps": (1, 1000), "batch_size": (1, 64), "batch_count": (1, 10_000), "clip_skip": (1, 12)}
 
@@ -91,7 +93,9 @@ class GenerationParams:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                check_value(f"--{name}", value, int, 8, max_side)
+                check_value(f"--{name}", value, int)
+                if not 8 <= value <= max_side:     # the same range before the model loads and after
+                    raise UserError(f"--{name} {value}: must be from 8 to {SIDE_LIMITS.get(max_side, max_side)}")
                 if value % 8:
                     raise UserError(f"--{name} {value}: must be a multiple of 8")
         for name in ("prompt", "negative_prompt", "sampler", "schedule"):

@@ -10,7 +10,12 @@ proportions differ from the sampling size's:
 (The WebUI's fourth, "Just resize (latent upscale)", resizes the latents instead; it is not here.)"""
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
+
+from .. import progress
+from ..errors import UserError
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 
@@ -39,3 +44,19 @@ def resized(image: Image.Image, width: int, height: int, mode: str = "Just resiz
         if min(size) > 0:
             out.paste(scaled.crop(box).resize(size), at)
     return out
+
+
+def init_size(init: Image.Image, params, max_side: int) -> tuple[int, int]:
+    """img2img's size where --width/--height leave it open: the init image's, each side rounded to the
+    nearest multiple of 8 (rounding down would stretch a small image's proportions: 50x30 to 48x24), said
+    when it differs; a one-line error naming the image where that is past the model's largest side."""
+    near = lambda side: max(8, (side + 4) // 8 * 8)       # noqa: E731
+    width, height = params.width or near(init.width), params.height or near(init.height)
+    where = f"--init-image {params.init_image if isinstance(params.init_image, (str, Path)) else ''}".rstrip()
+    if max(width, height) > max_side:
+        raise UserError(f"{where}: {init.width}x{init.height}, past this model's {max_side} px a side; give "
+                        f"--width/--height (multiples of 8, at most {max_side}) to sample it smaller")
+    if (width, height) != init.size:
+        progress.warn(f"{where}: {init.width}x{init.height}, sampled at {width}x{height} (multiples of 8; "
+                      "--width/--height to choose)")
+    return width, height

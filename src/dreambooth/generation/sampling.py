@@ -10,7 +10,8 @@
   image in a call of its own (the shapes it gets when made alone from its seed);
 * the prompts are read with the WebUI grammar (``grammar``): ``<lora:name:weight>`` tags choose the
   LoRAs, emphasis weights and 75-token chunks shape the conditioning (``conditioning``), and prompt
-  editing / alternation swap it between steps through diffusers' ``callback_on_step_end``;
+  editing / alternation swap it between steps through diffusers' ``callback_on_step_end``; ``AND`` parts
+  are predicted in the same UNet batch and summed (``composable``);
 * every image carries the WebUI infotext (``infotext``); with ``output_dir`` it is saved as
   ``00001-<seed>.png`` (``outputs.claim_numbered``). ``dreambooth generate --from-image`` recreates it.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +33,18 @@ from ..errors import file_operation
 from ..images import as_image, write_png
 from ..models.conv_layout import channels_last_convs
 from ..models.lean_ops import lean_ops
-from ..outputs import claim_numbered, recorded_path
-from .conditioning import PromptEncoder, schedule_conditioning
+from ..outputs import claim_numbered
+from .composable import compose_conditioning, composing
+from .conditioning import PromptEncoder
 from .grammar import LoraTag, extract_loras
 from .hires import LATENT_MODES, hires_target, upscale_image, upscale_latents
 from .infotext import format_infotext
+from .recorded import infotext_params
 from .stopping import StoppedWithinStep, stoppable_within_steps
 from .loras import LoraFile
 from .masks import as_mask, latent_fill, prepare
 from .params import GenerationParams
-from .resizing import resized
+from .resizing import init_size, resized
 from .pipeline import GenerationPipeline
 from .samplers import make_scheduler, resolve
 
@@ -64,57 +66,14 @@ def with_default_loras(prompt: str, defaults: list[LoraTag]) -> str:
     return f"{prompt} {extra}".strip() if extra else prompt
 
 
-def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPipeline,
-                    loras: list[tuple[LoraFile, float]], img2img: bool, batch: str | None = None,
-                    precision: str | None = None) -> dict:
-    """The settings line of the infotext, in the WebUI's key order, then our own keys."""
-    info = pipeline.info
-    out = {
-        "Steps": params.steps,
-        "Sampler": params.sampler,
-        "Schedule type": params.schedule,
-        "CFG scale": params.cfg_scale,
-        "Seed": seed,
-        "Size": f"{params.width}x{params.height}",
-        "Model hash": info.hash,
-        "Model": info.name,
-        "VAE": info.vae.name if info.vae else None,
-        "Denoising strength": params.strength if img2img or params.hires else None,
-        "Resize mode": params.resize_mode if img2img and params.resize_mode != "Just resize" else None,
-        "Mask mode": "Inpaint not masked" if params.mask is not None and params.invert_mask else None,
-        "Mask blur": params.mask_blur if params.mask is not None else None,
-        "Inpaint area": "Only masked" if params.mask is not None and params.only_masked else None,
-        "Masked area padding": params.masked_padding if params.mask is not None and params.only_masked else None,
-        "Masked content": params.masked_content if params.mask is not None and params.masked_content != "original" else None,
-        "Eta DDIM": params.sampler_eta or None,          # (0, DDIM's own, goes unrecorded, as in the WebUI)
-        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
-        "Hires upscale": params.hires_scale if params.hires and not (params.hires_width or params.hires_height) else None,
-        "Hires resize": f"{params.hires_width}x{params.hires_height}" if params.hires and (params.hires_width or
-                                                                                         params.hires_height) else None,
-        "Hires steps": params.hires_steps if params.hires and params.hires_steps else None,
-        "Hires upscaler": params.hires_upscaler if params.hires else None,
-        "RNG": "CPU",           # every noise is drawn by CPU generators (A1111's default is its GPU's)
-        "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
-        # Ours, for --from-image: where the model and the LoRAs were.
-        "Model path": info.spec,
-        "Model config": info.config,
-        "VAE path": info.vae_spec,
-        "Lora paths": json.dumps({lo.name: recorded_path(lo.source) for lo, _ in loras}, ensure_ascii=False) if loras else None,
-        "Batch": batch,
-        "Precision": precision,      # the dtype the UNet ran in: --from-image remakes it in the same
-    }
-    return out
-
-
 def resolve_params(pipeline: GenerationPipeline, params: GenerationParams):
     """``params`` checked, with its seed and size fixed: returns (params, init image, mask)."""
     params = params.check(pipeline.max_side).with_seed()
     init = as_image(params.init_image, "--init-image")
     mask = as_mask(params.mask)
     width, height = params.width, params.height
-    if init is not None:
-        width = width or max(8, init.width // 8 * 8)
-        height = height or max(8, init.height // 8 * 8)
+    if init is not None and not (width and height):
+        width, height = init_size(init, params, pipeline.max_side)
     dw, dh = pipeline.default_size
     row, schedule = resolve(params.sampler, params.schedule)       # as the WebUI names them: "k_euler_a" is "Euler a"
     return params.replace(width=width or dw, height=height or dh, sampler=row.name,
@@ -163,7 +122,7 @@ def _generate(pipeline: GenerationPipeline, params: GenerationParams, output_dir
     precision = PRECISIONS.get(autocast or runner.unet.dtype)
     encoder = PromptEncoder(pipeline.pipe, params.clip_skip)
     pipeline.place_for("encode")
-    conditioning = schedule_conditioning(encoder, text, params.negative_prompt, params.steps)
+    conditioning = compose_conditioning(encoder, text, params.negative_prompt, params.steps)
     inpainting = None
     if mask is not None:
         if mask.size != init.size:
@@ -235,7 +194,7 @@ def _second_pass(pipeline: GenerationPipeline, params: GenerationParams, encoder
     steps = params.hires_steps or params.steps
     # diffusers' img2img denoises int(total x strength) steps of a schedule of ``total``: ``steps`` of them
     upscaled = params.replace(steps=math.ceil(steps / params.strength - 1e-9), width=target.size[0], height=target.size[1])
-    conditioning = schedule_conditioning(encoder, text, params.negative_prompt, steps)
+    conditioning = compose_conditioning(encoder, text, params.negative_prompt, steps, after=params.steps)
     runner = pipeline.for_task("img2img")
 
     def second(latents: torch.Tensor | None, seeds: list[int], bar, autocast, controls: Controls) -> list[Image.Image]:
@@ -314,7 +273,8 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
         with channels_last_convs(runner.unet, autocast), lean_ops(runner.unet, autocast), \
                 channels_last_convs(runner.vae, prepack=False), _without_grad(runner.unet), \
                 pipeline.turns_inside(runner), one_image_at_a_time(runner.vae), \
-                latent_fill(runner, params, mask, seeds), stoppable_within_steps(runner.unet, stop):
+                latent_fill(runner, params, mask, seeds), stoppable_within_steps(runner.unet, stop), \
+                composing(runner.unet, conditioning, n, state):
             if autocast is None and not keep_latents:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():

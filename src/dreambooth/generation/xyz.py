@@ -10,7 +10,8 @@
   makes a grid of its own, placed side by side under a Z header.
 
 Every image is saved as usual (``NNNNN-<seed>.png`` with infotext) and the grid as
-``grid-NNNNN-<seed>.png``, carrying the first image's infotext.
+``grid-NNNNN-<seed>.png``, carrying the first image's infotext (an X/Y/Z plot's with the plot's own keys,
+as A1111's script writes them: ``--from-image`` of the grid makes the plot again).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .params import GenerationParams
 from .pipeline import GenerationPipeline
 from .samplers import SCHEDULES, resolve
 from .sampling import Controls, GeneratedImage, generate, resolve_params
+from .xyz_infotext import plot_infotext
 
 # A plot or a matrix past this many images is a range or a '|' typed too long, not a plan: refused
 # before anything is made (a Seed range of 10**8 values once took the machine's whole memory, silently).
@@ -105,12 +107,11 @@ class GridResult:
     grid_path: Path | None
 
 
-def _save_grid(grid, output_dir: Path | None, first: GeneratedImage) -> Path | None:
-    """``grid-NNNNN-<seed>.png`` with the first cell's infotext."""
+def _save_grid(grid, output_dir: Path | None, first: GeneratedImage, infotext: str | None = None) -> Path | None:
+    """``grid-NNNNN-<seed>.png`` with ``infotext`` (by default the first cell's)."""
     if output_dir is None:
         return None
-    return write_png(grid, claim_numbered(output_dir, first.seed, prefix=GRID_PREFIX), first.infotext)
-
+    return write_png(grid, claim_numbered(output_dir, first.seed, prefix=GRID_PREFIX), infotext or first.infotext)
 
 def _skipped_cell(made: list, params: GenerationParams):
     """A cell skipped before its first step ended (a server's Skip): left blank, and the plot goes on."""
@@ -147,6 +148,7 @@ def run_prompt_matrix(pipeline: GenerationPipeline, params: GenerationParams, ou
                   for r in range(2 ** (len(variable) - across))]
     grid = annotated_grid(cells, cols, col_labels, row_labels)
     return GridResult(results, grid, _save_grid(grid, output_dir, results[0]) if results else None)
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,4 +369,5 @@ def run_xyz(pipeline: GenerationPipeline, params: GenerationParams, x: str | Non
         grid = annotated_grid(grids, len(grids), [[(ax_z.label_for(v), True)] for v in zs], None, pad=8)
     else:
         grid = grids[0]
-    return GridResult(results, grid, _save_grid(grid, output_dir, results[0]) if results else None)
+    info = plot_infotext(results[0].infotext, zip("XYZ", (x, y, z), axes)) if results else None
+    return GridResult(results, grid, _save_grid(grid, output_dir, results[0], info) if results else None)
