@@ -157,7 +157,7 @@ def test_lora_jobs_cancel_and_generation_between_steps(tmp_path):
     ({}, "not json", "overrides"),
     ({"preset": "../../etc/passwd"}, "{}", "preset"),
     ({"model": "../../etc/passwd"}, "{}", "model"),
-    ({"instance_prompt": ""}, "{}", "instance_prompt"),
+    ({"instance_prompt": ""}, "{}", "instance_prompt: empty; give"),
     ({"name": "../up"}, "{}", "name"),
     ({}, '{"class_prompt": "a square"}', "overrides.class_prompt: a field of the request itself"),
     ({}, '{"max_steps": null}', "overrides.max_steps: null"),
@@ -361,9 +361,10 @@ def test_a_stop_ends_the_running_generation_and_refuses_the_waiting_ones(server_
     for asker in askers:
         asker.join(30)
     codes = sorted(r.status_code for r in replies if isinstance(r, httpx.Response))
-    assert codes == [200, 400], replies               # the running one's image so far; the waiting one refused
-    refused = next(r for r in replies if isinstance(r, httpx.Response) and r.status_code == 400)
+    assert codes == [200, 503], replies               # the running one's image so far; the waiting one refused
+    refused = next(r for r in replies if isinstance(r, httpx.Response) and r.status_code == 503)
     assert refused.json()["detail"].startswith("the server is stopping"), refused.text
+    assert refused.headers["retry-after"].isdigit(), refused.headers      # not the client's fault: try again
 
 
 def test_a_job_and_a_request_never_run_at_once_but_between_steps():

@@ -1,6 +1,7 @@
 """``dreambooth serve``: the A1111-compatible API and training jobs over HTTP (FastAPI + uvicorn)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -28,13 +29,17 @@ def _transforms(preset: str | None, model: str) -> list:
 @click.option("--loras-dir", type=click.Path(file_okay=False), help="Folder of LoRA files and LoRA outputs to list.")
 @click.option("--data-dir", default="dreambooth-data", type=click.Path(file_okay=False, path_type=Path),
               help="Jobs, uploads and their outputs.")
-@click.option("--cors-allow-origin", "cors", multiple=True, help="Allow browser requests from this origin (off by default).")
+@click.option("--cors-allow-origins", "--cors-allow-origin", "cors", multiple=True,
+              help="Allow browser requests (with credentials) from these origins, comma-separated as in A1111 "
+              "(off by default).")
+@click.option("--cors-allow-origins-regex", "cors_regex", default=None,
+              help="Allow browser requests from origins matching this regular expression (as in A1111).")
 @click.option("--device", default=None, help="Device (cuda, cuda:1, cpu). Default: the best available.")
 @click.option("--medvram", is_flag=True, help="For a GPU short of memory: the text encoders, the UNet and the VAE "
               "take turns on it while generating (the same images; each batch moves the parts).")
 @click.option("--no-ui", is_flag=True, help="Serve the APIs only, without the web UI at /.")
 def serve_command(host, port, listen, insecure, api_auth, model, models_dir, model_configs, loras_dir, data_dir, cors,
-                  device, medvram, no_ui):
+                  cors_regex, device, medvram, no_ui):
     """Serve the AUTOMATIC1111 API (/sdapi/v1) and training jobs (/dreambooth/v1/jobs)."""
     import uvicorn
 
@@ -45,12 +50,19 @@ def serve_command(host, port, listen, insecure, api_auth, model, models_dir, mod
         raise UserError(f"--listen/--host {host}: refusing to serve other machines without --api-auth user:pass "
                         "(or --insecure)")
     parse_auth(api_auth)
+    if cors_regex is not None:
+        try:
+            re.compile(cors_regex)
+        except re.error as exc:
+            raise UserError(f"--cors-allow-origins-regex {cors_regex}: not a regular expression ({exc})") from None
     check_port_free(host, port)            # before the model loads (create_app holds --data-dir before it too)
     flags = {"host": host, "port": port, "listen": listen, "api_auth": bool(api_auth), "model": model,
              "models_dir": models_dir, "model_config": list(model_configs), "loras_dir": loras_dir,
-             "data_dir": str(data_dir), "device": device, "medvram": medvram}
+             "data_dir": str(data_dir), "device": device, "medvram": medvram,
+             "cors_allow_origins": ",".join(cors) or None, "cors_allow_origins_regex": cors_regex}
     app = create_app(ServerSettings(model=model, data_dir=data_dir, models_dir=models_dir, loras_dir=loras_dir,
                                     model_configs=list(model_configs), api_auth=api_auth, cors_origins=list(cors),
+                                    cors_origin_regex=cors_regex,
                                     device=device, medvram=medvram, transforms=_transforms, flags=flags))
     if not no_ui:
         from ..ui.app import mount_ui

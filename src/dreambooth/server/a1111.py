@@ -9,6 +9,7 @@ import json
 import os
 import re
 import resource
+import threading
 import time
 from pathlib import Path
 
@@ -17,22 +18,24 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from PIL import Image
 
-from ..checks import check_value
 from ..errors import UserError
 from ..generation.infotext import image_infotext, parse_generation_parameters
-from ..generation.hires import HIRES_UPSCALERS, IMAGE_MODES, LATENT_MODES, upscaler_named
-from ..generation.params import RANGES, GenerationParams
+from ..generation.hires import IMAGE_MODES, LATENT_MODES
+from ..generation.params import GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..grid import batch_grid
 from ..images import write_png
 from ..outputs import GRID_PREFIX, claim_numbered
 from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
+from .a1111_fields import (check_option, first_pass_sampler, hires_fix, mask_blur, not_options, option_value,
+                           refuse_unsupported)
 from .base64_images import decode_base64, decode_image, encode_png, open_image
-from .engine import PREVIEW_OPTIONS, Engine, check_preview_option
+from .client_gone import while_connected
+from .engine import PREVIEW_OPTIONS, Engine
+from .json_bodies import JsonRoute
 from .lora_metadata import lora_metadata
-from .schemas import (FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, ImagesResponse, LoraItem,
-                      PNGInfoRequest, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
-                      SDVaeItem, Txt2ImgRequest)
+from .schemas import (GENERATION_OPTIONS, Img2ImgRequest, ImagesResponse, LoraItem, PNGInfoRequest, PNGInfoResponse,
+                      ProgressResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, Txt2ImgRequest)
 
 # Library flags in the library's messages, as the API's field names.
 FIELDS = {"--width": "width", "--height": "height", "--steps": "steps", "--cfg": "cfg_scale", "--seed": "seed",
@@ -60,99 +63,13 @@ def api_field_message(message: str) -> str:
     return _FLAG.sub(lambda m: FIELDS[m.group(1)], message)
 
 
-def _refuse_unsupported(req: Txt2ImgRequest) -> None:
-    for name, neutral in NEUTRAL.items():
-        if not hasattr(req, name):
-            continue
-        value = getattr(req, name)
-        allowed = neutral if isinstance(neutral, tuple) else (neutral,)
-        if value not in allowed:
-            shown = ", ".join(dict.fromkeys(json.dumps(v) for v in allowed))     # as the client writes them
-            raise UserError(f"{name}: {json.dumps(value)} is not supported by this server (only {shown})")
-
-
-def hires_fix(req: Txt2ImgRequest) -> dict:
-    """A1111's ``enable_hr`` and its fields as GenerationParams' hires settings; a second pass with its
-    own checkpoint, sampler or prompts is refused (this server runs the first pass's)."""
-    same = {"hr_checkpoint_name": (None, "", "Use same checkpoint"), "hr_sampler_name": (None, "", "Use same sampler"),
-            "hr_scheduler": (None, "", "Use same scheduler"), "hr_prompt": ("", req.prompt),
-            "hr_negative_prompt": ("", req.negative_prompt), "hr_cfg": (None, req.cfg_scale),
-            "hr_additional_modules": (None, [], ["Use same choices"])}
-    first = _resolved(*first_pass_sampler(req))         # the hires pass may name it, in any of its names
-    given = {name: getattr(req, name) not in same[name] for name in ("hr_sampler_name", "hr_scheduler")}
-    sampler = req.hr_sampler_name if given["hr_sampler_name"] else first[0] if first else None
-    second = _resolved(sampler, req.hr_scheduler if given["hr_scheduler"] else first[1]) if first else None
-    if first is not None and second == first:
-        same.pop("hr_sampler_name"), same.pop("hr_scheduler")
-    elif given["hr_sampler_name"] and second is not None and second[0] == first[0]:
-        same.pop("hr_sampler_name")                       # the sampler is the same: the schedule is not
-    for name, allowed in same.items():
-        value = getattr(req, name)
-        if value not in allowed:
-            what = {"hr_cfg": "CFG scale", "hr_additional_modules": "VAE and text encoders"}.get(
-                name, name.removeprefix('hr_').replace('_name', ''))
-            same_as = f"send cfg_scale's value ({req.cfg_scale:g}) or " if name == "hr_cfg" else ""
-            raise UserError(f"{name}: {value!r}: this server's hires pass uses the first pass's {what}; {same_as}leave it out")
-    upscaler = upscaler_named(req.hr_upscaler or "Latent")
-    if upscaler is None:
-        raise UserError(f"hr_upscaler {req.hr_upscaler!r}: this server has {', '.join(HIRES_UPSCALERS)}")
-    return dict(hires=True, hires_scale=req.hr_scale, hires_width=req.hr_resize_x, hires_height=req.hr_resize_y,
-                hires_steps=req.hr_second_pass_steps, hires_upscaler=upscaler,
-                strength=req.denoising_strength if req.denoising_strength is not None else 0.75)
-
-
-def first_pass_sampler(req: Txt2ImgRequest) -> tuple[str, str]:
-    """The sampler and schedule a request's (first) pass runs: A1111's defaults where it names none."""
-    return req.sampler_name or req.sampler_index or "Euler a", req.scheduler or "Automatic"
-
-
-def _resolved(sampler, schedule) -> tuple[str, str] | None:
-    try:
-        row, label = resolve(sampler, schedule)
-    except UserError:
-        return None
-    return row.name, label
-
-
-def mask_blur(req: Img2ImgRequest) -> int:
-    """A1111's ``mask_blur`` sets both ways; without it, ``mask_blur_x`` and ``mask_blur_y`` (4 and 4)."""
-    if req.mask_blur is not None:
-        return req.mask_blur
-    if req.mask_blur_x != req.mask_blur_y:
-        raise UserError(f"mask_blur_x {req.mask_blur_x}, mask_blur_y {req.mask_blur_y}: this server feathers a mask "
-                        "alike both ways; give one mask_blur")
-    return req.mask_blur_x
-
-
-def option_value(key: str, value, options: dict):
-    """A whole number sent as a float (``2.0``: JSON from a client that has only floats) for an option
-    that holds whole numbers is that number."""
-    held = options.get(key)
-    if isinstance(held, int) and not isinstance(held, bool) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def not_options(names: list[str]) -> str:
-    return "not an option of this server" if len(names) == 1 else "not options of this server"
-
-
-def check_option(key: str, value, where: str = "") -> None:
-    """A UserError naming ``key`` where the server cannot do what ``value`` asks: a value out of a
-    GENERATION_OPTIONS range, or other than a FIXED_OPTIONS one."""
-    check_preview_option(key, value)
-    if key in GENERATION_OPTIONS:
-        check_value(f"{where}{key}", value, int, *RANGES[GENERATION_OPTIONS[key][1]])
-    if key in FIXED_OPTIONS and value != FIXED_OPTIONS[key]:
-        raise UserError(f"{where}{key}: {value!r} is not supported by this server (only {FIXED_OPTIONS[key]!r})")
-
-
 def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = None) -> APIRouter:
     """``outputs``: where ``save_images`` writes, in A1111's layout (``txt2img-images/<date>/``)."""
-    api = APIRouter(prefix="/sdapi/v1")
+    # (A1111's FastAPI reads a body sent without a Content-Type as JSON; so do its clients' scripts)
+    api = APIRouter(prefix="/sdapi/v1", route_class=JsonRoute, strict_content_type=False)
 
     def params_of(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None):
-        _refuse_unsupported(req)
+        refuse_unsupported(req)
         overrides = {k: option_value(k, v, options) for k, v in req.override_settings.items()}
         model = overrides.pop("sd_model_checkpoint", None)
         vae = overrides.pop("sd_vae", None)
@@ -188,12 +105,13 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         kept = {} if req.override_settings_restore_afterwards else {k: v for k, v in overrides.items() if k in options}
         return params, switch, previews, kept
 
-    def run(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None) -> ImagesResponse:
+    def run(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None,
+            gone: threading.Event | None = None) -> ImagesResponse:
         params, switch, previews, kept = params_of(req, init, mask)
         kind, day = "txt2img" if init is None else "img2img", time.strftime("%Y-%m-%d")
         saving = req.save_images and outputs is not None
         result = engine.generate(params, switch, output_dir=outputs / f"{kind}-images" / day if saving else None,
-                                 options=previews)
+                                 options=previews, gone=gone)
         made, grid = result[0], None
         if req.save_images and len(made) > 1:       # as A1111: a grid, first in the reply, and saved
             grid = batch_grid([m.image for m in made])
@@ -228,19 +146,23 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         images = [encode_png(image, text) for image, text in shown] if req.send_images else []
         return ImagesResponse(images=images, parameters=parameters, info=json.dumps(info))
 
+    # Generations run in a worker thread while the loop watches their client: one gone is stopped
     @api.post("/txt2img", response_model=ImagesResponse)
-    def txt2img(req: Txt2ImgRequest):
-        return run(req)
+    async def txt2img(req: Txt2ImgRequest, request: Request):
+        return await while_connected(request, lambda gone: run(req, gone=gone))
 
     @api.post("/img2img", response_model=ImagesResponse)
-    def img2img(req: Img2ImgRequest):
+    async def img2img(req: Img2ImgRequest, request: Request):
         if not req.init_images:
             raise UserError("init_images: img2img needs at least one image")
         if len(req.init_images) > 1:
             raise UserError("init_images: one image per request on this server")
-        init = decode_image(req.init_images[0], "init_images[0]")
-        mask = decode_image(req.mask, "mask", "RGBA") if req.mask else None        # (its alpha, where it has any)
-        return run(req, init, mask)
+
+        def work(gone: threading.Event) -> ImagesResponse:
+            init = decode_image(req.init_images[0], "init_images[0]")
+            mask = decode_image(req.mask, "mask", "RGBA") if req.mask else None        # (its alpha, where it has any)
+            return run(req, init, mask, gone)
+        return await while_connected(request, work)
 
     @api.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest):
@@ -256,10 +178,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     @api.post("/options")
     async def set_options(request: Request):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise UserError("options: the body is not JSON") from None
+        body = await request.json()              # read and checked by JsonRoute (None: no JSON body)
         if not isinstance(body, dict):
             raise UserError("options: expected a JSON object of option: value")
         # a model switch waits for the device: in a worker thread, not on the loop that answers /progress
@@ -283,8 +202,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         return None
 
     @api.get("/sd-models", response_model=list[SDModelItem])
-    def sd_models():
-        return [SDModelItem(title=m.title, model_name=m.name, hash=m._hash, sha256=None, filename=m.filename)
+    def sd_models():          # a hash computed once is listed, never computed here (seconds for a big file)
+        return [SDModelItem(title=m.title, model_name=m.name, hash=m.known_hash, sha256=None, filename=m.filename)
                 for m in engine.catalog.models()]
 
     @api.get("/sd-vae", response_model=list[SDVaeItem])
@@ -333,6 +252,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     async def interrupt():
         if engine.state.job:
             engine.state.interrupted = True
+        return {}                       # as A1111's interrupt, unload and reload (its skip answers null)
 
     @api.post("/skip")
     async def skip():
@@ -369,10 +289,12 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     @api.post("/unload-checkpoint")
     def unload_checkpoint():
         engine.unload()
+        return {}
 
     @api.post("/reload-checkpoint")
     def reload_checkpoint():
         engine.reload()
+        return {}
 
     @api.post("/refresh-embeddings")
     def refresh_embeddings():          # none are loaded (textual inversions are not supported): nothing to do

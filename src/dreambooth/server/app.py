@@ -16,12 +16,15 @@ from typing import Callable
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..errors import UserError
 from . import a1111, jobs_api
+from .api_paths import add_api_fallback
 from .catalog import Catalog
-from .engine import Engine
+from .client_gone import ClientGone
+from .engine import Engine, Stopping
+from .json_bodies import one_line, shortened
 from .jobs import JobRunner, JobStore, hold_data_dir
 from .schemas import FIXED_OPTIONS, GENERATION_OPTIONS
 
@@ -34,7 +37,8 @@ class ServerSettings:
     model_configs: list[str] = field(default_factory=list)     # configs of single files, one per family
     loras_dir: str | None = None
     api_auth: str | None = None          # "user:pass[,user2:pass2]"
-    cors_origins: list[str] = field(default_factory=list)
+    cors_origins: list[str] = field(default_factory=list)     # A1111's --cors-allow-origins (comma lists split)
+    cors_origin_regex: str | None = None                        # A1111's --cors-allow-origins-regex
     device: str | None = None
     preview_every: int = 10             # steps between live previews (the WebUI's default)
     medvram: bool = False                # the parts take turns on the GPU (load_generation_pipeline)
@@ -171,6 +175,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def ping():         # A1111's liveness probe: on the event loop, never behind generations (a1111.py)
         return {}
     app.add_api_route("/internal/ping", ping, methods=["GET"], name="ping")
+    add_api_fallback(app)              # last of the API's routes: a UI mounted at "/" comes after
 
     if users:
         @app.middleware("http")
@@ -181,40 +186,53 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return await call_next(request)
 
     app.add_middleware(JsonBodyLimit)
-    if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    origins = [o.strip() for given in settings.cors_origins for o in given.split(",") if o.strip()]
+    if origins or settings.cors_origin_regex:
+        from fastapi.middleware.cors import CORSMiddleware       # A1111's arguments (its configure_cors_middleware)
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=settings.cors_origin_regex or None,
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
 
     @app.exception_handler(jobs_api.NotFound)
     async def not_found(request: Request, exc: jobs_api.NotFound):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": one_line(str(exc))}, status_code=404)
+
+    @app.exception_handler(Stopping)
+    async def stopping(request: Request, exc: Stopping):      # not the client's fault: retry later
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone):    # no one reads it (nginx's "client closed")
+        return Response(status_code=499)
 
     @app.exception_handler(UserError)
     async def bad_input(request: Request, exc: UserError):
-        return JSONResponse({"detail": _field_of(str(exc))}, status_code=400)
+        return JSONResponse({"detail": one_line(_field_of(str(exc)))}, status_code=getattr(exc, "status", 400))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        where = shortened(".".join(str(p) for p in first.get("loc", ()) if p != "body")) or "body"
         kind = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
         detail = f"{where}: {kind}"
-        unknown = [".".join(str(p) for p in e["loc"] if p != "body") for e in exc.errors() if e.get("type") == "extra_forbidden"]
+        unknown = [shortened(".".join(str(p) for p in e["loc"] if p != "body")) for e in exc.errors()
+                   if e.get("type") == "extra_forbidden"]
         if len(unknown) > 1 and first.get("type") == "extra_forbidden":       # every one at once, not one a try
             detail = f"{', '.join(unknown)}: unknown fields"
         elif unknown and first.get("type") != "extra_forbidden":
             detail += f"; and unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
-        sent = request.headers.get("content-type", "").split(";")[0].strip() or "no Content-Type"
+        sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        what = shortened(sent) or "a body without a Content-Type"
         if first.get("type") == "json_invalid":          # its loc names a character, not a field
             detail = f"body: not valid JSON ({first.get('ctx', {}).get('error', 'invalid')} at character {where})"
-        elif request.url.path.rstrip("/").endswith("/dreambooth/v1/jobs") and not sent.startswith("multipart/"):
-            detail = f"body: this route takes multipart form fields (curl -F instance_prompt=..., photos as files), not {sent}"
+        elif request.url.path.rstrip("/").endswith("/dreambooth/v1/jobs") and jobs_api.not_a_form(sent):
+            detail = jobs_api.not_a_form(sent)
         elif where == "body" and first.get("type") in ("dict_type", "model_attributes_type"):
-            detail = ("body: a JSON object of fields ({...}), not a list or a single value" if sent == "application/json"
-                      else f"body: send a JSON object (Content-Type: application/json), not {sent}")
-        return JSONResponse({"detail": detail, "errors": exc.errors()[:5] and
-                             [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:5]]},
-                            status_code=422)
+            read_as_json = sent in ("", "application/json") or sent.endswith("+json")     # (json_bodies.JsonRoute)
+            detail = ("body: a JSON object of fields ({...}), not a list or a single value" if read_as_json
+                      else f"body: send a JSON object (Content-Type: application/json), not {what}")
+        errors = [{"loc": [shortened(p) if isinstance(p, str) else p for p in e.get("loc", ())],
+                   "msg": shortened(str(e.get("msg")), 200), "type": e.get("type")} for e in exc.errors()[:5]]
+        return JSONResponse({"detail": one_line(detail), "errors": errors}, status_code=422)
 
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError):     # JSON nested thousands deep
@@ -228,7 +246,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        what = str(exc).splitlines()[0][:200] if str(exc) else ""
+        what = shortened(str(exc).splitlines()[0], 200) if str(exc).strip() else ""
         return JSONResponse({"detail": f"unexpected {type(exc).__name__}: {what}"}, status_code=500)
 
     return app

@@ -15,7 +15,9 @@ from ..generation.loras import LoraFile, LoraLibrary, lora_from_path
 from ..models.hashes import model_hash
 from ..models.registry import trained_outputs
 from ..models.specs import SINGLE_FILE_SUFFIXES, is_lora_output, resolve_model
+from ..outputs import read_cache, update_cache
 from .model_configs import config_for_file, given_configs
+from .json_bodies import shortened
 
 
 @dataclass
@@ -35,10 +37,47 @@ class ModelEntry:
         too); computed on first use (a big checkpoint takes seconds), then cached."""
         if self._hash is None:
             try:
-                self._hash = model_hash(resolve_model(self.spec).path)
+                path = resolve_model(self.spec).path
+                self._hash = model_hash(path)
             except (UserError, OSError):        # gone since it was listed: no hash, the request goes on
                 return None
+            remember_hash(path, self._hash)
         return self._hash
+
+    @property
+    def known_hash(self) -> str | None:
+        """The hash if it was ever computed for these files (this entry, an earlier listing, an earlier
+        server), else None: what ``/sdapi/v1/sd-models`` lists without reading a checkpoint."""
+        if self._hash is None:
+            try:
+                self._hash = recalled_hash(resolve_model(self.spec).path)
+            except (UserError, OSError):
+                return None
+        return self._hash
+
+
+HASH_CACHE = "model-hashes.json"        # (A1111 keeps its hashes in a cache file too)
+
+
+def _signature(path: Path) -> str | None:
+    """A model's path, size and time: a file's, or a folder's files two levels deep (a diffusers model)."""
+    path = Path(path).resolve()
+    files = [path] if path.is_file() else [p for p in (*path.glob("*"), *path.glob("*/*")) if p.is_file()]
+    if not files:
+        return None
+    stats = [f.stat() for f in files]
+    return f"{path}|{len(stats)}|{sum(s.st_size for s in stats)}|{max(s.st_mtime_ns for s in stats)}"
+
+
+def remember_hash(path: Path | None, value: str) -> None:
+    key = _signature(path) if path is not None else None
+    if key is not None and read_cache(HASH_CACHE).get(key) != value:
+        update_cache(HASH_CACHE, lambda cache: cache.update({key: value}))
+
+
+def recalled_hash(path: Path | None) -> str | None:
+    key = _signature(path) if path is not None else None
+    return read_cache(HASH_CACHE).get(key) if key is not None else None
 
 
 @dataclass
@@ -131,7 +170,7 @@ class Catalog:
     def find_model(self, title: str, field: str = "sd_model_checkpoint") -> ModelEntry:
         """A listed model by its title, its name, or its title without the ``[hash]`` A1111 appends."""
         if not isinstance(title, str) or not title.strip():
-            raise UserError(f"{field}: {title!r} names no model; give a title of GET /sdapi/v1/sd-models")
+            raise UserError(f"{field}: {shortened(repr(title))} names no model; give a title of GET /sdapi/v1/sd-models")
         wanted = title.strip()
         base, _, given = wanted.partition(" [")
         for entry in self.models():
@@ -141,10 +180,10 @@ class Catalog:
             if base in (entry.title, entry.name):
                 known = entry.hash if given else None
                 if known and not (given.rstrip("]").startswith(known) or known.startswith(given.rstrip("]"))):
-                    raise UserError(f"{field}: {wanted!r}: {entry.title}'s hash is [{known}], not that one "
+                    raise UserError(f"{field}: {shortened(repr(wanted))}: {entry.title}'s hash is [{known}], not that one "
                                     "(another file of that name?); send its title as listed")
                 return entry
-        raise UserError(f"{field}: no model named {wanted!r}; GET /sdapi/v1/sd-models lists them")
+        raise UserError(f"{field}: no model named {shortened(repr(wanted))}; GET /sdapi/v1/sd-models lists them")
 
     def find_vae(self, name: str, field: str = "sd_vae") -> VaeEntry | None:
         """None for A1111's "Automatic" and "None" (the model's own VAE)."""
@@ -153,7 +192,7 @@ class Catalog:
         for entry in self.vaes():
             if entry.name == name:
                 return entry
-        raise UserError(f"{field}: no VAE named {name!r}; GET /sdapi/v1/sd-vae lists them")
+        raise UserError(f"{field}: no VAE named {shortened(repr(name))}; GET /sdapi/v1/sd-vae lists them")
 
     def library(self) -> LoraLibrary:
         """A LoRA library of exactly the listed LoRAs (never a path from a prompt)."""

@@ -11,7 +11,8 @@ import io
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,8 +23,20 @@ from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..errors import UserError, exception_line
 from ..generation.previews import PREVIEW_METHODS, preview_image
 from ..generation.sampling import Controls, GeneratedImage, generate
+from ..images import write_png
+from ..outputs import claim_numbered
 from .catalog import Catalog, ModelEntry, VaeEntry
+from .client_gone import ClientGone
 from .model_configs import load_entry
+from .json_bodies import shortened
+
+
+# The infotext's "Lora paths" key (the CLI's, for --from-image; quoted JSON), with its separator
+_LORA_PATHS = re.compile(r', Lora paths: "(?:[^"\\]|\\.)*"')
+
+
+class Stopping(UserError):
+    """A request refused because the server stops: a 503 with Retry-After (the client did nothing wrong)."""
 
 
 class DeviceGate:
@@ -39,18 +52,22 @@ class DeviceGate:
         self.last_wait = 0.0                       # seconds the last request waited for a training step
 
     @contextmanager
-    def request(self):
+    def request(self, gone: threading.Event | None = None):
+        """The device for one request; ``gone``, once set, ends the wait (its client has left): ClientGone."""
         arrived, held = time.monotonic(), False
+        left = gone.is_set if gone is not None else lambda: False
         with self._cond:
             self._waiting += 1
         try:
             with self._cond:
-                while self._training and not self._paused and not self.closed:
-                    self._cond.wait()
-            while not self.closed and not held:     # (a wait the lock's release ends at once)
+                while self._training and not self._paused and not self.closed and not left():
+                    self._cond.wait(0.5 if gone is not None else None)
+            while not self.closed and not held and not left():     # (a wait the lock's release ends at once)
                 held = self._requests.acquire(timeout=0.2)
             if self.closed:
-                raise UserError("the server is stopping; send the request again once it is back")
+                raise Stopping("the server is stopping; send the request again once it is back")
+            if not held:
+                raise ClientGone()
             self.last_wait = time.monotonic() - arrived
             yield
         finally:
@@ -156,7 +173,7 @@ def check_preview_option(key: str, value) -> None:
     if key in ("live_previews_enable", "show_progress_grid") and not isinstance(value, bool):
         raise UserError(f"{key}: expected true or false")
     if key == "show_progress_type" and value not in PREVIEW_METHODS:
-        raise UserError(f"show_progress_type: {value!r} is not a preview method here; "
+        raise UserError(f"show_progress_type: {shortened(repr(value))} is not a preview method here; "
                         f"expected one of {', '.join(PREVIEW_METHODS)}")
     if key == "show_progress_every_n_steps" and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
         raise UserError("show_progress_every_n_steps: expected a whole number of steps, or -1 for no live preview")
@@ -184,7 +201,8 @@ class Engine:
                 return
             pipe = load_entry(entry, str(vae.path) if vae else None, generation_dtype(self.device), field)
             info = model_info_for(entry.spec, str(vae.path) if vae else None, entry.config)
-            info.name = entry.name
+            # the infotext's paths (for the CLI's --from-image) are the server's folders: never in what it shares
+            info.name, info.spec, info.vae_spec, info.config = entry.name, None, None, None
             self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device, self.medvram)
             self.entry, self.vae, self.parked = entry, vae, False
 
@@ -211,20 +229,29 @@ class Engine:
             self.pipeline.library = self.catalog.library()
 
     def generate(self, params: GenerationParams, switch: tuple | None = None, output_dir=None,
-                 options: dict | None = None):
+                 options: dict | None = None, gone: threading.Event | None = None):
         """One request: waits its turn on the device, reports progress, can be interrupted. ``switch``:
         (model, VAE, restore afterwards) and ``options`` (live-preview options for this request alone)
-        from the request's ``override_settings``. Returns the images and the (model, VAE) that made them."""
-        with self.gate.request():
+        from the request's ``override_settings``; ``gone``, once set, stops it (its client left).
+        Returns the images and the (model, VAE) that made them."""
+        with self.gate.request(gone):
             before = (self.entry, self.vae)
             self._on_device()
             if switch is not None:
                 self.load(switch[0], switch[1], "override_settings: sd_model_checkpoint")
             try:
-                return self._generate(params, output_dir, options), (self.entry, self.vae)
+                made, used = self._generate(params, None, options, gone), (self.entry, self.vae)
             finally:
                 if switch is not None and switch[2]:
                     self.load(*before)
+        return [self._shared(m, output_dir) for m in made], used
+
+    @staticmethod
+    def _shared(made: GeneratedImage, output_dir) -> GeneratedImage:
+        """An image as the server replies with it and saves it: without the LoRAs' paths on this machine."""
+        text = _LORA_PATHS.sub("", made.infotext)
+        path = write_png(made.image, claim_numbered(output_dir, made.seed), text) if output_dir is not None else None
+        return replace(made, infotext=text, path=path)
 
     def run(self, work):
         """Any generation function ``work(pipeline, controls)`` (prompt matrix, X/Y/Z) under the same
@@ -244,13 +271,15 @@ class Engine:
             finally:
                 self.load(*before)
 
-    def _generate(self, params: GenerationParams, output_dir=None, options: dict | None = None) -> list[GeneratedImage]:
+    def _generate(self, params: GenerationParams, output_dir=None, options: dict | None = None,
+                  gone: threading.Event | None = None) -> list[GeneratedImage]:
         steps = params.steps + ((params.hires_steps or params.steps) if params.hires else 0)   # the hires pass's too
         return self._tracked(lambda controls: generate(self.pipeline, params, output_dir, controls=controls),
                              params.batch_count * params.batch_size * params.passes, steps, options,
-                             params.batch_size * params.passes)
+                             params.batch_size * params.passes, gone)
 
-    def _tracked(self, work, images: int, steps: int, options: dict | None = None, per_job: int = 1):
+    def _tracked(self, work, images: int, steps: int, options: dict | None = None, per_job: int = 1,
+                 gone: threading.Event | None = None):
         s = self.state
         with s.lock:
             s.job, s.job_count, s.per_job, s.job_no = "txt2img", max(1, images // per_job), per_job, 0
@@ -264,7 +293,8 @@ class Engine:
         method, grid = chosen["show_progress_type"], chosen["show_progress_grid"]
         preview = (lambda latents: self._preview(latents, method, grid)) \
             if chosen["live_previews_enable"] and every > 0 else None
-        controls = Controls(stop=self._stop, preview=preview, preview_every=max(1, every))
+        stop = self._stop if gone is None else lambda: "interrupt" if gone.is_set() else self._stop()
+        controls = Controls(stop=stop, preview=preview, preview_every=max(1, every))
         try:
             with progress.subscribed(s):
                 return work(controls)

@@ -9,13 +9,12 @@ from ``/sdapi/v1/sd-vae`` or ``"Automatic"``, the model's own) and ``name`` (the
 trained model's or LoRA's name in the lists; default ``job-<id>``)."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from ..errors import UserError
@@ -25,6 +24,7 @@ from ..training.config import load_preset
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
 from .model_configs import vae_scale
+from .json_bodies import BadBody, check_characters, printable, read_json, shortened
 from .jobs import ENDED, Job, JobRunner, JobStore, in_api_words, job_config
 
 MAX_PHOTOS = 50
@@ -32,6 +32,15 @@ MAX_PHOTO_BYTES = 25 * 2**20
 PRESETS = ("sd15-full", "sd15-lora", "sd21-lora", "sdxl-lora", "toy")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RESERVED_NAMES = ("photos", "log.txt")        # what the job's folder holds beside its output
+
+
+def not_a_form(content_type: str | None) -> str | None:
+    """The 422 of a body this route cannot read (JSON, say), or None for form fields."""
+    sent = (content_type or "").split(";")[0].strip().lower()
+    if sent in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return None
+    return ("body: this route takes multipart form fields (curl -F instance_prompt=..., photos as files), "
+            f"not {shortened(sent) or 'a body without a Content-Type'}")
 
 
 class NotFound(UserError):
@@ -53,6 +62,16 @@ def public(job: Job, store: JobStore, runner: JobRunner | None = None) -> dict:
         "output": {"name": store.output(job).name, "path": str(store.output(job))} if job.state == "done" else None,
         "log": f"/dreambooth/v1/jobs/{job.id}/log",
     }
+
+
+def listed(job: Job, store: JobStore, runner: JobRunner | None = None) -> dict:
+    """``public``, for any stored row: one this server's checks would refuse now (half a surrogate pair
+    in a prompt, a damaged request) is listed as best it can be, never a 500 for the whole list."""
+    try:
+        return printable(public(job, store, runner))
+    except Exception as exc:          # (a row no check of this version wrote)
+        return {"id": job.id, "state": job.state, "error": f"this job's stored record cannot be read "
+                f"({shortened(type(exc).__name__ + ': ' + str(exc))}); DELETE it", "created": job.created}
 
 
 def _save_photos(uploads: list[tuple[str, bytes]], folder: Path) -> None:
@@ -121,8 +140,14 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
     values = overrides if overrides is not None else {}
     if not isinstance(values, dict):
         raise UserError("overrides: not a JSON object")
+    check_characters(values, "overrides")        # a stored job's text is listed to every client, later
+    check_characters({"instance_prompt": instance_prompt, "class_prompt": class_prompt, "preset": preset,
+                      "model": model, "name": name, "photos_dir": photos_dir})
+    if not (instance_prompt or "").strip():
+        raise UserError("instance_prompt: empty; give the prompt of the subject's photos, with its rare token "
+                        "(instance_prompt=\"a photo of sks dog\")")
     if preset and preset not in PRESETS:
-        raise UserError(f"preset: {preset!r} unknown; one of {', '.join(PRESETS)}")
+        raise UserError(f"preset: {shortened(repr(preset))} unknown; one of {', '.join(PRESETS)}")
     entry = catalog.find_model(model, "model") if model else _preset_model(preset, catalog) or current
     if name:
         check_name(name, store, catalog)          # again under the store's lock below: two at once
@@ -182,13 +207,12 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
         return job
 
     @api.post("/jobs")
-    def submit(instance_prompt: str = Form(...), class_prompt: str = Form(""), preset: str = Form(""),
+    def submit(request: Request, instance_prompt: str = Form(""), class_prompt: str = Form(""), preset: str = Form(""),
                model: str = Form(""), overrides: str = Form("{}"), photos_dir: str = Form(""), name: str = Form(""),
                photos: list[UploadFile] = File(default=[])):
-        try:
-            values = json.loads(overrides or "{}")
-        except (ValueError, RecursionError):
-            raise UserError("overrides: not a JSON object") from None
+        if not_a_form(request.headers.get("content-type")):
+            raise BadBody(not_a_form(request.headers.get("content-type")))
+        values = read_json(overrides or "{}", "overrides")
         uploads = [(upload.filename or f"{k}.png", upload.file.read(MAX_PHOTO_BYTES + 1)) for k, upload in enumerate(photos)]
         job = submit_job(store, runner, catalog, current_model(), instance_prompt=instance_prompt,
                          class_prompt=class_prompt, preset=preset, model=model, overrides=values, name=name,
@@ -198,11 +222,11 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
     # reading and cancelling jobs answer on the event loop, not behind generations in worker threads
     @api.get("/jobs")
     async def jobs():
-        return [public(j, store, runner) for j in store.all()]
+        return [listed(j, store, runner) for j in store.all()]
 
     @api.get("/jobs/{job_id}")
     async def one(job_id: str):
-        return public(job_of(job_id), store, runner)
+        return listed(job_of(job_id), store, runner)
 
     @api.post("/jobs/{job_id}/cancel")
     async def cancel(job_id: str):
