@@ -16,7 +16,7 @@ from ..sigterm import sigterm_as_ctrl_c, stop_with_launcher
 from ..training.processes import peer_gone
 from ..training.trainer import TrainingInterrupted
 from ..terminal import show_progress
-from . import evaluate, generate, serve, tokens, toy, train
+from . import evaluate, generate, pnginfo, serve, tokens, toy, train
 from .peer_flags import peer_hint
 
 
@@ -26,7 +26,7 @@ def cli(debug: bool) -> None:
     """Personalise Stable Diffusion with DreamBooth: train, generate, evaluate."""
 
 
-for _module in (train, tokens, generate, evaluate, toy, serve):
+for _module in (train, tokens, generate, pnginfo, evaluate, toy, serve):
     _module.register(cli)
 
 # What to try when a command runs out of GPU memory (training's preflight names its own before it starts)
