@@ -148,14 +148,22 @@ def test_the_cli_takes_a1111s_cors_flags():
     assert code == 2 and "--cors-allow-origins-regex (: not a regular expression" in err, err
 
 
-def test_a_client_that_leaves_stops_its_generation(toy):
-    port = toy[1]
+def _abandoned_then_served(port: int, auth=None) -> None:
     with pytest.raises(httpx.TimeoutException):              # minutes of sampling, abandoned after a second
         httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", json={**TINY, "steps": 1000, "n_iter": 50},
-                   timeout=1.0)
+                   timeout=1.0, auth=auth)
     started = time.monotonic()
-    reply = http(port, "POST", "/sdapi/v1/txt2img", json=TINY)
+    reply = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", json=TINY, timeout=120, auth=auth)
     assert reply.status_code == 200 and time.monotonic() - started < 15, time.monotonic() - started
+
+
+def test_a_client_that_leaves_stops_its_generation(toy, tmp_path):
+    _abandoned_then_served(toy[1])
+    # behind --api-auth too (a BaseHTTPMiddleware for it hid every disconnect from the route)
+    from dreambooth.server.app import ServerSettings
+    with served(ServerSettings(model="toy", data_dir=tmp_path / "data", api_auth="u:p")) as (_, port):
+        assert httpx.get(f"http://127.0.0.1:{port}/sdapi/v1/options").status_code == 401
+        _abandoned_then_served(port, auth=("u", "p"))
 
 
 def test_control_routes_answer_as_a1111s(toy):

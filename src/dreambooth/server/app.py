@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 
 from ..errors import UserError
 from . import a1111, jobs_api
@@ -105,6 +106,21 @@ def too_large(size: str) -> str:
     return f"body: {size} bytes; at most {MAX_JSON_BODY:,} on this server"
 
 
+class BasicAuth:
+    """``--api-auth``: a 401 for a request without a known user's password. Plain ASGI, not
+    ``@app.middleware``: Starlette's BaseHTTPMiddleware hands the route a receive channel of its own,
+    in which a client's disconnect never shows (client_gone then let an abandoned generation run on)."""
+
+    def __init__(self, app, users: dict[str, str]):
+        self.app, self.users = app, users
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not _authorized(Headers(scope=scope).get("authorization"), self.users):
+            return await JSONResponse({"detail": "Not authenticated"}, status_code=401,
+                                      headers={"WWW-Authenticate": "Basic"})(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class JsonBodyLimit:
     """The A1111 routes read their JSON body whole: one over MAX_JSON_BODY (by its Content-Length, or
     as it arrives) is a 413, not a server out of memory. (Photos for jobs stream to files.)"""
@@ -178,13 +194,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     add_api_fallback(app)              # last of the API's routes: a UI mounted at "/" comes after
 
     if users:
-        @app.middleware("http")
-        async def basic_auth(request: Request, call_next):
-            if not _authorized(request.headers.get("authorization"), users):
-                return JSONResponse({"detail": "Not authenticated"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Basic"})
-            return await call_next(request)
-
+        app.add_middleware(BasicAuth, users=users)
     app.add_middleware(JsonBodyLimit)
     origins = [o.strip() for given in settings.cors_origins for o in given.split(",") if o.strip()]
     if origins or settings.cors_origin_regex:
