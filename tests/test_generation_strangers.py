@@ -33,6 +33,7 @@ def test_and_splits_into_weighted_parts_as_the_webui():
     assert split_and("a dog:1.5") == [("a dog", 1.5)]          # a weight at the end, even with no AND
     assert split_and("a dog and a cat") == [("a dog and a cat", 1.0)]
     assert split_and("ANDROID") == [("ANDROID", 1.0)]
+    assert split_and("masterpiece,\na cat:1.2") == [("masterpiece,\na cat", 1.2)]     # a part over lines keeps its weight
 
 
 def test_and_combines_one_prediction_per_part(sd1, monkeypatch):

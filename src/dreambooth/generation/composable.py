@@ -20,9 +20,8 @@ from ..models.families import Conditioning
 from .conditioning import PromptEncoder, ScheduledConditioning, pad_pair, schedule_conditioning
 
 _AND = re.compile(r"\bAND\b")
-# The WebUI's reading of a part: its text (leading blanks kept), then an optional ":weight" at the end.
-# No re.S: a part over several lines matches only when its last line holds all of it.
-_WEIGHTED = re.compile(r"^(\s*.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+# The WebUI's reading of a part (>= 1.6): its text, over any number of lines, then an optional ":weight" at the end.
+_WEIGHTED = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
