@@ -119,6 +119,18 @@ def test_a_model_in_the_working_folder_is_recorded_relative_and_replayed(tiny_sd
     code, out2, err = run_cli("generate", "--from-image", out.split()[0], "--output", "again")
     assert code == 0, err
     assert np.array_equal(np.asarray(Image.open(out.split()[0])), np.asarray(Image.open(out2.split()[0])))
+    # from another folder: the path is found from the image's folder up (it was made in one above it)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out3, err = run_cli("generate", "--from-image", str(tmp_path / out.split()[0]), "--output", "again")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / out.split()[0])),
+                          np.asarray(Image.open(out3.split()[0])))
+    # and where it is nowhere to be found, the message says where it was
+    moved = tmp_path.parent / f"{tmp_path.name}-image.png"
+    shutil.copy(tmp_path / out.split()[0], moved)
+    code, _, err = run_cli("generate", "--from-image", str(moved), "--output", "again")
+    assert code == 2 and "at models/mine (from the folder it was made in), not found here; pass --model" in err, err
 
 
 # ---- 6. X/Y/Z grids ----------------------------------------------------------------------------------------------

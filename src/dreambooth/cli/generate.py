@@ -19,6 +19,7 @@ from ..generation.pipeline import load_generation_pipeline, recorded_settings, s
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import sampler_table
 from ..generation.sampling import generate
+from ..generation.recorded import located
 from ..generation.xyz_infotext import plot_from_infotext
 from ..generation.xyz import AXES, check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
 from ..models.specs import trained_clip_skip
@@ -160,6 +161,7 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
         if plot and not (x_axis or y_axis or z_axis or prompt_matrix):
             x_axis, y_axis, z_axis = plot.get("x"), plot.get("y"), plot.get("z")
             params = params.replace(keep=None)       # its first cell's "Batch: 1/N": every image of the batch
+        info = located(info, from_image)          # paths recorded relative to the folder it was made in
         recorded_model, recorded_loras = sources_from_infotext(info)
         recorded = recorded_settings(info)
         vae = vae or recorded.get("vae")
@@ -171,8 +173,9 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
             if model is None and not ({"Model", "Model hash"} & set(info)):
                 raise UserError(f"--from-image {from_image}: its infotext names no model; pass --model")
             if model is None:
+                where = f" at {info['Model path']} (from the folder it was made in)" if info.get("Model path") else ""
                 raise UserError(f"--from-image {from_image}: made with Model: {info.get('Model', '?')} "
-                                f"(hash {info.get('Model hash', '?')}), not found here; pass --model")
+                                f"(hash {info.get('Model hash', '?')}){where}, not found here; pass --model")
     else:
         if model is None:
             raise UserError("--model: required (or --from-image PNG, or --list-samplers)")

@@ -25,6 +25,34 @@ def shared_path(spec: str | None) -> str | None:
     return path.relative_to(here).as_posix() or "." if here in path.parents or path == here else recorded_path(path)
 
 
+def _found(recorded: str, image: Path) -> str:
+    """A path ``shared_path`` wrote relative to the folder the image was made in: as it stands where it
+    exists from here, else from the image's folder or the nearest folder above it where it exists
+    (images are mostly written below the folder they were made in), else as it stands."""
+    path = Path(recorded)
+    if path.is_absolute() or recorded.startswith("~") or path.exists():
+        return recorded
+    for folder in Path(image).expanduser().resolve().parents:
+        if (folder / path).exists():
+            return str(folder / path)
+    return recorded
+
+
+def located(info: dict, image: str | Path) -> dict:
+    """``info`` (a parsed infotext) with its recorded relative paths found from wherever the replay runs."""
+    out = dict(info)
+    for key in ("Model path", "VAE path", "Model config"):
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = _found(out[key], Path(image))
+    try:
+        loras = json.loads(out["Lora paths"]) if out.get("Lora paths") else None
+    except ValueError:
+        loras = None
+    if isinstance(loras, dict):
+        out["Lora paths"] = json.dumps({k: _found(str(v), Path(image)) for k, v in loras.items()}, ensure_ascii=False)
+    return out
+
+
 def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPipeline,
                     loras: list[tuple[LoraFile, float]], img2img: bool, batch: str | None = None,
                     precision: str | None = None) -> dict:
