@@ -57,6 +57,9 @@ def test_kohya_file_round_trips_through_diffusers(family, tiny_sdxl, tiny_sd1, s
     downs = [k for k in kohya if k.endswith(".lora_down.weight")]
     assert downs and all(k.replace(".lora_down.weight", ".alpha") in kohya for k in downs)
     assert all(k.replace(".lora_down.weight", ".lora_up.weight") in kohya for k in downs)
+    # kohya's SD1/SD2 UNet (sd-scripts' original_unet.py) keeps diffusers' module names; SDXL's is SGM's
+    blocks = ("input_blocks", "middle_block", "output_blocks") if family == "sdxl" else ("down_blocks", "mid_block", "up_blocks")
+    assert all(k.startswith(tuple(f"lora_unet_{b}_" for b in blocks)) for k in downs if k.startswith("lora_unet_"))
     te_keys = [k for k in downs if k.startswith("lora_te")]
     assert te_keys and all("_text_model_encoder_layers_" in k for k in te_keys)   # A1111/kohya module names
     pipe = _xl(base) if family == "sdxl" else __import__("test_train")._pipe(base)
@@ -68,6 +71,38 @@ def test_kohya_file_round_trips_through_diffusers(family, tiny_sdxl, tiny_sd1, s
     via_kohya = _image(pipe)
     assert np.abs(via_diffusers - before).max() > 1e-3
     np.testing.assert_allclose(via_kohya, via_diffusers, atol=1e-5)
+
+
+def test_sdxl_kohya_file_names_the_unet_as_kohya_does(tiny_sdxl, sdxl_lora):
+    """kohya names an SDXL LoRA's layers after Stability's original UNet (sd-scripts' sdxl_original_unet.py;
+    its sdxl_merge_lora.py looks them up as they are). Checked against diffusers' own SGM -> diffusers
+    mapping of kohya names, not ours: each name must lead to the diffusers layer holding those weights."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+    kohya = load_file(str(sdxl_lora / f"{sdxl_lora.name}.safetensors"))
+    unet = {k: v for k, v in kohya.items() if k.startswith("lora_unet_")}
+    assert not [k for k in unet if any(p in k for p in ("down_blocks", "mid_block", "up_blocks"))]
+    # as in kohya's SDXL files (the tiny model has SDXL's block layout: 3 levels, 2 layers, none at the top)
+    assert {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight",
+            "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k.alpha",
+            "lora_unet_output_blocks_0_1_transformer_blocks_0_attn1_to_out_0.lora_up.weight"} <= set(unet)
+    config = SimpleNamespace(**UNet2DConditionModel.load_config(tiny_sdxl / "unet"))
+    mapped = _maybe_map_sgm_blocks_to_diffusers(dict(unet), config)
+    trained = load_file(str(sdxl_lora / "pytorch_lora_weights.safetensors"))      # diffusers names, ".lora.down.weight"
+    expected = {"lora_unet_" + k.removeprefix("unet.").removesuffix(".lora.down.weight").replace(".", "_"): v
+                for k, v in trained.items() if k.startswith("unet.") and k.endswith(".lora.down.weight")}
+    # (diffusers renumbers the blocks there, and renames input_blocks/middle_block/output_blocks next)
+    renames = {"_input_blocks_": "_down_blocks_", "_middle_block_": "_mid_block_", "_output_blocks_": "_up_blocks_"}
+    downs = {}
+    for key, value in mapped.items():
+        if key.endswith(".lora_down.weight"):
+            for old, new in renames.items():
+                key = key.replace(old, new)
+            downs[key.removesuffix(".lora_down.weight")] = value
+    assert downs.keys() == expected.keys()
+    assert all(torch.equal(downs[k], expected[k]) for k in expected)
 
 
 def test_sdxl_full_with_both_text_encoders(tiny_sdxl, dog_photos, tmp_path):

@@ -2,10 +2,13 @@
 
 The diffusers file (``pytorch_lora_weights.safetensors``) is what ``pipe.load_lora_weights(dir)``
 reads; adapter metadata carries alpha so a rank/alpha scale other than 1 survives. The kohya file
-uses the names A1111, ComfyUI and kohya's tools read: ``lora_unet_<module path with _>``,
-``lora_te_`` (SD1/SD2) or ``lora_te1_``/``lora_te2_`` (SDXL), ``.lora_down``/``.lora_up`` weights
-and one ``.alpha`` scalar per module. We write the kohya names ourselves (a table of one rule) and
-test the round trip through diffusers' own loader rather than trusting a converter.
+uses the names kohya's scripts give their layers, which A1111 and ComfyUI read: ``lora_unet_<module
+path with _>``, ``lora_te_`` (SD1/SD2) or ``lora_te1_``/``lora_te2_`` (SDXL), ``.lora_down``/``.lora_up``
+weights and one ``.alpha`` scalar per module. kohya trains SD1/SD2 on a UNet with diffusers' module
+names (``down_blocks_1_attentions_0_...``) but SDXL on Stability's original one (SGM:
+``input_blocks_4_1_...``, ``middle_block_1_...``, ``output_blocks_0_1_...``), and its SDXL tools
+(``sdxl_merge_lora.py``) look those names up as they are: SDXL files get SGM names. The round trip
+through diffusers' own loader is tested rather than trusting a converter.
 """
 from __future__ import annotations
 
@@ -71,19 +74,57 @@ def kohya_prefix(component: str, family: str) -> str:
     return "lora_te1" if family == "sdxl" else "lora_te"
 
 
+def sgm_module_names(modules, unet_config) -> dict[str, str]:
+    """Diffusers UNet module paths -> their SGM paths (``down_blocks.1.attentions.0.x`` ->
+    ``input_blocks.4.1.x``), by the block numbering of the single-file export."""
+    from .single_file import _apply_prefixes, unet_key_map
+    mapped = _apply_prefixes({f"{m}.weight": m for m in modules}, unet_key_map(unet_config), "UNet LoRA")
+    return {m: key.removeprefix("model.diffusion_model.").removesuffix(".weight") for key, m in mapped.items()}
+
+
+def kohya_tensors(component: str, state: dict[str, torch.Tensor], alpha: float, family: str, unet_config=None,
+                  dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """kohya/A1111 names for a component's peft state dict (``...to_q.lora_A.weight``): down/up weights
+    and the alpha scalar. The UNet of SDXL under SGM names where ``unet_config`` is given."""
+    modules = {key.rsplit(".lora_", 1)[0] for key in state}
+    renamed = sgm_module_names(modules, unet_config) if component == "unet" and family == "sdxl" \
+        and unet_config is not None else {}
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module, kind = key.rsplit(".lora_", 1)          # "...to_q", "A.weight"
+        path = renamed.get(module, module)
+        if component != "unet" and not path.startswith("text_model."):
+            path = "text_model." + path                  # transformers 5 dropped this level; kohya names keep it
+        name = f"{kohya_prefix(component, family)}_{path.replace('.', '_')}"
+        out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.to(dtype).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    return out
+
+
 def to_kohya(components: dict[str, torch.nn.Module], family: str, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """kohya/A1111 names for every adapted module: down/up weights and the alpha scalar."""
     out: dict[str, torch.Tensor] = {}
     for component, model in components.items():
-        alpha = float(adapter_metadata(model)["lora_alpha"])
-        prefix = kohya_prefix(component, family)
-        for key, tensor in adapter_state_dict(model).items():
-            module, kind = key.rsplit(".lora_", 1)          # "...to_q", "A.weight"
-            if component != "unet" and not module.startswith("text_model."):
-                module = "text_model." + module              # transformers 5 dropped this level; kohya names keep it
-            name = f"{prefix}_{module.replace('.', '_')}"
-            out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.to(dtype).contiguous()
-            out[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
+        out.update(kohya_tensors(component, adapter_state_dict(model), float(adapter_metadata(model)["lora_alpha"]),
+                                 family, getattr(model, "config", None), dtype))
+    return out
+
+
+def checkpoint_kohya(weights: dict[str, torch.Tensor], alpha: float, family: str, unet_config=None,
+                     dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """A LoRA run's checkpoint weights (``unet.<module>.lora_A.<adapter>.weight``: the trainer's models'
+    own parameter names, which no loader reads and which carry no alpha) as a kohya file's tensors."""
+    import re
+    components: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in weights.items():
+        component, _, rest = key.partition(".")
+        found = re.fullmatch(r"(.+)\.lora_([AB])\.[^.]+\.weight", rest)
+        if found is None:
+            raise ValueError(f"{key}: not a LoRA adapter's weight")
+        components.setdefault(component, {})[f"{found[1]}.lora_{found[2]}.weight"] = tensor
+    out: dict[str, torch.Tensor] = {}
+    for component, state in components.items():
+        out.update(kohya_tensors(component, state, alpha, family, unet_config, dtype))
     return out
 
 
@@ -137,10 +178,14 @@ def modelspec_metadata(family: str, prediction_type: str, title: str, resolution
 
 def save_kohya_lora(path: Path, components: dict[str, torch.nn.Module], family: str, metadata: dict[str, str],
                     dtype=torch.float32) -> Path:
-    """Write the adapters in kohya/A1111 key format with ``metadata`` (see ``kohya_metadata``), and
-    the hashes kohya precomputes: ``sshs_model_hash`` (sha256 of the tensor data, A1111's LoRA hash,
-    which it then takes from here instead of reading the file) and ``sshs_legacy_hash``."""
-    tensors = to_kohya(components, family, dtype)
+    """Write the adapters in kohya/A1111 key format with ``metadata`` (see ``kohya_metadata``)."""
+    return write_kohya_file(path, to_kohya(components, family, dtype), metadata)
+
+
+def write_kohya_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """``tensors`` with ``metadata`` and the hashes kohya precomputes: ``sshs_model_hash`` (sha256 of the
+    tensor data, A1111's LoRA hash, which it then takes from here instead of reading the file) and
+    ``sshs_legacy_hash``."""
     serialized = save(tensors, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
     data_start = 8 + int.from_bytes(serialized[:8], "little")     # the tensor data: the same whatever the header
     hashes = {"sshs_model_hash": hashlib.sha256(serialized[data_start:]).hexdigest(),

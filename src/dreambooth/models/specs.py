@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..outputs import LORA_WEIGHTS_FILE, TRAINING_ARGS_FILE
+from ..outputs import LORA_WEIGHTS_FILE, TRAINING_ARGS_FILE, checkpoint_step
+
+CHECKPOINT_WEIGHTS = "trainable.safetensors"      # a training checkpoint's trained weights (training/checkpoint.py)
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "toy_model"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -71,6 +73,11 @@ def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
         if is_lora_output(path):
             raise UserError(f"{flag} {spec}: a LoRA training output, not a model; give its base model "
                             f"({training_args(path, flag).get('model', '?')}) here, or --resume to go on training it")
+        if (method := checkpoint_method(path)) is not None:
+            raise UserError(f"{flag} {spec}: a training checkpoint (state to go on training from: `dreambooth train "
+                            f"--resume {spec}` with the run's settings), not a model; "
+                            + (f"its LoRA at that step loads as --model BASE --lora {spec}" if method == "lora" else
+                               "the run's output folder is the model once the run has finished"))
         raise UserError(f"{flag} {spec}: folder has no model_index.json; give a diffusers pipeline folder, "
                         "a .safetensors/.ckpt file or a hub id")
     if path.is_file():
@@ -117,6 +124,19 @@ def is_lora_output(path: str | Path) -> bool:
     path = Path(path).expanduser()
     return (path.is_dir() and not (path / "model_index.json").exists()
             and (path / LORA_WEIGHTS_FILE).exists() and (path / TRAINING_ARGS_FILE).exists())
+
+
+def checkpoint_method(path: str | Path) -> str | None:
+    """The ``--method`` ("lora", "full") of the run whose training checkpoint (``checkpoints/checkpoint-N``)
+    ``path`` is; None for anything else ("?" where its settings.json cannot be read)."""
+    path = Path(path).expanduser()
+    if checkpoint_step(path) is None or not (path / CHECKPOINT_WEIGHTS).is_file():
+        return None
+    try:
+        method = json.loads((path / "settings.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        return "?"
+    return method if isinstance(method, str) else "?"
 
 
 def training_args(folder: str | Path, flag: str = "--model") -> dict:
