@@ -81,3 +81,20 @@ def test_checkpoints_that_are_no_lora_say_what_they_are(lora_run, tmp_path):
         lora_from_path(str(full))
     with pytest.raises(UserError, match=r"^--model .*: a training checkpoint .*the run's output folder is the model"):
         resolve_model(str(full))
+
+
+def test_an_image_that_comes_out_nan_is_a_one_line_error(tiny_sd1, tmp_path):
+    """A NaN image (a LoRA that does not fit, a VAE overflowing in fp16) was written as a black PNG in
+    silence; it is said instead, and nothing is written."""
+    import torch
+
+    from dreambooth.errors import UserError
+    from dreambooth.generation.params import GenerationParams
+    from dreambooth.generation.pipeline import load_generation_pipeline
+    from dreambooth.generation.sampling import generate
+    pipe = load_generation_pipeline(str(tiny_sd1), device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        next(pipe.pipe.vae.decoder.parameters()).fill_(float("nan"))
+    with pytest.raises(UserError, match="the image came out NaN"):
+        generate(pipe, GenerationParams("a dog", steps=1, width=32, height=32, seed=1), tmp_path / "out")
+    assert not list((tmp_path).rglob("*.png"))

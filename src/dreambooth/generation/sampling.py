@@ -29,7 +29,7 @@ from PIL import Image
 
 from .. import progress
 from ..devices import PRECISIONS
-from ..errors import file_operation
+from ..errors import UserError, file_operation
 from ..images import as_image, write_png
 from ..models.conv_layout import channels_last_convs
 from ..models.lean_ops import lean_ops
@@ -274,7 +274,7 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
                 channels_last_convs(runner.vae, prepack=False), _without_grad(runner.unet), \
                 pipeline.turns_inside(runner), one_image_at_a_time(runner.vae), \
                 latent_fill(runner, params, mask, seeds), stoppable_within_steps(runner.unet, stop), \
-                composing(runner.unet, conditioning, n, state):
+                composing(runner.unet, conditioning, n, state), finite_images(runner):
             if autocast is None and not keep_latents:
                 return runner(**call).images
             with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
@@ -339,6 +339,28 @@ def _without_grad(unet):
 def unscaled(vae, latents: torch.Tensor) -> torch.Tensor:
     """The sampler's latents (scaled for the UNet) as the VAE's decoder takes them."""
     return latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+@contextlib.contextmanager
+def finite_images(pipe):
+    """Within: an image that came out NaN or infinite (a black picture once saved) is a one-line error,
+    not a PNG: every image of a call passes the pipeline's ``postprocess``, diffusers' and ``decode``'s."""
+    processor = pipe.image_processor
+    postprocess, own = processor.postprocess, processor.__dict__.get("postprocess")
+
+    def checked(image, *args, **kwargs):
+        if torch.is_tensor(image) and not torch.isfinite(image).all():
+            raise UserError("the image came out NaN (it would be black): a LoRA that does not fit this model, or a VAE "
+                            "that overflows at this precision (try --dtype fp32, or an fp16-fix VAE)")
+        return postprocess(image, *args, **kwargs)
+    processor.postprocess = checked
+    try:
+        yield
+    finally:
+        if own is not None:
+            processor.postprocess = own
+        else:
+            del processor.postprocess
 
 
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
