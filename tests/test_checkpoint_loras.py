@@ -64,13 +64,15 @@ def test_checkpoints_that_are_no_lora_say_what_they_are(lora_run, tmp_path):
     # a run still going (or stopped) has written no training_args.json yet: no alpha to load it with
     unfinished = tmp_path / "going" / "checkpoints" / "checkpoint-000002"
     shutil.copytree(checkpoint, unfinished)
+    settings = json.loads((unfinished / "settings.json").read_text())      # a checkpoint records its alpha ...
+    assert settings["alpha"] == 2.0
+    kohya = load_file(str(lora_from_path(str(unfinished)).load))           # ... so an unfinished run's loads
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
+    del settings["alpha"]                   # one of an older version, of a run still going: no alpha anywhere
+    (unfinished / "settings.json").write_text(json.dumps(settings))
+    (unfinished / "manifest.json").unlink()
     with pytest.raises(UserError, match=r"^--lora .*: a LoRA run's checkpoint whose alpha is not recorded yet"):
         lora_from_path(str(unfinished))
-    settings = json.loads((unfinished / "settings.json").read_text())      # one that records its alpha loads
-    (unfinished / "settings.json").write_text(json.dumps({**settings, "alpha": 1.0}))
-    (unfinished / "manifest.json").unlink()
-    kohya = load_file(str(lora_from_path(str(unfinished)).load))
-    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {1.0}
     # a full run's checkpoint is state to resume, no LoRA and no model
     full = tmp_path / "full" / "checkpoints" / "checkpoint-000002"
     shutil.copytree(checkpoint, full)

@@ -107,8 +107,8 @@ def test_captions_only_when_asked(tmp_path):
     (tmp_path / "a.txt").unlink()
     warnings = []
     assert load_examples(tmp_path, "default", 32, captions=True, warn=warnings.append)[0].prompt == "default"
-    assert warnings == [f"--captions: no caption file (NAME.txt beside NAME.jpg) in {tmp_path}; every photo is "
-                        "trained with --instance-prompt"]
+    assert warnings == [f"--captions: no caption file (NAME.txt or NAME.caption beside NAME.jpg) in {tmp_path}; every "
+                        "photo is trained with --instance-prompt"]
 
 
 def test_captions_as_editors_save_them(tmp_path):

@@ -42,10 +42,11 @@ class RateColumn(ProgressColumn):
 
 
 class FieldsColumn(ProgressColumn):
-    """The numbers a task reports beside its count (``loss 0.1234``)."""
+    """The numbers a task reports beside its count (``loss 0.1234``); none before the first (training
+    starts its bar with a NaN loss, which is no loss yet)."""
 
     def render(self, task) -> Text:
-        shown = [f"{k} {v:.4f}" for k, v in task.fields.items() if k == "loss" and isinstance(v, float)]
+        shown = [f"{k} {v:.4f}" for k, v in task.fields.items() if k == "loss" and isinstance(v, float) and v == v]
         return Text("  ".join(shown))
 
 

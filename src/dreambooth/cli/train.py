@@ -45,7 +45,29 @@ def _option(f):
     if typ is bool:
         return click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=help_text)
     ptype = click.Choice(meta["choices"]) if "choices" in meta else {int: int, float: float}.get(typ, str)
+    if f.name == "resolution":
+        ptype = Side()
     return click.option(name, f.name, type=ptype, default=None, multiple=is_list, help=help_text)
+
+
+class Side(click.ParamType):
+    """--resolution: one whole number, the side of the square pictures training sees (kohya and the
+    WebUI take 512,512 or 512x768; here there are no aspect-ratio buckets, docs/training.md)."""
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            sides = [s.strip() for s in str(value).replace("x", ",").split(",")]
+            if len(sides) == 2 and all(s.isdigit() for s in sides):
+                square = sides[0] == sides[1]
+                self.fail(f"{value}: one number, the side of the square pictures training sees; give --resolution "
+                          f"{min(sides, key=int)}" + ("" if square else " (photos of other shapes train on square crops)"),
+                          param, ctx)
+            self.fail(f"{value!r} is not a whole number", param, ctx)
 
 
 def _with_config_options(fn):

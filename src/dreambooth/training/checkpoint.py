@@ -33,7 +33,9 @@ from .. import progress
 from ..errors import UserError
 from ..models.tokens import identifier_words, trained_identifier_words
 from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
+from .checkpoint_names import resume_folder
 from .processes import ProcessLost, peer_gone
+from .schedule_resume import SCHEDULE_SETTINGS, schedule_change
 from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
@@ -46,6 +48,8 @@ SETTINGS_BEFORE = {"clip_skip": 1}     # what a checkpoint written before a sett
 EXACT_SETTINGS = ("instance_dir", "instance_prompt", "class_prompt", "resolution", "seed", "batch_size",
                   "gradient_accumulation", "learning_rate", "lr_scheduler", "center_crop", "random_flip",
                   "prior_loss_weight", "mixed_precision")
+# and what a LoRA run's checkpoint needs to load as a LoRA on its own (generation/loras.checkpoint_lora)
+RECORDED_SETTINGS = SHAPE_SETTINGS + EXACT_SETTINGS + SCHEDULE_SETTINGS + ("alpha",)    # a checkpoint's settings.json
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -53,9 +57,10 @@ def checkpoint_dir(output: Path) -> Path:
 
 
 @contextlib.contextmanager
-def interruptible(output: Path, step: Callable[[], int]):
+def interruptible(output: Path, step: Callable[[], int], every: tuple[int, int] = (0, 0)):
     """Ctrl-C becomes a TrainingInterrupted that names the last checkpoint (the CLI prints how to resume),
-    and so does, as a ProcessLost, another process of the run stopping."""
+    or when the first comes (``every``: --checkpoint-every, --max-steps), and so does, as a ProcessLost,
+    another process of the run stopping."""
     try:
         yield
     except (KeyboardInterrupt, RuntimeError) as exc:
@@ -63,7 +68,7 @@ def interruptible(output: Path, step: Callable[[], int]):
             raise
         found = list_checkpoints(output)
         ctrl_c = isinstance(exc, KeyboardInterrupt)
-        raise (TrainingInterrupted if ctrl_c else ProcessLost)(step(), found[-1] if found else None) \
+        raise (TrainingInterrupted if ctrl_c else ProcessLost)(step(), found[-1] if found else None, every) \
             from (None if ctrl_c else exc)          # (--debug shows the backend's error a lost peer left)
 
 
@@ -183,9 +188,7 @@ def _found_checkpoint(resume: str, output: Path) -> Path:
             progress.warn(f"--resume latest: skipping {path}, which is damaged ({why})")
         raise UserError(f"--resume latest: every checkpoint in {checkpoint_dir(output)} is damaged; "
                         "start again without --resume")
-    path = Path(resume).expanduser()
-    if not path.exists():
-        raise UserError(f"--resume {resume}: no such folder; use a checkpoints/checkpoint-N folder or 'latest'")
+    path = resume_folder(resume, output)      # checkpoint-80: OUTPUT/checkpoints/checkpoint-000080
     if not path.is_dir() or not any((path / name).exists() for name in FILES):
         raise UserError(f"--resume {resume}: not a checkpoint folder (no state.pt); use a checkpoints/checkpoint-N "
                         "folder or 'latest'")
@@ -378,6 +381,9 @@ def resume_run(run, path: Path) -> None:
         run.config = run.config.replace(seed=saved["seed"])
     changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
                if key in saved and str(saved[key]) != str(getattr(run.config, key))]
+    rates = state["lr_scheduler"].get("_last_lr"), scheduler.get_last_lr()       # at this step: the old rule's, the new
+    if note := schedule_change(saved, run.config, run.step, *rates):
+        warn(note)
     if changed:
         warn(f"--resume: this run's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the "
              "checkpoint's: training goes on from it, but not exactly as the run would have without the interruption")

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..outputs import TRAINING_ARGS_FILE
 from ..generation.params import RANGES, GenerationParams
 from .config_files import did_you_mean, read_settings, without_removed
+from .peer_names import setting_hint
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 METHODS = ("full", "lora")
@@ -50,7 +51,7 @@ class TrainConfig:
     # --- data ----------------------------------------------------------------------------
     instance_dir: str | None = _opt(None, "Folder of 3-20 photos of the subject (jpg, jpeg, png, webp, bmp, tif, tiff; avif where Pillow reads it).", group="data")
     instance_prompt: str | None = _opt(None, "Prompt naming the subject with a rare identifier, e.g. 'a photo of sks dog'.", group="data")
-    captions: bool = _opt(False, "Use name.txt beside name.jpg as that image's prompt.", group="data")
+    captions: bool = _opt(False, "Use name.txt (or kohya's name.caption) beside name.jpg as that image's prompt.", group="data")
     resolution: int | None = _opt(None, "Training size in pixels, a multiple of 8 (default: the model's own sample size, e.g. 512 SD1.5, 768 SD2.1, 1024 SDXL; at most 1024 for SD1 and SD2, 2048 for SDXL).", group="data", low=8, high=MAX_RESOLUTION)
     center_crop: bool = _opt(False, "Centre-crop instead of a random crop.", group="data")
     random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
@@ -110,7 +111,7 @@ class TrainConfig:
     export_single_file: bool = _opt(False, "Full: also write one A1111/ComfyUI .safetensors checkpoint.", group="output")
     checkpoint_every: int = _opt(0, "Save a resumable checkpoint every N steps and at the last (0: never).", group="output", low=0, high=10_000_000)
     keep_checkpoints: int = _opt(2, "How many checkpoints to keep (0: all).", group="output", low=0, high=1_000_000)
-    resume: str | None = _opt(None, "Resume from a checkpoint folder, or 'latest' in OUTPUT/checkpoints.", group="output")
+    resume: str | None = _opt(None, "Resume from a checkpoint folder, 'latest' in OUTPUT/checkpoints, or a checkpoint's name there (checkpoint-80).", group="output")
     # --- validation ---------------------------------------------------------------------------
     validate_every: int = _opt(0, "Generate validation images every N steps (0: never).", group="validation", low=0, high=10_000_000)
     validation_prompts: list[str] | None = _opt(None, "Validation prompts (default: the subject in a few contexts + the class).", group="validation", multiple=True)
@@ -336,7 +337,7 @@ def load_preset(path_or_name: str) -> dict[str, Any]:
         if record and name in RUN_RECORD:
             continue        # a finished run's record as a preset: its settings, not what it did or was asked once
         if name not in known:
-            raise UserError(f"--config {path}: unknown setting '{key}'{did_you_mean(name, known)}")
+            raise UserError(f"--config {path}: unknown setting '{key}'{setting_hint(name) or did_you_mean(name, known)}")
         if name in seen:
             raise UserError(f"--config {path}: '{name}' is given twice (as '{key}' too); keep one")
         seen.add(name)

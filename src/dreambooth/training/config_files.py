@@ -7,6 +7,7 @@ the user never chose its keys) it is left out, with one warning where it did som
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,11 +40,26 @@ def _mapping_of_unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, dee
 _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_of_unique_keys)
 
 
+# kohya's configs are TOML: 'key = value' lines and [sections], which YAML reads as one string or fails on
+TOML_LINE = re.compile(r"^\s*(\[\[?[\w.\" -]+\]\]?|[\w.\"-]+\s*=\s*\S.*)$")
+NOT_TOML = ("TOML (kohya's sd-scripts' configs) is not read: write the settings as YAML, one 'setting: value' per "
+            "line with dreambooth train's names (network_dim is rank, train_data_dir the photo folder instance_dir), "
+            "or give them as flags")
+
+
 def read_settings(path: Path) -> dict:
     """A settings file's mapping (empty for an empty file); a one-line error naming the file otherwise."""
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--config {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    toml = path.suffix.lower() == ".toml" or (lines and all(TOML_LINE.match(line) for line in lines))
+    if toml:
+        raise UserError(f"--config {path}: {NOT_TOML}")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeys) or {}
+    except yaml.YAMLError as exc:
         raise UserError(f"--config {path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a mapping of setting: value")

@@ -27,9 +27,11 @@ from ..images import (IMAGE_SUFFIXES, MASK_SUFFIX, MAX_ASPECT, UNREAD_SUFFIXES, 
                       open_image, unread_formats)
 from ..text_files import decode_text
 from .masks import load_mask
+from .photo_notes import photo_notes
 
 log = logging.getLogger("dreambooth")
 MANY_PHOTOS = 100      # DreamBooth teaches a subject from 3-20 photos; far more is likely another folder or task
+CAPTION_SUFFIXES = (".txt", ".caption")      # .caption: kohya's default caption extension; .txt wins beside it
 
 
 @dataclass
@@ -90,12 +92,13 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
     # --captions would otherwise print 20)
-    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike, unread = ([] for _ in range(9))
+    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike, unread, shadowed = ([] for _ in range(10))
     # (path, detail); captions are the photos' (class images are trained with --class-prompt)
     caption_use = "only with --captions" if flag != "--class-dir" else "for the photos only, with --captions"
     files = list_files(folder, flag)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
-    caption_files = {p.stem: p for p in files if p.suffix.lower() == ".txt"}       # NAME.txt or NAME.TXT
+    caption_files = {p.stem: p for p in sorted(files, key=lambda p: p.suffix.lower() == ".txt")   # NAME.txt last: kept
+                     if p.suffix.lower() in CAPTION_SUFFIXES}          # NAME.txt, NAME.TXT or NAME.caption
     for path in files:
         if is_mask_file(path):          # never a photo of its own
             if not masks:
@@ -106,9 +109,11 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
         if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.lower().endswith(("_mask", "-mask", ".mask")):
             masklike.append((path, ""))        # trained as a photo, as named; masks are NAME.mask.png
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            if path.suffix.lower() == ".txt" and path.stem in image_stems:
+            if path.suffix.lower() in CAPTION_SUFFIXES and path.stem in image_stems:
                 if not captions:
                     unused_captions.append((path, ""))
+                elif caption_files[path.stem] != path:
+                    shadowed.append((path, ""))
             elif path.suffix.lower() in UNREAD_SUFFIXES:
                 unread.append(path.name)        # pictures (HEIC from a phone): said with what to do
             else:
@@ -151,6 +156,9 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                                     "--masked-loss)",
              lambda n, names: f"{n} files in {folder} are named like masks but trained as photos ({names}); a mask is "
                               "NAME.mask.png, with --masked-loss"),
+            (shadowed, lambda p, _: f"ignoring {p}: the {p.stem}.txt beside it is its photo's caption",
+             lambda n, names: f"ignoring {n} .caption files in {folder} ({names}): the NAME.txt beside each is its "
+                              "photo's caption"),
             (not_images, lambda p, _: f"skipping {p}: not an image ({suffixes})",
              lambda n, names: f"skipping {n} files in {folder} that are not images ({names}; images are {suffixes})"),
             (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; {a_picture} at least "
@@ -175,11 +183,10 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
              "many each is seen only a few times in --max-steps (check that the folder is the one meant, or raise "
              "--max-steps)")
     if captions and flag == "--instance-dir" and examples and not caption_files:
-        warn(f"--captions: no caption file (NAME.txt beside NAME.jpg) in {folder}; every photo is trained with "
+        warn(f"--captions: no caption file (NAME.txt or NAME.caption beside NAME.jpg) in {folder}; every photo is trained with "
              "--instance-prompt")
     if not examples:
-        inner = sorted(d for d in Path(folder).expanduser().iterdir() if d.is_dir()
-                       and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
+        inner = image_subfolders(folder)
         hint = f"; its sub-folders are not read: give one, e.g. {flag} '{inner[0]}'" if inner else ""
         raise UserError(f"{flag} {folder}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)}){hint}")
     if masks:
@@ -191,6 +198,12 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             warn(f"--masked-loss: no photo in {folder} has an alpha channel or a NAME{MASK_SUFFIX} beside it; "
                  "every pixel counts")
     return examples
+
+
+def image_subfolders(folder: str | Path) -> list[Path]:
+    """The sub-folders of ``folder`` with images in them (kohya's ``img/10_sks dog``), which are not read."""
+    return sorted(d for d in Path(folder).expanduser().iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
 
 
 def draw_crop(example: Example, size: int, center: bool, flip: bool, gen: torch.Generator) -> tuple[tuple[int, int], bool]:
@@ -280,6 +293,8 @@ class ExampleStream:
             (warn or progress.warn)(f"{batch} is more than the {len(instance)} photo(s): every batch shows a photo "
                                     "more than once (in other crops, with other noise); give more photos or a smaller "
                                     "--batch-size" + (" or fewer processes" if shard[1] > 1 else ""))
+        for note in photo_notes(instance, size, center_crop) if shard[0] == 0 else ():
+            (warn or progress.warn)(note)
         self.shard = shard
         self.batch_size, self.size = batch_size, size
         self.center_crop, self.random_flip = center_crop, random_flip

@@ -32,7 +32,8 @@ from ..outputs import (CHECKPOINTS_DIR, CLASS_IMAGES_DIR, PREVIOUS_OUTPUT_DIR, T
                        check_output_folder, checkpoint_step, output_lock, release_lock, take_lock, within)
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .prior import class_folder, refuse_other_prompts
+from .data import image_subfolders
+from .prior import class_folder, existing_class_images, refuse_other_prompts
 from .trainables import EIGHT_BIT_WITHOUT_CUDA
 
 KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
@@ -54,6 +55,9 @@ def check_inputs(cfg: TrainConfig) -> None:
             raise UserError(f"--class-dir {classes}: {'is' if within(classes, photos) and within(photos, classes) else 'overlaps'}"
                             f" the photo folder (--instance-dir {photos}): the class images would mix with the photos; "
                             "give another folder (the default is OUTPUT/class_images)")
+        if classes.is_dir() and not existing_class_images(classes) and (inner := image_subfolders(classes)):
+            raise UserError(f"--class-dir {classes}: no image in it, only in its sub-folders, which are not read (the "
+                            f"class images would be made beside them); give one, e.g. --class-dir '{inner[0]}'")
         refuse_other_prompts(classes, cfg.class_prompt, cfg.model)
     if cfg.validate_every:       # models named explicitly must be there (the defaults may be missing: grids only)
         for flag, spec in (("--dino-model", cfg.dino_model), ("--clip-model", cfg.clip_model)):
@@ -82,11 +86,20 @@ def check_inputs(cfg: TrainConfig) -> None:
         if within(path, output):
             raise UserError(f"--output {output}: holds {flag} {path}, which --overwrite would delete; "
                             "write the model somewhere else")
-    foreign = not_written_by_training(output) if cfg.overwrite else []
+    # without --overwrite too (not resuming into it): "pass --overwrite" would only lead to this refusal
+    refuse_foreign(output, cfg.overwrite or not cfg.resume, cfg.overwrite)
+
+
+def refuse_foreign(output: Path, check: bool, overwrite: bool) -> None:
+    """An output holding what no training run wrote (other LoRAs, notes) is never replaced: a one-line
+    error naming it, and with no word of --overwrite unless it was given."""
+    foreign = not_written_by_training(output) if check else []
     if foreign:
         names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        raise UserError(f"--output {output}: holds what no training run wrote ({names}); --overwrite replaces only "
-                        "a training output (one with training_args.json): choose another --output, or move them away")
+        why = "--overwrite replaces only a training output (one with training_args.json)" if overwrite else \
+            "a run writes only into a new or empty folder, or a training output"
+        raise UserError(f"--output {output}: holds what no training run wrote ({names}); {why}: choose another "
+                        "--output, or move them away")
 
 
 # What an unfinished run leaves in its output before its model and training_args.json are written.
@@ -250,6 +263,7 @@ class OutputStage:
                             "--overwrite to replace it with this run's, or copy it elsewhere first")
         if entries and not own_resume:
             if not self.overwrite:
+                refuse_foreign(self.output, True, False)       # (resuming another run's checkpoint into it)
                 hint = " or --resume latest to continue" if ckpt.list_checkpoints(self.output) else ""
                 if hint and ckpt.finished_at(self.output) is not None:
                     hint = ", or --resume latest --max-steps MORE --overwrite to train it on"

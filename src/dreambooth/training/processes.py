@@ -24,10 +24,10 @@ PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pi
 class ProcessLost(UserError):
     """Another process of this run stopped (its own message says why); this one stops with it."""
 
-    def __init__(self, step: int, checkpoint: Path | None):
+    def __init__(self, step: int, checkpoint: Path | None, every: tuple[int, int] = (0, 0)):
         self.step, self.checkpoint = step, checkpoint
         super().__init__(f"training stopped at step {step}: another process of this run stopped (its message, "
-                         f"or the launcher's, says why); {last_checkpoint(checkpoint)}")
+                         f"or the launcher's, says why); {last_checkpoint(checkpoint, step, every)}")
 
 
 def peer_gone(exc: BaseException) -> bool:

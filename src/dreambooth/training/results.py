@@ -34,15 +34,20 @@ class TrainingStopped(UserError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: at which step, and the newest checkpoint (None: there is none)."""
 
-    def __init__(self, step: int, checkpoint: Path | None):
+    def __init__(self, step: int, checkpoint: Path | None, every: tuple[int, int] = (0, 0)):
         self.step, self.checkpoint = step, checkpoint
-        super().__init__(f"training interrupted at step {step}; {last_checkpoint(checkpoint)}")
+        super().__init__(f"training interrupted at step {step}; {last_checkpoint(checkpoint, step, every)}")
 
 
-def last_checkpoint(checkpoint: Path | None) -> str:
-    """Where a stopped run can be resumed from, in words."""
-    return f"the last checkpoint is {checkpoint}" if checkpoint else \
-        "no checkpoint had been written yet (--checkpoint-every N makes them)"
+def last_checkpoint(checkpoint: Path | None, step: int = 0, every: tuple[int, int] = (0, 0)) -> str:
+    """Where a stopped run can be resumed from, in words; ``every``: (--checkpoint-every, --max-steps),
+    to say when the first would have come where none was written yet."""
+    if checkpoint:
+        return f"the last checkpoint is {checkpoint}"
+    if not every[0]:
+        return "no checkpoint had been written yet (--checkpoint-every N makes them)"
+    first = min((step // every[0] + 1) * every[0], every[1] or step + every[0])
+    return f"no checkpoint had been written yet: the first comes at step {first} (--checkpoint-every {every[0]})"
 
 
 def peak_memory() -> int:

@@ -200,7 +200,7 @@ class Trainer:
         progress.warn(message)
 
     def settings(self) -> dict:
-        return {k: getattr(self.config, k) for k in ckpt.SHAPE_SETTINGS + ckpt.EXACT_SETTINGS}
+        return {k: getattr(self.config, k) for k in ckpt.RECORDED_SETTINGS}
 
     # ----- the math --------------------------------------------------------------------------
     def conditioning(self, prompts: list[str]):
@@ -273,7 +273,7 @@ class Trainer:
         lagged = cfg.gradient_accumulation == 1 and (inner := fused_adamw(self.optimizer)) is not None
         pending = None
         with progress.task("training", cfg.max_steps, completed=self.step, loss=float("nan")) as self._bar, \
-                ckpt.interruptible(self.output, lambda: self.step):
+                ckpt.interruptible(self.output, lambda: self.step, (cfg.checkpoint_every, cfg.max_steps)):
             while self.step + (pending is not None) < cfg.max_steps:
                 if self.stop_requested and pending is None and acc.sync_gradients:   # between two steps
                     raise TrainingInterrupted(self.step, self.save_checkpoint())
