@@ -165,3 +165,37 @@ def test_evaluate_names_an_upload_by_its_own_name_and_the_models_in_the_pages_wo
     message = str(caught.value)
     assert "DINO (facebook/dino-vits16)" in message and "`hf download facebook/dino-vits16`" in message
     assert "operator" in message and "--dino-model" not in message and "HF_HUB_OFFLINE" not in message
+
+
+def test_a_pasted_batch_image_gives_its_own_seed_its_batch_and_its_plot():
+    """As A1111 pastes: the image's own seed (not its batch's first) and the batch's size, ours
+    (``Batch: 2/2``) or A1111's (``Batch size: 2``), and an X/Y/Z plot's script and axes."""
+    from dreambooth.ui.pnginfo_tab import pasted
+    seed, batch, script, x, y = 8, 10, 11, 12, 13
+    ours = pasted("a dog\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 8, Size: 32x32, Batch: 2/2")
+    assert (ours[seed], ours[batch], ours[script]) == (8, 2, "None")
+    theirs = pasted('a dog\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 8, Size: 32x32, Batch size: 2, '
+                    'Batch pos: 1, Script: X/Y/Z plot, X Type: Sampler, X Values: "Euler a, DDIM"')
+    assert (theirs[seed], theirs[batch], theirs[script], theirs[x], theirs[y]) == \
+        (8, 2, "X/Y/Z plot", "Sampler: Euler a, DDIM", "")
+    assert pasted("a dog\nSteps: 3, Seed: 8, Size: 32x32")[batch] == 1
+
+
+def test_a_seed_past_64_bits_is_never_saved():
+    from dreambooth.ui.app import REMEMBERED, restored
+    from dreambooth.ui.numbers import seed_of, storable_seed
+    assert not storable_seed(10**20) and storable_seed(5) and storable_seed(1.5) and storable_seed(None)
+    with pytest.raises(UserError, match=r"^Seed 100000000000000000000: must be -1 \(random\) or from 0 to 4294967295$"):
+        seed_of(10**20)
+    assert restored({"seed": 10**20}, 32)[REMEMBERED.index("seed")] == {"__type__": "update"}
+
+
+def test_a_job_without_validation_is_said_not_an_empty_chart(tmp_path):
+    from dreambooth.server.jobs import JobStore
+    from dreambooth.ui.evaluate_tab import validation_curve
+    store = JobStore(tmp_path)
+    job = store.add({"instance_prompt": "a sks square", "model_spec": "toy", "overrides": {}, "name": "sq"}, "full", 6)
+    store.update(job.id, state="done")
+    points, message = validation_curve(store, job.id)
+    assert len(points) == 0 and "ran no validation" in message and "validate_every" in message
+    assert validation_curve(store, None)[1] == ""           # no job picked: the line (an old error) cleared

@@ -173,3 +173,110 @@ def test_a_switch_waits_for_the_generation_and_the_train_form_follows_the_model(
         generating.wait_for_function("document.querySelector('#train_steps input').value === '400'", timeout=30_000)
         generating.context.close()
         switching.context.close()
+
+
+def test_a_seed_past_64_bits_is_one_line_and_the_page_goes_on(page):
+    """gradio cannot write such a number back to the page (the saved settings): its stream broke."""
+    page.fill("#txt2img_prompt textarea", "a white circle")
+    number(page, "#txt2img_steps", 2)
+    number(page, "#txt2img_seed", "99999999999999999999")                # Enter: the saved settings too
+    page.click("#txt2img_generate")
+    toast(page, "must be -1 (random) or from 0 to 4294967295")
+    assert page.input_value("#txt2img_seed input") == "99999999999999999999"     # as typed, not reset
+    page.fill("#txt2img_seed input", "3")
+    page.click("#txt2img_generate")
+    done(page)
+
+
+def test_a_closed_tab_stops_its_generation_and_an_other_tab_sees_and_interrupts_a_run(browser, site):
+    app, url = site
+    engine, day = app.state.engine, time.strftime("%Y-%m-%d")
+    grids = Path(app.state.store.root).parent / "outputs" / "txt2img-grids" / day
+    before = set(grids.glob("*.png")) if grids.is_dir() else set()
+    first, second = open_tab(browser, url), open_tab(browser, url)
+    fill(first, "a red circle on a blue background", 5, **LONG)
+    number(first, "#txt2img_batch_size", 2)
+    first.click("#txt2img_generate")
+    first.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('ETA')", timeout=60_000)
+    started = engine.state.started
+    first.context.close()                                       # gone: its run ends at the next step
+    for _ in range(100):
+        if engine.state.started != started or not engine.state.job:
+            break
+        time.sleep(0.1)
+    assert not engine.state.job or engine.state.started != started
+    for _ in range(100):                                        # the grid of the images it made, as A1111
+        if set(grids.glob("*.png")) - before:
+            break
+        time.sleep(0.1)
+    assert len(set(grids.glob("*.png")) - before) == 1
+    third = open_tab(browser, url)                              # (as a page reloaded mid-run) a run it did not send:
+    fill(third, "a yellow cross on a black background", 6, **LONG)
+    number(third, "#txt2img_batch_count", 3)                    # ~45 s unless stopped
+    third.click("#txt2img_generate")
+    third.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('ETA')", timeout=60_000)
+    second.reload(wait_until="load")                            # (never idle: the run is streamed to it)
+    second.wait_for_selector("#txt2img_progress", timeout=30_000)
+    second.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('under way')",
+                             timeout=30_000)                    # shown, and its Interrupt stops it
+    second.click("#txt2img_interrupt")
+    done(third, timeout=20_000)
+    assert engine.state.job == ""
+    second.context.close()
+    third.context.close()
+
+
+def test_the_selected_image_and_the_grid_send_their_own_settings(page):
+    fill(page, "a white circle", 7, 2, 32)
+    number(page, "#txt2img_batch_size", 2)
+    page.click("#txt2img_generate")
+    done(page)
+    thumbnails = page.locator("#txt2img_gallery .thumbnail-item")
+    info = lambda: page.input_value("#txt2img_info textarea")          # noqa: E731
+    assert "Seed: 7," in info()                                          # the grid's (shown first)
+    thumbnails.nth(2).click()                                            # the second image of the batch
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 8,')",
+                           timeout=10_000)
+    page.click("#txt2img_send")                                          # its own seed, with its batch's size
+    page.wait_for_function("(document.querySelector('#img2img_seed input') || {}).value === '8'", timeout=30_000)
+    assert page.input_value("#img2img_batch_size input[type=number]") == "2"
+    page.click("button[role=tab][data-tab-id='txt2img']")
+    thumbnails.nth(0).click()                                            # the grid: its own infotext
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed: 7,')",
+                           timeout=10_000)
+    page.click("#txt2img_reuse_seed")
+    page.wait_for_function("document.querySelector('#txt2img_seed input').value === '7'", timeout=10_000)
+    number(page, "#txt2img_batch_size", 1)
+    page.click("text=Script")
+    page.click("#txt2img_script input")
+    page.click("[role=option]:has-text('X/Y/Z plot')")
+    page.fill("#txt2img_x textarea", "Steps: 1, 2")
+    page.click("#txt2img_generate")
+    done(page)
+    assert "Script: X/Y/Z plot, X Type: Steps" in info()                 # the plot's grid, as on disk
+
+
+def test_the_hires_fix_and_the_script_survive_a_reload(page):
+    page.click("text=Hires. fix")
+    page.check("#txt2img_enable_hr input")
+    number(page, "#txt2img_hires_steps", 3)
+    page.click("text=Script")
+    page.click("#txt2img_script input")
+    page.click("[role=option]:has-text('X/Y/Z plot')")
+    page.fill("#txt2img_x textarea", "Steps: 1, 2")
+    page.wait_for_timeout(1500)                                            # (saved in the browser's storage)
+    page.reload(wait_until="networkidle")
+    page.click("text=Hires. fix")
+    page.click("text=Script")
+    page.wait_for_function("(document.querySelector('#txt2img_x textarea') || {}).value === 'Steps: 1, 2'",
+                           timeout=10_000)
+    assert page.is_checked("#txt2img_enable_hr input")
+    assert page.input_value("#txt2img_hires_steps input[type=number]") == "3"
+    assert page.input_value("#txt2img_script input") == "X/Y/Z plot"
+
+
+def test_the_clip_skip_sliders_labels_fit_in_its_box(page):
+    inside = page.evaluate("""() => { const box = document.querySelector('#txt2img_clip_skip').getBoundingClientRect();
+        const label = document.querySelector('#txt2img_clip_skip .max_value').getBoundingClientRect();
+        return label.right <= box.right && label.left >= box.left; }""")
+    assert inside

@@ -20,8 +20,8 @@ from ..errors import UserError  # noqa: E402
 from ..models.specs import trained_clip_skip  # noqa: E402
 from . import evaluate_tab, generate_tab, pnginfo_tab, train_tab  # noqa: E402
 from .errors import ui_error  # noqa: E402
-from .numbers import fitted, keep_in_range  # noqa: E402
-from .pnginfo_tab import pasted, pasted_into  # noqa: E402
+from .numbers import fitted, keep_in_range, storable_seed  # noqa: E402
+from .pnginfo_tab import HIRES_CONTROLS, pasted, pasted_into  # noqa: E402
 
 # Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111.
 CTRL_ENTER = """
@@ -37,7 +37,7 @@ CTRL_ENTER = """
 }
 """
 REMEMBERED = ("prompt", "negative", "sampler", "schedule", "steps", "cfg", "width", "height", "batch_count",
-              "batch_size", "seed", "clip_skip")
+              "batch_size", "seed", "clip_skip", "script", "x", "y", "z", *HIRES_CONTROLS)
 
 
 def build(app) -> gr.Blocks:
@@ -139,16 +139,20 @@ def build(app) -> gr.Blocks:
         timer.tick(tick, outputs=[checkpoint, lora])
         lora.input(lambda name, prompt: (f"{prompt} <lora:{name}:1>".strip(), None), [lora, t2i.prompt], [t2i.prompt, lora])
 
-        def to_img2img(items, index_info):
+        def to_img2img(items, index):
+            """The selected image (the grid too, as A1111), else the first shown, whose settings the info shows."""
             if not items:
                 raise ui_error("Output: generate an image first")
-            path = items[-1][0] if len(items) == 1 else next((p for p, c in items if c == index_info), items[-1][0])
             from PIL import Image
-            image = Image.open(path)
+            image = Image.open(items[int(index) if index is not None and int(index) < len(items) else 0][0])
             return {"background": image, "layers": [], "composite": image}, gr.Tabs(selected="img2img")
-        send.click(to_img2img, [gallery, info], [extras["init"], tabs])
+        send.click(to_img2img, [gallery, t2i_extras["chosen"]], [extras["init"], tabs])
         # as the WebUI: the selected image's settings too, from its infotext
         send.click(lambda text: pasted(text) if text else [gr.update()] * len(pasted_into(i2i)), info, pasted_into(i2i))
+
+        for extra in (t2i_extras, extras):         # a run under way (another tab's, the API's) shown in each tab
+            ui.load(generate_tab.others_shown(engine), outputs=extra["progress"], concurrency_limit=None,
+                    show_progress="hidden")
 
         evaluate.select(evaluate_lists, outputs=evaluate_dropdowns)      # models and jobs finished since
         ui.load(lambda: evaluate_lists(loaded=True), outputs=evaluate_dropdowns)
@@ -156,14 +160,17 @@ def build(app) -> gr.Blocks:
         ui.load(**train_form)               # the Train form shows what the loaded model's job would train with
 
         # the last prompt and settings survive a reload; the size only under a model of the same size
-        fields = [getattr(t2i, name) for name in REMEMBERED]
+        fields = [t2i_extras[name] if name in t2i_extras else getattr(t2i, name) for name in REMEMBERED]
         ui.load(lambda data: restored(data, engine.pipeline.default_size[0]), saved, [*fields, i2i.width, i2i.height])
 
         def remember(data, *values):
             """Raw values (``preprocess=False``: gradio's range check would print a traceback in the log),
             kept as the sliders will hold them (``keep_in_range`` sets them and says so)."""
-            values = [fitted(c, v)[0] if isinstance(c, gr.Slider) else v for c, v in zip(fields, values)]
-            return {**(data or {}), **dict(zip(REMEMBERED, values)), "model_size": engine.pipeline.default_size[0]}
+            values = dict(zip(REMEMBERED, [fitted(c, v)[0] if isinstance(c, gr.Slider) else v
+                                           for c, v in zip(fields, values)]))
+            if not storable_seed(values["seed"]):          # refused by Generate, in one line; never saved
+                del values["seed"]
+            return {**(data or {}), **values, "model_size": engine.pipeline.default_size[0]}
         for component in fields:
             component.change(remember, [saved, *fields], saved, preprocess=False)
         sliders = [*vars(t2i).values(), *vars(i2i).values(), *t2i_extras.values(), *extras.values()]
@@ -176,6 +183,8 @@ def restored(data: dict | None, size: int) -> list:
     Height come back only if they were chosen under a model of the loaded one's own size; else they
     are that size (a 512 px image of the 32 px toy is slow noise)."""
     data = dict(data or {})
+    if not storable_seed(data.get("seed")):          # (saved before such seeds were kept out)
+        del data["seed"]
     if data.get("model_size") != size:
         data.update(width=size, height=size)
     return [*[gr.update(value=data[k]) if k in data else gr.update() for k in REMEMBERED],

@@ -139,15 +139,7 @@ def tab(engine: Engine, store, data_dir: Path):
     run.click(evaluate, [model, photos, class_name, kind, identifier, protocol, pres, per_prompt, steps],
               [message, metrics], show_progress="hidden")     # (the message line says it: no badge over it)
 
-    def validation_curve(job_id):
-        job = store.get(job_id) if job_id else None
-        if job is None:
-            return pd.DataFrame(columns=["step", "value", "metric"])
-        rows = read_metrics_csv(store.output(job) / "validation" / "metrics.csv")
-        return pd.DataFrame([{"step": r["step"], "value": r[k], "metric": k.upper().replace("_", "-")}
-                             for r in rows for k in ("dino", "clip_t") if r.get(k) is not None],
-                            columns=["step", "value", "metric"])
-    job.change(validation_curve, job, curve)
+    job.change(lambda job_id: validation_curve(store, job_id), job, [curve, message])
 
     def lists(loaded: bool = False):
         """``loaded``: the model picker shows the model loaded now (when the page loads; when the tab is
@@ -156,3 +148,19 @@ def tab(engine: Engine, store, data_dir: Path):
                             **({"value": engine.entry.title} if loaded else {})),
                 gr.Dropdown(choices=job_choices(store)))
     return lists, [model, job]
+
+
+def validation_curve(store, job_id):
+    """(the job's DINO and CLIP-T by step, the message line): a job without validation is said (not an
+    empty chart), and an earlier error on the line cleared."""
+    job = store.get(job_id) if job_id else None
+    if job is None:
+        return pd.DataFrame(columns=["step", "value", "metric"]), ""
+    rows = read_metrics_csv(store.output(job) / "validation" / "metrics.csv")
+    points = pd.DataFrame([{"step": r["step"], "value": r[k], "metric": k.upper().replace("_", "-")}
+                           for r in rows for k in ("dino", "clip_t") if r.get(k) is not None],
+                          columns=["step", "value", "metric"])
+    if len(points):
+        return points, ""
+    return points, (f"**{store.output(job).name}** ran no validation, so there is no curve: train with "
+                    "validate_every set in its overrides (Train tab, Advanced: validate every), e.g. 100")

@@ -14,7 +14,7 @@ import gradio as gr
 
 from .errors import ui_error
 from .numbers import seed_of
-from .running import Request, run
+from .running import Request, others_run, run
 
 from ..errors import UserError
 from ..generation.grammar import extract_loras
@@ -81,8 +81,9 @@ def controls(prefix: str, size: int = 512, below_prompts=None) -> Controls:
         seed = gr.Number(value=-1, label="Seed (-1: random)", elem_id=f"{prefix}_seed")    # as typed: numbers.seed_of
         random_seed = gr.Button("Random", size="sm", elem_id=f"{prefix}_random_seed")
         reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id=f"{prefix}_reuse_seed")
+        # wide enough for its range's labels ("12" was cut off at the box's edge)
         clip_skip = gr.Slider(*RANGES["clip_skip"], value=1, step=1, label="Clip skip (SD1)",
-                              elem_id=f"{prefix}_clip_skip")
+                              elem_id=f"{prefix}_clip_skip", min_width=260)
     with gr.Accordion("Script", open=False):
         script = gr.Dropdown(list(SCRIPTS), value="None", label="Script", elem_id=f"{prefix}_script")
         axes = ", ".join(a.label for a in AXES)
@@ -197,6 +198,11 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         except gr.Error as exc:        # the last run's images and info are not this one's: cleared
             yield [], None, f"**error**: {exc.message}", ""
             raise
+        except GeneratorExit:
+            # gradio closes the stream of a page that went (closed, reloaded): its run stops, so no one
+            # waits behind images no one will see. (Not Blocks.unload: its heartbeat never lets the page idle.)
+            request.stop("interrupt")
+            raise
         finally:
             with _requests_lock:
                 mine = REQUESTS.get(session.session_hash, set())
@@ -205,11 +211,14 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
                     REQUESTS.pop(session.session_hash, None)
 
     def stop(what: str, session: gr.Request) -> None:
-        """The page's Interrupt or Skip: its own requests alone (one still waiting is cancelled)."""
+        """The page's Interrupt or Skip: its own requests (one still waiting is cancelled); with none,
+        whatever runs, as A1111's (a run this page started before a reload, another tab's)."""
         with _requests_lock:
             mine = list(REQUESTS.get(session.session_hash, ()))
         for request in mine:
             request.stop(what)
+        if not mine:
+            stop_running(engine, what)
 
     def generate(request: Request, *values):
         base = values[:16]
@@ -251,12 +260,35 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
     interrupt.click(interrupt_own)
     skip.click(skip_own)
     c.reuse.click(last_seed, inputs=info, outputs=c.seed)
+    extras["progress"] = progress_text
+
+    # the image selected (its index): what Send to img2img sends; a new run's output selects none
+    chosen = gr.Number(None, visible=False, elem_id=f"{prefix}_chosen")
+    extras["chosen"] = chosen
 
     def selected(evt: gr.SelectData, items):
         caption = items[evt.index][1] if items and evt.index < len(items) else ""
-        return caption if caption != "grid" else ""
-    gallery.select(selected, inputs=gallery, outputs=info)
+        return caption or "", evt.index
+    gallery.select(selected, inputs=gallery, outputs=[info, chosen])
+    gallery.change(lambda: None, outputs=chosen)
     return c, gallery, info, extras, send
+
+
+def others_shown(engine: Engine):
+    """For the page's load: a generation under way that is not this page's, shown in its progress line
+    (one this page started before a reload: it has stopped, or stops at once)."""
+    def shown(session: gr.Request):
+        yield from others_run(engine, lambda: session.session_hash in REQUESTS)
+    return shown
+
+
+def stop_running(engine: Engine, what: str) -> None:
+    """Interrupt or Skip whatever the engine runs now."""
+    s = engine.state
+    with s.lock:
+        if s.job:
+            setattr(s, "interrupted" if what == "interrupt" else "skipped", True)
+
 
 
 def _init_and_mask(editor, upload_mask):

@@ -3,13 +3,15 @@
 A slider's box takes any number; gradio's page moves one past the slider's range to its end when
 the box loses focus, unsaid. Here the value is set to the range's end (or, on a whole-number slider,
 to the nearest whole number) at once, and a warning says what was set. The seed is read as typed
-(gradio would round 1.5 to 2) and refused unless whole."""
+(gradio would round 1.5 to 2) and refused unless whole and a seed; a seed past 64 bits must never
+reach gradio's reply (``storable_seed``): its JSON encoder raises and the page loses its connection."""
 from __future__ import annotations
 
 import math
 
 import gradio as gr
 
+from ..checks import check_seed
 from ..errors import UserError
 
 
@@ -46,4 +48,11 @@ def seed_of(value) -> int:
         raise UserError("Seed: empty; give -1 for a random seed, or a whole number")
     if float(value) != int(float(value)):
         raise UserError(f"Seed {float(value):g}: give a whole number (-1: a random seed)")
+    check_seed("Seed", int(float(value)))         # (also before a plot or a job, which may not check it first)
     return int(float(value))
+
+
+def storable_seed(value) -> bool:
+    """Whether a seed box's value may go back to the page (its saved settings): not a number past 64
+    bits, which a run refuses in one line (``seed_of``) but gradio's JSON encoder cannot write."""
+    return not isinstance(value, int) or -2**63 <= value < 2**63

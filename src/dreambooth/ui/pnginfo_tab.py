@@ -11,6 +11,7 @@ from ..generation.infotext import parse_generation_parameters, read_infotext
 from ..errors import UserError
 from ..generation.params import GenerationParams
 from ..generation.samplers import resolve
+from ..generation.xyz_infotext import plot_from_infotext
 from .generate_tab import Controls
 
 
@@ -51,14 +52,25 @@ def tab(txt2img: Controls, tabs: gr.Tabs, hires: dict | None = None):
 
 
 def pasted(infotext: str) -> tuple:
-    """An infotext's settings as the values of :func:`pasted_into`'s controls (the WebUI's paste)."""
+    """An infotext's settings as the values of :func:`pasted_into`'s controls (the WebUI's paste): as
+    A1111 pastes them, the image's own seed with its batch's size (ours ``Batch: 2/4``, A1111's ``Batch
+    size: 4``), and an X/Y/Z plot's script and axes (another image's turn the script off)."""
     try:
-        p = GenerationParams.from_infotext(parse_generation_parameters(infotext))   # (a malformed one: one line)
+        info = parse_generation_parameters(infotext)
+        p = GenerationParams.from_infotext(info)      # (a malformed one: one line)
         row, schedule = resolve(p.sampler, p.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
+        batch_size = int(info.get("Batch size") or str(info.get("Batch", "1/1")).partition("/")[2] or 1)
     except UserError as exc:
         raise ui_error(str(exc)) from None
+    except ValueError:
+        raise ui_error(f"infotext: Batch: {info.get('Batch size') or info.get('Batch')!r} is not a number") from None
+    # from_infotext replays a batch from its first seed (keep: the image's place in it); the page
+    # pastes the image's own seed, as A1111 does
+    seed = p.seed + p.keep if p.keep else p.seed
+    plot = plot_from_infotext(info)
+    axes = [plot.get(letter, "") for letter in "xyz"]
     return (p.prompt, p.negative_prompt, row.name, schedule, p.steps, p.cfg_scale, p.width or 512, p.height or 512,
-            p.seed, p.clip_skip)
+            seed, p.clip_skip, batch_size, "X/Y/Z plot" if plot else "None", *axes)
 
 
 HIRES_CONTROLS = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_scale", "hires_width", "hires_height")
@@ -74,4 +86,5 @@ def pasted_hires(infotext: str) -> tuple:
 
 
 def pasted_into(c: Controls) -> list:
-    return [c.prompt, c.negative, c.sampler, c.schedule, c.steps, c.cfg, c.width, c.height, c.seed, c.clip_skip]
+    return [c.prompt, c.negative, c.sampler, c.schedule, c.steps, c.cfg, c.width, c.height, c.seed, c.clip_skip,
+            c.batch_size, c.script, c.x, c.y, c.z]

@@ -19,6 +19,7 @@ import gradio as gr
 
 from .. import progress
 from ..errors import UserError, exception_line
+from ..generation.infotext import read_infotext
 from ..generation.params import GenerationParams
 from ..generation.xyz import run_prompt_matrix, run_xyz
 from ..grid import batch_grid
@@ -99,12 +100,18 @@ def run(engine: Engine, request: Request, params: GenerationParams, images: Path
         try:
             with progress.subscribed(request):
                 if script == "Prompt matrix":
-                    box["result"] = script_run(lambda p, c: run_prompt_matrix(p, params, images, controls=c))
+                    result = script_run(lambda p, c: run_prompt_matrix(p, params, images, controls=c))
                 elif script == "X/Y/Z plot":
-                    box["result"] = script_run(lambda p, c: run_xyz(p, params, x or None, y or None, z or None,
-                                                                    images, controls=c))
+                    result = script_run(lambda p, c: run_xyz(p, params, x or None, y or None, z or None,
+                                                             images, controls=c))
                 else:
-                    box["result"] = engine.generate(params, output_dir=images)
+                    result = engine.generate(params, output_dir=images)
+            # the grid here, not where the page is answered: written even if the tab has gone (an
+            # interrupted run's too, of the images it made, as A1111 writes it)
+            if isinstance(result, tuple):                        # engine.generate: (images, (model, vae))
+                box["made"], box["grid"] = result[0], save_grid(result[0], grids)
+            elif result is not None:                             # prompt matrix / X/Y/Z
+                box["made"], box["grid"] = result.images, among_grids(result.grid_path, grids)
         except UserError as exc:
             box["error"] = str(exc)
         except Exception as exc:   # one line in the UI, never a traceback
@@ -125,18 +132,29 @@ def run(engine: Engine, request: Request, params: GenerationParams, images: Path
         time.sleep(0.4)
     if "error" in box:
         raise ui_error(box["error"])
-    result = box["result"]
-    if request.cancelled and not (result[0] if isinstance(result, tuple) else getattr(result, "images", None)):
+    made, grid = box.get("made", []), box.get("grid")
+    if request.cancelled and not made:
         yield gr.update(), None, "interrupted before it started: nothing made", gr.update()   # the last images stay
         return
-    if isinstance(result, tuple):                        # engine.generate: (images, (model, vae))
-        made = result[0]
-        grid = save_grid(made, grids)
-    else:                                                # prompt matrix / X/Y/Z
-        made, grid = result.images, among_grids(result.grid_path, grids)
-    items = ([(str(grid), "grid")] if grid else []) + [(str(m.path), m.infotext) for m in made]
-    info = made[0].infotext if made else ""
+    # each item's caption is its infotext (the grid's own: a plot's names its axes), which the info shows
+    items = ([(str(grid), read_infotext(grid) or "")] if grid else []) + [(str(m.path), m.infotext) for m in made]
+    info = items[0][1] if items else ""
     yield items, None, f"done: {len(made)} image(s)" + (" and their grid" if grid else ""), info
+
+
+def others_run(engine: Engine, mine):
+    """A generation that is not this tab's (another tab's, the API's, or this page's own before a
+    reload), shown while it runs and until ``mine()`` (this tab has sent its own): (progress text)."""
+    yield gr.update()                   # (a generator that yields nothing keeps gradio's stream open)
+    shown = False
+    while engine.state.job and not mine():
+        s = engine.state
+        yield f"a generation under way (another tab's or the API's): {s.fraction:.0%}  ETA {s.eta:.1f} s; " \
+              "Interrupt stops it"
+        shown = True
+        time.sleep(0.5)
+    if shown and not mine():
+        yield ""
 
 
 def _image(data: str):
