@@ -175,22 +175,31 @@ def test_control_routes_answer_as_a1111s(toy):
 
 
 def test_infotexts_carry_no_path_of_the_server(toy):
+    from dataclasses import replace
+    from pathlib import Path
+    from types import SimpleNamespace
+
     from PIL import Image
 
-    from dreambooth.generation.infotext import format_infotext
-    from dreambooth.generation.sampling import GeneratedImage
-    from dreambooth.server.engine import Engine
+    from dreambooth.generation.loras import LoraFile
+    from dreambooth.generation.params import GenerationParams
+    from dreambooth.generation.recorded import infotext_params
     app, port = toy
     reply = http(port, "POST", "/sdapi/v1/txt2img", json={**TINY, "save_images": True})
     text = json.loads(reply.json()["info"])["infotexts"][0]
     assert "Model: toy" in text and "Model hash" in text and "RNG: CPU" in text, text
     saved = [Image.open(p).info["parameters"] for p in (app.state.store.root.parent / "outputs").rglob("*.png")]
     assert saved and all("path" not in t and "Model config" not in t for t in [text, *saved]), (text, saved)
-    # a LoRA's path, which the CLI records for --from-image, is left out too (and nothing else)
-    made = format_infotext("a dog <lora:x:1>", "", {"Steps": 2, "Lora hashes": "x: 0123", "Lora paths":
-                           json.dumps({"x": "/srv/loras/x, \"odd\".safetensors"}), "Precision": "fp32"})
-    shared = Engine._shared(GeneratedImage(Image.new("RGB", (8, 8)), 1, made), None)
-    assert shared.infotext == "a dog <lora:x:1>\nSteps: 2, Lora hashes: \"x: 0123\", Precision: fp32"
+    # the server's model records no path: a LoRA's neither, in every image it makes (the UI's X/Y/Z too)
+    info = app.state.engine.pipeline.info
+    assert info.share_paths is False
+    lora = LoraFile("x", Path("/srv/loras/x.safetensors"), Path("/srv/loras/x.safetensors"), "/srv/loras/x.safetensors")
+    keys = ("Model path", "Model config", "VAE path", "Lora paths")
+    for shared in (False, True):
+        pipeline = SimpleNamespace(info=replace(info, spec="/srv/models/m", config="/srv/c", vae_spec="/srv/v",
+                                                share_paths=shared))
+        recorded = infotext_params(GenerationParams("a dog", steps=2, width=8, height=8), 1, pipeline, [(lora, 1.0)], False)
+        assert [k for k in keys if recorded[k] is not None] == (list(keys) if shared else []), (shared, recorded)
 
 
 def test_an_empty_instance_prompt_says_it_is_empty(toy, tmp_path):

@@ -39,6 +39,7 @@ class ModelInfo:
     vae: Path | None = None
     vae_spec: str | None = None    # as recorded for --from-image: the --vae given (absolute path or hub id)
     config: str | None = None      # the same for --model-config
+    share_paths: bool = True       # False: the infotext records no path of this machine (a server's images)
     _hash: str | None = field(default=None, repr=False)
 
     @property

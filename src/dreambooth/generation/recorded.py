@@ -84,11 +84,12 @@ def infotext_params(params: GenerationParams, seed: int, pipeline: GenerationPip
         "Hires upscaler": params.hires_upscaler if params.hires else None,
         "RNG": "CPU",           # every noise is drawn by CPU generators (A1111's default is its GPU's)
         "Lora hashes": ", ".join(f"{lo.name}: {lo.hash}" for lo, _ in loras if lo.hash) or None,
-        # Ours, for --from-image: where the model and the LoRAs were (``shared_path``).
-        "Model path": shared_path(info.spec) if info.spec != info.name else None,    # a hub id or toy: "Model"
-        "Model config": shared_path(info.config),
-        "VAE path": shared_path(info.vae_spec),
-        "Lora paths": json.dumps({lo.name: shared_path(lo.source) for lo, _ in loras}, ensure_ascii=False) if loras else None,
+        # Ours, for --from-image: where the model and the LoRAs were (``shared_path``); none from a server
+        "Model path": shared_path(info.spec) if info.spec != info.name and info.share_paths else None,  # hub id, toy: "Model"
+        "Model config": shared_path(info.config) if info.share_paths else None,
+        "VAE path": shared_path(info.vae_spec) if info.share_paths else None,
+        "Lora paths": json.dumps({lo.name: shared_path(lo.source) for lo, _ in loras}, ensure_ascii=False)
+        if loras and info.share_paths else None,
         "Batch": batch,
         "Precision": precision,      # the dtype the UNet ran in: --from-image remakes it in the same
     }

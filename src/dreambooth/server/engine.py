@@ -11,8 +11,7 @@ import io
 import threading
 import time
 from contextlib import contextmanager
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,16 +22,11 @@ from ..generation.pipeline import GenerationPipeline, model_info_for
 from ..errors import UserError, exception_line
 from ..generation.previews import PREVIEW_METHODS, preview_image
 from ..generation.sampling import Controls, GeneratedImage, generate
-from ..images import write_png
-from ..outputs import claim_numbered
 from .catalog import Catalog, ModelEntry, VaeEntry
 from .client_gone import ClientGone
 from .model_configs import load_entry
 from .json_bodies import shortened
 
-
-# The infotext's "Lora paths" key (the CLI's, for --from-image; quoted JSON), with its separator
-_LORA_PATHS = re.compile(r', Lora paths: "(?:[^"\\]|\\.)*"')
 
 
 class Stopping(UserError):
@@ -202,7 +196,7 @@ class Engine:
             pipe = load_entry(entry, str(vae.path) if vae else None, generation_dtype(self.device), field)
             info = model_info_for(entry.spec, str(vae.path) if vae else None, entry.config)
             # the infotext's paths (for the CLI's --from-image) are the server's folders: never in what it shares
-            info.name, info.spec, info.vae_spec, info.config = entry.name, None, None, None
+            info.name, info.share_paths = entry.name, False
             self.pipeline = GenerationPipeline(pipe, info, self.catalog.library()).to(self.device, self.medvram)
             self.entry, self.vae, self.parked = entry, vae, False
 
@@ -240,18 +234,10 @@ class Engine:
             if switch is not None:
                 self.load(switch[0], switch[1], "override_settings: sd_model_checkpoint")
             try:
-                made, used = self._generate(params, None, options, gone), (self.entry, self.vae)
+                return self._generate(params, output_dir, options, gone), (self.entry, self.vae)
             finally:
                 if switch is not None and switch[2]:
                     self.load(*before)
-        return [self._shared(m, output_dir) for m in made], used
-
-    @staticmethod
-    def _shared(made: GeneratedImage, output_dir) -> GeneratedImage:
-        """An image as the server replies with it and saves it: without the LoRAs' paths on this machine."""
-        text = _LORA_PATHS.sub("", made.infotext)
-        path = write_png(made.image, claim_numbered(output_dir, made.seed), text) if output_dir is not None else None
-        return replace(made, infotext=text, path=path)
 
     def run(self, work):
         """Any generation function ``work(pipeline, controls)`` (prompt matrix, X/Y/Z) under the same
