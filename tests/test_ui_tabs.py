@@ -82,12 +82,7 @@ def test_several_images_and_plots_get_their_grid_among_the_grids(page, site):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(first))), np.asarray(Image.open(grid)))
     number(page, "#txt2img_batch_count", 1)
     number(page, "#txt2img_batch_size", 1)
-    page.click("text=Script")
-    page.click("#txt2img_script input")
-    page.click("[role=option]:has-text('X/Y/Z plot')")
-    page.fill("#txt2img_x textarea", "Steps: 2, 3")
-    page.click("#txt2img_generate")
-    done(page)
+    xyz_plot(page, "Steps: 2, 3")
     assert len(set(grids.glob("grid-*.png")) - before) == 2                 # the plot's too, not among the images
     assert not list(images.glob("grid-*.png"))
 
@@ -247,12 +242,7 @@ def test_the_selected_image_and_the_grid_send_their_own_settings(page):
     page.click("#txt2img_reuse_seed")
     page.wait_for_function("document.querySelector('#txt2img_seed input').value === '7'", timeout=10_000)
     number(page, "#txt2img_batch_size", 1)
-    page.click("text=Script")
-    page.click("#txt2img_script input")
-    page.click("[role=option]:has-text('X/Y/Z plot')")
-    page.fill("#txt2img_x textarea", "Steps: 1, 2")
-    page.click("#txt2img_generate")
-    done(page)
+    xyz_plot(page, "Steps: 1, 2")
     assert "Script: X/Y/Z plot, X Type: Steps" in info()                 # the plot's grid, as on disk
 
 
@@ -280,3 +270,13 @@ def test_the_clip_skip_sliders_labels_fit_in_its_box(page):
         const label = document.querySelector('#txt2img_clip_skip .max_value').getBoundingClientRect();
         return label.right <= box.right && label.left >= box.left; }""")
     assert inside
+
+
+def xyz_plot(page, x_axis: str) -> None:
+    """txt2img's X/Y/Z plot over ``x_axis``, made and waited for."""
+    page.click("text=Script")
+    page.click("#txt2img_script input")
+    page.click("[role=option]:has-text('X/Y/Z plot')")
+    page.fill("#txt2img_x textarea", x_axis)
+    page.click("#txt2img_generate")
+    done(page)
