@@ -4,7 +4,6 @@ unknown option names ours instead of a near spelling) and for ``--config`` files
 ``network_dim: 8`` from a kohya config turned YAML, names ours too). docs/training.md has the tables."""
 from __future__ import annotations
 
-import dataclasses
 
 ATTENTION = "nothing (attention is always PyTorch's fused SDPA)"
 NO_BUCKETS = "nothing (no aspect-ratio buckets: each photo trains on a square crop; docs/training.md, Data)"
@@ -52,16 +51,6 @@ PEER_NAMES = {
     "config_file": "--config (a YAML file of our settings: kohya's TOML is not read)",
     "network_weights": "--resume (a checkpoint of ours)",
 }
-
-
-def peer_name(name: str) -> str | None:
-    """What ``dreambooth train`` calls a peer's setting (``--rank`` for ``network_dim``); our own
-    setting typed with underscores (``--offset_noise``) is named as our flag. None: not known."""
-    from .config import TrainConfig, flag
-    key = name.lstrip("-").replace("-", "_")
-    if key in PEER_NAMES:
-        return PEER_NAMES[key]
-    return flag(key) if key in {f.name for f in dataclasses.fields(TrainConfig)} else None
 
 
 def as_setting(ours: str) -> str:
