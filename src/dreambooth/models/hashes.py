@@ -13,10 +13,19 @@ CACHE_FILE = "hashes.json"
 _VARIANT = re.compile(r"\.(fp16|fp32|bf16|ema|non_ema)\.")
 
 
+def _cache_key(path: Path, skip_safetensors_header: bool) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{int(skip_safetensors_header)}"
+
+
+def cached_sha256(path: Path, skip_safetensors_header: bool = False) -> str | None:
+    """The file's sha256 where it was computed before (for these bytes: path, size and time), else None."""
+    return read_cache(CACHE_FILE).get(_cache_key(Path(path), skip_safetensors_header))
+
+
 def file_sha256(path: Path, skip_safetensors_header: bool = False) -> str:
     path = Path(path)
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{int(skip_safetensors_header)}"
+    key = _cache_key(path, skip_safetensors_header)
     cache = read_cache(CACHE_FILE)
     if key in cache:
         return cache[key]
@@ -51,16 +60,26 @@ def _pipeline_weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def model_hash(path: Path) -> str:
+def model_hash(path: Path, sha256=file_sha256) -> str | None:
     """``Model hash`` of the infotext: the WebUI's sha256[:10] of a checkpoint file; for a diffusers
-    folder, sha256[:10] over the names and sha256s of the weight files its pipeline loads."""
+    folder, sha256[:10] over the names and sha256s of the weight files its pipeline loads. None where
+    ``sha256`` (``cached_sha256``: no file read) has none of a file."""
     path = Path(path)
     if path.is_file():
-        return file_sha256(path)[:10]
+        whole = sha256(path)
+        return whole[:10] if whole else None
     digest = hashlib.sha256()
     for p in _pipeline_weight_files(path):
-        digest.update(f"{p.relative_to(path).as_posix()}:{file_sha256(p)}\n".encode())
+        if (one := sha256(p)) is None:
+            return None
+        digest.update(f"{p.relative_to(path).as_posix()}:{one}\n".encode())
     return digest.hexdigest()[:10]
+
+
+def known_model_hash(path: Path) -> str | None:
+    """The model's hash if its files were hashed before (by a generation, here or in an earlier process),
+    without reading a checkpoint: what a model list shows (A1111 lists hashes from its cache file too)."""
+    return model_hash(path, cached_sha256)
 
 
 def lora_hash(path: Path) -> str:

@@ -63,12 +63,16 @@ _CONTRACTION = re.compile(r"['’](?:s|t|re|ve|m|ll|d)\b")      # split off as C
 _WORD = re.compile(r"[^\W_]+")                                  # a run of letters and digits
 
 
+def _said(prompt: str | None) -> list[str]:
+    """The prompt's words in order, lower-case, without the punctuation around them ('' where only that)."""
+    return [w.strip(",.;:!?()[]{}\"'") for w in (prompt or "").lower().split()]
+
+
 def _words(prompt: str | None) -> list[str]:
-    """The prompt's words, lower-case, without the punctuation around them, each once: what training
-    takes the identifier from (``--identifier-lr`` trains the tokens of these words, and a checkpoint
-    holds their embeddings: 'sks-dog' stays one word, as it always was)."""
-    words = (w.strip(",.;:!?()[]{}\"'") for w in (prompt or "").lower().split())
-    return list(dict.fromkeys(w for w in words if w))
+    """The prompt's words (``_said``), each once: what training takes the identifier from
+    (``--identifier-lr`` trains the tokens of these words, and a checkpoint holds their embeddings:
+    'sks-dog' stays one word, as it always was)."""
+    return list(dict.fromkeys(w for w in _said(prompt) if w))
 
 
 def _seen_words(prompt: str | None) -> set[str]:
@@ -102,7 +106,7 @@ def subject_identifier(instance_prompt: str, class_prompt: str | None = None) ->
     words = identifier_candidates(instance_prompt, class_prompt, common)
     if len(words) > 1 and class_prompt:
         nouns = set(identifier_words(class_prompt))
-        said = [w.strip(",.;:!?()[]{}\"'") for w in instance_prompt.lower().split()]
+        said = _said(instance_prompt)
         first = next((i for i, w in enumerate(said) if w in nouns), 0)
         before = []
         while first > len(before) and said[first - len(before) - 1] in words:

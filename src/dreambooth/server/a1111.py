@@ -250,14 +250,12 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     @api.post("/interrupt")
     async def interrupt():
-        if engine.state.job:
-            engine.state.interrupted = True
+        engine.state.ask("interrupt")
         return {}                       # as A1111's interrupt, unload and reload (its skip answers null)
 
     @api.post("/skip")
     async def skip():
-        if engine.state.job:
-            engine.state.skipped = True
+        engine.state.ask("skip")
 
     @api.get("/memory")
     async def memory():

@@ -12,10 +12,9 @@ from typing import Callable
 
 from ..errors import UserError
 from ..generation.loras import LoraFile, LoraLibrary, lora_from_path
-from ..models.hashes import model_hash
+from ..models.hashes import known_model_hash, model_hash
 from ..models.registry import trained_outputs
 from ..models.specs import SINGLE_FILE_SUFFIXES, is_lora_output, resolve_model
-from ..outputs import read_cache, update_cache
 from .model_configs import config_for_file, given_configs
 from .json_bodies import shortened
 
@@ -37,11 +36,9 @@ class ModelEntry:
         too); computed on first use (a big checkpoint takes seconds), then cached."""
         if self._hash is None:
             try:
-                path = resolve_model(self.spec).path
-                self._hash = model_hash(path)
+                self._hash = model_hash(resolve_model(self.spec).path)
             except (UserError, OSError):        # gone since it was listed: no hash, the request goes on
                 return None
-            remember_hash(path, self._hash)
         return self._hash
 
     @property
@@ -50,34 +47,10 @@ class ModelEntry:
         server), else None: what ``/sdapi/v1/sd-models`` lists without reading a checkpoint."""
         if self._hash is None:
             try:
-                self._hash = recalled_hash(resolve_model(self.spec).path)
+                self._hash = known_model_hash(resolve_model(self.spec).path)
             except (UserError, OSError):
                 return None
         return self._hash
-
-
-HASH_CACHE = "model-hashes.json"        # (A1111 keeps its hashes in a cache file too)
-
-
-def _signature(path: Path) -> str | None:
-    """A model's path, size and time: a file's, or a folder's files two levels deep (a diffusers model)."""
-    path = Path(path).resolve()
-    files = [path] if path.is_file() else [p for p in (*path.glob("*"), *path.glob("*/*")) if p.is_file()]
-    if not files:
-        return None
-    stats = [f.stat() for f in files]
-    return f"{path}|{len(stats)}|{sum(s.st_size for s in stats)}|{max(s.st_mtime_ns for s in stats)}"
-
-
-def remember_hash(path: Path | None, value: str) -> None:
-    key = _signature(path) if path is not None else None
-    if key is not None and read_cache(HASH_CACHE).get(key) != value:
-        update_cache(HASH_CACHE, lambda cache: cache.update({key: value}))
-
-
-def recalled_hash(path: Path | None) -> str | None:
-    key = _signature(path) if path is not None else None
-    return read_cache(HASH_CACHE).get(key) if key is not None else None
 
 
 @dataclass

@@ -146,6 +146,12 @@ class Progress:
             self.sampling_step = int((jobs - int(jobs)) * self.sampling_steps)
             self.eta = event.eta or 0.0
 
+    def ask(self, what: str) -> None:
+        """Interrupt (``"interrupt"``) or skip the image of whatever runs now, as A1111's buttons do."""
+        with self.lock:
+            if self.job:
+                setattr(self, "interrupted" if what == "interrupt" else "skipped", True)
+
     def stop(self) -> str | None:
         if self.interrupted:
             return "interrupt"

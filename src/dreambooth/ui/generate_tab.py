@@ -218,7 +218,7 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
         for request in mine:
             request.stop(what)
         if not mine:
-            stop_running(engine, what)
+            engine.state.ask(what)
 
     def generate(request: Request, *values):
         base = values[:16]
@@ -280,15 +280,6 @@ def others_shown(engine: Engine):
     def shown(session: gr.Request):
         yield from others_run(engine, lambda: session.session_hash in REQUESTS)
     return shown
-
-
-def stop_running(engine: Engine, what: str) -> None:
-    """Interrupt or Skip whatever the engine runs now."""
-    s = engine.state
-    with s.lock:
-        if s.job:
-            setattr(s, "interrupted" if what == "interrupt" else "skipped", True)
-
 
 
 def _init_and_mask(editor, upload_mask):
