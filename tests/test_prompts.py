@@ -260,3 +260,26 @@ def test_emphasis_with_a_zero_mean_stays_finite():
     w[3] = 1.5
     out = apply_emphasis(z, w)
     assert torch.isfinite(out).all() and torch.allclose(out[3], z[3] * 1.5, atol=1e-5)
+
+
+# ---- the token counter: the WebUI's "12/75" by a prompt box ----------------------------------------------------
+
+def test_the_token_counter_counts_as_the_prompt_is_encoded(sd1_pipe):
+    from dreambooth.generation.token_counter import counter_text, prompt_tokens
+    tok = sd1_pipe.tokenizer
+    assert prompt_tokens(tok, "") == (0, 75)
+    assert prompt_tokens(tok, "dog cat red") == (3, 75)
+    # emphasis syntax and LoRA tags are not tokens; a trailing :weight of an AND part is not either
+    assert prompt_tokens(tok, "(dog:1.3) [cat] <lora:sks-dog:0.8> red") == (3, 75)
+    assert prompt_tokens(tok, _words(100)) == (100, 150)
+    # every chunk but the last counts whole (the WebUI's count): BREAK pads its chunk to 75
+    assert prompt_tokens(tok, "dog cat BREAK red") == (76, 150)
+    # AND parts and prompt editing: the longest text the encoder is given
+    assert prompt_tokens(tok, "dog AND " + _words(80) + " :0.5") == (80, 150)
+    assert prompt_tokens(tok, f"dog [{_words(8)}:cat:5]", steps=20) == (9, 75)
+    assert prompt_tokens(tok, f"dog [{_words(8)}:cat:25]", steps=20) == (9, 75)
+    assert prompt_tokens(tok, "[dog|cat red blue]", steps=3) == (3, 75)
+    # a negative prompt takes no AND: the word counts
+    assert prompt_tokens(tok, "dog AND cat", negative=True) == (3, 75)
+    assert prompt_tokens(tok, "dog AND cat") == (1, 75)
+    assert counter_text(tok, _words(76)) == "76/150"

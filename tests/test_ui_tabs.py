@@ -280,3 +280,19 @@ def xyz_plot(page, x_axis: str) -> None:
     page.fill("#txt2img_x textarea", x_axis)
     page.click("#txt2img_generate")
     done(page)
+
+
+def test_the_prompt_boxes_count_their_tokens_as_the_webui_does(page, site):
+    from dreambooth.generation.token_counter import counter_text
+    tokenizer = site[0].state.engine.pipeline.pipe.tokenizer
+    long = ", ".join(["a red square on a blue background"] * 12)
+    for box, text, negative in (("txt2img_prompt", long + " <lora:x:0.5>", False), ("txt2img_negative", "blurry", True),
+                                ("img2img_prompt", "a sks square AND a circle", False)):
+        expected = counter_text(tokenizer, text, 20, negative)
+        assert expected not in ("0/75", "")
+        if box.startswith("img2img"):
+            page.click("button[role=tab][data-tab-id='img2img']")
+        page.fill(f"#{box} textarea", text)
+        counter = box.replace("prompt", "token_counter").replace("negative", "negative_token_counter")
+        page.wait_for_function(f"document.querySelector('#{counter}').innerText.trim() === '{expected}'", timeout=10_000)
+    assert counter_text(tokenizer, long, 20).endswith("/150")

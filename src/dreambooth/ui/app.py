@@ -191,6 +191,10 @@ def restored(data: dict | None, size: int) -> list:
             gr.update(value=size), gr.update(value=size)]
 
 
+# the token counters sit small at the right under their prompt boxes, where they take no row of their own
+TOKEN_COUNTER_CSS = ".token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; margin-top: -0.5em; }"
+
+
 def mount_ui(app, path: str = "/") -> None:
     """Mount the web UI on the server's app (after its API routes, which keep precedence)."""
     ui = build(app)
@@ -198,4 +202,4 @@ def mount_ui(app, path: str = "/") -> None:
                               font_mono=["ui-monospace", "monospace"])        # no font downloads
     data_dir = Path(app.state.store.root).parent
     gr.mount_gradio_app(app, ui, path=path, theme=theme, js=CTRL_ENTER, ssr_mode=False, footer_links=["api"],
-                        allowed_paths=[str(data_dir)], show_error=True)
+                        allowed_paths=[str(data_dir)], show_error=True, css=TOKEN_COUNTER_CSS)

@@ -23,6 +23,7 @@ from ..generation.masks import MASKED_CONTENT, MAX_MASK_BLUR, MAX_MASKED_PADDING
 from ..generation.params import RANGES, GenerationParams
 from ..generation.resizing import RESIZE_MODES
 from ..generation.samplers import SAMPLERS, SCHEDULES
+from ..generation.token_counter import counter_text
 from ..generation.xyz import AXES
 from ..server.engine import Engine
 
@@ -63,7 +64,9 @@ def controls(prefix: str, size: int = 512, below_prompts=None) -> Controls:
     comes between the prompts and the settings (img2img's image, as the WebUI places it)."""
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
                         placeholder="a photo of sks dog in the snow, (oil painting:1.2), <lora:name:0.8>")
+    prompt_tokens = gr.Markdown("0/75", elem_id=f"{prefix}_token_counter", elem_classes="token-counter")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_negative")
+    negative_tokens = gr.Markdown("0/75", elem_id=f"{prefix}_negative_token_counter", elem_classes="token-counter")
     if below_prompts is not None:
         below_prompts()
     with gr.Row():
@@ -94,6 +97,7 @@ def controls(prefix: str, size: int = 512, below_prompts=None) -> Controls:
     c = Controls(prompt, negative, sampler, schedule, steps, cfg, width, height, batch_count, batch_size, seed,
                  script, x, y, z, clip_skip)
     c.reuse = reuse_seed
+    c.counters = (prompt_tokens, negative_tokens)
     return c
 
 
@@ -260,6 +264,7 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
     interrupt.click(interrupt_own)
     skip.click(skip_own)
     c.reuse.click(last_seed, inputs=info, outputs=c.seed)
+    count_tokens(engine, c)
     extras["progress"] = progress_text
 
     # the image selected (its index): what Send to img2img sends; a new run's output selects none
@@ -272,6 +277,22 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
     gallery.select(selected, inputs=gallery, outputs=[info, chosen])
     gallery.change(lambda: None, outputs=chosen)
     return c, gallery, info, extras, send
+
+
+def count_tokens(engine: Engine, c: Controls) -> None:
+    """The WebUI's token counters under the prompt boxes (``12/75``): the loaded model's tokenizer, the
+    prompt as it is encoded (``token_counter``), again as the prompt or the steps change."""
+    for box, counter, negative in ((c.prompt, c.counters[0], False), (c.negative, c.counters[1], True)):
+        def count(text, steps, negative=negative):
+            pipeline = engine.pipeline
+            if pipeline is None:
+                return ""
+            try:
+                return counter_text(pipeline.pipe.tokenizer, text, steps, negative)
+            except Exception:         # a count is a hint: never an error over the page while typing
+                return ""
+        gr.on([box.change, c.steps.change], count, inputs=[box, c.steps], outputs=counter,
+              show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
 
 
 def others_shown(engine: Engine):
