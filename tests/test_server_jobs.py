@@ -415,3 +415,38 @@ def test_a_job_and_a_request_never_run_at_once_but_between_steps():
         thread.join(10)
     assert events == ["request 1 in", "request 1 out", "job in", "step done", "request 2 in", "request 2 out",
                       "job out"]
+
+
+def test_a_job_cancelled_while_it_waits_for_the_device_loads_nothing(tmp_path, monkeypatch):
+    """A job waits for the request under way before it loads its models; a cancel asked meanwhile ends it
+    there, not after a model load (minutes for SDXL) and a first step."""
+    import threading
+
+    from dreambooth.server import jobs
+    from dreambooth.server.engine import DeviceGate
+    trained = []
+    monkeypatch.setattr(jobs, "train", lambda *a, **k: trained.append(1))
+    store = jobs.JobStore(tmp_path / "data")
+    job = store.add({**TOY_JOB, "overrides": {"max_steps": 6}, "model_spec": "toy"}, "full", 6)
+    (store.folder(job.id) / "photos").mkdir(parents=True)
+    gate, release, held = DeviceGate(), threading.Event(), threading.Event()
+
+    def request():
+        with gate.request():
+            held.set()
+            release.wait(20)
+    busy = threading.Thread(target=request)
+    busy.start()
+    assert held.wait(10)
+    runner = jobs.JobRunner(store, gate, lambda r: "toy", lambda p, m: [], lambda: None)
+    runner.start()
+    deadline = time.time() + 20
+    while store.get(job.id).state != "running" and time.time() < deadline:
+        time.sleep(0.05)
+    runner.cancel(job.id)
+    release.set()
+    while store.get(job.id).state != "cancelled" and time.time() < deadline:
+        time.sleep(0.05)
+    runner.shutdown()
+    busy.join(10)
+    assert store.get(job.id).state == "cancelled" and trained == []

@@ -341,6 +341,7 @@ class JobRunner:
                 return
             config = config.replace(resume="latest" if resumable else None, overwrite=not resumable)
             with progress.subscribed(record), self.gate.training():
+                callback.on_pause_point(None)      # cancelled or stopped while it waited for the device: nothing loaded
                 record(progress.ProgressEvent("message", "", 0, message="resuming from the last checkpoint"
                                               if resumable else "started"))
                 result = train(config, callbacks=[callback], transforms=self.transforms(job.request.get("preset"), config.model))
