@@ -182,3 +182,16 @@ def test_bad_flags_are_named_as_the_user_gave_them(tiny_sd1, tmp_path):
                                                    "or --hires")]:
         code, out, err = run_cli(*base, *extra)
         assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+
+
+# ---- img2img below one denoising step: as the WebUI, one step at the least noisy timestep -----------------------
+
+def test_img2img_under_one_step_takes_the_last_step_as_the_webui(sd1):
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    made = {s: pixels(sd1, "a dog", init_image=init, strength=s, steps=10) for s in (0.0, 0.05, 0.1, 0.5)}
+    assert np.array_equal(made[0.0], made[0.05]) and np.array_equal(made[0.0], made[0.1])   # 1 step: the last
+    assert not np.array_equal(made[0.0], made[0.5])
+    assert np.abs(made[0.0] - np.asarray(init, dtype=np.int16)).mean() < np.abs(made[0.5] - np.asarray(init, dtype=np.int16)).mean()
+    (r,) = generate(sd1, GenerationParams("a dog", init_image=init, strength=0.0, **{**SMALL, "steps": 10}))
+    assert "Denoising strength: 0" in r.infotext          # the user's strength, recorded as given

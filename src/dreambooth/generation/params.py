@@ -64,6 +64,13 @@ class GenerationParams:
     hires_upscaler: str = "Latent"       # its "Upscaler" (HIRES_UPSCALERS)
     keep: int | None = None              # a replay: make the one batch, keep only its image ``keep`` (0-based)
 
+    @property
+    def denoising(self) -> float:
+        """The strength img2img is run at: ``strength``, or where steps x strength is under one step (0 too),
+        one step at the schedule's last, least noisy, timestep, as the WebUI runs it (an upscale with a
+        denoising of 0 to 0.05 is a common recipe); diffusers would refuse it."""
+        return self.strength if int(self.steps * self.strength) >= 1 else min(1.0, (1 + 1e-6) / self.steps)
+
     def replace(self, **changes) -> "GenerationParams":
         return replace(self, **changes)
 
@@ -87,9 +94,6 @@ class GenerationParams:
             raise UserError(f"--resize-mode {self.resize_mode!r}: one of {', '.join(RESIZE_MODES)}")
         if self.masked_content not in MASKED_CONTENT:
             raise UserError(f"--masked-content {self.masked_content!r}: one of {', '.join(MASKED_CONTENT)}")
-        if self.init_image is not None and int(self.steps * self.strength) < 1:
-            raise UserError(f"--steps {self.steps} with --strength {self.strength:g}: img2img denoises "
-                            "steps x strength steps, none here; raise one of them")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:

@@ -265,7 +265,7 @@ def _call(runner, pipeline: GenerationPipeline, params: GenerationParams, seeds:
     if init is None:
         call.update(width=params.width, height=params.height)
     else:
-        call.update(image=init if isinstance(init, (list, torch.Tensor)) else [init] * n, strength=params.strength)
+        call.update(image=init if isinstance(init, (list, torch.Tensor)) else [init] * n, strength=params.denoising)
         if mask is not None:
             call.update(mask_image=[mask] * n, width=params.width, height=params.height)
     previous, runner.scheduler = runner.scheduler, scheduler

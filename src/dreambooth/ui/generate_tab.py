@@ -167,7 +167,7 @@ def tab(engine: Engine, output: Path, mode: str, send_to_img2img=None):
             if mode == "img2img":
                 extras["resize_mode"] = gr.Radio(list(RESIZE_MODES), value="Just resize", label="Resize mode",
                                                  elem_id="img2img_resize_mode")
-                extras["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
+                extras["strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
                                                elem_id="img2img_strength")
                 with gr.Row():
                     extras["mask_blur"] = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur",
