@@ -450,3 +450,34 @@ def test_a_job_cancelled_while_it_waits_for_the_device_loads_nothing(tmp_path, m
     runner.shutdown()
     busy.join(10)
     assert store.get(job.id).state == "cancelled" and trained == []
+
+
+def test_a_jobs_messages_say_what_to_send_not_which_flag_to_give():
+    """A switch's off flag is the override a client sends; a setting the server chooses is named as such."""
+    from dreambooth.server.jobs import in_api_words
+    message = "--use-8bit-adam needs CUDA; give --no-use-8bit-adam where a preset sets it"
+    assert in_api_words(message, {"preset": "sdxl-lora", "overrides": {}}) == (
+        'use_8bit_adam (of the sdxl-lora settings) needs CUDA; give overrides {"use_8bit_adam": false} where a preset sets it')
+    assert in_api_words("metrics off: --dino-model x/y: not cached", {"overrides": {}}) == \
+        "metrics off: the server's DINO model x/y: not cached"
+    assert in_api_words("--no-such-flag") == "--no-such-flag"      # not a setting: left as it is
+
+
+def test_a_cancel_asked_again_answers_the_job_as_it_is(tmp_path):
+    """A client retrying its cancel (a timeout, a double click) gets the job, not a 400; an ended job
+    that was never cancelled still says why nothing is cancelled."""
+    from fastapi.testclient import TestClient
+
+    from dreambooth.server.app import ServerSettings, create_app
+    app = create_app(ServerSettings(model="toy", data_dir=tmp_path / "data"))
+    client, store = TestClient(app), app.state.store          # (no lifespan: the runner runs nothing)
+    queued, stopping, done = (store.add({"instance_prompt": "x"}, "lora", 10) for _ in range(3))
+    store.update(stopping.id, state="cancelling")
+    store.update(done.id, state="done")
+    for _ in range(2):
+        reply = client.post(f"/dreambooth/v1/jobs/{queued.id}/cancel")
+        assert reply.status_code == 200 and reply.json()["state"] == "cancelled", reply.text
+    reply = client.post(f"/dreambooth/v1/jobs/{stopping.id}/cancel")
+    assert reply.status_code == 200 and reply.json()["state"] == "cancelling", reply.text
+    reply = client.post(f"/dreambooth/v1/jobs/{done.id}/cancel")
+    assert reply.status_code == 400 and reply.json()["detail"].startswith(f"job {done.id}: already done"), reply.text

@@ -226,3 +226,34 @@ def test_a_job_of_the_toy_preset_trains_the_toy_not_the_loaded_model(tiny_sd1, t
         job = submit_job(store, SimpleNamespace(wake=lambda: None), catalog, loaded, instance_prompt="a sks square",
                          preset=preset, photos_dir=str(tmp_path / "photos"))
         assert job.request["model"] == trained
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is of a machine without CUDA")
+def test_a_job_this_machine_cannot_train_is_refused_at_submission(tiny_sdxl, tmp_path):
+    """sdxl-lora's 8-bit Adam on a machine without CUDA: a 400 when submitted, in the API's words (what
+    to send), by the trainer's own check; it was queued and failed when its turn came."""
+    from types import SimpleNamespace
+
+    from dreambooth.errors import UserError
+    from dreambooth.server.catalog import Catalog
+    from dreambooth.server.jobs import JobStore
+    from dreambooth.server.jobs_api import submit_job
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sdxl, models / "xl")
+    catalog, store = Catalog("toy", models), JobStore(tmp_path / "data")
+    photos(tmp_path / "photos")
+    job = dict(instance_prompt="a sks square", preset="sdxl-lora", model="xl", photos_dir=str(tmp_path / "photos"))
+    small = {"max_steps": 4, "resolution": 64, "vae": "Automatic"}
+    with pytest.raises(UserError) as preset:
+        submit_job(store, SimpleNamespace(wake=lambda: None), catalog, None, overrides=small, **job)
+    assert str(preset.value).startswith("use_8bit_adam (of the sdxl-lora settings) needs a CUDA GPU")
+    assert 'give overrides {"use_8bit_adam": false}' in str(preset.value) and "--" not in str(preset.value)
+    with pytest.raises(UserError, match=r"^overrides\.use_8bit_adam needs a CUDA GPU"):
+        submit_job(store, SimpleNamespace(wake=lambda: None), catalog, None, overrides={**small, "use_8bit_adam": True}, **job)
+    with pytest.raises(UserError, match=r"^overrides\.mixed_precision fp16 needs a GPU; use bf16, auto or no"):
+        submit_job(store, SimpleNamespace(wake=lambda: None), catalog, None,
+                   overrides={**small, "use_8bit_adam": False, "mixed_precision": "fp16"}, **job)
+    assert store.all() == []
+    queued = submit_job(store, SimpleNamespace(wake=lambda: None), catalog, None,
+                        overrides={**small, "use_8bit_adam": False}, **job)
+    assert queued.state == "queued"

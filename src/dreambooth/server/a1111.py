@@ -1,8 +1,8 @@
 """``/sdapi/v1``: the AUTOMATIC1111 WebUI's API, on the library's one sampling path.
 
 The same request gives the same pixels as ``dreambooth generate`` with the same settings, and each
-PNG carries the same infotext. Routes for features this server does not have (upscalers, face
-restorers, ...) answer as A1111 does when it has none of them."""
+PNG carries the same infotext. Routes for features this server does not have (face restorers,
+interrogators, ...) answer as A1111 does when it has none of them; Extras resize (``extras``)."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,8 @@ from ..generation.resizing import RESIZE_MODES
 from ..grid import batch_grid
 from ..images import write_png
 from ..outputs import GRID_PREFIX, claim_numbered
-from ..generation.samplers import SAMPLERS, SCHEDULES, resolve
+from ..generation.samplers import SAMPLERS, SCHEDULES
+from .a1111_info import echoed_parameters, info_json
 from .a1111_fields import (check_option, first_pass_sampler, hires_fix, mask_blur, not_options, option_value,
                            refuse_unsupported)
 from .base64_images import decode_base64, decode_image, encode_png, open_image
@@ -123,25 +124,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
 
     def respond(req: Txt2ImgRequest, params: GenerationParams, result, grid: Image.Image | None) -> ImagesResponse:
         made, (entry, vae) = result
-        first = made[0] if made else None
-        sampler, schedule = resolve(params.sampler, params.schedule)     # "DPM++ 2M Karras" is DPM++ 2M, Karras
-        info = {
-            "prompt": req.prompt, "all_prompts": [m.prompt for m in made], "negative_prompt": req.negative_prompt,
-            "all_negative_prompts": [m.negative_prompt for m in made], "seed": first.seed if first else req.seed,
-            "all_seeds": [m.seed for m in made], "subseed": -1, "all_subseeds": [-1] * len(made),
-            "subseed_strength": 0, "width": params.width or req.width, "height": params.height or req.height,
-            "sampler_name": sampler.name, "cfg_scale": params.cfg_scale, "steps": params.steps,
-            "batch_size": params.batch_size, "restore_faces": False, "face_restoration_model": None,
-            "sd_model_name": entry.name, "sd_model_hash": entry.hash,
-            "sd_vae_name": vae.name if vae else None, "sd_vae_hash": None,
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.strength if params.init_image is not None else None,
-            "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": int(grid is not None),
-            "infotexts": [m.infotext for m in made[:1] if grid is not None] + [m.infotext for m in made], "styles": [], "job_timestamp": engine.state.job_timestamp,
-            "clip_skip": params.clip_skip, "is_using_inpainting_conditioning": False, "version": "dreambooth",
-        }
-        parameters = req.model_dump()
-        if isinstance(req, Img2ImgRequest) and not req.include_init_images:
-            parameters.update(init_images=None, mask=None)          # echoed only when asked, as A1111 does
+        info = info_json(req, params, made, entry, vae, grid is not None, engine.state.job_timestamp)
+        parameters = echoed_parameters(req)
         shown = [(grid, m.infotext) for m in made[:1] if grid is not None] + [(m.image, m.infotext) for m in made]
         images = [encode_png(image, text) for image, text in shown] if req.send_images else []
         return ImagesResponse(images=images, parameters=parameters, info=json.dumps(info))
@@ -310,9 +294,8 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
                 for name in IMAGE_MODES]
 
-    for name in ("extra-single-image", "extra-batch-images", "interrogate"):
-        def unavailable(name=name):
-            raise UserError(f"{name}: this server has no upscalers, face restorers or interrogators")
-        api.add_api_route(f"/{name}", unavailable, methods=["POST"], name=name)
+    @api.post("/interrogate")
+    def interrogate():
+        raise UserError("interrogate: this server has no interrogators (CLIP or DeepBooru captioning)")
 
     return api

@@ -12,7 +12,8 @@ from ..generation.params import RANGES
 from ..generation.samplers import resolve
 from .engine import check_preview_option
 from .json_bodies import shortened, shown
-from .schemas import FIXED_OPTIONS, GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, Txt2ImgRequest
+from .a1111_options import FIXED_OPTIONS
+from .schemas import GENERATION_OPTIONS, NEUTRAL, Img2ImgRequest, Txt2ImgRequest
 
 
 def refuse_unsupported(req: Txt2ImgRequest) -> None:
@@ -86,10 +87,12 @@ def mask_blur(req: Img2ImgRequest) -> int:
 
 def option_value(key: str, value, options: dict):
     """A whole number sent as a float (``2.0``: JSON from a client that has only floats) for an option
-    that holds whole numbers is that number."""
+    that holds whole numbers is that number; one sent as ``0`` for an option that holds floats, that float."""
     held = options.get(key)
     if isinstance(held, int) and not isinstance(held, bool) and isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(held, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
 
 

@@ -20,14 +20,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 
 from ..errors import UserError
-from . import a1111, jobs_api
+from . import a1111, extras, jobs_api
 from .api_paths import add_api_fallback
 from .catalog import Catalog
 from .client_gone import ClientGone
 from .engine import Engine, Stopping
 from .json_bodies import one_line, shortened
 from .jobs import JobRunner, JobStore, hold_data_dir
-from .schemas import FIXED_OPTIONS, GENERATION_OPTIONS
+from .a1111_options import FIXED_OPTIONS, HOUSEKEEPING_OPTIONS
+from .schemas import GENERATION_OPTIONS
 
 
 @dataclass
@@ -184,9 +185,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.engine, app.state.store, app.state.runner, app.state.catalog = engine, store, runner, catalog
     options = engine.options            # the live-preview ones steer the engine
-    options.update({**FIXED_OPTIONS, **{k: default for k, (default, _) in GENERATION_OPTIONS.items()},
-                    "sd_checkpoint_cache": 0})
+    options.update({**HOUSEKEEPING_OPTIONS, **FIXED_OPTIONS,
+                    **{k: default for k, (default, _) in GENERATION_OPTIONS.items()}})
     app.include_router(a1111.router(engine, options, settings.flags, data_dir / "outputs"))
+    app.include_router(extras.router())
     app.include_router(jobs_api.router(store, runner, catalog, lambda: engine.entry))
     async def ping():         # A1111's liveness probe: on the event loop, never behind generations (a1111.py)
         return {}

@@ -156,23 +156,34 @@ class JobStore:
         return Job(**values)
 
 
+# Settings the server chooses, as a job's client knows them (it cannot send them as overrides)
+SERVER_WORDS = {"instance_dir": "photos", "model": "model", "dino_model": "the server's DINO model",
+                "clip_model": "the server's CLIP model"}
+
+
 def in_api_words(message: str, request: dict | None = None) -> str:
     """A training message names the CLI's flags; a job's client sent fields: ``--batch-size`` is its
-    ``overrides.batch_size``, ``--class-prompt`` its ``class_prompt``; a setting the job's ``request``
-    did not override is its preset's (or a default), not a field the client sent."""
-    fields = {f.name for f in TrainConfig.fields()}
-    sent = None if request is None else set(request.get("overrides") or {})
+    ``overrides.batch_size``, ``--class-prompt`` its ``class_prompt``, ``--no-use-8bit-adam`` what to
+    send (``overrides {"use_8bit_adam": false}``); a setting the job's ``request`` did not override is
+    its preset's (or a default), not a field the client sent."""
+    fields = {f.name: f for f in TrainConfig.fields()}
+    sent = None if request is None else set(request.get("overrides") or {}) | ({"vae"} if "vae" in request else set())
 
     def field(match: re.Match) -> str:
-        name = match.group(1).replace("-", "_")
+        negated, name = bool(match.group(1)), match.group(2).replace("-", "_")
+        if negated:            # a switch's off form: what a client sends for it
+            known = name in fields and fields[name].type in ("bool", bool) and name not in SERVER_FIELDS
+            return f'overrides {{"{name}": false}}' if known else match.group(0)
         if name in FORM_FIELDS:
             return name
-        if name not in fields or name in SERVER_FIELDS:
+        if name in SERVER_WORDS:
+            return SERVER_WORDS[name]
+        if name not in fields or (name in SERVER_FIELDS and name != "vae"):
             return match.group(0)
         if sent is None or name in sent:
             return f"overrides.{name}"
         return f"{name} (of the {request.get('preset') or 'default'} settings)"
-    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", field, message)
+    return re.sub(r"(?<![\w-])--(no-)?([a-z][a-z0-9-]*)", field, message)
 
 
 def job_config(request: dict, output: Path, photos: Path, model_spec: str) -> TrainConfig:

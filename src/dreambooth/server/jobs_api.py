@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse
 
@@ -21,6 +22,7 @@ from ..errors import UserError
 from ..images import list_images, open_image
 from ..models.specs import hub_snapshot, offline
 from ..training.config import load_preset
+from ..training.guard import check_one_process_options
 from ..outputs import VALIDATION_DIR
 from .catalog import Catalog
 from .model_configs import vae_scale
@@ -106,6 +108,13 @@ def check_preset_vae(vae: str | None, preset: str) -> None:
                         f"`hf download {vae}`") from None
 
 
+def check_training_device(config) -> None:
+    """Settings this machine cannot train with (8-bit Adam without CUDA, ...): refused at submission by
+    the trainer's own device check, not a job that fails when its turn comes, hours later."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")     # the trainer's (Trainer.setup)
+    check_one_process_options(config, device, 1, False, lambda warning: None)   # (its warnings: the job's log)
+
+
 def _preset_model(preset: str, catalog: Catalog):
     """The listed model a preset names (toy's ``toy``), for a job that names none: the toy recipe on
     whatever model was loaded trained that model with the toy's settings."""
@@ -174,6 +183,10 @@ def submit_job(store: JobStore, runner: JobRunner, catalog: Catalog, current, *,
         what = f"overrides.vae {request['vae_name']}" if "vae" in request else f"preset {preset}: its vae {config.vae}"
         raise UserError(f"{what} scales latents by {theirs:g}, the model {entry.title}'s VAE by {ours:g}: a VAE of "
                         "another family; send overrides {\"vae\": \"Automatic\"} for the model's own")
+    try:
+        check_training_device(config)
+    except UserError as exc:
+        raise UserError(in_api_words(str(exc), request)) from None
     staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=store.root))    # photos checked before a job exists
     try:
         if uploads:
@@ -231,9 +244,10 @@ def router(store: JobStore, runner: JobRunner, catalog: Catalog, current_model: 
     @api.post("/jobs/{job_id}/cancel")
     async def cancel(job_id: str):
         job = job_of(job_id)
-        if job.state in ("done", "failed", "cancelled"):
-            raise UserError(f"job {job_id}: already {job.state}")
-        runner.cancel(job_id)
+        if job.state in ("done", "failed"):
+            raise UserError(f"job {job_id}: already {job.state}; nothing to cancel")
+        if job.state not in ("cancelled", "cancelling"):       # asked again (a retry): the job as it is
+            runner.cancel(job_id)
         return public(job_of(job_id), store, runner)
 
     @api.delete("/jobs/{job_id}")

@@ -116,10 +116,6 @@ NEUTRAL = {
     "s_churn": (None, 0.0), "s_noise": (None, 1.0), "s_min_uncond": (None, 0.0), "initial_noise_multiplier": (None, 1.0), "seed_resize_from_w": (-1, 0), "infotext": (None, ""),
 }
 
-# A1111 options this server has at one value: set to another (``/sdapi/v1/options`` or a request's
-# ``override_settings``) they are refused, not stored and ignored. ``sd_checkpoint_cache`` changes no
-# image and takes any value.
-FIXED_OPTIONS = {"samples_format": "png"}
 # A1111 options that steer generation: the WebUI's default and the GenerationParams field each sets (its
 # range is the field's, ``params.RANGES``): "Clip skip".
 GENERATION_OPTIONS = {"CLIP_stop_at_last_layers": (1, "clip_skip")}

@@ -194,9 +194,17 @@ def launched_alone() -> bool:
         and not any(name in env for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"))
 
 
+def check_precision_device(cfg: TrainConfig, device) -> None:
+    """A precision the device has no arithmetic for (before accelerate is asked for it)."""
+    if cfg.mixed_precision == "fp16" and torch.device(device).type == "cpu":
+        raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on CPU")
+
+
 def check_one_process_options(cfg: TrainConfig, device, processes: int, sharded: bool, warn) -> None:
-    """What acts inside the backward pass and so runs on one process: ``--fused-backward-pass`` steps
-    each weight there (``fused_backward``); ``--cuda-graphs`` records it (``cuda_graphs``, CUDA only)."""
+    """What this device cannot train with, and what acts inside the backward pass and so runs on one
+    process: ``--fused-backward-pass`` steps each weight there (``fused_backward``); ``--cuda-graphs``
+    records it (``cuda_graphs``, CUDA only). The server's job submission asks it too."""
+    check_precision_device(cfg, device)
     if cfg.use_8bit_adam and torch.device(device).type != "cuda":       # said before class images are made
         raise UserError(EIGHT_BIT_WITHOUT_CUDA)
     if cfg.cuda_graphs and torch.device(device).type != "cuda":

@@ -35,7 +35,7 @@ from .determinism import caller_random_state_kept, deterministic_kernels
 from .preflight import preflight
 from .prior import class_folder, class_params, ensure_class_images
 from .processes import failing_together, prepare_models
-from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options
+from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options, check_precision_device
 from .latents import LatentCache
 from ..parking import Parking
 from .phases import PhaseClock
@@ -67,8 +67,7 @@ class Trainer:
         from diffusers import DDPMScheduler
         cpu = not torch.cuda.is_available()
         cfg = self.config = choose_precision(self.config, torch.device("cpu" if cpu else "cuda"))   # the device accelerate gets
-        if cfg.mixed_precision == "fp16" and cpu:
-            raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on CPU")
+        check_precision_device(cfg, torch.device("cpu" if cpu else "cuda"))
         if cpu:
             keep_freed_host_memory()        # gradients reused, not faulted in each step (host_memory)
         # accelerate keeps one process-wide state; another run in this process may ask another precision
