@@ -675,6 +675,11 @@ def test_a_lora_that_does_not_fit_is_one_line_and_leaves_the_model_as_it_was(tin
     capfd.readouterr()
     with pytest.raises(UserError, match=r"^<lora:te2_only> \(.*\): none of its layers is one of this SD1 model's"):
         generate(pipe, GenerationParams("a dog <lora:te2_only:1>", seed=1, **SMALL))
+    pipe.info.share_paths = False            # a server's: its clients read no path of its machine
+    with pytest.raises(UserError, match=r"^<lora:te2_only>: none of its layers") as err:
+        generate(pipe, GenerationParams("a dog <lora:te2_only:1>", seed=1, **SMALL))
+    assert str(tmp_path) not in str(err.value)
+    pipe.info.share_paths = True
     (fits,) = generate(pipe, GenerationParams("a dog <lora:sks_kohya:1>", seed=1, **SMALL))
     (alone,) = generate(load_generation_pipeline(str(tiny_sd1), [(str(kohya_file), 1.0)]), GenerationParams("a dog", seed=1, **SMALL))
     assert np.array_equal(pixels(fits), pixels(alone))

@@ -192,6 +192,7 @@ class GenerationPipeline:
         logs each layer that does not fit: kept quiet, the message says what it means)."""
         import diffusers
         family = self.family.name.upper()
+        where = f" ({lora.source})" if self.info.share_paths else ""       # a server's clients see no path of it
         with quietly():          # the libraries as they were after (transformers' bar while a text encoder loads)
             diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
             try:
@@ -202,9 +203,9 @@ class GenerationPipeline:
                 self._forget_adapter(adapter)          # what it loaded before failing (a text encoder's part)
                 why = (f"its layers' sizes are not this {family} model's: a LoRA for another family?"
                        if "size mismatch" in str(exc) else damaged_file_line(lora.load) or exception_line(exc)[:200])
-                raise UserError(f"<lora:{lora.name}> ({lora.source}): cannot apply to this model ({why})") from None
+                raise UserError(f"<lora:{lora.name}>{where}: cannot apply to this model ({why})") from None
         if not self._has_adapter(adapter):
-            raise UserError(f"<lora:{lora.name}> ({lora.source}): none of its layers is one of this {family} model's "
+            raise UserError(f"<lora:{lora.name}>{where}: none of its layers is one of this {family} model's "
                             "(a LoRA for another family, or for a part this model lacks)")
 
     def _has_adapter(self, adapter: str) -> bool:
