@@ -316,6 +316,7 @@ def test_each_process_takes_its_slice_of_one_global_batch(photos):
 
 def test_a_checkpoint_restores_each_process_its_own_global_rng(tmp_path):
     from dreambooth.training import checkpoint as ckpt
+    from dreambooth.training.resume_settings import SHAPE_SETTINGS
     from dreambooth.training.sharding import whole_weights
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -323,7 +324,7 @@ def test_a_checkpoint_restores_each_process_its_own_global_rng(tmp_path):
     for seed in (1, 2):
         torch.manual_seed(seed)
         states.append(ckpt.rng_state())
-    settings = {k: None for k in ckpt.SHAPE_SETTINGS}
+    settings = {k: None for k in SHAPE_SETTINGS}
     path = ckpt.save_checkpoint(tmp_path, 3, whole_weights({"unet": model}, False), optimizer.state_dict(),
                                 {"rng_per_process": states}, settings, 0)
     expected = {}

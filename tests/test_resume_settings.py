@@ -185,3 +185,30 @@ def test_a_finished_run_is_trained_on_exactly_and_only_when_asked(tiny_sd1, dog_
     named = out / "checkpoints" / "checkpoint-000007"
     assert train(build_config(None, dict(common, max_steps=10, output=str(out), resume=str(named),
                                          overwrite=True))).steps == 10
+
+
+def test_a_resume_finds_its_model_and_photos_however_their_folders_are_typed(tiny_sd1, dog_photos, tmp_path, monkeypatch):
+    """A checkpoint records the model and photo folders where they are: a resume that types them another way
+    (relative, with a trailing slash, from another folder, or from training_args.json's absolute paths) is
+    the same run, bit for bit, and says nothing of a changed setting."""
+    import os
+    import shutil
+
+    from dreambooth import progress
+    here = tmp_path / "work"
+    shutil.copytree(tiny_sd1, here / "base")
+    shutil.copytree(dog_photos, here / "photos")
+    monkeypatch.chdir(here)
+    common = _common("base", "photos")
+    straight = train(build_config(None, dict(common, output="straight")))
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config(None, dict(common, output="stopped")), callbacks=[StopAfterStep4()])
+    (here / "elsewhere").mkdir()
+    monkeypatch.chdir(here / "elsewhere")
+    said = []
+    with progress.subscribed(said.append):
+        resumed = train(build_config(None, dict(common, model=".." + os.sep + "base" + os.sep, instance_dir=str(here / "photos"),
+                                                output="../stopped", resume="latest")))
+    assert resumed.losses == straight.losses
+    assert not [e.message for e in said if "differ" in (e.message or "")]
+    assert_same_weights(here / "straight", here / "stopped", "resumed with the folders typed otherwise")

@@ -88,6 +88,14 @@ def recorded_path(path: str | Path) -> str:
     return f"~/{path.relative_to(home).as_posix()}" if home in path.parents else str(path)
 
 
+def recorded_spec(spec):
+    """A model, photo folder, ... as a record keeps it: a local path as ``recorded_path`` (the same
+    folder however it was typed, from whichever folder), a hub id and ``toy`` as given."""
+    if isinstance(spec, (str, Path)) and str(spec) and str(spec) != "toy" and Path(spec).expanduser().exists():
+        return recorded_path(spec)
+    return spec
+
+
 def within(inner: Path, outer: Path) -> bool:
     """Whether ``inner`` is ``outer`` or lies inside it (links and ``..`` resolved)."""
     inner, outer = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()

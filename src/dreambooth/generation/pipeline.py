@@ -24,7 +24,7 @@ from ..models.families import adapter_for
 from ..models.hashes import model_hash
 from ..models.loading import damaged_file_line, load_pipeline, lower_case_suffix, quietly
 from ..models.specs import is_hub_id, is_lora_output, lora_output_base, resolve_model
-from ..outputs import LORA_WEIGHTS_FILE, named_weights_file, recorded_path
+from ..outputs import LORA_WEIGHTS_FILE, named_weights_file, recorded_spec
 from ..parking import Parking
 from .grammar import LoraTag
 from .loras import LoraFile, LoraLibrary, lora_from_path
@@ -49,18 +49,13 @@ class ModelInfo:
         return self._hash
 
 
-def _recorded(spec: str) -> str:
-    """A model as the infotext records it: local paths absolute (``recorded_path``), hub ids and 'toy' as given."""
-    return recorded_path(spec) if spec != "toy" and Path(spec).expanduser().exists() else spec
-
-
 def model_info_for(spec: str, vae: str | None = None, model_config: str | None = None) -> ModelInfo:
     ref = resolve_model(spec)
     path = Path(spec).expanduser()
     name = spec if spec == "toy" or ref.kind == "hub" else (path.stem if path.is_file() else path.resolve().name)
     vae_path = Path(vae).expanduser() if vae and Path(vae).expanduser().exists() else None
-    return ModelInfo(name=name, path=ref.path, spec=_recorded(spec), vae=vae_path, vae_spec=vae and _recorded(vae),
-                     config=model_config and _recorded(model_config))
+    return ModelInfo(name=name, path=ref.path, spec=recorded_spec(spec), vae=vae_path, vae_spec=vae and recorded_spec(vae),
+                     config=model_config and recorded_spec(model_config))
 
 
 class GenerationPipeline:

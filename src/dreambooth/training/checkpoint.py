@@ -35,21 +35,11 @@ from ..models.tokens import identifier_words, trained_identifier_words
 from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
 from .checkpoint_names import resume_folder
 from .processes import ProcessLost, peer_gone
-from .schedule_resume import SCHEDULE_SETTINGS, schedule_change
+from .resume_settings import EXACT_SETTINGS, SETTINGS_BEFORE, SHAPE_SETTINGS, same_setting
+from .schedule_resume import schedule_change
 from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
 
-# Settings a checkpoint's weights depend on: resuming with others would load the wrong tensors (clip
-# skip sets which text-encoder layers train, and what the trained weights were conditioned on).
-SHAPE_SETTINGS = ("model", "method", "rank", "train_text_encoder", "clip_skip")
-SETTINGS_BEFORE = {"clip_skip": 1}     # what a checkpoint written before a setting existed had
-# Settings an exact resume needs too: with others the run goes on, but not as the uninterrupted run
-# would have (the photos, the data stream's order and crops, the noise, the steps' sizes); a resume says so.
-EXACT_SETTINGS = ("instance_dir", "instance_prompt", "class_prompt", "resolution", "seed", "batch_size",
-                  "gradient_accumulation", "learning_rate", "lr_scheduler", "center_crop", "random_flip",
-                  "prior_loss_weight", "mixed_precision")
-# and what a LoRA run's checkpoint needs to load as a LoRA on its own (generation/loras.checkpoint_lora)
-RECORDED_SETTINGS = SHAPE_SETTINGS + EXACT_SETTINGS + SCHEDULE_SETTINGS + ("alpha",)    # a checkpoint's settings.json
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -252,7 +242,7 @@ def check_resumable(path: Path, settings: dict) -> dict:
     the weights alone."""
     saved = json.loads((path / "settings.json").read_text())
     for key in SHAPE_SETTINGS:
-        if str(was := saved.get(key, SETTINGS_BEFORE.get(key))) != str(settings.get(key)):
+        if not same_setting(key, was := saved.get(key, SETTINGS_BEFORE.get(key)), settings.get(key)):
             raise UserError(f"--resume {path}: checkpoint was made with {key}={was}, "
                             f"this run has {key}={settings.get(key)}; use the same setting to resume")
     try:
@@ -380,7 +370,7 @@ def resume_run(run, path: Path) -> None:
              f"checkpoint's (--seed {saved['seed']}), which the output records")
         run.config = run.config.replace(seed=saved["seed"])
     changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
-               if key in saved and str(saved[key]) != str(getattr(run.config, key))]
+               if key in saved and not same_setting(key, saved[key], getattr(run.config, key))]
     rates = state["lr_scheduler"].get("_last_lr"), scheduler.get_last_lr()       # at this step: the old rule's, the new
     if note := schedule_change(saved, run.config, run.step, *rates):
         warn(note)

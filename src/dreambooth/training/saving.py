@@ -17,7 +17,7 @@ from ..models.loading import load_pipeline
 from ..models.lora import kohya_metadata, modelspec_metadata, save_diffusers_lora, save_kohya_lora
 from ..models.registry import remember_output
 from ..models.single_file import export_single_file
-from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file, recorded_path
+from ..outputs import TRAINING_ARGS_FILE, as_user_file, named_weights_file, recorded_spec
 from .config import save_config
 from .sharding import is_sharded, whole_weights
 from .trainables import move
@@ -140,9 +140,8 @@ def save_output(run) -> list[Path]:
     import diffusers
     # paths absolute ('~' for the home folder): a LoRA output is a --model from any folder
     # (specs.lora_output_base), and the record is a --config from any folder
-    local = {key: recorded_path(value) for key in ("model", "vae", "model_config", "instance_dir", "class_dir", "output",
-                                                   "dino_model", "clip_model")
-             if (value := getattr(run.config, key)) and value != "toy" and Path(value).expanduser().exists()}
+    local = {key: recorded_spec(getattr(run.config, key)) for key in ("model", "vae", "model_config", "instance_dir",
+                                                                     "class_dir", "output", "dino_model", "clip_model")}
     save_config(run.config.replace(**local), args, {
         "family": run.family.name, "prediction_type": run.prediction_type, "steps_done": run.step,
         "instance_images": run.instance_images, "class_images": run.class_images,

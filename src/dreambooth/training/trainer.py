@@ -29,6 +29,7 @@ from .step_kernels import step_kernels
 from .callbacks import CheckpointSaved, StepEnd, TrainingCallback, as_callbacks
 from .loss import per_example_mse, prior_preserving_loss
 from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
+from .resume_settings import recorded_settings
 from .config import TrainConfig
 from .data import Batch, ExampleStream, ExampleTransform, load_examples
 from .determinism import caller_random_state_kept, deterministic_kernels
@@ -199,7 +200,7 @@ class Trainer:
         progress.warn(message)
 
     def settings(self) -> dict:
-        return {k: getattr(self.config, k) for k in ckpt.RECORDED_SETTINGS}
+        return recorded_settings(self.config)
 
     # ----- the math --------------------------------------------------------------------------
     def conditioning(self, prompts: list[str]):
