@@ -462,8 +462,6 @@ def test_generate_refuses_nan_and_bad_seeds_and_names_a_stretched_mask(tiny_sd1,
         one_line_error(code, err, needle)
     Image.new("RGB", (32, 32)).save(tmp_path / "init.png")
     Image.new("L", (16, 24), 255).save(tmp_path / "mask.png")
-    code, _, err = run_cli(*base, "--init-image", tmp_path / "init.png", "--mask", tmp_path / "mask.png")
-    one_line_error(code, err, "--steps 1", "--strength 0.75")        # int(1 x 0.75) = 0 denoising steps
     code, _, err = run_cli(*base, "--init-image", tmp_path / "init.png", "--mask", tmp_path / "mask.png",
                            "--steps", "2", "--strength", "0.5")
     assert code == 0, err
