@@ -430,7 +430,7 @@ def test_the_os_error_boundary():
 # ----- silently wrong, now named ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("yaml, key", [("learning_rate: [1, 2]", "learning_rate"), ("max_steps: 2.7", "max_steps"),
-                                       ("rank: true", "rank"), ("class_cfg: .nan", "class-cfg"),
+                                       ("rank: true", "rank"), ("class_cfg: .nan", "class_cfg"),
                                        ("model: 12", "model")])
 def test_preset_values_must_have_the_fields_type(yaml, key, tmp_path):
     preset = tmp_path / "p.yaml"

@@ -13,6 +13,7 @@ import errno
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -67,6 +68,14 @@ def open_image(path: str | Path, flag: str = "", mode: str = "RGB", keep_alpha: 
     """Open an image file: EXIF orientation applied, converted to ``mode`` ("RGB" through
     :func:`to_rgb`, or e.g. "L" for masks). ``keep_alpha`` returns RGBA when the file has
     transparency. Any failure is a one-line UserError naming ``flag`` (if given) and the file."""
+    im = read_image(path, flag)
+    if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
+        return im.convert("RGBA")
+    return to_rgb(im) if mode == "RGB" else im.convert(mode)
+
+
+def read_image(path: str | Path, flag: str = "") -> Image.Image:
+    """An image file as it is (its own mode), EXIF orientation applied; failures as in :func:`open_image`."""
     where = f"{flag} {path}" if flag else str(path)
     path = Path(path).expanduser()
     if not path.is_file():
@@ -82,9 +91,15 @@ def open_image(path: str | Path, flag: str = "", mode: str = "RGB", keep_alpha: 
                         "(or raise DREAMBOOTH_MAX_IMAGE_PIXELS)") from None
     except Exception as exc:     # PIL raises many kinds for damaged or foreign files
         raise UserError(f"{where}: not a readable image ({_why(exc)})") from None
-    if keep_alpha and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
-        return im.convert("RGBA")
-    return to_rgb(im) if mode == "RGB" else im.convert(mode)
+    return im
+
+
+def transparent_all_over(image: Image.Image) -> bool:
+    """Whether every pixel of ``image`` (as read, before :func:`to_rgb`) is fully transparent: it
+    would become one plain colour, the white it is composited on."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa") and not (image.mode == "P" and "transparency" in image.info):
+        return False
+    return image.convert("RGBA").getchannel("A").getextrema()[1] == 0
 
 
 MAX_ASPECT = 4        # a longer photo trains its middle 4:1 (a 20000x1 strip would be 1,280,000 px long at 64)
@@ -111,14 +126,16 @@ def as_image(value, flag: str = "", mode: str = "RGB") -> Image.Image | None:
     return open_image(value, flag, mode)
 
 
-def list_images(folder: str | Path, flag: str, allow_empty: bool = False, quiet: bool = False) -> list[Path]:
+def list_images(folder: str | Path, flag: str, allow_empty: bool = False, quiet: bool = False,
+                warn: Callable[[str], None] | None = None) -> list[Path]:
     """Image files directly in ``folder`` (by suffix, hidden files left out), in sorted name order;
-    a one-line error when there are none, unless ``allow_empty``."""
-    everything = list_files(folder, flag, quiet)
+    a one-line error when there are none, unless ``allow_empty``. Warnings go to ``warn`` (a run's own,
+    so its summary repeats them), else ``progress.warn``."""
+    everything = list_files(folder, flag, quiet, warn)
     files = [p for p in everything if is_image_file(p)]
     unread = [p.name for p in everything if p.suffix.lower() in UNREAD_SUFFIXES]
     if unread and not quiet:
-        progress.warn(unread_formats(f"{flag} {folder}", unread))
+        (warn or progress.warn)(unread_formats(f"{flag} {folder}", unread))
     if not files and not allow_empty:
         raise UserError(f"{flag} {folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
     return files
@@ -130,10 +147,11 @@ def unread_formats(where: str, names: list[str]) -> str:
             f"{' ...' if len(names) > 3 else ''}); convert them to PNG or JPEG")
 
 
-def list_files(folder: str | Path, flag: str, quiet: bool = False) -> list[Path]:
+def list_files(folder: str | Path, flag: str, quiet: bool = False,
+               warn: Callable[[str], None] | None = None) -> list[Path]:
     """Every visible file directly in ``folder``, sorted; a one-line error when it is no folder.
-    What is passed over (links to nothing, sub-folders) is said, unless ``quiet`` (a check before
-    the folder is read)."""
+    What is passed over (links to nothing, sub-folders) is said through ``warn`` (else
+    ``progress.warn``), unless ``quiet`` (a check before the folder is read)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: {'a file, not a folder' if folder.exists() else 'no such folder'}")
@@ -153,7 +171,7 @@ def list_files(folder: str | Path, flag: str, quiet: bool = False) -> list[Path]
         said.append(f"{flag} {folder}: skipping {len(folders)} sub-folder(s) ({', '.join(folders[:3])}"
                     f"{' ...' if len(folders) > 3 else ''}); only the files directly in it are read")
     for message in said if not quiet else ():
-        progress.warn(message)
+        (warn or progress.warn)(message)
     return [p for p in entries if p.is_file() and not p.name.startswith(".")]
 
 

@@ -32,10 +32,11 @@ from safetensors.torch import save_file
 from .. import progress
 from ..errors import UserError
 from ..models.tokens import identifier_words, trained_identifier_words
-from ..outputs import CHECKPOINTS_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name, checkpoint_step, within
+from ..outputs import (CHECKPOINTS_DIR, PREVIOUS_OUTPUT_DIR, TRAINING_ARGS_FILE, as_user_file, checkpoint_name,
+                       checkpoint_step, within)
 from .checkpoint_names import resume_folder
 from .processes import ProcessLost, peer_gone
-from .resume_settings import EXACT_SETTINGS, SETTINGS_BEFORE, SHAPE_SETTINGS, same_setting
+from .resume_settings import changed_settings, refused_changes
 from .schedule_resume import schedule_change
 from .results import TrainingInterrupted
 from .sharding import copy_whole, is_sharded, load_optimizer_state, whole_optimizer_state, whole_weights
@@ -145,10 +146,11 @@ def check_within_run(path: Path, step: int | None, max_steps: int) -> None:
                         f"give --max-steps {step} or more to go on from it")
 
 
-def find_checkpoint(resume: str, output: Path, max_steps: int | None = None) -> Path:
+def find_checkpoint(resume: str, output: Path, max_steps: int | None = None, warn=progress.warn) -> Path:
     """The checkpoint ``--resume`` names, intact: ``latest`` is the newest intact one of ``output``;
-    with ``max_steps``, one within the run (by its name here; by its state when it is loaded)."""
-    path = _found_checkpoint(resume, output)
+    with ``max_steps``, one within the run (by its name here; by its state when it is loaded).
+    ``warn``: the run's (a damaged checkpoint skipped is said again in its closing summary)."""
+    path = _found_checkpoint(resume, output, warn)
     if max_steps is not None:
         step = checkpoint_step(path)
         check_within_run(path, step, max_steps)
@@ -166,16 +168,19 @@ def finished_at(output: Path) -> int | None:
         return None
 
 
-def _found_checkpoint(resume: str, output: Path) -> Path:
+def _found_checkpoint(resume: str, output: Path, warn) -> Path:
     if resume == "latest":
         found = list_checkpoints(output)
+        previous = output / PREVIOUS_OUTPUT_DIR      # an --overwrite run killed before its first checkpoint
+        kept = f"; {previous} holds the output an interrupted --overwrite run replaced, with its checkpoints: move " \
+            "it back to resume that run" if list_checkpoints(previous) else ""
         if not found:
-            raise UserError(f"--resume latest: no checkpoint in {checkpoint_dir(output)}")
+            raise UserError(f"--resume latest: no checkpoint in {checkpoint_dir(output)}{kept}")
         for path in reversed(found):
             why = damage(path)
             if why is None:
                 return path
-            progress.warn(f"--resume latest: skipping {path}, which is damaged ({why})")
+            warn(f"--resume latest: skipping {path}, which is damaged ({why})")
         raise UserError(f"--resume latest: every checkpoint in {checkpoint_dir(output)} is damaged; "
                         "start again without --resume")
     path = resume_folder(resume, output)      # checkpoint-80: OUTPUT/checkpoints/checkpoint-000080
@@ -241,10 +246,10 @@ def check_resumable(path: Path, settings: dict) -> dict:
     otherwise. Read before anything is made (class images, latents): settings.json and the names of
     the weights alone."""
     saved = json.loads((path / "settings.json").read_text())
-    for key in SHAPE_SETTINGS:
-        if not same_setting(key, was := saved.get(key, SETTINGS_BEFORE.get(key)), settings.get(key)):
-            raise UserError(f"--resume {path}: checkpoint was made with {key}={was}, "
-                            f"this run has {key}={settings.get(key)}; use the same setting to resume")
+    if refused := refused_changes(saved, settings):
+        key, was, now = refused[0]
+        raise UserError(f"--resume {path}: checkpoint was made with {key}={was}, "
+                        f"this run has {key}={now}; use the same setting to resume")
     try:
         with safe_open(str(path / "trainable.safetensors"), framework="pt") as weights:
             offsets = any(key.endswith("token_embedding.delta") for key in weights.keys())
@@ -361,7 +366,7 @@ def resume_run(run, path: Path) -> None:
         scheduler._last_lr = [base * rule(scheduler.last_epoch) for base, rule in zip(asked, scheduler.lr_lambdas)]
         for group, lr in zip(run.optimizer.param_groups, scheduler._last_lr):
             group["lr"] = lr                          # the same numbers when nothing changed
-    run.stream.load_state_dict(state["stream"])
+    restarted = run.stream.load_state_dict(state["stream"])      # the kinds of pictures now more or fewer
     run.noise_gen.set_state(state["noise_gen"])
     saved = json.loads((path / "settings.json").read_text())
     warn = run.warn                      # now, and in the closing summary (the first process's terminal alone)
@@ -369,8 +374,7 @@ def resume_run(run, path: Path) -> None:
         warn(f"--resume: --seed {run.config.seed} is not used; the random streams go on from the "
              f"checkpoint's (--seed {saved['seed']}), which the output records")
         run.config = run.config.replace(seed=saved["seed"])
-    changed = [f"{key} {getattr(run.config, key)} (was {saved[key]})" for key in EXACT_SETTINGS
-               if key in saved and not same_setting(key, saved[key], getattr(run.config, key))]
+    changed = changed_settings(saved, run.config, getattr(run, "photos", None), restarted)
     rates = state["lr_scheduler"].get("_last_lr"), scheduler.get_last_lr()       # at this step: the old rule's, the new
     if note := schedule_change(saved, run.config, run.step, *rates):
         warn(note)

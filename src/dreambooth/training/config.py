@@ -154,7 +154,7 @@ class TrainConfig:
         are never numbers here), then what must be given. Each failure is one line naming the flag."""
         hints = get_type_hints(TrainConfig)
         for f in self.fields():
-            value, name, meta = getattr(self, f.name), flag(f.name), f.metadata
+            value, name, meta = getattr(self, f.name), self.named(f.name), f.metadata
             if value is None:
                 if type(None) not in get_args(hints[f.name]):
                     raise UserError(f"{name}: required")
@@ -170,7 +170,7 @@ class TrainConfig:
                 if "choices" in meta and item not in meta["choices"]:
                     raise UserError(f"{name} {item}: unknown value; choose one of {', '.join(meta['choices'])}")
         if self.resolution is not None and self.resolution % 8:
-            raise UserError(f"--resolution {self.resolution}: must be a multiple of 8")
+            raise UserError(f"{self.named('resolution')} {self.resolution}: must be a multiple of 8")
         if not self.model:
             raise UserError("--model is required: a diffusers folder, a .safetensors file or a hub id "
                             "(--model toy trains the built-in toy model)")
@@ -213,6 +213,12 @@ class TrainConfig:
         if self.prior_preservation and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-prompt, e.g. --class-prompt 'a photo of dog'")
         return self
+
+    def named(self, name: str) -> str:
+        """How an error names a setting: ``--config FILE: rank`` where the value came from a settings
+        file (``build_config`` records which did), else the flag ``--rank``."""
+        source = getattr(self, "_from_file", {}).get(name)
+        return f"--config {source}: {name}" if source else flag(name)
 
     @property
     def adapters_draw_random_numbers(self) -> bool:
@@ -314,8 +320,10 @@ def preset_file(path_or_name: str) -> Path:
         return path
     shipped = PRESET_DIR / f"{path_or_name.removesuffix('.yaml')}.yaml"
     if not shipped.is_file():
-        names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise UserError(f"--config {path_or_name}: no such file or shipped preset (shipped: {names})")
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        near = did_you_mean(path_or_name.removesuffix(".yaml"), names).strip(" ()")      # 'did you mean x?'
+        raise UserError(f"--config {path_or_name}: no such file or shipped preset{f'; {near}' if near else ''} "
+                        f"(shipped: {', '.join(names)})")
     return shipped
 
 
@@ -366,7 +374,10 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     unknown = set(values) - known
     if unknown:
         raise UserError("unknown setting(s): " + ", ".join(u + did_you_mean(u, known) for u in sorted(unknown)))
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    # the values the file gave (no flag over them): validate names their key and the file, not a flag never typed
+    config._from_file = {k: preset_file(preset) for k in own if k not in given} if preset else {}
+    return config
 
 
 # What a run's training_args.json holds besides its settings (saving.save_output), and the settings

@@ -24,10 +24,10 @@ from PIL import Image
 from .. import progress
 from ..errors import UserError
 from ..images import (IMAGE_SUFFIXES, MASK_SUFFIX, MAX_ASPECT, UNREAD_SUFFIXES, is_mask_file, list_files, middle,
-                      open_image, unread_formats)
+                      read_image, to_rgb, transparent_all_over, unread_formats)
 from ..text_files import decode_text
 from .masks import load_mask
-from .photo_notes import photo_notes
+from .photo_notes import Repeats, one_line as _one_line, photo_notes, transparent
 
 log = logging.getLogger("dreambooth")
 MANY_PHOTOS = 100      # DreamBooth teaches a subject from 3-20 photos; far more is likely another folder or task
@@ -64,15 +64,6 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image if new == (w, h) else image.resize(new, Image.LANCZOS)
 
 
-def _one_line(files: list[tuple[Path, str]], alone, together) -> str:
-    """One warning for files passed over for one reason: ``alone(path, detail)`` for a single file,
-    ``together(count, names)`` for several, naming the first three ('a.txt, b.txt, c.txt and 4 more')."""
-    if len(files) == 1:
-        return alone(*files[0])
-    names = [" ".join(filter(None, (path.name, detail))) for path, detail in files]
-    return together(len(files), ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
-
-
 def read_caption(path: Path, warn) -> str:
     """A caption file's text (``decode_text``); other bytes are replaced, with a warning."""
     raw = path.read_bytes()
@@ -92,10 +83,12 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
     examples: list[Example] = []
     # files passed over for one reason: one line for them all (a folder of 20 captioned photos without
     # --captions would otherwise print 20)
-    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike, unread, shadowed = ([] for _ in range(10))
+    unused_masks, unused_captions, not_images, small, empty, long, blank, masklike, unread, shadowed, clear = \
+        ([] for _ in range(11))
+    copies = Repeats()
     # (path, detail); captions are the photos' (class images are trained with --class-prompt)
     caption_use = "only with --captions" if flag != "--class-dir" else "for the photos only, with --captions"
-    files = list_files(folder, flag)
+    files = list_files(folder, flag, warn=warn)
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)}
     caption_files = {p.stem: p for p in sorted(files, key=lambda p: p.suffix.lower() == ".txt")   # NAME.txt last: kept
                      if p.suffix.lower() in CAPTION_SUFFIXES}          # NAME.txt, NAME.TXT or NAME.caption
@@ -120,10 +113,14 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                 not_images.append((path, ""))
             continue
         try:
-            image = open_image(path)
+            image = read_image(path)
         except UserError as exc:
             warn(f"skipping {exc}")
             continue
+        if transparent_all_over(image):      # composited on white it would train as a blank picture
+            clear.append((path, ""))
+            continue
+        image = to_rgb(image)
         text = prompt
         caption = caption_files.get(path.stem)
         if captions and caption is not None:
@@ -131,6 +128,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             if not text:
                 empty.append((caption, ""))
             text = text or prompt
+        copies.add(path, text)
         if min(image.size) < resolution:
             small.append((path, f"{image.width}x{image.height}"))
         if max(image.size) > MAX_ASPECT * min(image.size):
@@ -159,6 +157,8 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             (shadowed, lambda p, _: f"ignoring {p}: the {p.stem}.txt beside it is its photo's caption",
              lambda n, names: f"ignoring {n} .caption files in {folder} ({names}): the NAME.txt beside each is its "
                               "photo's caption"),
+            transparent(clear, folder),
+            copies.group(folder, pictures),
             (not_images, lambda p, _: f"skipping {p}: not an image ({suffixes})",
              lambda n, names: f"skipping {n} files in {folder} that are not images ({names}; images are {suffixes})"),
             (small, lambda p, size: f"{p}: {size}, upscaled to the training size {resolution}; {a_picture} at least "
@@ -377,8 +377,16 @@ class ExampleStream:
         return list(dict.fromkeys(prompts))
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()}}
+        return {"gen": self.gen.get_state(), "order": {k: list(v) for k, v in self._order.items()},
+                "counts": {"instance": len(self.instance), "prior": len(self.prior)}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> list[str]:
+        """The checkpoint's stream; returns the kinds ("instance", "prior") now more or fewer (photos added
+        or removed, --num-class-images changed): the rest of their epoch is dropped and a new one drawn from
+        the checkpoint's generator, alike on every resume (states without counts: where an index is gone)."""
         self.gen.set_state(state["gen"])
-        self._order = {k: list(v) for k, v in state["order"].items()}
+        counts, was = {"instance": len(self.instance), "prior": len(self.prior)}, state.get("counts", {})
+        restarted = [k for k, order in state["order"].items()
+                     if was.get(k, counts[k]) != counts[k] or any(i >= counts[k] for i in order)]
+        self._order = {k: [] if k in restarted else list(v) for k, v in state["order"].items()}
+        return restarted

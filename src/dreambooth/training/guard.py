@@ -39,8 +39,9 @@ from .trainables import EIGHT_BIT_WITHOUT_CUDA
 KEPT_ON_OVERWRITE = (CLASS_IMAGES_DIR,)
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """One-line errors for inputs and an output that cannot work, before anything is written."""
+def check_inputs(cfg: TrainConfig, warn=progress.warn) -> None:
+    """One-line errors for inputs and an output that cannot work, before anything is written; ``warn``:
+    the run's (its closing summary says the settings that do nothing again)."""
     output = Path(cfg.output).expanduser()
     list_files(cfg.instance_dir, "--instance-dir", quiet=True)      # a readable folder (or a one-line error)
     check_output_folder(output)
@@ -64,7 +65,7 @@ def check_inputs(cfg: TrainConfig) -> None:
             if spec:
                 resolve_encoder(spec, flag)
     for message in idle_settings(cfg):
-        progress.warn(message)
+        warn(message)
     inputs = [("--instance-dir", cfg.instance_dir)]
     inputs += [(flag, path) for flag, path in (("--model", cfg.model), ("--vae", cfg.vae), ("--model-config", cfg.model_config))
                if path and path != "toy" and Path(path).expanduser().exists()]       # local ones (not hub ids)
@@ -226,6 +227,19 @@ def _entries(output: Path) -> list[Path]:
         if output.is_dir() else []
 
 
+def hold_output(output: Path, cleanup: contextlib.ExitStack) -> None:
+    """One run writes an output at a time: a second (a resume started while the first still runs, the
+    workers a killed ``accelerate launch`` left) is refused; the lock goes when ``cleanup`` closes. Taken
+    first, before the output's checkpoints are looked at: the first run may not have written one yet."""
+    lock = output_lock(output)
+    handle, holder = take_lock(lock)
+    if holder is not None:
+        raise UserError(f"--output {output}: another dreambooth train is writing it"
+                        f"{f' (pid {holder})' if holder else ''}; wait for it or stop it, or choose another --output")
+    if handle is not None:
+        cleanup.callback(release_lock, handle, lock)
+
+
 class OutputStage:
     """The output folder while a run writes it (see the module doc)."""
 
@@ -236,21 +250,9 @@ class OutputStage:
         self.moved: list[str] = []
         self.committed, self.created = False, []
 
-    def _hold(self, cleanup) -> None:
-        """One run writes an output at a time: a second (a resume started while the first still runs, the
-        workers a killed ``accelerate launch`` left) is refused; the lock goes when ``cleanup`` closes."""
-        lock = output_lock(self.output)
-        handle, holder = take_lock(lock)
-        if holder is not None:
-            raise UserError(f"--output {self.output}: another dreambooth train is writing it"
-                            f"{f' (pid {holder})' if holder else ''}; wait for it or stop it, or choose another --output")
-        if handle is not None:
-            cleanup.callback(release_lock, handle, lock)
-
-    def prepare(self, cleanup: contextlib.ExitStack) -> None:
-        """Refuse to clobber what is there unless asked; with ``--overwrite`` move it aside. The output
-        is this run's until ``cleanup`` closes."""
-        self._hold(cleanup)
+    def prepare(self) -> None:
+        """Refuse to clobber what is there unless asked; with ``--overwrite`` move it aside. The run
+        holds the output already (``hold_output``)."""
         own_resume = self.resume_from is not None and within(self.resume_from, self.output / CHECKPOINTS_DIR)
         entries = _entries(self.output)
         if self.previous.exists() and not own_resume:

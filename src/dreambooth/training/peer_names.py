@@ -7,6 +7,8 @@ from __future__ import annotations
 
 ATTENTION = "nothing (attention is always PyTorch's fused SDPA)"
 NO_BUCKETS = "nothing (no aspect-ratio buckets: each photo trains on a square crop; docs/training.md, Data)"
+NO_EMA = ("nothing (no EMA copy of the weights is kept here: the output is the last step's weights, or with "
+          "--keep-best the best validation step's)")
 BOTH_FORMATS = ("nothing (a LoRA run always writes both diffusers' and kohya's .safetensors; a full run a diffusers "
                 "folder, and one .safetensors with --export-single-file)")
 
@@ -23,6 +25,8 @@ PEER_NAMES = {
     "adam_weight_decay": "--weight-decay", "sample_batch_size": "--class-batch-size",
     "enable_xformers_memory_efficient_attention": ATTENTION,
     "train_text_encoder_ti": "--identifier-lr (the full method)",
+    # EMA: diffusers' train_text_to_image*.py (--use_ema and its options), and the short name
+    "use_ema": NO_EMA, "ema": NO_EMA, "ema_decay": NO_EMA, "offload_ema": NO_EMA, "foreach_ema": NO_EMA,
     # kohya's sd-scripts
     "network_dim": "--rank", "network_alpha": "--alpha", "network_module": "--method lora",
     "network_dropout": "--lora-dropout", "network_train_unet_only": "nothing (the default; --train-text-encoder adds "

@@ -30,6 +30,17 @@ from ..generation.sampling import generate
 from ..errors import UserError, file_operation
 from ..images import list_images, open_image, write_png
 from ..outputs import CLASS_IMAGES_DIR, class_image_name, recorded_path
+from .results import TrainingInterrupted
+
+
+class ClassImagesInterrupted(TrainingInterrupted):
+    """Ctrl-C while class images are made: how many are kept and where (the CLI says this line).
+    There is no checkpoint to resume: the same command again makes only the missing ones."""
+
+    def __init__(self, kept: int, count: int, folder: Path):
+        self.step, self.checkpoint = 0, None
+        KeyboardInterrupt.__init__(self, f"interrupted while making class images: {kept} of {count} kept in {folder}; "
+                                         "run the same command again to go on")
 
 
 def class_folder(cfg) -> Path:
@@ -95,14 +106,16 @@ def refuse_other_prompts(folder: Path, prompt: str, model: str | None = None) ->
 def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, folder: str | Path, count: int,
                         autocast: torch.dtype | None = None, shard: tuple[int, int] = (0, 1),
                         barrier: Callable[[], None] | None = None, batch: int = 1,
-                        between: Callable[[], None] | None = None) -> list[Path]:
+                        between: Callable[[], None] | None = None,
+                        warn: Callable[[str], None] | None = None) -> list[Path]:
     """Make sure ``folder`` holds at least ``count`` images of ``params`` (its seed is image 0's);
     return the first ``count``. ``autocast``: the training's mixed precision, if any. ``shard=(rank,
     world)`` and ``barrier`` (waits for every process): this process's share of the work, see the module doc.
-    ``between`` is called after each batch is written (a server's pause point)."""
+    ``between`` is called after each batch is written (a server's pause point); ``warn``: the run's own
+    (its summary repeats what it is told), else ``progress.warn``."""
     folder = Path(folder)
     rank, world = shard
-    barrier = barrier or (lambda: None)
+    barrier, warn = barrier or (lambda: None), warn or progress.warn
     with file_operation("create the class-image folder", "--class-dir"):
         folder.mkdir(parents=True, exist_ok=True)
     have = []
@@ -113,9 +126,9 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
         elif rank:                                 # the first process names them
             continue
         elif path.name.startswith("class-"):      # one this project made: made again below
-            progress.warn(f"class image {path} is damaged ({why.split(': ', 1)[-1]}); it is made again")
+            warn(f"class image {path} is damaged ({why.split(': ', 1)[-1]}); it is made again")
         else:
-            progress.warn(f"skipping class image {why}")
+            warn(f"skipping class image {why}")
     taken = {p.name for p in have}
     missing = [i for i in range(count * 4) if class_image_name(i) not in taken][: max(0, count - len(have))]
     barrier()              # every process has looked before any writes
@@ -131,17 +144,25 @@ def ensure_class_images(pipeline: GenerationPipeline, params: GenerationParams, 
                          + (f" ({shown})" if share else ""), own=True)
     if share:
         with progress.task("class images", sum(map(len, batches))) as bar:
-            for indices in batches:
-                made = generate(pipeline, params.replace(seed=params.seed + indices[0], batch_size=len(indices),
-                                                         batch_count=1), autocast=autocast, task=bar)
-                for i, image in zip(indices, made):
-                    if i not in wanted:
-                        continue
-                    tmp = folder / f".{class_image_name(i)}.tmp"
-                    with file_operation("write a class image", "--class-dir"):
-                        write_png(image.image, tmp, image.infotext)
-                        os.replace(tmp, folder / class_image_name(i))     # never a half-written image
-                if between is not None:
-                    between()
+            done = 0          # images written (or made and not wanted): the bar counts sampling steps as they go
+            try:
+                for indices in batches:
+                    made = generate(pipeline, params.replace(seed=params.seed + indices[0], batch_size=len(indices),
+                                                             batch_count=1), autocast=autocast, task=bar)
+                    for i, image in zip(indices, made):
+                        if i in wanted:
+                            tmp = folder / f".{class_image_name(i)}.tmp"
+                            with file_operation("write a class image", "--class-dir"):
+                                write_png(image.image, tmp, image.infotext)
+                                os.replace(tmp, folder / class_image_name(i))     # never a half-written image
+                        done += 1
+                    if between is not None:
+                        between()
+            except KeyboardInterrupt as exc:
+                bar.completed = done          # its last line says what is kept, not an image half sampled
+                if isinstance(exc, TrainingInterrupted):
+                    raise
+                kept = len(have) + sum((folder / class_image_name(i)).is_file() for i in missing)
+                raise ClassImagesInterrupted(min(kept, count), count, folder) from None
     barrier()              # every share is written
     return [p for p in existing_class_images(folder) if _damaged(p) is None][:count]

@@ -31,12 +31,13 @@ from .loss import per_example_mse, prior_preserving_loss
 from .results import TrainingInterrupted, TrainingStopped, TrainResult, peak_memory
 from .resume_settings import recorded_settings
 from .config import TrainConfig
-from .data import Batch, ExampleStream, ExampleTransform, load_examples
+from .data import Batch, ExampleTransform, load_examples
 from .determinism import caller_random_state_kept, deterministic_kernels
 from .preflight import preflight
-from .prior import class_folder, class_params, ensure_class_images
 from .processes import failing_together, prepare_models
-from .guard import OutputStage, check_distributed, check_inputs, check_one_process_options, check_precision_device
+from .run_data import prepare_data
+from .guard import (OutputStage, check_distributed, check_inputs, check_one_process_options, check_precision_device,
+                    hold_output)
 from .latents import LatentCache
 from ..parking import Parking
 from .phases import PhaseClock
@@ -59,6 +60,7 @@ class Trainer:
         self.skipped, self.started_at = 0, time.time()
         self.validator: Validator | None = None
         self.stage: OutputStage | None = None
+        self.photos: dict | None = None     # their fingerprints (``run_data``), once the photos are read
         self.cleanup = contextlib.ExitStack()      # what the run holds until it ends (the output's lock)
 
     # ----- setup ---------------------------------------------------------------------------
@@ -77,11 +79,14 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                                        cpu=cpu, fsdp_plugin=fsdp_plugin(cfg, fsdp), kwargs_handlers=[uncached_autocast()])
         self.device = self.accelerator.device
+        with failing_together(self.accelerator):     # a run writing the output answers first (not "no checkpoint")
+            if self.accelerator.is_main_process:
+                hold_output(self.output, self.cleanup)
         # What can fail without writing anything, first (all processes at once): inputs, checkpoint, model, photos.
         with failing_together(self.accelerator):
-            check_inputs(cfg)
+            check_inputs(cfg, self.warn)
             check_one_process_options(cfg, self.device, self.accelerator.num_processes, fsdp, self.warn)
-            self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output, cfg.max_steps) if cfg.resume else None
+            self.resume_from = ckpt.find_checkpoint(cfg.resume, self.output, cfg.max_steps, self.warn) if cfg.resume else None
             self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, model_config=cfg.model_config)
             self.family = adapter_for(pipe)
             native = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -117,11 +122,11 @@ class Trainer:
             self.memory = preflight(pipe, self.family, cfg, self.device, shards, self.accelerator.num_processes)   # may refuse
             self.stage = OutputStage(self.output, cfg.overwrite, self.resume_from, cfg.resume == "latest")
             if self.accelerator.is_main_process:
-                self.stage.prepare(self.cleanup)
+                self.stage.prepare()
         for warning in identifier_warnings(self.family.tokenizers[0], cfg.instance_prompt, cfg.class_prompt, [e.prompt for e in instance]):
             self.warn(warning)             # now, before class images and steps are spent on them
         self.memory.report()
-        self._prepare_data(cfg, instance)
+        prepare_data(self, cfg, instance)
         self.trainables, groups = make_trainable(pipe, self.family, cfg, self.device, self.warn)
         self.optimizer = make_optimizer(groups, cfg, self.trainables.values(), self.device, self.accelerator.num_processes)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg)
@@ -153,25 +158,6 @@ class Trainer:
             self.validator = validator_for(self, self.accelerator.is_main_process, is_sharded(self.accelerator))
         return self
 
-    def _prepare_data(self, cfg: TrainConfig, instance: list) -> None:
-        for transform in self.transforms:
-            transform.prepare(instance, progress.message)
-        prior, acc = [], self.accelerator
-        if cfg.prior_preservation:
-            class_dir = class_folder(cfg)
-            pipeline = self.generation_pipeline(for_output=False)
-            pipeline.parking = Parking(self.device, self.memory.class_parking)    # parts take turns (preflight)
-            ensure_class_images(pipeline, class_params(cfg), class_dir, cfg.num_class_images, self.autocast_dtype, (
-                acc.process_index, acc.num_processes), acc.wait_for_everyone, cfg.class_batch_size, self.pause_point)
-            pipeline.parking.release()
-            prior = load_examples(class_dir, cfg.class_prompt, cfg.resolution, flag="--class-dir",
-                                  warn=self.warn)[:cfg.num_class_images]    # a folder may hold more: the first
-        self.class_images, self.instance_images = len(prior), len(instance)
-        progress.message(f"training on {len(instance)} photo(s)" + (f" and {len(prior)} class image(s)" if prior else ""))
-        self.stream = ExampleStream(instance, prior, cfg.batch_size, cfg.resolution, cfg.center_crop, cfg.random_flip,
-                                    cfg.seed, cfg.caption_dropout, self.transforms, (acc.process_index, acc.num_processes),
-                                    self.warn)
-
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return AUTOCAST.get(self.config.mixed_precision)
@@ -200,7 +186,7 @@ class Trainer:
         progress.warn(message)
 
     def settings(self) -> dict:
-        return recorded_settings(self.config)
+        return recorded_settings(self.config, self.photos)
 
     # ----- the math --------------------------------------------------------------------------
     def conditioning(self, prompts: list[str]):
