@@ -118,10 +118,11 @@ def test_validation_and_class_images(method, tiny_sd1, dog_photos, tmp_path):
 
 
 def test_a_demo_sample(tmp_path):
-    from dreambooth.toy.demo import run_demo
+    from dreambooth.toy.demo import DEMO_MARK, run_demo
     out = tmp_path / "demo"
     (out / "model" / ".previous").mkdir(parents=True)        # an earlier demo killed while it replaced its model
     (out / "model" / ".previous" / "model_index.json").write_text("{}")
+    (out / DEMO_MARK).touch()                                   # (a demo writes its mark first)
     run_demo(out, max_steps=2, num_class_images=2, log=lambda *_: None)
     after = out / "samples" / "after" / "00008-1.png"            # the second prompt, seed 1
     info = parse_generation_parameters(read_infotext(after))

@@ -38,6 +38,19 @@ class ProgressEvent:
     own: bool = False              # (a message) this process's alone: its share of work split across processes
 
     @property
+    def done(self) -> int:
+        """Whole units finished, as a count shows them: the unit under way is not counted until it ends
+        (rounding 1.9 images up would claim one not yet written). A sum of step fractions that falls a
+        hair short of whole still counts."""
+        return int(self.completed + 1e-6)
+
+    @property
+    def percent(self) -> int:
+        """The share of the work done, the unit under way's part included, rounded down: never 100 before
+        the end, and never below what ``done`` of ``total`` says."""
+        return min(100, int(100 * (self.completed + 1e-6) / self.total)) if self.total > 0 else 0
+
+    @property
     def rate(self) -> float | None:
         """Units per second done since the task started (None before the first unit)."""
         done = self.completed - self.started_from

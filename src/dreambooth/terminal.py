@@ -84,8 +84,8 @@ class TerminalBars:
         self._said[event.task_id] = now
         rate, eta = event.rate, event.eta
         loss = event.fields.get("loss")
-        console().print(f"{event.task} {event.completed:.0f}/{event.total:.0f}"
-                        + (f" ({event.completed / event.total:.0%})" if event.total else "")
+        console().print(f"{event.task} {event.done}/{event.total:.0f}"          # whole units; the one under way in %
+                        + (f" ({event.percent}%)" if event.total else "")
                         + (f", {rate:.2f} it/s" if rate and rate >= 1 else f", {1 / rate:.2f} s/it" if rate else "")
                         + (f", ETA {eta:.0f} s" if eta and event.kind != "end" else "")
                         + (f", loss {loss:.4f}" if isinstance(loss, float) and loss == loss else "")
@@ -115,7 +115,20 @@ class TerminalBars:
                 self._display = None
 
 
+    def close(self) -> None:
+        """Stop a display still drawing (a Ctrl-C between two of its events): the next line starts its own."""
+        with self._lock:
+            if self._display is not None:
+                self._display.stop()
+                self._display, self._rows = None, {}
+
+
 _installed: TerminalBars | None = None
+
+
+def close_display() -> None:
+    if _installed is not None:
+        _installed.close()
 
 
 def show_progress(bars: bool | None = None, every_message: bool = True) -> None:

@@ -23,7 +23,27 @@ from ..generation.recorded import located
 from ..generation.xyz_infotext import plot_from_infotext
 from ..generation.xyz import AXES, check_plot_size, parse_axis, prompt_matrix_prompts, run_prompt_matrix, run_xyz
 from ..models.specs import trained_clip_skip
-from ..outputs import TRAINING_ARGS_FILE, check_output_folder
+from ..outputs import GRID_PREFIX, TRAINING_ARGS_FILE, check_output_folder
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) while generating; its text, which the CLI prints, says what was already written."""
+
+
+def _pngs(folder: Path) -> set[str]:
+    """The PNG files in ``folder`` that hold something (a name claimed for an image not yet written is empty)."""
+    try:
+        return {p.name for p in folder.glob("*.png") if p.stat().st_size > 0} if folder.is_dir() else set()
+    except OSError:
+        return set()
+
+
+def _interrupted(output: Path, before: set[str]) -> GenerationInterrupted:
+    """What an interrupted run leaves: the images it wrote (each is written whole once its batch is made)."""
+    new = [name for name in _pngs(output) - before if not name.startswith(GRID_PREFIX)]
+    if not new:
+        return GenerationInterrupted(f"interrupted before any image was written to {output}/")
+    return GenerationInterrupted(f"interrupted: {len(new)} image{'s' if len(new) != 1 else ''} written to {output}/ (kept)")
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -209,20 +229,24 @@ def generate_command(ctx, model, model_config, loras, lora_dirs, vae, prompt, ne
     if unmade:                               # (said once every check has passed)
         progress.warn(f"--from-image {from_image}: made with {', '.join(unmade)}, which this project does not "
                       "make; the image will differ")
-    pipeline = load_generation_pipeline(model, lora_specs, vae=vae, device=device,
-                                        dtype=DTYPES[dtype], model_config=model_config, library=library,
-                                        medvram=medvram)
-    if from_image is not None:
-        _warn_if_weights_differ(from_image, info, pipeline, model, _explicit(ctx, "model"))
-        _warn_if_loras_differ(from_image, info, recorded_loras)
-    if prompt_matrix:
-        result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
-        images, grid = result.images, result.grid_path
-    elif x_axis or y_axis or z_axis:
-        result = run_xyz(pipeline, params, x_axis, y_axis, z_axis, output, fast_batches=fast_batches)
-        images, grid = result.images, result.grid_path
-    else:
-        images, grid = generate(pipeline, params, output, fast_batches=fast_batches), None
+    before = _pngs(output)
+    try:
+        pipeline = load_generation_pipeline(model, lora_specs, vae=vae, device=device,
+                                            dtype=DTYPES[dtype], model_config=model_config, library=library,
+                                            medvram=medvram)
+        if from_image is not None:
+            _warn_if_weights_differ(from_image, info, pipeline, model, _explicit(ctx, "model"))
+            _warn_if_loras_differ(from_image, info, recorded_loras)
+        if prompt_matrix:
+            result = run_prompt_matrix(pipeline, params, output, fast_batches=fast_batches)
+            images, grid = result.images, result.grid_path
+        elif x_axis or y_axis or z_axis:
+            result = run_xyz(pipeline, params, x_axis, y_axis, z_axis, output, fast_batches=fast_batches)
+            images, grid = result.images, result.grid_path
+        else:
+            images, grid = generate(pipeline, params, output, fast_batches=fast_batches), None
+    except KeyboardInterrupt:
+        raise _interrupted(output, before) from None
     click.echo(f"wrote {len(images)} image{'s' if len(images) != 1 else ''}" + (" and a grid" if grid else "")
                + f" to {output}:", err=True)
     for image in images:

@@ -15,9 +15,9 @@ from ..models.loading import quiet_libraries
 from ..sigterm import sigterm_as_ctrl_c, stop_with_launcher
 from ..training.processes import peer_gone
 from ..training.trainer import TrainingInterrupted
-from ..terminal import show_progress
+from ..terminal import close_display, show_progress
 from . import evaluate, generate, pnginfo, serve, tokens, toy, train
-from .peer_flags import peer_hint
+from .peer_flags import flag_hint
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     # accelerate launch starts one such process per device: bars and messages from the first only (the
     # others say only what is theirs alone, such as their share of the class images)
     show_progress(bars=None if first_process() else False, every_message=first_process())
-    quiet_libraries()                 # the libraries' own bars and advice: ours say what matters
     try:
+        # the libraries' own bars and advice: ours say what matters (in the try: a Ctrl-C during these
+        # imports, seconds long, is one line too)
+        quiet_libraries()
         # kill, timeout, Slurm: a run stops as after Ctrl-C (accelerate launch passes SIGTERM on to each
         # process, and sends it to one whose launcher died); a server's are uvicorn's
         with sigterm_as_ctrl_c("serve" not in argv[:1]):
@@ -56,8 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:   # click's name for Ctrl-C
         interrupted = exc.__cause__ if isinstance(exc.__cause__, TrainingInterrupted) else None
+        # a command's own Ctrl-C says what it leaves (training: the checkpoint; generate: the images written)
+        said = str(exc.__cause__) if isinstance(exc.__cause__, KeyboardInterrupt) else ""
+        close_display()                      # the bars' line ended, so the message is a line of its own
         if first_process():                  # (every process was interrupted alike)
-            click.echo(str(interrupted) if interrupted else "aborted", err=True)
+            click.echo(said or "aborted", err=True)
         if interrupted and interrupted.checkpoint is not None and first_process():
             click.echo(f"resume with: {resume_command(argv)}", err=True)
         sys.exit(130)
@@ -69,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         where = f"dreambooth {exc.ctx.command_path.split(' ', 1)[-1]}: " if exc.ctx and " " in exc.ctx.command_path else ""
-        hint = peer_hint(exc.option_name) if isinstance(exc, click.NoSuchOption) and exc.ctx is not None \
-            and exc.ctx.command.name == "train" else None
+        hint = flag_hint(exc.ctx.command, exc.option_name) if isinstance(exc, click.NoSuchOption) \
+            and exc.ctx is not None else None             # what other tools call our flags
         message = f"No such option: {exc.option_name}{hint}" if hint else exc.format_message()
         click.echo(f"error: {where}{message}", err=True)
         sys.exit(2)

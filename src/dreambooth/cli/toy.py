@@ -8,7 +8,8 @@ from ..toy.demo import run_demo
 
 @click.command("demo")
 @click.option("--output", default="dreambooth-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the pictures, the trained model and metrics.json.")
+              help="Folder for the pictures, the trained model and metrics.json: a new or empty one, or an earlier "
+              "demo's (its results are replaced).")
 @click.option("--method", type=click.Choice(["lora", "full"]), default=None,
               help="LoRA adapters or full fine-tuning (default: the toy preset's, full).")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the toy preset's).")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..outputs import LORA_WEIGHTS_FILE, TRAINING_ARGS_FILE, checkpoint_step
+from ..outputs import CHECKPOINTS_DIR, LORA_WEIGHTS_FILE, PREVIOUS_OUTPUT_DIR, TRAINING_ARGS_FILE, checkpoint_step
 
 CHECKPOINT_WEIGHTS = "trainable.safetensors"      # a training checkpoint's trained weights (training/checkpoint.py)
 
@@ -78,6 +78,8 @@ def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
                             f"--resume {spec}` with the run's settings), not a model; "
                             + (f"its LoRA at that step loads as --model BASE --lora {spec}" if method == "lora" else
                                "the run's output folder is the model once the run has finished"))
+        if unfinished := unfinished_run(path, flag, spec):
+            raise UserError(unfinished)
         raise UserError(f"{flag} {spec}: folder has no model_index.json; give a diffusers pipeline folder, "
                         "a .safetensors/.ckpt file or a hub id")
     if path.is_file():
@@ -87,6 +89,22 @@ def resolve_model(spec: str, flag: str = "--model") -> ModelRef:
     if is_hub_id(spec):
         return ModelRef(spec, "hub", _local_or_hub(spec, flag))
     raise UserError(f"{flag} {spec}: no such folder or file, and not a hub id (org/name)")
+
+
+def unfinished_run(path: Path, flag: str, spec: str) -> str | None:
+    """The error for a training output whose run stopped before writing its model: the model an
+    ``--overwrite`` run was replacing waits in ``.previous`` (usable as it is), the run's checkpoints
+    in ``checkpoints/``. None for any other folder."""
+    checkpoints = path / CHECKPOINTS_DIR
+    resumable = checkpoints.is_dir() and any(checkpoint_step(p) is not None for p in checkpoints.iterdir())
+    resume = f"`dreambooth train ... --output {spec} --resume latest`"
+    previous = path / PREVIOUS_OUTPUT_DIR
+    if previous.is_dir() and any(previous.iterdir()):
+        return (f"{flag} {spec}: holds an unfinished training run, and the model it was replacing is kept in "
+                f"{previous}: use {flag} {previous}" + (f", or finish the run with {resume}" if resumable else ""))
+    if resumable:
+        return f"{flag} {spec}: holds an unfinished training run (checkpoints, no model yet); finish it with {resume}"
+    return None
 
 
 def _local_or_hub(spec: str, flag: str) -> Path:

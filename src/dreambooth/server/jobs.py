@@ -337,7 +337,7 @@ class JobRunner:
             if event.kind == "message":
                 write_log(folder, in_api_words(event.message, job.request), event.level)
             elif event.kind in ("start", "advance"):
-                self.phases[job.id] = {"task": event.task, "done": round(event.completed), "of": round(event.total)}
+                self.phases[job.id] = {"task": event.task, "done": event.done, "of": round(event.total)}
 
         self.store.update(job.id, state="running", started=job.started or time.time(), error=None)
         callback = JobCallback(self.store, job.id, self.gate, lambda: job.id in self._cancel, lambda: self._stop)

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from .. import progress
+from ..errors import UserError, file_operation
 from ..generation.params import GenerationParams
 from ..generation.pipeline import GenerationPipeline, load_generation_pipeline
 from ..generation.sampling import generate
 from ..grid import annotated_grid
-from ..outputs import PREVIOUS_OUTPUT_DIR
+from ..outputs import METRICS_FILE, PREVIOUS_OUTPUT_DIR, check_output_folder
 from ..training.config import build_config, load_preset
 from ..training.trainer import train
 from . import oracle
@@ -46,6 +47,8 @@ LORA_LEARNING_RATE = 1e-3   # the preset's rate is for full fine-tuning; small L
 # Fewer than the toy preset's 1,200 steps, so the whole demo stays under 3 minutes on 2 CPU cores; the
 # demo's subject (bold stripes) is learned by then.
 DEMO_STEPS = 400
+# Written first into the demo's folder: a folder holding it is an earlier demo's, which a demo writes again.
+DEMO_MARK = ".dreambooth-demo"
 
 
 def instance_prompt(subject: Subject, identifier: str = IDENTIFIER) -> str:
@@ -158,13 +161,41 @@ def demo_transforms() -> list[ToyBackdrops]:
     return [ToyBackdrops(named=False)]
 
 
+def is_demo_folder(folder: Path) -> bool:
+    """An earlier demo's folder: its mark, or (a demo from before the mark) its metrics.json."""
+    if (folder / DEMO_MARK).is_file():
+        return True
+    try:
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"subject", "new_backgrounds", "before", "after"} <= metrics.keys()
+
+
+def check_demo_output(output: Path) -> None:
+    """A one-line error, before anything is written, for a folder the demo would write into that holds
+    what no demo wrote: its fixed names (before.png, metrics.json, ...) would replace the user's files."""
+    check_output_folder(output)
+    if not output.is_dir() or is_demo_folder(output):
+        return
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir())
+    if held:
+        names = ", ".join(held[:3]) + (" ..." if len(held) > 3 else "")
+        raise UserError(f"--output {output}: holds what no dreambooth demo wrote ({names}); the demo writes only into "
+                        "a new or empty folder, or an earlier demo's: choose another --output, or move them away")
+
+
 def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, subject: Subject = DEMO_SUBJECT,
              seed: int = 0, log=print, model: str = "toy", **overrides) -> dict:
-    """Run the whole demo into ``output``; returns the metrics (also in ``metrics.json``). Every
-    sample is also saved with its infotext under ``samples/before`` and ``samples/after``."""
+    """Run the whole demo into ``output`` (new, empty, or an earlier demo's, whose results it replaces);
+    returns the metrics (also in ``metrics.json``). Every sample is also saved with its infotext under
+    ``samples/before`` and ``samples/after``, numbered on after an earlier demo's."""
     started = time.time()
     output = Path(output).expanduser()
-    output.mkdir(parents=True, exist_ok=True)
+    check_demo_output(output)
+    with file_operation("create the demo's folder", "--output"):
+        output.mkdir(parents=True, exist_ok=True)
+        (output / DEMO_MARK).touch()
     instance_dir = output / "instance_images"
     write_instance_images(subject, instance_dir, seed=seed)
     prompts = [context_prompt(subject, bg) for bg in NEW_BACKGROUNDS] + [class_prompt(subject)]
@@ -195,5 +226,5 @@ def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, 
         "before": score(before, subject, NEW_BACKGROUNDS), "after": score(after, subject, NEW_BACKGROUNDS),
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
     }
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
