@@ -20,7 +20,7 @@ def test_demo_refuses_a_folder_of_other_files_before_writing(tmp_path):
     (folder / "notes.txt").write_text("notes")
     code, _, err = run_cli("demo", "--steps", "5", "--output", folder)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert f"--output {folder}: holds what no dreambooth demo wrote (after.png, notes.txt)" in err
+    assert f"--output {folder}: holds files and no mark of an earlier demo (after.png, notes.txt)" in err
     assert (folder / "after.png").read_text() == "mine"
     assert sorted(p.name for p in folder.iterdir()) == ["after.png", "notes.txt"]     # nothing added
 
@@ -50,7 +50,7 @@ def test_demo_writes_again_into_its_own_folder(tmp_path, monkeypatch):
     (older / "metrics.json").write_text(json.dumps({"subject": {}, "new_backgrounds": [], "before": {}, "after": {}}))
     demo.check_demo_output(older)
     (older / "metrics.json").write_text(json.dumps({"clip_i": 0.8}))     # dreambooth evaluate's: not a demo's
-    with pytest.raises(Exception, match="no dreambooth demo wrote"):
+    with pytest.raises(Exception, match="no mark of an earlier demo"):
         demo.check_demo_output(older)
 
 

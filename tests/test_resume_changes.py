@@ -68,7 +68,7 @@ def test_photos_removed_or_fewer_class_images_go_on_from_a_new_order_and_say_so(
         photo.unlink()
     resumed = [_resumed(common, tmp_path / name) for name in ("a", "b")]
     assert resumed[0].steps == 6 and resumed[0].losses == resumed[1].losses      # the new order: the checkpoint's
-    assert f"the photos in --instance-dir {photos} (1, 5 then)" in _differs(resumed[0])[0]
+    assert f"this run's set of photos in --instance-dir {photos} (1, was 5) differs" in _differs(resumed[0])[0]
     # with prior preservation, --num-class-images lowered
     prior = _common(tiny_sd1, make_photos(tmp_path / "more"), class_prompt="a photo of dog", num_class_images=3,
                     class_steps=1)
@@ -122,7 +122,7 @@ def test_photos_are_compared_by_their_fingerprint_not_their_folder(tiny_sd1, dog
     _stopped(dict(common, instance_dir=str(edited)), tmp_path / "edited-run")
     first.write_bytes((dog_photos / first.name).read_bytes())
     said = _differs(_resumed(common, tmp_path / "edited-run", instance_dir=str(edited)))
-    assert len(said) == 1 and f"the photos in --instance-dir {edited} (edited)" in said[0]
+    assert len(said) == 1 and f"set of photos in --instance-dir {edited} (edited)" in said[0]
     _forget(tmp_path / "older", "photos")
     said = _differs(_resumed(common, tmp_path / "older", instance_dir=str(moved)))
     assert len(said) == 1 and f"instance_dir {moved} (was " in said[0]
@@ -159,3 +159,18 @@ def test_a_damaged_checkpoint_skipped_is_said_again_in_the_closing_summary(tiny_
     (newest / "optimizer.pt").unlink()
     result = _resumed(common, out)
     assert any(f"skipping {newest}, which is damaged" in w for w in result.warnings), result.warnings
+
+
+def test_a_folder_an_earlier_checkpoint_recorded_as_typed_is_found_from_another_folder(tmp_path, monkeypatch):
+    """Checkpoints before 2026-12-07 recorded ``--instance-dir photos`` as typed: resumed from another working
+    folder as ``../photos`` (or absolute), the same folder by its last names; another folder is not."""
+    from dreambooth.training.resume_settings import same_setting
+    (tmp_path / "run" / "photos").mkdir(parents=True)
+    (tmp_path / "other" / "photos").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert same_setting("instance_dir", "photos", "../run/photos")
+    assert same_setting("model", "./run/photos/", str(tmp_path / "run" / "photos"))
+    assert not same_setting("instance_dir", "photos", "../run")                  # not the folder's own name
+    assert not same_setting("instance_dir", "../photos", "../run/photos")        # what '..' meant is not known
+    assert not same_setting("learning_rate", "photos", "../run/photos")          # folders only

@@ -56,6 +56,11 @@ def test_a1111s_own_options_are_taken_and_a_picture_changing_one_only_at_its_def
     made = http(port, "POST", "/sdapi/v1/txt2img", json={**TINY, "override_settings": {
         "eta_noise_seed_delta": 0, "samples_save": True, "live_previews_image_format": "jpeg"}})
     assert made.status_code == 200, made.text
+    wrong = http(port, "POST", "/sdapi/v1/txt2img", json={**TINY, "override_settings": {"samples_save": "yes"},
+                                                          "override_settings_restore_afterwards": False})
+    assert wrong.status_code == 400 and wrong.json()["detail"] == "override_settings: samples_save: expected bool"
+    assert http(port, "GET", "/sdapi/v1/options").json()["samples_save"] is False      # not stored
+    assert http(port, "POST", "/sdapi/v1/options", json={"samples_save": True}).status_code == 200
     unknown = http(port, "POST", "/sdapi/v1/txt2img", json={**TINY, "override_settings": {"no_such_option": 1}})
     assert unknown.status_code == 400 and "not an option of this server" in unknown.json()["detail"]
 
@@ -100,6 +105,9 @@ def test_extras_resize_with_the_listed_upscalers(port):
                  json={**to, "imageList": [{"data": png(32, 16), "name": "a.png"}, {"data": png(16, 16), "name": "b.png"}]})
     assert batch.status_code == 200, batch.text
     assert [opened(i).size for i in batch.json()["images"]] == [(64, 64), (64, 64)]
+    uncropped = http(port, "POST", "/sdapi/v1/extra-single-image", json={**to, "upscaling_crop": False,
+                                                                          "image": png(32, 16)})
+    assert uncropped.status_code == 200 and opened(uncropped.json()["image"]).size == (128, 64), uncropped.text
     unchanged = http(port, "POST", "/sdapi/v1/extra-single-image", json={"image": png(30, 20)})    # upscaler_1 "None"
     assert opened(unchanged.json()["image"]).size == (30, 20)
     for body, needle in (({"image": "not base64!"}, "image: not valid base64"),

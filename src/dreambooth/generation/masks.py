@@ -161,7 +161,7 @@ def latent_fill(runner, params, mask: Image.Image | None, seeds: list[int]):
     sampler noises them. Only the pipeline's first encoding is the init image's (diffusers encodes it
     before the masked image); an inpainting model (9 input channels) at full strength starts from
     noise and encodes no init image."""
-    model_starts_from_noise = runner.unet.config.in_channels != 4 and params.strength >= 1
+    model_starts_from_noise = runner.unet.config.in_channels != 4 and params.denoising >= 1    # (as run)
     if mask is None or params.masked_content not in LATENT_FILLS or model_starts_from_noise:
         yield
         return

@@ -68,7 +68,7 @@ class GenerationParams:
     def denoising(self) -> float:
         """The strength img2img is run at: ``strength``, or where steps x strength is under one step (0 too),
         one step at the schedule's last, least noisy, timestep, as the WebUI runs it (an upscale with a
-        denoising of 0 to 0.05 is a common recipe); diffusers would refuse it."""
+        denoising of 0 to 0.05 is a common recipe; with 1 step, that is its only one); diffusers would refuse it."""
         return self.strength if int(self.steps * self.strength) >= 1 else min(1.0, (1 + 1e-6) / self.steps)
 
     def replace(self, **changes) -> "GenerationParams":

@@ -68,17 +68,25 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
     """``outputs``: where ``save_images`` writes, in A1111's layout (``txt2img-images/<date>/``)."""
     # (A1111's FastAPI reads a body sent without a Content-Type as JSON; so do its clients' scripts)
     api = APIRouter(prefix="/sdapi/v1", route_class=JsonRoute, strict_content_type=False)
+    # each option's value as the server starts: A1111's default, whose type a value set later must have
+    # (checked against these, not what is held now: one wrong value stored would refuse every right one)
+    defaults = dict(options)
+
+    def checked_option(key: str, value, where: str = "") -> None:
+        if defaults.get(key) is not None and type(value) is not type(defaults[key]):
+            raise UserError(f"{where}{key}: expected {type(defaults[key]).__name__}")
+        check_option(key, value, where)
 
     def params_of(req: Txt2ImgRequest, init: Image.Image | None = None, mask: Image.Image | None = None):
         refuse_unsupported(req)
-        overrides = {k: option_value(k, v, options) for k, v in req.override_settings.items()}
+        overrides = {k: option_value(k, v, defaults) for k, v in req.override_settings.items()}
         model = overrides.pop("sd_model_checkpoint", None)
         vae = overrides.pop("sd_vae", None)
         unknown = sorted(k for k in overrides if k not in options)
         if unknown:
             raise UserError(f"override_settings: {', '.join(unknown)}: {not_options(unknown)}")
         for key, value in overrides.items():
-            check_option(key, value, "override_settings: ")
+            checked_option(key, value, "override_settings: ")
         previews = {k: v for k, v in overrides.items() if k in PREVIEW_OPTIONS}
         switch = None
         if model is not None or vae is not None:
@@ -169,7 +177,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         return await run_in_threadpool(apply_options, body)
 
     def apply_options(body: dict) -> None:
-        body = {k: option_value(k, v, options) for k, v in body.items()
+        body = {k: option_value(k, v, defaults) for k, v in body.items()
                 if k != "sd_checkpoint_hash"}     # GET's hash of the loaded model: derived, so a round trip passes
         unknown = sorted(k for k in body if k not in options and k not in ("sd_model_checkpoint", "sd_vae"))
         if unknown:
@@ -177,9 +185,7 @@ def router(engine: Engine, options: dict, flags: dict, outputs: Path | None = No
         entry = engine.catalog.find_model(body["sd_model_checkpoint"]) if "sd_model_checkpoint" in body else engine.entry
         vae = engine.catalog.find_vae(body["sd_vae"]) if "sd_vae" in body else engine.vae
         for key, value in body.items():
-            if key in options and type(value) is not type(options[key]):
-                raise UserError(f"{key}: expected {type(options[key]).__name__}")
-            check_option(key, value)
+            checked_option(key, value)
         with engine.gate.request():
             engine.load(entry, vae)
         options.update({k: v for k, v in body.items() if k in options})

@@ -81,8 +81,8 @@ def postprocess(image: Image.Image, req: ExtrasRequest) -> tuple[Image.Image, di
     if first is None:
         return image, {}
     size, crop = target_size(image.width, image.height, req)
-    info = {"Postprocess upscale to": f"{crop[0]}x{crop[1]}"} if req.resize_mode == 1 else \
-        {"Postprocess upscale by": req.upscaling_resize}
+    info = {"Postprocess upscale to": f"{req.upscaling_resize_w}x{req.upscaling_resize_h}"} if req.resize_mode == 1 \
+        else {"Postprocess upscale by": req.upscaling_resize}
     result = image.resize(size, resample=IMAGE_MODES[first])
     info["Postprocess upscaler"] = first
     if second is not None:         # the two upscalers' images blended, the second's share its visibility

@@ -181,8 +181,8 @@ def check_demo_output(output: Path) -> None:
     held = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir())
     if held:
         names = ", ".join(held[:3]) + (" ..." if len(held) > 3 else "")
-        raise UserError(f"--output {output}: holds what no dreambooth demo wrote ({names}); the demo writes only into "
-                        "a new or empty folder, or an earlier demo's: choose another --output, or move them away")
+        raise UserError(f"--output {output}: holds files and no mark of an earlier demo ({names}); the demo writes "
+                        "only into a new or empty folder, or an earlier demo's: choose another --output, or move them away")
 
 
 def run_demo(output: str | Path = "dreambooth-demo", method: str | None = None, subject: Subject = DEMO_SUBJECT,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from ..outputs import recorded_spec
 from .schedule_resume import SCHEDULE_SETTINGS
@@ -39,10 +40,22 @@ def same_setting(key: str, was, now) -> bool:
     relative path recorded by a checkpoint of an earlier version: as seen from here); a number the
     same number however it was given (alpha 8 and 8.0)."""
     if key in PATH_SETTINGS:
+        if _same_tail(was, now):
+            return True
         was, now = recorded_spec(was), recorded_spec(now)
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (was, now)):
         return float(was) == float(now)
     return str(was) == str(now)
+
+
+def _same_tail(was, now) -> bool:
+    """A checkpoint of an earlier version recorded a folder as typed, relative to a working folder it did
+    not record: the same folder where this run's, wherever it lies, ends with those names."""
+    if not isinstance(was, str) or was in ("", "toy") or was.startswith("~") or Path(was).is_absolute():
+        return False
+    names = tuple(p for p in Path(was).parts if p != ".")
+    here = Path(str(now)).expanduser()
+    return bool(names) and ".." not in names and here.exists() and here.resolve().parts[-len(names):] == names
 
 
 def used(key: str, settings: dict) -> bool:
@@ -68,15 +81,15 @@ def changed_settings(saved: dict, config, photos: dict | None, restarted: list[s
     keys = [key for key in EXACT_SETTINGS if key in saved and used(key, settings)
             and not (key == "instance_dir" and fingerprinted) and not same_setting(key, saved[key], getattr(config, key))]
     changed = [f"{key} {getattr(config, key)} (was {saved[key]})" for key in keys]
-    for kind, stream_kind, said in (("instance", "instance", f"the photos in --instance-dir {config.instance_dir}"),
-                                    ("class", "prior", "the class images")):
+    for kind, stream_kind, said in (("instance", "instance", f"set of photos in --instance-dir {config.instance_dir}"),
+                                    ("class", "prior", "set of class images")):     # (this run's set of ... differs)
         if kind == "class" and set(keys) & set(CLASS_SETTINGS):
             continue
         was, now = (saved.get(PHOTOS) or {}).get(kind, [0, None]), (photos or {}).get(kind, [0, None])
         if fingerprinted and was != now:
-            changed.append(f"{said} ({'edited' if was[0] == now[0] else f'{now[0]}, {was[0]} then'})")
+            changed.append(f"{said} ({'edited' if was[0] == now[0] else f'{now[0]}, was {was[0]}'})")
         elif not fingerprinted and stream_kind in restarted:
-            changed.append(f"{said} (more or fewer than the checkpoint's)")
+            changed.append(f"{said} (more or fewer)")
     return changed
 
 
