@@ -92,9 +92,15 @@ def test_an_unfinished_runs_output_names_the_kept_model(tmp_path, lora):
     code, _, err = run_cli("generate", "--model", run, "--prompt", "a red square", "--steps", "1",
                            "--output", tmp_path / "out")
     assert code == 2 and "Traceback" not in err, err
-    assert (f"--model {run}: holds an unfinished training run, and the model it was replacing is kept in "
-            f"{run / '.previous'}: use --model {run / '.previous'}, or finish the run with "
-            f"`dreambooth train ... --output {run} --resume latest`") in err
+    use = "--lora" if lora else "--model"          # a LoRA output is given as a LoRA
+    said = (f"holds an unfinished training run, and the model it was replacing is kept in "
+            f"{run / '.previous'}: use {use} {run / '.previous'}, or finish the run with "
+            f"`dreambooth train ... --output {run} --resume latest`")
+    assert f"--model {run}: {said}" in err
+    if lora:                       # given as --lora, the same line
+        code, _, err = run_cli("generate", "--model", TOY, "--lora", run, "--prompt", "a red square", "--steps", "1",
+                               "--output", tmp_path / "out")
+        assert code == 2 and f"--lora {run}: {said}" in err, err
     if not lora:                   # as it says: the kept model generates
         code, _, err = run_cli("generate", "--model", run / ".previous", "--prompt", "a red square", "--steps", "1",
                                "--output", tmp_path / "out")

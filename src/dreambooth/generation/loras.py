@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..models.hashes import lora_hash
 from ..models.registry import trained_outputs
-from ..models.specs import CHECKPOINT_WEIGHTS, checkpoint_method, is_lora_output, training_args
+from ..models.specs import CHECKPOINT_WEIGHTS, checkpoint_method, is_lora_output, training_args, unfinished_run
 from ..outputs import (CHECKPOINTS_DIR, LORA_WEIGHTS_FILE, TRAINING_ARGS_FILE, checkpoint_step, named_weights_file,
                        user_cache_dir)
 
@@ -73,6 +73,8 @@ def lora_from_path(spec: str, flag: str = "--lora") -> LoraFile:
         found = sorted(path.glob("*.safetensors"))
         if len(found) == 1:
             return LoraFile(found[0].stem, found[0], found[0], str(found[0].resolve()))
+        if not found and (unfinished := unfinished_run(path, flag, spec)):    # its LoRA kept in .previous
+            raise UserError(unfinished)
         raise UserError(f"{flag} {spec}: folder has no {LORA_WEIGHTS_FILE}"
                         + (" and several .safetensors; name one" if found else ""))
     if path.is_file():

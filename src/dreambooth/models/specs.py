@@ -100,8 +100,9 @@ def unfinished_run(path: Path, flag: str, spec: str) -> str | None:
     resume = f"`dreambooth train ... --output {spec} --resume latest`"
     previous = path / PREVIOUS_OUTPUT_DIR
     if previous.is_dir() and any(previous.iterdir()):
+        use = f"--lora {previous}" if is_lora_output(previous) else f"--model {previous}"     # what it is, kept
         return (f"{flag} {spec}: holds an unfinished training run, and the model it was replacing is kept in "
-                f"{previous}: use {flag} {previous}" + (f", or finish the run with {resume}" if resumable else ""))
+                f"{previous}: use {use}" + (f", or finish the run with {resume}" if resumable else ""))
     if resumable:
         return f"{flag} {spec}: holds an unfinished training run (checkpoints, no model yet); finish it with {resume}"
     return None
