@@ -274,6 +274,7 @@ def test_the_token_counter_counts_as_the_prompt_is_encoded(sd1_pipe):
     assert prompt_tokens(tok, _words(100)) == (100, 150)
     # every chunk but the last counts whole (the WebUI's count): BREAK pads its chunk to 75
     assert prompt_tokens(tok, "dog cat BREAK red") == (76, 150)
+    assert prompt_tokens(tok, "dog cat BREAK") == (75, 75) and prompt_tokens(tok, "dog BREAK BREAK") == (150, 150)
     # AND parts and prompt editing: the longest text the encoder is given
     assert prompt_tokens(tok, "dog AND " + _words(80) + " :0.5") == (80, 150)
     assert prompt_tokens(tok, f"dog [{_words(8)}:cat:5]", steps=20) == (9, 75)

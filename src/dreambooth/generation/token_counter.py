@@ -11,12 +11,16 @@ import math
 
 from .composable import split_and
 from .conditioning import CHUNK_TOKENS, tokenize_weighted
-from .grammar import prompt_schedule, without_extra_networks
+from .grammar import parse_prompt_attention, prompt_schedule, without_extra_networks
 
 
 def text_tokens(tokenizer, text: str) -> int:
-    """The tokens one plain text (emphasis syntax allowed) takes, chunk padding included."""
+    """The tokens one plain text (emphasis syntax allowed) takes, chunk padding included: a text that
+    ends with ``BREAK`` ends with a chunk it padded, counted whole."""
     chunks = tokenize_weighted(tokenizer, text)
+    pieces = [piece for piece in parse_prompt_attention(text) if piece[0]]
+    if pieces and pieces[-1] == ["BREAK", -1]:
+        return CHUNK_TOKENS * len(chunks)
     return CHUNK_TOKENS * (len(chunks) - 1) + len(chunks[-1].tokens)
 
 
