@@ -41,6 +41,7 @@ class Example:
     original_hw: tuple[int, int]     # (height, width) after EXIF rotation, before resizing
     path: Path
     mask: np.ndarray | None = None   # (H, W) loss weights in [0, 1] at the image's size; None: all 1
+    digest: str | None = None        # the file's SHA-256 (photos; not class images)
 
 
 class ExampleTransform(Protocol):
@@ -128,7 +129,9 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
             if not text:
                 empty.append((caption, ""))
             text = text or prompt
-        copies.add(path, text)
+        # the photos' bytes hashed once: copies said, and a checkpoint's fingerprint (resume_settings); not
+        # the class images, which the model made one by one and which may be thousands
+        digest = copies.add(path, text) if flag != "--class-dir" else None
         if min(image.size) < resolution:
             small.append((path, f"{image.width}x{image.height}"))
         if max(image.size) > MAX_ASPECT * min(image.size):
@@ -142,7 +145,7 @@ def load_examples(folder: str | Path, prompt: str, resolution: int, captions: bo
                 warn(f"no mask for {path}: {exc}")
             if mask is not None and not mask.any():
                 blank.append((path, ""))
-        examples.append(Example(resized, text, (image.height, image.width), path, mask))
+        examples.append(Example(resized, text, (image.height, image.width), path, mask, digest))
     suffixes = ", ".join(IMAGE_SUFFIXES)
     a_picture, pictures = ("a photo", "photos") if flag == "--instance-dir" else ("an image", "images")
     for group, alone, together in (

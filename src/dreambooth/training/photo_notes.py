@@ -73,11 +73,13 @@ class Repeats:
         self.first: dict[tuple[str, str], Path] = {}      # (sha256 of the bytes, prompt) -> the first file
         self.copies: list[tuple[Path, str]] = []
 
-    def add(self, path: Path, prompt: str) -> None:
+    def add(self, path: Path, prompt: str) -> str:
+        """Note ``path`` (a copy of an earlier file with the same prompt is said); returns its SHA-256."""
         key = (hashlib.sha256(path.read_bytes()).hexdigest(), prompt)
         if key in self.first:
             self.copies.append((path, f"(a copy of {self.first[key].name})"))
         self.first.setdefault(key, path)
+        return key[0]
 
     def group(self, folder, pictures: str) -> tuple:
         """``load_examples``' group for them (``pictures``: "photos" or "images")."""

@@ -101,8 +101,8 @@ def photo_fingerprints(instance: list, prior: list, captions: bool) -> dict:
         digest = hashlib.sha256()
         for e in sorted(examples, key=lambda e: e.path.name):
             digest.update(f"{e.path.name}\0{e.path.stat().st_size}\0".encode())
-            if contents:
-                digest.update(hashlib.sha256(e.path.read_bytes()).digest())
+            if contents:            # (hashed as the photos were read: data.load_examples)
+                digest.update(bytes.fromhex(e.digest) if e.digest else hashlib.sha256(e.path.read_bytes()).digest())
                 digest.update((e.prompt if captions else "").encode() + b"\0")
                 digest.update(b"" if e.mask is None else e.mask.tobytes())
         return [len(examples), digest.hexdigest()[:32]]
